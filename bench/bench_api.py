@@ -1,0 +1,244 @@
+"""API benchmark with one million stored spans.
+
+Seeds 100k traces x 10 spans (plus one 10k-span trace) straight into SQLite
+with bulk inserts shaped exactly like the finalizer's rows, then measures
+through the Flask app (routing, validation, query, JSON):
+
+* trace search p95 over a mix of filters (budget: < 100 ms),
+* fetching the 10k-span trace (budget: < 1 s),
+* OTLP receiver spans/s (protobuf, 512 spans per request) into a real Redis,
+  against bare XADDs of the same spans already encoded (ratio).
+
+Usage: python bench/bench_api.py [--traces 100000] [--out bench/results/api.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SERVICES = ["gateway", "orders", "billing", "inventory", "search", "llm", "auth", "mailer"]
+OPERATIONS = ["GET /items", "POST /orders", "charge", "reserve", "query", "chat", "login", "send"]
+SECOND = 1_000_000_000
+
+
+def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
+    from collector_worker.storage import open_engine
+
+    engine = open_engine(database_url)
+    rng = random.Random(7)
+    now = time.time_ns()
+    start0 = now - 3600 * SECOND
+    raw = engine.raw_connection()
+    cur = raw.cursor()
+    span_sql = ("INSERT INTO spans (trace_id, span_id, parent_span_id, service, name, kind, start_ns, end_ns, "
+                "duration_ns, status_code, status_message, attributes, events, links, resource, scope, "
+                "received_ns, depth, self_time_ns, critical_path) VALUES "
+                "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    trace_sql = ("INSERT INTO traces (trace_id, root_span_id, root_service, root_operation, start_ns, end_ns, "
+                 "duration_ns, span_count, error_count, services, service_count, incomplete, clock_skew_ns, "
+                 "warnings, finalized_ns, version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    op_sql = "INSERT INTO trace_operations (trace_id, service, operation, start_ns, error) VALUES (?,?,?,?,?)"
+    tag_sql = "INSERT INTO trace_tags (trace_id, key, value, value_num, start_ns) VALUES (?,?,?,?,?)"
+    started = time.perf_counter()
+    chunk_spans, chunk_traces, chunk_ops, chunk_tags = [], [], [], []
+
+    def flush():
+        cur.executemany(span_sql, chunk_spans)
+        cur.executemany(trace_sql, chunk_traces)
+        cur.executemany(op_sql, chunk_ops)
+        cur.executemany(tag_sql, chunk_tags)
+        raw.commit()
+        for chunk in (chunk_spans, chunk_traces, chunk_ops, chunk_tags):
+            chunk.clear()
+
+    def add_trace(trace_id: str, n: int, t0: int) -> None:
+        root_service = SERVICES[rng.randrange(3)]
+        spans, ops = [], {}
+        errors = 0
+        root_id = os.urandom(8).hex()
+        total = rng.randint(5, 3000) * 1_000_000
+        ids = [root_id]
+        for i in range(n):
+            span_id = root_id if i == 0 else os.urandom(8).hex()
+            parent = None if i == 0 else ids[rng.randrange(len(ids))]
+            ids.append(span_id)
+            service = root_service if i == 0 else rng.choice(SERVICES)
+            name = OPERATIONS[SERVICES.index(service)] if i else "GET /items"
+            s = t0 if i == 0 else t0 + rng.randrange(total // 2)
+            dur = total if i == 0 else rng.randrange(1, max(2, (t0 + total - s)))
+            error = i > 0 and rng.random() < 0.02
+            errors += error
+            attrs = {"http.status_code": 500 if error else 200, "user.id": f"u{rng.randrange(1000)}"}
+            chunk_spans.append((trace_id, span_id, parent, service, name, "server" if i == 0 else "internal",
+                                s, s + dur, dur, "error" if error else "unset", None, json.dumps(attrs), "[]", "[]",
+                                json.dumps({"service.name": service}), None, now, 0 if i == 0 else 1,
+                                dur // 2, i == 0))
+            ops[(service, name)] = ops.get((service, name), False) or error
+            spans.append(attrs)
+        services = sorted({svc for svc, _ in ops})
+        chunk_traces.append((trace_id, root_id, root_service, "GET /items", t0, t0 + total, total, n, errors,
+                             json.dumps(services), len(services), False, 0, "[]", now, 1))
+        chunk_ops.extend((trace_id, svc, op, t0, err) for (svc, op), err in ops.items())
+        seen = set()
+        for attrs in spans:
+            for key, value in attrs.items():
+                if (key, str(value)) not in seen:
+                    seen.add((key, str(value)))
+                    chunk_tags.append((trace_id, key, str(value), float(value) if isinstance(value, int) else None,
+                                       t0))
+
+    for i in range(traces):
+        add_trace(os.urandom(16).hex(), 10, start0 + i * (3600 * SECOND // traces))
+        if len(chunk_spans) >= 50_000:
+            flush()
+    big_id = os.urandom(16).hex()
+    add_trace(big_id, big_trace_spans, now - 1800 * SECOND)
+    flush()
+    cur.execute("ANALYZE")
+    raw.commit()
+    raw.close()
+    engine.dispose()
+    return {"big_trace_id": big_id, "seconds": round(time.perf_counter() - started, 1),
+            "spans": traces * 10 + big_trace_spans}
+
+
+def p(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def bench_search(client, rounds: int) -> dict:
+    mix = ["", "service=billing", "service=orders&operation=POST%20/orders", "tag=user.id=u42",
+           "tag=http.status_code>499", "status=error", "min_duration=2s", "lookback=15m", "sort=duration_desc",
+           "services=llm,auth", "service=gateway&min_duration=1s&sort=duration_asc", "limit=100"]
+    timings: dict[str, list[float]] = {q: [] for q in mix}
+    for _ in range(rounds):
+        for q in mix:
+            t = time.perf_counter()
+            response = client.get("/api/v1/traces?" + q)
+            timings[q].append((time.perf_counter() - t) * 1000)
+            assert response.status_code == 200, response.get_json()
+    everything = [v for vs in timings.values() for v in vs]
+    return {"queries": len(everything), "p50_ms": round(p(everything, 0.5), 2),
+            "p95_ms": round(p(everything, 0.95), 2), "max_ms": round(max(everything), 2),
+            "per_filter_p95_ms": {q or "(none)": round(p(v, 0.95), 2) for q, v in timings.items()}}
+
+
+def bench_big_trace(client, trace_id: str, rounds: int = 5) -> dict:
+    timings = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        response = client.get(f"/api/v1/traces/{trace_id}")
+        timings.append((time.perf_counter() - t) * 1000)
+        assert response.status_code == 200
+    return {"spans": len(response.get_json()["spans"]), "median_ms": round(statistics.median(timings), 1),
+            "max_ms": round(max(timings), 1)}
+
+
+def bench_otlp(client, redis_url: str, requests_n: int = 40) -> dict:
+    import redis
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tracer.codec import encode_spans
+    from web.otlp import convert_request
+
+    message = ExportTraceServiceRequest()
+    rs = message.resource_spans.add()
+    kv = rs.resource.attributes.add()
+    kv.key, kv.value.string_value = "service.name", "bench"
+    ss = rs.scope_spans.add()
+    trace_id = os.urandom(16)
+    now = time.time_ns()
+    for i in range(512):
+        s = ss.spans.add()
+        s.trace_id, s.span_id, s.name, s.kind = trace_id, (i + 1).to_bytes(8, "big"), f"op{i % 10}", 2
+        s.start_time_unix_nano, s.end_time_unix_nano = now, now + 1000
+        for key, value in (("http.method", "GET"), ("http.route", "/items/{id}"), ("user.id", f"u{i}")):
+            a = s.attributes.add()
+            a.key, a.value.string_value = key, value
+        a = s.attributes.add()
+        a.key, a.value.int_value = "http.status_code", 200
+    body = message.SerializeToString()
+    t = time.perf_counter()
+    for _ in range(requests_n):
+        response = client.post("/v1/traces", data=body, content_type="application/x-protobuf")
+        assert response.status_code == 200
+    receiver = requests_n * 512 / (time.perf_counter() - t)
+    client_redis = redis.Redis.from_url(redis_url)
+    spans, _ = convert_request(message)
+    t = time.perf_counter()
+    for _ in range(requests_n):  # baseline: the same spans, already converted, encoded and XADDed bare
+        client_redis.xadd("bench:bare", encode_spans(spans))
+    bare = requests_n * 512 / (time.perf_counter() - t)
+    return {"spans_per_s": round(receiver), "bare_encode_xadd_spans_per_s": round(bare),
+            "ratio_vs_bare": round(receiver / bare, 3)}
+
+
+def bench_baseline_query(database_url: str, rounds: int) -> dict:
+    """Bare SQL for the newest 20 trace rows: the floor under any search."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    timings = []
+    with engine.connect() as conn:
+        for _ in range(rounds):
+            t = time.perf_counter()
+            conn.execute(text("SELECT * FROM traces ORDER BY start_ns DESC LIMIT 20")).all()
+            timings.append((time.perf_counter() - t) * 1000)
+    engine.dispose()
+    return {"p95_ms": round(p(timings, 0.95), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--traces", type=int, default=100_000)
+    parser.add_argument("--big-trace-spans", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "api.json"))
+    args = parser.parse_args()
+
+    from tests.support.servers import RedisServer
+    from web import create_app
+
+    with tempfile.TemporaryDirectory(prefix="contrail-bench-api-") as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        seeded = seed(url, args.traces, args.big_trace_spans)
+        print(f"seeded {seeded['spans']} spans in {seeded['seconds']}s", flush=True)
+        redis_server = RedisServer.launch()
+        try:
+            app = create_app({"DATABASE_URL": url, "REDIS_URL": redis_server.url})
+            client = app.test_client()
+            client.get("/api/v1/traces")  # open the engine outside the measurement
+            results = {
+                "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                            "cpus": os.cpu_count()},
+                "stored_spans": seeded["spans"], "seed_seconds": seeded["seconds"],
+                "search": bench_search(client, args.rounds),
+                "search_baseline_bare_sql": bench_baseline_query(url, args.rounds * 5),
+                "big_trace": bench_big_trace(client, seeded["big_trace_id"]),
+                "otlp": bench_otlp(client, redis_server.url),
+            }
+            app.extensions["contrail.resources"].close()
+        finally:
+            redis_server.destroy()
+    results["budgets"] = {"search_p95_under_100ms": results["search"]["p95_ms"] < 100,
+                          "big_trace_under_1s": results["big_trace"]["median_ms"] < 1000}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

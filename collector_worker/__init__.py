@@ -1,0 +1,1 @@
+"""Contrail collector: consumes the span stream, stores, assembles and aggregates traces."""

@@ -1,0 +1,232 @@
+"""``contrail collector`` and ``contrail cleanup``."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+
+from tracer.settings import Settings, mask_url
+from tracer.units import parse_duration
+
+log = logging.getLogger("contrail.collector")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+
+
+def _load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings.load(**overrides)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _duration(_ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+# --------------------------------------------------------------------------- contrail collector
+
+
+def _run_one(overrides: dict[str, Any], log_level: str) -> int:
+    """Run one consumer in this process until SIGINT/SIGTERM; return the exit code."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .consumer import run_consumer
+    from .storage.engine import open_engine
+
+    _setup_logging(log_level)
+    settings = Settings.load(**overrides)
+    stop = threading.Event()
+
+    def _stop(signum, _frame):
+        log.info("received %s, finishing the batch in hand", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        engine = open_engine(settings.resolved_database_url)
+    except (SQLAlchemyError, OSError) as exc:
+        log.error("cannot open the database %s: %s", mask_url(settings.resolved_database_url),
+                  str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return 1
+    try:
+        run_consumer(settings, stop_event=stop, engine=engine)
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _child(overrides: dict[str, Any], log_level: str) -> None:
+    sys.exit(_run_one(overrides, log_level))
+
+
+@click.command("collector")
+@click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Consumer processes to run; they share the consumer group.")
+@click.option("--redis-url", default=None, help="Redis holding the span stream [CONTRAIL_REDIS_URL].")
+@click.option("--database-url", default=None, help="SQLAlchemy database URL [CONTRAIL_DATABASE_URL].")
+@click.option("--consumer-name", default=None,
+              help="Consumer name in the group (default host-pid; with several processes a -N suffix is added).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default="info", show_default=True)
+def collector(processes: int, redis_url: str | None, database_url: str | None, consumer_name: str | None,
+              log_level: str) -> None:
+    """Consume the span stream into storage until interrupted (Ctrl-C or SIGTERM stop it cleanly)."""
+    overrides = {"redis_url": redis_url, "database_url": database_url, "consumer_name": consumer_name}
+    settings = _load_settings(**overrides)  # bad settings fail here, before anything starts
+    from .pricing import PriceTableError, configure
+
+    try:
+        configure(settings.price_table)
+    except PriceTableError as exc:
+        raise click.UsageError(f"CONTRAIL_PRICE_TABLE: {exc}") from None
+    if processes == 1:
+        sys.exit(_run_one(overrides, log_level))
+    _setup_logging(log_level)
+    log.info("starting %d collector processes on %s -> %s", processes, mask_url(settings.redis_url),
+             mask_url(settings.resolved_database_url))
+    sys.exit(_supervise(processes, overrides, consumer_name, log_level))
+
+
+def _supervise(processes: int, overrides: dict[str, Any], consumer_name: str | None, log_level: str) -> int:
+    """Run consumer processes; forward SIGINT/SIGTERM to them; report any that dies."""
+    context = multiprocessing.get_context("spawn")
+    children = []
+    for index in range(processes):
+        child_overrides = dict(overrides)
+        if consumer_name:
+            child_overrides["consumer_name"] = f"{consumer_name}-{index + 1}"
+        process = context.Process(target=_child, args=(child_overrides, log_level),
+                                  name=f"contrail-collector-{index + 1}")
+        process.start()
+        children.append(process)
+    stopping = threading.Event()
+
+    def _forward(signum, _frame):
+        stopping.set()
+        for process in children:
+            if process.is_alive() and process.pid:
+                try:
+                    os.kill(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    signal.signal(signal.SIGINT, _forward)
+    signal.signal(signal.SIGTERM, _forward)
+    failed = False
+    running = {process.sentinel: process for process in children}
+    while running:
+        ready = multiprocessing.connection.wait(list(running), timeout=1.0)
+        for sentinel in ready:
+            process = running.pop(sentinel)
+            process.join()
+            code = process.exitcode
+            if stopping.is_set() and code in (-signal.SIGTERM, -signal.SIGINT):
+                code = 0  # stopped by the signal we forwarded before it had set up its handlers
+            if code != 0:
+                failed = True
+                how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+                log.error("collector process %s (pid %s) %s", process.name, process.pid, how)
+            elif not stopping.is_set():
+                log.warning("collector process %s (pid %s) exited", process.name, process.pid)
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- contrail cleanup
+
+
+def _expired_counts(engine, cutoff_ns: int) -> dict[str, int]:
+    """Rows older than the cutoff, per table, without deleting them (for --dry-run)."""
+    from sqlalchemy import func, select
+
+    from .storage import schema
+
+    cutoff_s = cutoff_ns // 1_000_000_000
+    checks = [
+        (schema.spans, schema.spans.c.start_ns < cutoff_ns),
+        (schema.traces, schema.traces.c.start_ns < cutoff_ns),
+        (schema.trace_operations, schema.trace_operations.c.start_ns < cutoff_ns),
+        (schema.trace_tags, schema.trace_tags.c.start_ns < cutoff_ns),
+        (schema.stats, schema.stats.c.bucket < cutoff_s),
+        (schema.stats_histogram, schema.stats_histogram.c.bucket < cutoff_s),
+        (schema.dependencies, schema.dependencies.c.bucket < cutoff_s),
+        (schema.llm_usage, schema.llm_usage.c.bucket < cutoff_s),
+    ]
+    with engine.connect() as conn:
+        return {table.name: int(conn.execute(select(func.count()).select_from(table).where(cond)).scalar_one())
+                for table, cond in checks}
+
+
+@click.command("cleanup")
+@click.option("--retention", "retention", callback=_duration, default=None, metavar="DURATION",
+              help="Delete data older than this, e.g. 7d or 12h [CONTRAIL_RETENTION, default 7d].")
+@click.option("--database-url", default=None, help="SQLAlchemy database URL [CONTRAIL_DATABASE_URL].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Rows deleted per transaction.")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+def cleanup(retention: float | None, database_url: str | None, batch_size: int, dry_run: bool) -> None:
+    """Delete data older than the retention period, in bounded batches."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .retention import run_retention
+    from .storage.engine import open_engine
+
+    settings = _load_settings(database_url=database_url)
+    keep = settings.retention if retention is None else retention
+    if keep <= 0:
+        raise click.BadParameter("retention must be greater than zero", param_hint="--retention")
+    url = settings.resolved_database_url
+    cutoff_ns = time.time_ns() - int(keep * 1e9)
+    console = Console(no_color=not sys.stdout.isatty(), highlight=False)
+    try:
+        engine = open_engine(url)
+        if dry_run:
+            counts = _expired_counts(engine, cutoff_ns)
+            verb = "would delete"
+        else:
+            with Progress(TextColumn("deleting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=console, disable=not sys.stdout.isatty()) as progress:
+                task = progress.add_task("delete", total=None)
+
+                def _progress(done: int, total: int) -> None:
+                    progress.update(task, completed=done, total=max(total, done))
+
+                counts = run_retention(engine, cutoff_ns, batch_size=batch_size, progress=_progress)
+            verb = "deleted"
+        engine.dispose()
+    except (SQLAlchemyError, OSError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        click.echo(f"error: cannot clean up {mask_url(url)}: {message}", err=True)
+        sys.exit(1)
+    total = sum(int(v) for v in counts.values())
+    console.print(f"{verb} {total} rows older than {_describe(keep)}")
+    for table, count in sorted(counts.items()):
+        console.print(f"  {table:<18} {count}")
+
+
+def _describe(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+

@@ -1,0 +1,504 @@
+"""The collector's stream loop: read batches, store them idempotently, acknowledge after commit.
+
+Delivery is at least once: an entry is acknowledged (XACK) only after the
+transaction holding its spans has committed, and storage ignores spans it
+already has, so an entry read twice changes nothing. What cannot be read goes
+to the dead-letter stream with its reason, and is acknowledged only once the
+dead letter is written. Entries left pending by a collector that died are
+claimed by another (XAUTOCLAIM) after ``claim_idle``; an entry delivered more
+than ``max_deliveries`` times is dead-lettered instead of tried again. The
+stream is trimmed only below the oldest entry some consumer group has not yet
+acknowledged, so nothing unread is ever trimmed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+
+from tracer.codec import CodecError, decode_entry
+from tracer.settings import Settings
+
+from . import finalizer
+from . import pricing
+from .storage.engine import open_engine
+from .storage.writer import invalid_reason, store_spans
+
+log = logging.getLogger("contrail.collector")
+
+FINALIZE_EVERY = 0.5  # seconds between finalizer passes while busy
+TRIM_EVERY = 5.0  # seconds between stream trims
+DEAD_STREAM_MAXLEN = 100_000  # dead letters kept (approximate cap, oldest go first)
+STORE_ATTEMPTS = 3  # tries of a batch while the database answers, before entries are tried one by one
+MAX_BACKOFF = 30.0
+RETENTION_BATCH = 2000
+
+_COUNTER_NAMES = ("entries_read", "spans_stored", "duplicates_skipped", "spans_rejected", "dead_lettered",
+                  "claimed", "acked", "db_errors", "redis_errors", "trimmed", "finalized", "retention_runs")
+_counters = dict.fromkeys(_COUNTER_NAMES, 0)
+_counters_lock = threading.Lock()
+
+
+def _count(name: str, amount: int = 1) -> None:
+    with _counters_lock:
+        _counters[name] += amount
+
+
+def consumer_stats() -> dict[str, int]:
+    """This process's consumer counters (entries read, spans stored, duplicates skipped, ...)."""
+    with _counters_lock:
+        return dict(_counters)
+
+
+_TRANSIENT = (OperationalError, InterfaceError, DisconnectionError)
+
+
+class StorageUnavailable(Exception):
+    """The database did not answer; the batch stays pending and is retried."""
+
+
+@dataclass
+class Entry:
+    """One stream entry in hand and what became of it."""
+
+    id: str
+    fields: dict[bytes, bytes] | None
+    deliveries: int = 1
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    dead_reason: str | None = None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _successor(entry_id: str) -> str:
+    """The smallest stream id greater than ``entry_id``."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+# --------------------------------------------------------------------------- stream helpers
+
+
+def ensure_group(client: redis.Redis, settings: Settings) -> None:
+    """Create the consumer group (and the stream) if absent; an existing group is left as it is."""
+    try:
+        client.xgroup_create(settings.stream, settings.consumer_group, id="0", mkstream=True)
+        log.info("created consumer group %s on %s", settings.consumer_group, settings.stream)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def trim_bound(client: redis.Redis, stream: str) -> str | None:
+    """The lowest id any consumer group still needs; entries below it are safe to trim.
+
+    For every group that is the older of its oldest pending entry and the
+    successor of its last-delivered id. The group list and pending summaries
+    are read in one MULTI so the snapshot is consistent; the last-delivered id
+    is read before the pending summary, so an entry delivered in between is
+    above the bound anyway.
+    """
+    groups = client.xinfo_groups(stream)
+    if not groups:
+        return None
+    pipe = client.pipeline(transaction=True)
+    pipe.xinfo_groups(stream)
+    for group in groups:
+        pipe.xpending(stream, group["name"])
+    replies = pipe.execute()
+    snapshot, summaries = replies[0], replies[1:]
+    if len(snapshot) != len(groups):
+        return None  # a group came or went meanwhile; try again next time
+    bounds = []
+    for group, summary in zip(snapshot, summaries):
+        bound = _successor(_text(group["last-delivered-id"]))
+        if summary and summary.get("pending") and summary.get("min"):
+            oldest = _text(summary["min"])
+            if _id_key(oldest) < _id_key(bound):
+                bound = oldest
+        bounds.append(bound)
+    return min(bounds, key=_id_key)
+
+
+def trim_stream(client: redis.Redis, settings: Settings) -> int:
+    """Trim acknowledged entries off the stream; return how many were removed."""
+    bound = trim_bound(client, settings.stream)
+    if bound is None or bound == "0-1":
+        return 0
+    removed = client.xtrim(settings.stream, minid=bound, approximate=False)
+    if removed:
+        _count("trimmed", removed)
+        log.debug("trimmed %d acknowledged entries below %s", removed, bound)
+    return removed
+
+
+def stream_health(redis_client: redis.Redis, settings: Settings) -> dict[str, Any]:
+    """Backlog of the span stream, for ``contrail doctor`` and ``/metrics``.
+
+    ``lag`` is the number of entries not yet delivered to the group. Redis 7
+    reports it exactly; on older servers it is estimated as stream length
+    minus pending entries (exact right after a trim, an upper bound otherwise).
+    """
+    health: dict[str, Any] = {
+        "stream_length": 0, "pending": 0, "lag": 0, "consumers": [], "dead_letters": 0,
+        "last_entry_id": None, "oldest_pending_idle_ms": 0, "group_exists": False,
+    }
+    pipe = redis_client.pipeline(transaction=False)
+    pipe.xlen(settings.stream)
+    pipe.xlen(settings.dead_stream)
+    pipe.exists(settings.stream)
+    length, dead, exists = pipe.execute()
+    health["stream_length"], health["dead_letters"] = int(length), int(dead)
+    if not exists:
+        return health
+    info = redis_client.xinfo_stream(settings.stream)
+    last = info.get("last-generated-id")
+    health["last_entry_id"] = _text(last) if last is not None else None
+    group = next((g for g in redis_client.xinfo_groups(settings.stream)
+                  if _text(g["name"]) == settings.consumer_group), None)
+    if group is None:
+        health["lag"] = health["stream_length"]
+        return health
+    health["group_exists"] = True
+    health["pending"] = int(group.get("pending") or 0)
+    lag = group.get("lag")
+    if lag is None:
+        last_delivered = _text(group.get("last-delivered-id") or "0-0")
+        if health["last_entry_id"] is None or _id_key(last_delivered) >= _id_key(health["last_entry_id"]):
+            lag = 0
+        else:
+            lag = max(health["stream_length"] - health["pending"], 1)
+    health["lag"] = int(lag)
+    health["consumers"] = [
+        {"name": _text(c["name"]), "pending": int(c["pending"]), "idle_ms": int(c["idle"])}
+        for c in redis_client.xinfo_consumers(settings.stream, settings.consumer_group)
+    ]
+    if health["pending"]:
+        oldest = redis_client.xpending_range(settings.stream, settings.consumer_group, "-", "+", 1)
+        if oldest:
+            health["oldest_pending_idle_ms"] = int(oldest[0]["time_since_delivered"])
+    return health
+
+
+# --------------------------------------------------------------------------- the consumer
+
+
+class StreamConsumer:
+    """One collector's consumer in the group: the state its loop carries between reads."""
+
+    def __init__(self, settings: Settings, engine: Engine, client: redis.Redis, name: str):
+        self.settings = settings
+        self.engine = engine
+        self.redis = client
+        self.name = name
+        self._retention_thread: threading.Thread | None = None
+        self.held: list[Entry] = []  # entries read but not yet acknowledged (kept across a database outage)
+
+    # ----------------------------------------------------------------- reading
+    def read_new(self, wait: bool = True) -> list[Entry]:
+        """Entries never delivered to the group; ``wait=False`` returns at once when there are none."""
+        block = max(1, int(self.settings.block * 1000)) if wait else None
+        reply = self.redis.xreadgroup(self.settings.consumer_group, self.name, {self.settings.stream: ">"},
+                                      count=self.settings.read_count, block=block)
+        return [Entry(_text(entry_id), fields) for _, entries in reply or () for entry_id, fields in entries]
+
+    def read_own_pending(self) -> list[Entry]:
+        """Entries this consumer name was given before and never acknowledged (a restart under the same name)."""
+        reply = self.redis.xreadgroup(self.settings.consumer_group, self.name, {self.settings.stream: "0"},
+                                      count=self.settings.read_count)
+        entries = [Entry(_text(entry_id), fields) for _, items in reply or () for entry_id, fields in items]
+        self._attach_delivery_counts(entries)
+        return entries
+
+    def claim_stale(self) -> int:
+        """Take over entries other consumers left pending longer than ``claim_idle``; process them."""
+        start, claimed = "0-0", 0
+        idle_ms = max(1, int(self.settings.claim_idle * 1000))
+        while True:
+            reply = self.redis.xautoclaim(self.settings.stream, self.settings.consumer_group, self.name,
+                                          min_idle_time=idle_ms, start_id=start, count=self.settings.read_count)
+            next_start, items = _text(reply[0]), reply[1]
+            entries = [Entry(_text(entry_id), fields) for entry_id, fields in items]
+            deleted = [_text(i) for i in reply[2]] if len(reply) > 2 else []
+            if deleted:  # pending ids whose entries no longer exist: nothing to store
+                log.warning("dropped %d pending ids whose entries no longer exist", len(deleted))
+            if entries:
+                claimed += len(entries)
+                _count("claimed", len(entries))
+                log.info("claimed %d stale pending entries (%s .. %s)", len(entries), entries[0].id, entries[-1].id)
+                self._attach_delivery_counts(entries)
+                self.process(entries)
+            if next_start in ("0-0", "0") or not items:
+                return claimed
+            start = next_start
+
+    def _attach_delivery_counts(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        ordered = sorted(entries, key=lambda e: _id_key(e.id))
+        details = self.redis.xpending_range(self.settings.stream, self.settings.consumer_group,
+                                            ordered[0].id, ordered[-1].id, len(entries) + 16, consumername=self.name)
+        counts = {_text(d["message_id"]): int(d["times_delivered"]) for d in details}
+        for entry in entries:
+            entry.deliveries = counts.get(entry.id, entry.deliveries)
+
+    # ----------------------------------------------------------------- processing
+    def process(self, entries: list[Entry]) -> None:
+        """Decode, store in one transaction, then dead-letter and acknowledge in one MULTI."""
+        if not entries:
+            return
+        if entries is not self.held:
+            _count("entries_read", len(entries))
+        self.held = entries
+        for entry in entries:
+            self._decode(entry)
+        self._store(entries)
+        self._acknowledge(entries)
+        self.held = []
+
+    def _decode(self, entry: Entry) -> None:
+        entry.spans, entry.dead_reason = [], None
+        if entry.fields is None or not entry.fields:
+            entry.dead_reason = None  # deleted from the stream while pending: nothing to do
+            return
+        if entry.deliveries > self.settings.max_deliveries:
+            entry.dead_reason = f"delivered {entry.deliveries} times"
+            return
+        try:
+            decoded = decode_entry(entry.fields)
+        except CodecError as exc:
+            entry.dead_reason = str(exc)
+            return
+        rejected = [f"row {index}: {reason}" for index, reason in decoded.rejected]
+        for index, span in enumerate(decoded.spans):
+            reason = invalid_reason(span)
+            if reason:
+                rejected.append(f"span {span.get('span_id')}: {reason}")
+            else:
+                entry.spans.append(span)
+        if rejected:
+            _count("spans_rejected", len(rejected))
+            shown = "; ".join(rejected[:10]) + (f"; ... {len(rejected) - 10} more" if len(rejected) > 10 else "")
+            entry.dead_reason = f"rejected {len(rejected)} of {len(rejected) + len(entry.spans)} spans: {shown}"
+
+    def _store(self, entries: list[Entry]) -> None:
+        """Store the spans of all entries in one transaction.
+
+        Operational errors (database down, read-only, locked, deadlock) are
+        transient: after a few quick tries the batch is held and retried with
+        back-off, never dead-lettered. Any other error depends on the data, so
+        the entries are stored one by one and those refused are dead-lettered.
+        """
+        batch = [e for e in entries if e.spans]
+        if not batch:
+            return
+        for attempt in range(STORE_ATTEMPTS):
+            try:
+                self._store_together(batch)
+                return
+            except _TRANSIENT as exc:
+                _count("db_errors")
+                if attempt == STORE_ATTEMPTS - 1:
+                    raise StorageUnavailable(_short(exc)) from exc
+                log.warning("storing %d entries failed (attempt %d), retrying: %s", len(batch), attempt + 1,
+                            _short(exc))
+                time.sleep(0.2 * (attempt + 1))
+            except Exception as exc:  # refused for what it holds: find the entries at fault
+                _count("db_errors")
+                log.warning("storing %d entries failed, storing them one by one: %s", len(batch), _short(exc))
+                break
+        for entry in batch:
+            try:
+                self._store_together([entry])
+            except _TRANSIENT as exc:
+                raise StorageUnavailable(_short(exc)) from exc
+            except Exception as exc:
+                log.exception("entry %s could not be stored; dead-lettering it", entry.id)
+                entry.spans = []
+                entry.dead_reason = f"storage refused the entry: {type(exc).__name__}: {_short(exc)}"
+
+    def _store_together(self, batch: list[Entry]) -> None:
+        spans = [span for entry in batch for span in entry.spans]
+        with self.engine.begin() as conn:
+            new = store_spans(conn, spans, time.time_ns())
+            finalizer.on_spans_stored(conn, new)
+        _count("spans_stored", len(new))
+        _count("duplicates_skipped", len(spans) - len(new))
+        if len(new) < len(spans):
+            log.info("skipped %d spans already stored (redelivered entries)", len(spans) - len(new))
+
+    def _acknowledge(self, entries: list[Entry]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        dead = 0
+        for entry in entries:
+            if entry.dead_reason is not None and entry.fields:
+                pipe.xadd(self.settings.dead_stream, self._dead_letter(entry), maxlen=DEAD_STREAM_MAXLEN,
+                          approximate=True)
+                dead += 1
+        pipe.xack(self.settings.stream, self.settings.consumer_group, *[e.id for e in entries])
+        pipe.execute()
+        _count("acked", len(entries))
+        if dead:
+            _count("dead_lettered", dead)
+            for entry in entries:
+                if entry.dead_reason is not None and entry.fields:
+                    log.warning("entry %s dead-lettered to %s: %s", entry.id, self.settings.dead_stream,
+                                entry.dead_reason)
+
+    def _dead_letter(self, entry: Entry) -> dict[Any, Any]:
+        fields: dict[Any, Any] = {
+            "reason": entry.dead_reason or "",
+            "source_id": entry.id,
+            "consumer": self.name,
+            "deliveries": str(entry.deliveries),
+            "dead_ns": str(time.time_ns()),
+        }
+        for key, value in (entry.fields or {}).items():
+            fields["orig_" + _text(key)] = value
+        return fields
+
+    # ----------------------------------------------------------------- periodic work
+    def finalize(self) -> int:
+        try:
+            done = finalizer.finalize_ready(self.engine, self.settings, self.name)
+        except SQLAlchemyError as exc:
+            log.warning("finalizing traces failed, will retry: %s", _short(exc))
+            return 0
+        except Exception:  # a bug in assembly must not stop ingest; the trace stays pending
+            log.exception("finalizing traces failed")
+            return 0
+        if done:
+            _count("finalized", done)
+        return done
+
+    def maybe_start_retention(self) -> None:
+        """Run one retention pass in a thread with its own connection, once per interval per group."""
+        if self.settings.retention <= 0:
+            return
+        if self._retention_thread is not None and self._retention_thread.is_alive():
+            return
+        lock = f"{self.settings.stream}:retention-lock"
+        hold = max(1, int(self.settings.retention_interval))
+        if not self.redis.set(lock, self.name, nx=True, ex=hold):
+            return  # another collector in the group ran it this interval
+        cutoff = time.time_ns() - int(self.settings.retention * 1e9)
+        self._retention_thread = threading.Thread(target=self._retention, args=(cutoff,),
+                                                  name="contrail-retention", daemon=True)
+        self._retention_thread.start()
+
+    def _retention(self, cutoff_ns: int) -> None:
+        from .retention import run_retention
+
+        try:
+            counts = run_retention(self.engine, cutoff_ns, batch_size=RETENTION_BATCH)
+        except Exception as exc:  # retention retries next interval; ingest goes on
+            log.warning("retention pass failed: %s", _short(exc))
+            return
+        _count("retention_runs")
+        deleted = sum(int(v) for v in counts.values() if isinstance(v, int))
+        if deleted:
+            log.info("retention deleted %d rows older than the cutoff: %s", deleted, counts)
+
+
+def _short(exc: BaseException | None) -> str:
+    message = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else type(exc).__name__
+    return message[:300]
+
+
+def run_consumer(settings: Settings, stop_event: threading.Event | None = None, engine: Engine | None = None,
+                 redis_client: redis.Redis | None = None) -> None:
+    """Consume the span stream until ``stop_event`` is set; finish the batch in hand, then finalize once more."""
+    stop = stop_event or threading.Event()
+    pricing.configure(settings.price_table)  # LLM cost is computed at ingest: load the configured table first
+    own_engine = engine is None
+    engine = engine or open_engine(settings.resolved_database_url)
+    client = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=max(10.0, settings.block + 5),
+                                                  socket_connect_timeout=5, health_check_interval=30)
+    name = settings.resolved_consumer_name
+    consumer = StreamConsumer(settings, engine, client, name)
+    log.info("collector %s consuming %s as group %s", name, settings.stream, settings.consumer_group)
+
+    backoff = 0.0
+    finalizing = False
+    ready = False
+    recovered = False
+    now = time.monotonic()
+    next_claim = next_trim = next_finalize = now
+    next_retention = now + min(settings.retention_interval, 10.0)
+    try:
+        while not stop.is_set():
+            try:
+                if consumer.held:  # a batch the database refused to take: retry it before reading more
+                    consumer.process(consumer.held)
+                if not ready:
+                    ensure_group(client, settings)
+                    ready = True
+                if not recovered:  # our own unacknowledged entries first (restart under the same name)
+                    while not stop.is_set():
+                        own = consumer.read_own_pending()
+                        if not own:
+                            break
+                        consumer.process(own)
+                    recovered = True
+                now = time.monotonic()
+                if now >= next_claim:
+                    consumer.claim_stale()
+                    next_claim = now + max(0.5, min(settings.claim_idle / 2, 10.0))
+                # While traces wait to be finalized, do not sit in a blocking read.
+                entries = consumer.read_new(wait=not finalizing)
+                consumer.process(entries)
+                now = time.monotonic()
+                if now >= next_finalize or not entries:
+                    finalizing = consumer.finalize() > 0
+                    next_finalize = now + FINALIZE_EVERY
+                if now >= next_trim:
+                    trim_stream(client, settings)
+                    next_trim = now + TRIM_EVERY
+                if now >= next_retention:
+                    consumer.maybe_start_retention()
+                    next_retention = now + settings.retention_interval
+                backoff = 0.0
+            except StorageUnavailable as exc:
+                backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
+                log.error("database unavailable (%s); %d entries stay pending, retrying in %.1fs",
+                          _short(exc), len(consumer.held), backoff)
+                stop.wait(backoff)
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    log.warning("consumer group missing (Redis restarted?); creating it again")
+                    ready = recovered = False
+                    continue
+                _count("redis_errors")
+                backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
+                log.error("redis error: %s; retrying in %.1fs", _short(exc), backoff)
+                stop.wait(backoff)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                _count("redis_errors")
+                backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
+                log.error("redis unreachable (%s); retrying in %.1fs", _short(exc), backoff)
+                ready = recovered = False
+                stop.wait(backoff)
+        try:
+            consumer.finalize()
+        except Exception:  # stopping anyway; pending traces are finalized by the next collector
+            log.exception("final finalize pass failed")
+        log.info("collector %s stopped: %s", name, consumer_stats())
+    finally:
+        if redis_client is None:
+            client.close()
+        if own_engine:
+            engine.dispose()

@@ -1,0 +1,159 @@
+"""Service dependency edges: caller → callee from parent/child spans that cross services.
+
+Edges are counted when a trace is finalized. A re-finalized trace applies only
+the difference between its edge multiset before (the spans assembled last
+time) and now, so counts stay exact however many late spans arrive.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from .stats import RESOLUTIONS, bucket_of, upsert_rows
+from .storage import schema
+
+EdgeKey = tuple[int, int, str, str, str]  # (resolution, bucket, caller, callee, kind)
+
+
+def _attributes(span: Mapping[str, Any]) -> Mapping[str, Any]:
+    attrs = span.get("attributes")
+    if type(attrs) is dict:  # the usual case, decoded once by the caller: skip the ABC checks
+        return attrs
+    if isinstance(attrs, str):
+        try:
+            attrs = json.loads(attrs)
+        except ValueError:
+            return {}
+    return attrs if isinstance(attrs, Mapping) else {}
+
+
+_MESSAGING, _RPC, _HTTP = 1, 2, 4
+_PREFIX_FLAGS = ((("messaging.", "celery."), _MESSAGING), (("rpc.",), _RPC), (("http.", "url."), _HTTP))
+
+
+_key_flags: dict[str, int] = {}  # attribute keys repeat endlessly: classify each once
+_KEY_FLAGS_LIMIT = 50_000
+
+
+def _flags_of_key(key: Any) -> int:
+    flags = _key_flags.get(key)
+    if flags is None:
+        flags = 0
+        if isinstance(key, str):
+            for prefixes, flag in _PREFIX_FLAGS:
+                if key.startswith(prefixes):
+                    flags |= flag
+            if len(_key_flags) < _KEY_FLAGS_LIMIT:
+                _key_flags[key] = flags
+    return flags
+
+
+def _prefix_flags(attrs: Mapping[str, Any]) -> int:
+    """Which semantic-convention families the attribute keys belong to, as bit flags (one pass over the keys)."""
+    flags = 0
+    get = _key_flags.get
+    for key in attrs:
+        f = get(key) if type(key) is str else None
+        flags |= _flags_of_key(key) if f is None else f
+    return flags
+
+
+def _kind_of(pk: Any, ck: Any, flags: int) -> str:
+    if pk == "producer" or ck == "consumer" or flags & _MESSAGING:
+        return "messaging"
+    if flags & _RPC:
+        return "rpc"
+    if (pk == "client" or ck == "server") and flags & _HTTP:
+        return "http"
+    return "other"
+
+
+def edge_kind(parent: Mapping[str, Any], child: Mapping[str, Any]) -> str:
+    """http, messaging, rpc or other, from span kinds and semantic-convention attributes."""
+    flags = _prefix_flags(_attributes(parent)) | _prefix_flags(_attributes(child))
+    return _kind_of(parent.get("kind"), child.get("kind"), flags)
+
+
+def trace_edges(spans: Iterable[Mapping[str, Any]]) -> dict[EdgeKey, list[int]]:
+    """Edge counts of one trace's spans: key → [calls, errors, total_ns]."""
+    by_id: dict[str, Mapping[str, Any]] = {}
+    for s in spans:
+        by_id.setdefault(s["span_id"], s)
+    edges: dict[EdgeKey, list[int]] = defaultdict(lambda: [0, 0, 0])
+    flags: dict[str, int] = {}  # per span, computed at most once however many children it has
+    for child_id, child in by_id.items():
+        pid = child.get("parent_span_id")
+        parent = by_id.get(pid) if pid else None
+        if parent is None or parent is child:
+            continue
+        caller, callee = str(parent.get("service") or ""), str(child.get("service") or "")
+        if caller == callee:
+            continue
+        pf = flags.get(pid)
+        if pf is None:
+            pf = flags[pid] = _prefix_flags(_attributes(parent))
+        cf = flags.get(child_id)
+        if cf is None:
+            cf = flags[child_id] = _prefix_flags(_attributes(child))
+        kind = _kind_of(parent.get("kind"), child.get("kind"), pf | cf)
+        start = int(child["start_ns"])
+        duration = max(int(child["end_ns"]) - start, 0)
+        error = 1 if child.get("status_code") == "error" else 0
+        seconds = start // 1_000_000_000
+        for resolution in RESOLUTIONS:
+            row = edges[(resolution, seconds - seconds % resolution, caller, callee, kind)]
+            row[0] += 1
+            row[1] += error
+            row[2] += duration
+    return edges
+
+
+def edge_difference(before: Iterable[Mapping[str, Any]], after: Iterable[Mapping[str, Any]],
+                    into: dict[EdgeKey, list[int]] | None = None) -> dict[EdgeKey, list[int]]:
+    """Add (edges(after) - edges(before)) into ``into``; what a re-finalization must apply."""
+    into = defaultdict(lambda: [0, 0, 0]) if into is None else into
+    before, after = list(before), list(after)
+    if len(before) == len(after):  # nothing new since the last assembly: no difference
+        return into
+    for sign, spans in ((-1, before), (1, after)):
+        if not spans:
+            continue
+        for key, (calls, errors, total) in trace_edges(spans).items():
+            row = into[key]
+            row[0] += sign * calls
+            row[1] += sign * errors
+            row[2] += sign * total
+    return into
+
+
+def record_edges(conn: Connection, edges: Mapping[EdgeKey, list[int]]) -> None:
+    """Apply edge counts (possibly negative) as additive upserts."""
+    rows = [(k[0], k[1], k[2][:255], k[3][:255], k[4], v[0], v[1], v[2]) for k, v in sorted(edges.items()) if any(v)]
+    upsert_rows(conn, schema.dependencies, _EDGE_COLUMNS, rows, ("calls", "errors", "total_ns"))
+
+
+_EDGE_COLUMNS = ("resolution", "bucket", "caller", "callee", "kind", "calls", "errors", "total_ns")
+
+
+def query_dependencies(conn: Connection, start_ns: int, end_ns: int) -> list[dict[str, Any]]:
+    """Edges with calls in [start_ns, end_ns); hourly rollups for windows of a day or more."""
+    start_s, end_s = int(start_ns) // 1_000_000_000, int(end_ns) // 1_000_000_000
+    resolution = 3600 if end_s - start_s >= 86400 else 60
+    d = schema.dependencies
+    q = (select(d.c.caller, d.c.callee, d.c.kind, func.sum(d.c.calls), func.sum(d.c.errors), func.sum(d.c.total_ns))
+         .where(d.c.resolution == resolution, d.c.bucket >= bucket_of(int(start_ns), resolution), d.c.bucket < end_s)
+         .group_by(d.c.caller, d.c.callee, d.c.kind)
+         .order_by(d.c.caller, d.c.callee, d.c.kind))
+    out = []
+    for caller, callee, kind, calls, errors, total in conn.execute(q):
+        calls, errors, total = int(calls or 0), int(errors or 0), int(total or 0)
+        if calls <= 0:
+            continue
+        out.append({"caller": caller, "callee": callee, "kind": kind, "calls": calls, "errors": errors,
+                    "error_rate": round(errors / calls, 6), "avg_ms": round(total / calls / 1e6, 3)})
+    return out

@@ -1,0 +1,239 @@
+"""``contrail doctor``: is the pipeline healthy, and if not, what to do about it.
+
+Each check prints OK, WARN or FAIL with what it saw and, when not OK, the
+next step. FAIL means Contrail cannot work (Redis or the database
+unreachable, a schema from a newer version); WARN means it works but
+something needs attention (a backlog, dead letters, clock skew). The exit
+status is 1 when any check fails, so the command doubles as a health probe.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import click
+
+from tracer.settings import Settings, mask_url
+
+from .output import console, emit_json
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+
+LAG_WARN = 10_000  # entries not yet delivered to any collector
+CONSUMER_IDLE_WARN_MS = 60_000  # a reading collector blocks for `block` seconds at most
+CLOCK_SKEW_WARN_MS = 250.0
+CLOCK_SKEW_FAIL_MS = 30_000.0
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    hint: str = ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_redis(settings: Settings) -> tuple[list[Check], Any]:
+    """Reachability, persistence and clock skew; returns the client for the stream checks (or None)."""
+    import redis
+
+    shown = mask_url(settings.redis_url)
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+        before = time.time()
+        client.ping()
+    except (redis.RedisError, ValueError, OSError) as exc:
+        return [Check("redis", FAIL, f"cannot reach Redis at {shown}: {_first_line(exc)}",
+                      "start Redis (contrail up starts one) or set CONTRAIL_REDIS_URL / --redis-url")], None
+    checks = [Check("redis", OK, f"reachable at {shown} ({(time.time() - before) * 1000:.1f} ms round trip)")]
+    try:
+        aof = client.config_get("appendonly").get("appendonly")
+    except redis.RedisError:
+        aof = None  # CONFIG may be disabled on managed Redis
+    if aof == "no" or aof == b"no":
+        checks.append(Check("redis persistence", WARN, "append-only file is off: spans waiting in the stream "
+                            "are lost if Redis restarts", "set appendonly yes (CONFIG SET appendonly yes)"))
+    elif aof is not None:
+        checks.append(Check("redis persistence", OK, "append-only file on"))
+    checks.append(check_clock_skew(client))
+    return checks, client
+
+
+def measure_clock_skew_ms(client) -> tuple[float, float]:
+    """(skew, round trip) in ms: Redis TIME minus this host's clock at the middle of the round trip."""
+    t0 = time.time()
+    seconds, micros = client.time()
+    t1 = time.time()
+    redis_now = seconds + micros / 1e6
+    return (redis_now - (t0 + t1) / 2) * 1000, (t1 - t0) * 1000
+
+
+def check_clock_skew(client) -> Check:
+    try:
+        skew, rtt = measure_clock_skew_ms(client)
+    except Exception as exc:  # TIME refused by a proxy
+        return Check("clock skew", WARN, f"cannot read Redis TIME: {_first_line(exc)}")
+    detail = f"this host's clock is {abs(skew):.1f} ms {'behind' if skew > 0 else 'ahead of'} Redis " \
+             f"(±{rtt / 2:.1f} ms)"
+    if abs(skew) >= CLOCK_SKEW_FAIL_MS:
+        return Check("clock skew", FAIL, detail, "synchronise clocks with NTP (chrony/systemd-timesyncd); "
+                     "span times from this host are misplaced")
+    if abs(skew) - rtt / 2 > CLOCK_SKEW_WARN_MS:
+        return Check("clock skew", WARN, detail, "synchronise clocks with NTP; traces show skewed spans "
+                     "with a clock_skew warning")
+    return Check("clock skew", OK, detail)
+
+
+def check_stream(client, settings: Settings) -> list[Check]:
+    from .consumer import stream_health
+
+    try:
+        health = stream_health(client, settings)
+    except Exception as exc:  # a wrong key type, a proxy refusing XINFO
+        return [Check("stream", FAIL, f"cannot read {settings.stream}: {_first_line(exc)}",
+                      f"check that {settings.stream} is a stream (TYPE {settings.stream})")]
+    checks = [Check("stream", OK, f"{settings.stream}: {health['stream_length']} entries retained")]
+    if not health.get("group_exists"):
+        checks.append(Check("consumer group", WARN, f"group {settings.consumer_group} does not exist yet; "
+                            f"{health['lag']} entries wait", "start a collector: contrail collector (or contrail up)"))
+        return checks + [_dead_letters(health, settings)]
+    pending, idle = health["pending"], health.get("oldest_pending_idle_ms", 0)
+    if pending and idle > settings.claim_idle * 1000:
+        checks.append(Check("pending", WARN, f"{pending} entries delivered but not acknowledged; the oldest "
+                            f"for {idle / 1000:.0f}s", "a collector died holding them; a running collector "
+                            f"claims them after {settings.claim_idle:g}s — make sure one is running"))
+    else:
+        checks.append(Check("pending", OK, f"{pending} entries in progress"))
+    lag = health["lag"]
+    consumers = health.get("consumers") or []
+    active = [c for c in consumers if c["idle_ms"] < CONSUMER_IDLE_WARN_MS]
+    if lag > LAG_WARN:
+        checks.append(Check("consumer lag", WARN, f"{lag} entries not yet read by any collector",
+                            "the collectors are behind: add collector processes (contrail up --collectors N, "
+                            "more replicas) or check the database's write speed"))
+    else:
+        checks.append(Check("consumer lag", OK, f"{lag} entries not yet read"))
+    if not active:
+        checks.append(Check("consumers", WARN, f"no collector has read in the last {CONSUMER_IDLE_WARN_MS // 1000}s "
+                            f"({len(consumers)} known)", "start a collector: contrail collector"))
+    else:
+        idle_ones = [c["name"] for c in consumers if c["idle_ms"] >= CONSUMER_IDLE_WARN_MS]
+        detail = f"{len(active)} active"
+        if idle_ones:
+            detail += f", {len(idle_ones)} idle: {', '.join(idle_ones[:5])}"
+        checks.append(Check("consumers", OK, detail,
+                            "idle consumers are stopped collectors; once they hold no pending entries remove "
+                            "them with XGROUP DELCONSUMER" if idle_ones else ""))
+    return checks + [_dead_letters(health, settings)]
+
+
+def _dead_letters(health: dict, settings: Settings) -> Check:
+    dead = health["dead_letters"]
+    if dead:
+        return Check("dead letters", WARN, f"{dead} entries in {settings.dead_stream}",
+                     f"inspect reasons with: redis-cli XRANGE {settings.dead_stream} - + COUNT 10 "
+                     "(usually a producer on an incompatible version); delete once understood")
+    return Check("dead letters", OK, "none")
+
+
+def check_database(settings: Settings) -> list[Check]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .storage import open_engine
+    from .storage.migrations import LATEST, current_version
+
+    url = settings.resolved_database_url
+    shown = mask_url(url)
+    missing = _missing_sqlite_file(url)
+    if missing:
+        return [Check("database", FAIL, f"no database file at {missing}",
+                      "start the stack (contrail up) or a collector, or point --database-url at the right file")]
+    try:
+        engine = open_engine(url, migrate=False)
+        try:
+            with engine.connect() as conn:
+                version = current_version(conn)
+        finally:
+            engine.dispose()
+    except (SQLAlchemyError, ImportError, OSError) as exc:
+        return [Check("database", FAIL, f"cannot reach {shown}: {_first_line(exc)}",
+                      "start the database or fix CONTRAIL_DATABASE_URL / --database-url")]
+    reachable = Check("database", OK, f"reachable: {shown}")
+    if version == 0:
+        return [reachable, Check("schema", WARN, "no Contrail schema yet",
+                                 "start a collector or the web app: they create it")]
+    if version > LATEST:
+        return [reachable, Check("schema", FAIL, f"version {version} is newer than this Contrail ({LATEST})",
+                                 "upgrade Contrail on this host")]
+    if version < LATEST:
+        return [reachable, Check("schema", WARN, f"version {version}, this Contrail expects {LATEST}",
+                                 "start a collector of this version: migrations run at start")]
+    return [reachable, Check("schema", OK, f"version {version} (current)")]
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite database that does not exist (connecting would create an empty one)."""
+    import os
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return None if os.path.exists(parsed.database) else parsed.database
+    return None
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks, client = check_redis(settings)
+    if client is not None:
+        checks.extend(check_stream(client, settings))
+        client.close()
+    checks.extend(check_database(settings))
+    return checks
+
+
+# --------------------------------------------------------------------------- the command
+
+STYLES = {OK: "green", WARN: "yellow", FAIL: "bold red"}
+
+
+@click.command()
+@click.option("--redis-url", default=None, help="Redis holding the span stream [CONTRAIL_REDIS_URL].")
+@click.option("--database-url", default=None, help="SQLAlchemy URL of the trace database [CONTRAIL_DATABASE_URL].")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(redis_url, database_url, as_json):
+    """Check Redis, the database and the collectors' backlog; exit 1 if anything fails."""
+    try:
+        settings = Settings.load(redis_url=redis_url, database_url=database_url)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    checks = run_checks(settings)
+    failed = any(c.status == FAIL for c in checks)
+    if as_json:
+        emit_json({"ok": not failed, "checks": [asdict(c) for c in checks]})
+    else:
+        from rich.markup import escape
+
+        out = console()
+        for c in checks:
+            out.print(f"[{STYLES[c.status]}]{c.status:<4}[/]  {c.name:<18} {escape(c.detail)}")
+            if c.hint and c.status != OK:
+                out.print(f"      {'':<18} [dim]→ {escape(c.hint)}[/dim]")
+        summary = {s: sum(1 for c in checks if c.status == s) for s in (OK, WARN, FAIL)}
+        out.print(f"{summary[OK]} ok, {summary[WARN]} warning(s), {summary[FAIL]} failure(s)")
+    if failed:
+        raise SystemExit(1)

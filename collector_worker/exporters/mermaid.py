@@ -1,0 +1,154 @@
+"""Mermaid export: a trace as a ``sequenceDiagram`` across its services.
+
+Participants are services (safe ids, readable aliases). Every span whose
+parent lives in another service is a call arrow from the parent's service,
+with its return arrow carrying the duration (asynchronous ``-)`` arrows for
+messaging consumers, which have no return). Calls are drawn nested, in time
+order; runs of identical sibling calls are folded into one arrow with a count.
+Errors become notes. Text is sanitised to the characters Mermaid's sequence
+grammar accepts in messages, so the output always parses.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tracer.units import format_duration_ms
+
+MAX_TEXT = 80
+MAX_CALLS = 400  # arrows drawn before the rest are summarised in a note
+
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+# ';' and '#' end or escape a statement, '%%' starts a comment, ':' and '<>' confuse the lexer.
+_TEXT_UNSAFE = re.compile(r"[;#%<>{}\[\]\"`\\|:\r\n\t]")
+
+
+def text(value: Any, limit: int = MAX_TEXT) -> str:
+    cleaned = _TEXT_UNSAFE.sub(" ", str(value))
+    cleaned = re.sub(r"-{2,}|>>|--", "-", cleaned)
+    cleaned = re.sub(r"\s+", " ", cleaned).strip()
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 3].rstrip() + "..."
+    return cleaned or "span"
+
+
+class _Participants:
+    def __init__(self) -> None:
+        self.ids: dict[str, str] = {}
+
+    def id_for(self, service: str) -> str:
+        if service not in self.ids:
+            base = "s_" + (_ID_UNSAFE.sub("_", service) or "unknown")
+            ident, n = base, 2
+            taken = set(self.ids.values())
+            while ident in taken:
+                ident, n = f"{base}_{n}", n + 1
+            self.ids[service] = ident
+        return self.ids[service]
+
+
+def _calls(spans: list[dict]) -> tuple[list[dict], dict[str, dict]]:
+    """Cross-service calls, each with the calls made beneath it (nested, in time order)."""
+    by_id = {s["span_id"]: s for s in spans}
+    nodes: dict[str, dict] = {}
+    roots: list[dict] = []
+    for span in spans:  # spans are sorted by start time
+        parent = by_id.get(span.get("parent_span_id") or "")
+        if parent is None or parent.get("service") == span.get("service"):
+            continue
+        node = {"span": span, "caller": parent["service"], "callee": span["service"], "children": []}
+        nodes[span["span_id"]] = node
+    for span_id, node in nodes.items():
+        ancestor = by_id.get(node["span"].get("parent_span_id") or "")
+        enclosing = None
+        seen = 0
+        while ancestor is not None and seen < len(by_id):
+            if ancestor["span_id"] in nodes:
+                enclosing = nodes[ancestor["span_id"]]
+                break
+            ancestor = by_id.get(ancestor.get("parent_span_id") or "")
+            seen += 1
+        (enclosing["children"] if enclosing else roots).append(node)
+    for node in nodes.values():
+        node["children"].sort(key=lambda n: n["span"]["start_ns"])
+    roots.sort(key=lambda n: n["span"]["start_ns"])
+    return roots, nodes
+
+
+def _fold(nodes: list[dict]) -> list[list[dict]]:
+    """Consecutive calls with the same caller, callee and name become one group."""
+    groups: list[list[dict]] = []
+    for node in nodes:
+        key = (node["caller"], node["callee"], node["span"]["name"])
+        if groups and (groups[-1][0]["caller"], groups[-1][0]["callee"], groups[-1][0]["span"]["name"]) == key:
+            groups[-1].append(node)
+        else:
+            groups.append([node])
+    return groups
+
+
+def render(trace: dict) -> str:
+    spans = sorted(trace.get("spans") or [], key=lambda s: (s.get("start_ns") or 0))
+    participants = _Participants()
+    for span in spans:
+        participants.id_for(span.get("service") or "unknown")
+    lines = ["sequenceDiagram"]
+    for service, ident in participants.ids.items():
+        lines.append(f"    participant {ident} as {text(service, 60)}")
+    if not spans:
+        lines.append("    Note over s_empty: empty trace")
+        return "\n".join(lines) + "\n"
+
+    roots = [s for s in spans if not s.get("parent_span_id") or s["parent_span_id"] not in
+             {x["span_id"] for x in spans}]
+    root = max(roots, key=lambda s: s.get("duration_ms") or 0) if roots else spans[0]
+    root_id = participants.id_for(root.get("service") or "unknown")
+    lines.append(f"    Note over {root_id}: {text(root.get('name'))} {format_duration_ms(root.get('duration_ms') or 0)}"
+                 + (" error" if root.get("status") == "error" else ""))
+
+    call_roots, _ = _calls(spans)
+    drawn = 0
+    skipped = 0
+
+    def emit(groups: list[list[dict]], indent: str) -> None:
+        nonlocal drawn, skipped
+        for group in groups:
+            if drawn >= MAX_CALLS:
+                skipped += len(group)
+                continue
+            drawn += 1
+            first = group[0]
+            caller = participants.id_for(first["caller"])
+            callee = participants.id_for(first["callee"])
+            span = first["span"]
+            name = text(span.get("name"))
+            durations = [n["span"].get("duration_ms") or 0.0 for n in group]
+            errors = [n["span"] for n in group if n["span"].get("status") == "error"]
+            asynchronous = span.get("kind") == "consumer"
+            label = name if len(group) == 1 else f"{name} x {len(group)}"
+            lines.append(f"{indent}{caller}{'-)' if asynchronous else '->>'}{callee}: {label}")
+            children = sorted((c for n in group for c in n["children"]), key=lambda c: c["span"]["start_ns"])
+            emit(_fold(children), indent)
+            if errors:
+                message = errors[0].get("status_message") or "error"
+                extra = f" ({len(errors)} of {len(group)})" if len(group) > 1 else ""
+                lines.append(f"{indent}Note over {callee}: error{extra} {text(message, 60)}")
+            if len(group) == 1:
+                took = format_duration_ms(durations[0])
+            else:
+                took = f"{format_duration_ms(sum(durations))} total, max {format_duration_ms(max(durations))}"
+            status = "error" if errors else "ok"
+            if asynchronous:
+                lines.append(f"{indent}Note over {callee}: {text(took, 60)} {status}")
+            else:
+                lines.append(f"{indent}{callee}-->>{caller}: {status} {text(took, 60)}")
+
+    emit(_fold(call_roots), "    ")
+    if skipped:
+        lines.append(f"    Note over {root_id}: {skipped} more calls not drawn")
+    if not call_roots:
+        errors = [s for s in spans if s.get("status") == "error"]
+        if errors:
+            lines.append(f"    Note over {root_id}: {len(errors)} error(s) {text(errors[0].get('status_message') or '', 60)}")
+    return "\n".join(lines) + "\n"

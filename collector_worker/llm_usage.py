@@ -1,0 +1,216 @@
+"""LLM usage and cost: per-minute and hourly token/cost rollups from GenAI spans.
+
+The finalizer hands every newly stored span to :func:`record_llm_usage` inside
+the ingest transaction. Spans that describe an LLM call -- OpenTelemetry GenAI
+attributes (``gen_ai.usage.input_tokens`` ...), the older
+``gen_ai.usage.prompt_tokens``/``completion_tokens`` names, or OpenInference
+(``llm.token_count.prompt`` ...) -- become additive upserts into ``llm_usage``
+keyed by (resolution, bucket, service, model, user, agent), so any number of
+collectors can write concurrently and totals stay exact.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.engine import Connection
+
+from . import pricing
+from .stats import additive_upsert
+from .storage.schema import llm_usage
+
+RESOLUTIONS = (60, 3600)
+GROUP_BY = {"model": "model", "user": "user_id", "agent": "agent", "service": "service"}
+
+# Operation names of the GenAI semantic conventions that are model calls.
+_LLM_OPERATIONS = {"chat", "text_completion", "generate_content", "embeddings", "completion"}
+
+_INPUT_KEYS = ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt")
+_OUTPUT_KEYS = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion")
+_CACHE_KEYS = ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens",
+               "llm.token_count.prompt_details.cache_read")
+_TOTAL_KEYS = ("gen_ai.usage.total_tokens", "llm.token_count.total")
+_MODEL_KEYS = ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name")
+_PROVIDER_KEYS = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
+_USER_KEYS = ("user.id", "enduser.id")
+_AGENT_KEYS = ("gen_ai.agent.name",)
+
+
+def _first(attrs: Mapping[str, Any], keys: Iterable[str]) -> Any:
+    for key in keys:
+        value = attrs.get(key)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _tokens(value: Any) -> int | None:
+    """A token count from an attribute value; None when absent or not a number."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = int(float(value))
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 0 else None
+
+
+def _text(value: Any, limit: int = 255) -> str:
+    if value is None:
+        return ""
+    return str(value)[:limit]
+
+
+def llm_call_of(span: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The LLM usage a span describes, or None if it is not an LLM call.
+
+    Works on both the codec span dict and the API span dict (``status`` or
+    ``status_code``). Input tokens include cached tokens, as providers report.
+    """
+    attrs = span.get("attributes") or {}
+    if not isinstance(attrs, Mapping):
+        return None
+    input_tokens = _tokens(_first(attrs, _INPUT_KEYS))
+    output_tokens = _tokens(_first(attrs, _OUTPUT_KEYS))
+    total_tokens = _tokens(_first(attrs, _TOTAL_KEYS))
+    operation = str(attrs.get("gen_ai.operation.name") or "").lower()
+    openinference_llm = str(attrs.get("openinference.span.kind") or "").upper() == "LLM"
+    has_usage = input_tokens is not None or output_tokens is not None or total_tokens is not None
+    if not has_usage and operation not in _LLM_OPERATIONS and not openinference_llm:
+        return None
+    if input_tokens is None and output_tokens is None and total_tokens is not None:
+        input_tokens = total_tokens  # only a total is known: count it as input rather than lose it
+    elif input_tokens is None and total_tokens is not None and output_tokens is not None:
+        input_tokens = max(0, total_tokens - output_tokens)
+    elif output_tokens is None and total_tokens is not None and input_tokens is not None:
+        output_tokens = max(0, total_tokens - input_tokens)
+    cache_read = _tokens(_first(attrs, _CACHE_KEYS)) or 0
+    status = span.get("status_code", span.get("status"))
+    start_ns = int(span.get("start_ns") or 0)
+    end_ns = int(span.get("end_ns") or start_ns)
+    return {
+        "model": _text(_first(attrs, _MODEL_KEYS)),
+        "provider": _text(_first(attrs, _PROVIDER_KEYS)),
+        "user_id": _text(_first(attrs, _USER_KEYS)),
+        "agent": _text(_first(attrs, _AGENT_KEYS)),
+        "input_tokens": input_tokens or 0,
+        "output_tokens": output_tokens or 0,
+        "cache_read_tokens": cache_read,
+        "error": status == "error",
+        "start_ns": start_ns,
+        "duration_ns": max(0, end_ns - start_ns),
+    }
+
+
+_ADDITIVE = ("calls", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cost", "total_ns")
+
+
+def aggregate_usage(new_spans: Iterable[Mapping[str, Any]], table: pricing.PriceTable | None = None) -> list[dict]:
+    """Rows to add to ``llm_usage`` for these spans (both resolutions), in key order."""
+    table = table or pricing.current_table()
+    rows: dict[tuple, dict[str, Any]] = {}
+    for span in new_spans:
+        call = llm_call_of(span)
+        if call is None:
+            continue
+        cost = table.cost(call["model"], call["input_tokens"], call["output_tokens"], call["cache_read_tokens"])
+        service = _text(span.get("service")) or "unknown_service"
+        seconds = call["start_ns"] // 1_000_000_000
+        for resolution in RESOLUTIONS:
+            key = (resolution, seconds - seconds % resolution, service, call["model"], call["user_id"], call["agent"])
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = dict(zip(("resolution", "bucket", "service", "model", "user_id", "agent"), key),
+                                       calls=0, errors=0, input_tokens=0, output_tokens=0,
+                                       cache_read_tokens=0, cost=0.0, total_ns=0)
+            row["calls"] += 1
+            row["errors"] += int(call["error"])
+            row["input_tokens"] += call["input_tokens"]
+            row["output_tokens"] += call["output_tokens"]
+            row["cache_read_tokens"] += call["cache_read_tokens"]
+            row["cost"] += cost
+            row["total_ns"] += call["duration_ns"]
+    # A fixed key order keeps concurrent PostgreSQL upserts from deadlocking.
+    return [rows[key] for key in sorted(rows)]
+
+
+def record_llm_usage(conn: Connection, new_spans: list[dict]) -> None:
+    """Add the LLM usage of newly stored spans to ``llm_usage`` (call once per new span)."""
+    rows = aggregate_usage(new_spans)
+    if rows:  # additive upsert on the usage key (the table's primary key)
+        additive_upsert(conn, llm_usage, rows, _ADDITIVE)
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _resolution_for(step_s: int) -> int:
+    return 3600 if step_s >= 3600 and step_s % 3600 == 0 else 60
+
+
+def query_usage(conn: Connection, start_ns: int, end_ns: int, group_by: str = "model", step_s: int = 3600) -> dict:
+    """Token and cost totals between two times, per group and as a time series.
+
+    ``group_by`` is one of model, user, agent, service; ``step_s`` (a multiple
+    of 60) is the width of a series point. Buckets overlapping the window are
+    counted whole (minute or hour granularity).
+    """
+    if group_by not in GROUP_BY:
+        raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
+    step_s = int(step_s)
+    if step_s < 60 or step_s % 60:
+        raise ValueError("step must be a whole number of minutes")
+    resolution = _resolution_for(step_s)
+    start_s = int(start_ns) // 1_000_000_000
+    end_s = int(end_ns) // 1_000_000_000
+    column = getattr(llm_usage.c, GROUP_BY[group_by])
+    point = (llm_usage.c.bucket - llm_usage.c.bucket % step_s).label("point")
+    measures = [func.sum(llm_usage.c.calls), func.sum(llm_usage.c.errors), func.sum(llm_usage.c.input_tokens),
+                func.sum(llm_usage.c.output_tokens), func.sum(llm_usage.c.cache_read_tokens),
+                func.sum(llm_usage.c.cost), func.sum(llm_usage.c.total_ns)]
+    where = and_(llm_usage.c.resolution == resolution,
+                 llm_usage.c.bucket > start_s - resolution, llm_usage.c.bucket <= end_s)
+    result = conn.execute(
+        select(column.label("key"), point, *measures).where(where).group_by(column, point).order_by(column, point)
+    ).all()
+
+    names = ("calls", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cost", "total_ns")
+    totals = dict.fromkeys(names, 0)
+    groups: dict[str, dict[str, Any]] = {}
+    series: dict[str, list] = defaultdict(list)
+    for key, bucket, *values in result:
+        values = [float(v or 0) if n == "cost" else int(v or 0) for n, v in zip(names, values)]
+        entry = dict(zip(names, values))
+        group = groups.setdefault(key, dict.fromkeys(names, 0))
+        for name in names:
+            group[name] += entry[name]
+            totals[name] += entry[name]
+        series[key].append({"time": _iso(int(bucket)), "bucket_s": int(bucket), **_public(entry)})
+
+    table = pricing.current_table()
+    unpriced = sorted(k for k in groups if group_by == "model" and k and not table.is_priced(k))
+    ordered = sorted(groups.items(), key=lambda kv: (-kv[1]["cost"], -kv[1]["input_tokens"], kv[0]))
+    return {
+        "group_by": group_by,
+        "step_s": step_s,
+        "resolution_s": resolution,
+        "start_ns": int(start_ns),
+        "end_ns": int(end_ns),
+        "totals": _public(totals),
+        "groups": [{"key": key, **_public(values)} for key, values in ordered],
+        "series": [{"key": key, "points": series[key]} for key, _ in ordered],
+        "unpriced_models": unpriced,
+        "price_source": table.source,
+    }
+
+
+def _public(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Sums as the API shows them: durations in ms, cost rounded."""
+    out = {k: v for k, v in values.items() if k != "total_ns"}
+    out["cost"] = round(float(values["cost"]), 6)
+    out["duration_ms"] = round(values["total_ns"] / 1e6, 3)
+    return out

@@ -1,0 +1,117 @@
+"""Retention: delete data older than a cutoff in bounded batches.
+
+Each batch is its own short transaction so ingest and finalization, which
+write the same tables, never wait long behind a cleanup. Whole traces go
+first (their spans, search rows and summary together, so search never finds
+half a trace), then spans and pending rows of traces never finalized, then
+statistics buckets that ended before the cutoff.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sqlalchemy import delete, func, literal_column, select
+from sqlalchemy.engine import Connection, Engine
+
+from .storage import schema
+
+Progress = Callable[[int, int], None]
+
+
+def _bucket_tables() -> list[tuple[Any, str]]:
+    return [(schema.stats, "resolution"), (schema.stats_histogram, "resolution"),
+            (schema.dependencies, "resolution"), (schema.llm_usage, "resolution")]
+
+
+def _row_id(conn: Connection):
+    return literal_column("ctid" if conn.dialect.name == "postgresql" else "rowid")
+
+
+def _delete_some(conn: Connection, table, condition, limit: int) -> int:
+    """Delete at most ``limit`` rows matching ``condition`` by physical row id (rowid / ctid)."""
+    rid = _row_id(conn)
+    batch = select(rid).select_from(table).where(condition).limit(limit).scalar_subquery()
+    if conn.dialect.name == "postgresql":
+        stmt = delete(table).where(rid == func.any(func.array(batch)))  # a TID scan, not a table scan
+    else:
+        stmt = delete(table).where(rid.in_(batch))
+    return conn.execute(stmt).rowcount or 0
+
+
+def _count(engine: Engine, table, condition) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table).where(condition)).scalar_one())
+
+
+def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
+                  progress: Progress | None = None) -> dict[str, int]:
+    """Delete everything older than ``cutoff_ns``; return rows deleted per table.
+
+    ``progress(done, total)`` is called after every batch; ``total`` is an
+    estimate taken up front and grows if more turns up.
+    """
+    batch_size = max(1, int(batch_size))
+    cutoff_s = int(cutoff_ns) // 1_000_000_000
+    t, s, p = schema.traces, schema.spans, schema.pending_traces
+    deleted = {name: 0 for name in ("traces", "spans", "trace_operations", "trace_tags", "pending_traces",
+                                    "stats", "stats_histogram", "dependencies", "llm_usage")}
+
+    bucket_conditions = [(table, table.c.bucket + table.c[res] <= cutoff_s) for table, res in _bucket_tables()]
+    estimate = (_count(engine, t, t.c.start_ns < cutoff_ns) + _count(engine, s, s.c.start_ns < cutoff_ns)
+                + _count(engine, p, p.c.last_seen_ns < cutoff_ns)
+                + sum(_count(engine, table, cond) for table, cond in bucket_conditions))
+    state = {"done": 0, "total": estimate}
+
+    def advance(n: int) -> None:
+        state["done"] += n
+        state["total"] = max(state["total"], state["done"])
+        if progress is not None:
+            progress(state["done"], state["total"])
+
+    # 1. whole finalized traces, batches bounded by their span counts
+    while True:
+        with engine.begin() as conn:
+            rows = conn.execute(select(t.c.trace_id, t.c.span_count).where(t.c.start_ns < cutoff_ns)
+                                .order_by(t.c.start_ns).limit(batch_size)).all()
+            if not rows:
+                break
+            ids, spans_in_batch = [], 0
+            for trace_id, span_count in rows:
+                if ids and spans_in_batch + int(span_count) > batch_size:
+                    break
+                ids.append(trace_id)
+                spans_in_batch += int(span_count)
+            n_spans = conn.execute(delete(s).where(s.c.trace_id.in_(ids))).rowcount or 0
+            n_ops = conn.execute(delete(schema.trace_operations)
+                                 .where(schema.trace_operations.c.trace_id.in_(ids))).rowcount or 0
+            n_tags = conn.execute(delete(schema.trace_tags).where(schema.trace_tags.c.trace_id.in_(ids))).rowcount or 0
+            n_traces = conn.execute(delete(t).where(t.c.trace_id.in_(ids))).rowcount or 0
+        deleted["spans"] += n_spans
+        deleted["trace_operations"] += n_ops
+        deleted["trace_tags"] += n_tags
+        deleted["traces"] += n_traces
+        advance(n_spans + n_traces)
+
+    # 2. spans and pending rows of traces never finalized; 3. statistics buckets that ended before the cutoff
+    plan = [(s, s.c.start_ns < cutoff_ns), (p, p.c.last_seen_ns < cutoff_ns)] + bucket_conditions
+    for table, condition in plan:
+        while True:
+            with engine.begin() as conn:
+                n = _delete_some(conn, table, condition, batch_size)
+            deleted[table.name] += n
+            if n:
+                advance(n)
+            if n < batch_size:
+                break
+    if progress is not None and state["done"] == 0:
+        progress(0, 0)
+    return deleted
+
+
+def cutoff_for(retention_s: float, now_ns: int) -> int:
+    """The cutoff for keeping ``retention_s`` seconds of data as of ``now_ns``."""
+    return int(now_ns - retention_s * 1_000_000_000)
+
+
+__all__ = ["run_retention", "cutoff_for"]

@@ -1,0 +1,42 @@
+"""Engines for SQLite (embedded default) and PostgreSQL (shared, multi-host)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+
+
+def open_engine(url: str, *, migrate: bool = True) -> Engine:
+    """Create an engine for ``url`` and bring its schema up to date.
+
+    SQLite gets WAL journaling and a busy timeout so the web app can read while
+    a collector writes; its directory is created if absent.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - trivial
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=OFF")
+            cursor.close()
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=int(os.environ.get("CONTRAIL_DB_POOL", "5")))
+    if migrate:
+        from .migrations import migrate as run_migrations
+
+        run_migrations(engine)
+    return engine
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"

@@ -1,0 +1,486 @@
+"""Read queries shared by the JSON API and the CLI.
+
+Every query is built with SQLAlchemy Core and bound parameters, so nothing a
+user types reaches SQL text. Results use the API JSON shapes of
+docs/architecture.md (trace summary, span), so the API, the CLI and the
+exporters all see the same dicts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from sqlalchemy import Integer, and_, cast, exists, func, or_, select
+from sqlalchemy.engine import Connection
+
+from . import schema
+
+SORTS = ("start_desc", "start_asc", "duration_desc", "duration_asc")
+TAG_OPS = ("=", ">", "<")
+MAX_LIMIT = 1000
+TOTAL_CAP = 1_000  # search counts matches up to this many; beyond it "total_capped" is true
+BACKLINK_WINDOW_NS = 3600 * 10**9  # linking spans are looked for within an hour of the trace
+BACKLINK_SCAN_LIMIT = 50_000  # spans with links scanned at most per backlink lookup
+
+
+class QueryError(ValueError):
+    """A query that cannot run as asked; ``parameter`` names the culprit."""
+
+    def __init__(self, parameter: str, message: str):
+        super().__init__(message)
+        self.parameter = parameter
+
+
+@dataclass
+class TraceQuery:
+    """What a trace search asks for; every field optional."""
+
+    service: str | None = None
+    operation: str | None = None
+    tags: list[tuple[str, str, str]] = field(default_factory=list)  # (key, op, value), op in TAG_OPS
+    status: str | None = None  # "error" | "ok" | None
+    min_duration_ns: int | None = None
+    max_duration_ns: int | None = None
+    services: list[str] = field(default_factory=list)  # traces touching all of these
+    start_ns: int | None = None
+    end_ns: int | None = None
+    sort: str = "start_desc"
+    limit: int = 20
+    cursor: str | None = None
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def iso_time(ns: int | None) -> str | None:
+    """Unix nanoseconds as an ISO-8601 UTC string with microseconds."""
+    if ns is None:
+        return None
+    seconds, rest = divmod(int(ns), 1_000_000_000)
+    try:
+        moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{rest // 1000:06d}Z"
+
+
+def _ms(ns: int | None) -> float:
+    return round((ns or 0) / 1e6, 6)
+
+
+def _json(text: Any, default: Any) -> Any:
+    if text is None or text == "":
+        return default
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+def summary_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``traces`` row as the API trace summary."""
+    return {
+        "trace_id": row["trace_id"],
+        "root_service": row["root_service"],
+        "root_operation": row["root_operation"],
+        "start_time": iso_time(row["start_ns"]),
+        "start_ns": int(row["start_ns"]),
+        "duration_ms": _ms(row["duration_ns"]),
+        "span_count": int(row["span_count"]),
+        "services": list(_json(row["services"], [])),
+        "error_count": int(row["error_count"]),
+        "incomplete": bool(row["incomplete"]),
+        "clock_skew_ms": _ms(row["clock_skew_ns"]),
+    }
+
+
+def span_to_api(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``spans`` row (or codec span dict) as the API span dict."""
+    start, end = int(row["start_ns"]), int(row["end_ns"])
+    self_ns = row.get("self_time_ns")
+    return {
+        "span_id": row["span_id"],
+        "parent_span_id": row.get("parent_span_id"),
+        "service": row["service"],
+        "name": row["name"],
+        "kind": row.get("kind") or "internal",
+        "start_time": iso_time(start),
+        "start_ns": start,
+        "end_ns": end,
+        "duration_ms": _ms(end - start),
+        "status": row.get("status_code") or "unset",
+        "status_message": row.get("status_message"),
+        "attributes": _json(row.get("attributes"), {}),
+        "resource": _json(row.get("resource"), {}),
+        "events": [
+            {"name": e.get("name"), "time": iso_time(e.get("time_ns")), "time_ns": int(e.get("time_ns") or 0),
+             "attributes": e.get("attributes") or {}}
+            for e in _json(row.get("events"), []) if isinstance(e, dict)
+        ],
+        "links": [
+            {"trace_id": link.get("trace_id"), "span_id": link.get("span_id"),
+             "attributes": link.get("attributes") or {}}
+            for link in _json(row.get("links"), []) if isinstance(link, dict)
+        ],
+        "depth": int(row["depth"]) if row.get("depth") is not None else 0,
+        "self_time_ms": _ms(self_ns) if self_ns is not None else _ms(end - start),
+        "critical_path": bool(row.get("critical_path")),
+    }
+
+
+# --------------------------------------------------------------------------- search
+
+
+def encode_cursor(sort: str, value: int, trace_id: str) -> str:
+    raw = json.dumps([sort, int(value), trace_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: str) -> tuple[int, str]:
+    """Return (sort value, trace id) of the last row of the previous page."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        cursor_sort, value, trace_id = json.loads(raw)
+        value = int(value)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise QueryError("cursor", "invalid cursor: pass next_cursor from a previous page unchanged") from None
+    if not isinstance(trace_id, str) or not isinstance(cursor_sort, str) or abs(value) >= 2**63:
+        raise QueryError("cursor", "invalid cursor: pass next_cursor from a previous page unchanged")
+    if cursor_sort != sort:
+        raise QueryError("cursor", f"cursor belongs to sort={cursor_sort}, not sort={sort}")
+    return value, trace_id
+
+
+def _filters(q: TraceQuery) -> list[Any]:
+    t, o, g = schema.traces, schema.trace_operations, schema.trace_tags
+    where: list[Any] = []
+    if q.start_ns is not None:
+        where.append(t.c.start_ns >= q.start_ns)
+    if q.end_ns is not None:
+        where.append(t.c.start_ns <= q.end_ns)
+    if q.min_duration_ns is not None:
+        where.append(t.c.duration_ns >= q.min_duration_ns)
+    if q.max_duration_ns is not None:
+        where.append(t.c.duration_ns <= q.max_duration_ns)
+    if q.status == "error":
+        where.append(t.c.error_count > 0)
+    elif q.status == "ok":
+        where.append(t.c.error_count == 0)
+    if q.service or q.operation:
+        cond = [o.c.trace_id == t.c.trace_id]
+        if q.service:
+            cond.append(o.c.service == q.service)
+        if q.operation:
+            cond.append(o.c.operation == q.operation)
+        where.append(exists().where(and_(*cond)))
+    for name in q.services:
+        if name != q.service:
+            where.append(exists().where(and_(o.c.trace_id == t.c.trace_id, o.c.service == name)))
+    for key, op, value in q.tags:
+        if op == "=":  # usually selective: drive the search from the (key, value) index
+            where.append(t.c.trace_id.in_(select(g.c.trace_id).where(g.c.key == key, g.c.value == value)))
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            raise QueryError("tag", f"tag {key}{op}{value}: a comparison needs a number") from None
+        compare = g.c.value_num > number if op == ">" else g.c.value_num < number
+        where.append(exists().where(and_(g.c.trace_id == t.c.trace_id, g.c.key == key, compare)))
+    return where
+
+
+def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
+    """Trace summaries matching ``q``, one page at a time.
+
+    Paging is by keyset: ``next_cursor`` holds the sort value and trace id of
+    the page's last row, so pages stay stable while new traces arrive.
+    ``total`` counts all matches (ignoring the cursor) up to ``TOTAL_CAP``.
+    """
+    if q.sort not in SORTS:
+        raise QueryError("sort", f"unknown sort {q.sort!r}: use one of {', '.join(SORTS)}")
+    if not 1 <= q.limit <= MAX_LIMIT:
+        raise QueryError("limit", f"limit must be between 1 and {MAX_LIMIT}")
+    t = schema.traces
+    where = _filters(q)
+    column = t.c.duration_ns if q.sort.startswith("duration") else t.c.start_ns
+    descending = q.sort.endswith("desc")
+    page_where = list(where)
+    if q.cursor:
+        value, trace_id = decode_cursor(q.cursor, q.sort)
+        if descending:
+            page_where.append(or_(column < value, and_(column == value, t.c.trace_id < trace_id)))
+        else:
+            page_where.append(or_(column > value, and_(column == value, t.c.trace_id > trace_id)))
+    order = [column.desc(), t.c.trace_id.desc()] if descending else [column.asc(), t.c.trace_id.asc()]
+    rows = conn.execute(
+        select(t).where(*page_where).order_by(*order).limit(q.limit + 1)
+    ).mappings().all()
+    more = len(rows) > q.limit
+    rows = rows[: q.limit]
+    next_cursor = None
+    if more and rows:
+        last = rows[-1]
+        next_cursor = encode_cursor(q.sort, last["duration_ns"] if column is t.c.duration_ns else last["start_ns"],
+                                    last["trace_id"])
+    counted = select(t.c.trace_id).where(*where).limit(TOTAL_CAP + 1).subquery()
+    total = int(conn.execute(select(func.count()).select_from(counted)).scalar_one())
+    return {
+        "traces": [summary_from_row(r) for r in rows],
+        "total": min(total, TOTAL_CAP),
+        "total_capped": total > TOTAL_CAP,
+        "next_cursor": next_cursor,
+    }
+
+
+# --------------------------------------------------------------------------- one trace
+
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _assemble_on_the_fly(spans: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict], int, Any] | None:
+    """depth / self time / critical path for spans the finalizer has not assembled yet.
+
+    Returns ({span_id: assembled span}, warnings, clock skew ns, summary), or None when
+    the assembler is not installed.
+    """
+    try:
+        from collector_worker import assembler
+    except ModuleNotFoundError as exc:
+        if exc.name != "collector_worker.assembler":
+            raise
+        return None
+    codec_spans = [
+        {**s, "attributes": _json(s.get("attributes"), {}), "events": _json(s.get("events"), []),
+         "links": _json(s.get("links"), []), "resource": _json(s.get("resource"), {})}
+        for s in spans
+    ]
+    result = assembler.assemble(codec_spans)
+    found = _field(result, "spans", result)
+    if isinstance(found, Mapping):
+        found = list(found.values())
+    per_span = {_field(item, "span_id"): item for item in found or []}
+    warnings = [w if isinstance(w, dict) else vars(w) for w in _field(result, "warnings", None) or []]
+    summary = _field(result, "summary", None)
+    return per_span, warnings, int(_field(result, "clock_skew_ns", 0) or 0), summary
+
+
+def _summary_from_spans(trace_id: str, spans: list[dict[str, Any]]) -> dict[str, Any]:
+    """A provisional summary for a trace that has spans but no ``traces`` row yet."""
+    ids = {s["span_id"] for s in spans}
+    roots = [s for s in spans if not s.get("parent_span_id")]
+    root = min(roots or spans, key=lambda s: (s["start_ns"], s["span_id"]))
+    start = min(s["start_ns"] for s in spans)
+    end = max(s["end_ns"] for s in spans)
+    return {
+        "trace_id": trace_id,
+        "root_service": root["service"],
+        "root_operation": root["name"],
+        "start_time": iso_time(start),
+        "start_ns": int(start),
+        "duration_ms": _ms(end - start),
+        "span_count": len(spans),
+        "services": sorted({s["service"] for s in spans}),
+        "error_count": sum(1 for s in spans if s.get("status_code") == "error"),
+        "incomplete": any(s.get("parent_span_id") and s["parent_span_id"] not in ids for s in spans),
+        "clock_skew_ms": 0.0,
+    }
+
+
+def _missing_parent_warnings(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ids = {s["span_id"] for s in spans}
+    return [
+        {"code": "missing_parent", "span_id": s["span_id"],
+         "message": f"parent span {s['parent_span_id']} of {s['name']!r} never arrived; shown as an extra root"}
+        for s in spans if s.get("parent_span_id") and s["parent_span_id"] not in ids
+    ]
+
+
+def get_trace(conn: Connection, trace_id: str) -> dict[str, Any] | None:
+    """The full trace ``{trace_id, summary, spans, warnings}`` or None when unknown.
+
+    Uses the assembly the finalizer stored; while a trace is still open (or a
+    late span has not been re-assembled yet) depth, self time and critical path
+    are computed on the fly so the trace can be shown as it grows.
+    """
+    s = schema.spans
+    rows = [dict(r) for r in conn.execute(
+        select(s).where(s.c.trace_id == trace_id).order_by(s.c.start_ns, s.c.span_id)).mappings()]
+    if not rows:
+        return None
+    trace_row = conn.execute(select(schema.traces).where(schema.traces.c.trace_id == trace_id)).mappings().first()
+    assembled = trace_row is not None and all(r["depth"] is not None for r in rows) \
+        and int(trace_row["span_count"]) == len(rows)
+    warnings: list[dict[str, Any]] = []
+    if assembled:
+        summary = summary_from_row(trace_row)
+        warnings = [w for w in _json(trace_row["warnings"], []) if isinstance(w, dict)]
+    else:
+        summary = _summary_from_spans(trace_id, rows)
+        computed = _assemble_on_the_fly(rows)
+        if computed:
+            per_span, warnings, skew_ns, assembled_summary = computed
+            if isinstance(assembled_summary, Mapping) and assembled_summary.get("span_count"):
+                summary = summary_from_row({**assembled_summary, "trace_id": trace_id})
+            for r in rows:
+                item = per_span.get(r["span_id"])
+                if item is not None:
+                    r["depth"] = _field(item, "depth")
+                    r["self_time_ns"] = _field(item, "self_time_ns")
+                    r["critical_path"] = bool(_field(item, "critical_path", False))
+            summary["clock_skew_ms"] = _ms(skew_ns)
+        if not warnings:
+            warnings = _missing_parent_warnings(rows)
+    return {"trace_id": trace_id, "summary": summary, "spans": [span_to_api(r) for r in rows],
+            "warnings": warnings}
+
+
+def find_linking_traces(conn: Connection, trace_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    """Traces whose spans link to ``trace_id`` (span links point forward only, so this is the way back).
+
+    Bounded on purpose: only spans starting within ``BACKLINK_WINDOW_NS`` of
+    the trace and carrying links are scanned (at most ``BACKLINK_SCAN_LIMIT``),
+    which covers fan-in and batch consumers of the same flow.
+    """
+    s = schema.spans
+    start = conn.execute(select(func.min(s.c.start_ns)).where(s.c.trace_id == trace_id)).scalar()
+    if start is None:
+        return []
+    pattern = f'%"{trace_id}"%'
+    candidates = (
+        select(s.c.trace_id, s.c.span_id, s.c.service, s.c.name, s.c.links, s.c.start_ns)
+        .where(s.c.start_ns.between(start - BACKLINK_WINDOW_NS, start + BACKLINK_WINDOW_NS))
+        .where(s.c.links != "[]")
+        .where(s.c.trace_id != trace_id)
+        .limit(BACKLINK_SCAN_LIMIT)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(candidates).where(candidates.c.links.like(pattern)).order_by(candidates.c.start_ns)
+    ).mappings().all()
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        for link in _json(row["links"], []):
+            if isinstance(link, dict) and link.get("trace_id") == trace_id:
+                out.append({"trace_id": row["trace_id"], "span_id": row["span_id"], "service": row["service"],
+                            "name": row["name"], "linked_span_id": link.get("span_id")})
+                break
+        if len(out) >= limit:
+            break
+    return out
+
+
+# --------------------------------------------------------------------------- services
+
+
+def list_services(conn: Connection) -> list[dict[str, Any]]:
+    """Every service seen in finalized traces, with its operation and trace counts."""
+    o = schema.trace_operations
+    rows = conn.execute(
+        select(o.c.service, func.count(func.distinct(o.c.operation)), func.count(func.distinct(o.c.trace_id)))
+        .group_by(o.c.service).order_by(o.c.service)
+    ).all()
+    return [{"name": name, "operation_count": int(ops), "trace_count": int(traces)} for name, ops, traces in rows]
+
+
+def list_operations(conn: Connection, service: str) -> list[dict[str, Any]]:
+    """Operations of ``service``: name, how many traces contain it, how many with an error there."""
+    o = schema.trace_operations
+    rows = conn.execute(
+        select(o.c.operation, func.count(), func.sum(cast(o.c.error, Integer)))
+        .where(o.c.service == service).group_by(o.c.operation).order_by(o.c.operation)
+    ).all()
+    return [{"name": name, "count": int(count), "error_count": int(errors or 0)} for name, count, errors in rows]
+
+
+def service_exists(conn: Connection, service: str) -> bool:
+    o = schema.trace_operations
+    return conn.execute(select(o.c.trace_id).where(o.c.service == service).limit(1)).first() is not None
+
+
+def last_finalized_ns(conn: Connection) -> int | None:
+    return conn.execute(select(func.max(schema.traces.c.finalized_ns))).scalar()
+
+
+# --------------------------------------------------------------------------- derived views
+
+
+def trace_timeline(trace: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The trace as events in time order: span starts and ends, checkpoints, errors.
+
+    Each event also carries ``time`` (ISO-8601) besides ``time_ns``.
+    """
+    from collector_worker.exporters import timeline_events
+
+    events = timeline_events(dict(trace))
+    for event in events:
+        event["time"] = iso_time(event.get("time_ns"))
+    return events
+
+
+def _operation_profile(trace: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, float]]:
+    profile: dict[tuple[str, str], dict[str, float]] = {}
+    for span in trace.get("spans") or []:
+        item = profile.setdefault((span["service"], span["name"]),
+                                  {"count": 0, "duration_ms": 0.0, "self_time_ms": 0.0, "errors": 0})
+        item["count"] += 1
+        item["duration_ms"] += float(span.get("duration_ms") or 0.0)
+        item["self_time_ms"] += float(span.get("self_time_ms") or 0.0)
+        item["errors"] += 1 if span.get("status") == "error" else 0
+    return profile
+
+
+def compare_traces(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Where two traces of the same flow differ, per (service, operation).
+
+    For each operation: span counts, total and self time in each trace and the
+    difference (b - a); operations present in only one trace are the
+    structural differences. Sorted by the largest absolute self-time change.
+    """
+    pa, pb = _operation_profile(a), _operation_profile(b)
+    empty = {"count": 0, "duration_ms": 0.0, "self_time_ms": 0.0, "errors": 0}
+    operations = []
+    for key in set(pa) | set(pb):
+        x, y = pa.get(key, empty), pb.get(key, empty)
+        presence = "both" if key in pa and key in pb else ("only_a" if key in pa else "only_b")
+        operations.append({
+            "service": key[0], "name": key[1], "presence": presence,
+            "count_a": int(x["count"]), "count_b": int(y["count"]),
+            "duration_ms_a": round(x["duration_ms"], 6), "duration_ms_b": round(y["duration_ms"], 6),
+            "self_time_ms_a": round(x["self_time_ms"], 6), "self_time_ms_b": round(y["self_time_ms"], 6),
+            "errors_a": int(x["errors"]), "errors_b": int(y["errors"]),
+            "delta_ms": round(y["duration_ms"] - x["duration_ms"], 6),
+            "self_delta_ms": round(y["self_time_ms"] - x["self_time_ms"], 6),
+        })
+    operations.sort(key=lambda op: (-abs(op["self_delta_ms"]), op["service"], op["name"]))
+    sa, sb = a["summary"], b["summary"]
+    return {
+        "a": sa,
+        "b": sb,
+        "duration_delta_ms": round(sb["duration_ms"] - sa["duration_ms"], 6),
+        "span_count_delta": sb["span_count"] - sa["span_count"],
+        "same_root": (sa["root_service"], sa["root_operation"]) == (sb["root_service"], sb["root_operation"]),
+        "operations": operations,
+        "structure": {
+            "only_in_a": [op for op in operations if op["presence"] == "only_a"],
+            "only_in_b": [op for op in operations if op["presence"] == "only_b"],
+            "count_changed": [op for op in operations if op["presence"] == "both" and op["count_a"] != op["count_b"]],
+        },
+    }
+
+
+
+def trace_exists(conn: Connection, trace_id: str) -> bool:
+    """Whether any span of ``trace_id`` is stored."""
+    s = schema.spans
+    return conn.execute(select(s.c.span_id).where(s.c.trace_id == trace_id).limit(1)).first() is not None

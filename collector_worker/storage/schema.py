@@ -1,0 +1,196 @@
+"""The database schema, in SQLAlchemy Core, identical on SQLite and PostgreSQL.
+
+Times are unix nanoseconds (BigInteger); statistics buckets are unix seconds
+at the start of the bucket. JSON-valued columns hold compact JSON text so
+both backends store them the same way.
+
+Who writes what:
+  spans, pending_traces            ingest (consumer)         -- idempotent on (trace_id, span_id)
+  traces, trace_operations,
+  trace_tags, span assembly cols   finalizer (assembler)     -- rewritten on every re-finalization
+  stats, stats_histogram           statistics                -- additive upserts, merge across collectors
+  dependencies, llm_usage          statistics                -- additive upserts
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# One row per span; the raw truth everything else is derived from.
+spans = Table(
+    "spans",
+    metadata,
+    Column("trace_id", String(32), primary_key=True),
+    Column("span_id", String(16), primary_key=True),
+    Column("parent_span_id", String(16), nullable=True),
+    Column("service", String(255), nullable=False),
+    Column("name", String(512), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("duration_ns", BigInteger, nullable=False),
+    Column("status_code", String(8), nullable=False),  # unset | ok | error
+    Column("status_message", Text, nullable=True),
+    Column("attributes", Text, nullable=False, default="{}"),  # JSON object
+    Column("events", Text, nullable=False, default="[]"),  # JSON [{name, time_ns, attributes}]
+    Column("links", Text, nullable=False, default="[]"),  # JSON [{trace_id, span_id, attributes}]
+    Column("resource", Text, nullable=False, default="{}"),  # JSON object
+    Column("scope", String(255), nullable=True),
+    Column("received_ns", BigInteger, nullable=False),
+    # Filled by the assembler when the trace is finalized.
+    Column("depth", Integer, nullable=True),
+    Column("self_time_ns", BigInteger, nullable=True),
+    Column("critical_path", Boolean, nullable=False, default=False),
+    Index("ix_spans_start", "start_ns"),
+)
+
+# Traces with new spans that the finalizer has yet to (re)assemble.
+pending_traces = Table(
+    "pending_traces",
+    metadata,
+    Column("trace_id", String(32), primary_key=True),
+    Column("first_seen_ns", BigInteger, nullable=False),
+    Column("last_seen_ns", BigInteger, nullable=False),  # receive time of the newest span
+    Column("claimed_by", String(255), nullable=True),  # lease, so collectors never finalize the same trace at once
+    Column("claimed_until_ns", BigInteger, nullable=True),
+    Index("ix_pending_last_seen", "last_seen_ns"),
+)
+
+# One summary row per finalized trace; what trace search reads.
+traces = Table(
+    "traces",
+    metadata,
+    Column("trace_id", String(32), primary_key=True),
+    Column("root_span_id", String(16), nullable=True),
+    Column("root_service", String(255), nullable=False),
+    Column("root_operation", String(512), nullable=False),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("duration_ns", BigInteger, nullable=False),
+    Column("span_count", Integer, nullable=False),
+    Column("error_count", Integer, nullable=False),
+    Column("services", Text, nullable=False, default="[]"),  # JSON sorted list of service names
+    Column("service_count", Integer, nullable=False, default=1),
+    Column("incomplete", Boolean, nullable=False, default=False),  # some parent never arrived
+    Column("clock_skew_ns", BigInteger, nullable=False, default=0),  # largest skew detected, 0 if none
+    Column("warnings", Text, nullable=False, default="[]"),  # JSON [{code, message, span_id?}]
+    Column("finalized_ns", BigInteger, nullable=False),
+    Column("version", Integer, nullable=False, default=1),  # times finalized
+    Index("ix_traces_start", "start_ns"),
+    Index("ix_traces_duration", "duration_ns"),
+    Index("ix_traces_root", "root_service", "root_operation", "start_ns"),
+    Index("ix_traces_errors", "error_count", "start_ns"),
+)
+
+# Which (service, operation) pairs occur in a trace: serves service/operation/services-touched filters.
+trace_operations = Table(
+    "trace_operations",
+    metadata,
+    Column("trace_id", String(32), primary_key=True),
+    Column("service", String(255), primary_key=True),
+    Column("operation", String(512), primary_key=True),
+    Column("start_ns", BigInteger, nullable=False),  # trace start, copied for index-only search
+    Column("error", Boolean, nullable=False, default=False),
+    Index("ix_traceops_service", "service", "start_ns"),
+    Index("ix_traceops_operation", "service", "operation", "start_ns"),
+)
+
+# Distinct attribute values of a trace's spans (strings and numbers of bounded length): tag search.
+trace_tags = Table(
+    "trace_tags",
+    metadata,
+    Column("trace_id", String(32), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("value", String(255), primary_key=True),  # string form of the value
+    Column("value_num", Float, nullable=True),  # numeric value when the attribute is a number
+    Column("start_ns", BigInteger, nullable=False),
+    Index("ix_tracetags_value", "key", "value", "start_ns"),
+    Index("ix_tracetags_num", "key", "value_num"),
+)
+
+# Pre-aggregated RED statistics. scope 'span' = per span operation; 'trace' = per trace root (end to end).
+# resolution 60 = per minute, 3600 = hourly rollup. Rows are additive: collectors upsert count += n.
+stats = Table(
+    "stats",
+    metadata,
+    Column("scope", String(8), primary_key=True),
+    Column("resolution", Integer, primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),  # unix seconds, start of the bucket
+    Column("service", String(255), primary_key=True),
+    Column("operation", String(512), primary_key=True),
+    Column("count", BigInteger, nullable=False, default=0),
+    Column("error_count", BigInteger, nullable=False, default=0),
+    Column("total_ns", BigInteger, nullable=False, default=0),
+    Column("max_ns", BigInteger, nullable=False, default=0),
+    Index("ix_stats_bucket", "resolution", "bucket"),
+)
+
+# Latency histogram behind each stats row: log-scaled bins, additive, so percentiles merge exactly.
+stats_histogram = Table(
+    "stats_histogram",
+    metadata,
+    Column("scope", String(8), primary_key=True),
+    Column("resolution", Integer, primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),
+    Column("service", String(255), primary_key=True),
+    Column("operation", String(512), primary_key=True),
+    Column("bin", Integer, primary_key=True),
+    Column("count", BigInteger, nullable=False, default=0),
+)
+
+# Service dependency edges from parent/child span pairs that cross services.
+dependencies = Table(
+    "dependencies",
+    metadata,
+    Column("resolution", Integer, primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),
+    Column("caller", String(255), primary_key=True),
+    Column("callee", String(255), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # http | messaging | rpc | other
+    Column("calls", BigInteger, nullable=False, default=0),
+    Column("errors", BigInteger, nullable=False, default=0),
+    Column("total_ns", BigInteger, nullable=False, default=0),
+    Index("ix_deps_bucket", "resolution", "bucket"),
+)
+
+# LLM usage from gen_ai.* (and OpenInference llm.token_count.*) attributes. Empty string = unknown.
+llm_usage = Table(
+    "llm_usage",
+    metadata,
+    Column("resolution", Integer, primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),
+    Column("service", String(255), primary_key=True),
+    Column("model", String(255), primary_key=True),
+    Column("user_id", String(255), primary_key=True),
+    Column("agent", String(255), primary_key=True),
+    Column("calls", BigInteger, nullable=False, default=0),
+    Column("errors", BigInteger, nullable=False, default=0),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("cache_read_tokens", BigInteger, nullable=False, default=0),
+    Column("cost", Float, nullable=False, default=0.0),
+    Column("total_ns", BigInteger, nullable=False, default=0),
+    Index("ix_llm_bucket", "resolution", "bucket"),
+)
+
+# Version of the schema this database holds; see migrations.py.
+schema_version = Table(
+    "contrail_schema",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("migrated_ns", BigInteger, nullable=False),
+)

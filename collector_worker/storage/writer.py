@@ -1,0 +1,194 @@
+"""Idempotent span writes: the only way spans enter storage.
+
+Spans are inserted with ``ON CONFLICT (trace_id, span_id) DO NOTHING ...
+RETURNING`` so a redelivered stream entry changes nothing, and the caller
+learns exactly which spans are new (statistics must count each span once).
+Every trace that received a new span is marked in ``pending_traces`` for the
+finalizer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+from sqlalchemy.engine import Connection
+
+from .schema import pending_traces, spans
+
+INT64_MAX = 2**63 - 1
+
+# Columns written on ingest, in insert order; the assembly columns are left to the finalizer.
+SPAN_COLUMNS = (
+    "trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns", "duration_ns",
+    "status_code", "status_message", "attributes", "events", "links", "resource", "scope", "received_ns",
+    "critical_path",
+)
+# Rows per INSERT statement: SQLite allows 32766 bound parameters, PostgreSQL 65535.
+_ROWS_PER_STATEMENT = {"sqlite": 32766 // len(SPAN_COLUMNS), "postgresql": 65535 // len(SPAN_COLUMNS)}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _stringify_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): _stringify_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_stringify_keys(v) for v in value]
+    return value
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default).encode
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON; values JSON cannot hold are stored as their string form."""
+    if not value:
+        return "[]" if isinstance(value, (list, tuple)) else "{}"  # also None: an empty mapping
+    try:
+        return _encode(value)
+    except (TypeError, ValueError, RecursionError):  # keys of unusual types, circular data
+        try:
+            return _encode(_stringify_keys(value))
+        except (TypeError, ValueError, RecursionError):
+            return _encode(str(value))
+
+
+def _text(value: Any, limit: int | None = None) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = str(value)
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL
+        value = value.replace("\x00", "\ufffd")
+    if limit is not None and len(value) > limit:
+        value = value[:limit]
+    return value
+
+
+def invalid_reason(span: dict[str, Any]) -> str | None:
+    """Why a decoded span cannot be stored, or None; the consumer dead-letters such spans."""
+    start, end = span.get("start_ns"), span.get("end_ns")
+    if not isinstance(start, int) or not isinstance(end, int):
+        return "span times must be integers"
+    if start > INT64_MAX or end > INT64_MAX or start < 0:
+        return f"span times out of range start={start} end={end}"
+    return None
+
+
+def _resource_json(resource: Any, cache: dict) -> str:
+    """Resources repeat across a batch (one per service process): encode each once."""
+    if not resource:
+        return "{}"
+    try:
+        key = tuple(resource.items())
+        cached = cache.get(key)
+    except (TypeError, AttributeError):  # unhashable values
+        return to_json(resource)
+    if cached is None:
+        cached = cache[key] = to_json(resource)
+    return cached
+
+
+def row_values(span: dict[str, Any], received_ns: int, resource_cache: dict | None = None) -> tuple:
+    """The ``spans`` row for one decoded span, in ``SPAN_COLUMNS`` order (the hot path of ingest)."""
+    get = span.get
+    start, end = span["start_ns"], span["end_ns"]
+    status_message = get("status_message")
+    return (
+        span["trace_id"], span["span_id"], get("parent_span_id"),
+        _text(get("service") or "unknown_service", 255), _text(span["name"], 512), get("kind") or "internal",
+        start, end, end - start, get("status_code") or "unset",
+        _text(status_message) if status_message else None,
+        to_json(get("attributes")), to_json(get("events") or []), to_json(get("links") or []),
+        to_json(get("resource")) if resource_cache is None else _resource_json(get("resource"), resource_cache),
+        _text(get("scope"), 255), received_ns, False,
+    )
+
+
+def span_row(span: dict[str, Any], received_ns: int) -> dict[str, Any]:
+    """The ``spans`` row for one decoded span, as a mapping of column to value."""
+    return dict(zip(SPAN_COLUMNS, row_values(span, received_ns)))
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+_statements: dict[tuple[str, str, int], str] = {}
+
+
+def _placeholder(conn: Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _span_insert_sql(conn: Connection, rows: int) -> str:
+    """Multi-row insert text, the same on SQLite and PostgreSQL; cached per row count."""
+    key = ("spans", conn.dialect.name, rows)
+    sql = _statements.get(key)
+    if sql is None:
+        mark = _placeholder(conn)
+        row = "(" + ",".join([mark] * len(SPAN_COLUMNS)) + ")"
+        sql = (f"INSERT INTO {spans.name} ({','.join(SPAN_COLUMNS)}) VALUES " + ",".join([row] * rows)
+               + " ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id")
+        _statements[key] = sql
+    return sql
+
+
+def _pending_upsert_sql(conn: Connection, rows: int) -> str:
+    key = ("pending", conn.dialect.name, rows)
+    sql = _statements.get(key)
+    if sql is None:
+        mark = _placeholder(conn)
+        sql = (f"INSERT INTO {pending_traces.name} (trace_id, first_seen_ns, last_seen_ns) VALUES "
+               + ",".join([f"({mark},{mark},{mark})"] * rows)
+               + " ON CONFLICT (trace_id) DO UPDATE SET last_seen_ns = excluded.last_seen_ns")
+        _statements[key] = sql
+    return sql
+
+
+def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: int) -> list[dict[str, Any]]:
+    """Insert spans that are not stored yet; return exactly those newly inserted.
+
+    Runs inside the caller's transaction. The statements are written as plain
+    multi-row SQL (identical on SQLite and PostgreSQL) because building them
+    through the expression layer costs more than the database work at the
+    ingest rates a collector must sustain. Rows are written in key order so
+    concurrent collectors on PostgreSQL take row locks in the same order and
+    cannot deadlock each other.
+    """
+    if not spans_in:
+        return []
+    if conn.dialect.name not in _ROWS_PER_STATEMENT:
+        raise RuntimeError(f"unsupported database backend {conn.dialect.name!r} (use SQLite or PostgreSQL)")
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+    for span in spans_in:
+        by_key.setdefault((span["trace_id"], span["span_id"]), span)  # first copy wins within a batch
+    keys = sorted(by_key)
+
+    inserted: list[tuple[str, str]] = []
+    resource_cache: dict = {}
+    for chunk in _chunks(keys, _ROWS_PER_STATEMENT[conn.dialect.name]):
+        params: list[Any] = []
+        for key in chunk:
+            params.extend(row_values(by_key[key], received_ns, resource_cache))
+        result = conn.exec_driver_sql(_span_insert_sql(conn, len(chunk)), tuple(params))
+        inserted.extend((row[0], row[1]) for row in result.fetchall())
+    if not inserted:
+        return []
+
+    trace_ids = sorted({trace_id for trace_id, _ in inserted})
+    for chunk in _chunks(trace_ids, 10000):
+        params = []
+        for trace_id in chunk:
+            params.extend((trace_id, received_ns, received_ns))
+        conn.exec_driver_sql(_pending_upsert_sql(conn, len(chunk)), tuple(params))
+    new_keys = set(inserted)
+    return [by_key[key] for key in keys if key in new_keys]

@@ -1,0 +1,158 @@
+"""One real Contrail stack for all browser tests: Redis, a collector process, the web app, Chromium.
+
+Traces are produced by real tracers and collected by the real collector; the
+browser drives the dashboard the way a person would. In CI (CI=true) a missing
+Chromium or Playwright fails the run; elsewhere the tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import IN_CI, ROOT
+from tests.support.servers import RedisServer, free_port, wait_until
+
+from . import traffic
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+
+
+def browser_unavailable_reason() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        return f"playwright is not installed: {exc}"
+    if not Path(CHROMIUM).exists():
+        return f"Chromium not found at {CHROMIUM}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    # Module scope: Playwright's sync API keeps an event loop running in this thread while it is open, which
+    # would break asyncio.run() in whatever tests the same xdist worker runs after the browser tests.
+    reason = browser_unavailable_reason()
+    if reason:
+        if IN_CI:
+            pytest.fail(f"the browser tests must run in CI: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+class Stack:
+    """URLs and trace ids of the running stack."""
+
+    def __init__(self, base_url: str, ids: dict[str, str], big_trace_id: str):
+        self.base_url = base_url
+        self.ids = ids
+        self.big_trace_id = big_trace_id
+
+    def api(self, path: str, **params):
+        response = requests.get(f"{self.base_url}/api/v1{path}", params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+
+def _serve(app, port):
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="contrail-web", daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.fixture(scope="module")
+def stack(chromium, tmp_path_factory):
+    """Redis + `contrail collector` subprocess + the web app, with real collected traces."""
+    workdir = tmp_path_factory.mktemp("dashboard-stack")
+    redis_server = RedisServer.launch()
+    database_url = f"sqlite:///{workdir / 'contrail.db'}"
+    env = {**os.environ, "CONTRAIL_REDIS_URL": redis_server.url, "CONTRAIL_DATABASE_URL": database_url,
+           "CONTRAIL_QUIET_PERIOD": "0.5s", "CONTRAIL_DATA_DIR": str(workdir), "PYTHONPATH": str(ROOT)}
+    command = [shutil.which("contrail", path=str(Path(sys.executable).parent)) or "contrail", "collector"]
+    log = open(workdir / "collector.log", "wb")
+    collector = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(workdir))
+    server = None
+    try:
+        from web.app import create_app
+
+        app = create_app({"DATABASE_URL": database_url, "REDIS_URL": redis_server.url})
+        port = free_port()
+        server, _ = _serve(app, port)
+        base_url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: requests.get(f"{base_url}/healthz", timeout=2).ok, timeout=20, message="web app")
+
+        ids = traffic.produce_small_traces(redis_server.url, str(workdir / "tracer"))
+        big = traffic.produce_big_trace(redis_server.url)
+        stack = Stack(base_url, ids, big)
+
+        def collected():
+            assert collector.poll() is None, (workdir / "collector.log").read_text()
+            for trace_id in [*ids.values(), big]:
+                if requests.get(f"{base_url}/api/v1/traces/{trace_id}", timeout=10).status_code != 200:
+                    return False
+            found = stack.api("/traces", lookback="1h", limit=50)
+            return found["total"] >= len(ids) + 4 and all(t["span_count"] for t in found["traces"])
+
+        wait_until(collected, timeout=90, interval=0.5, message="the collector to store and finalize all traces")
+        wait_until(lambda: stack.api(f"/traces/{big}")["summary"]["span_count"] == traffic.BIG_TRACE_SPANS,
+                   timeout=60, interval=0.5, message="the 10k-span trace to be finalized")
+        yield stack
+    finally:
+        if server is not None:
+            server.shutdown()
+        collector.terminate()
+        try:
+            collector.wait(10)
+        except subprocess.TimeoutExpired:
+            collector.kill()
+            collector.wait(5)
+        log.close()
+        redis_server.destroy()
+
+
+class ConsoleWatch:
+    """Browser console errors and uncaught page errors seen by one page."""
+
+    def __init__(self, page):
+        self.errors: list[str] = []
+        page.on("console", lambda message: self.errors.append(f"console.{message.type}: {message.text}")
+                if message.type == "error" else None)
+        page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
+
+    def assert_clean(self):
+        assert self.errors == [], "browser console errors:\n" + "\n".join(self.errors)
+
+
+@pytest.fixture
+def page(chromium, stack):
+    context = chromium.new_context(viewport={"width": 1440, "height": 900}, base_url=stack.base_url)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.base_url)
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    page.console = ConsoleWatch(page)
+    yield page
+    context.close()
+
+
+def screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path

@@ -1,0 +1,125 @@
+"""Real traffic for the dashboard tests: traced calls across services and a 10k-span trace.
+
+Small traces go through ``TracingManager`` (the same path an application uses);
+the big trace is published straight to the stream with the wire codec, in
+batches, the way a busy service's exporter would send it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+
+import redis
+from opentelemetry import context as context_api
+
+from tracer import TracingManager
+from tracer.codec import encode_spans
+
+SERVICES = ("gateway", "inventory", "worker")
+BIG_TRACE_SPANS = 10_000
+
+
+@contextmanager
+def remote_parent(manager: TracingManager, carrier: dict):
+    """Continue the trace in ``carrier`` (W3C headers) the way a receiving service does."""
+    token = context_api.attach(manager.extract_span_context(carrier) or context_api.get_current())
+    try:
+        yield
+    finally:
+        context_api.detach(token)
+
+
+def checkout(managers: dict[str, TracingManager], *, fail: bool, slow_ms: float = 5.0, extra_step: bool = False) -> str:
+    """One POST /checkout: gateway → inventory over HTTP, gateway → worker through a Celery queue."""
+    gateway, inventory, worker = (managers[name] for name in SERVICES)
+    with gateway.span("POST /checkout", kind="server", **{"http.method": "POST", "http.route": "/checkout",
+                                                           "note": "<img src=x onerror=window.__xss=1>"}) as root:
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        with gateway.span("GET /inventory/42", kind="client", **{"http.method": "GET"}):
+            headers = gateway.inject_span_context()
+            with remote_parent(inventory, headers):
+                with inventory.span("GET /inventory/<id>", kind="server", **{"http.route": "/inventory/<id>"}):
+                    with inventory.span("SELECT stock", kind="client", **{"db.system": "sqlite"}):
+                        time.sleep(slow_ms / 1000)
+                    if extra_step:
+                        with inventory.span("recount stock", kind="internal"):
+                            time.sleep(0.004)
+        with gateway.span("celery.send process_order", kind="producer", **{"messaging.system": "celery"}):
+            message_headers = gateway.inject_span_context()
+        time.sleep(0.01)  # the message waits in the queue
+        with remote_parent(worker, message_headers):
+            try:
+                with worker.span("run process_order", kind="consumer", **{"celery.task_name": "process_order",
+                                                                          "celery.queue_wait_ms": 10.0}):
+                    with worker.span("charge card", kind="client", **{"payment.provider": "test"}):
+                        time.sleep(0.002)
+                        if fail:
+                            raise RuntimeError("card declined")
+            except RuntimeError:
+                pass
+    return trace_id
+
+
+def agent_question(manager: TracingManager) -> str:
+    """An AI-agent request: a run with a phase, a tool call and two LLM calls."""
+    with manager.span("POST /ask", kind="server") as root:
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        with manager.agent_run("helper"):
+            with manager.phase("plan"):
+                with manager.llm_call(model="test-model-small", provider="test") as call:
+                    call.record_usage(input_tokens=120, output_tokens=30)
+            with manager.tool_call("search_docs", operation="query"):
+                time.sleep(0.002)
+            with manager.llm_call(model="test-model-large", provider="test") as call:
+                call.record_usage(input_tokens=900, output_tokens=200)
+    return trace_id
+
+
+def produce_small_traces(redis_url: str, data_dir: str) -> dict[str, str]:
+    """The traces the page tests click through; returns their ids by role."""
+    managers = {name: TracingManager(service_name=name, redis_url=redis_url, schedule_delay=0.05,
+                                     data_dir=data_dir) for name in SERVICES}
+    try:
+        ids = {
+            "ok": checkout(managers, fail=False),
+            "slow": checkout(managers, fail=False, slow_ms=40.0, extra_step=True),
+            "error": checkout(managers, fail=True),
+        }
+        for _ in range(3):
+            checkout(managers, fail=False)
+        ids["agent"] = agent_question(managers["gateway"])
+        for manager in managers.values():
+            assert manager.flush(10), manager.get_tracer_info()
+    finally:
+        for manager in managers.values():
+            manager.shutdown()
+    return ids
+
+
+def produce_big_trace(redis_url: str, stream: str = "contrail:spans", spans: int = BIG_TRACE_SPANS,
+                      batch: int = 1000) -> str:
+    """A 10k-span trace: a root with a wide, 6-level-deep tree over three services."""
+    trace_id = os.urandom(16).hex()
+    start = time.time_ns() - 2_000_000_000
+    rows = []
+    ids = [os.urandom(8).hex() for _ in range(spans)]
+    for i in range(spans):
+        parent = None if i == 0 else ids[(i - 1) // 8]  # 8 children each: depth about log8(10k)
+        depth = 0 if i == 0 else 1 + len(bin(i)) // 3
+        offset = (i * 97_000) % 900_000_000
+        rows.append({
+            "trace_id": trace_id, "span_id": ids[i], "parent_span_id": parent,
+            "name": "GET /big" if i == 0 else f"step-{i % 50}", "kind": "server" if i == 0 else "internal",
+            "start_ns": start + (0 if i == 0 else offset), "end_ns": start + (1_000_000_000 if i == 0 else offset + 1_000_000 * (1 + depth)),
+            "status_code": "error" if i % 997 == 0 and i else "unset", "service": SERVICES[i % 3],
+            "resource": {"service.name": SERVICES[i % 3]}, "attributes": {"index": i}, "events": [], "links": [],
+        })
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for first in range(0, spans, batch):
+            client.xadd(stream, encode_spans(rows[first:first + batch]))
+    finally:
+        client.close()
+    return trace_id

@@ -1,0 +1,77 @@
+"""Celery app used by the Celery tests: both the test process and the worker subprocesses import it.
+
+Everything comes from the environment so one module serves every broker,
+queue and protocol: CONTRAIL_TEST_BROKER_URL, CONTRAIL_TEST_BACKEND_URL,
+CONTRAIL_TEST_QUEUE, CONTRAIL_TEST_TASK_PROTOCOL, plus the usual CONTRAIL_*
+settings of the TracingManager.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+
+from tracer.manager import TracingManager
+
+app = Celery("contrail_tests", broker=os.environ["CONTRAIL_TEST_BROKER_URL"],
+             backend=os.environ["CONTRAIL_TEST_BACKEND_URL"])
+app.conf.update(
+    task_protocol=int(os.environ.get("CONTRAIL_TEST_TASK_PROTOCOL", "2")),
+    task_default_queue=os.environ.get("CONTRAIL_TEST_QUEUE", "celery"),
+    task_track_started=True,
+    result_expires=600,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    worker_prefetch_multiplier=1,
+)
+
+tracing = TracingManager(service_name=os.environ.get("CONTRAIL_SERVICE_NAME", "celery-tests"),
+                         celery_app=app if os.environ.get("CONTRAIL_TEST_INSTRUMENT", "1") == "1" else None)
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def total(values):
+    return sum(values)
+
+
+@app.task
+def fan_out(count):
+    """Publishes from inside a task: the children must stay in this trace."""
+    return [add.delay(i, i).id for i in range(count)]
+
+
+@app.task(bind=True, max_retries=3)
+def flaky(self, failures):
+    """Fails ``failures`` times, retrying each time, then succeeds."""
+    if self.request.retries < failures:
+        raise self.retry(exc=RuntimeError(f"attempt {self.request.retries} failed"), countdown=0.05)
+    return self.request.retries
+
+
+@app.task
+def boom(message="boom"):
+    raise ValueError(message)
+
+
+@app.task(time_limit=1)
+def overrun(seconds):
+    """Runs past its hard time limit: the pool child is killed mid-task."""
+    time.sleep(seconds)
+
+
+@app.task
+def sleeper(seconds):
+    time.sleep(seconds)
+
+
+@app.task
+def pipeline():
+    """The end-to-end flow: one subtask retries once, one fails."""
+    return [flaky.delay(1).id, boom.delay("payment declined").id]

@@ -1,0 +1,52 @@
+"""Each worker pool (prefork, threads, solo) and child recycling produce the same parentage, nothing lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.celery.helpers import Worker, count, hex_span, hex_trace, named, one, wait_for_spans
+
+pytestmark = pytest.mark.xdist_group("celery")
+
+ADD = "tests.celery.apps.tasks.add"
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_nested_publish_and_retry_parentage_in_pool(pool, tasks, celery_env, spans_client, tmp_path):
+    queue = f"pool-{pool}"
+    worker = Worker(celery_env, queue, pool=pool, concurrency=2 if pool == "threads" else 1, log_dir=tmp_path).start()
+    try:
+        with tasks.tracing.tracer.start_as_current_span("client root") as root:
+            tasks.fan_out.apply_async((2,), queue=queue).get(timeout=20)
+            assert tasks.flaky.apply_async((1,), queue=queue).get(timeout=20) == 1
+        tasks.tracing.flush(5)
+        spans = wait_for_spans(spans_client, hex_trace(root), lambda s: len(named(s, f"run {ADD}")) >= 2
+                               and len(named(s, "run tests.celery.apps.tasks.flaky")) >= 2)
+    finally:
+        worker.stop()
+    outer = one(spans, "run tests.celery.apps.tasks.fan_out")
+    assert one(spans, "publish tests.celery.apps.tasks.fan_out")["parent_span_id"] == hex_span(root)
+    ids = {s["span_id"]: s for s in spans}
+    for run in named(spans, f"run {ADD}"):
+        assert ids[run["parent_span_id"]]["parent_span_id"] == outer["span_id"]
+    attempts = sorted(named(spans, "run tests.celery.apps.tasks.flaky"), key=lambda s: s["attributes"]["celery.retries"])
+    assert ids[attempts[1]["parent_span_id"]]["parent_span_id"] == attempts[0]["span_id"]
+    assert all(s["attributes"]["messaging.destination.name"] == queue for s in attempts)
+
+
+def test_recycled_children_lose_no_span(tasks, celery_env, spans_client, tmp_path):
+    """worker_max_tasks_per_child=1: every child exits after one task and must flush first."""
+    queue = "recycle"
+    worker = Worker(celery_env, queue, pool="prefork", concurrency=1, extra=["--max-tasks-per-child=1"],
+                    log_dir=tmp_path).start()
+    try:
+        with tasks.tracing.tracer.start_as_current_span("client root") as root:
+            results = [tasks.add.apply_async((i, i), queue=queue) for i in range(6)]
+            assert [r.get(timeout=30) for r in results] == [2 * i for i in range(6)]
+        tasks.tracing.flush(5)
+        spans = wait_for_spans(spans_client, hex_trace(root), count(f"run {ADD}", 6))
+    finally:
+        worker.stop()
+    runs = named(spans, f"run {ADD}")
+    assert sorted(r["attributes"]["celery.task_id"] for r in runs) == sorted(r.id for r in results)
+    assert len({r["resource"].get("process.pid") for r in runs}) == 6  # six different children, none lost

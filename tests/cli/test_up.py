@@ -1,0 +1,88 @@
+"""`contrail up` with an external Redis, SIGTERM, and a child that keeps failing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import psutil
+import pytest
+
+from tests.support.servers import free_port, wait_until
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent.parent
+
+
+def start_up(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str]]:
+    """Run `contrail up` with its output collected; ``process.reader`` ends at end of output."""
+    lines: list[str] = []
+    process = subprocess.Popen([sys.executable, "-m", "collector_worker.cli", "up", *args], env=env, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def read():
+        for raw in iter(process.stdout.readline, b""):
+            lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    process.reader = threading.Thread(target=read, daemon=True)
+    process.reader.start()
+    return process, lines
+
+
+def clean_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTRAIL_", "DEMO_"))}
+    env.update(extra)
+    return env
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
+@pytest.mark.slow
+def test_up_uses_an_external_redis_and_stops_on_sigterm(redis_url, tmp_path):
+    port = free_port()
+    process, lines = start_up(["--data-dir", str(tmp_path / "data"), "--port", str(port), "--collectors", "2"],
+                              clean_env(CONTRAIL_REDIS_URL=redis_url))
+    try:
+        wait_until(lambda: any("Contrail is up" in line for line in lines) or process.poll() is not None,
+                   timeout=90, interval=0.3, message="the stack")
+        output = "\n".join(lines)
+        assert process.poll() is None, output
+        assert f"using Redis at {redis_url}" in output
+        assert not (tmp_path / "data" / "redis.port").exists()
+        assert (tmp_path / "data" / "contrail.db").exists()
+        children = psutil.Process(process.pid).children(recursive=True)
+        commands = [" ".join(c.cmdline()) for c in children]
+        assert not any("redis-server" in c for c in commands)
+        assert sum(c.endswith("collector_worker.cli collector") for c in commands) == 2, output
+        assert any("collector.2 |" in line for line in lines)  # each collector's output is prefixed
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        wait_until(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+                                   for c in children if psutil.pid_exists(c.pid)),
+                   timeout=20, message="children to be gone")
+    finally:
+        stop(process)
+
+
+@pytest.mark.slow
+def test_a_child_that_keeps_failing_is_reported_and_stops_the_stack(redis_url, tmp_path):
+    bad_db = "postgresql+psycopg://contrail@127.0.0.1:1/contrail"
+    process, lines = start_up(["--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
+                               "--max-restarts", "1"],
+                              clean_env(CONTRAIL_REDIS_URL=redis_url, CONTRAIL_DATABASE_URL=bad_db))
+    try:
+        code = process.wait(120)
+        process.reader.join(10)
+        output = "\n".join(lines)
+        assert code == 1, output
+        assert "collector exited unexpectedly with code 1" in output
+        assert "restarting collector (attempt 1/1)" in output
+        assert "kept failing" in output
+    finally:
+        stop(process)

@@ -1,0 +1,146 @@
+"""The idempotent span writer on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from sqlalchemy import func, select
+
+from collector_worker.storage import open_engine, schema
+from collector_worker.storage.writer import SPAN_COLUMNS, invalid_reason, span_row, store_spans
+
+
+def make_span(trace_id: str, span_id: str, parent: str | None = None, **extra) -> dict:
+    span = {
+        "trace_id": trace_id, "span_id": span_id, "parent_span_id": parent, "name": "GET /orders",
+        "kind": "server", "start_ns": 1_700_000_000_000_000_000, "end_ns": 1_700_000_000_250_000_000,
+        "status_code": "ok", "status_message": None, "service": "orders", "resource": {"host.name": "a"},
+        "attributes": {"http.status_code": 200}, "events": [], "links": [], "scope": None,
+    }
+    span.update(extra)
+    return span
+
+
+def random_ids(count: int) -> list[str]:
+    return [os.urandom(8).hex() for _ in range(count)]
+
+
+@pytest.fixture
+def engine(database_url):
+    engine = open_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def count(engine, table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def test_same_spans_twice_store_once_and_return_nothing_new(engine):
+    trace = os.urandom(16).hex()
+    spans = [make_span(trace, sid) for sid in random_ids(5)]
+    with engine.begin() as conn:
+        first = store_spans(conn, spans, received_ns=1000)
+    with engine.begin() as conn:
+        second = store_spans(conn, spans, received_ns=2000)
+    assert sorted(s["span_id"] for s in first) == sorted(s["span_id"] for s in spans)
+    assert second == []
+    assert count(engine, schema.spans) == 5
+    with engine.connect() as conn:
+        pending = conn.execute(select(schema.pending_traces)).mappings().all()
+    # The redelivered batch changed nothing, not even the pending mark.
+    assert [(p["trace_id"], p["first_seen_ns"], p["last_seen_ns"]) for p in pending] == [(trace, 1000, 1000)]
+
+
+def test_new_span_of_known_trace_moves_last_seen_and_keeps_first_seen(engine):
+    trace = os.urandom(16).hex()
+    old, new = random_ids(2)
+    with engine.begin() as conn:
+        store_spans(conn, [make_span(trace, old)], received_ns=1000)
+    with engine.begin() as conn:
+        returned = store_spans(conn, [make_span(trace, old), make_span(trace, new, parent=old)], received_ns=5000)
+    assert [s["span_id"] for s in returned] == [new]
+    with engine.connect() as conn:
+        row = conn.execute(select(schema.pending_traces)).mappings().one()
+    assert (row["first_seen_ns"], row["last_seen_ns"]) == (1000, 5000)
+
+
+def test_columns_hold_compact_json_and_duration(engine):
+    trace, sid = os.urandom(16).hex(), os.urandom(8).hex()
+
+    class Opaque:
+        def __str__(self):
+            return "opaque-value"
+
+    span = make_span(trace, sid, attributes={"b": b"raw", "o": Opaque(), "n": 1.5, "t": (1, 2)},
+                     events=[{"name": "exception", "time_ns": 5, "attributes": {"m": "boom"}}],
+                     links=[{"trace_id": trace, "span_id": sid, "attributes": {}}], status_code="error",
+                     status_message="boom")
+    with engine.begin() as conn:
+        store_spans(conn, [span], received_ns=7)
+    with engine.connect() as conn:
+        row = conn.execute(select(schema.spans)).mappings().one()
+    assert row["attributes"] == '{"b":"raw","o":"opaque-value","n":1.5,"t":[1,2]}'
+    assert json.loads(row["events"]) == [{"name": "exception", "time_ns": 5, "attributes": {"m": "boom"}}]
+    assert json.loads(row["links"])[0]["span_id"] == sid
+    assert json.loads(row["resource"]) == {"host.name": "a"}
+    assert row["duration_ns"] == 250_000_000
+    assert row["received_ns"] == 7
+    assert (row["status_code"], row["status_message"]) == ("error", "boom")
+
+
+def test_overlong_text_is_cut_and_nul_replaced_not_rejected(engine):
+    trace, sid = os.urandom(16).hex(), os.urandom(8).hex()
+    span = make_span(trace, sid, name="x" * 2000, service="svc\x00name", attributes={"k\x00": "v\x00"})
+    with engine.begin() as conn:
+        assert len(store_spans(conn, [span], received_ns=1)) == 1
+    with engine.connect() as conn:
+        row = conn.execute(select(schema.spans)).mappings().one()
+    assert row["name"] == "x" * 512
+    assert row["service"] == "svc\ufffdname"
+    assert json.loads(row["attributes"]) == {"k\x00": "v\x00"}
+
+
+def test_duplicates_inside_one_batch_store_one_row(engine):
+    trace, sid = os.urandom(16).hex(), os.urandom(8).hex()
+    with engine.begin() as conn:
+        returned = store_spans(conn, [make_span(trace, sid), make_span(trace, sid, name="second copy")],
+                               received_ns=1)
+    assert len(returned) == 1
+    assert count(engine, schema.spans) == 1
+
+
+def test_batches_larger_than_one_statement_are_chunked(engine):
+    traces = [os.urandom(16).hex() for _ in range(400)]
+    spans = [make_span(trace, sid) for trace in traces for sid in random_ids(10)]  # 4000 rows, > 1 statement
+    with engine.begin() as conn:
+        returned = store_spans(conn, spans, received_ns=1)
+    assert len(returned) == 4000
+    assert count(engine, schema.spans) == 4000
+    assert count(engine, schema.pending_traces) == 400
+
+
+def test_row_layout_matches_insert_columns_and_schema():
+    row = span_row(make_span("a" * 32, "b" * 16), received_ns=1)
+    assert tuple(row) == SPAN_COLUMNS
+    assert set(SPAN_COLUMNS) == {c.name for c in schema.spans.columns} - {"depth", "self_time_ns"}
+
+
+def test_times_beyond_64_bits_are_reported_not_stored():
+    assert invalid_reason(make_span("a" * 32, "b" * 16)) is None
+    assert "out of range" in invalid_reason(make_span("a" * 32, "b" * 16, end_ns=2**64))
+
+
+def test_resources_of_every_shape_are_stored(engine):
+    trace = os.urandom(16).hex()
+    resources = [{"host.name": "a"}, {"host.name": "a"}, {"process.command_args": ["python", "app.py"]},
+                 {"nested": {"k": 1}}, {}]
+    spans = [make_span(trace, sid, resource=r) for sid, r in zip(random_ids(5), resources)]
+    with engine.begin() as conn:
+        store_spans(conn, spans, received_ns=1)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(schema.spans.c.span_id, schema.spans.c.resource)).all())
+    assert {sid: json.loads(text) for sid, text in stored.items()} == {s["span_id"]: s["resource"] for s in spans}

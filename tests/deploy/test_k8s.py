@@ -1,0 +1,108 @@
+"""Kubernetes manifests refer only to things that exist: commands, settings, probes, ports."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.deploy.conftest import K8S_DIR, check_argv, load_yaml_documents, setting_variables
+from tracer.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def documents():
+    docs = []
+    for path in sorted(K8S_DIR.glob("*.yaml")):
+        docs.extend(load_yaml_documents(path))
+    return docs
+
+
+def of_kind(documents, kind):
+    return {doc["metadata"]["name"]: doc for doc in documents if doc["kind"] == kind}
+
+
+def containers(documents):
+    for kind in ("Deployment", "StatefulSet"):
+        for name, doc in of_kind(documents, kind).items():
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                yield name, container
+
+
+def test_manifests_parse_and_live_in_one_namespace(documents):
+    kinds = {doc["kind"] for doc in documents}
+    assert {"Namespace", "ConfigMap", "Secret", "Deployment", "StatefulSet", "Service",
+            "HorizontalPodAutoscaler"} <= kinds
+    namespace = next(iter(of_kind(documents, "Namespace")))
+    for doc in documents:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == namespace, doc["metadata"]["name"]
+
+
+def test_contrail_containers_run_real_commands(documents):
+    seen = set()
+    for name, container in containers(documents):
+        if container["image"].startswith("contrail"):
+            assert check_argv(container["command"]) == "contrail"
+            seen.add(container["command"][1])
+    assert {"collector", "web"} <= seen
+
+
+def test_every_contrail_variable_is_a_real_setting(documents):
+    known = setting_variables()
+    configmaps, secrets = of_kind(documents, "ConfigMap"), of_kind(documents, "Secret")
+    for configmap in configmaps.values():
+        for key in configmap["data"]:
+            assert key in known, f"ConfigMap key {key} is not a setting"
+        Settings.load(env=configmap["data"])
+    for secret in secrets.values():
+        for key in secret["stringData"]:
+            assert key in known or not key.startswith("CONTRAIL_"), key
+    for name, container in containers(documents):
+        for env in container.get("env", []):
+            if env["name"].startswith("CONTRAIL_"):
+                assert env["name"] in known, f"{name}: {env['name']}"
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                assert ref["key"] in secrets[ref["name"]]["stringData"], f"{name}: secret key {ref['key']}"
+        for source in container.get("envFrom", []):
+            assert source["configMapRef"]["name"] in configmaps
+
+
+def test_web_probes_hit_real_routes_on_the_settings_port(documents, web_routes):
+    default_port = Settings.load(env={}).web_port
+    web = of_kind(documents, "Deployment")["contrail-web"]
+    container = web["spec"]["template"]["spec"]["containers"][0]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["http"] == default_port
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] in web_routes
+        assert get["port"] in ports
+    service = of_kind(documents, "Service")["contrail-web"]
+    assert service["spec"]["ports"][0]["port"] == default_port
+    assert service["spec"]["selector"] == web["spec"]["selector"]["matchLabels"]
+
+
+def test_contrail_containers_have_requests_and_limits(documents):
+    for name, container in containers(documents):
+        resources = container["resources"]
+        assert resources["requests"]["cpu"] and resources["requests"]["memory"], name
+        assert resources["limits"]["memory"], name
+
+
+def test_collector_scales_horizontally(documents):
+    deployments = of_kind(documents, "Deployment")
+    hpa = of_kind(documents, "HorizontalPodAutoscaler")["contrail-collector"]
+    target = hpa["spec"]["scaleTargetRef"]
+    assert target["kind"] == "Deployment" and target["name"] in deployments
+    assert deployments[target["name"]]["spec"]["template"]["spec"]["containers"][0]["command"][1] == "collector"
+    assert 1 < hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_services_select_existing_workloads(documents):
+    workloads = {**of_kind(documents, "Deployment"), **of_kind(documents, "StatefulSet")}
+    labels = [w["spec"]["template"]["metadata"]["labels"] for w in workloads.values()]
+    for name, service in of_kind(documents, "Service").items():
+        selector = service["spec"]["selector"]
+        assert any(selector.items() <= label.items() for label in labels), f"Service {name} selects nothing"

@@ -1,0 +1,80 @@
+"""Settings precedence and the wire codec contract."""
+
+import msgpack
+import pytest
+
+from tracer import codec
+from tracer.settings import Settings, mask_url
+from tracer.units import parse_duration
+
+
+def test_precedence_kwargs_then_contrail_then_otel_then_default():
+    env = {"CONTRAIL_SAMPLE_RATE": "0.5", "OTEL_TRACES_SAMPLER_ARG": "0.2", "OTEL_SERVICE_NAME": "svc",
+           "OTEL_BSP_SCHEDULE_DELAY": "250"}
+    assert Settings.load(env=env).sample_rate == 0.5
+    assert Settings.load(env=env, sample_rate=0.1).sample_rate == 0.1
+    assert Settings.load(env={"OTEL_TRACES_SAMPLER_ARG": "0.2"}).sample_rate == 0.2
+    assert Settings.load(env={}).sample_rate == 1.0
+    assert Settings.load(env=env).service_name == "svc"
+    assert Settings.load(env=env).schedule_delay == pytest.approx(0.25)
+
+
+def test_bad_values_name_their_source():
+    with pytest.raises(ValueError, match="CONTRAIL_SAMPLE_RATE"):
+        Settings.load(env={"CONTRAIL_SAMPLE_RATE": "2"})
+    with pytest.raises(ValueError, match="CONTRAIL_RETENTION"):
+        Settings.load(env={"CONTRAIL_RETENTION": "seven days"})
+    with pytest.raises(TypeError, match="nonsense"):
+        Settings.load(env={}, nonsense=1)
+
+
+def test_durations_and_masking():
+    assert parse_duration("250ms") == pytest.approx(0.25)
+    assert parse_duration("7d") == 7 * 86400
+    assert parse_duration("1.5s") == 1.5
+    for bad in ("", "-1s", "5 parsecs", "abc"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    assert mask_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert mask_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def _span(**over):
+    span = dict(trace_id="ab" * 16, span_id="cd" * 8, parent_span_id=None, name="op", kind="server",
+                start_ns=1_700_000_000_000_000_000, end_ns=1_700_000_000_500_000_000, status_code="error",
+                status_message="boom", service="orders", resource={"host.name": "h1"},
+                attributes={"order.id": 42, "tags": ["a", "b"]},
+                events=[{"name": "exception", "time_ns": 1_700_000_000_100_000_000, "attributes": {"x": 1}}],
+                links=[{"trace_id": "ef" * 16, "span_id": "01" * 8, "attributes": {}}], scope="tracer")
+    span.update(over)
+    return span
+
+
+@pytest.mark.parametrize("encoding", ["msgpack", "msgpack+zlib", "json"])
+def test_round_trip(encoding):
+    spans = [_span(), _span(span_id="12" * 8, parent_span_id="cd" * 8, service="billing", resource={})]
+    fields = codec.encode_spans(spans, encoding=encoding)
+    assert fields[b"n"] == b"2" and fields[b"v"] == b"1"
+    decoded = codec.decode_entry(fields)
+    assert decoded.rejected == []
+    assert decoded.spans == spans
+
+
+def test_bad_rows_are_rejected_individually():
+    fields = codec.encode_spans([_span(), _span(span_id="XYZ"), _span(span_id="34" * 8, end_ns=1)])
+    decoded = codec.decode_entry(fields)
+    assert [s["span_id"] for s in decoded.spans] == ["cd" * 8]
+    assert [i for i, _ in decoded.rejected] == [1, 2]
+    assert "span id" in decoded.rejected[0][1]
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({b"v": b"9", b"enc": b"msgpack", b"n": b"0", b"data": msgpack.packb({"spans": []})}, "unsupported format version"),
+    ({b"v": b"1", b"enc": b"xml", b"n": b"0", b"data": b"<a/>"}, "unknown encoding"),
+    ({b"v": b"1", b"enc": b"msgpack", b"n": b"1", b"data": b"\xc1\xc1garbage"}, "cannot decode"),
+    ({b"v": b"1", b"enc": b"msgpack", b"n": b"5", b"data": msgpack.packb({"spans": []})}, "count mismatch"),
+    ({b"hello": b"world"}, "missing field"),
+])
+def test_unreadable_entries_raise_with_reason(fields, reason):
+    with pytest.raises(codec.CodecError, match=reason):
+        codec.decode_entry(fields)

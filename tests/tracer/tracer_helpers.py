@@ -1,0 +1,28 @@
+"""Reading what the tracer pushed into the private Redis stream."""
+
+from __future__ import annotations
+
+from tracer.codec import decode_entry
+
+
+def stream_entries(redis_url, stream="contrail:spans"):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return client.xrange(stream)
+    finally:
+        client.close()
+
+
+def stream_spans(redis_url, stream="contrail:spans"):
+    spans = []
+    for _, fields in stream_entries(redis_url, stream):
+        decoded = decode_entry(fields)
+        assert decoded.rejected == []
+        spans.extend(decoded.spans)
+    return spans
+
+
+def by_name(spans):
+    return {s["name"]: s for s in spans}

@@ -1,0 +1,118 @@
+"""Access control, health probes, status and Prometheus metrics."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as otlp_encode
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from tests.support.servers import free_port
+from tests.web.test_web_otlp import finished_spans
+
+TOKENS = {"API_TOKEN": "admin-secret", "READ_TOKEN": "reader-secret", "INGEST_TOKEN": "ingest-secret"}
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def secured(make_app):
+    return make_app(**TOKENS).test_client()
+
+
+def protobuf_body():
+    return otlp_encode(finished_spans()).SerializeToString()
+
+
+def test_without_tokens_everything_is_open(client):
+    assert client.get("/api/v1/traces").status_code == 200
+    assert client.get("/metrics").status_code == 200
+    assert client.post("/v1/traces", data=protobuf_body(), content_type="application/x-protobuf").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/v1/traces", "/api/v1/services", "/metrics", "/api/v1/status"])
+def test_reads_need_a_token(secured, path):
+    response = secured.get(path)
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = secured.get(path, headers=bearer("guess"))
+    assert wrong.status_code == 401 and "invalid_token" in wrong.headers["WWW-Authenticate"]
+    assert secured.get(path, headers={"Authorization": "Basic YTpi"}).status_code == 401
+    assert secured.get(path, headers=bearer("admin-secret")).status_code == 200
+    assert secured.get(path, headers=bearer("reader-secret")).status_code == 200
+    refused = secured.get(path, headers=bearer("ingest-secret"))
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden"
+
+
+def test_ingest_needs_the_ingest_or_api_token(secured):
+    body = protobuf_body()
+    post = lambda headers: secured.post("/v1/traces", data=body, content_type="application/x-protobuf",  # noqa: E731
+                                        headers=headers)
+    assert post({}).status_code == 401
+    assert post(bearer("reader-secret")).status_code == 403
+    assert post(bearer("ingest-secret")).status_code == 200
+    assert post(bearer("admin-secret")).status_code == 200
+
+
+def test_read_token_cannot_write_the_api(secured):
+    response = secured.post("/api/v1/traces", headers=bearer("reader-secret"))
+    assert response.status_code == 403
+    assert secured.post("/api/v1/traces", headers=bearer("admin-secret")).status_code == 405
+
+
+def test_probes_and_spec_stay_open(secured):
+    assert secured.get("/healthz").status_code == 200
+    assert secured.get("/readyz").status_code == 200
+    assert secured.get("/api/v1/openapi.json").status_code == 200
+
+
+def test_official_exporter_with_token_header(make_app, serve, redis_url):
+    base = serve(make_app(**TOKENS))
+    spans = finished_spans()
+    denied = OTLPSpanExporter(endpoint=base + "/v1/traces", timeout=5)
+    assert denied.export(spans) == SpanExportResult.FAILURE
+    allowed = OTLPSpanExporter(endpoint=base + "/v1/traces", headers={"Authorization": "Bearer ingest-secret"},
+                               timeout=5)
+    assert allowed.export(spans) == SpanExportResult.SUCCESS
+    import redis
+
+    assert redis.Redis.from_url(redis_url).xlen("contrail:spans") == 1
+
+
+def test_readyz_reports_what_is_down(make_app, client):
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json() == {"status": "ready",
+                                                              "checks": {"database": "ok", "redis": "ok"}}
+    down = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").test_client().get("/readyz")
+    assert down.status_code == 503
+    body = down.get_json()
+    assert body["status"] == "not_ready" and body["checks"]["database"] == "ok"
+    assert "Connection" in body["checks"]["redis"]
+
+
+def test_status_and_metrics_read_the_stream(client, dataset, redis_url):
+    client.post("/v1/traces", data=protobuf_body(), content_type="application/x-protobuf")
+    status = client.get("/api/v1/status").get_json()
+    assert status["stream"]["stream_length"] == 1 and status["database"] == "ok"
+    assert status["last_finalized_ns"] > 0 and status["last_finalized_time"].endswith("Z")
+    client.get("/api/v1/traces")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "contrail_stream_up 1.0" in text
+    assert "contrail_stream_stream_length 1.0" in text and "contrail_stream_lag 1.0" in text
+    assert "contrail_stream_dead_letters 0.0" in text
+    assert 'contrail_api_request_duration_seconds_count{method="GET",route="/api/v1/traces",status="200"} 1.0' \
+        in text
+    assert "contrail_otlp_spans_received_total 2.0" in text
+
+
+def test_metrics_survive_a_dead_redis(make_app):
+    client = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").test_client()
+    response = client.get("/metrics")
+    assert response.status_code == 200 and "contrail_stream_up 0.0" in response.get_data(as_text=True)
+    status = client.get("/api/v1/status").get_json()
+    assert "error" in status["stream"]

@@ -1,0 +1,678 @@
+"""Celery tracing through Celery's own signals.
+
+One call, :func:`instrument_celery`, connects handlers that give every task
+message a PRODUCER span (``publish <task>``) in the sending process and a
+CONSUMER span (``run <task>``) in the worker, parented through W3C
+``traceparent``/``tracestate``/``baggage`` carried in the message headers.
+
+Why not ``opentelemetry-instrumentation-celery``: it keys in-flight spans by
+the task object (so ``send_task`` by name leaks the producer span and its
+context), records nothing when a pool child dies (hard time limit, revoke with
+terminate), loses spans when ``worker_max_tasks_per_child`` recycles a child,
+does not read protocol 1 messages, and has no queue-wait figure. Here spans
+are keyed by task id, the worker's parent process records what a dead child
+could not, children flush before they exit, and the publish time travels in
+the ``contrail_published_ns`` header so the run span knows its queue wait.
+
+This module imports Celery lazily: ``tracer`` must import without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections import OrderedDict
+from typing import Any, Mapping
+
+from opentelemetry import baggage as otel_baggage
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from . import propagation
+
+logger = logging.getLogger("contrail.celery")
+
+PUBLISHED_HEADER = "contrail_published_ns"
+LINKS_HEADER = "contrail_links"
+PROPAGATION_KEYS = ("traceparent", "tracestate", "baggage")
+MAX_IN_FLIGHT = 10000  # bound on spans waiting for their closing signal
+
+SIGNAL_NAMES = (
+    "before_task_publish", "after_task_publish", "task_received", "task_prerun", "task_postrun",
+    "task_success", "task_failure", "task_retry", "task_revoked", "task_rejected", "task_unknown",
+    "task_internal_error", "worker_process_init", "worker_process_shutdown", "worker_shutdown",
+)
+
+_registry: dict[int, "CeleryTracing"] = {}
+_registry_lock = threading.Lock()
+
+
+def instrument_celery(manager: Any, app: Any = None) -> "CeleryTracing":
+    """Connect Contrail's handlers to Celery's signals; calling it twice changes nothing.
+
+    ``app`` is optional: Celery signals are process-wide, so the handlers trace
+    every app in the process. It is accepted so that the call reads naturally
+    next to ``instrument_flask(app)``.
+    """
+    with _registry_lock:
+        tracing = _registry.get(id(manager))
+        if tracing is None:
+            tracing = CeleryTracing(manager)
+            tracing.connect()
+            _registry[id(manager)] = tracing
+        if app is not None:
+            tracing.apps.add(app)
+        return tracing
+
+
+def uninstrument_celery(manager: Any) -> None:
+    """Disconnect the handlers :func:`instrument_celery` connected for ``manager``."""
+    with _registry_lock:
+        tracing = _registry.pop(id(manager), None)
+    if tracing is not None:
+        tracing.disconnect()
+
+
+# --------------------------------------------------------------------------- propagation
+
+
+# The plain version-00 traceparent every Contrail publisher writes; anything else takes the general path.
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def _inject(carrier: dict, span: Any) -> None:
+    """W3C headers for ``span`` (baggage from the current context).
+
+    Every publish pays for this, so traceparent/tracestate are formatted here
+    exactly as OpenTelemetry's TraceContext propagator does; only a message
+    that carries baggage goes through the full propagator.
+    """
+    span_context = span.get_span_context()
+    if not span_context.is_valid:
+        return
+    if otel_baggage.get_all():
+        propagation.inject(carrier, trace.set_span_in_context(span))
+        return
+    carrier["traceparent"] = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+    if span_context.trace_state:
+        carrier["tracestate"] = span_context.trace_state.to_header()
+
+
+def _extract(carrier: Mapping[str, Any]) -> Any:
+    """The remote context in ``carrier``, or None (no header or garbage).
+
+    A plain version-00 traceparent without tracestate or baggage (what
+    :func:`_inject` writes) is parsed here; everything else goes through the
+    tolerant propagator, which gives the same answer more slowly.
+    """
+    value = carrier.get("traceparent")
+    if not value:
+        return None
+    if isinstance(value, str) and not carrier.get("tracestate") and not carrier.get("baggage"):
+        match = _TRACEPARENT.fullmatch(value)
+        if match is not None:
+            trace_id, span_id = int(match.group(1), 16), int(match.group(2), 16)
+            if not trace_id or not span_id:
+                return None
+            remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match.group(3), 16)))
+            return trace.set_span_in_context(NonRecordingSpan(remote), otel_context.Context())
+    return propagation.extract(carrier)
+
+
+def _carrier(request: Any) -> dict[str, Any]:
+    """Contrail's headers from a task request, whichever protocol delivered it.
+
+    Protocol 2 merges message headers into the request's attributes; protocol 1
+    keeps them in ``request.headers``; revoke and failure signals in the
+    worker's parent hand over a ``Context`` built the same way.
+    """
+    found: dict[str, Any] = {}
+    nested = getattr(request, "headers", None)
+    sources = [nested] if isinstance(nested, Mapping) else []
+    if isinstance(request, Mapping):
+        sources.append(request)
+    for source in sources:
+        for key in PROPAGATION_KEYS + (PUBLISHED_HEADER, LINKS_HEADER):
+            if key in source and source[key] is not None:
+                found[key] = source[key]
+    for key in PROPAGATION_KEYS + (PUBLISHED_HEADER, LINKS_HEADER):
+        if key not in found:
+            value = getattr(request, key, None)
+            if value is not None:
+                found[key] = value
+    return found
+
+
+def _decode_links(value: Any) -> list[Link]:
+    """Links carried as ``[[trace_id, span_id], ...]`` (JSON or a list); garbage is ignored."""
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return []
+    links = []
+    for item in value if isinstance(value, list) else ():
+        try:
+            trace_id, span_id = int(item[0], 16), int(item[1], 16)
+        except (TypeError, ValueError, IndexError):
+            continue
+        if trace_id and span_id:
+            links.append(Link(SpanContext(trace_id, span_id, is_remote=True,
+                                          trace_flags=TraceFlags(TraceFlags.SAMPLED)),
+                              {"celery.link": "chord_header"}))
+    return links
+
+
+# --------------------------------------------------------------------------- message fields
+
+
+def _message_fields(headers: Mapping[str, Any] | None, body: Any) -> dict[str, Any]:
+    """Task id, name and ids from a message being published (protocol 2 headers or protocol 1 body)."""
+    fields = dict(headers or {})
+    if isinstance(body, Mapping) and "id" in body and "task" in body:  # protocol 1
+        for key in ("id", "task", "root_id", "parent_id", "group", "retries", "eta", "expires",
+                    "chord", "taskset"):
+            fields.setdefault(key, body.get(key))
+        if fields.get("group") is None:
+            fields["group"] = body.get("taskset")
+    return fields
+
+
+def _embedded_chord(body: Any) -> Any:
+    """The chord callback signature a header task message carries, if any."""
+    if isinstance(body, Mapping):  # protocol 1
+        return body.get("chord")
+    if isinstance(body, (tuple, list)) and len(body) == 3 and isinstance(body[2], Mapping):
+        return body[2].get("chord")
+    return None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def _ids(source: Any, get) -> dict[str, Any]:
+    """celery.* id attributes, from a headers mapping or a request object."""
+    attrs: dict[str, Any] = {}
+    for attr, key in (("celery.root_id", "root_id"), ("celery.parent_id", "parent_id"),
+                      ("celery.group_id", "group"), ("celery.eta", "eta"), ("celery.expires", "expires")):
+        value = get(source, key)
+        if value:
+            attrs[attr] = _text(value)
+    retries = get(source, "retries")
+    if retries is not None:
+        try:
+            attrs["celery.retries"] = int(retries)
+        except (TypeError, ValueError):
+            pass
+    return attrs
+
+
+def _get_mapping(source: Mapping[str, Any], key: str) -> Any:
+    return source.get(key)
+
+
+def _get_attr(source: Any, key: str) -> Any:
+    return getattr(source, key, None)
+
+
+def _request_attributes(request: Any, task_name: str, task_id: str) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "messaging.system": "celery",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "run",
+        "messaging.message.id": task_id,
+        "celery.task_name": task_name,
+        "celery.task_id": task_id,
+    }
+    attrs.update(_ids(request, _get_attr))
+    info = getattr(request, "delivery_info", None) or {}
+    destination = info.get("routing_key") or info.get("exchange")
+    if destination:
+        attrs["messaging.destination.name"] = _text(destination)
+    hostname = getattr(request, "hostname", None)
+    if hostname:
+        attrs["celery.hostname"] = _text(hostname)
+    chord = getattr(request, "chord", None)
+    if chord:
+        attrs["celery.chord_id"] = _text(getattr(request, "group", None) or "")
+    return attrs
+
+
+def _name(task: Any, fallback: str = "unknown") -> str:
+    return _text(getattr(task, "name", None) or fallback)
+
+
+# --------------------------------------------------------------------------- the handlers
+
+
+def _record_late_attributes(held: tuple) -> Any:
+    """Set the attributes an in-flight span kept back; return the span.
+
+    ``held`` is ``(span, context token, late)``; ``late`` is an attribute
+    dict or a ``(request, task name, task id, extra)`` tuple of a run. Setting
+    attributes costs the SDK a validation per value, so it waits until the
+    message is out (publish) or the result is stored (run): the round trip the
+    caller waits for does not pay for it. Every path that ends one of these
+    spans comes through here, so the exported span is the same.
+    """
+    span, _, late = held
+    if isinstance(late, tuple):
+        request, name, task_id, extra = late
+        attrs = _request_attributes(request, name, task_id)
+        attrs.update(extra)
+    else:
+        attrs = late
+    if attrs:
+        span.set_attributes(attrs)
+    return span
+
+
+class _InFlight:
+    """Spans waiting for their closing signal, by task id; bounded so a lost signal cannot leak.
+
+    Values are ``(span, context token or None, late attributes)``.
+    """
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, tuple] = OrderedDict()
+        self._lock = threading.Lock()
+        self.overflowed = 0
+
+    def put(self, key: str, value: Any) -> None:
+        evicted = None
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > MAX_IN_FLIGHT:
+                evicted = self._items.popitem(last=False)[1]
+                self.overflowed += 1
+        if evicted is not None:
+            span = _record_late_attributes(evicted)
+            span.set_status(Status(StatusCode.ERROR, "closing signal never arrived"))
+            span.end()
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            return self._items.get(key)
+
+    def pop(self, key: str) -> Any:
+        with self._lock:
+            return self._items.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class CeleryTracing:
+    """The signal handlers of one TracingManager, and the spans they hold open."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+        self.apps: weakref.WeakSet = weakref.WeakSet()
+        self.publishing = _InFlight()   # task id -> producer span
+        self.running = _InFlight()      # task id -> (consumer span, context token)
+        self.received: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # worker parent: task id -> Request
+        self.chord_links: OrderedDict[str, list] = OrderedDict()  # header group id -> [[trace, span], ...]
+        self._connected: list[tuple[Any, str]] = []
+        self.in_pool_child = False  # set by worker_process_init
+        self.recorded_by_parent: OrderedDict[str, bool] = OrderedDict()
+        self.discarded = 0  # run spans left to the worker parent because the child was terminated
+
+    @property
+    def tracer(self):
+        return self.manager.tracer
+
+    # ---- wiring
+    def connect(self) -> None:
+        from celery import signals
+
+        for name in SIGNAL_NAMES:
+            signal = getattr(signals, name)
+            uid = f"contrail-{id(self.manager)}-{name}"
+            signal.connect(getattr(self, "on_" + name), weak=False, dispatch_uid=uid)
+            self._connected.append((signal, uid))
+
+    def disconnect(self) -> None:
+        for signal, uid in self._connected:
+            signal.disconnect(dispatch_uid=uid)
+        self._connected.clear()
+
+    def _guard(self, what: str, exc: BaseException) -> None:
+        """Tracing must never break a task or a publish: log and carry on."""
+        logger.warning("contrail: %s handler failed: %s: %s", what, type(exc).__name__, exc)
+
+    # ---- publish side
+    def on_before_task_publish(self, sender=None, body=None, exchange=None, routing_key=None,
+                               headers=None, properties=None, **_: Any) -> None:
+        if not self.manager.enabled or headers is None:
+            return
+        try:
+            fields = _message_fields(headers, body)
+            task_id = fields.get("id")
+            task_name = _text(fields.get("task") or sender or "unknown")
+            if not task_id:
+                return
+            attrs: dict[str, Any] = {
+                "messaging.system": "celery",
+                "messaging.operation.type": "publish",
+                "messaging.operation.name": "publish",
+                "messaging.message.id": _text(task_id),
+                "celery.task_name": task_name,
+                "celery.task_id": _text(task_id),
+            }
+            destination = routing_key or exchange
+            if destination:
+                attrs["messaging.destination.name"] = _text(destination)
+            if exchange:
+                attrs["celery.exchange"] = _text(exchange)
+            attrs.update(_ids(fields, _get_mapping))
+            countdown = (properties or {}).get("countdown") if isinstance(properties, Mapping) else None
+            if countdown is not None:
+                attrs["celery.countdown"] = countdown
+            span = self.tracer.start_span(f"publish {task_name}", kind=SpanKind.PRODUCER)
+            # A retry or chain republishes the headers it arrived with: replace, never append.
+            for key in PROPAGATION_KEYS:
+                headers.pop(key, None)
+            _inject(headers, span)
+            headers[PUBLISHED_HEADER] = time.time_ns()
+            self._note_chord_header(fields, body, span)
+            self.publishing.put(_text(task_id), (span, None, attrs))  # attributes set once the message is out
+        except Exception as exc:  # noqa: BLE001 - see _guard
+            self._guard("before_task_publish", exc)
+
+    def _note_chord_header(self, fields: Mapping[str, Any], body: Any, span: Any) -> None:
+        """A chord header member: carry its span context to the callback, so the callback can link it."""
+        callback = _embedded_chord(body)
+        group_id = fields.get("group")
+        if not callback or not group_id or not isinstance(callback, dict):
+            return
+        ctx = span.get_span_context()
+        links = self.chord_links.setdefault(_text(group_id), [])
+        links.append([format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")])
+        while len(self.chord_links) > 1000:
+            self.chord_links.popitem(last=False)
+        options = callback.setdefault("options", {})
+        cb_headers = options.setdefault("headers", {}) if isinstance(options, dict) else None
+        if isinstance(cb_headers, dict):
+            cb_headers[LINKS_HEADER] = json.dumps(links)
+
+    def on_after_task_publish(self, sender=None, body=None, headers=None, **_: Any) -> None:
+        try:
+            task_id = _message_fields(headers, body).get("id")
+            held = self.publishing.pop(_text(task_id)) if task_id else None
+            if held is not None:
+                _record_late_attributes(held).end()
+        except Exception as exc:  # noqa: BLE001
+            self._guard("after_task_publish", exc)
+
+    # ---- worker parent process
+    def on_task_received(self, sender=None, request=None, **_: Any) -> None:
+        """Remember the request in the worker's parent, so a dead child's task can still be recorded."""
+        try:
+            if request is not None and getattr(request, "id", None):
+                self.received[_text(request.id)] = request
+        except Exception as exc:  # noqa: BLE001
+            self._guard("task_received", exc)
+
+    # ---- run side
+    def on_task_prerun(self, sender=None, task_id=None, task=None, **_: Any) -> None:
+        if not self.manager.enabled or task is None or not task_id:
+            return
+        try:
+            request = task.request
+            name = _name(task, _name(sender))
+            carrier = _carrier(request)
+            parent = _extract(carrier)
+            attrs: dict[str, Any] = {}  # on top of _request_attributes, set when the span ends
+            if carrier.get("traceparent") and parent is None:
+                attrs["contrail.propagation_error"] = "malformed traceparent: started a new trace"
+            start_ns = time.time_ns()
+            published = carrier.get(PUBLISHED_HEADER)
+            event_attrs: dict[str, Any] = {}
+            try:
+                published_ns = int(published) if published is not None else None
+            except (TypeError, ValueError):
+                published_ns = None
+            if published_ns:
+                wait_ms = max(0.0, (start_ns - published_ns) / 1e6)
+                attrs["celery.queue_wait_ms"] = wait_ms
+                attrs["celery.published_ns"] = published_ns
+                event_attrs = {"celery.queue_wait_ms": wait_ms, "celery.published_ns": published_ns}
+            links = _decode_links(carrier.get(LINKS_HEADER)) if carrier.get(LINKS_HEADER) else None
+            span = self.tracer.start_span(f"run {name}", context=parent or otel_context.Context(),
+                                          kind=SpanKind.CONSUMER, links=links, start_time=start_ns)
+            if event_attrs:
+                span.add_event("celery.dequeued", event_attrs, timestamp=start_ns)
+            token = otel_context.attach(trace.set_span_in_context(span, parent or otel_context.Context()))
+            self.running.put(_text(task_id), (span, token, (request, name, _text(task_id), attrs)))
+        except Exception as exc:  # noqa: BLE001
+            self._guard("task_prerun", exc)
+
+    def on_task_postrun(self, sender=None, task_id=None, task=None, state=None, **_: Any) -> None:
+        try:
+            held = self.running.pop(_text(task_id)) if task_id else None
+            if held is None:
+                return
+            span, token = held[0], held[1]
+            try:
+                otel_context.detach(token)
+            except Exception:  # detached on another thread or out of order: harmless
+                pass
+            if state:
+                _record_late_attributes(held)
+                span.set_attribute("celery.state", _text(state))
+                span.end()
+            elif self.in_pool_child:
+                # No state: the child is being terminated (revoke, hard time limit) and SystemExit is
+                # unwinding the task. The worker's parent records this run with the reason; ending
+                # this span too would show the attempt twice.
+                self.discarded += 1
+            else:
+                interrupted = sys.exc_info()[1]
+                _record_late_attributes(held)
+                span.set_attribute("celery.state", "INTERRUPTED")
+                span.set_status(Status(StatusCode.ERROR, f"interrupted: {type(interrupted).__name__}"
+                                       if interrupted else "interrupted"))
+                span.end()
+        except Exception as exc:  # noqa: BLE001
+            self._guard("task_postrun", exc)
+
+    def on_task_success(self, sender=None, result=None, **_: Any) -> None:
+        try:
+            request = getattr(sender, "request", None)
+            held = self.running.get(_text(getattr(request, "id", None)))
+            if held is not None:
+                held[0].set_status(Status(StatusCode.OK))
+        except Exception as exc:  # noqa: BLE001
+            self._guard("task_success", exc)
+
+    def on_task_failure(self, sender=None, task_id=None, exception=None, traceback=None, einfo=None,
+                        **_: Any) -> None:
+        try:
+            held = self.running.get(_text(task_id)) if task_id else None
+            if held is not None:
+                _record_error(held[0], exception, einfo)
+                return
+            # No run span here: this is the worker's parent and the child died (hard time limit,
+            # lost worker). Record the run from what the parent knows.
+            reason = "time limit exceeded" if type(exception).__name__ == "TimeLimitExceeded" else "worker lost"
+            self._record_from_parent(sender, _text(task_id), "FAILURE", reason, exception=exception, einfo=einfo)
+        except Exception as exc:  # noqa: BLE001
+            self._guard("task_failure", exc)
+
+    def on_task_retry(self, sender=None, request=None, reason=None, einfo=None, **_: Any) -> None:
+        try:
+            task_id = getattr(request, "id", None)
+            held = self.running.get(_text(task_id)) if task_id else None
+            if held is None:
+                return
+            span = held[0]
+            text = _text(reason) if reason is not None else ""
+            span.set_attribute("celery.retry_reason", text[:1024])
+            span.add_event("celery.retry", {"celery.retry_reason": text[:1024],
+                                            "celery.retries": int(getattr(request, "retries", 0) or 0)})
+        except Exception as exc:  # noqa: BLE001
+            self._guard("task_retry", exc)
+
+    def on_task_revoked(self, sender=None, request=None, terminated=None, signum=None, expired=None,
+                        **_: Any) -> None:
+        try:
+            task_id = _text(getattr(request, "id", None) or "")
+            if not task_id:
+                return
+            if expired:
+                reason = "expired"
+            elif terminated:
+                reason = f"terminated (signal {signum})" if signum is not None else "terminated"
+            else:
+                reason = "revoked"
+            held = self.running.get(task_id)
+            if held is not None:  # threads/solo pool: the span is ours to close
+                span = held[0]
+                span.set_attribute("celery.revoke_reason", reason)
+                span.set_status(Status(StatusCode.ERROR, f"revoked: {reason}"))
+                return
+            self._record_from_parent(sender, task_id, "REVOKED", reason, request=request,
+                                     extra={"celery.terminated": bool(terminated), "celery.expired": bool(expired),
+                                            **({"celery.signum": _text(signum)} if signum is not None else {})})
+        except Exception as exc:  # noqa: BLE001
+            self._guard("task_revoked", exc)
+
+    def _record_from_parent(self, task: Any, task_id: str, state: str, reason: str, request: Any = None,
+                            exception: BaseException | None = None, einfo: Any = None,
+                            extra: Mapping[str, Any] | None = None) -> None:
+        """A run span recorded after the fact by the worker's main process (the child never closed one)."""
+        if not self.manager.enabled or task_id in self.recorded_by_parent:
+            return  # a hard time limit is announced twice: on timeout, then as a lost worker
+        self.recorded_by_parent[task_id] = True
+        while len(self.recorded_by_parent) > MAX_IN_FLIGHT:
+            self.recorded_by_parent.popitem(last=False)
+        received = self.received.get(task_id)
+        if request is None or not _carrier(request):
+            request = getattr(received, "_context", None) or getattr(received, "request_dict", None) or request
+        name = _name(task, _text(getattr(received, "name", None) or "unknown"))
+        carrier = _carrier(request) if request is not None else {}
+        if received is not None and not carrier.get("traceparent"):
+            carrier = _carrier(getattr(received, "request_dict", {}) or {})
+        parent = _extract(carrier)
+        now = time.time_ns()
+        time_start = getattr(received, "time_start", None)
+        start_ns = int(time_start * 1e9) if time_start else now
+        attrs = _request_attributes(request, name, task_id) if request is not None else {
+            "messaging.system": "celery", "messaging.operation.type": "process",
+            "messaging.message.id": task_id, "celery.task_name": name, "celery.task_id": task_id}
+        attrs.update({"celery.state": state, "celery.recorded_by": "worker parent",
+                      "celery.revoke_reason" if state == "REVOKED" else "celery.failure_reason": reason})
+        worker_pid = getattr(received, "worker_pid", None)
+        if worker_pid:
+            attrs["celery.worker_pid"] = int(worker_pid)
+        if received is not None and getattr(received, "hostname", None):
+            attrs["celery.hostname"] = _text(received.hostname)
+        published = carrier.get(PUBLISHED_HEADER)
+        try:
+            if published and time_start:
+                attrs["celery.queue_wait_ms"] = max(0.0, (start_ns - int(published)) / 1e6)
+        except (TypeError, ValueError):
+            pass
+        attrs.update(extra or {})
+        span = self.tracer.start_span(f"run {name}", context=parent or otel_context.Context(),
+                                      kind=SpanKind.CONSUMER, attributes=attrs, start_time=start_ns)
+        if exception is not None:
+            _record_error(span, exception, einfo)
+        span.set_status(Status(StatusCode.ERROR, f"{state.lower()}: {reason}"))
+        span.end(end_time=max(now, start_ns))
+
+    def on_task_rejected(self, sender=None, message=None, exc=None, **_: Any) -> None:
+        self._record_message_problem("reject", message, exc, "REJECTED")
+
+    def on_task_unknown(self, sender=None, name=None, id=None, message=None, exc=None, **_: Any) -> None:
+        self._record_message_problem("unknown", message, exc, "UNKNOWN", name=name, task_id=id)
+
+    def _record_message_problem(self, verb: str, message: Any, exc: Any, state: str, name: Any = None,
+                                task_id: Any = None) -> None:
+        """A message the worker could not run: a short span in the sender's trace says why."""
+        try:
+            if not self.manager.enabled:
+                return
+            headers = getattr(message, "headers", None) or {}
+            name = _text(name or headers.get("task") or "unknown")
+            task_id = _text(task_id or headers.get("id") or "")
+            parent = _extract(_carrier(headers))
+            attrs = {"messaging.system": "celery", "messaging.operation.type": "process",
+                     "celery.task_name": name, "celery.state": state}
+            if task_id:
+                attrs.update({"celery.task_id": task_id, "messaging.message.id": task_id})
+            span = self.tracer.start_span(f"{verb} {name}", context=parent or otel_context.Context(),
+                                          kind=SpanKind.CONSUMER, attributes=attrs)
+            if isinstance(exc, BaseException):
+                span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{state.lower()}: {exc}" if exc else state.lower()))
+            span.end()
+        except Exception as error:  # noqa: BLE001
+            self._guard(f"task_{verb}", error)
+
+    def on_task_internal_error(self, sender=None, task_id=None, exception=None, einfo=None, **_: Any) -> None:
+        try:
+            held = self.running.get(_text(task_id)) if task_id else None
+            if held is not None:
+                held[0].set_attribute("celery.internal_error", True)
+                _record_error(held[0], exception, einfo)
+            else:
+                self._record_from_parent(sender, _text(task_id or ""), "FAILURE", "internal error",
+                                         exception=exception, einfo=einfo)
+        except Exception as exc:  # noqa: BLE001
+            self._guard("task_internal_error", exc)
+
+    # ---- process lifecycle
+    def on_worker_process_init(self, **_: Any) -> None:
+        """A fresh pool child: forget the parent's in-flight state; the manager re-arms its exporter."""
+        self.publishing.clear()
+        self.running.clear()
+        self.received.clear()
+        self.in_pool_child = True
+        hook = getattr(self.manager, "after_fork", None)
+        if callable(hook):
+            try:
+                hook()
+            except Exception as exc:  # noqa: BLE001
+                self._guard("worker_process_init", exc)
+
+    def on_worker_process_shutdown(self, **_: Any) -> None:
+        """A pool child about to exit (recycled or shut down): ship its spans first."""
+        self._flush("worker_process_shutdown")
+
+    def on_worker_shutdown(self, **_: Any) -> None:
+        self._flush("worker_shutdown")
+
+    def _flush(self, what: str) -> None:
+        try:
+            self.manager.flush(5.0)
+        except Exception as exc:  # noqa: BLE001
+            self._guard(what, exc)
+
+
+def _record_error(span: Any, exception: BaseException | None, einfo: Any = None) -> None:
+    """ERROR status and an OTel exception event with type, message and stack."""
+    if exception is None:
+        span.set_status(Status(StatusCode.ERROR, "task failed"))
+        return
+    stack = getattr(einfo, "traceback", None)
+    if not stack:
+        stack = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
+    span.add_event("exception", {
+        "exception.type": type(exception).__qualname__,
+        "exception.message": str(exception)[:4096],
+        "exception.stacktrace": _text(stack)[:16384],
+    })
+    span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"[:1024]))

@@ -1,0 +1,374 @@
+"""Finished spans → batches → one Redis stream entry per batch.
+
+The application thread only appends a finished span to a bounded deque
+(:meth:`ContrailSpanProcessor.on_end`); it never blocks and never sees an
+export error. A daemon thread turns spans into codec rows, encodes a batch
+per entry and pushes entries with pipelined ``XADD``. While Redis is
+unreachable entries go to the disk spool and the exporter backs off; when
+Redis answers again the spool is replayed in order before any new batch.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any, Sequence
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.trace import SpanKind, StatusCode
+
+from . import codec
+from .settings import Settings
+from .spool import DiskSpool
+
+logger = logging.getLogger(__name__)
+
+KIND_NAMES = {
+    SpanKind.INTERNAL: "internal",
+    SpanKind.SERVER: "server",
+    SpanKind.CLIENT: "client",
+    SpanKind.PRODUCER: "producer",
+    SpanKind.CONSUMER: "consumer",
+}
+STATUS_NAMES = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
+ENTRIES_PER_PUSH = 16  # stream entries per pipelined round trip
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 2.0
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _attributes(value: Any) -> dict:
+    inner = getattr(value, "_dict", None)  # BoundedAttributes keeps a plain dict; frozen once the span ended
+    if inner is not None:
+        return inner
+    return dict(value) if value else {}
+
+
+def _events(events: Sequence[Any]) -> list:
+    return [[e.name, e.timestamp, _attributes(e.attributes)] for e in events]
+
+
+def _links(links: Sequence[Any]) -> list:
+    return [[format(link.context.trace_id, "032x"), format(link.context.span_id, "016x"), _attributes(link.attributes)]
+            for link in links]
+
+
+def encode_spans(spans: Sequence[ReadableSpan], pid_override: int | None = None,
+                 encoding: str = "msgpack") -> dict[bytes, bytes]:
+    """Encode finished SDK spans as the fields of one stream entry (see :mod:`tracer.codec`)."""
+    resources: list[tuple[str, dict]] = []
+    resource_index: dict[int, int] = {}
+    rows = []
+    append = rows.append
+    kinds, statuses = KIND_NAMES, STATUS_NAMES
+    for span in spans:
+        try:
+            ctx = span._context
+            resource = span._resource
+            index = resource_index.get(id(resource))
+            if index is None:
+                index = resource_index[id(resource)] = len(resources)
+                attrs = dict(resource.attributes)
+                if pid_override is not None and "process.pid" in attrs:
+                    attrs["process.pid"] = pid_override
+                resources.append((str(attrs.get("service.name", "unknown_service")), attrs))
+            parent = span._parent
+            status = span._status
+            scope = span._instrumentation_scope
+            append([
+                format(ctx.trace_id, "032x"),
+                format(ctx.span_id, "016x"),
+                format(parent.span_id, "016x") if parent is not None else None,
+                span._name,
+                kinds.get(span._kind, "internal"),
+                span._start_time,
+                span._end_time,
+                statuses.get(status.status_code, "unset"),
+                status.description,
+                index,
+                _attributes(span._attributes),
+                _events(span._events) if span._events else [],
+                _links(span._links) if span._links else [],
+                scope.name if scope is not None else None,
+            ])
+        except AttributeError:  # not an SDK span: go through the public interface
+            append(_public_row(span, resources, resource_index))
+    return codec.encode_batch(rows, resources, encoding)
+
+
+def _public_row(span: Any, resources: list, resource_index: dict) -> list:
+    resource = span.resource
+    index = resource_index.get(id(resource))
+    if index is None:
+        index = resource_index[id(resource)] = len(resources)
+        attrs = dict(resource.attributes)
+        resources.append((str(attrs.get("service.name", "unknown_service")), attrs))
+    ctx, parent, status = span.context, span.parent, span.status
+    scope = getattr(span, "instrumentation_scope", None)
+    return codec.span_row(
+        format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"),
+        format(parent.span_id, "016x") if parent is not None else None,
+        span.name, KIND_NAMES.get(span.kind, "internal"), span.start_time, span.end_time,
+        STATUS_NAMES.get(status.status_code, "unset"), status.description, index, dict(span.attributes or {}),
+        _events(span.events), _links(span.links), scope.name if scope is not None else None,
+    )
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+class RedisStreamExporter:
+    """Pushes encoded entries to the span stream; raises when Redis is unreachable."""
+
+    def __init__(self, settings: Settings):
+        self.url = settings.redis_url
+        self.stream = settings.stream
+        self.timeout = settings.export_timeout
+        self._client: redis.Redis | None = None
+
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(
+                self.url, socket_timeout=self.timeout, socket_connect_timeout=min(self.timeout, 2.0),
+                retry=Retry(NoBackoff(), 0),  # the exporter has its own backoff and spool
+            )
+        return self._client
+
+    def push(self, entries: Sequence[dict]) -> None:
+        client = self.client()
+        try:
+            if len(entries) == 1:
+                client.xadd(self.stream, entries[0])
+                return
+            pipe = client.pipeline(transaction=False)
+            for fields in entries:
+                pipe.xadd(self.stream, fields)
+            pipe.execute()
+        except Exception:
+            self.reset()  # drop a half-broken connection; the next attempt reconnects
+            raise
+
+    def reset(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+
+    def shutdown(self) -> None:
+        self.reset()
+
+
+# --------------------------------------------------------------------------- processor
+
+_PROCESSORS: "weakref.WeakSet[ContrailSpanProcessor]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for processor in list(_PROCESSORS):
+        processor._after_fork()
+
+
+def _at_exit() -> None:
+    for processor in list(_PROCESSORS):
+        processor.shutdown()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)
+
+
+class ContrailSpanProcessor(SpanProcessor):
+    """Bounded queue + background exporter thread + disk spool; see the module docstring."""
+
+    def __init__(self, settings: Settings, exporter: Any = None, spool: DiskSpool | None = None):
+        self.settings = settings
+        self.exporter = exporter if exporter is not None else RedisStreamExporter(settings)
+        self.spool = spool if spool is not None else DiskSpool(settings.resolved_spool_dir, settings.spool_max_bytes)
+        self._max_queue = settings.max_queue_size
+        self._batch_size = settings.max_export_batch_size
+        self._delay = settings.schedule_delay
+        self._pid_override: int | None = None
+        self._shutdown = False
+        self._reset_state()
+        _PROCESSORS.add(self)
+        self._start_thread()
+
+    def _reset_state(self) -> None:
+        self._queue: deque = deque()
+        self._wake = threading.Event()
+        self._export_lock = threading.Lock()
+        self._waiters: list[threading.Event] = []
+        self._waiters_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self.spans_started = 0
+        self.spans_exported = 0
+        self.spans_dropped = 0
+        self.batches_exported = 0
+        self.export_errors = 0
+        self.last_export_error: str | None = None
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="contrail-export", daemon=True)
+        self._thread.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh queue, lock, thread and connection; the parent keeps its own spans."""
+        self._reset_state()
+        self._pid_override = os.getpid()
+        try:
+            self.exporter.reset()
+        except Exception:
+            pass
+        self.spool.after_fork()
+        if not self._shutdown:
+            self._start_thread()
+
+    # ------------------------------------------------------------ application thread
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.spans_started += 1
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not span.context.trace_flags.sampled:
+            return
+        queue = self._queue
+        if self._shutdown or len(queue) >= self._max_queue:
+            self.spans_dropped += 1
+            return
+        queue.append(span)
+        if len(queue) >= self._batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    # ------------------------------------------------------------ export thread
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._delay)
+            self._wake.clear()
+            stopping = self._shutdown
+            try:
+                self._export_pending()
+            except Exception:  # the export thread must survive anything
+                logger.exception("contrail: export loop error")
+            if stopping:
+                return
+
+    def _export_pending(self) -> None:
+        with self._export_lock:
+            with self._waiters_lock:
+                waiters, self._waiters = self._waiters, []
+            queue = self._queue
+            entries: list[tuple[dict, int]] = []
+            while queue:
+                count = min(len(queue), self._batch_size)
+                batch = [queue.popleft() for _ in range(count)]
+                try:
+                    entries.append((encode_spans(batch, self._pid_override), count))
+                except Exception as exc:
+                    self.spans_dropped += count
+                    self._note_error(exc)
+                if len(entries) >= ENTRIES_PER_PUSH:
+                    self._deliver(entries)
+                    entries = []
+            if entries or self.spool.pending():
+                self._deliver(entries)
+            for waiter in waiters:
+                waiter.set()
+
+    def _deliver(self, entries: list[tuple[dict, int]]) -> None:
+        if time.monotonic() < self._retry_at:
+            self._to_spool(entries)
+            return
+        try:
+            if self.spool.pending():
+                self.spool.replay(self._push_counted)
+            if entries:
+                self._push_counted([fields for fields, _ in entries])
+        except Exception as exc:
+            self._note_error(exc)
+            self._backoff = min(max(self._backoff * 2, BACKOFF_FIRST), BACKOFF_MAX)
+            self._retry_at = time.monotonic() + self._backoff
+            self._to_spool(entries)
+        else:
+            self._backoff = 0.0
+            self._retry_at = 0.0
+
+    def _push_counted(self, fields_list: Sequence[dict]) -> None:
+        self.exporter.push(fields_list)
+        self.batches_exported += len(fields_list)
+        for fields in fields_list:
+            count = fields.get(b"n") or fields.get("n") or b"0"
+            self.spans_exported += int(count)
+
+    def _to_spool(self, entries: list[tuple[dict, int]]) -> None:
+        for fields, count in entries:
+            self.spool.append(fields, count)
+
+    def _note_error(self, exc: BaseException) -> None:
+        self.export_errors += 1
+        self.last_export_error = f"{type(exc).__name__}: {exc}"
+
+    # ------------------------------------------------------------ control
+    def force_flush(self, timeout_millis: float = 30000) -> bool:
+        """Export everything finished so far; True when it all reached Redis within the timeout."""
+        timeout = timeout_millis / 1000.0
+        if self._thread is None or not self._thread.is_alive():
+            if not self._export_lock.acquire(timeout=max(timeout, 0)):
+                return False
+            self._export_lock.release()
+            self._export_pending()
+            return not self._queue and not self.spool.pending()
+        waiter = threading.Event()
+        with self._waiters_lock:
+            self._waiters.append(waiter)
+        self._wake.set()
+        done = waiter.wait(timeout)
+        return done and not self._queue and not self.spool.pending()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting spans, export (or spool) what is queued, stop the thread. Idempotent."""
+        if self._shutdown:
+            return
+        self._shutdown = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout if timeout is not None else self.settings.export_timeout + 2.0)
+        if thread is None or not thread.is_alive():
+            self._export_pending()  # anything that raced in after the last loop
+            self.spool.close()
+            try:
+                self.exporter.shutdown()
+            except Exception:
+                pass
+        _PROCESSORS.discard(self)
+
+    # ------------------------------------------------------------ counters
+    def info(self) -> dict[str, Any]:
+        return {
+            "spans_started": self.spans_started,
+            "spans_exported": self.spans_exported,
+            "spans_dropped": self.spans_dropped + self.spool.spans_dropped,
+            "spans_dropped_queue_full": self.spans_dropped,
+            "spans_dropped_spool_full": self.spool.spans_dropped,
+            "spans_queued": len(self._queue),
+            "spans_spooled": self.spool.spans_spooled,
+            "batches_exported": self.batches_exported,
+            "spool_bytes": self.spool.bytes,
+            "spool_pending": self.spool.pending(),
+            "export_errors": self.export_errors,
+            "last_export_error": self.last_export_error,
+        }

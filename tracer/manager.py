@@ -1,0 +1,286 @@
+"""TracingManager: the one object a service creates to trace itself.
+
+It owns an OpenTelemetry SDK ``TracerProvider`` (never the global one unless
+asked), a parent-based ratio sampler and a :class:`ContrailSpanProcessor`
+that ships spans to the Redis stream. With ``enabled=False`` every method is
+a cheap no-op: no thread, no connection, pass-through decorators.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult, TraceIdRatioBased
+from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.util.types import Attributes
+
+from . import decorators, propagation
+from .settings import Settings, mask_url
+
+logger = logging.getLogger(__name__)
+
+try:
+    from importlib.metadata import version as _dist_version
+
+    VERSION = _dist_version("contrail-tracing")
+except Exception:  # running from a source tree
+    VERSION = "0.0.0"
+
+
+class CountingSampler(Sampler):
+    """Delegates to ``inner`` and counts the spans it decides not to record."""
+
+    def __init__(self, inner: Sampler):
+        self.inner = inner
+        self.dropped = 0
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes: Attributes = None,
+                      links=None, trace_state=None) -> SamplingResult:
+        result = self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        if result.decision is Decision.DROP:
+            self.dropped += 1
+        return result
+
+    def get_description(self) -> str:
+        return f"Counting{{{self.inner.get_description()}}}"
+
+
+def _parent_context(parent: Any) -> context_api.Context | None:
+    if parent is None:
+        return None
+    if isinstance(parent, context_api.Context):
+        return parent
+    if isinstance(parent, Span):
+        return trace.set_span_in_context(parent)
+    if isinstance(parent, SpanContext):
+        return trace.set_span_in_context(NonRecordingSpan(parent))
+    raise TypeError(f"parent_span must be a Span, SpanContext or Context, not {type(parent).__name__}")
+
+
+class TracingManager:
+    """Create spans for one service and ship them to Contrail."""
+
+    def __init__(self, service_name: str | None = None, redis_url: str | None = None,
+                 sample_rate: float | None = None, enabled: bool | None = None, celery_app: Any = None,
+                 set_global: bool = False, exporter: Any = None, **settings: Any):
+        self.settings = Settings.load(service_name=service_name, redis_url=redis_url, sample_rate=sample_rate,
+                                      enabled=enabled, **settings)
+        self.service_name = self.settings.service_name
+        self.enabled = self.settings.enabled
+        self._limit = self.settings.max_attribute_length
+        self._processor = None
+        self._sampler: CountingSampler | None = None
+        if not self.enabled:
+            self.tracer_provider: trace.TracerProvider = trace.NoOpTracerProvider()
+            self.tracer: trace.Tracer = trace.NoOpTracer()
+            return
+        from .export import ContrailSpanProcessor  # only an enabled tracer pays for redis and threads
+
+        resource = Resource.create({
+            "service.name": self.service_name,
+            "host.name": socket.gethostname(),
+            "process.pid": os.getpid(),
+        })
+        self._sampler = CountingSampler(ParentBased(TraceIdRatioBased(self.settings.sample_rate)))
+        self.tracer_provider = TracerProvider(
+            sampler=self._sampler, resource=resource,
+            span_limits=SpanLimits(max_attribute_length=self._limit),
+        )
+        self._processor = ContrailSpanProcessor(self.settings, exporter=exporter)
+        self.tracer_provider.add_span_processor(self._processor)
+        self.tracer = self.tracer_provider.get_tracer("contrail", VERSION)
+        if set_global:
+            trace.set_tracer_provider(self.tracer_provider)
+        if celery_app is not None:
+            self.instrument_celery(celery_app)
+
+    def __repr__(self) -> str:
+        return f"<TracingManager service={self.service_name!r} enabled={self.enabled}>"
+
+    # ------------------------------------------------------------ explicit spans
+    def start_span(self, operation_name: str, parent_span: Any = None, tags: Mapping[str, Any] | None = None,
+                   kind: SpanKind | str | None = None) -> Span:
+        """Start a span (not made current). Parent: ``parent_span`` if given, else the current span."""
+        if not self.enabled:
+            return INVALID_SPAN
+        return self.tracer.start_span(
+            operation_name,
+            context=None if parent_span is None else _parent_context(parent_span),
+            kind=SpanKind.INTERNAL if kind is None else decorators.span_kind(kind),
+            attributes=decorators.clean_attributes(tags, self._limit) if tags else None,
+        )
+
+    def finish_span(self, span: Span, tags: Mapping[str, Any] | None = None,
+                    logs: Iterable[Mapping[str, Any] | str] | None = None, error: BaseException | None = None) -> None:
+        """Add tags and log events, record ``error`` (ERROR status + exception event), end the span."""
+        if span is None or not span.is_recording():
+            return
+        if tags:
+            span.set_attributes(decorators.clean_attributes(tags, self._limit))
+        if logs:
+            self._add_logs(span, logs)
+        if error is not None:
+            decorators.mark_error(span, error)
+        span.end()
+
+    def _add_logs(self, span: Span, logs: Iterable[Mapping[str, Any] | str]) -> None:
+        for log in logs:
+            if isinstance(log, Mapping):
+                fields = dict(log)
+                name = str(fields.pop("event", None) or fields.pop("name", None) or "log")
+                span.add_event(name, decorators.clean_attributes(fields, self._limit))
+            else:
+                span.add_event(decorators.truncate(str(log), self._limit))
+
+    def span(self, name: str, kind: SpanKind | str | None = None, **attributes: Any):
+        """Context manager: a current span for the block; an exception marks it ERROR and propagates."""
+        if not self.enabled:
+            return decorators.NOOP_SCOPE
+        return decorators.CurrentSpan(
+            self.tracer, name, SpanKind.INTERNAL if kind is None else decorators.span_kind(kind),
+            decorators.clean_attributes(attributes, self._limit) if attributes else None,
+        )
+
+    def checkpoint(self, name: str, **attributes: Any) -> None:
+        """An event on the current span; nothing if there is none."""
+        if not self.enabled:
+            return
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(name, decorators.clean_attributes(attributes, self._limit))
+
+    # ------------------------------------------------------------ decorators
+    def with_tracing(self, operation_name: str | Callable | None = None, tags: Mapping[str, Any] | None = None,
+                     record_args: bool | None = None):
+        """Decorator: one span per call of a function, coroutine function, generator or async generator.
+
+        Usable bare (``@tracing.with_tracing``) or called (``@tracing.with_tracing("name")``).
+        """
+        if callable(operation_name):
+            return self.with_tracing()(operation_name)
+        if not self.enabled:
+            return lambda func: func
+        record = self.settings.record_arguments if record_args is None else record_args
+        attributes = decorators.clean_attributes(tags, self._limit)
+
+        def decorate(func: Callable) -> Callable:
+            return decorators.traced(self.tracer, func, operation_name, SpanKind.INTERNAL, attributes, record,
+                                     self._limit)
+
+        return decorate
+
+    def trace_database_operation(self, operation: str, table: str | None = None, query: str | None = None):
+        """Decorator or context manager: a CLIENT span with db.* attributes (query literals redacted)."""
+        if not self.enabled:
+            return decorators.NOOP_SCOPE
+        name, attributes = decorators.database_attributes(operation, table, query, self._limit)
+        return decorators.SpanScope(self.tracer, name, SpanKind.CLIENT, attributes, self._limit)
+
+    def trace_external_call(self, service_name: str, endpoint: str | None = None):
+        """Decorator or context manager: a CLIENT span naming the called service (peer.service, url.full)."""
+        if not self.enabled:
+            return decorators.NOOP_SCOPE
+        name, attributes = decorators.external_attributes(service_name, endpoint, self._limit)
+        return decorators.SpanScope(self.tracer, name, SpanKind.CLIENT, attributes, self._limit)
+
+    def trace_tool_execution(self, tool_name: str, operation: str):
+        """Decorator or context manager: a span for one tool run (gen_ai.tool.name)."""
+        if not self.enabled:
+            return decorators.NOOP_SCOPE
+        name, attributes = decorators.tool_attributes(tool_name, operation)
+        return decorators.SpanScope(self.tracer, name, SpanKind.INTERNAL, attributes, self._limit)
+
+    # ------------------------------------------------------------ propagation
+    def inject_span_context(self, span: Any = None, carrier: Any = None) -> Any:
+        """Write W3C traceparent/tracestate/baggage for ``span`` (default: current) into ``carrier``."""
+        if carrier is None:
+            carrier = {}
+        if not self.enabled:
+            return carrier
+        context = None
+        if span is not None:
+            if isinstance(span, SpanContext):
+                span = NonRecordingSpan(span)
+            if isinstance(span, Span):
+                context = trace.set_span_in_context(span, context_api.get_current())
+            elif isinstance(span, context_api.Context):
+                context = span
+        return propagation.inject(carrier, context)
+
+    def extract_span_context(self, carrier: Any) -> context_api.Context | None:
+        """The remote parent in ``carrier`` as a Context (use as ``parent_span``), or None. Never raises."""
+        return propagation.extract(carrier)
+
+    # ------------------------------------------------------------ lifecycle
+    def get_tracer_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "enabled": self.enabled,
+            "service_name": self.service_name,
+            "redis_url": mask_url(self.settings.redis_url),
+            "stream": self.settings.stream,
+            "sample_rate": self.settings.sample_rate,
+            "spans_started": 0, "spans_exported": 0, "spans_dropped": 0, "spans_sampled_out": 0,
+            "spans_queued": 0, "spans_spooled": 0, "batches_exported": 0, "spool_bytes": 0,
+            "export_errors": 0, "last_export_error": None,
+        }
+        if self._processor is not None:
+            info.update(self._processor.info())
+        if self._sampler is not None:
+            info["spans_sampled_out"] = self._sampler.dropped
+        return info
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Export finished spans now; True when all of them reached Redis within ``timeout`` seconds."""
+        if self._processor is None:
+            return True
+        return self._processor.force_flush(timeout * 1000.0)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Export (or spool) what is left and stop the export thread. Idempotent."""
+        if self._processor is None:
+            return
+        self._processor.shutdown(timeout)
+        self.tracer_provider.shutdown()
+
+    # ------------------------------------------------------------ integrations (lazy imports)
+    def instrument_celery(self, app: Any = None) -> Any:
+        from .celery import instrument_celery
+
+        return instrument_celery(self, app)
+
+    def instrument_flask(self, app: Any) -> Any:
+        from .http import instrument_flask
+
+        return instrument_flask(self, app)
+
+    def instrument_requests(self) -> Any:
+        from .http import instrument_requests
+
+        return instrument_requests(self)
+
+    def agent_run(self, name: str, **kwargs: Any) -> Any:
+        from . import ai
+
+        return ai.agent_run(self, name, **kwargs)
+
+    def phase(self, name: str, **kwargs: Any) -> Any:
+        from . import ai
+
+        return ai.phase(self, name, **kwargs)
+
+    def tool_call(self, name: str, **kwargs: Any) -> Any:
+        from . import ai
+
+        return ai.tool_call(self, name, **kwargs)
+
+    def llm_call(self, **kwargs: Any) -> Any:
+        from . import ai
+
+        return ai.llm_call(self, **kwargs)

@@ -1,0 +1,114 @@
+"""W3C trace context and baggage in and out of header carriers.
+
+HTTP frameworks hand us case-insensitive header maps, Celery hands us plain
+dicts whose values may be bytes, lists or anything a client library put
+there. Extraction is therefore tolerant and never raises: a carrier we cannot
+read simply has no parent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+logger = logging.getLogger(__name__)
+
+FIELDS = ("traceparent", "tracestate", "baggage")
+PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+_MAX_VALUE = 8192  # longer header values are not trace context; refuse them early
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (int, float, bool)):
+        return str(value)
+    return None
+
+
+class TolerantGetter(Getter):
+    """Read header values from dicts, header objects or Celery message headers."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        try:
+            value = _lookup(carrier, key)
+        except Exception:  # a carrier that misbehaves on lookup has no context
+            return None
+        if value is None:
+            return None
+        values = value if isinstance(value, (list, tuple)) else [value]
+        texts = [t for t in (_text(v) for v in values) if t is not None and len(t) <= _MAX_VALUE]
+        return texts or None
+
+    def keys(self, carrier: Any) -> list[str]:
+        try:
+            return [k for k in (_text(k) for k in carrier.keys()) if k is not None]
+        except Exception:
+            return []
+
+
+def _lookup(carrier: Any, key: str) -> Any:
+    getter = getattr(carrier, "get", None)
+    if getter is None:
+        return None
+    value = getter(key)
+    if value is None:
+        value = getter(key.encode())
+    if value is None and hasattr(carrier, "items"):
+        for name, candidate in carrier.items():
+            text = _text(name)
+            if text is not None and text.lower() == key:
+                return candidate
+    return value
+
+
+class DictSetter(Setter):
+    def set(self, carrier: Any, key: str, value: str) -> None:
+        carrier[key] = value
+
+
+GETTER = TolerantGetter()
+SETTER = DictSetter()
+
+
+def inject(carrier: Any = None, context: Context | None = None) -> Any:
+    """Write traceparent/tracestate/baggage of ``context`` (default: current) into ``carrier``; return it."""
+    if carrier is None:
+        carrier = {}
+    try:
+        PROPAGATOR.inject(carrier, context=context, setter=SETTER)
+    except Exception as exc:  # a read-only or odd carrier must not break the caller
+        logger.debug("contrail: cannot inject trace context into %s: %s", type(carrier).__name__, exc)
+    return carrier
+
+
+def extract(carrier: Any) -> Context | None:
+    """Return a Context whose current span is the remote parent in ``carrier``, or None.
+
+    Missing, malformed or invalid trace context yields None; nothing raises.
+    """
+    if carrier is None:
+        return None
+    try:
+        context = PROPAGATOR.extract(carrier, context=Context(), getter=GETTER)
+        if not trace.get_current_span(context).get_span_context().is_valid:
+            return None
+        return context
+    except Exception:
+        return None
+
+
+def carrier_fields(carrier: Any) -> Iterable[str]:
+    """The propagation fields present in ``carrier`` (for diagnostics)."""
+    return [f for f in FIELDS if GETTER.get(carrier, f)]

@@ -1,0 +1,251 @@
+"""One settings object per process.
+
+Values come from keyword arguments, then ``CONTRAIL_*`` environment
+variables, then the standard OpenTelemetry variables where one applies, then
+defaults. Every field is documented in ``docs/configuration.md``; the table
+below is the single source of truth for names, types and defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from .units import parse_duration, parse_size
+
+STREAM_DEFAULT = "contrail:spans"
+GROUP_DEFAULT = "contrail-collectors"
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"invalid boolean {value!r}: use true or false")
+
+
+def _ratio(value: Any) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"invalid ratio {value!r}: must be between 0 and 1")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"invalid value {value!r}: must be a positive integer")
+    return number
+
+
+def _seconds(value: Any) -> float:
+    return parse_duration(value)
+
+
+def _millis_as_seconds(value: Any) -> float:
+    """OTEL_BSP_* durations are plain milliseconds."""
+    return parse_duration(value, default_unit="ms")
+
+
+def _opt_str(value: Any) -> str | None:
+    text = str(value).strip()
+    return text or None
+
+
+def _default_data_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".local", "share", "contrail")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one setting is read: its CONTRAIL_ variable, any OTel aliases, its parser."""
+
+    env: str
+    parse: Callable[[Any], Any]
+    aliases: tuple[tuple[str, Callable[[Any], Any]], ...] = ()
+    help: str = ""
+
+
+def _opt(env: str, parse: Callable[[Any], Any], help: str, *aliases: tuple[str, Callable[[Any], Any]]):
+    return {"option": Option(env=env, parse=parse, aliases=tuple(aliases), help=help)}
+
+
+@dataclass
+class Settings:
+    """Everything a Contrail process can be configured with."""
+
+    # --- tracer -----------------------------------------------------------
+    service_name: str = field(default="unknown_service", metadata=_opt(
+        "CONTRAIL_SERVICE_NAME", str, "Service name on every span.", ("OTEL_SERVICE_NAME", str)))
+    enabled: bool = field(default=True, metadata=_opt(
+        "CONTRAIL_ENABLED", _bool, "false makes every tracer call a no-op.",
+        ("OTEL_SDK_DISABLED", lambda v: not _bool(v))))
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=_opt(
+        "CONTRAIL_REDIS_URL", str, "Redis server holding the span stream."))
+    stream: str = field(default=STREAM_DEFAULT, metadata=_opt(
+        "CONTRAIL_STREAM", str, "Name of the span stream; the dead-letter stream is '<stream>:dead'."))
+    sample_rate: float = field(default=1.0, metadata=_opt(
+        "CONTRAIL_SAMPLE_RATE", _ratio, "Head sampling ratio for new traces (parent-based).",
+        ("OTEL_TRACES_SAMPLER_ARG", _ratio)))
+    max_queue_size: int = field(default=20000, metadata=_opt(
+        "CONTRAIL_MAX_QUEUE_SIZE", _positive_int, "Finished spans held in memory before dropping.",
+        ("OTEL_BSP_MAX_QUEUE_SIZE", _positive_int)))
+    max_export_batch_size: int = field(default=512, metadata=_opt(
+        "CONTRAIL_MAX_EXPORT_BATCH_SIZE", _positive_int, "Spans per stream entry.",
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _positive_int)))
+    schedule_delay: float = field(default=0.5, metadata=_opt(
+        "CONTRAIL_SCHEDULE_DELAY", _seconds, "Longest a finished span waits before export.",
+        ("OTEL_BSP_SCHEDULE_DELAY", _millis_as_seconds)))
+    export_timeout: float = field(default=5.0, metadata=_opt(
+        "CONTRAIL_EXPORT_TIMEOUT", _seconds, "Socket timeout of one export to Redis.",
+        ("OTEL_BSP_EXPORT_TIMEOUT", _millis_as_seconds)))
+    data_dir: str = field(default_factory=_default_data_dir, metadata=_opt(
+        "CONTRAIL_DATA_DIR", str, "Where the embedded Redis, SQLite database and spool live."))
+    spool_dir: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_SPOOL_DIR", _opt_str, "Disk spool for batches while Redis is down (default <data_dir>/spool)."))
+    spool_max_bytes: int = field(default=256 * 1024 * 1024, metadata=_opt(
+        "CONTRAIL_SPOOL_MAX_BYTES", parse_size, "Spool size bound; beyond it batches are dropped and counted."))
+    max_attribute_length: int = field(default=1024, metadata=_opt(
+        "CONTRAIL_MAX_ATTRIBUTE_LENGTH", _positive_int, "Longer string attributes are truncated."))
+    record_arguments: bool = field(default=True, metadata=_opt(
+        "CONTRAIL_RECORD_ARGUMENTS", _bool, "Record function arguments in with_tracing (redacted, truncated)."))
+    record_content: bool = field(default=False, metadata=_opt(
+        "CONTRAIL_RECORD_CONTENT", _bool, "Record prompts and tool inputs/outputs on AI spans."))
+
+    # --- collector ----------------------------------------------------------
+    database_url: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_DATABASE_URL", _opt_str, "SQLAlchemy URL (default sqlite:///<data_dir>/contrail.db)."))
+    consumer_group: str = field(default=GROUP_DEFAULT, metadata=_opt(
+        "CONTRAIL_CONSUMER_GROUP", str, "Redis consumer group of the collectors."))
+    consumer_name: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_CONSUMER_NAME", _opt_str, "This collector's consumer name (default host-pid)."))
+    read_count: int = field(default=64, metadata=_opt(
+        "CONTRAIL_READ_COUNT", _positive_int, "Stream entries read per XREADGROUP."))
+    block: float = field(default=1.0, metadata=_opt(
+        "CONTRAIL_BLOCK", _seconds, "How long one XREADGROUP waits for new entries."))
+    claim_idle: float = field(default=30.0, metadata=_opt(
+        "CONTRAIL_CLAIM_IDLE", _seconds, "Pending entries idle this long are claimed from dead consumers."))
+    max_deliveries: int = field(default=5, metadata=_opt(
+        "CONTRAIL_MAX_DELIVERIES", _positive_int, "Deliveries before an entry goes to the dead-letter stream."))
+    quiet_period: float = field(default=3.0, metadata=_opt(
+        "CONTRAIL_QUIET_PERIOD", _seconds, "A trace is finalized after this long without new spans."))
+    retention: float = field(default=7 * 86400.0, metadata=_opt(
+        "CONTRAIL_RETENTION", _seconds, "Data older than this is deleted (e.g. 7d)."))
+    retention_interval: float = field(default=300.0, metadata=_opt(
+        "CONTRAIL_RETENTION_INTERVAL", _seconds, "How often the automatic retention pass runs."))
+    tail_sampling: bool = field(default=False, metadata=_opt(
+        "CONTRAIL_TAIL_SAMPLING", _bool, "Keep errors, slow traces and a ratio of the rest."))
+    tail_keep_ratio: float = field(default=0.1, metadata=_opt(
+        "CONTRAIL_TAIL_KEEP_RATIO", _ratio, "With tail sampling: share of ordinary traces kept."))
+    tail_slow_threshold: float = field(default=1.0, metadata=_opt(
+        "CONTRAIL_TAIL_SLOW_THRESHOLD", _seconds, "With tail sampling: traces at least this slow are kept."))
+    price_table: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_PRICE_TABLE", _opt_str, "JSON file of LLM prices per 1k tokens, by model."))
+
+    # --- web ----------------------------------------------------------------
+    web_host: str = field(default="127.0.0.1", metadata=_opt(
+        "CONTRAIL_WEB_HOST", str, "Address the web app binds to."))
+    web_port: int = field(default=8680, metadata=_opt(
+        "CONTRAIL_WEB_PORT", _positive_int, "Port of the web app (API, OTLP receiver, dashboard)."))
+    web_workers: int = field(default=2, metadata=_opt(
+        "CONTRAIL_WEB_WORKERS", _positive_int, "gunicorn worker processes."))
+    api_token: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_API_TOKEN", _opt_str, "Bearer token for the API and receiver (read and ingest)."))
+    read_token: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_READ_TOKEN", _opt_str, "Bearer token allowed to read only."))
+    ingest_token: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_INGEST_TOKEN", _opt_str, "Bearer token allowed to send spans only."))
+    max_body_bytes: int = field(default=16 * 1024 * 1024, metadata=_opt(
+        "CONTRAIL_MAX_BODY_BYTES", parse_size, "Larger request bodies are refused with 413."))
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from keyword overrides, then the environment, then defaults.
+
+        ``None`` overrides count as not given. A bad value raises ``ValueError``
+        naming the variable it came from.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        for f in dataclasses.fields(cls):
+            option: Option = f.metadata["option"]
+            given = overrides.get(f.name)
+            if given is not None:
+                try:
+                    values[f.name] = option.parse(given)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"setting {f.name}: {exc}") from None
+                continue
+            for var, parse in ((option.env, option.parse),) + option.aliases:
+                raw = env.get(var)
+                if raw is None or raw == "":
+                    continue
+                try:
+                    values[f.name] = parse(raw)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{var}: {exc}") from None
+                break
+        if "sample_rate" not in values and env.get("OTEL_TRACES_SAMPLER") in ("always_off", "parentbased_always_off"):
+            values["sample_rate"] = 0.0
+        return cls(**values)
+
+    # --- derived values -------------------------------------------------------
+    @property
+    def dead_stream(self) -> str:
+        return f"{self.stream}:dead"
+
+    @property
+    def resolved_spool_dir(self) -> str:
+        return self.spool_dir or os.path.join(self.data_dir, "spool")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return "sqlite:///" + str(Path(self.data_dir) / "contrail.db")
+
+    @property
+    def resolved_consumer_name(self) -> str:
+        if self.consumer_name:
+            return self.consumer_name
+        import socket
+
+        return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def mask_url(url: str | None) -> str | None:
+    """Hide the password in a URL so it can be shown or logged."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def documented_options() -> list[tuple[str, str, str, Any]]:
+    """(field, variable, help, default) for every setting, for docs and ``contrail doctor``."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        option: Option = f.metadata["option"]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        variables = ", ".join([option.env] + [alias for alias, _ in option.aliases])
+        rows.append((f.name, variables, option.help, default))
+    return rows

@@ -1,0 +1,89 @@
+"""Liveness, readiness, collector status and the OpenAPI document."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, jsonify
+from sqlalchemy import text
+
+from collector_worker.storage import queries
+
+from ..app import current_resources, current_settings
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is up; says nothing about Redis or the database on purpose."""
+    return jsonify({"status": "ok"})
+
+
+def _check_database() -> str | None:
+    try:
+        with current_resources().engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any driver error means not ready
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _check_redis() -> str | None:
+    try:
+        current_resources().redis().ping()
+    except Exception as exc:  # connection refused, timeout, auth
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready when both Redis and the database answer; 503 with the reasons otherwise."""
+    problems = {"database": _check_database(), "redis": _check_redis()}
+    checks = {name: ("ok" if problem is None else problem) for name, problem in problems.items()}
+    ready = all(problem is None for problem in problems.values())
+    response = jsonify({"status": "ready" if ready else "not_ready", "checks": checks})
+    response.status_code = 200 if ready else 503
+    return response
+
+
+def stream_health_or_error() -> dict:
+    """stream_health from the consumer module, or {"error": ...} when it cannot be read."""
+    try:
+        from collector_worker.consumer import stream_health
+    except ModuleNotFoundError as exc:
+        if exc.name != "collector_worker.consumer":
+            raise
+        return {"error": "collector_worker.consumer is not installed"}
+    try:
+        return dict(stream_health(current_resources().redis(), current_settings()))
+    except Exception as exc:  # Redis down: report it, do not fail the page
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+@bp.get("/api/v1/status")
+def status():
+    """Collector health for the dashboard's status bar."""
+    stream = stream_health_or_error()
+    last = None
+    database = "ok"
+    try:
+        with current_resources().engine().connect() as conn:
+            last = queries.last_finalized_ns(conn)
+    except Exception as exc:  # database down
+        database = f"{type(exc).__name__}: {exc}"
+    return jsonify({
+        "stream": stream,
+        "database": database,
+        "last_finalized_ns": int(last) if last is not None else None,
+        "last_finalized_time": queries.iso_time(last),
+        "now_ns": time.time_ns(),
+    })
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi():
+    from ..openapi import spec
+
+    return jsonify(spec())

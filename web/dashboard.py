@@ -1,0 +1,95 @@
+"""The browser dashboard: server-rendered page shells plus project-written ES modules.
+
+Pages only render a skeleton; every number on them comes from the JSON API
+(``/api/v1``) through ``static/api.js``, so the dashboard never sees data the API
+would not give the same user. Plotly's JavaScript is served from the installed
+``plotly`` wheel: nothing third-party lives in this tree and nothing is loaded
+from a CDN, because dashboards run on networks without internet.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from flask import Blueprint, abort, render_template, request, send_file
+
+bp = Blueprint(
+    "dashboard",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/assets",
+)
+
+API_BASE = "/api/v1"
+_TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+
+PAGES = (  # (endpoint, title) in navigation order
+    ("dashboard.search", "Search"),
+    ("dashboard.services", "Services"),
+    ("dashboard.compare", "Compare"),
+    ("dashboard.ai", "AI"),
+)
+
+
+@lru_cache(maxsize=1)
+def plotly_js_path() -> Path | None:
+    """Where the installed ``plotly`` package keeps its bundled ``plotly.min.js``, or None."""
+    try:
+        import plotly
+    except ImportError:
+        return None
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    return path if path.is_file() else None
+
+
+def _page(template: str, title: str, **context):
+    return render_template(template, title=title, api_base=API_BASE, pages=PAGES, **context)
+
+
+@bp.get("/")
+def search():
+    return _page("search.html", "Search")
+
+
+@bp.get("/search")
+def search_alias():
+    return search()
+
+
+@bp.get("/trace/<trace_id>")
+def trace(trace_id: str):
+    if not _TRACE_ID.match(trace_id):
+        return _page("message.html", "Bad trace id",
+                     message="A trace id is 32 hexadecimal characters.", value=trace_id), 400
+    return _page("trace.html", f"Trace {trace_id[:8]}", trace_id=trace_id.lower())
+
+
+@bp.get("/compare")
+def compare():
+    return _page("compare.html", "Compare", a=request.args.get("a", ""), b=request.args.get("b", ""))
+
+
+@bp.get("/services")
+def services():
+    return _page("services.html", "Services")
+
+
+@bp.get("/ai")
+def ai():
+    return _page("ai.html", "AI")
+
+
+@bp.get("/assets/vendor/plotly.min.js")
+def plotly_js():
+    path = plotly_js_path()
+    if path is None:
+        abort(404, description="plotly is not installed: pip install 'contrail-tracing[server]'")
+    return send_file(path, mimetype="text/javascript", max_age=86400)
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    return send_file(Path(bp.static_folder) / "favicon.svg", mimetype="image/svg+xml", max_age=86400)

@@ -1,0 +1,108 @@
+"""Prometheus metrics: API latency, OTLP ingest counters and the collector's backlog.
+
+Each app has its own registry (several apps can live in one process, as in
+tests). Stream gauges are read from Redis at scrape time by a custom
+collector with a short timeout, so a scrape never hangs on a dead Redis.
+Under gunicorn every worker serves its own request counters.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from flask import Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+SCRAPE_TIMEOUT_S = 0.5
+STREAM_GAUGES = {
+    "stream_length": "Entries in the span stream.",
+    "pending": "Entries delivered to collectors and not yet acknowledged.",
+    "lag": "Entries not yet delivered to the consumer group.",
+    "dead_letters": "Entries in the dead-letter stream.",
+    "consumers": "Consumers in the collectors' group.",
+}
+
+
+class Metrics:
+    """The metric objects of one app."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.request_seconds = Histogram(
+            "contrail_api_request_duration_seconds", "Time spent answering HTTP requests.",
+            ["route", "method", "status"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.otlp_requests = Counter("contrail_otlp_requests", "OTLP export requests by outcome.",
+                                     ["outcome"], registry=self.registry)
+        self.otlp_spans_received = Counter("contrail_otlp_spans_received", "Spans received by the OTLP receiver.",
+                                           registry=self.registry)
+        self.otlp_spans_accepted = Counter("contrail_otlp_spans_accepted", "Spans written to the span stream.",
+                                           registry=self.registry)
+        self.otlp_spans_rejected = Counter("contrail_otlp_spans_rejected",
+                                           "Spans refused by the OTLP receiver (invalid ids or times).",
+                                           registry=self.registry)
+
+
+class StreamHealthCollector:
+    """Reads stream_health on every scrape."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+
+    def collect(self):
+        up = GaugeMetricFamily("contrail_stream_up", "1 when the span stream could be read at scrape time.")
+        try:
+            from collector_worker.consumer import stream_health
+
+            settings = self.app.extensions["contrail.settings"]
+            client = redis.Redis.from_url(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S,
+                                          socket_connect_timeout=SCRAPE_TIMEOUT_S)
+            try:
+                health = stream_health(client, settings)
+            finally:
+                client.close()
+        except Exception:  # Redis down or consumer module absent: report it as a gauge, not an error
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        for key, help_text in STREAM_GAUGES.items():
+            value = health.get(key)
+            if isinstance(value, (list, tuple, dict)):
+                value = len(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                gauge = GaugeMetricFamily(f"contrail_stream_{key}", help_text)
+                gauge.add_metric([], float(value))
+                yield gauge
+
+
+def init_app(app: Flask) -> None:
+    metrics = Metrics()
+    metrics.registry.register(StreamHealthCollector(app))
+    app.extensions["contrail.metrics"] = metrics
+
+    @app.before_request
+    def _start_timer():
+        g.contrail_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response):
+        started = g.get("contrail_started")
+        if started is not None:
+            route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+            metrics.request_seconds.labels(route, request.method, str(response.status_code)).observe(
+                time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def current_metrics() -> Metrics:
+    from flask import current_app
+
+    return current_app.extensions["contrail.metrics"]

@@ -1,0 +1,209 @@
+"""The OpenAPI 3.1 description of the Contrail HTTP API, served at /api/v1/openapi.json.
+
+Schemas are JSON Schema 2020-12 (OpenAPI 3.1), so tests validate live
+responses against them with ``jsonschema`` directly.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import Any
+
+NULLABLE_STR = {"type": ["string", "null"]}
+INT = {"type": "integer"}
+NUM = {"type": "number"}
+STR = {"type": "string"}
+OBJ = {"type": "object"}
+TRACE_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+SPAN_ID = {"type": "string", "pattern": "^[0-9a-f]{16}$"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None, extra: bool = True) -> dict[str, Any]:
+    return {"type": "object", "required": list(required), "properties": {**required, **(optional or {})},
+            "additionalProperties": extra}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj({"error": _obj({"code": {"enum": ["bad_parameter", "not_found", "unauthorized", "forbidden",
+                                                     "too_large", "internal", "method_not_allowed",
+                                                     "unsupported_media_type", "unavailable"]},
+                                  "message": STR}, {"parameter": STR}, extra=False)}, extra=False),
+    "TraceSummary": _obj({
+        "trace_id": TRACE_ID, "root_service": STR, "root_operation": STR, "start_time": NULLABLE_STR,
+        "start_ns": INT, "duration_ms": NUM, "span_count": INT, "services": {"type": "array", "items": STR},
+        "error_count": INT, "incomplete": {"type": "boolean"}, "clock_skew_ms": NUM}),
+    "Event": _obj({"name": NULLABLE_STR, "time": NULLABLE_STR, "time_ns": INT, "attributes": OBJ}),
+    "Link": _obj({"trace_id": NULLABLE_STR, "span_id": NULLABLE_STR, "attributes": OBJ}),
+    "Span": _obj({
+        "span_id": SPAN_ID, "parent_span_id": {"type": ["string", "null"]}, "service": STR, "name": STR,
+        "kind": {"enum": ["internal", "server", "client", "producer", "consumer"]}, "start_time": NULLABLE_STR,
+        "start_ns": INT, "end_ns": INT, "duration_ms": NUM, "status": {"enum": ["unset", "ok", "error"]},
+        "status_message": NULLABLE_STR, "attributes": OBJ, "resource": OBJ,
+        "events": {"type": "array", "items": _ref("Event")}, "links": {"type": "array", "items": _ref("Link")},
+        "depth": INT, "self_time_ms": NUM, "critical_path": {"type": "boolean"}}),
+    "Warning": _obj({"code": STR, "message": STR}, {"span_id": NULLABLE_STR}),
+    "Trace": _obj({"trace_id": TRACE_ID, "summary": _ref("TraceSummary"),
+                   "spans": {"type": "array", "items": _ref("Span")},
+                   "warnings": {"type": "array", "items": _ref("Warning")}}),
+    "TraceList": _obj({"traces": {"type": "array", "items": _ref("TraceSummary")}, "total": INT,
+                       "next_cursor": NULLABLE_STR}, {"total_capped": {"type": "boolean"}}),
+    "TimelineEvent": _obj({"type": {"enum": ["span_start", "span_end", "event", "error"]}, "time_ns": INT,
+                           "offset_ms": NUM, "span_id": STR, "service": STR, "name": STR},
+                          {"time": NULLABLE_STR}),
+    "Timeline": _obj({"trace_id": TRACE_ID, "summary": _ref("TraceSummary"),
+                      "events": {"type": "array", "items": _ref("TimelineEvent")}}),
+    "Backlinks": _obj({"trace_id": TRACE_ID, "linked_from": {"type": "array", "items": _obj({
+        "trace_id": TRACE_ID, "span_id": SPAN_ID, "service": STR, "name": STR})}}),
+    "OperationDiff": _obj({
+        "service": STR, "name": STR, "presence": {"enum": ["both", "only_a", "only_b"]}, "count_a": INT,
+        "count_b": INT, "duration_ms_a": NUM, "duration_ms_b": NUM, "self_time_ms_a": NUM, "self_time_ms_b": NUM,
+        "delta_ms": NUM, "self_delta_ms": NUM}),
+    "Comparison": _obj({
+        "a": _ref("TraceSummary"), "b": _ref("TraceSummary"), "duration_delta_ms": NUM, "span_count_delta": INT,
+        "same_root": {"type": "boolean"}, "operations": {"type": "array", "items": _ref("OperationDiff")},
+        "structure": _obj({k: {"type": "array", "items": _ref("OperationDiff")}
+                           for k in ("only_in_a", "only_in_b", "count_changed")})}),
+    "ServiceList": _obj({"services": {"type": "array", "items": _obj(
+        {"name": STR, "operation_count": INT}, {"trace_count": INT})}}),
+    "OperationList": _obj({"service": STR, "operations": {"type": "array", "items": _obj(
+        {"name": STR, "count": INT}, {"error_count": INT, "span_kind": STR})}}),
+    "Dependencies": _obj({"start_ns": INT, "end_ns": INT, "dependencies": {"type": "array", "items": _obj({
+        "caller": STR, "callee": STR, "kind": STR, "calls": INT, "errors": INT, "error_rate": NUM,
+        "avg_ms": NUM})}}),
+    "Stats": _obj({"start_ns": INT, "end_ns": INT, "step_s": INT, "scope": {"enum": ["span", "trace"]},
+                   "operations": {"type": "array", "items": _obj(
+                       {"service": STR, "operation": STR, "count": INT, "error_count": INT, "error_rate": NUM},
+                       {"throughput_per_s": NUM, "p50_ms": NUM, "p90_ms": NUM, "p95_ms": NUM, "p99_ms": NUM})},
+                   "series": {"type": "array", "items": OBJ}}),
+    "Health": _obj({"status": STR}),
+    "Ready": _obj({"status": {"enum": ["ready", "not_ready"]}, "checks": _obj({"database": STR, "redis": STR})}),
+    "Status": _obj({"stream": OBJ, "database": STR, "last_finalized_ns": {"type": ["integer", "null"]},
+                    "last_finalized_time": NULLABLE_STR, "now_ns": INT}),
+}
+
+
+def _param(name: str, description: str, schema: dict | None = None, where: str = "query", required: bool = False,
+           explode: bool | None = None) -> dict[str, Any]:
+    out = {"name": name, "in": where, "description": description, "required": required or where == "path",
+           "schema": schema or STR}
+    if explode is not None:
+        out["explode"] = explode
+    return out
+
+
+TRACE_ID_PARAM = _param("trace_id", "32 lowercase hex digits.", STR, where="path")
+TIME_PARAMS = [
+    _param("start", "ISO-8601 time (2026-01-31T12:00:00Z) or unix nanoseconds."),
+    _param("end", "ISO-8601 time or unix nanoseconds."),
+    _param("lookback", "Range ending at `end` (or now): 15m, 1h, 7d. Not with `start`."),
+]
+SEARCH_PARAMS = [
+    _param("service", "Traces with a span of this service."),
+    _param("operation", "Traces with a span of this operation (of `service` when given)."),
+    _param("tag", "Repeatable: key=value, key>number, key<number.", {"type": "array", "items": STR}, explode=True),
+    _param("status", "error: traces with an error span; ok: without.", {"enum": ["error", "ok"]}),
+    _param("min_duration", "Whole-trace duration at least: 250ms, 1.5s (bare numbers are ms)."),
+    _param("max_duration", "Whole-trace duration at most."),
+    _param("services", "Traces touching all of these services (comma-separated or repeated).",
+           {"type": "array", "items": STR}, explode=True),
+    *TIME_PARAMS,
+    _param("sort", "Result order.", {"enum": ["start_desc", "start_asc", "duration_desc", "duration_asc"],
+                                     "default": "start_desc"}),
+    _param("limit", "Page size, 1..1000.", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}),
+    _param("cursor", "next_cursor of the previous page (same sort)."),
+]
+
+
+def _responses(ok: str | None, *errors: int, ok_content: dict | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if ok is not None:
+        out["200"] = {"description": "OK", "content": {"application/json": {"schema": _ref(ok)}}}
+    elif ok_content is not None:
+        out["200"] = {"description": "OK", "content": ok_content}
+    descriptions = {400: "Bad parameter", 401: "Token missing or invalid", 403: "Token lacks the scope",
+                    404: "Unknown id", 413: "Body too large", 415: "Unsupported media type",
+                    503: "Dependency unavailable"}
+    for status in errors:
+        out[str(status)] = {"description": descriptions[status],
+                            "content": {"application/json": {"schema": _ref("Error")}}}
+    return out
+
+
+def _get(summary: str, ok: str | None, parameters: list, *errors: int, ok_content: dict | None = None):
+    return {"get": {"summary": summary, "parameters": parameters,
+                    "responses": _responses(ok, 401, 403, *errors, ok_content=ok_content)}}
+
+
+PATHS: dict[str, Any] = {
+    "/api/v1/traces": _get("Search traces", "TraceList", SEARCH_PARAMS, 400),
+    "/api/v1/traces/{trace_id}": _get("One trace with all spans", "Trace", [TRACE_ID_PARAM], 400, 404),
+    "/api/v1/traces/{trace_id}/timeline": _get("The trace as time-ordered events", "Timeline",
+                                               [TRACE_ID_PARAM], 400, 404),
+    "/api/v1/traces/{trace_id}/backlinks": _get("Traces whose spans link to this trace", "Backlinks",
+                                                [TRACE_ID_PARAM], 400, 404),
+    "/api/v1/traces/{trace_id}/export": _get(
+        "Export the trace", None,
+        [TRACE_ID_PARAM,
+         _param("format", "Export format.", {"enum": ["json", "otlp", "mermaid", "text"], "default": "json"}),
+         _param("budget", "Size bound of the text format.", {"type": "integer", "minimum": 1}),
+         _param("budget_unit", "Unit of budget.", {"enum": ["chars", "tokens"], "default": "chars"}),
+         _param("download", "0 to omit Content-Disposition.", {"enum": ["0", "1"]})],
+        400, 404, ok_content={"application/json": {"schema": OBJ}, "text/plain": {"schema": STR},
+                              "text/vnd.mermaid": {"schema": STR}}),
+    "/api/v1/traces/compare": _get("Compare two traces of the same flow", "Comparison",
+                                   [_param("a", "Trace id.", required=True), _param("b", "Trace id.", required=True)],
+                                   400, 404),
+    "/api/v1/services": _get("Services", "ServiceList", []),
+    "/api/v1/services/{service}/operations": _get("Operations of a service", "OperationList",
+                                                  [_param("service", "Service name.", where="path")], 400, 404),
+    "/api/v1/dependencies": _get("Service dependency edges", "Dependencies", TIME_PARAMS, 400, 503),
+    "/api/v1/stats": _get("Statistics per operation and their time series", "Stats", [
+        _param("service", "Only this service."), _param("operation", "Only this operation."),
+        _param("scope", "span: every span; trace: per trace root.", {"enum": ["span", "trace"], "default": "span"}),
+        _param("step", "Series step, whole minutes: 60s, 5m, 1h."), *TIME_PARAMS], 400, 503),
+    "/api/v1/status": _get("Collector health for the dashboard", "Status", []),
+    "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {
+        "200": {"description": "OK", "content": {"application/json": {"schema": OBJ}}}}}},
+    "/healthz": {"get": {"summary": "Process is up", "security": [], "responses": _responses("Health")}},
+    "/readyz": {"get": {"summary": "Redis and database reachable", "security": [], "responses": {
+        **_responses("Ready"), "503": {"description": "Not ready",
+                                       "content": {"application/json": {"schema": _ref("Ready")}}}}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+        "200": {"description": "OK", "content": {"text/plain": {"schema": STR}}},
+        **_responses(None, 401, 403)}}},
+    "/v1/traces": {"post": {
+        "summary": "OTLP/HTTP trace receiver (protobuf or JSON, gzip accepted)",
+        "requestBody": {"required": True, "content": {
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": OBJ}}},
+        "responses": {
+            "200": {"description": "ExportTraceServiceResponse, partial_success for refused spans",
+                    "content": {"application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+                                "application/json": {"schema": OBJ}}},
+            **_responses(None, 400, 401, 403, 413, 415, 503)}}},
+}
+
+
+@lru_cache(maxsize=1)
+def _spec() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Contrail API", "version": "1",
+                 "description": "Trace search and retrieval, statistics, dependencies and the OTLP receiver. "
+                                "Times are ISO-8601 UTC plus unix nanoseconds; durations are milliseconds."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}, {}],
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": PATHS,
+    }
+
+
+def spec() -> dict[str, Any]:
+    """A copy of the OpenAPI document."""
+    return copy.deepcopy(_spec())

@@ -1,0 +1,80 @@
+"""``contrail web``: serve the app with gunicorn.
+
+Without a token the API is open, so by default it binds to loopback; binding
+anywhere else without a token is refused unless ``--insecure`` says the
+network is trusted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import click
+
+from tracer.settings import Settings
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def build_gunicorn_app(app, bind: str, workers: int, timeout: int = 60):
+    """A gunicorn application serving ``app`` (imported here: gunicorn is a server extra)."""
+    from gunicorn.app.base import BaseApplication
+
+    class ContrailGunicorn(BaseApplication):
+        def __init__(self):
+            self.application = app
+            super().__init__()
+
+        def load_config(self):
+            self.cfg.set("bind", bind)
+            self.cfg.set("workers", workers)
+            self.cfg.set("timeout", timeout)
+            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("proc_name", "contrail-web")
+
+        def load(self):
+            return self.application
+
+    return ContrailGunicorn()
+
+
+@click.command("web")
+@click.option("--host", default=None, help="Address to bind (default CONTRAIL_WEB_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default CONTRAIL_WEB_PORT or 8680).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="gunicorn worker processes.")
+@click.option("--database-url", default=None, help="SQLAlchemy URL of the trace database.")
+@click.option("--redis-url", default=None, help="Redis holding the span stream (for the OTLP receiver).")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback bind without an API token.")
+def web(host, port, workers, database_url, redis_url, insecure):
+    """Serve the API, OTLP receiver and dashboard with gunicorn."""
+    try:
+        settings = Settings.load(web_host=host, web_port=port, web_workers=workers, database_url=database_url,
+                                 redis_url=redis_url)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    has_token = bool(settings.api_token or settings.read_token or settings.ingest_token)
+    if not is_loopback(settings.web_host) and not has_token:
+        if not insecure:
+            click.echo(f"refusing to bind {settings.web_host} without CONTRAIL_API_TOKEN: anyone on the network "
+                       "could read every trace. Set a token, bind 127.0.0.1, or pass --insecure.", err=True)
+            raise SystemExit(2)
+        click.echo(f"WARNING: serving on {settings.web_host} without a token (--insecure): the API is open "
+                   "to the network.", err=True)
+    elif not has_token:
+        click.echo("no CONTRAIL_API_TOKEN set: the API is open to local users only (loopback bind).", err=True)
+    from .app import create_app
+
+    app = create_app(settings=settings)
+    shown = f"[{settings.web_host}]" if ":" in settings.web_host else settings.web_host
+    bind = f"{shown}:{settings.web_port}"
+    click.echo(f"Contrail web listening on http://{bind}/  (API http://{bind}/api/v1/, "
+               f"OTLP http://{bind}/v1/traces)", err=False)
+    build_gunicorn_app(app, bind, settings.web_workers).run()

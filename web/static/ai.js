@@ -1,0 +1,110 @@
+// AI page: LLM calls by model (tokens, latency, cost) and, per agent trace, its phases,
+// tool calls and LLM calls in the order they happened.
+import { getJSON, el, fmtMs, fmtNum, fmtTime, showError, traceHref, plotTheme, plotlyReady, contrail } from "./api.js";
+
+const $ = (id) => document.getElementById(id);
+const form = $("ai-form");
+
+function lookback() { return form.elements.lookback.value; }
+
+function usageRows(usage) {
+  const groups = Array.isArray(usage) ? usage : usage.groups || usage.models || [];
+  return groups.map((g) => ({
+    model: g.key ?? g.model ?? "(unknown)", calls: g.calls ?? g.count ?? 0, errors: g.errors ?? g.error_count ?? 0,
+    input: g.input_tokens ?? 0, output: g.output_tokens ?? 0, cost: g.cost,
+    avg: g.avg_ms ?? (g.calls ? (g.duration_ms ?? 0) / g.calls : null), p95: g.p95_ms ?? null,
+  }));
+}
+
+async function loadUsage() {
+  const usage = await getJSON("/ai/usage", { lookback: lookback(), group_by: "model" });
+  const rows = usageRows(usage);
+  const tbody = $("models-table").querySelector("tbody");
+  tbody.replaceChildren(...rows.map((r) => el("tr", {},
+    el("td", { text: r.model }), el("td", { class: "num", text: fmtNum(r.calls) }),
+    el("td", { class: "num", text: fmtNum(r.input) }), el("td", { class: "num", text: fmtNum(r.output) }),
+    el("td", { class: "num", text: fmtNum(r.avg, 1) }), el("td", { class: "num", text: fmtNum(r.p95, 1) }),
+    el("td", { class: r.errors ? "num text-err" : "num", text: fmtNum(r.errors) }),
+    el("td", { class: "num", text: r.cost === undefined || r.cost === null ? "–" : `$${Number(r.cost).toFixed(4)}` }))));
+  if (!rows.length) tbody.append(el("tr", {}, el("td", { colspan: 8, class: "muted", text: "No LLM calls recorded in this window." })));
+  const Plotly = await plotlyReady();
+  const theme = plotTheme();
+  await Plotly.react($("chart-tokens"), [
+    { type: "bar", name: "input tokens", x: rows.map((r) => r.model), y: rows.map((r) => r.input) },
+    { type: "bar", name: "output tokens", x: rows.map((r) => r.model), y: rows.map((r) => r.output) },
+  ], { ...theme, height: 240, barmode: "stack", legend: { orientation: "h", y: 1.15 } }, { displayModeBar: false, responsive: true });
+  contrail.aiModels = rows.length;
+}
+
+async function loadTraces() {
+  const body = await getJSON("/ai/traces", { lookback: lookback() });
+  const traces = Array.isArray(body) ? body : body.traces || [];
+  const tbody = $("ai-traces-table").querySelector("tbody");
+  tbody.replaceChildren(...traces.map((t) => {
+    const row = el("tr", { tabindex: 0, class: t.error_count ? "row-error selectable" : "selectable", dataset: { traceId: t.trace_id } },
+      el("td", {}, el("a", { href: traceHref(t.trace_id), text: fmtTime(t.start_time, t.start_ns) })),
+      el("td", { text: `${t.root_service || "?"} · ${t.root_operation || ""}` }),
+      el("td", { class: "num", text: fmtMs(t.duration_ms) }),
+      el("td", { class: "num", text: fmtNum(t.llm_calls ?? t.llm_call_count) }),
+      el("td", { class: "num", text: fmtNum(t.tool_calls ?? t.tool_call_count) }),
+      el("td", { class: "num", text: fmtNum(t.total_tokens ?? ((t.input_tokens ?? 0) + (t.output_tokens ?? 0))) }));
+    const open = (event) => { if (event.target.closest("a")) return; showSteps(t.trace_id); };
+    row.addEventListener("click", open);
+    row.addEventListener("keydown", (event) => { if (event.key === "Enter") open(event); });
+    return row;
+  }));
+  if (!traces.length) tbody.append(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No agent traces in this window." })));
+  contrail.aiTraces = traces.length;
+  if (traces.length) await showSteps(traces[0].trace_id);
+}
+
+function stepOf(span) {
+  const a = span.attributes || {};
+  const op = a["gen_ai.operation.name"];
+  if (a["contrail.ai.phase"]) return { kind: "phase", label: `Phase: ${a["contrail.ai.phase"]}` };
+  if (op === "invoke_agent") return { kind: "agent", label: `Agent: ${a["gen_ai.agent.name"] || span.name}` };
+  if (op === "execute_tool") return { kind: "tool", label: `Tool: ${a["gen_ai.tool.name"] || span.name}` };
+  if (op) {
+    const model = a["gen_ai.response.model"] || a["gen_ai.request.model"] || "";
+    const tokens = [a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]];
+    return { kind: "llm", label: `LLM ${op}: ${model}`, extra: tokens.some((t) => t !== undefined) ? `${fmtNum(tokens[0] ?? 0)} in / ${fmtNum(tokens[1] ?? 0)} out tokens` : "" };
+  }
+  return null;
+}
+
+async function showSteps(traceId) {
+  const list = $("ai-steps");
+  const trace = await getJSON(`/traces/${traceId}`);
+  const base = Math.min(...trace.spans.map((s) => Number(s.start_ns)));
+  const depthOf = new Map();
+  const steps = [];
+  for (const span of trace.spans) {  // spans arrive sorted by start time
+    const step = stepOf(span);
+    const parentDepth = depthOf.get(span.parent_span_id);
+    const depth = step ? (parentDepth === undefined ? 0 : parentDepth + 1) : parentDepth;
+    if (depth !== undefined) depthOf.set(span.span_id, depth);
+    if (step) steps.push({ span, step, depth });
+  }
+  $("steps-title").textContent = `Steps of trace ${traceId.slice(0, 12)}…`;
+  list.replaceChildren(...steps.map(({ span, step, depth }) => el("li", { class: `step step-${step.kind}${span.status === "error" ? " is-error" : ""}`, style: `margin-left:${depth * 16}px` },
+    el("a", { href: traceHref(traceId, span.span_id), text: step.label }),
+    el("span", { class: "muted", text: ` +${fmtMs((Number(span.start_ns) - base) / 1e6)} · ${fmtMs(span.duration_ms)}` }),
+    step.extra ? el("span", { class: "muted", text: ` · ${step.extra}` }) : null,
+    span.status === "error" ? el("span", { class: "badge badge-err", text: span.status_message || "error" }) : null)));
+  if (!steps.length) list.append(el("li", { class: "muted", text: "This trace has no AI spans." }));
+  contrail.aiSteps = steps.length;
+}
+
+async function refresh() {
+  showError($("ai-error"), null);
+  history.replaceState(null, "", `/ai?lookback=${encodeURIComponent(lookback())}`);
+  const results = await Promise.allSettled([loadUsage(), loadTraces()]);
+  const failed = results.find((r) => r.status === "rejected");
+  if (failed) showError($("ai-error"), failed.reason);
+  contrail.aiReady = true;
+}
+
+const initial = new URLSearchParams(window.location.search).get("lookback");
+if (initial) form.elements.lookback.value = initial;
+form.addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
+refresh();

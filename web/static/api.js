@@ -1,0 +1,202 @@
+// Talking to the Contrail JSON API, plus the small DOM and formatting helpers every page shares.
+// Data from spans is only ever put into the page with textContent / attributes (see el()),
+// never parsed as HTML, so a span attribute cannot inject markup or script.
+
+export const API_BASE = document.body.dataset.apiBase || "/api/v1";
+const TOKEN_KEY = "contrail.token";
+let tokenPrompt = null; // one prompt at a time, shared by concurrent requests
+
+export const contrail = (window.__contrail = window.__contrail || {});
+
+export class ApiError extends Error {
+  constructor(status, code, message, parameter) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.parameter = parameter;
+  }
+}
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function askForToken() {
+  if (!tokenPrompt) {
+    tokenPrompt = Promise.resolve().then(() => {
+      const token = window.prompt("This Contrail API needs a token (kept for this browser tab only):");
+      if (token) sessionStorage.setItem(TOKEN_KEY, token.trim());
+      return Boolean(token);
+    });
+  }
+  return tokenPrompt;
+}
+
+export function buildUrl(path, params) {
+  const url = new URL(API_BASE + path, window.location.origin);
+  for (const [key, value] of Object.entries(params || {})) {
+    if (value === undefined || value === null || value === "") continue;
+    if (Array.isArray(value)) value.filter((v) => v !== "").forEach((v) => url.searchParams.append(key, v));
+    else url.searchParams.set(key, value);
+  }
+  return url.pathname + url.search;
+}
+
+async function request(path, params, as) {
+  const url = buildUrl(path, params);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const response = await fetch(url, { headers: { Accept: as === "text" ? "text/plain" : "application/json", ...authHeaders() } });
+    if (response.status === 401 && attempt === 0) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      if (await askForToken()) { tokenPrompt = null; continue; }
+    }
+    if (!response.ok) {
+      let code = "http_" + response.status, message = response.statusText || "request failed", parameter;
+      try {
+        const body = await response.json();
+        if (body && body.error) ({ code = code, message = message, parameter } = body.error);
+      } catch (_) { /* not JSON */ }
+      throw new ApiError(response.status, code, message, parameter);
+    }
+    return as === "text" ? response.text() : response.json();
+  }
+  throw new ApiError(401, "unauthorized", "a valid API token is required");
+}
+
+export const getJSON = (path, params) => request(path, params, "json");
+export const getText = (path, params) => request(path, params, "text");
+
+/** Services, whether the API answers a bare list or {services: [...]}, as [{name, ...}]. */
+export async function listServices() {
+  const body = await getJSON("/services");
+  const list = Array.isArray(body) ? body : body.services || [];
+  return list.map((s) => (typeof s === "string" ? { name: s } : s)).filter((s) => s && s.name);
+}
+
+export async function listOperations(service) {
+  const body = await getJSON(`/services/${encodeURIComponent(service)}/operations`);
+  const list = Array.isArray(body) ? body : body.operations || [];
+  return list.map((o) => (typeof o === "string" ? o : o.name || o.operation)).filter(Boolean);
+}
+
+// ------------------------------------------------------------------ DOM helpers
+
+/** Create an element; `text` goes in as textContent, attrs as attributes/properties. */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "text") node.textContent = String(value);
+    else if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "style") node.style.cssText = value;
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+export function clear(node) {
+  while (node.firstChild) node.removeChild(node.firstChild);
+  return node;
+}
+
+export function showError(box, error) {
+  if (!box) return;
+  if (!error) { box.hidden = true; box.textContent = ""; return; }
+  box.hidden = false;
+  const param = error.parameter ? ` (parameter: ${error.parameter})` : "";
+  box.textContent = `${error.message || error}${param}`;
+}
+
+// ------------------------------------------------------------------ formatting
+
+export function fmtMs(ms) {
+  if (ms === null || ms === undefined || Number.isNaN(ms)) return "–";
+  if (ms >= 60000) return (ms / 60000).toFixed(1) + " min";
+  if (ms >= 1000) return (ms / 1000).toFixed(ms >= 10000 ? 1 : 2) + " s";
+  if (ms >= 10) return ms.toFixed(1) + " ms";
+  if (ms >= 1) return ms.toFixed(2) + " ms";
+  return (ms * 1000).toFixed(0) + " µs";
+}
+
+export function fmtNum(n, digits = 0) {
+  if (n === null || n === undefined || Number.isNaN(n)) return "–";
+  return Number(n).toLocaleString(undefined, { maximumFractionDigits: digits, minimumFractionDigits: digits });
+}
+
+export function fmtPct(ratio) {
+  if (ratio === null || ratio === undefined) return "–";
+  return (ratio * 100).toFixed(ratio > 0 && ratio < 0.01 ? 2 : 1) + " %";
+}
+
+export function fmtTime(iso, ns) {
+  const date = iso ? new Date(iso) : new Date(Number(ns) / 1e6);
+  if (Number.isNaN(date.getTime())) return "–";
+  return date.toISOString().replace("T", " ").replace("Z", "").slice(0, 23);
+}
+
+export function traceHref(traceId, spanId) {
+  return `/trace/${encodeURIComponent(traceId)}` + (spanId ? `?span=${encodeURIComponent(spanId)}` : "");
+}
+
+const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#ff9da7", "#86bcb6", "#8cd17d"];
+const serviceColours = new Map();
+/** A stable colour per service name. */
+export function serviceColour(name) {
+  if (!serviceColours.has(name)) {
+    let hash = 0;
+    for (const ch of String(name)) hash = (hash * 31 + ch.charCodeAt(0)) >>> 0;
+    serviceColours.set(name, PALETTE[hash % PALETTE.length]);
+  }
+  return serviceColours.get(name);
+}
+
+/** Plotly layout colours that follow the current theme. */
+export function plotTheme() {
+  const css = getComputedStyle(document.documentElement);
+  const fg = css.getPropertyValue("--fg").trim() || "#222";
+  const grid = css.getPropertyValue("--grid").trim() || "#ddd";
+  return {
+    paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+    font: { color: fg, size: 12 },
+    xaxis: { gridcolor: grid, zerolinecolor: grid },
+    yaxis: { gridcolor: grid, zerolinecolor: grid },
+    margin: { l: 55, r: 15, t: 10, b: 40 },
+  };
+}
+
+/** Wait for the classic Plotly script (loaded with defer) to be ready. */
+export function plotlyReady() {
+  return new Promise((resolve, reject) => {
+    if (window.Plotly) return resolve(window.Plotly);
+    let tries = 0;
+    const timer = setInterval(() => {
+      if (window.Plotly) { clearInterval(timer); resolve(window.Plotly); }
+      else if (++tries > 200) { clearInterval(timer); reject(new Error("the charting library did not load")); }
+    }, 25);
+  });
+}
+
+/** Run fn now and every `ms` while the checkbox is ticked; the box state lives in the URL as refresh=1. */
+export function autoRefresh(checkbox, fn, ms = 10000) {
+  let timer = null;
+  const params = new URLSearchParams(window.location.search);
+  checkbox.checked = params.get("refresh") === "1";
+  const apply = () => {
+    if (timer) clearInterval(timer);
+    timer = checkbox.checked ? setInterval(fn, ms) : null;
+  };
+  checkbox.addEventListener("change", () => {
+    const url = new URL(window.location.href);
+    if (checkbox.checked) url.searchParams.set("refresh", "1"); else url.searchParams.delete("refresh");
+    history.replaceState(null, "", url);
+    apply();
+  });
+  apply();
+}

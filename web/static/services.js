@@ -1,0 +1,116 @@
+// Services page: RED charts per service/operation (rate, errors, p50/p95/p99 over time)
+// and the live service map from the collector's dependency edges.
+import { getJSON, listServices, listOperations, el, fmtNum, fmtPct, showError, plotTheme, plotlyReady,
+  autoRefresh, contrail } from "./api.js";
+import { drawServiceMap } from "./servicemap.js";
+
+const $ = (id) => document.getElementById(id);
+const form = $("services-form");
+const MAX_LINES = 8;
+let knownServices = [];
+
+function readForm() {
+  const data = new FormData(form);
+  const out = {};
+  for (const key of ["service", "operation", "lookback", "step"]) { const v = String(data.get(key) || ""); if (v) out[key] = v; }
+  return out;
+}
+
+function syncUrl(query) {
+  const params = new URLSearchParams(query);
+  if ($("auto-refresh").checked) params.set("refresh", "1");
+  history.replaceState(null, "", `/services${params.toString() ? "?" + params : ""}`);
+}
+
+async function fillOperations(keep) {
+  const service = form.elements.service.value;
+  const ops = service ? await listOperations(service).catch(() => []) : [];
+  form.elements.operation.replaceChildren(el("option", { value: "", text: "All operations" }), ...ops.map((o) => el("option", { value: o, text: o })));
+  if (keep && ops.includes(keep)) form.elements.operation.value = keep;
+}
+
+let statsWindow = null;  // [start, end] of the statistics window, as Date strings for the x axis
+
+function lineChart(Plotly, div, traces, yTitle) {
+  const theme = plotTheme();
+  const layout = { ...theme, height: 240, showlegend: true, legend: { orientation: "h", y: -0.25, font: { size: 10 } },
+    xaxis: { ...theme.xaxis, type: "date", ...(statsWindow ? { range: statsWindow } : {}) }, yaxis: { ...theme.yaxis, title: { text: yTitle }, rangemode: "tozero" } };
+  if (!traces.length) layout.annotations = [{ text: "no data in this window", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }];
+  return Plotly.react(div, traces, layout, { displayModeBar: false, responsive: true });
+}
+
+async function drawCharts(stats) {
+  const Plotly = await plotlyReady();
+  const step = stats.step_s || 60;
+  statsWindow = stats.start_ns && stats.end_ns
+    ? [new Date(stats.start_ns / 1e6).toISOString(), new Date(stats.end_ns / 1e6).toISOString()] : null;
+  const series = (stats.series || []).slice()
+    .sort((a, b) => b.points.reduce((n, p) => n + p.count, 0) - a.points.reduce((n, p) => n + p.count, 0))
+    .slice(0, MAX_LINES);
+  const name = (s) => `${s.service} · ${s.operation}`;
+  const x = (s) => s.points.map((p) => p.time);
+  await lineChart(Plotly, $("chart-rate"), series.map((s) => ({ type: "scatter", mode: "lines+markers", name: name(s), x: x(s), y: s.points.map((p) => p.count / step) })), "req/s");
+  await lineChart(Plotly, $("chart-errors"), series.map((s) => ({ type: "bar", name: name(s), x: x(s), y: s.points.map((p) => p.error_count) })), "errors");
+  const latency = [];
+  const detailed = series.length <= 2;
+  for (const s of series) {
+    for (const [key, dash] of detailed ? [["p50_ms", "dot"], ["p95_ms", "solid"], ["p99_ms", "dash"]] : [["p95_ms", "solid"]]) {
+      latency.push({ type: "scatter", mode: "lines+markers", name: `${name(s)} ${key.slice(0, 3)}`, line: { dash }, x: x(s), y: s.points.map((p) => p[key]) });
+    }
+  }
+  await lineChart(Plotly, $("chart-latency"), latency, detailed ? "ms (p50 · p95 · p99)" : "ms (p95)");
+  contrail.chartSeries = series.length;
+}
+
+function renderOperations(operations) {
+  const tbody = $("ops-table").querySelector("tbody");
+  tbody.replaceChildren(...operations.map((op) => el("tr", {},
+    el("td", { text: op.service }), el("td", { text: op.operation }), el("td", { class: "num", text: fmtNum(op.count) }),
+    el("td", { class: op.error_count ? "num text-err" : "num", text: fmtNum(op.error_count) }),
+    el("td", { class: "num", text: fmtPct(op.error_rate) }), el("td", { class: "num", text: fmtNum(op.throughput_per_s, 3) }),
+    ...["p50_ms", "p90_ms", "p95_ms", "p99_ms"].map((k) => el("td", { class: "num", text: fmtNum(op[k], 1) })))));
+  if (!operations.length) tbody.append(el("tr", {}, el("td", { colspan: 10, class: "muted", text: "No statistics in this window." })));
+}
+
+async function refresh() {
+  const query = readForm();
+  syncUrl(query);
+  showError($("services-error"), null);
+  const { lookback } = query;
+  const [stats, deps] = await Promise.allSettled([
+    getJSON("/stats", query),
+    getJSON("/dependencies", { lookback }),
+  ]);
+  if (stats.status === "fulfilled") {
+    renderOperations(stats.value.operations || []);
+    await drawCharts(stats.value);
+  } else showError($("services-error"), stats.reason);
+  if (deps.status === "fulfilled") {
+    const body = deps.value;
+    const edges = Array.isArray(body) ? body : body.dependencies || body.edges || [];
+    const drawn = drawServiceMap($("service-map"), edges, {
+      services: knownServices,
+      onSelect: (name) => { form.elements.service.value = name; fillOperations("").then(refresh); },
+    });
+    contrail.serviceMap = drawn;
+  } else showError($("services-error"), deps.reason);
+  contrail.servicesReady = true;
+}
+
+async function init() {
+  const params = new URLSearchParams(window.location.search);
+  for (const key of ["lookback", "step"]) if (params.has(key)) form.elements[key].value = params.get(key);
+  try {
+    knownServices = (await listServices()).map((s) => s.name);
+  } catch (error) { showError($("services-error"), error); }
+  form.elements.service.replaceChildren(el("option", { value: "", text: "All services" }), ...knownServices.map((n) => el("option", { value: n, text: n })));
+  if (params.get("service")) form.elements.service.value = params.get("service");
+  await fillOperations(params.get("operation") || "");
+  await refresh();
+}
+
+form.addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
+form.elements.service.addEventListener("change", () => fillOperations(""));
+window.addEventListener("contrail:theme", () => refresh());
+autoRefresh($("auto-refresh"), refresh);
+init();

@@ -1,0 +1,254 @@
+// The virtualized waterfall (Gantt) of a trace: only the rows inside the scroll viewport exist
+// in the DOM, so a 10k-span trace costs the same to draw as a 40-span one.
+// Keyboard: Up/Down move, Left collapses (or goes to the parent), Right expands (or goes to
+// the first child), Enter/Space opens the span, Home/End jump, * expands all.
+import { el, clear, fmtMs, serviceColour, contrail } from "./api.js";
+import { searchTextOf } from "./tracemodel.js";
+
+export const ROW_HEIGHT = 26;
+const OVERSCAN = 8;
+
+export function createWaterfall(container, model, { onSelect } = {}) {
+  const collapsed = new Set();
+  let criticalOnly = false;
+  let rows = [];             // visible nodes in display order
+  let indexOf = new Map();   // node -> position in rows
+  let active = 0;
+  let selectedId = null;
+  let matches = new Set();
+  let scheduled = false;
+  let firstPaintDone = false;
+
+  container.setAttribute("aria-rowcount", String(model.nodes.length));
+  const spacer = el("div", { class: "wf-spacer" });
+  const windowEl = el("div", { class: "wf-window", role: "presentation" });
+  spacer.append(windowEl);
+  clear(container).append(spacer);
+
+  function flatten() {
+    const out = [];
+    if (criticalOnly) {
+      for (const node of model.preorder) if (node.span.critical_path) out.push(node);
+    } else {
+      const stack = model.roots.slice().reverse();
+      while (stack.length) {
+        const node = stack.pop();
+        out.push(node);
+        if (!collapsed.has(node.id)) for (let i = node.children.length - 1; i >= 0; i--) stack.push(node.children[i]);
+      }
+    }
+    rows = out;
+    indexOf = new Map(rows.map((n, i) => [n, i]));
+    spacer.style.height = `${rows.length * ROW_HEIGHT}px`;
+    if (active >= rows.length) active = Math.max(0, rows.length - 1);
+  }
+
+  const pct = (ms) => `${((ms / model.totalMs) * 100).toFixed(4)}%`;
+
+  function rowElement(node, index) {
+    const s = node.span;
+    const hasChildren = node.children.length > 0 && !criticalOnly;
+    const isCollapsed = collapsed.has(node.id);
+    const classes = ["wf-row"];
+    if (s.critical_path) classes.push("is-critical");
+    if (s.status === "error") classes.push("is-error");
+    if (node.id === selectedId) classes.push("is-selected");
+    if (index === active) classes.push("is-active");
+    if (matches.has(node)) classes.push("is-match");
+    const selfMs = Number(s.self_time_ms);
+    const label = `${s.service} ${s.name}, ${fmtMs(node.durationMs)}` +
+      (s.status === "error" ? ", error" : "") + (s.critical_path ? ", on the critical path" : "");
+    const row = el("div", {
+      class: classes.join(" "), role: "treeitem", id: `wf-${node.id}`,
+      "aria-level": node.depth + 1, "aria-selected": node.id === selectedId ? "true" : "false",
+      "aria-expanded": hasChildren ? String(!isCollapsed) : null, "aria-label": label,
+      dataset: { spanId: node.id, index: String(index) },
+      style: `top:${index * ROW_HEIGHT}px;height:${ROW_HEIGHT}px`,
+    });
+    const caret = hasChildren
+      ? el("span", { class: "wf-caret", "aria-hidden": "true", dataset: { toggle: "1" }, text: isCollapsed ? "▸" : "▾" })
+      : el("span", { class: "wf-caret wf-leaf", "aria-hidden": "true" });
+    const name = el("div", { class: "wf-name", style: `padding-left:${Math.min(node.depth, 40) * 12 + 4}px` },
+      caret,
+      el("span", { class: "wf-swatch", style: `background:${serviceColour(s.service)}`, "aria-hidden": "true" }),
+      el("span", { class: "wf-service", text: s.service }),
+      el("span", { class: "wf-op", text: s.name }),
+      hasChildren && isCollapsed ? el("span", { class: "wf-count", text: `+${countDescendants(node)}` }) : null,
+      s.status === "error" ? el("span", { class: "badge badge-err", title: s.status_message || "error", text: "error" }) : null,
+      ...node.warnings.map((w) => el("span", { class: "badge badge-warn", title: w.message || w.code, text: w.code === "clock_skew" ? "clock skew" : w.code === "missing_parent" ? "missing parent" : w.code })),
+    );
+    const track = el("div", { class: "wf-track" });
+    if (node.waitMs > 0) {
+      track.append(el("div", {
+        class: "wf-wait", title: `queue wait ${fmtMs(node.waitMs)}`,
+        style: `left:${pct(Math.max(0, node.startMs - node.waitMs))};width:${pct(Math.min(node.waitMs, node.startMs))}`,
+      }));
+    }
+    track.append(el("div", {
+      class: "wf-bar", style: `left:${pct(node.startMs)};width:max(2px,${pct(node.durationMs)});background:${serviceColour(s.service)}`,
+    }));
+    const startFrac = node.startMs / model.totalMs, endFrac = node.endMs / model.totalMs;
+    const labelPos = endFrac <= 0.75 ? `left:calc(${(endFrac * 100).toFixed(3)}% + 4px)`
+      : startFrac >= 0.3 ? `right:calc(${(100 - Math.max(0, node.startMs - node.waitMs) / model.totalMs * 100).toFixed(3)}% + 4px)`
+      : `left:calc(${(startFrac * 100).toFixed(3)}% + 6px)`;
+    track.append(el("span", {
+      class: `wf-label${endFrac > 0.75 && startFrac < 0.3 ? " wf-label-inside" : ""}`, style: labelPos,
+      text: `${fmtMs(node.durationMs)}${Number.isFinite(selfMs) ? ` · self ${fmtMs(selfMs)}` : ""}${node.waitMs ? ` · waited ${fmtMs(node.waitMs)}` : ""}`,
+    }));
+    row.append(name, track);
+    return row;
+  }
+
+  function countDescendants(node) {
+    let n = 0;
+    const stack = [...node.children];
+    while (stack.length) { const c = stack.pop(); n++; stack.push(...c.children); }
+    return n;
+  }
+
+  function render() {
+    scheduled = false;
+    const top = container.scrollTop;
+    const height = container.clientHeight || 600;
+    const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - OVERSCAN);
+    const last = Math.min(rows.length, Math.ceil((top + height) / ROW_HEIGHT) + OVERSCAN);
+    const fragment = document.createDocumentFragment();
+    for (let i = first; i < last; i++) fragment.append(rowElement(rows[i], i));
+    clear(windowEl).append(fragment);
+    const current = rows[active];
+    if (current && indexOf.get(current) >= first && indexOf.get(current) < last) {
+      container.setAttribute("aria-activedescendant", `wf-${current.id}`);
+    } else {
+      container.removeAttribute("aria-activedescendant");
+    }
+    contrail.waterfallRenderedRows = last - first;
+    if (!firstPaintDone) {
+      firstPaintDone = true;
+      requestAnimationFrame(() => {
+        contrail.waterfallFirstPaintMs = performance.now();
+        performance.mark("contrail:waterfall-first-paint");
+      });
+    }
+  }
+
+  function schedule() {
+    if (!scheduled) { scheduled = true; requestAnimationFrame(render); }
+  }
+
+  function scrollToIndex(index) {
+    const top = index * ROW_HEIGHT;
+    if (top < container.scrollTop) container.scrollTop = top;
+    else if (top + ROW_HEIGHT > container.scrollTop + container.clientHeight) container.scrollTop = top + ROW_HEIGHT - container.clientHeight;
+  }
+
+  function setActive(index, { select = false } = {}) {
+    if (!rows.length) return;
+    active = Math.max(0, Math.min(rows.length - 1, index));
+    scrollToIndex(active);
+    if (select) selectNode(rows[active]);
+    render();
+  }
+
+  function selectNode(node, { notify = true } = {}) {
+    selectedId = node ? node.id : null;
+    if (node && notify && onSelect) onSelect(node);
+  }
+
+  function toggle(node, open) {
+    if (!node.children.length) return;
+    const shouldOpen = open === undefined ? collapsed.has(node.id) : open;
+    if (shouldOpen) collapsed.delete(node.id); else collapsed.add(node.id);
+    flatten();
+    if (indexOf.has(node)) active = indexOf.get(node);
+    render();
+  }
+
+  /** Make a node visible (expanding its ancestors), scroll to it and optionally select it. */
+  function reveal(node, { select = true } = {}) {
+    if (criticalOnly && !node.span.critical_path) { criticalOnly = false; api.onCriticalOnlyChange?.(false); }
+    for (let p = node.parent; p; p = p.parent) collapsed.delete(p.id);
+    flatten();
+    active = indexOf.get(node) ?? 0;
+    const top = active * ROW_HEIGHT - container.clientHeight / 3;
+    container.scrollTop = Math.max(0, top);
+    if (select) selectNode(node);
+    render();
+  }
+
+  container.addEventListener("scroll", schedule, { passive: true });
+  window.addEventListener("resize", schedule);
+
+  container.addEventListener("click", (event) => {
+    const rowEl = event.target.closest(".wf-row");
+    if (!rowEl) return;
+    const index = Number(rowEl.dataset.index);
+    const node = rows[index];
+    if (!node) return;
+    active = index;
+    if (event.target.closest("[data-toggle]")) { toggle(node); return; }
+    selectNode(node);
+    render();
+  });
+
+  container.addEventListener("keydown", (event) => {
+    const node = rows[active];
+    const page = Math.max(1, Math.floor(container.clientHeight / ROW_HEIGHT) - 1);
+    switch (event.key) {
+      case "ArrowDown": setActive(active + 1); break;
+      case "ArrowUp": setActive(active - 1); break;
+      case "PageDown": setActive(active + page); break;
+      case "PageUp": setActive(active - page); break;
+      case "Home": setActive(0); break;
+      case "End": setActive(rows.length - 1); break;
+      case "ArrowRight":
+        if (!node) return;
+        if (node.children.length && collapsed.has(node.id) && !criticalOnly) toggle(node, true);
+        else if (node.children.length && !criticalOnly) setActive(active + 1);
+        break;
+      case "ArrowLeft":
+        if (!node) return;
+        if (node.children.length && !collapsed.has(node.id) && !criticalOnly) toggle(node, false);
+        else if (node.parent && indexOf.has(node.parent)) setActive(indexOf.get(node.parent));
+        break;
+      case "Enter": case " ":
+        if (node) { selectNode(node); render(); }
+        break;
+      case "*": expandAll(); break;
+      default: return;
+    }
+    event.preventDefault();
+  });
+
+  function expandAll() { collapsed.clear(); flatten(); render(); }
+  function collapseAll() {
+    for (const node of model.nodes) if (node.children.length) collapsed.add(node.id);
+    active = 0; flatten(); container.scrollTop = 0; render();
+  }
+
+  flatten();
+  render();
+
+  const api = {
+    render, reveal, expandAll, collapseAll, toggle,
+    get visibleCount() { return rows.length; },
+    setCriticalOnly(on) { criticalOnly = on; flatten(); container.scrollTop = 0; active = 0; render(); },
+    select(node) { reveal(node, { select: false }); selectNode(node, { notify: false }); render(); },
+    /** Highlight nodes matching `query`; returns the matches in display (preorder) order. */
+    find(query) {
+      const q = query.trim().toLowerCase();
+      matches = new Set(q ? model.preorder.filter((n) => searchTextOf(n).includes(q)) : []);
+      render();
+      return model.preorder.filter((n) => matches.has(n));
+    },
+    onCriticalOnlyChange: null,
+  };
+  return api;
+}
+
+/** Time ticks over the waterfall's track column. */
+export function renderTicks(target, totalMs, count = 5) {
+  clear(target);
+  for (let i = 0; i <= count; i++) {
+    target.append(el("span", { class: "wf-tick", style: `left:${(i / count) * 100}%`, text: fmtMs((totalMs * i) / count) }));
+  }
+}

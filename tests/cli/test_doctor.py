@@ -1,0 +1,98 @@
+"""`contrail doctor` against a real Redis, a real collector and SQLite: OK, WARN and FAIL paths."""
+
+from __future__ import annotations
+
+import json
+
+from collector_worker.doctor import FAIL, OK, WARN, measure_clock_skew_ms
+
+
+def checks_of(result) -> dict[str, dict]:
+    return {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+
+
+def test_healthy_stack_passes(run_cli, stored_trace, collector):
+    env = {"CONTRAIL_STREAM": collector.stream}
+    result = run_cli("doctor", "--redis-url", collector.redis_url, "--database-url", collector.database_url, env=env)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    for name in ("redis", "clock skew", "stream", "pending", "consumer lag", "consumers", "dead letters",
+                 "database", "schema"):
+        assert f"OK    {name}" in result.stdout, name
+    assert "0 failure(s)" in result.stdout
+
+    data = checks_of(run_cli("doctor", "--json", "--redis-url", collector.redis_url,
+                             "--database-url", collector.database_url, env=env))
+    assert data["redis persistence"]["status"] == OK  # the test Redis runs with appendonly yes
+    assert data["schema"]["detail"].startswith("version ")
+
+
+def test_unreachable_redis_fails_with_what_to_do(run_cli, collector):
+    result = run_cli("doctor", "--redis-url", "redis://127.0.0.1:1/0", "--database-url", collector.database_url)
+    assert result.exit_code == 1
+    assert "FAIL  redis" in result.stdout
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in result.stdout
+    assert "→ start Redis" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_unreachable_database_fails(run_cli, redis_url):
+    result = run_cli("doctor", "--json", "--redis-url", redis_url,
+                     "--database-url", "postgresql+psycopg://contrail@127.0.0.1:1/contrail")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["ok"] is False
+    assert checks_of(result)["database"]["status"] == FAIL
+
+
+def test_missing_sqlite_file_fails_without_creating_it(run_cli, redis_url, tmp_path):
+    path = tmp_path / "nothing-here.db"
+    result = run_cli("doctor", "--json", "--redis-url", redis_url, "--database-url", f"sqlite:///{path}")
+    assert result.exit_code == 1
+    assert "no database file" in checks_of(result)["database"]["detail"]
+    assert not path.exists()
+
+
+def test_backlog_without_collector_and_dead_letters_warn(run_cli, redis_url, sqlite_url):
+    import redis
+
+    from collector_worker.storage import open_engine
+
+    open_engine(sqlite_url).dispose()
+    client = redis.Redis.from_url(redis_url)
+    client.xadd("contrail:spans", {"v": "1", "enc": "x", "n": "0", "data": b""})
+    client.xadd("contrail:spans:dead", {"reason": "undecodable", "source_id": "1-0"})
+    result = run_cli("doctor", "--json", "--redis-url", redis_url, "--database-url", sqlite_url)
+    checks = checks_of(result)
+    assert result.exit_code == 0  # warnings are not failures
+    assert checks["consumer group"]["status"] == WARN and "contrail collector" in checks["consumer group"]["hint"]
+    assert checks["dead letters"]["status"] == WARN and "XRANGE contrail:spans:dead" in checks["dead letters"]["hint"]
+
+    client.xgroup_create("contrail:spans", "contrail-collectors", id="0")
+    client.xreadgroup("contrail-collectors", "gone-collector", {"contrail:spans": ">"}, count=1)
+    checks = checks_of(run_cli("doctor", "--json", "--redis-url", redis_url, "--database-url", sqlite_url))
+    assert checks["pending"]["detail"].startswith("1 entries")
+    client.close()
+
+
+def test_clock_skew_is_measured_against_redis_time(redis_server):
+    client = redis_server.client()
+    skew, round_trip = measure_clock_skew_ms(client)
+    client.close()
+    assert round_trip >= 0
+    assert abs(skew) < 1000 + round_trip  # same host, same clock
+
+
+def test_schema_newer_than_this_version_fails(run_cli, redis_url, sqlite_url):
+    from sqlalchemy import update
+
+    from collector_worker.storage import open_engine, schema
+
+    engine = open_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(update(schema.schema_version).values(version=999))
+    engine.dispose()
+    result = run_cli("doctor", "--json", "--redis-url", redis_url, "--database-url", sqlite_url)
+    assert result.exit_code == 1
+    assert checks_of(result)["schema"]["status"] == FAIL
+    listed = run_cli("traces", "list", "--database-url", sqlite_url)
+    assert listed.exit_code == 1 and "newer than this Contrail" in listed.stderr

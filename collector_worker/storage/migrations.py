@@ -32,22 +32,38 @@ def current_version(conn: Connection) -> int:
 
 
 def migrate(engine: Engine) -> int:
-    """Apply pending migrations; return the version the database is at."""
-    with engine.begin() as conn:
+    """Apply pending migrations; return the version the database is at.
+
+    Collectors starting at the same moment must not both create the schema:
+    PostgreSQL takes an advisory lock, SQLite a write lock (``BEGIN IMMEDIATE``)
+    before the version is read, so the second starter waits and finds it current.
+    """
+    with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(742017)"))
-        version = current_version(conn)
-        if version > LATEST:
-            raise RuntimeError(
-                f"database schema version {version} is newer than this Contrail ({LATEST}); upgrade Contrail"
-            )
-        for step in range(version, LATEST):
-            MIGRATIONS[step](conn)
-        if version != LATEST:
-            now = time.time_ns()
-            if version == 0:
-                conn.execute(schema.schema_version.insert().values(id=1, version=LATEST, migrated_ns=now))
-            else:
-                conn.execute(schema.schema_version.update().where(schema.schema_version.c.id == 1)
-                             .values(version=LATEST, migrated_ns=now))
-        return LATEST
+        elif engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            _apply(conn)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+    return LATEST
+
+
+def _apply(conn: Connection) -> None:
+    version = current_version(conn)
+    if version > LATEST:
+        raise RuntimeError(
+            f"database schema version {version} is newer than this Contrail ({LATEST}); upgrade Contrail"
+        )
+    for step in range(version, LATEST):
+        MIGRATIONS[step](conn)
+    if version != LATEST:
+        now = time.time_ns()
+        if version == 0:
+            conn.execute(schema.schema_version.insert().values(id=1, version=LATEST, migrated_ns=now))
+        else:
+            conn.execute(schema.schema_version.update().where(schema.schema_version.c.id == 1)
+                         .values(version=LATEST, migrated_ns=now))

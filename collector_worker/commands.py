@@ -44,8 +44,13 @@ def _duration(_ctx, param, value):
 # --------------------------------------------------------------------------- contrail collector
 
 
-def _run_one(overrides: dict[str, Any], log_level: str) -> int:
-    """Run one consumer in this process until SIGINT/SIGTERM; return the exit code."""
+def _run_one(overrides: dict[str, Any], log_level: str, parent_pid: int | None = None) -> int:
+    """Run one consumer in this process until SIGINT/SIGTERM; return the exit code.
+
+    Under a supervisor (``parent_pid``), the consumer also stops when the
+    supervisor is gone, so a killed ``collector --processes N`` leaves no
+    unsupervised consumers behind.
+    """
     from sqlalchemy.exc import SQLAlchemyError
 
     from .consumer import run_consumer
@@ -61,6 +66,9 @@ def _run_one(overrides: dict[str, Any], log_level: str) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    if parent_pid is not None:
+        threading.Thread(target=_watch_parent, args=(parent_pid, stop), name="contrail-parent-watch",
+                         daemon=True).start()
     try:
         engine = open_engine(settings.resolved_database_url)
     except (SQLAlchemyError, OSError) as exc:
@@ -74,8 +82,16 @@ def _run_one(overrides: dict[str, Any], log_level: str) -> int:
     return 0
 
 
-def _child(overrides: dict[str, Any], log_level: str) -> None:
-    sys.exit(_run_one(overrides, log_level))
+def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        if os.getppid() != parent_pid:
+            log.error("the collector supervisor (pid %d) is gone; finishing the batch in hand and stopping",
+                      parent_pid)
+            stop.set()
+
+
+def _child(overrides: dict[str, Any], log_level: str, parent_pid: int) -> None:
+    sys.exit(_run_one(overrides, log_level, parent_pid))
 
 
 @click.command("collector")
@@ -114,7 +130,7 @@ def _supervise(processes: int, overrides: dict[str, Any], consumer_name: str | N
         child_overrides = dict(overrides)
         if consumer_name:
             child_overrides["consumer_name"] = f"{consumer_name}-{index + 1}"
-        process = context.Process(target=_child, args=(child_overrides, log_level),
+        process = context.Process(target=_child, args=(child_overrides, log_level, os.getpid()),
                                   name=f"contrail-collector-{index + 1}")
         process.start()
         children.append(process)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from click.testing import CliRunner
@@ -58,10 +59,21 @@ class Collectors:
         return Path(process.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
 
     def kill_all(self) -> None:
+        """SIGKILL every collector and its children (a later test must not meet a leftover consumer)."""
         for process in self.processes:
             if process.poll() is None:
+                try:
+                    children = psutil.Process(process.pid).children(recursive=True)
+                except psutil.NoSuchProcess:
+                    children = []
                 process.kill()
                 process.wait(10)
+                for child in children:
+                    try:
+                        child.kill()
+                        child.wait(10)
+                    except psutil.NoSuchProcess:
+                        pass
 
 
 @pytest.fixture
@@ -152,6 +164,18 @@ def test_supervisor_reports_a_dead_child_and_exits_nonzero(client, sqlite_collec
     survivor = sorted(pids.values())[1]
     with pytest.raises(ProcessLookupError):
         os.kill(survivor, 0)
+
+
+def test_children_stop_when_the_supervisor_is_killed(client, sqlite_collectors):
+    parent = sqlite_collectors.start("--processes", "2")
+    pids = sqlite_collectors.wait_until(lambda: len(consumer_pids(client)) == 2 and consumer_pids(client), parent,
+                                        timeout=60, message="two consumers in the group")
+    children = [psutil.Process(pid) for pid in pids.values()]
+    parent.kill()
+    parent.wait(10)
+    gone, alive = psutil.wait_procs(children, timeout=60)
+    assert not alive, f"consumers left running without their supervisor: {[p.pid for p in alive]}"
+    assert "supervisor" in sqlite_collectors.log(parent) and "is gone" in sqlite_collectors.log(parent)
 
 
 def test_supervisor_stops_all_children_on_sigterm(client, sqlite_collectors, sqlite_engine):

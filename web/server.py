@@ -39,6 +39,10 @@ def build_gunicorn_app(app, bind: str, workers: int, timeout: int = 60):
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)
             self.cfg.set("proc_name", "contrail-web")
+            if "control_socket_disable" in self.cfg.settings:
+                # gunicorn >= 24 opens a control socket in $HOME, shared by every instance on the host
+                # (and unwritable for the image's user); Contrail does not use it.
+                self.cfg.set("control_socket_disable", True)
 
         def load(self):
             return self.application

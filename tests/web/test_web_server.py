@@ -30,7 +30,9 @@ def test_refuses_non_loopback_without_token(monkeypatch):
 
 def test_serves_with_gunicorn(tmp_path, redis_url):
     port = free_port()
-    env = {**os.environ, "CONTRAIL_DATA_DIR": str(tmp_path), "CONTRAIL_API_TOKEN": ""}
+    home = tmp_path / "home"  # gunicorn's default control socket would land here; Contrail turns it off
+    home.mkdir()
+    env = {**os.environ, "CONTRAIL_DATA_DIR": str(tmp_path), "CONTRAIL_API_TOKEN": "", "HOME": str(home)}
     process = subprocess.Popen(
         [sys.executable, "-c", "import sys; from collector_worker.cli import main; main(sys.argv[1:])", "web", "--port", str(port), "--workers", "2",
          "--database-url", f"sqlite:///{tmp_path / 'web.db'}", "--redis-url", redis_url],
@@ -46,3 +48,4 @@ def test_serves_with_gunicorn(tmp_path, redis_url):
         output, _ = process.communicate(timeout=20)
     assert f"http://127.0.0.1:{port}/" in output
     assert "open to local users only" in output
+    assert not list(home.rglob("*.ctl")), "a gunicorn control socket was opened"

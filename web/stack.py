@@ -80,6 +80,7 @@ class Supervisor:
     stable_after: float = 30.0
     stop_timeout: float = 10.0
     echo: Callable[[str], None] | None = None
+    inherit_fds: tuple[int, ...] = ()  # open files every child keeps (the data directory's lock)
     children: list[Child] = field(default_factory=list)
     failed: str | None = None  # why the supervisor gave up, once it has
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -113,7 +114,7 @@ class Supervisor:
         env.setdefault("PYTHONUNBUFFERED", "1")
         child.process = subprocess.Popen(
             child.spec.argv, env=env, cwd=child.spec.cwd, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=self.inherit_fds,
         )
         child.started_at = time.monotonic()
         child.restart_at = None
@@ -401,7 +402,9 @@ def up(data_dir, host, port, collectors, demo, max_restarts):
     data.mkdir(parents=True, exist_ok=True)
     lock = _lock_data_dir(data)
 
-    supervisor = Supervisor(max_restarts=max_restarts)
+    # Children share the lock: if this process is SIGKILLed, the processes it started keep the data
+    # directory locked, so a second `contrail up` cannot start a second Redis on the same AOF files.
+    supervisor = Supervisor(max_restarts=max_restarts, inherit_fds=(lock.fileno(),))
     previous = {sig: signal.signal(sig, supervisor.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = _run_stack(supervisor, settings, data, collectors, demo)
@@ -421,10 +424,27 @@ def _lock_data_dir(data: Path):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         lock.close()
-        raise click.ClickException(f"another 'contrail up' is running on data directory {data}") from None
+        holders = ", ".join(f"{pid} ({name})" for pid, name in _lock_holders(data / "up.lock")) or "unknown"
+        raise click.ClickException(
+            f"another 'contrail up' is running on data directory {data} (processes holding {data / 'up.lock'}: "
+            f"{holders}); stop it, or if it was killed, stop the processes it left behind") from None
     lock.write(f"{os.getpid()}\n")
     lock.flush()
     return lock
+
+
+def _lock_holders(path: Path) -> list[tuple[int, str]]:
+    """Processes with ``path`` open, read from /proc (Linux); empty elsewhere."""
+    holders = []
+    target = str(path.resolve())
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == target for fd in fd_dir.iterdir()):
+                pid = int(fd_dir.parent.name)
+                holders.append((pid, (fd_dir.parent / "comm").read_text().strip()))
+        except OSError:
+            continue  # gone, or not ours to read
+    return sorted(holders)
 
 
 def _prepare_sqlite(supervisor: Supervisor, url: str) -> bool:

@@ -86,3 +86,32 @@ def test_a_child_that_keeps_failing_is_reported_and_stops_the_stack(redis_url, t
         assert "kept failing" in output
     finally:
         stop(process)
+
+
+@pytest.mark.slow
+def test_children_of_a_killed_up_keep_the_data_directory_locked(redis_url, tmp_path):
+    """After SIGKILL of `contrail up`, a second one must not start beside the leftovers on the same data."""
+    data = str(tmp_path / "data")
+    env = clean_env(CONTRAIL_REDIS_URL=redis_url)
+    process, lines = start_up(["--data-dir", data, "--port", str(free_port())], env)
+    children: list[psutil.Process] = []
+    try:
+        wait_until(lambda: any("Contrail is up" in line for line in lines) or process.poll() is not None,
+                   timeout=90, interval=0.3, message="the stack")
+        assert process.poll() is None, "\n".join(lines)
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.kill()  # the supervisor alone: its children live in sessions of their own
+        process.wait(10)
+        second = subprocess.run([sys.executable, "-m", "collector_worker.cli", "up", "--data-dir", data,
+                                 "--port", str(free_port())], env=env, cwd=ROOT, capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert "another 'contrail up' is running on data directory" in second.stderr
+        assert any(f"{c.pid} (" in second.stderr for c in children), second.stderr  # names the leftovers
+    finally:
+        stop(process)
+        for child in children:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass

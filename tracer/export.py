@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import redis
 from redis.backoff import NoBackoff
@@ -25,7 +25,7 @@ from redis.retry import Retry
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
-from . import codec
+from . import codec, reporting
 from .settings import Settings
 from .spool import DiskSpool
 
@@ -158,6 +158,14 @@ class RedisStreamExporter:
             self.reset()  # drop a half-broken connection; the next attempt reconnects
             raise
 
+    def report(self, key: str, field: str, value: str) -> None:
+        """Store this process's counters (tracer.reporting) in the stream's report hash."""
+        try:
+            self.client().hset(key, field, value)
+        except Exception:
+            self.reset()
+            raise
+
     def reset(self) -> None:
         client, self._client = self._client, None
         if client is not None:
@@ -202,11 +210,14 @@ class ContrailSpanProcessor(SpanProcessor):
         self._delay = settings.schedule_delay
         self._pid_override: int | None = None
         self._shutdown = False
+        self.report_source: Callable[[], dict[str, Any]] | None = None  # set by TracingManager
+        self._report_baseline: dict[str, Any] | None = None  # counters inherited from a parent process
         self._reset_state()
         _PROCESSORS.add(self)
         self._start_thread()
 
     def _reset_state(self) -> None:
+        self._next_report = 0.0
         self._queue: deque = deque()
         self._wake = threading.Event()
         self._export_lock = threading.Lock()
@@ -235,6 +246,11 @@ class ContrailSpanProcessor(SpanProcessor):
         except Exception:
             pass
         self.spool.after_fork()
+        if self.report_source is not None:
+            try:  # counters not reset above (head sampling) are the parent's to report, not this child's
+                self._report_baseline = self.report_source()
+            except Exception:
+                self._report_baseline = None
         if not self._shutdown:
             self._start_thread()
 
@@ -263,8 +279,26 @@ class ContrailSpanProcessor(SpanProcessor):
                 self._export_pending()
             except Exception:  # the export thread must survive anything
                 logger.exception("contrail: export loop error")
+            self._maybe_report(force=stopping)
             if stopping:
                 return
+
+    def _maybe_report(self, force: bool = False) -> None:
+        """Leave this process's counters next to the stream (see tracer.reporting); never raises."""
+        interval = self.settings.report_interval
+        report = getattr(self.exporter, "report", None)
+        if self.report_source is None or report is None or interval <= 0 or time.monotonic() < self._retry_at:
+            return
+        now = time.monotonic()
+        if not force and now < self._next_report:
+            return
+        self._next_report = now + interval
+        try:
+            info = self.report_source()
+            report(reporting.reports_key(self.settings.stream), reporting.report_field(info["service_name"]),
+                   reporting.build_report(info, baseline=self._report_baseline))
+        except Exception:  # Redis down: counters are cumulative, the next report says it all
+            pass
 
     def _export_pending(self) -> None:
         with self._export_lock:

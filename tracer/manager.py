@@ -94,6 +94,7 @@ class TracingManager:
             span_limits=SpanLimits(max_attribute_length=self._limit),
         )
         self._processor = ContrailSpanProcessor(self.settings, exporter=exporter)
+        self._processor.report_source = self.get_tracer_info
         self.tracer_provider.add_span_processor(self._processor)
         self.tracer = self.tracer_provider.get_tracer("contrail", VERSION)
         if set_global:

@@ -113,6 +113,9 @@ class Settings:
         "CONTRAIL_SPOOL_DIR", _opt_str, "Disk spool for batches while Redis is down (default <data_dir>/spool)."))
     spool_max_bytes: int = field(default=256 * 1024 * 1024, metadata=_opt(
         "CONTRAIL_SPOOL_MAX_BYTES", parse_size, "Spool size bound; beyond it batches are dropped and counted."))
+    report_interval: float = field(default=10.0, metadata=_opt(
+        "CONTRAIL_REPORT_INTERVAL", _seconds, "How often a tracing process writes its counters (exported, dropped, "
+        "sampled out) to '<stream>:tracers' for the dashboard and /metrics; 0 turns reports off."))
     max_attribute_length: int = field(default=1024, metadata=_opt(
         "CONTRAIL_MAX_ATTRIBUTE_LENGTH", _positive_int, "Longer string attributes are truncated."))
     record_arguments: bool = field(default=True, metadata=_opt(

@@ -146,6 +146,31 @@ def _dead_letters(health: dict, settings: Settings) -> Check:
     return Check("dead letters", OK, "none")
 
 
+def check_tracers(client, settings: Settings) -> Check:
+    """What the tracing processes reported (tracer.reporting): spans they dropped never reach Redis."""
+    from tracer.reporting import read_reports, summarize
+
+    try:
+        summary = summarize(read_reports(client, settings.stream))
+    except Exception as exc:
+        return Check("tracers", WARN, f"cannot read tracer reports: {_first_line(exc)}", "")
+    if not summary["instances"]:
+        return Check("tracers", OK, "no tracing process has reported in the last day")
+    detail = (f"{summary['instances']} processes reported: {summary['spans_exported']} spans exported, "
+              f"{summary['spans_sampled_out']} sampled out")
+    if summary["spans_dropped"]:
+        worst = sorted(summary["services"].items(), key=lambda kv: -kv[1]["spans_dropped"])
+        names = ", ".join(f"{name} ({totals['spans_dropped']})" for name, totals in worst if totals["spans_dropped"])
+        full = summary["spans_dropped_queue_full"]
+        return Check("tracers", WARN, f"{detail}; {summary['spans_dropped']} spans dropped by {names}",
+                     "queue full: raise CONTRAIL_MAX_QUEUE_SIZE or lower CONTRAIL_SCHEDULE_DELAY in those services"
+                     if full else "spool full: Redis was unreachable too long; raise CONTRAIL_SPOOL_MAX_BYTES")
+    if summary["spooling"]:
+        return Check("tracers", WARN, f"{detail}; {summary['spooling']} processes hold spans in their disk spool",
+                     "they cannot reach Redis: check CONTRAIL_REDIS_URL and the network from those hosts")
+    return Check("tracers", OK, f"{detail}, none dropped")
+
+
 def check_database(settings: Settings) -> list[Check]:
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -201,6 +226,7 @@ def run_checks(settings: Settings) -> list[Check]:
     checks, client = check_redis(settings)
     if client is not None:
         checks.extend(check_stream(client, settings))
+        checks.append(check_tracers(client, settings))
         client.close()
     checks.extend(check_database(settings))
     return checks

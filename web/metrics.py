@@ -1,4 +1,4 @@
-"""Prometheus metrics: API latency, OTLP ingest counters and the collector's backlog.
+"""Prometheus metrics: API latency, OTLP ingest counters, the collector's backlog and the tracers' drops.
 
 Each app has its own registry (several apps can live in one process, as in
 tests). Stream gauges are read from Redis at scrape time by a custom
@@ -22,6 +22,16 @@ STREAM_GAUGES = {
     "lag": "Entries not yet delivered to the consumer group.",
     "dead_letters": "Entries in the dead-letter stream.",
     "consumers": "Consumers in the collectors' group.",
+}
+TRACER_GAUGES = {  # per service, summed over the processes' reports (tracer.reporting)
+    "instances": "Processes of the service that reported in the last day.",
+    "spans_exported": "Spans the service's processes exported to the stream.",
+    "spans_dropped": "Spans the service's processes dropped (queue full or spool full).",
+    "spans_dropped_queue_full": "Spans dropped because the in-memory queue was full.",
+    "spans_dropped_spool_full": "Spans dropped because the disk spool was full.",
+    "spans_sampled_out": "Spans left out by head sampling.",
+    "spans_spooled": "Spans written to the disk spool while Redis was unreachable.",
+    "export_errors": "Failed exports to Redis.",
 }
 
 
@@ -69,6 +79,7 @@ class StreamHealthCollector:
             return
         up.add_metric([], 1)
         yield up
+        yield from self._tracer_gauges(settings)
         for key, help_text in STREAM_GAUGES.items():
             value = health.get(key)
             if isinstance(value, (list, tuple, dict)):
@@ -77,6 +88,24 @@ class StreamHealthCollector:
                 gauge = GaugeMetricFamily(f"contrail_stream_{key}", help_text)
                 gauge.add_metric([], float(value))
                 yield gauge
+
+
+    def _tracer_gauges(self, settings):
+        from tracer.reporting import read_reports, summarize
+
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S,
+                                      socket_connect_timeout=SCRAPE_TIMEOUT_S)
+        try:
+            services = summarize(read_reports(client, settings.stream))["services"]
+        except Exception:
+            return
+        finally:
+            client.close()
+        for key, help_text in TRACER_GAUGES.items():
+            gauge = GaugeMetricFamily(f"contrail_tracer_{key}", help_text, labels=["service"])
+            for service, totals in sorted(services.items()):
+                gauge.add_metric([service], float(totals[key]))
+            yield gauge
 
 
 def init_app(app: Flask) -> None:

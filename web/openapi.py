@@ -82,8 +82,13 @@ SCHEMAS: dict[str, Any] = {
                    "series": {"type": "array", "items": OBJ}}),
     "Health": _obj({"status": STR}),
     "Ready": _obj({"status": {"enum": ["ready", "not_ready"]}, "checks": _obj({"database": STR, "redis": STR})}),
-    "Status": _obj({"stream": OBJ, "database": STR, "last_finalized_ns": {"type": ["integer", "null"]},
+    "Status": _obj({"stream": OBJ, "tracers": OBJ, "database": STR, "last_finalized_ns": {"type": ["integer", "null"]},
                     "last_finalized_time": NULLABLE_STR, "now_ns": INT}),
+    "TracerReports": _obj({"tracers": {"type": "array", "items": _obj({
+        "instance": STR, "service": STR, "host": STR, "pid": INT, "time_ns": INT, "spans_started": INT,
+        "spans_exported": INT, "spans_dropped": INT, "spans_dropped_queue_full": INT,
+        "spans_dropped_spool_full": INT, "spans_sampled_out": INT, "spans_spooled": INT, "export_errors": INT,
+        "spool_pending": {"type": "boolean"}}, {"last_export_error": NULLABLE_STR})}}),
 }
 
 
@@ -167,6 +172,7 @@ PATHS: dict[str, Any] = {
         _param("scope", "span: every span; trace: per trace root.", {"enum": ["span", "trace"], "default": "span"}),
         _param("step", "Series step, whole minutes: 60s, 5m, 1h."), *TIME_PARAMS], 400, 503),
     "/api/v1/status": _get("Collector health for the dashboard", "Status", []),
+    "/api/v1/tracers": _get("Every tracing process's latest counters", "TracerReports", [], 503),
     "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {
         "200": {"description": "OK", "content": {"application/json": {"schema": OBJ}}}}}},
     "/healthz": {"get": {"summary": "Process is up", "security": [], "responses": _responses("Health")}},

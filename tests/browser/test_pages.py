@@ -175,6 +175,7 @@ def test_ai_page_and_status_bar(page, stack):
     ready(page, "aiReady")
     status = page.locator("#status-text").inner_text()
     assert "dead letters" in status and "lag" in status
+    assert "tracers " in status and "dropped" not in status  # the traffic's tracers reported, none dropped
     assert page.locator("#ai-error").is_hidden(), page.locator("#ai-error").inner_text()
     models = page.locator("#models-table tbody").inner_text()
     assert "test-model-large" in models and "test-model-small" in models

@@ -16,7 +16,7 @@ def test_healthy_stack_passes(run_cli, stored_trace, collector):
     result = run_cli("doctor", "--redis-url", collector.redis_url, "--database-url", collector.database_url, env=env)
     assert result.exit_code == 0, result.stdout + result.stderr
     for name in ("redis", "clock skew", "stream", "pending", "consumer lag", "consumers", "dead letters",
-                 "database", "schema"):
+                 "tracers", "database", "schema"):
         assert f"OK    {name}" in result.stdout, name
     assert "0 failure(s)" in result.stdout
 
@@ -72,6 +72,23 @@ def test_backlog_without_collector_and_dead_letters_warn(run_cli, redis_url, sql
     checks = checks_of(run_cli("doctor", "--json", "--redis-url", redis_url, "--database-url", sqlite_url))
     assert checks["pending"]["detail"].startswith("1 entries")
     client.close()
+
+
+def test_spans_dropped_in_an_application_warn_with_the_service_named(run_cli, redis_url, sqlite_url, tmp_path):
+    from collector_worker.storage import open_engine
+    from tracer import TracingManager
+
+    open_engine(sqlite_url).dispose()
+    tracing = TracingManager(service_name="overloaded", redis_url=redis_url, data_dir=str(tmp_path),
+                             max_queue_size=1, schedule_delay=30)
+    for _ in range(4):
+        tracing.finish_span(tracing.start_span("work"))
+    tracing.shutdown()
+    result = run_cli("doctor", "--json", "--redis-url", redis_url, "--database-url", sqlite_url)
+    check = checks_of(result)["tracers"]
+    assert result.exit_code == 0 and check["status"] == WARN
+    assert "3 spans dropped by overloaded (3)" in check["detail"]
+    assert "CONTRAIL_MAX_QUEUE_SIZE" in check["hint"]
 
 
 def test_clock_skew_is_measured_against_redis_time(redis_server):

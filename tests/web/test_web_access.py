@@ -110,9 +110,34 @@ def test_status_and_metrics_read_the_stream(client, dataset, redis_url):
     assert "contrail_otlp_spans_received_total 2.0" in text
 
 
+def test_tracer_reports_reach_status_metrics_and_their_route(client, redis_url, tmp_path):
+    """A real TracingManager that drops spans (tiny queue) and one that samples everything out."""
+    from tracer import TracingManager
+
+    common = dict(redis_url=redis_url, data_dir=str(tmp_path), report_interval="0.1s")
+    busy = TracingManager(service_name="busy", max_queue_size=2, schedule_delay=30, **common)
+    quiet = TracingManager(service_name="quiet", sample_rate=0.0, **common)
+    for manager in (busy, quiet):
+        for _ in range(5):
+            manager.finish_span(manager.start_span("work"))
+        manager.shutdown()  # the last report is written at shutdown
+
+    status = client.get("/api/v1/status").get_json()["tracers"]
+    assert status["instances"] == 2
+    assert status["spans_dropped"] == 3 and status["spans_sampled_out"] == 5 and status["spans_exported"] == 2
+    assert status["services"]["busy"]["spans_dropped_queue_full"] == 3
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'contrail_tracer_spans_dropped{service="busy"} 3.0' in text
+    assert 'contrail_tracer_spans_sampled_out{service="quiet"} 5.0' in text
+    assert 'contrail_tracer_instances{service="quiet"} 1.0' in text
+    listed = client.get("/api/v1/tracers").get_json()["tracers"]
+    assert sorted((r["service"], r["spans_exported"]) for r in listed) == [("busy", 2), ("quiet", 0)]
+
+
 def test_metrics_survive_a_dead_redis(make_app):
     client = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").test_client()
     response = client.get("/metrics")
     assert response.status_code == 200 and "contrail_stream_up 0.0" in response.get_data(as_text=True)
     status = client.get("/api/v1/status").get_json()
-    assert "error" in status["stream"]
+    assert "error" in status["stream"] and "error" in status["tracers"]
+    assert client.get("/api/v1/tracers").get_json()["error"]["code"] == "unavailable"

@@ -59,6 +59,7 @@ def test_every_route_conforms(client, dataset):
         f"/api/v1/traces/compare?a={t['ask_slow']}&b={t['ask_fast']}",
         "/api/v1/services", "/api/v1/services/gateway/operations", "/api/v1/services/none/operations",
         "/api/v1/dependencies?lookback=1h", "/api/v1/stats?lookback=1h", "/api/v1/status",
+        "/api/v1/tracers",
         "/healthz", "/readyz", "/metrics",
         "/api/v1/traces?limit=0", "/api/v1/traces/nope", f"/api/v1/traces/{'1' * 32}",
     ]

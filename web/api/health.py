@@ -10,6 +10,7 @@ from sqlalchemy import text
 from collector_worker.storage import queries
 
 from ..app import current_resources, current_settings
+from ..errors import ApiError
 
 bp = Blueprint("health", __name__)
 
@@ -62,6 +63,28 @@ def stream_health_or_error() -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def tracer_summary_or_error() -> dict:
+    """What every tracing process reported (tracer.reporting), summed; {"error": ...} when Redis is down."""
+    from tracer.reporting import read_reports, summarize
+
+    try:
+        return summarize(read_reports(current_resources().redis(), current_settings().stream))
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+@bp.get("/api/v1/tracers")
+def tracers():
+    """Every tracing process's latest report: exported, dropped, sampled out, spooled, export errors."""
+    from tracer.reporting import read_reports
+
+    try:
+        reports = read_reports(current_resources().redis(), current_settings().stream)
+    except Exception as exc:  # Redis down
+        raise ApiError(503, f"cannot read tracer reports: {type(exc).__name__}: {exc}") from None
+    return jsonify({"tracers": reports})
+
+
 @bp.get("/api/v1/status")
 def status():
     """Collector health for the dashboard's status bar."""
@@ -75,6 +98,7 @@ def status():
         database = f"{type(exc).__name__}: {exc}"
     return jsonify({
         "stream": stream,
+        "tracers": tracer_summary_or_error(),
         "database": database,
         "last_finalized_ns": int(last) if last is not None else None,
         "last_finalized_time": queries.iso_time(last),

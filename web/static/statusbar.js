@@ -1,4 +1,5 @@
-// The collector's health in the footer of every page: backlog, lag and dead letters.
+// The collector's health in the footer of every page: backlog, lag, dead letters, and spans the
+// tracing processes reported dropping (they never reach the stream, so only their reports tell).
 import { getJSON, fmtNum, contrail } from "./api.js";
 
 const dot = document.getElementById("status-dot");
@@ -25,7 +26,15 @@ async function refresh() {
       `dead letters ${fmtNum(dead)}`,
     ];
     if (s.consumers !== undefined) parts.push(`collectors ${fmtNum(Array.isArray(s.consumers) ? s.consumers.length : s.consumers)}`);
-    const level = dead > 0 ? "bad" : pending > 1000 ? "warn" : "ok";
+    const tracers = status.tracers && !status.tracers.error ? status.tracers : null;
+    const dropped = tracers ? Number(tracers.spans_dropped ?? 0) : 0;
+    if (tracers) {
+      parts.push(`tracers ${fmtNum(tracers.instances)}`);
+      if (dropped > 0) parts.push(`spans dropped by tracers ${fmtNum(dropped)}`);
+      text.title = `Reported by ${fmtNum(tracers.instances)} tracing processes: ${fmtNum(tracers.spans_exported)} spans exported, ` +
+        `${fmtNum(tracers.spans_sampled_out)} sampled out, ${fmtNum(dropped)} dropped (queue or spool full).`;
+    }
+    const level = dead > 0 ? "bad" : pending > 1000 || dropped > 0 ? "warn" : "ok";
     dot.className = `dot dot-${level}`;
     text.textContent = `Collector: ${parts.join(" · ")}`;
     contrail.status = s;

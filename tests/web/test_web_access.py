@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as otlp_encode

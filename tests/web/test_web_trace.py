@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from tests.web.seed import new_span_id, new_trace_id, span, store
+from tests.web.seed import new_trace_id, span, store
 
 
 def test_trace_has_contract_shape_with_assembly(client, dataset):

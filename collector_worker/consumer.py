@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 
@@ -29,11 +31,15 @@ from tracer.settings import Settings
 from . import finalizer
 from . import pricing
 from .storage.engine import open_engine
-from .storage.writer import invalid_reason, store_spans
+from .storage.writer import invalid_reason, prepare_spans, store_spans, write_lock
 
 log = logging.getLogger("contrail.collector")
 
-FINALIZE_EVERY = 0.5  # seconds between finalizer passes while busy
+FINALIZE_EVERY = 0.5  # seconds the finalizer thread waits after a pass that found nothing quiet
+FINALIZE_PARTIAL_WAIT = 0.1  # ... after a pass that found fewer traces than a full batch
+RECENT_SPANS = 200_000  # spans kept in memory for the finalizer (see finalizer.RecentSpans)
+CHECKPOINT_EVERY = 1.0  # seconds between SQLite WAL checkpoints by the checkpointer thread
+SQLITE_AUTOCHECKPOINT = 1000  # SQLite's default, restored when no collector runs on the engine
 TRIM_EVERY = 5.0  # seconds between stream trims
 DEAD_STREAM_MAXLEN = 100_000  # dead letters kept (approximate cap, oldest go first)
 STORE_ATTEMPTS = 3  # tries of a batch while the database answers, before entries are tried one by one
@@ -207,6 +213,8 @@ class StreamConsumer:
         self.name = name
         self._retention_thread: threading.Thread | None = None
         self.held: list[Entry] = []  # entries read but not yet acknowledged (kept across a database outage)
+        # Spans stored by this process lately, so finalizing their traces needs no read back.
+        self.recent = finalizer.RecentSpans(RECENT_SPANS)
 
     # ----------------------------------------------------------------- reading
     def read_new(self, wait: bool = True) -> list[Entry]:
@@ -333,9 +341,13 @@ class StreamConsumer:
 
     def _store_together(self, batch: list[Entry]) -> None:
         spans = [span for entry in batch for span in entry.spans]
-        with self.engine.begin() as conn:
-            new = store_spans(conn, spans, time.time_ns())
+        received_ns = time.time_ns()
+        prepared = prepare_spans(spans, received_ns)  # rows are built before taking the write lock
+        stored_rows: list = []
+        with write_lock(self.engine), self.engine.begin() as conn:
+            new = store_spans(conn, spans, received_ns, prepared=prepared, stored_rows=stored_rows)
             finalizer.on_spans_stored(conn, new)
+        self.recent.add(stored_rows)  # committed: the finalizer may use these rows
         _count("spans_stored", len(new))
         _count("duplicates_skipped", len(spans) - len(new))
         if len(new) < len(spans):
@@ -374,7 +386,7 @@ class StreamConsumer:
     # ----------------------------------------------------------------- periodic work
     def finalize(self) -> int:
         try:
-            done = finalizer.finalize_ready(self.engine, self.settings, self.name)
+            done = finalizer.finalize_ready(self.engine, self.settings, self.name, recent=self.recent)
         except SQLAlchemyError as exc:
             log.warning("finalizing traces failed, will retry: %s", _short(exc))
             return 0
@@ -414,6 +426,86 @@ class StreamConsumer:
             log.info("retention deleted %d rows older than the cutoff: %s", deleted, counts)
 
 
+class FinalizerThread(threading.Thread):
+    """Finalizes quiet traces beside the stream loop, so reading, storing and acknowledging never wait for it.
+
+    A pass that filled a whole batch is followed by the next at once; after a
+    partial one it waits :data:`FINALIZE_PARTIAL_WAIT`, after an empty one
+    :data:`FINALIZE_EVERY`. What it has not finished is in ``pending_traces``
+    in the database, so a collector killed at any point loses no finalization:
+    the leases of its claimed traces expire and any collector takes them.
+    """
+
+    def __init__(self, consumer: StreamConsumer, stop: threading.Event) -> None:
+        super().__init__(name="contrail-finalizer", daemon=True)
+        self.consumer = consumer
+        self.stop = stop
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            done = self.consumer.finalize()
+            if done >= finalizer.MAX_TRACES_PER_CALL:
+                continue
+            self.stop.wait(FINALIZE_PARTIAL_WAIT if done else FINALIZE_EVERY)
+
+
+_checkpointing: "weakref.WeakKeyDictionary[Engine, int]" = weakref.WeakKeyDictionary()  # engine -> running
+_checkpoint_lock = threading.Lock()
+
+
+def _on_checkout(engine: Engine):
+    def checkout(dbapi_connection, record, _proxy):
+        want = 0 if _checkpointing.get(engine) else SQLITE_AUTOCHECKPOINT
+        if record.info.get("contrail_autocheckpoint", SQLITE_AUTOCHECKPOINT) != want:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA wal_autocheckpoint={want}")
+            finally:
+                cursor.close()
+            record.info["contrail_autocheckpoint"] = want
+    return checkout
+
+
+class Checkpointer(threading.Thread):
+    """Checkpoints the SQLite write-ahead log in the background while a collector runs.
+
+    SQLite's automatic checkpoint runs inside the commit that crosses 1000 WAL
+    pages, so with large batches nearly every commit copied the log into the
+    database and synced it while holding the write lock. While a checkpointer
+    runs on an engine, that engine's connections have the automatic checkpoint
+    off (restored at checkout once no collector runs), and this thread runs a
+    PASSIVE checkpoint (never blocks readers or writers) every
+    :data:`CHECKPOINT_EVERY` seconds on its own connection, mostly outside the
+    interpreter lock. Durability is unchanged: a commit is in the WAL either way.
+    """
+
+    def __init__(self, engine: Engine, stop: threading.Event) -> None:
+        super().__init__(name="contrail-checkpoint", daemon=True)
+        self.engine = engine
+        self.stop = stop
+        with _checkpoint_lock:
+            if engine not in _checkpointing:
+                event.listen(engine, "checkout", _on_checkout(engine))
+                _checkpointing[engine] = 0
+            _checkpointing[engine] += 1
+
+    def run(self) -> None:
+        try:
+            while not self.stop.wait(CHECKPOINT_EVERY):
+                self.checkpoint()
+        finally:
+            with _checkpoint_lock:
+                _checkpointing[self.engine] -= 1
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception as exc:  # the next pass (or SQLite itself, later) catches up
+            log.debug("WAL checkpoint failed: %s", _short(exc))
+
+
 def _short(exc: BaseException | None) -> str:
     message = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else type(exc).__name__
     return message[:300]
@@ -433,12 +525,17 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
     log.info("collector %s consuming %s as group %s", name, settings.stream, settings.consumer_group)
 
     backoff = 0.0
-    finalizing = False
     ready = False
     recovered = False
     now = time.monotonic()
-    next_claim = next_trim = next_finalize = now
+    next_claim = next_trim = now
     next_retention = now + min(settings.retention_interval, 10.0)
+    finalizer_stop = threading.Event()
+    finalizer_thread = FinalizerThread(consumer, finalizer_stop)
+    finalizer_thread.start()
+    checkpointer = Checkpointer(engine, finalizer_stop) if engine.dialect.name == "sqlite" else None
+    if checkpointer is not None:
+        checkpointer.start()
     try:
         while not stop.is_set():
             try:
@@ -458,13 +555,9 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
                 if now >= next_claim:
                     consumer.claim_stale()
                     next_claim = now + max(0.5, min(settings.claim_idle / 2, 10.0))
-                # While traces wait to be finalized, do not sit in a blocking read.
-                entries = consumer.read_new(wait=not finalizing)
+                entries = consumer.read_new()
                 consumer.process(entries)
                 now = time.monotonic()
-                if now >= next_finalize or not entries:
-                    finalizing = consumer.finalize() > 0
-                    next_finalize = now + FINALIZE_EVERY
                 if now >= next_trim:
                     trim_stream(client, settings)
                     next_trim = now + TRIM_EVERY
@@ -492,12 +585,19 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
                 log.error("redis unreachable (%s); retrying in %.1fs", _short(exc), backoff)
                 ready = recovered = False
                 stop.wait(backoff)
+        finalizer_stop.set()
+        finalizer_thread.join()
         try:
             consumer.finalize()
         except Exception:  # stopping anyway; pending traces are finalized by the next collector
             log.exception("final finalize pass failed")
         log.info("collector %s stopped: %s", name, consumer_stats())
     finally:
+        finalizer_stop.set()
+        if finalizer_thread.is_alive():
+            finalizer_thread.join(timeout=60)
+        if checkpointer is not None:
+            checkpointer.join(timeout=60)
         if redis_client is None:
             client.close()
         if own_engine:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any, Iterable
 
 from sqlalchemy import update
@@ -31,6 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from . import dependencies, sampling, stats
 from .assembler import assemble
 from .storage import schema
+from .storage.writer import write_lock
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ def claim(engine: Engine, consumer_name: str, now_ns: int, quiet_cutoff_ns: int,
            f"ORDER BY last_seen_ns LIMIT {m}{lock}) AND {ready} "
            f"RETURNING trace_id, last_seen_ns")
     params = (consumer_name, until, quiet_cutoff_ns, now_ns, int(limit), quiet_cutoff_ns, now_ns)
-    with engine.begin() as conn:
+    with write_lock(engine), engine.begin() as conn:
         rows = conn.exec_driver_sql(sql, params).fetchall()
     return sorted((r[0], int(r[1])) for r in rows)
 
@@ -119,16 +121,23 @@ def claim(engine: Engine, consumer_name: str, now_ns: int, quiet_cutoff_ns: int,
 def release(engine: Engine, consumer_name: str, trace_ids: list[str]) -> None:
     """Give leases back (after a failed batch) so another pass can retry at once."""
     p = schema.pending_traces
-    with engine.begin() as conn:
+    with write_lock(engine), engine.begin() as conn:
         for chunk in _chunks(trace_ids):
             conn.execute(update(p).where(p.c.trace_id.in_(chunk), p.c.claimed_by == consumer_name)
                          .values(claimed_by=None, claimed_until_ns=None))
 
 
-def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: int | None = None) -> int:
+def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: int | None = None,
+                   recent: "RecentSpans | None" = None) -> int:
     """Finalize up to :data:`MAX_TRACES_PER_CALL` traces quiet for ``settings.quiet_period``.
 
-    Returns how many traces were finalized (or dropped by tail sampling).
+    Three steps: lease the traces (a short write transaction); read what
+    assembly needs and assemble (no write lock held, so ingest in another
+    thread keeps writing meanwhile); write every result in one transaction.
+    ``recent`` holds spans this process stored lately: a trace whose spans are
+    all there is assembled without reading them back (see :class:`RecentSpans`).
+    A failure gives the leases back. Returns how many traces were finalized
+    (or dropped by tail sampling).
     """
     now_ns = time.time_ns() if now_ns is None else int(now_ns)
     cutoff = now_ns - int(float(settings.quiet_period) * 1e9)
@@ -136,12 +145,89 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
     if not claimed:
         return 0
     try:
-        with engine.begin() as conn:
-            finalize_traces(conn, settings, claimed, now_ns)
+        with engine.connect() as conn:
+            batch = prepare_batch(conn, settings, claimed, now_ns, recent)
+            conn.rollback()  # end the read transaction before writing on another connection
+        with write_lock(engine), engine.begin() as conn:
+            batch.write(conn)
     except Exception:
         release(engine, consumer_name, [t for t, _ in claimed])
         raise
     return len(claimed)
+
+
+class RecentSpans:
+    """Spans this process stored lately, by trace, so the finalizer need not read them back.
+
+    The consumer adds the rows of newly inserted spans after their transaction
+    committed; the finalizer takes a claimed trace's spans out and uses them
+    only when the trace was never finalized before and the database holds
+    exactly as many spans of it as were taken (so no other collector added any
+    and none was deleted). Otherwise the spans are read from the database as
+    usual. Bounded: beyond ``limit`` spans the oldest traces are forgotten.
+    """
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self._traces: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._count = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, stored_rows: list[tuple[tuple, dict[str, Any]]]) -> None:
+        """Remember ``(row, span)`` pairs from :func:`store_spans` (call after the commit)."""
+        if not stored_rows or self.limit <= 0:
+            return
+        spans = [_cached_span(row, span) for row, span in stored_rows]
+        with self._lock:
+            traces = self._traces
+            for span in spans:
+                found = traces.get(span["trace_id"])
+                if found is None:
+                    traces[span["trace_id"]] = [span]
+                else:
+                    found.append(span)
+            self._count += len(spans)
+            while self._count > self.limit and traces:
+                _, dropped = traces.popitem(last=False)
+                self._count -= len(dropped)
+
+    def take(self, trace_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """Remove and return what is held of these traces."""
+        out = {}
+        with self._lock:
+            pop = self._traces.pop
+            for trace_id in trace_ids:
+                spans = pop(trace_id, None)
+                if spans is not None:
+                    out[trace_id] = spans
+                    self._count -= len(spans)
+        return out
+
+
+_PLAIN_VALUES = frozenset((str, int, float, bool))
+
+
+def _cached_span(row: tuple, span: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`_load_spans` would read back for a stored row (``writer.SPAN_COLUMNS`` order)."""
+    attributes = span.get("attributes")
+    if not attributes:
+        attributes = {}
+    elif type(attributes) is not dict or not all(map(_PLAIN_VALUES.__contains__, map(type, attributes.values()))) \
+            or not all(type(k) is str for k in attributes):
+        try:  # values JSON turns into something else: take what the database holds
+            attributes = _loads(row[11])
+        except ValueError:
+            attributes = {}
+        if type(attributes) is not dict:
+            attributes = {}
+    return {"trace_id": row[0], "span_id": row[1], "parent_span_id": row[2], "service": row[3], "name": row[4],
+            "kind": row[5], "start_ns": row[6], "end_ns": row[7], "status_code": row[9], "attributes": attributes,
+            "resource": row[14], "depth": None, "self_time_ns": None, "critical_path": False}
 
 
 _SPAN_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns",
@@ -211,12 +297,60 @@ def _trace_row(trace_id: str, s: dict[str, Any], version: int, now_ns: int) -> t
     )
 
 
-def finalize_traces(conn: Connection, settings: Any, claimed: list[tuple[str, int]], now_ns: int) -> None:
-    """Assemble and write the claimed traces inside the caller's transaction."""
-    trace_ids = sorted(t for t, _ in claimed)
-    spans_by_trace = _load_spans(conn, trace_ids)
-    previous = _load_previous(conn, trace_ids)
+def _span_counts(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for chunk in _chunks(trace_ids):
+        sql = (f"SELECT trace_id, count(*) FROM {schema.spans.name} WHERE trace_id IN {_in_list(conn, len(chunk))} "
+               f"GROUP BY trace_id")
+        counts.update((r[0], int(r[1])) for r in _rows(conn, sql, tuple(chunk)))
+    return counts
 
+
+def finalize_traces(conn: Connection, settings: Any, claimed: list[tuple[str, int]], now_ns: int,
+                    recent: RecentSpans | None = None) -> None:
+    """Assemble and write the claimed traces inside the caller's transaction."""
+    prepare_batch(conn, settings, claimed, now_ns, recent).write(conn)
+
+
+def prepare_batch(conn: Connection, settings: Any, claimed: list[tuple[str, int]], now_ns: int,
+                  recent: RecentSpans | None = None) -> "FinalizedBatch":
+    """Read the claimed traces (from ``recent`` where exact, else the database) and assemble them."""
+    trace_ids = sorted(t for t, _ in claimed)
+    previous = _load_previous(conn, trace_ids)
+    spans_by_trace: dict[str, list[dict[str, Any]]] = {}
+    if recent is not None:
+        held = recent.take(trace_ids)
+        candidates = [t for t in trace_ids if t in held and t not in previous]
+        if candidates:
+            counts = _span_counts(conn, candidates)
+            for trace_id in candidates:
+                if counts.get(trace_id) == len(held[trace_id]):
+                    spans_by_trace[trace_id] = held[trace_id]
+        recent.hits += len(spans_by_trace)
+        recent.misses += len(trace_ids) - len(spans_by_trace)
+    missing = [t for t in trace_ids if t not in spans_by_trace]
+    if missing:
+        spans_by_trace.update(_load_spans(conn, missing))
+    return assemble_batch(settings, claimed, trace_ids, spans_by_trace, previous, now_ns)
+
+
+class FinalizedBatch:
+    """Everything one finalization batch writes, computed before the write transaction."""
+
+    __slots__ = ("claimed", "replaced", "trace_rows", "op_rows", "tag_rows", "span_updates", "dropped", "acc",
+                 "edges")
+
+    def write(self, conn: Connection) -> None:
+        _write(conn, self.replaced, self.trace_rows, self.op_rows, self.tag_rows, self.span_updates, self.dropped)
+        self.acc.flush(conn)
+        dependencies.record_edges(conn, self.edges)
+        _settle_pending(conn, self.claimed)
+
+
+def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: list[str],
+                   spans_by_trace: dict[str, list[dict[str, Any]]], previous: dict[str, dict[str, Any]],
+                   now_ns: int) -> FinalizedBatch:
+    """Assemble every claimed trace and gather the rows to write (no database access)."""
     acc = stats.Accumulator()
     edges: dict = defaultdict(lambda: [0, 0, 0])
     trace_rows, op_rows, tag_rows, span_updates, dropped = [], [], [], [], []
@@ -262,17 +396,66 @@ def finalize_traces(conn: Connection, settings: Any, claimed: list[tuple[str, in
     # Keys are unique within a batch, so the sort never compares the payload columns.
     op_rows.sort()
     tag_rows.sort()
-    _write(conn, sorted(previous), trace_rows, op_rows, tag_rows, span_updates, dropped)
-    acc.flush(conn)
-    dependencies.record_edges(conn, edges)
-    _settle_pending(conn, claimed)
+    batch = FinalizedBatch()
+    batch.claimed, batch.replaced, batch.trace_rows, batch.op_rows = claimed, sorted(previous), trace_rows, op_rows
+    batch.tag_rows, batch.span_updates, batch.dropped, batch.acc, batch.edges = \
+        tag_rows, span_updates, dropped, acc, edges
+    return batch
+
+
+_MAX_SQLITE_PARAMS = 32766
+_sql_cache: dict[tuple, str] = {}
+
+
+def _values_sql(head: str, width: int, rows: int, tail: str = "") -> str:
+    """``head`` followed by ``rows`` rows of ``width`` qmark parameters (SQLite), cached."""
+    key = (head, width, rows, tail)
+    sql = _sql_cache.get(key)
+    if sql is None:
+        row = "(" + ",".join("?" * width) + ")"
+        sql = _sql_cache[key] = head + ",".join([row] * rows) + tail
+    return sql
+
+
+def _multi_row(conn: Connection, head: str, width: int, rows: list[tuple], tail: str = "") -> None:
+    """Run ``head VALUES-rows tail`` over ``rows`` in as few statements as SQLite's parameter limit allows.
+
+    One statement per few thousand rows instead of one step per row: less
+    binding overhead, and the interpreter lock is released once per statement
+    rather than once per row, which keeps the ingest thread from waiting on it.
+    """
+    step = _MAX_SQLITE_PARAMS // width
+    for i in range(0, len(rows), step):
+        chunk = rows[i:i + step]
+        conn.exec_driver_sql(_values_sql(head, width, len(chunk), tail), tuple([v for row in chunk for v in row]))
 
 
 def _insert_many(conn: Connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
-    if rows:
-        m = _mark(conn)
-        cols = ",".join(f'"{c}"' for c in columns)
-        conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) VALUES ({','.join([m] * len(columns))})", rows)
+    if not rows:
+        return
+    cols = ",".join(f'"{c}"' for c in columns)
+    if conn.dialect.name == "sqlite":
+        _multi_row(conn, f"INSERT INTO {table.name} ({cols}) VALUES ", len(columns), rows)
+        return
+    m = _mark(conn)
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) VALUES ({','.join([m] * len(columns))})", rows)
+
+
+def _update_span_columns(conn: Connection, span_updates: list[tuple]) -> None:
+    """Set depth, self time and critical path of spans: rows of (depth, self_time_ns, critical, trace_id, span_id)."""
+    if not span_updates:
+        return
+    s = schema.spans.name
+    if conn.dialect.name == "sqlite":
+        _multi_row(conn, f"UPDATE {s} SET depth=v.column1, self_time_ns=v.column2, critical_path=v.column3 "
+                         f"FROM (VALUES ", 5, span_updates,
+                   f") AS v WHERE {s}.trace_id=v.column4 AND {s}.span_id=v.column5")
+        return
+    m = _mark(conn)
+    conn.exec_driver_sql(
+        f"UPDATE {s} SET depth={m}, self_time_ns={m}, critical_path={m} WHERE trace_id={m} AND span_id={m}",
+        span_updates,
+    )
 
 
 def _delete_traces(conn: Connection, tables, trace_ids: list[str]) -> None:
@@ -291,12 +474,7 @@ def _write(conn: Connection, replaced: list[str], trace_rows: list[tuple], op_ro
     _insert_many(conn, t, _TRACE_COLUMNS, trace_rows)
     _insert_many(conn, ops, _OPERATION_COLUMNS, op_rows)
     _insert_many(conn, tags, _TAG_COLUMNS, tag_rows)
-    if span_updates:
-        m = _mark(conn)
-        conn.exec_driver_sql(
-            f"UPDATE {s.name} SET depth={m}, self_time_ns={m}, critical_path={m} WHERE trace_id={m} AND span_id={m}",
-            span_updates,
-        )
+    _update_span_columns(conn, span_updates)
 
 
 def _settle_pending(conn: Connection, claimed: list[tuple[str, int]]) -> None:

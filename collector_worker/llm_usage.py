@@ -37,6 +37,9 @@ _MODEL_KEYS = ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name"
 _PROVIDER_KEYS = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
 _USER_KEYS = ("user.id", "enduser.id")
 _AGENT_KEYS = ("gen_ai.agent.name",)
+# A span carrying none of these keys is not an LLM call (see llm_call_of): one set test rules most spans out.
+_TRIGGER_KEYS = frozenset(_INPUT_KEYS + _OUTPUT_KEYS + _TOTAL_KEYS + ("gen_ai.operation.name",
+                                                                     "openinference.span.kind"))
 
 
 def _first(attrs: Mapping[str, Any], keys: Iterable[str]) -> Any:
@@ -112,7 +115,11 @@ def aggregate_usage(new_spans: Iterable[Mapping[str, Any]], table: pricing.Price
     """Rows to add to ``llm_usage`` for these spans (both resolutions), in key order."""
     table = table or pricing.current_table()
     rows: dict[tuple, dict[str, Any]] = {}
+    disjoint = _TRIGGER_KEYS.isdisjoint
     for span in new_spans:
+        attrs = span.get("attributes")
+        if type(attrs) is dict and disjoint(attrs):  # the usual span: no GenAI usage keys at all
+            continue
         call = llm_call_of(span)
         if call is None:
             continue

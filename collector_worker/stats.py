@@ -125,6 +125,52 @@ class Accumulator:
                 row[3] = duration_ns
             self.hist[key + (b,)] += weight
 
+    def add_spans(self, scope: str, spans: Iterable[Mapping[str, Any]]) -> None:
+        """Count many spans at once: the same rows as :meth:`add` per span, with the per-span work done once.
+
+        Spans are first summed per (service, operation, minute) and per histogram bin, then
+        each minute row is added to its minute and hour buckets.
+        """
+        minutes: dict[tuple, list[int]] = {}
+        bins: dict[tuple, int] = defaultdict(int)
+        log, ceil, log_gamma = math.log, math.ceil, _LOG_GAMMA
+        for s in spans:
+            start = int(s["start_ns"])
+            duration = int(s["end_ns"]) - start
+            if duration < 1:
+                duration, b = 0, 0
+            else:
+                b = int(ceil(log(duration) / log_gamma)) + 1
+            seconds = start // 1_000_000_000
+            key = (str(s.get("service") or ""), str(s.get("name") or ""), seconds - seconds % 60)
+            row = minutes.get(key)
+            if row is None:
+                row = minutes[key] = [0, 0, 0, 0]
+            row[0] += 1
+            if s.get("status_code") == "error":
+                row[1] += 1
+            row[2] += duration
+            if duration > row[3]:
+                row[3] = duration
+            bins[key + (b,)] += 1
+        stats, hist = self.stats, self.hist
+        for (service, operation, minute), (count, errors, total, longest) in minutes.items():
+            service, operation = service[:255], operation[:512]
+            for resolution in RESOLUTIONS:
+                key = (scope, resolution, minute - minute % resolution, service, operation)
+                row = stats.get(key)
+                if row is None:
+                    row = stats[key] = [0, 0, 0, 0]
+                row[0] += count
+                row[1] += errors
+                row[2] += total
+                if longest > row[3]:
+                    row[3] = longest
+        for (service, operation, minute, b), count in bins.items():
+            service, operation = service[:255], operation[:512]
+            for resolution in RESOLUTIONS:
+                hist[(scope, resolution, minute - minute % resolution, service, operation, b)] += count
+
     def flush(self, conn: Connection) -> None:
         """Write everything gathered as additive upserts (sorted, so concurrent writers lock in one order)."""
         stat_rows = [k + tuple(v) for k, v in sorted(self.stats.items()) if any(v)]
@@ -190,9 +236,7 @@ def additive_upsert(conn: Connection, table, rows: list[dict], add: Iterable[str
 def record_spans(conn: Connection, spans: Iterable[Mapping[str, Any]], scope: str = "span") -> None:
     """Count newly stored spans into per-minute and hourly statistics of their service/operation."""
     acc = Accumulator()
-    for s in spans:
-        acc.add(scope, str(s.get("service") or ""), str(s.get("name") or ""), int(s["start_ns"]),
-                int(s["end_ns"]) - int(s["start_ns"]), s.get("status_code") == "error")
+    acc.add_spans(scope, spans)
     acc.flush(conn)
 
 

@@ -5,14 +5,23 @@ RETURNING`` so a redelivered stream entry changes nothing, and the caller
 learns exactly which spans are new (statistics must count each span once).
 Every trace that received a new span is marked in ``pending_traces`` for the
 finalizer.
+
+On SQLite one process runs ingest and finalization in two threads over one
+database with a single writer; :func:`write_lock` serializes their write
+transactions inside the process, so neither has to wait in SQLite's busy
+handler (which sleeps) nor fails to upgrade a read into a write. Work that needs
+no database (building rows, assembling traces) is done before taking it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import weakref
 from typing import Any, Iterable
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from .schema import pending_traces, spans
 
@@ -26,6 +35,26 @@ SPAN_COLUMNS = (
 )
 # Rows per INSERT statement: SQLite allows 32766 bound parameters, PostgreSQL 65535.
 _ROWS_PER_STATEMENT = {"sqlite": 32766 // len(SPAN_COLUMNS), "postgresql": 65535 // len(SPAN_COLUMNS)}
+
+
+_write_locks: "weakref.WeakKeyDictionary[Engine, threading.RLock]" = weakref.WeakKeyDictionary()
+_write_locks_guard = threading.Lock()
+
+
+def write_lock(engine: Engine) -> Any:
+    """A context manager held around write transactions of this process on ``engine``.
+
+    SQLite: one lock per engine, so the ingest and finalizer threads take turns
+    at the database's single write lock. Other databases take row locks of
+    their own: nothing is held.
+    """
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    with _write_locks_guard:
+        lock = _write_locks.get(engine)
+        if lock is None:
+            lock = _write_locks[engine] = threading.RLock()
+    return lock
 
 
 def _json_default(value: Any) -> Any:
@@ -45,6 +74,20 @@ def _stringify_keys(value: Any) -> Any:
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default).encode
+try:  # the C encoder made once (JSONEncoder.encode builds one per call); no circular-reference markers
+    from json.encoder import c_make_encoder as _c_make_encoder, encode_basestring as _encode_basestring
+
+    _c_encode = _c_make_encoder(None, _json_default, _encode_basestring, None, ":", ",", False, False, True) \
+        if _c_make_encoder is not None else None
+except ImportError:  # pragma: no cover - interpreters without the C accelerator
+    _c_encode = None
+
+
+def _fast_encode(value: Any) -> str:
+    """The same text as ``_encode``; a circular value raises RecursionError (handled by ``to_json``)."""
+    if _c_encode is None:
+        return _encode(value)
+    return "".join(_c_encode(value, 0))
 
 
 def to_json(value: Any) -> str:
@@ -52,7 +95,7 @@ def to_json(value: Any) -> str:
     if not value:
         return "[]" if isinstance(value, (list, tuple)) else "{}"  # also None: an empty mapping
     try:
-        return _encode(value)
+        return _fast_encode(value)
     except (TypeError, ValueError, RecursionError):  # keys of unusual types, circular data
         try:
             return _encode(_stringify_keys(value))
@@ -154,7 +197,29 @@ def _pending_upsert_sql(conn: Connection, rows: int) -> str:
     return sql
 
 
-def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: int) -> list[dict[str, Any]]:
+class PreparedSpans:
+    """Rows of a batch of decoded spans, built before the write transaction (no database needed)."""
+
+    __slots__ = ("keys", "by_key", "rows", "received_ns")
+
+    def __init__(self, spans_in: list[dict[str, Any]], received_ns: int) -> None:
+        by_key: dict[tuple[str, str], dict[str, Any]] = {}
+        for span in spans_in:
+            by_key.setdefault((span["trace_id"], span["span_id"]), span)  # first copy wins within a batch
+        self.keys = sorted(by_key)
+        self.by_key = by_key
+        self.received_ns = received_ns
+        resource_cache: dict = {}
+        self.rows = [row_values(by_key[key], received_ns, resource_cache) for key in self.keys]
+
+
+def prepare_spans(spans_in: list[dict[str, Any]], received_ns: int) -> PreparedSpans:
+    """Build the ``spans`` rows of a batch ahead of :func:`store_spans` (outside any lock or transaction)."""
+    return PreparedSpans(spans_in, received_ns)
+
+
+def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: int,
+                prepared: PreparedSpans | None = None, stored_rows: list | None = None) -> list[dict[str, Any]]:
     """Insert spans that are not stored yet; return exactly those newly inserted.
 
     Runs inside the caller's transaction. The statements are written as plain
@@ -163,24 +228,26 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
     ingest rates a collector must sustain. Rows are written in key order so
     concurrent collectors on PostgreSQL take row locks in the same order and
     cannot deadlock each other.
+
+    ``prepared`` (from :func:`prepare_spans` over the same spans and
+    ``received_ns``) skips building the rows here. ``stored_rows``, when given,
+    receives ``(row, span)`` for every newly inserted span: the row as stored
+    (``SPAN_COLUMNS`` order) and the decoded span it came from.
     """
     if not spans_in:
         return []
     if conn.dialect.name not in _ROWS_PER_STATEMENT:
         raise RuntimeError(f"unsupported database backend {conn.dialect.name!r} (use SQLite or PostgreSQL)")
-    by_key: dict[tuple[str, str], dict[str, Any]] = {}
-    for span in spans_in:
-        by_key.setdefault((span["trace_id"], span["span_id"]), span)  # first copy wins within a batch
-    keys = sorted(by_key)
+    if prepared is None or prepared.received_ns != received_ns:
+        prepared = PreparedSpans(spans_in, received_ns)
+    keys, by_key, rows = prepared.keys, prepared.by_key, prepared.rows
 
     inserted: list[tuple[str, str]] = []
-    resource_cache: dict = {}
-    for chunk in _chunks(keys, _ROWS_PER_STATEMENT[conn.dialect.name]):
-        params: list[Any] = []
-        for key in chunk:
-            params.extend(row_values(by_key[key], received_ns, resource_cache))
-        result = conn.exec_driver_sql(_span_insert_sql(conn, len(chunk)), tuple(params))
-        inserted.extend((row[0], row[1]) for row in result.fetchall())
+    step = _ROWS_PER_STATEMENT[conn.dialect.name]
+    for start in range(0, len(rows), step):
+        chunk = rows[start:start + step]
+        result = conn.exec_driver_sql(_span_insert_sql(conn, len(chunk)), tuple([v for row in chunk for v in row]))
+        inserted.extend(tuple(row) for row in result.fetchall())
     if not inserted:
         return []
 
@@ -190,5 +257,11 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
         for trace_id in chunk:
             params.extend((trace_id, received_ns, received_ns))
         conn.exec_driver_sql(_pending_upsert_sql(conn, len(chunk)), tuple(params))
+    if len(inserted) == len(keys):  # the usual case: every span was new
+        if stored_rows is not None:
+            stored_rows.extend(zip(rows, (by_key[key] for key in keys)))
+        return [by_key[key] for key in keys]
     new_keys = set(inserted)
+    if stored_rows is not None:
+        stored_rows.extend((row, by_key[key]) for key, row in zip(keys, rows) if key in new_keys)
     return [by_key[key] for key in keys if key in new_keys]

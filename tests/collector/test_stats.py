@@ -137,3 +137,22 @@ def test_query_filters_and_empty_window(engine):
     assert only["operations"][0]["p50_ms"] == pytest.approx(4.0, rel=0.01)
     assert empty == {"operations": [], "series": [], "resolution": 60, "step_s": 60}
     assert traces["operations"] == []
+
+
+def test_add_spans_counts_like_adding_each_span():
+    from collector_worker.stats import Accumulator
+
+    spans = []
+    for i in range(500):
+        start = 1_700_000_000 * 1_000_000_000 + i * 7_919_000_000  # spread over minutes and hours
+        spans.append({"service": ("api", "db", "x" * 300)[i % 3], "name": ("get", "put", "y" * 600)[i % 3],
+                      "start_ns": start, "end_ns": start + (i * 104_729) % 9_000_000 - (5 if i % 50 == 0 else 0),
+                      "status_code": "error" if i % 7 == 0 else "ok"})
+    spans.append({"service": None, "name": None, "start_ns": 5, "end_ns": 5, "status_code": None})
+    one, many = Accumulator(), Accumulator()
+    for s in spans:
+        one.add("span", str(s.get("service") or ""), str(s.get("name") or ""), s["start_ns"],
+                s["end_ns"] - s["start_ns"], s.get("status_code") == "error")
+    many.add_spans("span", spans)
+    assert many.stats == one.stats
+    assert {k: v for k, v in many.hist.items() if v} == {k: v for k, v in one.hist.items() if v}

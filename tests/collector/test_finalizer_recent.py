@@ -1,0 +1,151 @@
+"""Finalizing from the spans the collector just stored (RecentSpans), beside reading them back, on SQLite and
+PostgreSQL: identical rows, exact fallback when another writer added spans, late spans, and the write lock
+and WAL checkpointer the ingest and finalizer threads share on SQLite."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from collector_worker import finalizer
+from collector_worker.consumer import Checkpointer, FinalizerThread, StreamConsumer
+from collector_worker.storage import open_engine, schema
+from collector_worker.storage.writer import prepare_spans, store_spans, write_lock
+from tests.collector.test_finalizer_batch import BASE, S, sid, snapshot, trace_spans
+from tracer.settings import Settings
+
+N = finalizer.MAX_TRACES_PER_CALL + 60  # more than one claimed batch
+
+
+@pytest.fixture
+def engine(database_url):
+    engine = open_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def odd_values(spans):
+    """Attribute values JSON does not keep as they are (a list, bytes): the cache must read what was stored."""
+    for s in spans:
+        if int(s["trace_id"], 16) % 4 == 1:
+            s["attributes"] = {**s["attributes"], "list": ["x", 1], "raw": b"ab"}
+    return spans
+
+
+def ingest(engine, spans, received_ns, recent=None):
+    rows: list = []
+    with engine.begin() as conn:
+        new = store_spans(conn, spans, received_ns, stored_rows=rows)
+        finalizer.on_spans_stored(conn, new)
+    if recent is not None:
+        recent.add(rows)
+    return rows
+
+
+def finalize_all(engine, now_ns, recent=None):
+    total = 0
+    while (n := finalizer.finalize_ready(engine, Settings(quiet_period=2.0), "c1", now_ns=now_ns, recent=recent)):
+        total += n
+    return total
+
+
+def test_recent_spans_give_the_rows_reading_back_gives(engine):
+    recent = finalizer.RecentSpans()
+    # "a": this collector stored spans 0..4 of every trace, except span 4 of every third trace, which another
+    # writer stored (so those traces must be read back); then late spans 5..7 arrive.
+    first = odd_values([s for n in range(N) for s in trace_spans(n, "a", 0, 5)])
+    other = {(s["trace_id"], s["span_id"]) for n in range(0, N, 3) for s in trace_spans(n, "a", 4, 5)}
+    ingest(engine, [s for s in first if (s["trace_id"], s["span_id"]) not in other], BASE, recent)
+    ingest(engine, [s for s in first if (s["trace_id"], s["span_id"]) in other], BASE)
+    assert len(recent) == 5 * N - len(other)
+    assert finalize_all(engine, BASE + 5 * S, recent) == N
+    assert (recent.hits, recent.misses) == (N - len(other), len(other))
+    assert len(recent) == 0
+
+    ingest(engine, odd_values([s for n in range(N) for s in trace_spans(n, "a", 5, 8)]), BASE + 6 * S, recent)
+    assert finalize_all(engine, BASE + 20 * S, recent) == N
+    assert recent.hits == N - len(other)  # finalized before: never taken from memory
+    # "b": the same traces whole, read back from the database.
+    ingest(engine, odd_values([s for n in range(N) for s in trace_spans(n, "b")]), BASE + 6 * S)
+    assert finalize_all(engine, BASE + 20 * S) == N
+
+    a, b = snapshot(engine, "a"), snapshot(engine, "b")
+    assert len(a["spans"]) == 8 * N
+    for part in ("traces", "ops", "tags", "spans", "stats", "hist", "deps"):
+        assert a[part] == b[part], part
+    assert any(t[1] == "raw" and t[2] == "ab" for t in a["tags"])
+
+
+def test_recent_spans_forget_the_oldest_traces_beyond_the_limit():
+    recent = finalizer.RecentSpans(limit=20)
+    rows = []
+    for n in range(5):
+        for s in trace_spans(n, "a", 0, 8):
+            rows.append((prepare_spans([s], BASE).rows[0], s))
+    recent.add(rows)
+    assert len(recent) <= 20
+    held = recent.take([f"{n:032x}" for n in range(5)])
+    assert sorted(held) == [f"{n:032x}" for n in (3, 4)]
+    assert all(len(v) == 8 for v in held.values()) and len(recent) == 0
+
+
+def test_ingest_and_finalizer_threads_share_the_database(engine):
+    """The consumer's two threads: batches stored while the finalizer writes; every trace finalized once."""
+    settings = Settings(quiet_period=0.2)
+    consumer = StreamConsumer(settings, engine, None, "c1")
+    stop = threading.Event()
+    thread = FinalizerThread(consumer, stop)
+    thread.start()
+    try:
+        for part in range(6):
+            spans = [s for n in range(part * 200, (part + 1) * 200) for s in trace_spans(n, "a")]
+            rows: list = []
+            with write_lock(engine), engine.begin() as conn:
+                finalizer.on_spans_stored(conn, store_spans(conn, spans, BASE + part, stored_rows=rows))
+            consumer.recent.add(rows)
+
+        def done():
+            with engine.connect() as conn:
+                return conn.execute(select(func.count()).select_from(schema.pending_traces)).scalar_one() == 0
+
+        deadline = threading.Event()
+        for _ in range(600):
+            if done():
+                break
+            deadline.wait(0.1)
+        assert done()
+    finally:
+        stop.set()
+        thread.join(30)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.traces)).scalar_one() == 1200
+        versions = {v for (v,) in conn.execute(select(schema.traces.c.version))}
+        assert conn.execute(select(func.count()).where(schema.spans.c.depth.is_(None))).scalar_one() == 0
+    assert versions == {1}
+
+
+def test_checkpointer_turns_automatic_checkpoints_off_while_it_runs(tmp_path):
+    engine = open_engine(f"sqlite:///{tmp_path / 'c.db'}")
+
+    def autocheckpoint():
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+
+    try:
+        assert autocheckpoint() == 1000
+        stop = threading.Event()
+        checkpointer = Checkpointer(engine, stop)
+        checkpointer.start()
+        assert autocheckpoint() == 0
+        ingest(engine, [s for n in range(300) for s in trace_spans(n, "a")], BASE)
+        stop.set()
+        checkpointer.join(30)
+        assert not checkpointer.is_alive()
+        assert autocheckpoint() == 1000
+        with engine.connect() as conn:
+            busy, log_frames, checkpointed = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        assert busy == 0 and log_frames == checkpointed
+    finally:
+        engine.dispose()

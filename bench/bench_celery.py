@@ -46,6 +46,35 @@ BLOCK = 25
 BUDGET = 1.05
 
 
+def thread_cpu_ns(pid: int, tid: int) -> int:
+    """CPU time a thread has run, in ns (the scheduler's own account, not sampled ticks)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def threads_cpu_ns(pid: int) -> tuple[int, int]:
+    """(main thread, all other threads) CPU of a process, in ns."""
+    main = other = 0
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return 0, 0
+    for tid in tids:
+        if tid == pid:
+            main += thread_cpu_ns(pid, tid)
+        else:
+            other += thread_cpu_ns(pid, tid)
+    return main, other
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def main(round_trips: int = 3000) -> dict:
     server = RedisServer.launch()
     base = f"redis://127.0.0.1:{server.port}"
@@ -63,6 +92,10 @@ def main(round_trips: int = 3000) -> dict:
         manager = tasks.tracing
         times: dict[str, list[float]] = {"traced": [], "untraced": []}
         block_medians: dict[str, list[float]] = {"traced": [], "untraced": []}
+        worker_pid = {"traced": workers[0].process.pid, "untraced": workers[1].process.pid}
+        # CPU per side, in ns, summed over that side's blocks: the client's calling thread and the
+        # main thread of the worker that served the block.
+        cpu = {side: {"client_main": 0, "worker_main": 0} for side in times}
 
         def block(queue: str, n: int) -> None:
             if queue == "traced":
@@ -70,10 +103,13 @@ def main(round_trips: int = 3000) -> dict:
             else:
                 uninstrument_celery(manager)
             measured = []
+            client0, worker0 = time.thread_time_ns(), thread_cpu_ns(worker_pid[queue], worker_pid[queue])
             for i in range(n):
                 start = time.perf_counter()
                 tasks.add.apply_async((i, 1), queue=queue).get(timeout=30)
                 measured.append(time.perf_counter() - start)
+            cpu[queue]["client_main"] += time.thread_time_ns() - client0
+            cpu[queue]["worker_main"] += thread_cpu_ns(worker_pid[queue], worker_pid[queue]) - worker0
             times[queue].extend(measured)
             block_medians[queue].append(statistics.median(measured))
 
@@ -82,6 +118,13 @@ def main(round_trips: int = 3000) -> dict:
             block("traced", BLOCK)
         times = {"traced": [], "untraced": []}
         block_medians = {"traced": [], "untraced": []}
+        cpu = {side: {"client_main": 0, "worker_main": 0} for side in times}
+        # Background threads (the export threads: the traced worker's, and the client's, which exports
+        # the publish spans) are measured over the whole run; the untraced worker's should stay ~0.
+        client_export = manager._processor._thread.native_id if manager._processor is not None else None
+        export0 = {"client": thread_cpu_ns(os.getpid(), client_export) if client_export else 0,
+                   "traced_worker": threads_cpu_ns(worker_pid["traced"])[1],
+                   "untraced_worker": threads_cpu_ns(worker_pid["untraced"])[1]}
         done = 0
         while done < round_trips:
             n = min(BLOCK, round_trips - done)
@@ -89,6 +132,9 @@ def main(round_trips: int = 3000) -> dict:
             for queue in order:
                 block(queue, n)
             done += n
+        export_ns = {"client": (thread_cpu_ns(os.getpid(), client_export) if client_export else 0) - export0["client"],
+                     "traced_worker": threads_cpu_ns(worker_pid["traced"])[1] - export0["traced_worker"],
+                     "untraced_worker": threads_cpu_ns(worker_pid["untraced"])[1] - export0["untraced_worker"]}
         manager.flush(10)
         exported = manager.get_tracer_info()
     finally:
@@ -108,15 +154,39 @@ def main(round_trips: int = 3000) -> dict:
                 "p95_ms": sorted(values)[int(len(values) * 0.95)] * 1e3, "n": len(values)}
 
     traced, untraced = figures(times["traced"]), figures(times["untraced"])
+    ratios = [t / u for t, u in zip(block_medians["traced"], block_medians["untraced"])]
+    n_each = {side: len(times[side]) for side in times}
+    cpu_us = {side: {k: v / n_each[side] / 1e3 for k, v in cpu[side].items()} for side in cpu}
+    # the export threads' CPU belongs to the traced round trips (they export the traced spans)
+    cpu_us["traced"]["client_export_thread"] = export_ns["client"] / n_each["traced"] / 1e3
+    cpu_us["traced"]["worker_export_thread"] = export_ns["traced_worker"] / n_each["traced"] / 1e3
+    cpu_us["untraced"]["worker_other_threads"] = export_ns["untraced_worker"] / n_each["untraced"] / 1e3
+    for side in cpu_us:
+        cpu_us[side]["total"] = sum(cpu_us[side].values())
     result = {
+        "baseline": ("untraced round trips in the same run: a solo worker of the same app with "
+                     "CONTRAIL_ENABLED=0 on the same Redis, and the client with Contrail's handlers "
+                     "disconnected; blocks of %d alternate with the traced ones" % BLOCK),
         "round_trips_each": round_trips,
         "traced": traced,
         "untraced": untraced,
         "overhead_median_pct": (traced["median_ms"] / untraced["median_ms"] - 1) * 100,
         "overhead_mean_pct": (traced["mean_ms"] / untraced["mean_ms"] - 1) * 100,
         # each traced block against the untraced block next to it: robust to load drifting during the run
-        "overhead_paired_blocks_median_pct": (statistics.median(
-            t / u for t, u in zip(block_medians["traced"], block_medians["untraced"])) - 1) * 100,
+        "overhead_paired_blocks_median_pct": (statistics.median(ratios) - 1) * 100,
+        # spread of the paired-block ratios: how noisy the machine was during the run
+        "overhead_paired_blocks_p25_pct": (quantile(ratios, 0.25) - 1) * 100,
+        "overhead_paired_blocks_p75_pct": (quantile(ratios, 0.75) - 1) * 100,
+        "paired_blocks": len(ratios),
+        # CPU time per round trip in microseconds, by thread (the scheduler's account, /proc schedstat)
+        "cpu_per_round_trip_us": cpu_us,
+        "tracing_cpu_per_round_trip_us": {
+            "client_calling_thread": cpu_us["traced"]["client_main"] - cpu_us["untraced"]["client_main"],
+            "worker_main_thread": cpu_us["traced"]["worker_main"] - cpu_us["untraced"]["worker_main"],
+            "client_export_thread": cpu_us["traced"]["client_export_thread"],
+            "worker_export_thread": cpu_us["traced"]["worker_export_thread"],
+            "total": cpu_us["traced"]["total"] - cpu_us["untraced"]["total"],
+        },
         "budget_pct": (BUDGET - 1) * 100,
         "spans_in_stream": spans_in_stream,
         "client_tracer_info": {k: v for k, v in exported.items() if isinstance(v, (int, float, str, bool))},
@@ -132,7 +202,13 @@ def main(round_trips: int = 3000) -> dict:
     print(f"traced round trip:   median {traced['median_ms']:.3f} ms, mean {traced['mean_ms']:.3f} ms")
     print(f"overhead: median {result['overhead_median_pct']:+.2f} %, mean {result['overhead_mean_pct']:+.2f} % "
           f"(budget {result['budget_pct']:.0f} %) -> {'OK' if result['within_budget'] else 'OVER BUDGET'}")
-    print(f"paired blocks: median overhead {result['overhead_paired_blocks_median_pct']:+.2f} %")
+    print(f"paired blocks: median overhead {result['overhead_paired_blocks_median_pct']:+.2f} % "
+          f"(p25 {result['overhead_paired_blocks_p25_pct']:+.2f} %, p75 {result['overhead_paired_blocks_p75_pct']:+.2f} %, "
+          f"{len(ratios)} pairs)")
+    split = result["tracing_cpu_per_round_trip_us"]
+    print("tracing CPU per round trip: " + ", ".join(f"{k} {v:+.1f} us" for k, v in split.items()))
+    print("CPU per round trip (us): " + json.dumps({side: {k: round(v, 1) for k, v in d.items()}
+                                                     for side, d in cpu_us.items()}))
     print(f"spans in stream: {spans_in_stream}; written {out}")
     return result
 

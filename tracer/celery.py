@@ -42,11 +42,13 @@ logger = logging.getLogger("contrail.celery")
 PUBLISHED_HEADER = "contrail_published_ns"
 LINKS_HEADER = "contrail_links"
 PROPAGATION_KEYS = ("traceparent", "tracestate", "baggage")
+CARRIER_KEYS = PROPAGATION_KEYS + (PUBLISHED_HEADER, LINKS_HEADER)
+_STATUS_OK = Status(StatusCode.OK)
 MAX_IN_FLIGHT = 10000  # bound on spans waiting for their closing signal
 
 SIGNAL_NAMES = (
     "before_task_publish", "after_task_publish", "task_received", "task_prerun", "task_postrun",
-    "task_success", "task_failure", "task_retry", "task_revoked", "task_rejected", "task_unknown",
+    "task_failure", "task_retry", "task_revoked", "task_rejected", "task_unknown",
     "task_internal_error", "worker_process_init", "worker_process_shutdown", "worker_shutdown",
 )
 
@@ -134,15 +136,28 @@ def _carrier(request: Any) -> dict[str, Any]:
     worker's parent hand over a ``Context`` built the same way.
     """
     found: dict[str, Any] = {}
+    state = getattr(request, "__dict__", None)
+    if type(state) is dict and not isinstance(request, Mapping):
+        # A task request (celery's Context): plain dicts, no attribute lookups that miss. Same answer
+        # as the general path below: the nested headers first, then the request's own attributes.
+        nested = state.get("headers")
+        if nested is None or type(nested) is dict:
+            for key in CARRIER_KEYS:
+                value = nested.get(key) if nested else None
+                if value is None:
+                    value = state.get(key)
+                if value is not None:
+                    found[key] = value
+            return found
     nested = getattr(request, "headers", None)
     sources = [nested] if isinstance(nested, Mapping) else []
     if isinstance(request, Mapping):
         sources.append(request)
     for source in sources:
-        for key in PROPAGATION_KEYS + (PUBLISHED_HEADER, LINKS_HEADER):
+        for key in CARRIER_KEYS:
             if key in source and source[key] is not None:
                 found[key] = source[key]
-    for key in PROPAGATION_KEYS + (PUBLISHED_HEADER, LINKS_HEADER):
+    for key in CARRIER_KEYS:
         if key not in found:
             value = getattr(request, key, None)
             if value is not None:
@@ -183,6 +198,29 @@ def _message_fields(headers: Mapping[str, Any] | None, body: Any) -> dict[str, A
         if fields.get("group") is None:
             fields["group"] = body.get("taskset")
     return fields
+
+
+def _message_field(headers: Mapping[str, Any], body: Any, key: str) -> Any:
+    """``_message_fields(headers, body).get(key)`` for ``id`` or ``task``, without copying the headers."""
+    if key in headers:
+        return headers[key]
+    if isinstance(body, Mapping) and "id" in body and "task" in body:  # protocol 1
+        return body.get(key)
+    return None
+
+
+_SPAN_NAMES: dict[tuple[str, str], str] = {}
+
+
+def _span_name(prefix: str, task_name: str) -> str:
+    """``prefix + task_name``, built once per task name (bounded: names outside the cache are just joined)."""
+    key = (prefix, task_name)
+    name = _SPAN_NAMES.get(key)
+    if name is None:
+        name = prefix + task_name
+        if len(_SPAN_NAMES) < 4096:
+            _SPAN_NAMES[key] = name
+    return name
 
 
 def _embedded_chord(body: Any) -> Any:
@@ -253,26 +291,95 @@ def _name(task: Any, fallback: str = "unknown") -> str:
 # --------------------------------------------------------------------------- the handlers
 
 
-def _record_late_attributes(held: tuple) -> Any:
-    """Set the attributes an in-flight span kept back; return the span.
+def _publish_attributes(headers: Mapping[str, Any] | None, body: Any, exchange: Any, routing_key: Any,
+                        countdown: Any, task_name: str, task_id: str) -> dict[str, Any]:
+    """The producer span's attributes, built from the message once it has been sent."""
+    attrs: dict[str, Any] = {
+        "messaging.system": "celery",
+        "messaging.operation.type": "publish",
+        "messaging.operation.name": "publish",
+        "messaging.message.id": task_id,
+        "celery.task_name": task_name,
+        "celery.task_id": task_id,
+    }
+    destination = routing_key or exchange
+    if destination:
+        attrs["messaging.destination.name"] = _text(destination)
+    if exchange:
+        attrs["celery.exchange"] = _text(exchange)
+    attrs.update(_ids(_message_fields(headers, body), _get_mapping))
+    if countdown is not None:
+        attrs["celery.countdown"] = countdown
+    return attrs
+
+
+_ATTRIBUTE_TYPES = (str, bool, int, float)
+
+
+def _set_own_attributes(span: Any, attrs: Mapping[str, Any]) -> None:
+    """``span.set_attributes(attrs)`` for attributes this module built itself.
+
+    Every key is a non-empty str and every value a str, bool, int or float, so
+    the SDK's per-value validation (a large part of a span's cost) can be
+    skipped: on a live SDK span the values go straight into its attribute
+    dict, truncated to the provider's ``max_attribute_length`` and under the
+    span's lock, exactly what ``set_attributes`` would store. Anything else
+    (another SDK version, a full attribute dict, a value of another type, an
+    ended or non-recording span) goes through ``set_attributes``.
+    """
+    bounded = getattr(span, "_attributes", None)
+    inner = getattr(bounded, "_dict", None)
+    lock = getattr(span, "_lock", None)
+    maxlen = getattr(bounded, "maxlen", 0)
+    if (type(inner) is not dict or lock is None or getattr(bounded, "_immutable", True) is not False
+            or (maxlen is not None and (type(maxlen) is not int or len(inner) + len(attrs) > maxlen))):
+        span.set_attributes(attrs)
+        return
+    limit = getattr(bounded, "max_value_len", None)
+    for value in attrs.values():
+        if type(value) not in _ATTRIBUTE_TYPES:
+            span.set_attributes(attrs)
+            return
+        if limit is not None and type(value) is str and len(value) > limit:
+            attrs = {k: v[:limit] if type(v) is str else v for k, v in attrs.items()}
+            break
+    with lock:
+        if getattr(span, "_end_time", 0) is not None:  # ended: let the SDK warn as it always does
+            ended = True
+        else:
+            ended = False
+            for key, value in attrs.items():
+                if key in inner:  # the SDK moves a re-set key to the end
+                    del inner[key]
+                inner[key] = value
+    if ended:
+        span.set_attributes(attrs)
+
+
+def _record_late_attributes(held: tuple, extra: Mapping[str, Any] | None = None) -> Any:
+    """Set the attributes an in-flight span kept back (plus ``extra``); return the span.
 
     ``held`` is ``(span, context token, late)``; ``late`` is an attribute
-    dict or a ``(request, task name, task id, extra)`` tuple of a run. Setting
-    attributes costs the SDK a validation per value, so it waits until the
-    message is out (publish) or the result is stored (run): the round trip the
-    caller waits for does not pay for it. Every path that ends one of these
-    spans comes through here, so the exported span is the same.
+    dict, or a tuple ``(builder, *arguments)`` whose builder returns it
+    (:func:`_publish_attributes`, :func:`_run_attributes`). Building and
+    setting attributes waits until the message is out (publish) or the result
+    is stored (run): the round trip the caller waits for does not pay for it.
+    Every path that ends one of these spans comes through here, so the
+    exported span is the same.
     """
     span, _, late = held
-    if isinstance(late, tuple):
-        request, name, task_id, extra = late
-        attrs = _request_attributes(request, name, task_id)
+    attrs = late[0](*late[1:]) if isinstance(late, tuple) else dict(late or {})
+    if extra:
         attrs.update(extra)
-    else:
-        attrs = late
     if attrs:
-        span.set_attributes(attrs)
+        _set_own_attributes(span, attrs)
     return span
+
+
+def _run_attributes(request: Any, name: str, task_id: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    attrs = _request_attributes(request, name, task_id)
+    attrs.update(extra)
+    return attrs
 
 
 class _InFlight:
@@ -355,47 +462,37 @@ class CeleryTracing:
     # ---- publish side
     def on_before_task_publish(self, sender=None, body=None, exchange=None, routing_key=None,
                                headers=None, properties=None, **_: Any) -> None:
-        if not self.manager.enabled or headers is None:
+        if headers is None or not self.manager.enabled:
             return
         try:
-            fields = _message_fields(headers, body)
-            task_id = fields.get("id")
-            task_name = _text(fields.get("task") or sender or "unknown")
+            task_id = _message_field(headers, body, "id")
             if not task_id:
                 return
-            attrs: dict[str, Any] = {
-                "messaging.system": "celery",
-                "messaging.operation.type": "publish",
-                "messaging.operation.name": "publish",
-                "messaging.message.id": _text(task_id),
-                "celery.task_name": task_name,
-                "celery.task_id": _text(task_id),
-            }
-            destination = routing_key or exchange
-            if destination:
-                attrs["messaging.destination.name"] = _text(destination)
-            if exchange:
-                attrs["celery.exchange"] = _text(exchange)
-            attrs.update(_ids(fields, _get_mapping))
-            countdown = (properties or {}).get("countdown") if isinstance(properties, Mapping) else None
-            if countdown is not None:
-                attrs["celery.countdown"] = countdown
-            span = self.tracer.start_span(f"publish {task_name}", kind=SpanKind.PRODUCER)
+            task_id = _text(task_id)
+            task_name = _text(_message_field(headers, body, "task") or sender or "unknown")
+            span = self.tracer.start_span(_span_name("publish ", task_name), kind=SpanKind.PRODUCER)
             # A retry or chain republishes the headers it arrived with: replace, never append.
             for key in PROPAGATION_KEYS:
-                headers.pop(key, None)
+                if key in headers:
+                    del headers[key]
             _inject(headers, span)
             headers[PUBLISHED_HEADER] = time.time_ns()
-            self._note_chord_header(fields, body, span)
-            self.publishing.put(_text(task_id), (span, None, attrs))  # attributes set once the message is out
+            if body is not None:
+                self._note_chord_header(headers, body, span)
+            countdown = properties.get("countdown") if isinstance(properties, Mapping) else None
+            # attributes are built and set once the message is out (see _record_late_attributes)
+            self.publishing.put(task_id, (span, None, (_publish_attributes, headers, body, exchange, routing_key,
+                                                       countdown, task_name, task_id)))
         except Exception as exc:  # noqa: BLE001 - see _guard
             self._guard("before_task_publish", exc)
 
-    def _note_chord_header(self, fields: Mapping[str, Any], body: Any, span: Any) -> None:
+    def _note_chord_header(self, headers: Mapping[str, Any], body: Any, span: Any) -> None:
         """A chord header member: carry its span context to the callback, so the callback can link it."""
         callback = _embedded_chord(body)
-        group_id = fields.get("group")
-        if not callback or not group_id or not isinstance(callback, dict):
+        if not callback or not isinstance(callback, dict):
+            return
+        group_id = _message_fields(headers, body).get("group")
+        if not group_id:
             return
         ctx = span.get_span_context()
         links = self.chord_links.setdefault(_text(group_id), [])
@@ -409,7 +506,7 @@ class CeleryTracing:
 
     def on_after_task_publish(self, sender=None, body=None, headers=None, **_: Any) -> None:
         try:
-            task_id = _message_fields(headers, body).get("id")
+            task_id = _message_field(headers, body, "id") if headers is not None else None
             held = self.publishing.pop(_text(task_id)) if task_id else None
             if held is not None:
                 _record_late_attributes(held).end()
@@ -431,7 +528,8 @@ class CeleryTracing:
             return
         try:
             request = task.request
-            name = _name(task, _name(sender))
+            name = getattr(task, "name", None)
+            name = name if type(name) is str and name else _name(task, _name(sender))
             carrier = _carrier(request)
             parent = _extract(carrier)
             attrs: dict[str, Any] = {}  # on top of _request_attributes, set when the span ends
@@ -450,12 +548,15 @@ class CeleryTracing:
                 attrs["celery.published_ns"] = published_ns
                 event_attrs = {"celery.queue_wait_ms": wait_ms, "celery.published_ns": published_ns}
             links = _decode_links(carrier.get(LINKS_HEADER)) if carrier.get(LINKS_HEADER) else None
-            span = self.tracer.start_span(f"run {name}", context=parent or otel_context.Context(),
+            context = parent or otel_context.Context()
+            span = self.tracer.start_span(_span_name("run ", name), context=context,
                                           kind=SpanKind.CONSUMER, links=links, start_time=start_ns)
             if event_attrs:
                 span.add_event("celery.dequeued", event_attrs, timestamp=start_ns)
-            token = otel_context.attach(trace.set_span_in_context(span, parent or otel_context.Context()))
-            self.running.put(_text(task_id), (span, token, (request, name, _text(task_id), attrs)))
+            token = otel_context.attach(trace.set_span_in_context(span, context))
+            task_id = _text(task_id)
+            # attributes are built and set once the result is stored (see _record_late_attributes)
+            self.running.put(task_id, (span, token, (_run_attributes, request, name, task_id, attrs)))
         except Exception as exc:  # noqa: BLE001
             self._guard("task_prerun", exc)
 
@@ -470,8 +571,10 @@ class CeleryTracing:
             except Exception:  # detached on another thread or out of order: harmless
                 pass
             if state:
-                _record_late_attributes(held)
-                span.set_attribute("celery.state", _text(state))
+                state = _text(state)
+                _record_late_attributes(held, {"celery.state": state})
+                if state == "SUCCESS":  # task_success fires just before this; one handler does both
+                    span.set_status(_STATUS_OK)
                 span.end()
             elif self.in_pool_child:
                 # No state: the child is being terminated (revoke, hard time limit) and SystemExit is
@@ -480,22 +583,12 @@ class CeleryTracing:
                 self.discarded += 1
             else:
                 interrupted = sys.exc_info()[1]
-                _record_late_attributes(held)
-                span.set_attribute("celery.state", "INTERRUPTED")
+                _record_late_attributes(held, {"celery.state": "INTERRUPTED"})
                 span.set_status(Status(StatusCode.ERROR, f"interrupted: {type(interrupted).__name__}"
                                        if interrupted else "interrupted"))
                 span.end()
         except Exception as exc:  # noqa: BLE001
             self._guard("task_postrun", exc)
-
-    def on_task_success(self, sender=None, result=None, **_: Any) -> None:
-        try:
-            request = getattr(sender, "request", None)
-            held = self.running.get(_text(getattr(request, "id", None)))
-            if held is not None:
-                held[0].set_status(Status(StatusCode.OK))
-        except Exception as exc:  # noqa: BLE001
-            self._guard("task_success", exc)
 
     def on_task_failure(self, sender=None, task_id=None, exception=None, traceback=None, einfo=None,
                         **_: Any) -> None:

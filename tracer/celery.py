@@ -37,6 +37,11 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 
 from . import propagation
 
+try:
+    from opentelemetry.sdk.trace import Event as _SdkEvent
+except ImportError:  # pragma: no cover - the SDK is a dependency of tracer; keep the API-only path working
+    _SdkEvent = None
+
 logger = logging.getLogger("contrail.celery")
 
 PUBLISHED_HEADER = "contrail_published_ns"
@@ -86,6 +91,7 @@ def uninstrument_celery(manager: Any) -> None:
 
 
 # The plain version-00 traceparent every Contrail publisher writes; anything else takes the general path.
+_FLAGS = {"00": TraceFlags(0), "01": TraceFlags(TraceFlags.SAMPLED)}
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
@@ -123,7 +129,8 @@ def _extract(carrier: Mapping[str, Any]) -> Any:
             trace_id, span_id = int(match.group(1), 16), int(match.group(2), 16)
             if not trace_id or not span_id:
                 return None
-            remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match.group(3), 16)))
+            flags = _FLAGS.get(match.group(3)) or TraceFlags(int(match.group(3), 16))
+            remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
             return trace.set_span_in_context(NonRecordingSpan(remote), otel_context.Context())
     return propagation.extract(carrier)
 
@@ -236,15 +243,32 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+_ID_ATTRIBUTES = (("celery.root_id", "root_id"), ("celery.parent_id", "parent_id"),
+                  ("celery.group_id", "group"), ("celery.eta", "eta"), ("celery.expires", "expires"))
+
+
 def _ids(source: Any, get) -> dict[str, Any]:
     """celery.* id attributes, from a headers mapping or a request object."""
     attrs: dict[str, Any] = {}
-    for attr, key in (("celery.root_id", "root_id"), ("celery.parent_id", "parent_id"),
-                      ("celery.group_id", "group"), ("celery.eta", "eta"), ("celery.expires", "expires")):
-        value = get(source, key)
-        if value:
-            attrs[attr] = _text(value)
-    retries = get(source, "retries")
+    request = None
+    if get is _get_attr and type(getattr(source, "__dict__", None)) is dict and not isinstance(source, Mapping):
+        # a task request: read its own attributes from its __dict__ (class defaults are None, except retries)
+        request, source, get = source, source.__dict__, _get_mapping
+    if get is _get_mapping and type(source) is dict:
+        lookup = source.get
+        for attr, key in _ID_ATTRIBUTES:
+            value = lookup(key)
+            if value:
+                attrs[attr] = value if type(value) is str else str(value)
+        retries = lookup("retries")
+        if retries is None and request is not None:
+            retries = getattr(request, "retries", None)
+    else:
+        for attr, key in _ID_ATTRIBUTES:
+            value = get(source, key)
+            if value:
+                attrs[attr] = _text(value)
+        retries = get(source, "retries")
     if retries is not None:
         try:
             attrs["celery.retries"] = int(retries)
@@ -307,7 +331,8 @@ def _publish_attributes(headers: Mapping[str, Any] | None, body: Any, exchange: 
         attrs["messaging.destination.name"] = _text(destination)
     if exchange:
         attrs["celery.exchange"] = _text(exchange)
-    attrs.update(_ids(_message_fields(headers, body), _get_mapping))
+    fields = headers if headers is not None and "id" in headers else _message_fields(headers, body)
+    attrs.update(_ids(fields, _get_mapping))
     if countdown is not None:
         attrs["celery.countdown"] = countdown
     return attrs
@@ -354,6 +379,20 @@ def _set_own_attributes(span: Any, attrs: Mapping[str, Any]) -> None:
                 inner[key] = value
     if ended:
         span.set_attributes(attrs)
+
+
+def _add_own_event(span: Any, name: str, attrs: dict[str, Any], timestamp: int) -> None:
+    """``span.add_event(...)`` for an event whose attributes this module built (numbers only).
+
+    The SDK's ``add_event`` validates the attributes into a new bounded
+    mapping; these need none, so on an SDK span the event is appended as is
+    (same lock, same ended-span check, same bound on the number of events).
+    """
+    add = getattr(span, "_add_event", None)
+    if add is None or _SdkEvent is None:
+        span.add_event(name, attrs, timestamp=timestamp)
+    else:
+        add(_SdkEvent(name, attrs, timestamp))
 
 
 def _record_late_attributes(held: tuple, extra: Mapping[str, Any] | None = None) -> Any:
@@ -552,7 +591,7 @@ class CeleryTracing:
             span = self.tracer.start_span(_span_name("run ", name), context=context,
                                           kind=SpanKind.CONSUMER, links=links, start_time=start_ns)
             if event_attrs:
-                span.add_event("celery.dequeued", event_attrs, timestamp=start_ns)
+                _add_own_event(span, "celery.dequeued", event_attrs, start_ns)
             token = otel_context.attach(trace.set_span_in_context(span, context))
             task_id = _text(task_id)
             # attributes are built and set once the result is stored (see _record_late_attributes)

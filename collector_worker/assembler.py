@@ -101,8 +101,8 @@ def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
     skew_ns, skew_warnings = _clock_skew(unique, starts, ends, parent)
     warnings.extend(skew_warnings)
 
-    services = sorted({str(s.get("service") or "") for s in unique})
-    error_count = sum(1 for s in unique if s.get("status_code") == "error")
+    operations, error_count = _operations(unique)
+    services = sorted({svc for svc, _ in operations})
     start_ns, end_ns = min(starts), max(ends)
     root_span = unique[root]
     summary = {
@@ -120,14 +120,14 @@ def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
         "clock_skew_ns": skew_ns,
         "warnings": warnings,
     }
-    ids = [s["span_id"] for s in unique]
+    ids = list(index)  # span ids in ``unique`` order
     return Assembly(
         summary=summary,
-        depth={ids[i]: depth[i] for i in range(n)},
-        self_time_ns={ids[i]: self_time[i] for i in range(n)},
+        depth=dict(zip(ids, depth)),
+        self_time_ns=dict(zip(ids, self_time)),
         critical_path={ids[i] for i in critical},
         warnings=warnings,
-        operations=_operations(unique),
+        operations=[(svc, name, err) for (svc, name), err in operations.items()],
         tags=_tags(unique),
     )
 
@@ -308,12 +308,19 @@ def _clock_skew(spans: list[Mapping[str, Any]], starts: list[int], ends: list[in
     return largest, warnings
 
 
-def _operations(spans: list[Mapping[str, Any]]) -> list[tuple[str, str, bool]]:
+def _operations(spans: list[Mapping[str, Any]]) -> tuple[dict[tuple[str, str], bool], int]:
+    """{(service, name): had_error} in first-seen order, and the number of spans with an error status."""
     ops: dict[tuple[str, str], bool] = {}
+    errors = 0
     for s in spans:
-        key = (str(s.get("service") or ""), str(s.get("name") or ""))
-        ops[key] = ops.get(key, False) or s.get("status_code") == "error"
-    return [(svc, name, err) for (svc, name), err in ops.items()]
+        get = s.get
+        key = (str(get("service") or ""), str(get("name") or ""))
+        if get("status_code") == "error":
+            errors += 1
+            ops[key] = True
+        elif key not in ops:
+            ops[key] = False
+    return ops, errors
 
 
 def _attributes(span: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -347,9 +354,10 @@ def tag_value(value: Any) -> tuple[str, float | None] | None:
 def _tags(spans: list[Mapping[str, Any]]) -> list[tuple[str, str, float | None]]:
     seen: dict[tuple[str, str], float | None] = {}
     for s in spans:
-        for key, value in _attributes(s).items():
-            if type(key) is not str or not key or len(key) > MAX_TAG_LENGTH:
-                continue
+        attrs = s.get("attributes")
+        if type(attrs) is not dict:
+            attrs = _attributes(s)
+        for key, value in attrs.items():
             if type(value) is str:  # most attributes: skip the general conversion
                 if len(value) > MAX_TAG_LENGTH:
                     continue
@@ -359,11 +367,11 @@ def _tags(spans: list[Mapping[str, Any]]) -> list[tuple[str, str, float | None]]
                 if tv is None:
                     continue
                 pair, num = (key, tv[0]), tv[1]
-            if pair not in seen:
-                seen[pair] = num
-                if len(seen) >= MAX_TAGS_PER_TRACE:
-                    break
-        else:
-            continue
-        break
+            if pair in seen:  # only valid keys ever enter ``seen``
+                continue
+            if type(key) is not str or not key or len(key) > MAX_TAG_LENGTH:
+                continue
+            seen[pair] = num
+            if len(seen) >= MAX_TAGS_PER_TRACE:
+                return [(k, v, n) for (k, v), n in seen.items()]
     return [(k, v, num) for (k, v), num in seen.items()]

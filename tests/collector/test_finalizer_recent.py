@@ -131,19 +131,20 @@ def test_checkpointer_turns_automatic_checkpoints_off_while_it_runs(tmp_path):
 
     def autocheckpoint():
         with engine.connect() as conn:
-            return conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+            return (conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar(),
+                    conn.exec_driver_sql("PRAGMA cache_size").scalar())
 
     try:
-        assert autocheckpoint() == 1000
+        assert autocheckpoint() == (1000, -2000)
         stop = threading.Event()
         checkpointer = Checkpointer(engine, stop)
         checkpointer.start()
-        assert autocheckpoint() == 0
+        assert autocheckpoint() == (0, -65536)
         ingest(engine, [s for n in range(300) for s in trace_spans(n, "a")], BASE)
         stop.set()
         checkpointer.join(30)
         assert not checkpointer.is_alive()
-        assert autocheckpoint() == 1000
+        assert autocheckpoint() == (1000, -2000)
         with engine.connect() as conn:
             busy, log_frames, checkpointed = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
         assert busy == 0 and log_frames == checkpointed

@@ -19,6 +19,7 @@ assembled last time (``spans.depth`` is set) and the spans present now.
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import logging
 import threading
@@ -427,7 +428,7 @@ def _multi_row(conn: Connection, head: str, width: int, rows: list[tuple], tail:
     step = _MAX_SQLITE_PARAMS // width
     for i in range(0, len(rows), step):
         chunk = rows[i:i + step]
-        conn.exec_driver_sql(_values_sql(head, width, len(chunk), tail), tuple([v for row in chunk for v in row]))
+        conn.exec_driver_sql(_values_sql(head, width, len(chunk), tail), tuple(itertools.chain.from_iterable(chunk)))
 
 
 def _insert_many(conn: Connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:

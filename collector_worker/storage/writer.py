@@ -16,6 +16,7 @@ no database (building rows, assembling traces) is done before taking it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import threading
 import weakref
@@ -75,7 +76,8 @@ def _stringify_keys(value: Any) -> Any:
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default).encode
 try:  # the C encoder made once (JSONEncoder.encode builds one per call); no circular-reference markers
-    from json.encoder import c_make_encoder as _c_make_encoder, encode_basestring as _encode_basestring
+    from json.encoder import c_make_encoder as _c_make_encoder
+    from json.encoder import encode_basestring as _encode_basestring
 
     _c_encode = _c_make_encoder(None, _json_default, _encode_basestring, None, ":", ",", False, False, True) \
         if _c_make_encoder is not None else None
@@ -104,6 +106,8 @@ def to_json(value: Any) -> str:
 
 
 def _text(value: Any, limit: int | None = None) -> Any:
+    if type(value) is str and (limit is None or len(value) <= limit) and "\x00" not in value:
+        return value  # the usual case
     if value is None:
         return None
     if not isinstance(value, str):
@@ -246,7 +250,7 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
     step = _ROWS_PER_STATEMENT[conn.dialect.name]
     for start in range(0, len(rows), step):
         chunk = rows[start:start + step]
-        result = conn.exec_driver_sql(_span_insert_sql(conn, len(chunk)), tuple([v for row in chunk for v in row]))
+        result = conn.exec_driver_sql(_span_insert_sql(conn, len(chunk)), tuple(itertools.chain.from_iterable(chunk)))
         inserted.extend(tuple(row) for row in result.fetchall())
     if not inserted:
         return []

@@ -13,7 +13,7 @@ from collector_worker import finalizer
 from collector_worker.consumer import Checkpointer, FinalizerThread, StreamConsumer
 from collector_worker.storage import open_engine, schema
 from collector_worker.storage.writer import prepare_spans, store_spans, write_lock
-from tests.collector.test_finalizer_batch import BASE, S, sid, snapshot, trace_spans
+from tests.collector.test_finalizer_batch import BASE, S, snapshot, trace_spans
 from tracer.settings import Settings
 
 N = finalizer.MAX_TRACES_PER_CALL + 60  # more than one claimed batch

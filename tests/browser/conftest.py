@@ -100,6 +100,8 @@ def stack(chromium, tmp_path_factory):
 
         ids = traffic.produce_small_traces(redis_server.url, str(workdir / "tracer"))
         big = traffic.produce_big_trace(redis_server.url)
+        traffic.produce_bottleneck_history(redis_server.url)
+        ids["odd"] = traffic.produce_odd_trace(redis_server.url, linked_trace_id=ids["ok"])
         stack = Stack(base_url, ids, big)
 
         def collected():
@@ -113,6 +115,8 @@ def stack(chromium, tmp_path_factory):
         wait_until(collected, timeout=90, interval=0.5, message="the collector to store and finalize all traces")
         wait_until(lambda: stack.api(f"/traces/{big}")["summary"]["span_count"] == traffic.BIG_TRACE_SPANS,
                    timeout=60, interval=0.5, message="the 10k-span trace to be finalized")
+        wait_until(lambda: len(stack.api("/ai/bottlenecks")["bottlenecks"]) >= 2, timeout=60, interval=0.5,
+                   message="the billing statistics to show two bottleneck hints")
         yield stack
     finally:
         if server is not None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
 
 import pytest
 
 from tests.conftest import ROOT
 
+from . import traffic
 from .conftest import screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
@@ -184,6 +187,21 @@ def test_ai_page_and_status_bar(page, stack):
     texts = [steps.nth(i).inner_text() for i in range(steps.count())]
     order = [next(i for i, t in enumerate(texts) if key in t) for key in ("Phase: plan", "test-model-small", "Tool: search_docs", "test-model-large")]
     assert order == sorted(order), texts
+    # p95 per model is a real figure: the nearest-rank p95 of the calls /ai/traces reports
+    calls = [c for t in stack.api("/ai/traces", lookback="24h", limit=200)["traces"] for c in t["llm_calls"]]
+    for model in ("test-model-large", "test-model-small"):
+        durations = sorted(c["duration_ms"] for c in calls if c["model"] == model)
+        expected = durations[max(0, math.ceil(0.95 * len(durations)) - 1)]
+        cell = page.locator(f'#models-table tbody tr[data-model="{model}"] td[data-col="p95"]').inner_text()
+        assert cell.endswith(" ms") and float(cell.split()[0]) == pytest.approx(expected, rel=0.01, abs=0.01), (model, cell, durations)
+    assert "every LLM call" in page.locator("#models-note").inner_text()
+    # the agent traces table reads the /ai/traces shape: agent, result, counts, tokens (no NaN, no "?")
+    agent_rows = page.locator("#ai-traces-table tbody tr[data-trace-id]")
+    assert agent_rows.count() == 2
+    cells = agent_rows.first.locator("td").all_inner_texts()
+    assert cells[1:3] == ["helper", "ok"] and cells[4:7] == ["2", "1", "1,250"], cells
+    text = page.locator("main").inner_text()
+    assert not {"NaN", "undefined", "null", "?"} & set(re.split(r"[\s·]+", text)), text
     screenshot(page, "ai")
     page.console.assert_clean()
 
@@ -221,13 +239,160 @@ def test_ten_thousand_span_trace_stays_responsive(page, stack):
     page.console.assert_clean()
 
 
+def test_span_details_never_print_absent_values(page, stack):
+    """Every span's detail panel, including odd shapes, leaves absent values out instead of printing null."""
+    for role in ("error", "agent", "odd"):
+        page.goto(f"/trace/{stack.ids[role]}")
+        ready(page, "traceReady")
+        rows = page.locator("#waterfall .wf-row")
+        for i in range(rows.count()):
+            rows.nth(i).click()
+            page.wait_for_function(f"window.__contrail.selectedSpanId === document.querySelectorAll('#waterfall .wf-row')[{i}].dataset.spanId")
+            text = page.locator("#span-detail").inner_text()
+            words = set(re.split(r"[\s:·,()]+", text))
+            assert not {"null", "nullnull", "undefined", "NaN"} & words, text
+        assert not {"null", "undefined", "NaN"} & set(re.split(r"[\s:·,()]+", page.locator(".trace-header").inner_text()))
+    # the odd trace: a link to a whole trace, an exception without a message
+    page.locator("#waterfall .wf-row", has_text="odd root").click()
+    links = page.locator("#detail-body ul.links").first.inner_text()
+    assert f"trace {stack.ids['ok'][:12]}… (the whole trace)" in links and "odd child (this trace)" in links
+    page.locator("#waterfall .wf-row", has_text="odd child").click()
+    assert page.locator("#detail-body .exception").inner_text().strip() == "ValueError"
+    page.console.assert_clean()
+
+
+def _boxes(page, row):
+    return page.evaluate("""(row) => {
+      const box = (el) => { if (!el) return null; const r = el.getBoundingClientRect(); return {l: r.left, r: r.right, t: r.top, b: r.bottom}; };
+      return {row: box(row), name: box(row.querySelector('.wf-name')), track: box(row.querySelector('.wf-track')),
+              label: box(row.querySelector('.wf-label')), bar: box(row.querySelector('.wf-bar')), wait: box(row.querySelector('.wf-wait')),
+              inside: row.querySelector('.wf-label').classList.contains('wf-label-inside'),
+              clipped: row.querySelector('.wf-label').scrollWidth > row.querySelector('.wf-label').clientWidth + 1};
+    }""", row.element_handle())
+
+
+def test_waterfall_labels_do_not_overlap_names_bars_or_queue_wait(page, stack):
+    page.goto(f"/trace/{stack.ids['error']}")
+    ready(page, "traceReady")
+    rows = page.locator("#waterfall .wf-row")
+    for detail_open in (False, True):  # the detail panel narrows the waterfall
+        if detail_open:
+            rows.first.click()
+            page.locator("#span-detail").wait_for(state="visible")
+            page.wait_for_function("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
+        for i in range(rows.count()):
+            b = _boxes(page, rows.nth(i))
+            name = rows.nth(i).locator(".wf-op").inner_text()
+            label = b["label"]
+            assert label["l"] >= b["track"]["l"] - 0.5, (name, "label runs into the name column", b)
+            assert label["r"] <= b["row"]["r"] + 0.5, (name, "label runs off the row", b)
+            for part in ("bar", "wait"):
+                other = b[part]
+                if other is None or (part == "bar" and b["inside"]):
+                    continue
+                overlap = min(label["r"], other["r"]) - max(label["l"], other["l"])
+                assert overlap <= 0.5, (name, f"label covers the {part}", b)
+            if b["inside"]:
+                assert b["bar"]["l"] <= label["l"] and label["r"] <= b["bar"]["r"] + 0.5, (name, b)
+    # the Celery consumer keeps its queue-wait segment and says how long it waited somewhere readable
+    consumer = page.locator("#waterfall .wf-row", has_text="run process_order")
+    assert consumer.locator(".wf-wait").count() == 1
+    assert "waited 10.0 ms" in consumer.get_attribute("aria-label")
+    page.console.assert_clean()
+
+
+def test_flame_graph_keyboard_and_waterfall_keyboard_together(page, stack):
+    page.goto(f"/trace/{stack.ids['error']}")
+    ready(page, "traceReady")
+    page.click("#tab-flame")
+    flame = page.locator("#flame")
+    assert flame.get_attribute("tabindex") == "0"
+    flame.focus()
+    page.keyboard.press("Home")
+    focus = page.locator("#flame-focus")
+    page.wait_for_function("document.querySelector('#flame-focus').textContent.includes('POST /checkout')")
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function("document.querySelector('#flame-focus').textContent.includes('GET /inventory/42')")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("document.querySelector('#flame-focus').textContent.includes('celery.send process_order')")
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function("document.querySelector('#flame-focus').textContent.includes('run process_order')")
+    assert "error" in focus.inner_text() and "depth 3 of 4" in focus.inner_text()
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#detail-title').textContent === 'worker · run process_order'")
+    selected = page.evaluate("window.__contrail.selectedSpanId")
+    assert page.evaluate("window.__contrail.flameFocus") == selected
+    page.keyboard.press("ArrowUp")
+    page.wait_for_function("document.querySelector('#flame-focus').textContent.includes('celery.send process_order')")
+    page.keyboard.press("+")  # zoom to the focused frame, then back out
+    page.keyboard.press("-")
+    assert page.evaluate("document.querySelector('#flame-canvas').width") > 0
+
+    # back to the waterfall with the keyboard: the span picked in the flame graph is selected there
+    page.focus("#tab-flame")
+    page.keyboard.press("ArrowLeft")
+    assert page.locator("#view-waterfall").is_visible()
+    assert page.locator(f"#waterfall .wf-row.is-selected[data-span-id='{selected}']").count() == 1
+    page.focus("#waterfall")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#detail-title').textContent === 'worker · charge card'")
+    page.keyboard.press("Home")
+    page.keyboard.press("ArrowLeft")  # collapse the root
+    page.wait_for_function("document.querySelectorAll('#waterfall .wf-row').length === 1")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("document.querySelectorAll('#waterfall .wf-row').length === 7")
+    page.console.assert_clean()
+
+
+def test_bottleneck_hints_on_services_and_search(page, stack):
+    hints = {(h["service"], h["operation"]): h for h in stack.api("/ai/bottlenecks")["bottlenecks"]}
+    slower = hints[("billing", traffic.SLOWER_OPERATION)]
+    failing = hints[("billing", traffic.FAILING_OPERATION)]
+    assert slower["flag"] == "slower" and failing["flag"] == "more_errors"
+
+    page.goto("/services?lookback=1h")
+    ready(page, "servicesReady")
+    page.wait_for_function("window.__contrail.bottlenecks !== undefined")
+    items = page.locator("#hints-list li.hint")
+    assert items.count() == len(hints)
+    assert page.locator("#hints-count").inner_text() == f"{len(hints)} flagged"
+    # per operation row: a flag with its reason, in numbers
+    row = page.locator(f'#ops-table tbody tr[data-service="billing"][data-operation="{traffic.SLOWER_OPERATION}"]')
+    flag = row.locator('.hint-flag[data-flag="slower"]')
+    text = flag.inner_text()
+    assert text.startswith("slower p95 ") and "→" in text and f"×{slower['p95_ratio']:.1f}" in text, text
+    before, after = (float(part.split()[-2]) for part in text.split("(")[0].split("→"))
+    assert before == pytest.approx(slower["baseline_p95_ms"], abs=0.1) and after == pytest.approx(slower["recent_p95_ms"], abs=0.1)
+    row = page.locator(f'#ops-table tbody tr[data-service="billing"][data-operation="{traffic.FAILING_OPERATION}"]')
+    assert row.locator('.hint-flag[data-flag="more_errors"]').inner_text() == "more errors error rate 0.0 % → 50.0 %"
+    assert page.locator('#ops-table tbody tr[data-service="gateway"] .hint-flag').count() == 0
+    screenshot(page, "services-overview")
+
+    # a hint opens its operation in the charts
+    page.locator(f'#hints-list li.hint[data-operation="{traffic.SLOWER_OPERATION}"] button').click()
+    page.wait_for_url("**operation=POST+%2Finvoice**")
+    page.wait_for_function("[...document.querySelectorAll('#ops-table tbody tr')].every(r => r.dataset.operation === 'POST /invoice')")
+
+    # the search page sums them up and links to each operation
+    page.goto("/?lookback=1h")
+    ready(page, "searchResults !== undefined")
+    page.wait_for_function("window.__contrail.bottlenecks !== undefined")
+    summary = page.locator("#hint-summary")
+    assert summary.is_visible()
+    assert summary.inner_text().startswith(f"{len(hints)} operations off baseline")
+    link = summary.locator("a", has_text=f"billing · {traffic.SLOWER_OPERATION}")
+    assert link.get_attribute("href") == "/services?service=billing&operation=POST%20%2Finvoice"
+    page.console.assert_clean()
+
+
 def test_readme_images_come_from_the_screenshots(stack):
-    """The two README images are copies of this run's search and trace screenshots (kept small)."""
+    """The README and docs images are copies of this run's screenshots (kept small)."""
     source = ROOT / "artifacts" / "screenshots"
-    for name in ("search", "trace"):
+    for name, doc_name in (("search", "search"), ("trace", "trace"), ("services-overview", "services"), ("ai", "ai")):
         path = source / f"{name}.png"
         if not path.exists():
             pytest.skip("run the page tests first to produce the screenshots")
         DOC_IMAGES.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, DOC_IMAGES / f"dashboard-{name}.png")
-        assert (DOC_IMAGES / f"dashboard-{name}.png").stat().st_size < 400_000
+        shutil.copyfile(path, DOC_IMAGES / f"dashboard-{doc_name}.png")
+        assert (DOC_IMAGES / f"dashboard-{doc_name}.png").stat().st_size < 400_000

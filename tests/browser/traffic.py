@@ -62,17 +62,19 @@ def checkout(managers: dict[str, TracingManager], *, fail: bool, slow_ms: float 
     return trace_id
 
 
-def agent_question(manager: TracingManager) -> str:
-    """An AI-agent request: a run with a phase, a tool call and two LLM calls."""
+def agent_question(manager: TracingManager, llm_ms: float = 3.0) -> str:
+    """An AI-agent request: a run with a phase, a tool call and two LLM calls (the large model ~4× slower)."""
     with manager.span("POST /ask", kind="server") as root:
         trace_id = format(root.get_span_context().trace_id, "032x")
         with manager.agent_run("helper"):
             with manager.phase("plan"):
                 with manager.llm_call(model="test-model-small", provider="test") as call:
+                    time.sleep(llm_ms / 1000)
                     call.record_usage(input_tokens=120, output_tokens=30)
             with manager.tool_call("search_docs", operation="query"):
                 time.sleep(0.002)
             with manager.llm_call(model="test-model-large", provider="test") as call:
+                time.sleep(4 * llm_ms / 1000)
                 call.record_usage(input_tokens=900, output_tokens=200)
     return trace_id
 
@@ -89,7 +91,8 @@ def produce_small_traces(redis_url: str, data_dir: str) -> dict[str, str]:
         }
         for _ in range(3):
             checkout(managers, fail=False)
-        ids["agent"] = agent_question(managers["gateway"])
+        ids["agent_fast"] = agent_question(managers["gateway"], llm_ms=2.0)
+        ids["agent"] = agent_question(managers["gateway"], llm_ms=6.0)
         for manager in managers.values():
             assert manager.flush(10), manager.get_tracer_info()
     finally:
@@ -120,6 +123,75 @@ def produce_big_trace(redis_url: str, stream: str = "contrail:spans", spans: int
     try:
         for first in range(0, spans, batch):
             client.xadd(stream, encode_spans(rows[first:first + batch]))
+    finally:
+        client.close()
+    return trace_id
+
+
+BOTTLENECK_SERVICE = "billing"
+SLOWER_OPERATION = "POST /invoice"
+FAILING_OPERATION = "charge ledger"
+
+
+def _span_row(trace_id: str, span_id: str, parent: str | None, name: str, start_ns: int, duration_ms: float,
+              error: bool = False, kind: str = "internal") -> dict:
+    return {
+        "trace_id": trace_id, "span_id": span_id, "parent_span_id": parent, "name": name, "kind": kind,
+        "start_ns": start_ns, "end_ns": start_ns + int(duration_ms * 1e6),
+        "status_code": "error" if error else "unset", "status_message": "ledger unavailable" if error else None,
+        "service": BOTTLENECK_SERVICE, "resource": {"service.name": BOTTLENECK_SERVICE},
+        "attributes": {}, "events": [], "links": [],
+    }
+
+
+def produce_bottleneck_history(redis_url: str, stream: str = "contrail:spans", calls: int = 14) -> None:
+    """Billing traffic an hour ago (the baseline) and in the last few minutes (recent), through the stream.
+
+    ``POST /invoice`` goes from about 10 ms to about 60 ms and ``charge ledger``
+    from no errors to half of its calls failing, so the collector's statistics
+    hold one operation that got slower and one that fails more often than usual.
+    """
+    now = time.time_ns()
+    minute = 60_000_000_000
+    rows = []
+    for i in range(calls):
+        for start, slow in ((now - 70 * minute + i * 2_000_000_000, False), (now - 4 * minute + i * 1_000_000_000, True)):
+            trace_id, root, child = os.urandom(16).hex(), os.urandom(8).hex(), os.urandom(8).hex()
+            rows.append(_span_row(trace_id, root, None, SLOWER_OPERATION, start, (60.0 if slow else 10.0) + i % 3,
+                                  kind="server"))
+            rows.append(_span_row(trace_id, child, root, FAILING_OPERATION, start + 1_000_000, 2.0,
+                                  error=slow and i % 2 == 0, kind="client"))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.xadd(stream, encode_spans(rows))
+    finally:
+        client.close()
+
+
+def produce_odd_trace(redis_url: str, linked_trace_id: str, stream: str = "contrail:spans") -> str:
+    """A trace with the shapes that trip up a detail panel: a link to a whole trace (no span id),
+    an event without attributes, an exception without a message, an error without a status
+    message and a span whose parent never arrived."""
+    trace_id, root, child, orphan = os.urandom(16).hex(), *(os.urandom(8).hex() for _ in range(3))
+    now = time.time_ns()
+
+    def row(span_id, parent, name, **extra):
+        base = {"trace_id": trace_id, "span_id": span_id, "parent_span_id": parent, "name": name, "kind": "internal",
+                "start_ns": now, "end_ns": now + 5_000_000, "status_code": "unset", "service": "oddities",
+                "resource": {"service.name": "oddities"}, "attributes": {"step": 1}, "events": [], "links": []}
+        return {**base, **extra}
+
+    rows = [
+        row(root, None, "odd root", events=[{"name": "checkpoint", "time_ns": now + 1000, "attributes": {}}],
+            links=[{"trace_id": linked_trace_id, "span_id": "", "attributes": {}},
+                   {"trace_id": trace_id, "span_id": child, "attributes": {"why": "retry of"}}]),
+        row(child, root, "odd child", status_code="error", status_message=None, kind="client",
+            events=[{"name": "exception", "time_ns": now + 3000, "attributes": {"exception.type": "ValueError"}}]),
+        row(orphan, "f" * 16, "odd orphan", start_ns=now + 1_000_000),
+    ]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.xadd(stream, encode_spans(rows))
     finally:
         client.close()
     return trace_id

@@ -4,58 +4,106 @@ import { getJSON, el, fmtMs, fmtNum, fmtTime, showError, traceHref, plotTheme, p
 
 const $ = (id) => document.getElementById(id);
 const form = $("ai-form");
+const TRACE_LIMIT = 200;  // the API's maximum: the p95 column reads the LLM calls of these traces
 
 function lookback() { return form.elements.lookback.value; }
 
 function usageRows(usage) {
   const groups = Array.isArray(usage) ? usage : usage.groups || usage.models || [];
   return groups.map((g) => ({
-    model: g.key ?? g.model ?? "(unknown)", calls: g.calls ?? g.count ?? 0, errors: g.errors ?? g.error_count ?? 0,
+    model: g.key || g.model || "(unknown)", calls: g.calls ?? g.count ?? 0, errors: g.errors ?? g.error_count ?? 0,
     input: g.input_tokens ?? 0, output: g.output_tokens ?? 0, cost: g.cost,
     avg: g.avg_ms ?? (g.calls ? (g.duration_ms ?? 0) / g.calls : null), p95: g.p95_ms ?? null,
   }));
 }
 
+/** Nearest-rank percentile of a list of numbers (q in 0..1), or null for an empty list. */
+export function percentile(values, q) {
+  if (!values.length) return null;
+  const sorted = values.slice().sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
+}
+
+/** LLM call durations per model from /ai/traces (the usage rollup keeps sums, not distributions). */
+export function callDurationsByModel(traces) {
+  const out = new Map();
+  for (const t of traces) {
+    for (const call of t.llm_calls || []) {
+      const key = call.model || "(unknown)";
+      if (!out.has(key)) out.set(key, []);
+      if (Number.isFinite(call.duration_ms)) out.get(key).push(call.duration_ms);
+    }
+  }
+  return out;
+}
+
+let agentTraces = [];  // the latest /ai/traces answer, shared by the models table and the traces table
+
 async function loadUsage() {
   const usage = await getJSON("/ai/usage", { lookback: lookback(), group_by: "model" });
   const rows = usageRows(usage);
+  const durations = callDurationsByModel(agentTraces);
+  let partial = false;
+  for (const row of rows) {
+    const sample = durations.get(row.model) || [];
+    if (row.p95 === null && sample.length) row.p95 = percentile(sample, 0.95);
+    row.sampled = sample.length;
+    if (row.p95 !== null && sample.length < row.calls) partial = true;
+  }
   const tbody = $("models-table").querySelector("tbody");
-  tbody.replaceChildren(...rows.map((r) => el("tr", {},
-    el("td", { text: r.model }), el("td", { class: "num", text: fmtNum(r.calls) }),
+  tbody.replaceChildren(...rows.map((r) => el("tr", { dataset: { model: r.model } },
+    el("td", { class: "nowrap", text: r.model }), el("td", { class: "num", text: fmtNum(r.calls) }),
     el("td", { class: "num", text: fmtNum(r.input) }), el("td", { class: "num", text: fmtNum(r.output) }),
-    el("td", { class: "num", text: fmtNum(r.avg, 1) }), el("td", { class: "num", text: fmtNum(r.p95, 1) }),
+    el("td", { class: "num", text: fmtMs(r.avg) }),
+    el("td", { class: "num", "data-col": "p95", text: fmtMs(r.p95),
+      title: r.sampled < r.calls ? `p95 of ${fmtNum(r.sampled)} of ${fmtNum(r.calls)} calls (those in the latest ${fmtNum(agentTraces.length)} agent traces)` : `p95 of all ${fmtNum(r.calls)} calls` }),
     el("td", { class: r.errors ? "num text-err" : "num", text: fmtNum(r.errors) }),
     el("td", { class: "num", text: r.cost === undefined || r.cost === null ? "–" : `$${Number(r.cost).toFixed(4)}` }))));
   if (!rows.length) tbody.append(el("tr", {}, el("td", { colspan: 8, class: "muted", text: "No LLM calls recorded in this window." })));
+  $("models-note").textContent = !rows.length ? "" : partial
+    ? `p95 is taken from the LLM calls of the latest ${fmtNum(agentTraces.length)} agent traces in this window, not from every call.`
+    : "p95 is taken from every LLM call in this window.";
   const Plotly = await plotlyReady();
   const theme = plotTheme();
   await Plotly.react($("chart-tokens"), [
     { type: "bar", name: "input tokens", x: rows.map((r) => r.model), y: rows.map((r) => r.input) },
     { type: "bar", name: "output tokens", x: rows.map((r) => r.model), y: rows.map((r) => r.output) },
-  ], { ...theme, height: 240, barmode: "stack", legend: { orientation: "h", y: 1.15 } }, { displayModeBar: false, responsive: true });
+  ], { ...theme, height: 240, barmode: "stack", legend: { orientation: "h", y: 1.15 },
+    ...(rows.length ? {} : { annotations: [{ text: "no LLM calls in this window", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }],
+      xaxis: { ...theme.xaxis, visible: false }, yaxis: { ...theme.yaxis, visible: false } }) },
+  { displayModeBar: false, responsive: true });
   contrail.aiModels = rows.length;
 }
 
-async function loadTraces() {
-  const body = await getJSON("/ai/traces", { lookback: lookback() });
-  const traces = Array.isArray(body) ? body : body.traces || [];
+async function fetchTraces() {
+  const body = await getJSON("/ai/traces", { lookback: lookback(), limit: TRACE_LIMIT });
+  agentTraces = Array.isArray(body) ? body : body.traces || [];
+}
+
+function renderTraces() {
+  const traces = agentTraces;
   const tbody = $("ai-traces-table").querySelector("tbody");
   tbody.replaceChildren(...traces.map((t) => {
-    const row = el("tr", { tabindex: 0, class: t.error_count ? "row-error selectable" : "selectable", dataset: { traceId: t.trace_id } },
-      el("td", {}, el("a", { href: traceHref(t.trace_id), text: fmtTime(t.start_time, t.start_ns) })),
-      el("td", { text: `${t.root_service || "?"} · ${t.root_operation || ""}` }),
+    const totals = t.totals || {};
+    const failed = t.success === false;
+    const llmCalls = Array.isArray(t.llm_calls) ? t.llm_calls.length : t.llm_calls;
+    const toolCalls = Array.isArray(t.tool_calls) ? t.tool_calls.length : t.tool_calls;
+    const row = el("tr", { tabindex: 0, class: failed ? "row-error selectable" : "selectable", dataset: { traceId: t.trace_id } },
+      el("td", { class: "nowrap" }, el("a", { href: traceHref(t.trace_id), text: fmtTime(t.start_time, t.start_ns) })),
+      el("td", { text: t.agent || "–" }),
+      el("td", { class: failed ? "text-err" : "text-ok", text: failed ? "failed" : "ok" }),
       el("td", { class: "num", text: fmtMs(t.duration_ms) }),
-      el("td", { class: "num", text: fmtNum(t.llm_calls ?? t.llm_call_count) }),
-      el("td", { class: "num", text: fmtNum(t.tool_calls ?? t.tool_call_count) }),
-      el("td", { class: "num", text: fmtNum(t.total_tokens ?? ((t.input_tokens ?? 0) + (t.output_tokens ?? 0))) }));
+      el("td", { class: "num", text: fmtNum(totals.llm_calls ?? llmCalls) }),
+      el("td", { class: "num", text: fmtNum(totals.tool_calls ?? toolCalls) }),
+      el("td", { class: "num", text: fmtNum((totals.input_tokens ?? 0) + (totals.output_tokens ?? 0)) }),
+      el("td", { class: "num", text: totals.cost === undefined || totals.cost === null ? "–" : `$${Number(totals.cost).toFixed(4)}` }));
     const open = (event) => { if (event.target.closest("a")) return; showSteps(t.trace_id); };
     row.addEventListener("click", open);
     row.addEventListener("keydown", (event) => { if (event.key === "Enter") open(event); });
     return row;
   }));
-  if (!traces.length) tbody.append(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No agent traces in this window." })));
+  if (!traces.length) tbody.append(el("tr", {}, el("td", { colspan: 8, class: "muted", text: "No agent traces in this window." })));
   contrail.aiTraces = traces.length;
-  if (traces.length) await showSteps(traces[0].trace_id);
 }
 
 function stepOf(span) {
@@ -86,6 +134,10 @@ async function showSteps(traceId) {
     if (step) steps.push({ span, step, depth });
   }
   $("steps-title").textContent = `Steps of trace ${traceId.slice(0, 12)}…`;
+  for (const row of $("ai-traces-table").querySelectorAll("tbody tr[data-trace-id]")) {
+    row.classList.toggle("is-selected", row.dataset.traceId === traceId);
+    row.setAttribute("aria-selected", String(row.dataset.traceId === traceId));
+  }
   list.replaceChildren(...steps.map(({ span, step, depth }) => el("li", { class: `step step-${step.kind}${span.status === "error" ? " is-error" : ""}`, style: `margin-left:${depth * 16}px` },
     el("a", { href: traceHref(traceId, span.span_id), text: step.label }),
     el("span", { class: "muted", text: ` +${fmtMs((Number(span.start_ns) - base) / 1e6)} · ${fmtMs(span.duration_ms)}` }),
@@ -98,9 +150,16 @@ async function showSteps(traceId) {
 async function refresh() {
   showError($("ai-error"), null);
   history.replaceState(null, "", `/ai?lookback=${encodeURIComponent(lookback())}`);
-  const results = await Promise.allSettled([loadUsage(), loadTraces()]);
+  const fetched = await Promise.allSettled([fetchTraces()]);
+  if (fetched[0].status === "rejected") agentTraces = [];
+  renderTraces();
+  const results = [...fetched, ...await Promise.allSettled([loadUsage(), agentTraces.length ? showSteps(agentTraces[0].trace_id) : null])];
   const failed = results.find((r) => r.status === "rejected");
   if (failed) showError($("ai-error"), failed.reason);
+  if (!agentTraces.length) {
+    $("steps-title").textContent = "Steps of the selected trace";
+    $("ai-steps").replaceChildren(el("li", { class: "muted", text: "No agent traces in this window to show steps for." }));
+  }
   contrail.aiReady = true;
 }
 

@@ -94,10 +94,24 @@ export function el(tag, attrs = {}, ...children) {
     else if (key === "style") node.style.cssText = value;
     else node.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
-    if (child === null || child === undefined || child === false) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
+  for (const child of present(children)) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+/** Skip null / undefined / false: DOM append() and replaceChildren() would print them as "null". */
+export function present(children) {
+  return children.flat().filter((child) => child !== null && child !== undefined && child !== false);
+}
+
+/** replaceChildren() that leaves absent children out instead of printing them. */
+export function fill(node, ...children) {
+  node.replaceChildren(...present(children));
+  return node;
+}
+
+/** append() that leaves absent children out instead of printing them. */
+export function add(node, ...children) {
+  node.append(...present(children));
   return node;
 }
 
@@ -121,7 +135,7 @@ export function fmtMs(ms) {
   if (ms >= 60000) return (ms / 60000).toFixed(1) + " min";
   if (ms >= 1000) return (ms / 1000).toFixed(ms >= 10000 ? 1 : 2) + " s";
   if (ms >= 10) return ms.toFixed(1) + " ms";
-  if (ms >= 1) return ms.toFixed(2) + " ms";
+  if (ms >= 0.9995) return ms.toFixed(2) + " ms";  // 0.9999 ms reads "1.00 ms", not "1000 µs"
   return (ms * 1000).toFixed(0) + " µs";
 }
 
@@ -155,6 +169,15 @@ export function serviceColour(name) {
     serviceColours.set(name, PALETTE[hash % PALETTE.length]);
   }
   return serviceColours.get(name);
+}
+
+/** Black or white, whichever reads better on a "#rrggbb" background (WCAG relative luminance). */
+export function textOn(hex) {
+  const m = /^#?([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(String(hex));
+  if (!m) return "#fff";
+  const [r, g, b] = m.slice(1).map((h) => { const c = parseInt(h, 16) / 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; });
+  const lum = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  return (lum + 0.05) / 0.05 > 1.05 / (lum + 0.05) ? "#111" : "#fff";
 }
 
 /** Plotly layout colours that follow the current theme. */
@@ -199,4 +222,45 @@ export function autoRefresh(checkbox, fn, ms = 10000) {
     apply();
   });
   apply();
+}
+
+// ------------------------------------------------------------------ bottleneck hints
+
+/** GET /ai/bottlenecks: operations whose recent p95 or error rate departs from their own baseline. */
+export async function loadBottlenecks(params = {}) {
+  const body = await getJSON("/ai/bottlenecks", params);
+  return { hints: body.bottlenecks || [], recentS: body.recent_s, baselineS: body.baseline_s };
+}
+
+/** The reasons of one hint as short texts: "p95 11.9 ms → 62.5 ms (×5.3)", "error rate 0.0 % → 50.0 %". */
+export function hintReasons(hint) {
+  const flags = hint.flags || (hint.flag ? [hint.flag] : []);
+  const out = [];
+  if (flags.includes("slower")) {
+    out.push({ flag: "slower", text: `p95 ${fmtMs(hint.baseline_p95_ms)} → ${fmtMs(hint.recent_p95_ms)}` +
+      (hint.p95_ratio ? ` (×${fmtNum(hint.p95_ratio, 1)})` : "") });
+  }
+  if (flags.includes("more_errors")) {
+    out.push({ flag: "more_errors", text: `error rate ${fmtPct(hint.baseline_error_rate)} → ${fmtPct(hint.recent_error_rate)}` });
+  }
+  return out;
+}
+
+/** "15 min" / "24 h" for a window in seconds. */
+export function fmtWindow(seconds) {
+  if (!seconds) return "–";
+  if (seconds % 86400 === 0 && seconds >= 2 * 86400) return `${seconds / 86400} days`;
+  if (seconds % 3600 === 0) return `${seconds / 3600} h`;
+  return `${Math.round(seconds / 60)} min`;
+}
+
+/** The badge(s) of a hint, with the reason as text (not only colour). */
+export function hintBadges(hint) {
+  const trend = hint.trend === "rising" ? " ↗" : hint.trend === "falling" ? " ↘" : "";
+  return hintReasons(hint).map((r) => el("span", {
+    class: `hint-flag hint-${r.flag}`, dataset: { flag: r.flag },
+    title: `${r.flag === "slower" ? "Slower than its baseline" : "Fails more often than its baseline"}` +
+      `: ${r.text}, ${fmtNum(hint.recent_calls)} recent calls vs ${fmtNum(hint.baseline_calls)} in the baseline` +
+      (trend ? `, trend ${hint.trend}` : ""),
+  }, el("strong", { text: r.flag === "slower" ? "slower" : "more errors" }), ` ${r.text}${trend}`));
 }

@@ -15,6 +15,8 @@ function change(op) {
   return delta > 0 ? { label: "slower", cls: "chg-slower" } : { label: "faster", cls: "chg-faster" };
 }
 
+const plural = (n, word) => `${fmtNum(n)} ${word}${n === 1 ? "" : "s"}`;
+
 function summaryCard(name, s) {
   return el("div", { class: "card" }, el("h2", {}, `Trace ${name} `, el("a", { href: traceHref(s.trace_id), text: s.trace_id.slice(0, 12) + "…" })),
     el("p", {}, el("strong", { text: `${s.root_service} · ${s.root_operation}` })),
@@ -28,7 +30,8 @@ function render() {
     .filter(({ chg }) => !onlyChanged || chg.label !== "same");
   tbody.replaceChildren(...rows.map(({ op, chg }) => {
     const pct = op.presence === "both" && op.duration_ms_a > 0 ? (op.delta_ms / op.duration_ms_a) * 100 : null;
-    return el("tr", { class: chg.cls, dataset: { change: chg.label } },
+    // the change is a pill in the first cell; colouring the whole row made the numbers hard to read
+    return el("tr", { class: `chg-row ${chg.cls}-row`, dataset: { change: chg.label } },
       el("td", {}, el("span", { class: `chg ${chg.cls}`, text: chg.label })),
       el("td", { text: op.service }), el("td", { text: op.name }),
       el("td", { class: "num", text: fmtNum(op.count_a) }), el("td", { class: "num", text: fmtNum(op.count_b) }),
@@ -58,7 +61,7 @@ async function run() {
     summaryCard("A", result.a), summaryCard("B", result.b),
     el("div", { class: "card" }, el("h2", { text: "Difference" }),
       el("p", { class: delta > 0 ? "text-err" : "text-ok", text: `B is ${fmtMs(Math.abs(delta))} ${delta > 0 ? "slower" : "faster"} (${result.span_count_delta >= 0 ? "+" : ""}${result.span_count_delta} spans)` }),
-      el("p", { text: `${(st.only_in_b || []).length} operations appeared, ${(st.only_in_a || []).length} disappeared, ${(st.count_changed || []).length} changed count` }),
+      el("p", { text: `${plural((st.only_in_b || []).length, "operation")} appeared, ${fmtNum((st.only_in_a || []).length)} disappeared, ${fmtNum((st.count_changed || []).length)} changed count` }),
       result.same_root ? null : el("p", { class: "text-warn", text: "These traces have different root operations: they may not be the same flow." })),
   );
   render();

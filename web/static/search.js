@@ -1,7 +1,7 @@
 // Trace search: the form mirrors the URL query string (deep links), results as a scatter
 // plot (time × duration, errors marked, click to open) and a sortable, paged table.
 import { getJSON, listServices, listOperations, el, clear, fmtMs, fmtTime, fmtNum, showError, traceHref,
-  plotTheme, plotlyReady, autoRefresh, contrail } from "./api.js";
+  plotTheme, plotlyReady, autoRefresh, contrail, fill, loadBottlenecks, hintBadges, fmtWindow } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("search-form");
@@ -181,6 +181,29 @@ function updateCompareButton() {
   button.textContent = `Compare selected (${selected.size}/2)`;
 }
 
+// ----------------------------------------------------------------- bottleneck hints
+
+const HINTS_SHOWN = 3;
+async function showHintSummary() {
+  const box = $("hint-summary");
+  let result;
+  try {
+    result = await loadBottlenecks();
+  } catch (_) { box.hidden = true; return; }  // the search page works without hints
+  const { hints, recentS, baselineS } = result;
+  contrail.bottlenecks = hints.length;
+  box.hidden = !hints.length;
+  if (!hints.length) { box.replaceChildren(); return; }
+  const servicesHref = (h) => `/services?service=${encodeURIComponent(h.service)}&operation=${encodeURIComponent(h.operation)}`;
+  fill(box,
+    el("strong", { text: `${fmtNum(hints.length)} operation${hints.length === 1 ? "" : "s"} off baseline` }),
+    el("span", { class: "muted", text: `(last ${fmtWindow(recentS)} vs the ${fmtWindow(baselineS)} before):` }),
+    ...hints.slice(0, HINTS_SHOWN).map((h) => el("span", { class: "hint", dataset: { service: h.service, operation: h.operation } },
+      el("a", { href: servicesHref(h), text: `${h.service} · ${h.operation}` }), ...hintBadges(h))),
+    hints.length > HINTS_SHOWN ? el("a", { href: "/services", text: `+${fmtNum(hints.length - HINTS_SHOWN)} more on Services` }) : null,
+  );
+}
+
 // ----------------------------------------------------------------- wiring
 
 form.addEventListener("submit", (event) => { event.preventDefault(); runSearch({ push: true }); });
@@ -216,5 +239,6 @@ window.addEventListener("popstate", () => { fillForm(new URLSearchParams(window.
 window.addEventListener("contrail:theme", () => lastTraces.length && drawScatter(lastTraces));
 
 fillForm(new URLSearchParams(window.location.search));
-autoRefresh($("auto-refresh"), () => runSearch({ resetPaging: false }));
+autoRefresh($("auto-refresh"), () => { runSearch({ resetPaging: false }); showHintSummary(); });
 loadServices().then(() => runSearch());
+showHintSummary();

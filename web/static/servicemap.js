@@ -61,11 +61,14 @@ export function drawServiceMap(container, edges, { services = [], onSelect } = {
   for (const name of names) (columns[layer.get(name)] ||= []).push(name);
   for (let i = columns.length - 1; i >= 0; i--) if (!columns[i]) columns.splice(i, 1);
   const tallest = Math.max(...columns.map((c) => c.length));
-  const width = PAD * 2 + columns.length * NODE_W + (columns.length - 1) * COL_GAP;
-  const height = PAD * 2 + tallest * NODE_H + (tallest - 1) * ROW_GAP + 20;
+  // back edges (callee in an earlier column) arc below the nodes: keep room for them
+  const backEdges = edges.some((e) => e.caller !== e.callee && layer.get(e.callee) < layer.get(e.caller));
+  const sameColumn = edges.some((e) => e.caller !== e.callee && layer.get(e.callee) === layer.get(e.caller));
+  const width = PAD * 2 + columns.length * NODE_W + (columns.length - 1) * COL_GAP + (sameColumn ? 50 : 0);
+  const height = PAD * 2 + tallest * NODE_H + (tallest - 1) * ROW_GAP + 20 + (backEdges ? 50 : 0);
   const pos = new Map();
   columns.forEach((col, ci) => col.forEach((name, ri) => {
-    const offset = (height - PAD * 2 - (col.length * NODE_H + (col.length - 1) * ROW_GAP)) / 2;
+    const offset = (height - (backEdges ? 50 : 0) - PAD * 2 - (col.length * NODE_H + (col.length - 1) * ROW_GAP)) / 2;
     pos.set(name, { x: PAD + ci * (NODE_W + COL_GAP), y: PAD + offset + ri * (NODE_H + ROW_GAP) });
   }));
 
@@ -90,9 +93,14 @@ export function drawServiceMap(container, edges, { services = [], onSelect } = {
     } else if (b.x > a.x) {
       const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2, mid = (x1 + x2) / 2;
       d = `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`;
-    } else {  // back edge (cycle): arc below
-      const x1 = a.x + NODE_W / 2, y1 = a.y + NODE_H, x2 = b.x + NODE_W / 2, y2 = b.y + NODE_H;
-      d = `M${x1},${y1} C${x1},${y1 + 60} ${x2},${y2 + 60} ${x2},${y2}`;
+    } else if (b.x === a.x) {  // same column: arc out to the right of both boxes
+      const x = a.x + NODE_W, y1 = a.y + NODE_H / 2 + (b.y > a.y ? 5 : -5), y2 = b.y + NODE_H / 2 + (b.y > a.y ? -5 : 5);
+      const bulge = (b.y > a.y ? 30 : 52) + Math.min(30, Math.abs(b.y - a.y) / 4);  // the two directions apart
+      d = `M${x},${y1} C${x + bulge},${y1} ${x + bulge},${y2} ${x},${y2}`;
+    } else {  // back edge (cycle): leave the caller on its left, run under every box, come up into the callee
+      const floor = Math.max(...[...pos.values()].map((p) => p.y)) + NODE_H + 34;
+      const x1 = a.x, y1 = a.y + NODE_H / 2 + 6, x2 = b.x + NODE_W / 2, y2 = b.y + NODE_H;
+      d = `M${x1},${y1} C${x1 - 40},${floor} ${x2 + 40},${floor} ${x2},${y2}`;
     }
     const path = svg("path", { d, fill: "none", stroke: colour, "stroke-width": strokeWidth.toFixed(2), "marker-end": `url(#arrow-${i})`,
       class: "map-edge", "data-caller": e.caller, "data-callee": e.callee, "stroke-linecap": "round" });

@@ -1,7 +1,7 @@
 // Services page: RED charts per service/operation (rate, errors, p50/p95/p99 over time)
 // and the live service map from the collector's dependency edges.
 import { getJSON, listServices, listOperations, el, fmtNum, fmtPct, showError, plotTheme, plotlyReady,
-  autoRefresh, contrail } from "./api.js";
+  autoRefresh, contrail, loadBottlenecks, hintBadges, fmtWindow } from "./api.js";
 import { drawServiceMap } from "./servicemap.js";
 
 const $ = (id) => document.getElementById(id);
@@ -62,14 +62,40 @@ async function drawCharts(stats) {
   contrail.chartSeries = series.length;
 }
 
-function renderOperations(operations) {
+const hintKey = (service, operation) => `${service}\u0000${operation}`;
+
+function renderOperations(operations, hints) {
+  const byOp = new Map(hints.map((h) => [hintKey(h.service, h.operation), h]));
   const tbody = $("ops-table").querySelector("tbody");
-  tbody.replaceChildren(...operations.map((op) => el("tr", {},
-    el("td", { text: op.service }), el("td", { text: op.operation }), el("td", { class: "num", text: fmtNum(op.count) }),
-    el("td", { class: op.error_count ? "num text-err" : "num", text: fmtNum(op.error_count) }),
-    el("td", { class: "num", text: fmtPct(op.error_rate) }), el("td", { class: "num", text: fmtNum(op.throughput_per_s, 3) }),
-    ...["p50_ms", "p90_ms", "p95_ms", "p99_ms"].map((k) => el("td", { class: "num", text: fmtNum(op[k], 1) })))));
-  if (!operations.length) tbody.append(el("tr", {}, el("td", { colspan: 10, class: "muted", text: "No statistics in this window." })));
+  tbody.replaceChildren(...operations.map((op) => {
+    const hint = byOp.get(hintKey(op.service, op.operation));
+    return el("tr", { class: hint ? "has-hint" : null, dataset: { service: op.service, operation: op.operation } },
+      el("td", { text: op.service }), el("td", { text: op.operation }), el("td", { class: "num", text: fmtNum(op.count) }),
+      el("td", { class: op.error_count ? "num text-err" : "num", text: fmtNum(op.error_count) }),
+      el("td", { class: "num", text: fmtPct(op.error_rate) }), el("td", { class: "num", text: fmtNum(op.throughput_per_s, 3) }),
+      ...["p50_ms", "p90_ms", "p95_ms", "p99_ms"].map((k) => el("td", { class: "num", text: fmtNum(op[k], 1) })),
+      el("td", { class: "hint-cell" }, hint ? hintBadges(hint) : el("span", { class: "muted", text: "–", title: "no departure from its baseline" })));
+  }));
+  if (!operations.length) tbody.append(el("tr", {}, el("td", { colspan: 11, class: "muted", text: "No statistics in this window." })));
+}
+
+function renderHints(result) {
+  const list = $("hints-list");
+  const { hints, recentS, baselineS } = result;
+  $("hints-window").textContent = `last ${fmtWindow(recentS)} against the ${fmtWindow(baselineS)} before, per operation`;
+  list.replaceChildren(...hints.map((h) => el("li", { class: "hint", dataset: { service: h.service, operation: h.operation } },
+    el("button", { type: "button", class: "btn btn-small hint-op", title: `Show ${h.service} · ${h.operation} in the charts`,
+      onclick: () => showOperation(h.service, h.operation) }, el("span", { class: "muted", text: `${h.service} · ` }), h.operation),
+    ...hintBadges(h))));
+  if (!hints.length) list.append(el("li", { class: "muted", text: "No operation departs from its own baseline." }));
+  $("hints-count").textContent = hints.length ? `${fmtNum(hints.length)} flagged` : "";
+  $("hints-count").className = hints.length ? "badge badge-warn" : "";
+}
+
+async function showOperation(service, operation) {
+  form.elements.service.value = service;
+  await fillOperations(operation);
+  await refresh();
 }
 
 async function refresh() {
@@ -77,12 +103,17 @@ async function refresh() {
   syncUrl(query);
   showError($("services-error"), null);
   const { lookback } = query;
-  const [stats, deps] = await Promise.allSettled([
+  const [stats, deps, hints] = await Promise.allSettled([
     getJSON("/stats", query),
     getJSON("/dependencies", { lookback }),
+    loadBottlenecks(),
   ]);
+  const hintList = hints.status === "fulfilled" ? hints.value.hints : [];
+  if (hints.status === "fulfilled") renderHints(hints.value);
+  else showError($("services-error"), hints.reason);
+  contrail.bottlenecks = hintList.length;
   if (stats.status === "fulfilled") {
-    renderOperations(stats.value.operations || []);
+    renderOperations(stats.value.operations || [], hintList);
     await drawCharts(stats.value);
   } else showError($("services-error"), stats.reason);
   if (deps.status === "fulfilled") {

@@ -1,6 +1,6 @@
 // The trace page: header summary, warnings, waterfall / flame graph / statistics tabs,
 // the span detail panel, search within the trace and "Copy for AI".
-import { getJSON, getText, el, clear, fmtMs, fmtTime, fmtNum, showError, traceHref, contrail } from "./api.js";
+import { getJSON, getText, el, clear, fill, fmtMs, fmtTime, fmtNum, showError, traceHref, contrail } from "./api.js";
 import { buildModel, operationStats } from "./tracemodel.js";
 import { createWaterfall, renderTicks } from "./waterfall.js";
 import { createFlameGraph } from "./flamegraph.js";
@@ -13,16 +13,16 @@ const startedAt = performance.now();
 let model = null, waterfall = null, flame = null;
 let backlinksFrom = [];  // spans of other traces that link into this one
 
-function summaryItem(label, value, cls) {
+function summaryItem(label, value, cls = "") {
   return [el("dt", { text: label }), el("dd", { class: cls, text: value })];
 }
 
 function renderHeader(trace) {
   const s = trace.summary || {};
-  $("trace-title").replaceChildren("Trace ", el("code", { text: trace.trace_id }),
-    s.root_service ? el("span", { class: "muted", text: `  ${s.root_service} · ${s.root_operation || ""}` }) : "");
+  fill($("trace-title"), "Trace ", el("code", { text: trace.trace_id }),
+    s.root_service ? el("span", { class: "muted", text: `  ${s.root_service} · ${s.root_operation || ""}` }) : null);
   document.title = `${s.root_operation || "Trace"} ${trace.trace_id.slice(0, 8)} · Contrail`;
-  $("trace-summary").replaceChildren(
+  fill($("trace-summary"),
     ...summaryItem("Started", fmtTime(s.start_time, s.start_ns)),
     ...summaryItem("Duration", fmtMs(s.duration_ms ?? model.totalMs)),
     ...summaryItem("Spans", fmtNum(s.span_count ?? model.nodes.length)),
@@ -33,14 +33,33 @@ function renderHeader(trace) {
     ...(s.clock_skew_ms ? summaryItem("Clock skew", fmtMs(s.clock_skew_ms), "text-warn") : []),
   );
   const list = $("trace-warnings");
-  clear(list);
-  for (const warning of trace.warnings || []) {
+  const warnings = trace.warnings || [];
+  const item = (warning) => {
     const node = warning.span_id ? model.byId.get(warning.span_id) : null;
-    const item = el("li", { class: "warning" }, el("span", { class: "badge badge-warn", text: warning.code }), " ", warning.message || "");
-    if (node) item.append(" ", el("button", { type: "button", class: "btn btn-small", text: "show span", onclick: () => selectSpan(node, { reveal: true }) }));
-    list.append(item);
+    return el("li", { class: "warning" }, el("span", { class: "badge badge-warn", text: String(warning.code || "warning").replace(/_/g, " ") }),
+      " ", warning.message || "",
+      node ? [" ", el("button", { type: "button", class: "btn btn-small", text: "show span", onclick: () => selectSpan(node, { reveal: true }) })] : null);
+  };
+  // a few warnings are listed; many (a skewed host flags every span it sent) fold behind a summary
+  const shown = warnings.length > WARNINGS_SHOWN + 1 ? warnings.slice(0, WARNINGS_SHOWN) : warnings;
+  const rest = warnings.slice(shown.length);
+  let more = null;
+  if (rest.length) {
+    const counts = new Map();
+    for (const w of rest) counts.set(w.code, (counts.get(w.code) || 0) + 1);
+    const restList = el("ul", { class: "warnings" });
+    more = el("li", {}, el("details", { class: "more-warnings" },
+      el("summary", { text: counts.size === 1
+        ? `${fmtNum(rest.length)} more ${String([...counts.keys()][0]).replace(/_/g, " ")} warnings`
+        : `${fmtNum(rest.length)} more warnings: ` + [...counts].map(([code, n]) => `${fmtNum(n)} ${String(code).replace(/_/g, " ")}`).join(", ") }),
+      restList));
+    more.querySelector("details").addEventListener("toggle", () => {  // built on first open: there can be thousands
+      if (!restList.childElementCount) fill(restList, rest.map(item));
+    });
   }
+  fill(list, shown.map(item), more);
 }
+const WARNINGS_SHOWN = 3;
 
 // ----------------------------------------------------------------- span detail
 
@@ -68,7 +87,7 @@ function renderDetail(node) {
     ...summaryItem("Starts at", `+${fmtMs(node.startMs)}`),
     ...(node.waitMs ? summaryItem("Queue wait", fmtMs(node.waitMs)) : []),
     ...summaryItem("Kind", s.kind || "–"),
-    ...summaryItem("Status", s.status + (s.status_message ? `: ${s.status_message}` : ""), s.status === "error" ? "text-err" : ""),
+    ...summaryItem("Status", (s.status || "unset") + (s.status_message ? `: ${s.status_message}` : ""), s.status === "error" ? "text-err" : ""),
     ...summaryItem("Critical path", s.critical_path ? "yes" : "no", s.critical_path ? "text-crit" : ""),
     ...summaryItem("Span id", s.span_id),
   );
@@ -83,17 +102,21 @@ function renderDetail(node) {
     const offset = event.time_ns ? (Number(event.time_ns) - model.baseNs) / 1e6 : null;
     if (event.name === "exception") {
       exceptions.push(el("div", { class: "exception" },
-        el("p", { class: "text-err" }, el("strong", { text: attrs["exception.type"] || "Exception" }), ": ", attrs["exception.message"] || ""),
+        el("p", { class: "text-err" }, el("strong", { text: attrs["exception.type"] || "Exception" }),
+          attrs["exception.message"] ? `: ${attrs["exception.message"]}` : null),
         attrs["exception.stacktrace"] ? el("pre", { class: "stack", text: attrs["exception.stacktrace"] }) : null));
     }
-    return el("li", {}, el("span", { class: "muted", text: offset === null ? "" : `+${fmtMs(offset)} ` }), el("strong", { text: event.name }),
+    return el("li", {}, el("span", { class: "muted", text: offset === null ? "" : `+${fmtMs(offset)} ` }), el("strong", { text: event.name || "(unnamed event)" }),
       Object.keys(attrs).length ? kvTable("attributes", attrs) : null);
   });
 
   const links = (s.links || []).map((link) => {
-    const local = link.trace_id === traceId && model.byId.get(link.span_id);
-    return el("li", {}, el("a", { href: traceHref(link.trace_id, link.span_id), "data-span": local ? link.span_id : null,
-      text: local ? `${local.span.service} · ${local.span.name} (this trace)` : `trace ${link.trace_id.slice(0, 12)}… span ${link.span_id}` }),
+    const linkTrace = String(link.trace_id || ""), linkSpan = link.span_id || null;
+    const local = linkTrace === traceId && linkSpan && model.byId.get(linkSpan);
+    const text = local ? `${local.span.service} · ${local.span.name} (this trace)`
+      : linkTrace === traceId ? "this trace"
+      : `trace ${linkTrace.slice(0, 12)}…${linkSpan ? ` span ${linkSpan}` : " (the whole trace)"}`;
+    return el("li", {}, el("a", { href: traceHref(linkTrace, linkSpan), "data-span": local ? linkSpan : null, text }),
     Object.keys(link.attributes || {}).length ? kvTable("link attributes", link.attributes) : null);
   });
   const backlinks = model.nodes.filter((other) => (other.span.links || []).some((l) => l.span_id === s.span_id && l.trace_id === traceId))
@@ -104,14 +127,14 @@ function renderDetail(node) {
   }
 
   const body = $("detail-body");
-  body.replaceChildren(...[facts, parent, ...warnings,
+  fill(body, [facts, parent, ...warnings,
     section("Exception", exceptions),
     section("Attributes", kvTable("span attributes", s.attributes) || el("p", { class: "muted", text: "none" })),
     section("Events", events.length ? el("ol", { class: "events" }, events) : null),
     section("Links", links.length ? el("ul", { class: "links" }, links) : null),
     section("Linked from", backlinks.length ? el("ul", { class: "links" }, backlinks) : null),
     section("Resource", kvTable("resource attributes", s.resource)),
-  ].filter(Boolean));
+  ]);
   contrail.selectedSpanId = s.span_id;
 }
 
@@ -143,7 +166,18 @@ function showTab(name) {
     button.tabIndex = active ? 0 : -1;
     $(`view-${tab}`).hidden = !active;
   }
-  if (name === "flame") { if (!flame) flame = createFlameGraph($("flame"), $("flame-canvas"), model, { onSelect: (n) => selectSpan(n) }); flame.draw(); }
+  $("wf-legend").hidden = name !== "waterfall";
+  if (name === "flame") {
+    if (!flame) {
+      flame = createFlameGraph($("flame"), $("flame-canvas"), model, {
+        onSelect: (n) => selectSpan(n, { reveal: true }),
+        announce: (text, node) => { $("flame-focus").textContent = `Focused: ${text}`; contrail.flameFocus = node.id; },
+      });
+      const current = contrail.selectedSpanId && model.byId.get(contrail.selectedSpanId);
+      if (current) flame.select(current);
+    }
+    flame.draw();
+  }
   if (name === "stats") renderStats();
   if (name === "waterfall") waterfall?.render();
 }

@@ -2,11 +2,13 @@
 // in the DOM, so a 10k-span trace costs the same to draw as a 40-span one.
 // Keyboard: Up/Down move, Left collapses (or goes to the parent), Right expands (or goes to
 // the first child), Enter/Space opens the span, Home/End jump, * expands all.
-import { el, clear, fmtMs, serviceColour, contrail } from "./api.js";
+import { el, clear, fmtMs, serviceColour, textOn, contrail } from "./api.js";
 import { searchTextOf } from "./tracemodel.js";
 
 export const ROW_HEIGHT = 26;
 const OVERSCAN = 8;
+const NAME_COLUMN = 380, LABEL_MARGIN = 90;  // px, as in contrail.css (.wf-row grid, .wf-track margin)
+const CHAR_PX = 6.3;  // average width of an 11px label character, a little generous
 
 export function createWaterfall(container, model, { onSelect } = {}) {
   const collapsed = new Set();
@@ -44,6 +46,32 @@ export function createWaterfall(container, model, { onSelect } = {}) {
   }
 
   const pct = (ms) => `${((ms / model.totalMs) * 100).toFixed(4)}%`;
+  let trackPx = 600;  // width of the time column, measured on every render
+
+  /**
+   * Where a bar's label goes without covering anything: after the bar (the track keeps a margin
+   * for it), else before the queue wait / bar, else inside the bar; a label that fits nowhere
+   * drops its last parts ("waited", then "self") and as a last resort is cut with an ellipsis.
+   */
+  function labelPlacement(node, parts) {
+    const total = model.totalMs;
+    const startPx = (Math.max(0, node.startMs - node.waitMs) / total) * trackPx;
+    const barStartPx = (node.startMs / total) * trackPx;
+    const endPx = (node.endMs / total) * trackPx;
+    const rightRoom = trackPx - endPx + LABEL_MARGIN - 6;
+    const leftRoom = startPx - 6;
+    const insideRoom = endPx - barStartPx - 10;
+    for (let n = parts.length; n >= 1; n--) {
+      const text = parts.slice(0, n).join(" · ");
+      const width = text.length * CHAR_PX;
+      if (width <= rightRoom) return { text, style: `left:${(endPx + 4).toFixed(1)}px` };
+      if (width <= leftRoom) return { text, style: `right:${(trackPx - startPx + 4).toFixed(1)}px` };
+      if (width <= insideRoom) return { text, inside: true, style: `left:${(barStartPx + 5).toFixed(1)}px` };
+    }
+    const text = parts.join(" · ");
+    if (rightRoom >= leftRoom) return { text, style: `left:${(endPx + 4).toFixed(1)}px;max-width:${Math.max(24, rightRoom).toFixed(0)}px` };
+    return { text, style: `left:0;max-width:${Math.max(24, leftRoom).toFixed(0)}px` };
+  }
 
   function rowElement(node, index) {
     const s = node.span;
@@ -57,6 +85,7 @@ export function createWaterfall(container, model, { onSelect } = {}) {
     if (matches.has(node)) classes.push("is-match");
     const selfMs = Number(s.self_time_ms);
     const label = `${s.service} ${s.name}, ${fmtMs(node.durationMs)}` +
+      (Number.isFinite(selfMs) ? `, self ${fmtMs(selfMs)}` : "") + (node.waitMs ? `, waited ${fmtMs(node.waitMs)} in the queue` : "") +
       (s.status === "error" ? ", error" : "") + (s.critical_path ? ", on the critical path" : "");
     const row = el("div", {
       class: classes.join(" "), role: "treeitem", id: `wf-${node.id}`,
@@ -87,15 +116,11 @@ export function createWaterfall(container, model, { onSelect } = {}) {
     track.append(el("div", {
       class: "wf-bar", style: `left:${pct(node.startMs)};width:max(2px,${pct(node.durationMs)});background:${serviceColour(s.service)}`,
     }));
-    const startFrac = node.startMs / model.totalMs, endFrac = node.endMs / model.totalMs;
-    const labelPos = endFrac <= 0.75 ? `left:calc(${(endFrac * 100).toFixed(3)}% + 4px)`
-      : startFrac >= 0.3 ? `right:calc(${(100 - Math.max(0, node.startMs - node.waitMs) / model.totalMs * 100).toFixed(3)}% + 4px)`
-      : `left:calc(${(startFrac * 100).toFixed(3)}% + 6px)`;
-    track.append(el("span", {
-      class: `wf-label${endFrac > 0.75 && startFrac < 0.3 ? " wf-label-inside" : ""}`, style: labelPos,
-      text: `${fmtMs(node.durationMs)}${Number.isFinite(selfMs) ? ` · self ${fmtMs(selfMs)}` : ""}${node.waitMs ? ` · waited ${fmtMs(node.waitMs)}` : ""}`,
-    }));
-    row.append(name, track);
+    const parts = [fmtMs(node.durationMs), Number.isFinite(selfMs) ? `self ${fmtMs(selfMs)}` : null,
+      node.waitMs ? `waited ${fmtMs(node.waitMs)}` : null].filter(Boolean);
+    const place = labelPlacement(node, parts);
+    track.append(el("span", { class: `wf-label${place.inside ? " wf-label-inside" : ""}`, style: place.style, text: place.text,
+      ...(place.inside ? { "data-on": textOn(serviceColour(s.service)) } : {}) }));    row.append(name, track);
     return row;
   }
 
@@ -108,6 +133,7 @@ export function createWaterfall(container, model, { onSelect } = {}) {
 
   function render() {
     scheduled = false;
+    trackPx = Math.max(120, (container.clientWidth || 1000) - NAME_COLUMN - LABEL_MARGIN);
     const top = container.scrollTop;
     const height = container.clientHeight || 600;
     const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - OVERSCAN);

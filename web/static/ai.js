@@ -89,7 +89,8 @@ function renderTraces() {
     const llmCalls = Array.isArray(t.llm_calls) ? t.llm_calls.length : t.llm_calls;
     const toolCalls = Array.isArray(t.tool_calls) ? t.tool_calls.length : t.tool_calls;
     const row = el("tr", { tabindex: 0, class: failed ? "row-error selectable" : "selectable", dataset: { traceId: t.trace_id } },
-      el("td", { class: "nowrap" }, el("a", { href: traceHref(t.trace_id), text: fmtTime(t.start_time, t.start_ns) })),
+      el("td", { class: "nowrap" }, el("a", { href: traceHref(t.trace_id), title: `${fmtTime(t.start_time, t.start_ns)} UTC`,
+        text: fmtTime(t.start_time, t.start_ns).slice(11) })),  // time of day; the full UTC time is in the title
       el("td", { text: t.agent || "–" }),
       el("td", { class: failed ? "text-err" : "text-ok", text: failed ? "failed" : "ok" }),
       el("td", { class: "num", text: fmtMs(t.duration_ms) }),

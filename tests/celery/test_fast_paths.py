@@ -1,0 +1,147 @@
+"""The shortcuts the Celery handlers take must record exactly what the plain SDK / general paths record.
+
+Spans go through a real TracingManager into a private Redis and are read back
+from the stream, so what is compared is what the collector would receive.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from celery.app.task import Context
+from opentelemetry.trace import SpanKind
+
+from tests.tracer.tracer_helpers import by_name, stream_spans
+from tracer import celery as celery_tracing
+from tracer.manager import TracingManager
+
+ATTRS = {
+    "messaging.system": "celery",
+    "celery.task_id": "0c1b6c0e-1d9a-4e0e-9d3e-6b7f5f5a2c11",  # longer than the limit below: truncated
+    "celery.retries": 2,
+    "celery.queue_wait_ms": 1.5,
+    "celery.internal_error": True,
+    "celery.hostname": "w@h",
+}
+
+
+@pytest.fixture
+def manager(redis_url, tmp_path):
+    manager = TracingManager(service_name="fast-paths", redis_url=redis_url, data_dir=str(tmp_path),
+                             max_attribute_length=12)
+    yield manager
+    manager.shutdown()
+
+
+def exported(manager, redis_url):
+    assert manager.flush(10)
+    return by_name(stream_spans(redis_url))
+
+
+def test_own_attributes_are_exported_exactly_as_set_attributes_would(manager, redis_url):
+    fast = manager.tracer.start_span("fast", kind=SpanKind.CONSUMER)
+    fast.set_attribute("celery.state", "STARTED")  # set before: re-set by the shortcut, as the SDK would
+    celery_tracing._set_own_attributes(fast, {**ATTRS, "celery.state": "SUCCESS"})
+    fast.end()
+    plain = manager.tracer.start_span("plain", kind=SpanKind.CONSUMER)
+    plain.set_attribute("celery.state", "STARTED")
+    plain.set_attributes({**ATTRS, "celery.state": "SUCCESS"})
+    plain.end()
+    spans = exported(manager, redis_url)
+    assert spans["fast"]["attributes"] == spans["plain"]["attributes"]
+    assert list(spans["fast"]["attributes"]) == list(spans["plain"]["attributes"])  # same order
+    assert spans["fast"]["attributes"]["celery.task_id"] == ATTRS["celery.task_id"][:12]
+    assert fast.attributes == plain.attributes
+
+
+def test_the_sdk_internals_the_shortcuts_use_are_there(manager):
+    """If an SDK upgrade moves them, the shortcuts silently fall back to the slow path: catch that here."""
+    span = manager.tracer.start_span("live")
+    assert type(span._attributes._dict) is dict and span._attributes._immutable is False
+    assert span._attributes.max_value_len == 12 and isinstance(span._attributes.maxlen, int)
+    assert callable(span._add_event) and celery_tracing._SdkEvent is not None
+    span.end()
+
+
+def test_own_attributes_fall_back_to_the_sdk_for_anything_unusual(manager, redis_url, caplog):
+    odd = manager.tracer.start_span("odd")
+    celery_tracing._set_own_attributes(odd, {"celery.tags": ("a", "b"), "celery.retries": 1})  # a sequence
+    odd.end()
+    with caplog.at_level(logging.WARNING, logger="opentelemetry.sdk.trace"):
+        celery_tracing._set_own_attributes(odd, {"celery.state": "LATE"})  # ended: ignored with the SDK's warning
+    assert "ended span" in caplog.text
+    celery_tracing._set_own_attributes(celery_tracing.trace.INVALID_SPAN, {"celery.state": "X"})  # no-op span
+    spans = exported(manager, redis_url)
+    assert spans["odd"]["attributes"] == {"celery.tags": ["a", "b"], "celery.retries": 1}
+
+
+def test_own_event_is_exported_exactly_as_add_event_would(manager, redis_url):
+    event = {"celery.queue_wait_ms": 2.25, "celery.published_ns": 1_700_000_000_000_000_000}
+    fast = manager.tracer.start_span("fast")
+    celery_tracing._add_own_event(fast, "celery.dequeued", dict(event), 1_700_000_000_000_000_123)
+    fast.end()
+    celery_tracing._add_own_event(fast, "celery.late", dict(event), 5)  # ended: not recorded, like add_event
+    plain = manager.tracer.start_span("plain")
+    plain.add_event("celery.dequeued", dict(event), timestamp=1_700_000_000_000_000_123)
+    plain.end()
+    spans = exported(manager, redis_url)
+    assert spans["fast"]["events"] == spans["plain"]["events"]
+    assert spans["fast"]["events"] == [{"name": "celery.dequeued", "time_ns": 1_700_000_000_000_000_123,
+                                        "attributes": event}]
+
+
+def general_carrier(request):
+    """What _carrier answers without its shortcut for task requests (nested headers, then attributes)."""
+    found = {}
+    nested = getattr(request, "headers", None)
+    for key in celery_tracing.CARRIER_KEYS:
+        if isinstance(nested, dict) and nested.get(key) is not None:
+            found[key] = nested[key]
+        elif getattr(request, key, None) is not None:
+            found[key] = getattr(request, key)
+    return found
+
+
+@pytest.mark.parametrize("message", [
+    # protocol 2: the message headers are merged into the request, Context keeps the custom ones in .headers
+    {"id": "t1", "task": "add", "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+     "contrail_published_ns": 123, "retries": 0},
+    {"id": "t2", "task": "add", "traceparent": "garbage", "tracestate": "k=v", "baggage": "u=1",
+     "contrail_links": "[]"},
+    # protocol 1: the application headers arrive as request.headers
+    {"id": "t3", "task": "add", "headers": {"traceparent": "00-" + "c" * 32 + "-" + "d" * 16 + "-00",
+                                            "contrail_published_ns": 7}},
+    {"id": "t4", "task": "add"},
+    {"id": "t5", "task": "add", "headers": None, "traceparent": None},
+])
+def test_carrier_of_a_task_request_matches_the_general_path(message):
+    request = Context(message)
+    assert celery_tracing._carrier(request) == general_carrier(request)
+
+
+@pytest.mark.parametrize("message", [
+    {"root_id": "r", "parent_id": "p", "group": "g", "eta": "2026-01-01T00:00:00", "expires": 3.5, "retries": 2},
+    {"root_id": "r"},  # retries is Context's class default (0)
+    {},
+    {"retries": "x", "group": None},  # garbage retries: left out
+])
+def test_ids_of_a_task_request_match_attribute_lookups(message):
+    request = Context(message)
+    expected = {}
+    for attr, key in celery_tracing._ID_ATTRIBUTES:
+        if getattr(request, key, None):
+            expected[attr] = str(getattr(request, key))
+    try:
+        expected["celery.retries"] = int(request.retries)
+    except (TypeError, ValueError):
+        pass
+    assert celery_tracing._ids(request, celery_tracing._get_attr) == expected
+    assert celery_tracing._ids(dict(message), celery_tracing._get_mapping) == {
+        k: v for k, v in expected.items() if k != "celery.retries" or "retries" in message}
+
+
+def test_task_success_is_not_a_signal_of_its_own():
+    """Status OK comes from task_postrun's state: one signal less per task, same span."""
+    assert "task_success" not in celery_tracing.SIGNAL_NAMES
+    assert "task_postrun" in celery_tracing.SIGNAL_NAMES

@@ -440,7 +440,8 @@ class FinalizerThread(threading.Thread):
     """Finalizes quiet traces beside the stream loop, so reading, storing and acknowledging never wait for it.
 
     A pass that filled a whole batch is followed by the next at once; after a
-    partial one it waits :data:`FINALIZE_PARTIAL_WAIT`, after an empty one
+    partial one it waits :data:`FINALIZE_PARTIAL_WAIT`; after an empty one it
+    waits until the oldest pending trace becomes quiet, at most
     :data:`FINALIZE_EVERY`. What it has not finished is in ``pending_traces``
     in the database, so a collector killed at any point loses no finalization:
     the leases of its claimed traces expire and any collector takes them.
@@ -456,7 +457,17 @@ class FinalizerThread(threading.Thread):
             done = self.consumer.finalize()
             if done >= finalizer.MAX_TRACES_PER_CALL:
                 continue
-            self.stop.wait(FINALIZE_PARTIAL_WAIT if done else FINALIZE_EVERY)
+            self.stop.wait(FINALIZE_PARTIAL_WAIT if done else self._idle_wait())
+
+    def _idle_wait(self) -> float:
+        quiet_ns = int(float(self.consumer.settings.quiet_period) * 1e9)
+        try:
+            ready_ns = finalizer.next_ready_ns(self.consumer.engine, quiet_ns)
+        except Exception:  # the database is unavailable: the next pass reports it
+            return FINALIZE_EVERY
+        if ready_ns is None:
+            return FINALIZE_EVERY
+        return min(FINALIZE_EVERY, max(0.01, (ready_ns - time.time_ns()) / 1e9 + 0.005))
 
 
 _checkpointing: "weakref.WeakKeyDictionary[Engine, int]" = weakref.WeakKeyDictionary()  # engine -> running

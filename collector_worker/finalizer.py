@@ -119,6 +119,17 @@ def claim(engine: Engine, consumer_name: str, now_ns: int, quiet_cutoff_ns: int,
     return sorted((r[0], int(r[1])) for r in rows)
 
 
+def next_ready_ns(engine: Engine, quiet_period_ns: int, now_ns: int | None = None) -> int | None:
+    """When the next unleased pending trace becomes quiet (unix ns; in the past if one is ready), or None."""
+    now_ns = time.time_ns() if now_ns is None else int(now_ns)
+    m = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    sql = (f"SELECT min(last_seen_ns) FROM {schema.pending_traces.name} "
+           f"WHERE claimed_until_ns IS NULL OR claimed_until_ns < {m}")
+    with engine.connect() as conn:
+        oldest = conn.exec_driver_sql(sql, (now_ns,)).scalar()
+    return None if oldest is None else int(oldest) + int(quiet_period_ns)
+
+
 def release(engine: Engine, consumer_name: str, trace_ids: list[str]) -> None:
     """Give leases back (after a failed batch) so another pass can retry at once."""
     p = schema.pending_traces

@@ -150,3 +150,12 @@ def test_checkpointer_turns_automatic_checkpoints_off_while_it_runs(tmp_path):
         assert busy == 0 and log_frames == checkpointed
     finally:
         engine.dispose()
+
+
+def test_next_ready_is_when_the_oldest_unleased_trace_turns_quiet(engine):
+    assert finalizer.next_ready_ns(engine, 2 * S, now_ns=BASE) is None
+    ingest(engine, trace_spans(1, "a", 0, 2), BASE + 3 * S)
+    ingest(engine, trace_spans(2, "a", 0, 2), BASE + 1 * S)
+    assert finalizer.next_ready_ns(engine, 2 * S, now_ns=BASE) == BASE + 3 * S
+    finalizer.claim(engine, "c1", BASE + 3 * S, BASE + 1 * S)  # leases trace 2 only
+    assert finalizer.next_ready_ns(engine, 2 * S, now_ns=BASE + 3 * S) == BASE + 5 * S

@@ -100,7 +100,7 @@ export function createFlameGraph(scroller, canvas, model, { onSelect, announce }
     const s = focused.span;
     const text = `${s.service} · ${s.name}, ${fmtMs(focused.durationMs)}` + (s.status === "error" ? ", error" : "") +
       (s.critical_path ? ", on the critical path" : "") + `; depth ${focused.depth + 1} of ${model.maxDepth + 1}` +
-      (focused.children.length ? `, ${focused.children.length} children` : "");
+      (focused.children.length ? `, ${focused.children.length} ${focused.children.length === 1 ? "child" : "children"}` : "");
     scroller.dataset.focusedSpan = focused.id;
     announce?.(text, focused);
   };

@@ -232,10 +232,12 @@ def _span_name(prefix: str, task_name: str) -> str:
 
 def _embedded_chord(body: Any) -> Any:
     """The chord callback signature a header task message carries, if any."""
+    if type(body) in (tuple, list) or isinstance(body, (tuple, list)):  # protocol 2: (args, kwargs, embed)
+        if len(body) == 3 and isinstance(body[2], Mapping):
+            return body[2].get("chord")
+        return None
     if isinstance(body, Mapping):  # protocol 1
         return body.get("chord")
-    if isinstance(body, (tuple, list)) and len(body) == 3 and isinstance(body[2], Mapping):
-        return body[2].get("chord")
     return None
 
 
@@ -504,11 +506,16 @@ class CeleryTracing:
         if headers is None or not self.manager.enabled:
             return
         try:
-            task_id = _message_field(headers, body, "id")
+            if "id" in headers:  # protocol 2: id and task name are message headers
+                task_id, task_name = headers["id"], headers.get("task")
+            else:
+                task_id, task_name = _message_field(headers, body, "id"), _message_field(headers, body, "task")
             if not task_id:
                 return
-            task_id = _text(task_id)
-            task_name = _text(_message_field(headers, body, "task") or sender or "unknown")
+            if type(task_id) is not str:
+                task_id = _text(task_id)
+            if type(task_name) is not str or not task_name:
+                task_name = _text(task_name or sender or "unknown")
             span = self.tracer.start_span(_span_name("publish ", task_name), kind=SpanKind.PRODUCER)
             # A retry or chain republishes the headers it arrived with: replace, never append.
             for key in PROPAGATION_KEYS:
@@ -516,9 +523,10 @@ class CeleryTracing:
                     del headers[key]
             _inject(headers, span)
             headers[PUBLISHED_HEADER] = time.time_ns()
-            if body is not None:
+            if body is not None and _embedded_chord(body):
                 self._note_chord_header(headers, body, span)
-            countdown = properties.get("countdown") if isinstance(properties, Mapping) else None
+            countdown = (properties.get("countdown") if type(properties) is dict or isinstance(properties, Mapping)
+                         else None)
             # attributes are built and set once the message is out (see _record_late_attributes)
             self.publishing.put(task_id, (span, None, (_publish_attributes, headers, body, exchange, routing_key,
                                                        countdown, task_name, task_id)))

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -267,6 +268,7 @@ def main(argv=None) -> int:
         client.close()
     finally:
         server.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     width = max(len(r[0]) for r in rows)
     print(f"{'run':<{width}}  {'spans/s':>10}  ratio")

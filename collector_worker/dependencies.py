@@ -81,17 +81,30 @@ def edge_kind(parent: Mapping[str, Any], child: Mapping[str, Any]) -> str:
 
 def trace_edges(spans: Iterable[Mapping[str, Any]]) -> dict[EdgeKey, list[int]]:
     """Edge counts of one trace's spans: key → [calls, errors, total_ns]."""
+    edges: dict[EdgeKey, list[int]] = defaultdict(lambda: [0, 0, 0])
+    _add_edges(spans, edges, 1)
+    return edges
+
+
+def _add_edges(spans: Iterable[Mapping[str, Any]], into: dict[EdgeKey, list[int]], sign: int) -> None:
+    """Add ``sign`` × the edge counts of one trace's spans into ``into`` (no intermediate mapping)."""
     by_id: dict[str, Mapping[str, Any]] = {}
     for s in spans:
-        by_id.setdefault(s["span_id"], s)
-    edges: dict[EdgeKey, list[int]] = defaultdict(lambda: [0, 0, 0])
+        span_id = s["span_id"]
+        if span_id not in by_id:  # the first copy of a duplicated span id counts
+            by_id[span_id] = s
     flags: dict[str, int] = {}  # per span, computed at most once however many children it has
+    get_row = into.get
     for child_id, child in by_id.items():
-        pid = child.get("parent_span_id")
-        parent = by_id.get(pid) if pid else None
+        cget = child.get
+        pid = cget("parent_span_id")
+        if not pid:
+            continue
+        parent = by_id.get(pid)
         if parent is None or parent is child:
             continue
-        caller, callee = str(parent.get("service") or ""), str(child.get("service") or "")
+        pget = parent.get
+        caller, callee = str(pget("service") or ""), str(cget("service") or "")
         if caller == callee:
             continue
         pf = flags.get(pid)
@@ -100,17 +113,22 @@ def trace_edges(spans: Iterable[Mapping[str, Any]]) -> dict[EdgeKey, list[int]]:
         cf = flags.get(child_id)
         if cf is None:
             cf = flags[child_id] = _prefix_flags(_attributes(child))
-        kind = _kind_of(parent.get("kind"), child.get("kind"), pf | cf)
+        kind = _kind_of(pget("kind"), cget("kind"), pf | cf)
         start = int(child["start_ns"])
-        duration = max(int(child["end_ns"]) - start, 0)
-        error = 1 if child.get("status_code") == "error" else 0
+        duration = int(child["end_ns"]) - start
+        if duration < 0:
+            duration = 0
+        error = sign if cget("status_code") == "error" else 0
+        duration *= sign
         seconds = start // 1_000_000_000
         for resolution in RESOLUTIONS:
-            row = edges[(resolution, seconds - seconds % resolution, caller, callee, kind)]
-            row[0] += 1
+            key = (resolution, seconds - seconds % resolution, caller, callee, kind)
+            row = get_row(key)
+            if row is None:
+                row = into[key] = [0, 0, 0]
+            row[0] += sign
             row[1] += error
             row[2] += duration
-    return edges
 
 
 def edge_difference(before: Iterable[Mapping[str, Any]], after: Iterable[Mapping[str, Any]],
@@ -120,14 +138,10 @@ def edge_difference(before: Iterable[Mapping[str, Any]], after: Iterable[Mapping
     before, after = list(before), list(after)
     if len(before) == len(after):  # nothing new since the last assembly: no difference
         return into
-    for sign, spans in ((-1, before), (1, after)):
-        if not spans:
-            continue
-        for key, (calls, errors, total) in trace_edges(spans).items():
-            row = into[key]
-            row[0] += sign * calls
-            row[1] += sign * errors
-            row[2] += sign * total
+    if before:
+        _add_edges(before, into, -1)
+    if after:
+        _add_edges(after, into, 1)
     return into
 
 

@@ -222,6 +222,7 @@ class RecentSpans:
 
 
 _PLAIN_VALUES = frozenset((str, int, float, bool))
+_STR_ONLY = frozenset((str,))
 
 
 def _cached_span(row: tuple, span: dict[str, Any]) -> dict[str, Any]:
@@ -229,8 +230,8 @@ def _cached_span(row: tuple, span: dict[str, Any]) -> dict[str, Any]:
     attributes = span.get("attributes")
     if not attributes:
         attributes = {}
-    elif type(attributes) is not dict or not all(map(_PLAIN_VALUES.__contains__, map(type, attributes.values()))) \
-            or not all(type(k) is str for k in attributes):
+    elif type(attributes) is not dict or not _PLAIN_VALUES.issuperset(map(type, attributes.values())) \
+            or not _STR_ONLY.issuperset(map(type, attributes)):
         try:  # values JSON turns into something else: take what the database holds
             attributes = _loads(row[11])
         except ValueError:

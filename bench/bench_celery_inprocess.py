@@ -138,6 +138,11 @@ def main(blocks: int = 40) -> dict:
         for how, label in ((min, "min"), (statistics.median, "median")):
             t, u = us(samples["traced"][part], how), us(samples["untraced"][part], how)
             result[f"{part}_{label}_us"] = {"untraced": u, "traced": t, "added": t - u}
+        # each traced block against the untraced block run next to it: robust to the machine's load drifting
+        diffs = [t - u for t, u in zip(samples["traced"][part], samples["untraced"][part])]
+        result[f"{part}_paired_added_us"] = {"median": statistics.median(diffs) * 1e6,
+                                              "p25": sorted(diffs)[len(diffs) // 4] * 1e6,
+                                              "p75": sorted(diffs)[(3 * len(diffs)) // 4] * 1e6}
     traced_tasks = blocks * BLOCK
     result["export_thread_us_per_task"] = export_ns / traced_tasks / 1e3  # two spans per task
     result["added_per_task_us"] = {
@@ -155,8 +160,10 @@ def main(blocks: int = 40) -> dict:
     out.write_text(json.dumps(result, indent=2) + "\n")
     for part in ("publish", "run"):
         m, md = result[f"{part}_min_us"], result[f"{part}_median_us"]
+        pd = result[f"{part}_paired_added_us"]
         print(f"{part}: untraced {m['untraced']:.1f} us, traced {m['traced']:.1f} us, added {m['added']:+.1f} us "
-              f"(min of {blocks} blocks; medians: added {md['added']:+.1f} us)")
+              f"(min of {blocks} blocks; medians: added {md['added']:+.1f} us; paired blocks: median "
+              f"{pd['median']:+.1f} us, p25 {pd['p25']:+.1f}, p75 {pd['p75']:+.1f})")
     print(f"export thread: {result['export_thread_us_per_task']:.1f} us per traced task (two spans)")
     print(f"tracing cost per task: {result['added_per_task_us']['total']:.1f} us; written {out}")
     return result

@@ -30,7 +30,7 @@ from tracer.codec import CodecError, decode_entry
 from tracer.settings import Settings
 
 from . import finalizer
-from . import pricing
+from . import pricing, reports, sampling
 from .storage.engine import open_engine
 from .storage.writer import invalid_reason, prepare_spans, store_spans, write_lock
 
@@ -534,6 +534,12 @@ def _short(exc: BaseException | None) -> str:
     return message[:300]
 
 
+def _report(client: redis.Redis, settings: Settings) -> None:
+    """This collector's counters next to the stream (collector_worker.reports), for the web app and doctor."""
+    reports.write_collector_report(client, settings, reports.build_collector_report(
+        consumer_stats(), finalizer.counters(), sampling.counters()))
+
+
 def run_consumer(settings: Settings, stop_event: threading.Event | None = None, engine: Engine | None = None,
                  redis_client: redis.Redis | None = None) -> None:
     """Consume the span stream until ``stop_event`` is set; finish the batch in hand, then finalize once more."""
@@ -551,7 +557,7 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
     ready = False
     recovered = False
     now = time.monotonic()
-    next_claim = next_trim = now
+    next_claim = next_trim = next_report = now
     next_retention = now + min(settings.retention_interval, 10.0)
     gc_thresholds = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -589,6 +595,9 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
                 if now >= next_retention:
                     consumer.maybe_start_retention()
                     next_retention = now + settings.retention_interval
+                if settings.report_interval > 0 and now >= next_report:
+                    _report(client, settings)
+                    next_report = now + settings.report_interval
                 backoff = 0.0
             except StorageUnavailable as exc:
                 backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
@@ -617,6 +626,11 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
         except Exception:  # stopping anyway; pending traces are finalized by the next collector
             log.exception("final finalize pass failed")
         log.info("collector %s stopped: %s", name, consumer_stats())
+        if settings.report_interval > 0:
+            try:
+                _report(client, settings)
+            except redis.RedisError:
+                pass
     finally:
         finalizer_stop.set()
         if finalizer_thread.is_alive():

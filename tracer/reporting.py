@@ -1,4 +1,4 @@
-"""Tracer self-reports: every exporting process leaves its counters next to the span stream.
+"""Self-reports: every tracing (and collecting) process leaves its counters next to the span stream.
 
 A span dropped in an application process (full queue, full spool) or left out by
 head sampling never reaches the collector, so the collector cannot count it.
@@ -6,7 +6,9 @@ Instead each export thread writes its cumulative counters, every
 ``report_interval``, into one Redis hash per stream (``<stream>:tracers``), one
 field per process. The web app and ``contrail doctor`` read the hash, so what was
 dropped on purpose anywhere is visible in ``/metrics``, ``/api/v1/status`` and the
-dashboard, not only in that process's ``get_tracer_info()``.
+dashboard, not only in that process's ``get_tracer_info()``. Collectors report
+the same way under ``<stream>:collectors`` (``kind="collectors"``), which is how
+the traces dropped by tail sampling become visible outside the collector.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ COUNTERS = ("spans_started", "spans_exported", "spans_dropped", "spans_dropped_q
 STALE_AFTER_S = 24 * 3600  # reports older than this are pruned by readers
 
 
-def reports_key(stream: str) -> str:
-    return f"{stream}:tracers"
+COLLECTOR_COUNTERS = ("entries_read", "spans_stored", "duplicates_skipped", "spans_rejected", "dead_lettered",
+                      "claimed", "traces_finalized", "traces_refinalized", "traces_tail_kept",
+                      "traces_tail_dropped", "db_errors", "redis_errors")
+
+
+def reports_key(stream: str, kind: str = "tracers") -> str:
+    return f"{stream}:{kind}"
 
 
 def report_field(service: str) -> str:
@@ -47,10 +54,10 @@ def build_report(info: dict[str, Any], baseline: dict[str, Any] | None = None, n
     return json.dumps(report, separators=(",", ":"))
 
 
-def read_reports(client: Any, stream: str, now_ns: int | None = None) -> list[dict[str, Any]]:
-    """Every live report for ``stream``, newest first; stale or unreadable fields are deleted."""
+def read_reports(client: Any, stream: str, now_ns: int | None = None, kind: str = "tracers") -> list[dict[str, Any]]:
+    """Every live report of ``kind`` for ``stream``, newest first; stale or unreadable fields are deleted."""
     now_ns = now_ns if now_ns is not None else time.time_ns()
-    key = reports_key(stream)
+    key = reports_key(stream, kind)
     reports, stale = [], []
     for field, raw in client.hgetall(key).items():
         try:
@@ -68,8 +75,15 @@ def read_reports(client: Any, stream: str, now_ns: int | None = None) -> list[di
     return sorted(reports, key=lambda r: -int(r["time_ns"]))
 
 
+def summarize_collectors(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over collector processes (counters since each started)."""
+    reports = list(reports)
+    return {"instances": len(reports),
+            **{name: sum(int(r.get(name, 0)) for r in reports) for name in COLLECTOR_COUNTERS}}
+
+
 def summarize(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over processes, and per service, for the status bar and /metrics."""
+    """Totals over tracing processes, and per service, for the status bar and /metrics."""
     reports = list(reports)
     totals = {name: sum(int(r.get(name, 0)) for r in reports) for name in COUNTERS}
     services: dict[str, dict[str, int]] = {}

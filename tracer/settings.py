@@ -114,8 +114,9 @@ class Settings:
     spool_max_bytes: int = field(default=256 * 1024 * 1024, metadata=_opt(
         "CONTRAIL_SPOOL_MAX_BYTES", parse_size, "Spool size bound; beyond it batches are dropped and counted."))
     report_interval: float = field(default=10.0, metadata=_opt(
-        "CONTRAIL_REPORT_INTERVAL", _seconds, "How often a tracing process writes its counters (exported, dropped, "
-        "sampled out) to '<stream>:tracers' for the dashboard and /metrics; 0 turns reports off."))
+        "CONTRAIL_REPORT_INTERVAL", _seconds, "How often a tracing process (or collector) writes its counters "
+        "(exported, dropped, sampled out; stored, tail-sampled) to '<stream>:tracers' ('<stream>:collectors') "
+        "for the dashboard and /metrics; 0 turns reports off."))
     max_attribute_length: int = field(default=1024, metadata=_opt(
         "CONTRAIL_MAX_ATTRIBUTE_LENGTH", _positive_int, "Longer string attributes are truncated."))
     record_arguments: bool = field(default=True, metadata=_opt(

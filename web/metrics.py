@@ -13,7 +13,7 @@ import time
 import redis
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 SCRAPE_TIMEOUT_S = 0.5
 STREAM_GAUGES = {
@@ -79,7 +79,7 @@ class StreamHealthCollector:
             return
         up.add_metric([], 1)
         yield up
-        yield from self._tracer_gauges(settings)
+        yield from self._reported(settings)
         for key, help_text in STREAM_GAUGES.items():
             value = health.get(key)
             if isinstance(value, (list, tuple, dict)):
@@ -90,13 +90,15 @@ class StreamHealthCollector:
                 yield gauge
 
 
-    def _tracer_gauges(self, settings):
-        from tracer.reporting import read_reports, summarize
+    def _reported(self, settings):
+        """The tracers' and collectors' self-reports (tracer.reporting), read at scrape time."""
+        from tracer.reporting import COLLECTOR_COUNTERS, read_reports, summarize
 
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S,
                                       socket_connect_timeout=SCRAPE_TIMEOUT_S)
         try:
             services = summarize(read_reports(client, settings.stream))["services"]
+            collectors = read_reports(client, settings.stream, kind="collectors")
         except Exception:
             return
         finally:
@@ -106,6 +108,13 @@ class StreamHealthCollector:
             for service, totals in sorted(services.items()):
                 gauge.add_metric([service], float(totals[key]))
             yield gauge
+        for key in COLLECTOR_COUNTERS:
+            counter = CounterMetricFamily(f"contrail_collector_{key}",
+                                          f"{key.replace('_', ' ').capitalize()}, per collector process since it started.",
+                                          labels=["consumer"])
+            for report in collectors:
+                counter.add_metric([report["instance"]], float(report.get(key, 0)))
+            yield counter
 
 
 def init_app(app: Flask) -> None:

@@ -82,7 +82,7 @@ SCHEMAS: dict[str, Any] = {
                    "series": {"type": "array", "items": OBJ}}),
     "Health": _obj({"status": STR}),
     "Ready": _obj({"status": {"enum": ["ready", "not_ready"]}, "checks": _obj({"database": STR, "redis": STR})}),
-    "Status": _obj({"stream": OBJ, "tracers": OBJ, "database": STR, "last_finalized_ns": {"type": ["integer", "null"]},
+    "Status": _obj({"stream": OBJ, "tracers": OBJ, "collectors": OBJ, "database": STR, "last_finalized_ns": {"type": ["integer", "null"]},
                     "last_finalized_time": NULLABLE_STR, "now_ns": INT}),
     "TracerReports": _obj({"tracers": {"type": "array", "items": _obj({
         "instance": STR, "service": STR, "host": STR, "pid": INT, "time_ns": INT, "spans_started": INT,

@@ -132,10 +132,30 @@ def test_tracer_reports_reach_status_metrics_and_their_route(client, redis_url, 
     assert sorted((r["service"], r["spans_exported"]) for r in listed) == [("busy", 2), ("quiet", 0)]
 
 
+def test_collector_reports_reach_status_and_metrics(client, redis_url):
+    import redis
+
+    from collector_worker.reports import build_collector_report, write_collector_report
+    from tracer.settings import Settings
+
+    server = redis.Redis.from_url(redis_url)
+    for name, dropped in (("collector-a", 7), ("collector-b", 5)):
+        settings = Settings.load(env={}, redis_url=redis_url, consumer_name=name)
+        write_collector_report(server, settings, build_collector_report(
+            {"spans_stored": 100, "dead_lettered": 1}, {"finalized": 20}, {"kept": 3, "dropped": dropped}))
+    server.close()
+    collectors = client.get("/api/v1/status").get_json()["collectors"]
+    assert collectors["instances"] == 2 and collectors["traces_tail_dropped"] == 12
+    assert collectors["spans_stored"] == 200 and collectors["traces_finalized"] == 40
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'contrail_collector_traces_tail_dropped_total{consumer="collector-a"} 7.0' in text
+    assert 'contrail_collector_dead_lettered_total{consumer="collector-b"} 1.0' in text
+
+
 def test_metrics_survive_a_dead_redis(make_app):
     client = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").test_client()
     response = client.get("/metrics")
     assert response.status_code == 200 and "contrail_stream_up 0.0" in response.get_data(as_text=True)
     status = client.get("/api/v1/status").get_json()
-    assert "error" in status["stream"] and "error" in status["tracers"]
+    assert "error" in status["stream"] and "error" in status["tracers"] and "error" in status["collectors"]
     assert client.get("/api/v1/tracers").get_json()["error"]["code"] == "unavailable"

@@ -63,14 +63,15 @@ def stream_health_or_error() -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def tracer_summary_or_error() -> dict:
-    """What every tracing process reported (tracer.reporting), summed; {"error": ...} when Redis is down."""
-    from tracer.reporting import read_reports, summarize
+def reports_summary_or_error(kind: str) -> dict:
+    """What every tracing or collecting process reported (tracer.reporting), summed; {"error": ...} on failure."""
+    from tracer.reporting import read_reports, summarize, summarize_collectors
 
     try:
-        return summarize(read_reports(current_resources().redis(), current_settings().stream))
+        reports = read_reports(current_resources().redis(), current_settings().stream, kind=kind)
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+    return summarize(reports) if kind == "tracers" else summarize_collectors(reports)
 
 
 @bp.get("/api/v1/tracers")
@@ -98,7 +99,8 @@ def status():
         database = f"{type(exc).__name__}: {exc}"
     return jsonify({
         "stream": stream,
-        "tracers": tracer_summary_or_error(),
+        "tracers": reports_summary_or_error("tracers"),
+        "collectors": reports_summary_or_error("collectors"),
         "database": database,
         "last_finalized_ns": int(last) if last is not None else None,
         "last_finalized_time": queries.iso_time(last),

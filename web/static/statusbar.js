@@ -34,6 +34,11 @@ async function refresh() {
       text.title = `Reported by ${fmtNum(tracers.instances)} tracing processes: ${fmtNum(tracers.spans_exported)} spans exported, ` +
         `${fmtNum(tracers.spans_sampled_out)} sampled out, ${fmtNum(dropped)} dropped (queue or spool full).`;
     }
+    const collectors = status.collectors && !status.collectors.error ? status.collectors : null;
+    if (collectors && collectors.traces_tail_dropped > 0) {
+      // dropped on purpose by tail sampling: shown so an absent trace is explained, not a warning
+      parts.push(`tail-sampled out ${fmtNum(collectors.traces_tail_dropped)} traces`);
+    }
     const level = dead > 0 ? "bad" : pending > 1000 || dropped > 0 ? "warn" : "ok";
     dot.className = `dot dot-${level}`;
     text.textContent = `Collector: ${parts.join(" · ")}`;

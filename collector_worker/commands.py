@@ -181,6 +181,7 @@ def _expired_counts(engine, cutoff_ns: int) -> dict[str, int]:
         (schema.traces, schema.traces.c.start_ns < cutoff_ns),
         (schema.trace_operations, schema.trace_operations.c.start_ns < cutoff_ns),
         (schema.trace_tags, schema.trace_tags.c.start_ns < cutoff_ns),
+        (schema.dropped_traces, schema.dropped_traces.c.start_ns < cutoff_ns),
         (schema.stats, schema.stats.c.bucket < cutoff_s),
         (schema.stats_histogram, schema.stats_histogram.c.bucket < cutoff_s),
         (schema.dependencies, schema.dependencies.c.bucket < cutoff_s),

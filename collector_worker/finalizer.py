@@ -41,11 +41,11 @@ MAX_TRACES_PER_CALL = 1000
 LEASE_NS = 60 * 1_000_000_000  # a claim older than this belongs to a collector that died
 _IN_CHUNK = 1000
 
-_counters = {"finalized": 0, "refinalized": 0, "failed": 0}
+_counters = {"finalized": 0, "refinalized": 0, "failed": 0, "late_dropped": 0}
 
 
 def counters() -> dict[str, int]:
-    """Traces finalized, re-finalized and failed (assembly raised) in this process."""
+    """Traces finalized, re-finalized, failed (assembly raised) and late spans of dropped traces, in this process."""
     return dict(_counters)
 
 
@@ -251,6 +251,7 @@ _TRACE_COLUMNS = ("trace_id", "root_span_id", "root_service", "root_operation", 
                   "duration_ns", "span_count", "error_count", "services", "service_count", "incomplete",
                   "clock_skew_ns", "warnings", "finalized_ns", "version")
 _OPERATION_COLUMNS = ("trace_id", "service", "operation", "start_ns", "error")
+_TOMBSTONE_COLUMNS = ("trace_id", "start_ns", "dropped_ns")
 _TAG_COLUMNS = ("trace_id", "key", "value", "value_num", "start_ns")
 
 _loads = json.loads
@@ -290,13 +291,20 @@ def _load_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[s
 
 
 def _load_previous(conn: Connection, trace_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The current ``traces`` rows of the batch (re-finalizations): what must be subtracted and replaced."""
-    out = {}
+    """The current ``traces`` rows of the batch (re-finalizations): what must be subtracted and replaced.
+
+    A trace tail sampling dropped before has no row but a tombstone: ``{"dropped": True}``.
+    """
+    out: dict[str, dict[str, Any]] = {}
     columns = ",".join(_PREVIOUS_COLUMNS)
     for chunk in _chunks(trace_ids):
-        sql = f"SELECT {columns} FROM {schema.traces.name} WHERE trace_id IN {_in_list(conn, len(chunk))}"
+        in_list = _in_list(conn, len(chunk))
+        sql = f"SELECT {columns} FROM {schema.traces.name} WHERE trace_id IN {in_list}"
         for row in conn.exec_driver_sql(sql, tuple(chunk)):
             out[row[0]] = dict(zip(_PREVIOUS_COLUMNS, row))
+        sql = f"SELECT trace_id FROM {schema.dropped_traces.name} WHERE trace_id IN {in_list}"
+        for row in conn.exec_driver_sql(sql, tuple(chunk)):
+            out.setdefault(row[0], {"dropped": True})
     return out
 
 
@@ -351,10 +359,11 @@ class FinalizedBatch:
     """Everything one finalization batch writes, computed before the write transaction."""
 
     __slots__ = ("claimed", "replaced", "trace_rows", "op_rows", "tag_rows", "span_updates", "dropped", "acc",
-                 "edges")
+                 "edges", "tombstones")
 
     def write(self, conn: Connection) -> None:
         _write(conn, self.replaced, self.trace_rows, self.op_rows, self.tag_rows, self.span_updates, self.dropped)
+        _insert_many(conn, schema.dropped_traces, _TOMBSTONE_COLUMNS, self.tombstones)
         self.acc.flush(conn)
         dependencies.record_edges(conn, self.edges)
         _settle_pending(conn, self.claimed)
@@ -366,10 +375,16 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
     """Assemble every claimed trace and gather the rows to write (no database access)."""
     acc = stats.Accumulator()
     edges: dict = defaultdict(lambda: [0, 0, 0])
-    trace_rows, op_rows, tag_rows, span_updates, dropped = [], [], [], [], []
+    trace_rows, op_rows, tag_rows, span_updates, dropped, tombstones = [], [], [], [], [], []
     for trace_id in trace_ids:
         spans = spans_by_trace.get(trace_id)
         old = previous.get(trace_id)
+        if old is not None and old.get("dropped"):
+            # Tail sampling dropped this trace when it was finalized; its trace-scope figures are counted.
+            # A late span goes the same way (its span-scope figures were counted at ingest).
+            dropped.append(trace_id)
+            _counters["late_dropped"] += 1
+            continue
         if not spans:  # spans deleted meanwhile (retention); nothing to assemble
             if old is not None:
                 dropped.append(trace_id)
@@ -393,6 +408,7 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
 
         if not sampling.decide(settings, trace_id, summary):
             dropped.append(trace_id)
+            tombstones.append((trace_id, summary["start_ns"], now_ns))
             continue
         trace_rows.append(_trace_row(trace_id, summary, int(old["version"]) + 1 if old else 1, now_ns))
         start = summary["start_ns"]
@@ -413,6 +429,7 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
     batch.claimed, batch.replaced, batch.trace_rows, batch.op_rows = claimed, sorted(previous), trace_rows, op_rows
     batch.tag_rows, batch.span_updates, batch.dropped, batch.acc, batch.edges = \
         tag_rows, span_updates, dropped, acc, edges
+    batch.tombstones = tombstones
     return batch
 
 

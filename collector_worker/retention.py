@@ -55,7 +55,7 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
     cutoff_s = int(cutoff_ns) // 1_000_000_000
     t, s, p = schema.traces, schema.spans, schema.pending_traces
     deleted = {name: 0 for name in ("traces", "spans", "trace_operations", "trace_tags", "pending_traces",
-                                    "stats", "stats_histogram", "dependencies", "llm_usage")}
+                                    "dropped_traces", "stats", "stats_histogram", "dependencies", "llm_usage")}
 
     bucket_conditions = [(table, table.c.bucket + table.c[res] <= cutoff_s) for table, res in _bucket_tables()]
     estimate = (_count(engine, t, t.c.start_ns < cutoff_ns) + _count(engine, s, s.c.start_ns < cutoff_ns)
@@ -94,7 +94,9 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
         advance(n_spans + n_traces)
 
     # 2. spans and pending rows of traces never finalized; 3. statistics buckets that ended before the cutoff
-    plan = [(s, s.c.start_ns < cutoff_ns), (p, p.c.last_seen_ns < cutoff_ns)] + bucket_conditions
+    d = schema.dropped_traces
+    plan = [(s, s.c.start_ns < cutoff_ns), (p, p.c.last_seen_ns < cutoff_ns), (d, d.c.start_ns < cutoff_ns)] \
+        + bucket_conditions
     for table, condition in plan:
         while True:
             with engine.begin() as conn:

@@ -20,7 +20,12 @@ def _initial(conn: Connection) -> None:
     schema.metadata.create_all(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_initial]
+def _dropped_traces(conn: Connection) -> None:
+    """Version 2: tombstones of traces dropped by tail sampling."""
+    schema.dropped_traces.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_initial, _dropped_traces]
 LATEST = len(MIGRATIONS)
 
 

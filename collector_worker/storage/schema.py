@@ -186,6 +186,16 @@ llm_usage = Table(
     Index("ix_llm_bucket", "resolution", "bucket"),
 )
 
+# Traces tail sampling dropped: a late span of one is dropped too instead of counting the trace again.
+dropped_traces = Table(
+    "dropped_traces",
+    metadata,
+    Column("trace_id", String(32), primary_key=True),
+    Column("start_ns", BigInteger, nullable=False),  # for retention
+    Column("dropped_ns", BigInteger, nullable=False),
+    Index("ix_dropped_start", "start_ns"),
+)
+
 # Version of the schema this database holds; see migrations.py.
 schema_version = Table(
     "contrail_schema",

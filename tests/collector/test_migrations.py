@@ -59,3 +59,21 @@ def test_collectors_starting_together_migrate_once(database_url):
     with engine.connect() as conn:
         assert conn.execute(schema.schema_version.select()).all()[0].version == LATEST
     engine.dispose()
+
+
+def test_a_version_1_database_gains_the_tombstone_table(database_url):
+    """Databases written before tail-sampling tombstones existed are upgraded in place, data kept."""
+    engine = open_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            schema.dropped_traces.drop(conn)
+            conn.execute(update(schema.schema_version).values(version=1))
+            conn.execute(schema.pending_traces.insert().values(trace_id="a" * 32, first_seen_ns=1, last_seen_ns=2))
+        assert "dropped_traces" not in inspect(engine).get_table_names()
+        assert migrate(engine) == LATEST == 2
+        assert "dropped_traces" in inspect(engine).get_table_names()
+        with engine.connect() as conn:
+            assert current_version(conn) == 2
+            assert conn.execute(schema.pending_traces.select()).all()[0].trace_id == "a" * 32
+    finally:
+        engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from collector_worker import sampling
+from collector_worker import finalizer, sampling
 from collector_worker.storage import open_engine, schema
 from tests.collector.test_finalizer import BASE, S, finalize_all, ingest, make_span, rows, sid, tid, trace_stats
 
@@ -63,3 +63,34 @@ def test_sampling_off_keeps_everything(engine):
     ingest(engine, [make_span(tid(i), sid(1), None, 0, 10) for i in range(1, 6)])
     finalize_all(engine, BASE + 5 * S, tail_sampling=False, tail_keep_ratio=0.0)
     assert len(rows(engine, schema.traces)) == 5
+
+
+def test_a_late_span_of_a_dropped_trace_is_dropped_and_counted_once(engine):
+    """Tail sampling dropped the trace; a span arriving later must not bring it back or count it again."""
+    ingest(engine, [make_span(tid(7), sid(1), None, 0, 10, name="fast"),
+                    make_span(tid(7), sid(2), sid(1), 1, 5, service="db", name="q")])
+    policy = dict(tail_sampling=True, tail_keep_ratio=0.0, tail_slow_threshold=1.0)
+    assert finalize_all(engine, BASE + 5 * S, **policy) == 1
+    assert rows(engine, schema.traces) == [] and len(rows(engine, schema.dropped_traces)) == 1
+    counted, _ = trace_stats(engine)
+
+    ingest(engine, [make_span(tid(7), sid(3), sid(1), 2, 4, service="db", name="late")],
+           received_ns=BASE + 10 * S)
+    late_before = finalizer.counters()["late_dropped"]
+    assert finalize_all(engine, BASE + 20 * S, **policy) == 1
+    assert finalizer.counters()["late_dropped"] == late_before + 1
+    assert rows(engine, schema.traces) == [] and rows(engine, schema.spans) == []
+    assert trace_stats(engine)[0] == counted  # the trace-scope sample is still the one of the whole trace
+    assert [(r["operation"], r["count"]) for r in counted] == [("fast", 1)]
+    span_ops = sorted((r["operation"], r["count"]) for r in trace_stats(engine, scope="span")[0])
+    assert span_ops == [("fast", 1), ("late", 1), ("q", 1)]  # every span counted once at ingest
+
+
+def test_retention_removes_old_tombstones(engine):
+    from collector_worker.retention import run_retention
+
+    ingest(engine, [make_span(tid(8), sid(1), None, 0, 10)])
+    finalize_all(engine, BASE + 5 * S, tail_sampling=True, tail_keep_ratio=0.0, tail_slow_threshold=1.0)
+    assert len(rows(engine, schema.dropped_traces)) == 1
+    assert run_retention(engine, BASE + 60 * S)["dropped_traces"] == 1
+    assert rows(engine, schema.dropped_traces) == []

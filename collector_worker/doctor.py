@@ -222,6 +222,30 @@ def _missing_sqlite_file(url: str) -> str | None:
     return None
 
 
+REDIS_PORT_FILE = "redis.port"  # where `contrail up` remembers its embedded Redis's port, in the data directory
+
+
+def embedded_redis_url(data_dir: str) -> str | None:
+    """The URL of the Redis ``contrail up`` runs for ``data_dir``, if it is running (answers PING)."""
+    import os
+
+    import redis
+
+    try:
+        with open(os.path.join(data_dir, REDIS_PORT_FILE)) as f:
+            port = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return url if client.ping() else None
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+
+
 def run_checks(settings: Settings) -> list[Check]:
     checks, client = check_redis(settings)
     if client is not None:
@@ -238,16 +262,30 @@ STYLES = {OK: "green", WARN: "yellow", FAIL: "bold red"}
 
 
 @click.command()
-@click.option("--redis-url", default=None, help="Redis holding the span stream [CONTRAIL_REDIS_URL].")
+@click.option("--redis-url", default=None,
+              help="Redis holding the span stream [CONTRAIL_REDIS_URL; default: the Redis `contrail up` runs "
+                   "for the data directory when it is running, else redis://127.0.0.1:6379/0].")
 @click.option("--database-url", default=None, help="SQLAlchemy URL of the trace database [CONTRAIL_DATABASE_URL].")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 def doctor(redis_url, database_url, as_json):
     """Check Redis, the database and the collectors' backlog; exit 1 if anything fails."""
+    import dataclasses
+    import os
+
     try:
         settings = Settings.load(redis_url=redis_url, database_url=database_url)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    embedded = None
+    if not redis_url and not os.environ.get("CONTRAIL_REDIS_URL"):
+        # Nothing configured: check the Redis `contrail up` runs for this data directory, the one
+        # its collectors read, rather than whatever may listen on the default port.
+        embedded = embedded_redis_url(settings.data_dir)
+        if embedded:
+            settings = dataclasses.replace(settings, redis_url=embedded)
     checks = run_checks(settings)
+    if embedded and checks and checks[0].name == "redis" and checks[0].status == OK:
+        checks[0].detail += f" — the Redis of contrail up (from {settings.data_dir}/{REDIS_PORT_FILE})"
     failed = any(c.status == FAIL for c in checks)
     if as_json:
         emit_json({"ok": not failed, "checks": [asdict(c) for c in checks]})

@@ -293,7 +293,9 @@ def redis_port(data_dir: Path) -> tuple[int, str | None]:
     Returns the port and a note when the remembered port had to be replaced
     (the data lives in the AOF files, so it is found again on any port).
     """
-    port_file = data_dir / "redis.port"
+    from collector_worker.doctor import REDIS_PORT_FILE  # `contrail doctor` finds this Redis by the same file
+
+    port_file = data_dir / REDIS_PORT_FILE
     note = None
     if port_file.exists():
         try:
@@ -496,6 +498,10 @@ def _run_stack(supervisor: Supervisor, settings: Settings, data: Path, collector
     if not supervisor.wait_for(lambda: http_ok(f"{base}/healthz"), f"web app at {base}", 60):
         return 0 if supervisor.stopping and not supervisor.failed else 1
     supervisor.say(click.style(f"Contrail is up: dashboard {base}/   API {base}/api/v1/", fg="green", bold=True))
+    if not external:
+        # A traced service's default is redis://127.0.0.1:6379/0, which is not this Redis.
+        supervisor.say(f"send spans here: export CONTRAIL_REDIS_URL={redis_url} in your traced services, "
+                       f"or OTLP/HTTP to {base}/v1/traces")
     if demo:
         supervisor.say("demo system running: the load generator sends a question every 1-2 s")
     supervisor.say("press Ctrl-C to stop")

@@ -113,3 +113,27 @@ def test_schema_newer_than_this_version_fails(run_cli, redis_url, sqlite_url):
     assert checks_of(result)["schema"]["status"] == FAIL
     listed = run_cli("traces", "list", "--database-url", sqlite_url)
     assert listed.exit_code == 1 and "newer than this Contrail" in listed.stderr
+
+
+def test_without_a_redis_url_doctor_checks_the_redis_of_contrail_up(run_cli, redis_url, sqlite_url, tmp_path):
+    """`contrail up` keeps its Redis on a port of its own (never 6379); doctor finds it by <data dir>/redis.port."""
+    from urllib.parse import urlsplit
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "redis.port").write_text(f"{urlsplit(redis_url).port}\n")
+    env = {"CONTRAIL_DATA_DIR": str(data), "CONTRAIL_REDIS_URL": None}
+    result = run_cli("doctor", "--json", "--database-url", sqlite_url, env=env)
+    detail = checks_of(result)["redis"]["detail"]
+    assert detail.startswith(f"reachable at redis://127.0.0.1:{urlsplit(redis_url).port}/0")
+    assert "the Redis of contrail up" in detail
+
+    # That Redis not running (a stale port file): the configured default is checked, as before.
+    (data / "redis.port").write_text("1\n")
+    result = run_cli("doctor", "--json", "--database-url", sqlite_url,
+                     env={**env, "CONTRAIL_REDIS_URL": None})
+    assert "127.0.0.1:1/" not in checks_of(result)["redis"]["detail"]
+    # An explicit URL always wins.
+    (data / "redis.port").write_text(f"{urlsplit(redis_url).port}\n")
+    result = run_cli("doctor", "--json", "--redis-url", "redis://127.0.0.1:1/0", "--database-url", sqlite_url, env=env)
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in checks_of(result)["redis"]["detail"]

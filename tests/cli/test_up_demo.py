@@ -121,6 +121,8 @@ def test_up_demo_serves_cross_service_traces_stops_cleanly_and_restarts(tmp_path
         assert get_json(f"{base}/api/v1/traces")[0] == 200
         redis_port = int((data_dir / "redis.port").read_text())
         assert redis_port != 6379
+        # The user is told how to point a traced service at this Redis (its default is 6379).
+        assert f"export CONTRAIL_REDIS_URL=redis://127.0.0.1:{redis_port}/0" in first.output
 
         traces = wait_until(lambda: celery_demo_traces(base), timeout=120, interval=1.0,
                             message="a finished demo trace across gateway, retrieval and the Celery worker")
@@ -136,6 +138,14 @@ def test_up_demo_serves_cross_service_traces_stops_cleanly_and_restarts(tmp_path
                               capture_output=True, text=True, timeout=120)
         assert demo.returncode == 0, demo.stderr
         assert json.loads(demo.stdout)["ok"] == 3
+        # So does `contrail doctor`: it checks this stack's Redis, not whatever listens on 6379.
+        doctor = subprocess.run([sys.executable, "-m", "collector_worker.cli", "doctor", "--json"],
+                                env={**stack_env, "CONTRAIL_DATA_DIR": str(data_dir)}, cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+        assert checks["redis"]["detail"].startswith(f"reachable at redis://127.0.0.1:{redis_port}/0"), doctor.stdout
+        assert "consumer group" not in checks, doctor.stdout  # reported only when the group is missing
+        assert checks["consumers"]["status"] == "OK", doctor.stdout
 
         import redis
 

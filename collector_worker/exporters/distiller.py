@@ -319,11 +319,24 @@ def _errors(roots: list[_Node], origin_ns: int, level: _Level) -> list[str]:
         if index >= level.max_errors:
             lines.append(f"  … {len(seen) - level.max_errors} more distinct errors")
             break
-        kind = f"{exc_type}: " if exc_type and not str(message).startswith(exc_type) else ""
+        message = _without_type_prefix(str(message), exc_type)
+        kind = f"{exc_type}: " if exc_type and not message.startswith(exc_type) else ""
         times = f" × {count}" if count > 1 else ""
         lines.append(f"  - {_clip(name, level.name_limit)} [{service}] at +{format_duration_ms(offset)}{times}: "
                      f"{kind}{_clip(message, 200)}")
     return lines
+
+
+def _without_type_prefix(message: str, exc_type: str) -> str:
+    """``Retry: Retry in 2s`` → ``Retry in 2s`` when the type is ``celery.exceptions.Retry``.
+
+    A span's status message is ``<short type name>: <text>`` (what OpenTelemetry
+    records); the line already names the full type, so it is not said twice.
+    """
+    short = exc_type.rsplit(".", 1)[-1]
+    if short and short != exc_type and message.startswith(f"{short}: "):
+        return message[len(short) + 2:]
+    return message
 
 
 def _header(trace: dict, spans: list[dict]) -> list[str]:
@@ -392,14 +405,22 @@ def _compose(header: list[str], body: list[str], errors: list[str], tally: _Tall
 
 
 def _cut(text: str, header: list[str], roots: list[_Node], origin: int, limit: int, unit: str) -> str:
-    """Last resort: keep the head of the tree and the errors, drop lines from the middle."""
+    """Last resort: keep the first header line, the head of the tree and the errors; drop the middle.
+
+    The header (trace id, duration, span and error counts) comes first whatever
+    the budget; the errors get what remains after it and the note, the tree
+    what the errors leave.
+    """
     level = _Level(attrs="none", offpath=False, fold_min=2, max_errors=2, name_limit=40, examples=False)
-    errors = "\n".join(_errors(roots, origin, level))
-    lines = text.splitlines()
     note = "… output cut to fit the budget; request a larger budget for more"
-    keep: list[str] = []
-    used = len(errors) + len(note) + 2
-    for line in lines:
+    head = header[0] if header else ""
+    room = limit - len(head) - len(note) - 3
+    errors = "\n".join(_errors(roots, origin, level))
+    if len(errors) > max(room, 0):
+        errors = errors[:max(room - 1, 0)].rstrip() + "…" if room > 1 else ""
+    keep: list[str] = [head] if head else []
+    used = len(head) + 1 + len(note) + 1 + (len(errors) + 1 if errors else 0)
+    for line in text.splitlines()[1 if head else 0:]:
         if line.startswith("errors ("):
             break
         if used + len(line) + 1 > limit:

@@ -111,3 +111,24 @@ def test_trace_without_assembly_fields_still_distils():
     _, text = export_trace(trace, "text")
     assert "* POST /ask [gateway] total 812ms self 12.4ms" in text
     assert "* chat gpt-4o" in text
+
+
+def test_error_lines_name_the_exception_type_once():
+    from tests.ai.traces import TraceBuilder
+
+    b = TraceBuilder()
+    root = b.span("run demo.search", "worker", 0, 50, kind="consumer")
+    b.span("execute_tool vector_search", "worker", 1, 40, root, status="error",
+           message="Retry: Retry in 0.2s: VectorDBUnavailable('503')",
+           exception=("celery.exceptions.Retry", "Retry in 0.2s: VectorDBUnavailable('503')"))
+    _, text = export_trace(b.build(), "text")
+    line = text.split("errors (1):")[1].strip()
+    assert line.endswith(": celery.exceptions.Retry: Retry in 0.2s: VectorDBUnavailable('503')"), line
+
+
+@pytest.mark.parametrize("budget", [500, 300, 200])
+def test_a_budget_too_small_for_the_tree_still_starts_with_the_header(budget):
+    _, text = export_trace(agent_trace(), "text", budget=budget)
+    assert len(text) <= budget
+    assert text.startswith("trace 4bf92f3577b34da6a3ce929d0e0e4736 · 812ms · 14 spans"), text
+    assert "output cut to fit the budget" in text

@@ -89,6 +89,22 @@ SCHEMAS: dict[str, Any] = {
         "spans_exported": INT, "spans_dropped": INT, "spans_dropped_queue_full": INT,
         "spans_dropped_spool_full": INT, "spans_sampled_out": INT, "spans_spooled": INT, "export_errors": INT,
         "spool_pending": {"type": "boolean"}}, {"last_export_error": NULLABLE_STR})}}),
+    "AgentTraces": _obj({"traces": {"type": "array", "items": _obj({
+        "trace_id": TRACE_ID, "start_ns": INT, "duration_ms": {"type": ["number", "null"]},
+        "agent": NULLABLE_STR, "success": {"type": "boolean"},
+        "phases": {"type": "array", "items": OBJ}, "tool_calls": {"type": "array", "items": OBJ},
+        "llm_calls": {"type": "array", "items": OBJ}, "totals": OBJ},
+        {"start_time": NULLABLE_STR, "user_id": NULLABLE_STR, "session_id": NULLABLE_STR,
+         "finalized": {"type": "boolean"}})},
+        "count": INT, "limit": INT, "filters": OBJ, "price_source": STR}),
+    "LlmUsage": _obj({"group_by": {"enum": ["model", "user", "agent", "service"]}, "start_ns": INT, "end_ns": INT,
+                      "step_s": INT, "totals": OBJ, "groups": {"type": "array", "items": OBJ},
+                      "series": {"type": "array", "items": OBJ},
+                      "unpriced_models": {"type": "array", "items": STR}, "price_source": STR},
+                     {"start_time": NULLABLE_STR, "end_time": NULLABLE_STR, "resolution_s": INT}),
+    "Bottlenecks": _obj({"at": STR, "at_ns": INT, "recent_s": INT, "baseline_s": INT,
+                         "bottlenecks": {"type": "array", "items": _obj({
+                             "service": STR, "operation": STR, "flag": {"enum": ["slower", "more_errors"]}})}}),
 }
 
 
@@ -173,6 +189,25 @@ PATHS: dict[str, Any] = {
         _param("step", "Series step, whole minutes: 60s, 5m, 1h."), *TIME_PARAMS], 400, 503),
     "/api/v1/status": _get("Collector health for the dashboard", "Status", []),
     "/api/v1/tracers": _get("Every tracing process's latest counters", "TracerReports", [], 503),
+    "/api/v1/ai/traces": _get("Agent runs with their phases, tool calls and LLM calls, newest first",
+                              "AgentTraces", [
+                                  _param("user_id", "Only traces of this user (user.id)."),
+                                  _param("session_id", "Only traces of this session (session.id)."),
+                                  _param("agent", "Only traces of this agent (gen_ai.agent.name)."),
+                                  _param("limit", "1..200.", {"type": "integer", "minimum": 1, "maximum": 200,
+                                                              "default": 20}),
+                                  *TIME_PARAMS], 400),
+    "/api/v1/ai/usage": _get("LLM calls, tokens and cost by model, user, agent or service", "LlmUsage", [
+        _param("group_by", "Grouping.", {"enum": ["model", "user", "agent", "service"], "default": "model"}),
+        _param("step", "Series step, whole minutes (default about 120 points)."),
+        *TIME_PARAMS], 400),
+    "/api/v1/ai/bottlenecks": _get("Operations whose recent p95 or error rate departs from their baseline",
+                                   "Bottlenecks", [
+                                       _param("recent", "Recent window, 1m..7d (default 15m)."),
+                                       _param("baseline", "Baseline window before it, 1m..30d (default 24h)."),
+                                       _param("limit", "1..500.", {"type": "integer", "minimum": 1, "maximum": 500,
+                                                                   "default": 50}),
+                                       _param("at", "Evaluation time: ISO-8601 or unix ns (default now).")], 400),
     "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {
         "200": {"description": "OK", "content": {"application/json": {"schema": OBJ}}}}}},
     "/healthz": {"get": {"summary": "Process is up", "security": [], "responses": _responses("Health")}},

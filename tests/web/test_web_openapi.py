@@ -44,7 +44,7 @@ def test_the_document_is_valid_and_served(client):
     for name, schema in SPEC["components"]["schemas"].items():
         jsonschema.Draft202012Validator.check_schema(schema)
     for rule in client.application.url_map.iter_rules():
-        if rule.endpoint.split(".")[0] in ("traces", "services", "dependencies", "stats", "health", "otlp"):
+        if rule.endpoint.split(".")[0] in ("traces", "services", "dependencies", "stats", "health", "otlp", "ai"):
             template = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
             assert template in SPEC["paths"], f"route {rule.rule} is missing from the OpenAPI document"
 
@@ -59,7 +59,8 @@ def test_every_route_conforms(client, dataset):
         f"/api/v1/traces/compare?a={t['ask_slow']}&b={t['ask_fast']}",
         "/api/v1/services", "/api/v1/services/gateway/operations", "/api/v1/services/none/operations",
         "/api/v1/dependencies?lookback=1h", "/api/v1/stats?lookback=1h", "/api/v1/status",
-        "/api/v1/tracers",
+        "/api/v1/tracers", "/api/v1/ai/traces?lookback=7d", "/api/v1/ai/usage?group_by=agent",
+        "/api/v1/ai/bottlenecks", "/api/v1/ai/usage?step=30s", "/api/v1/ai/bottlenecks?recent=10s",
         "/healthz", "/readyz", "/metrics",
         "/api/v1/traces?limit=0", "/api/v1/traces/nope", f"/api/v1/traces/{'1' * 32}",
     ]
@@ -82,6 +83,9 @@ PARAMS = {
     "/api/v1/dependencies": ["start", "end", "lookback"],
     "/api/v1/traces/compare": ["a", "b"],
     "/api/v1/traces/{trace_id}/export": ["format", "budget", "budget_unit"],
+    "/api/v1/ai/traces": ["user_id", "session_id", "agent", "limit", "start", "end", "lookback"],
+    "/api/v1/ai/usage": ["group_by", "step", "start", "end", "lookback"],
+    "/api/v1/ai/bottlenecks": ["recent", "baseline", "limit", "at"],
 }
 
 

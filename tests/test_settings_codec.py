@@ -28,6 +28,19 @@ def test_bad_values_name_their_source():
         Settings.load(env={}, nonsense=1)
 
 
+def test_postgres_pool_size_is_a_documented_setting(monkeypatch):
+    from collector_worker.storage.engine import open_engine
+
+    url = "postgresql+psycopg://contrail@127.0.0.1:1/contrail"  # never connected: the pool is built lazily
+    monkeypatch.setenv("CONTRAIL_DB_POOL", "7")
+    assert open_engine(url, migrate=False).pool.size() == 7
+    monkeypatch.setenv("CONTRAIL_DB_POOL", "0")
+    with pytest.raises(ValueError, match="CONTRAIL_DB_POOL"):
+        open_engine(url, migrate=False)
+    monkeypatch.delenv("CONTRAIL_DB_POOL")
+    assert open_engine(url, migrate=False).pool.size() == Settings.load(env={}).db_pool_size == 5
+
+
 def test_durations_and_masking():
     assert parse_duration("250ms") == pytest.approx(0.25)
     assert parse_duration("7d") == 7 * 86400

@@ -127,6 +127,8 @@ class Settings:
     # --- collector ----------------------------------------------------------
     database_url: str | None = field(default=None, metadata=_opt(
         "CONTRAIL_DATABASE_URL", _opt_str, "SQLAlchemy URL (default sqlite:///<data_dir>/contrail.db)."))
+    db_pool_size: int = field(default=5, metadata=_opt(
+        "CONTRAIL_DB_POOL", _positive_int, "PostgreSQL connections each process keeps open (SQLAlchemy pool_size)."))
     consumer_group: str = field(default=GROUP_DEFAULT, metadata=_opt(
         "CONTRAIL_CONSUMER_GROUP", str, "Redis consumer group of the collectors."))
     consumer_name: str | None = field(default=None, metadata=_opt(

@@ -30,12 +30,19 @@ def open_engine(url: str, *, migrate: bool = True) -> Engine:
             cursor.execute("PRAGMA foreign_keys=OFF")
             cursor.close()
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=int(os.environ.get("CONTRAIL_DB_POOL", "5")))
+        engine = create_engine(url, pool_pre_ping=True, pool_size=_pool_size())
     if migrate:
         from .migrations import migrate as run_migrations
 
         run_migrations(engine)
     return engine
+
+
+def _pool_size() -> int:
+    """``CONTRAIL_DB_POOL``, parsed and checked like every setting (a bad value names the variable)."""
+    from tracer.settings import Settings
+
+    return Settings.load({"CONTRAIL_DB_POOL": os.environ.get("CONTRAIL_DB_POOL", "")}).db_pool_size
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -169,29 +169,6 @@ def _supervise(processes: int, overrides: dict[str, Any], consumer_name: str | N
 # --------------------------------------------------------------------------- contrail cleanup
 
 
-def _expired_counts(engine, cutoff_ns: int) -> dict[str, int]:
-    """Rows older than the cutoff, per table, without deleting them (for --dry-run)."""
-    from sqlalchemy import func, select
-
-    from .storage import schema
-
-    cutoff_s = cutoff_ns // 1_000_000_000
-    checks = [
-        (schema.spans, schema.spans.c.start_ns < cutoff_ns),
-        (schema.traces, schema.traces.c.start_ns < cutoff_ns),
-        (schema.trace_operations, schema.trace_operations.c.start_ns < cutoff_ns),
-        (schema.trace_tags, schema.trace_tags.c.start_ns < cutoff_ns),
-        (schema.dropped_traces, schema.dropped_traces.c.start_ns < cutoff_ns),
-        (schema.stats, schema.stats.c.bucket < cutoff_s),
-        (schema.stats_histogram, schema.stats_histogram.c.bucket < cutoff_s),
-        (schema.dependencies, schema.dependencies.c.bucket < cutoff_s),
-        (schema.llm_usage, schema.llm_usage.c.bucket < cutoff_s),
-    ]
-    with engine.connect() as conn:
-        return {table.name: int(conn.execute(select(func.count()).select_from(table).where(cond)).scalar_one())
-                for table, cond in checks}
-
-
 @click.command("cleanup")
 @click.option("--retention", "retention", callback=_duration, default=None, metavar="DURATION",
               help="Delete data older than this, e.g. 7d or 12h [CONTRAIL_RETENTION, default 7d].")
@@ -205,7 +182,8 @@ def cleanup(retention: float | None, database_url: str | None, batch_size: int, 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .retention import run_retention
+    from .output import missing_sqlite_file
+    from .retention import count_expired, run_retention
     from .storage.engine import open_engine
 
     settings = _load_settings(database_url=database_url)
@@ -213,12 +191,17 @@ def cleanup(retention: float | None, database_url: str | None, batch_size: int, 
     if keep <= 0:
         raise click.BadParameter("retention must be greater than zero", param_hint="--retention")
     url = settings.resolved_database_url
+    missing = missing_sqlite_file(url)
+    if missing:  # opening it would create an empty database and report "deleted 0 rows"
+        click.echo(f"error: no database at {missing}: check --database-url / CONTRAIL_DATABASE_URL "
+                   "(or CONTRAIL_DATA_DIR)", err=True)
+        sys.exit(1)
     cutoff_ns = time.time_ns() - int(keep * 1e9)
     console = Console(no_color=not sys.stdout.isatty(), highlight=False)
     try:
         engine = open_engine(url)
         if dry_run:
-            counts = _expired_counts(engine, cutoff_ns)
+            counts = count_expired(engine, cutoff_ns)
             verb = "would delete"
         else:
             with Progress(TextColumn("deleting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -140,6 +140,20 @@ def resolve_database_url(given: str | None) -> str:
         raise fail(f"bad configuration: {exc}") from None
 
 
+def missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite database file that does not exist (connecting would create an empty one)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return None if os.path.exists(parsed.database) else parsed.database
+    return None
+
+
 def open_database(url: str):
     """An engine on an existing, reachable database at the current schema, else a one-line error."""
     from sqlalchemy.engine import make_url
@@ -150,13 +164,13 @@ def open_database(url: str):
 
     shown = mask_url(url)
     try:
-        parsed = make_url(url)
+        make_url(url)
     except ArgumentError:
         raise fail(f"invalid database URL {shown!r}") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        if not os.path.exists(parsed.database):
-            raise fail(f"no database at {parsed.database}: start the stack (contrail up) or a collector first, "
-                       "or pass --database-url")
+    missing = missing_sqlite_file(url)
+    if missing:
+        raise fail(f"no database at {missing}: start the stack (contrail up) or a collector first, "
+                   "or pass --database-url")
     try:
         engine = open_engine(url, migrate=False)
         with engine.connect() as conn:

@@ -111,6 +111,25 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
     return deleted
 
 
+def count_expired(engine: Engine, cutoff_ns: int) -> dict[str, int]:
+    """Rows per table that ``run_retention(engine, cutoff_ns)`` would delete now, deleting nothing.
+
+    The same conditions as the deletion: spans of expired traces and spans
+    older than the cutoff, search rows of expired traces, pending and dropped
+    rows, and statistics buckets that ended before the cutoff.
+    """
+    cutoff_s = int(cutoff_ns) // 1_000_000_000
+    t, s, p, d = schema.traces, schema.spans, schema.pending_traces, schema.dropped_traces
+    expired = select(t.c.trace_id).where(t.c.start_ns < cutoff_ns)
+    checks = [(t, t.c.start_ns < cutoff_ns),
+              (s, (s.c.start_ns < cutoff_ns) | s.c.trace_id.in_(expired)),
+              (schema.trace_operations, schema.trace_operations.c.trace_id.in_(expired)),
+              (schema.trace_tags, schema.trace_tags.c.trace_id.in_(expired)),
+              (p, p.c.last_seen_ns < cutoff_ns), (d, d.c.start_ns < cutoff_ns)]
+    checks += [(table, table.c.bucket + table.c[res] <= cutoff_s) for table, res in _bucket_tables()]
+    return {table.name: _count(engine, table, condition) for table, condition in checks}
+
+
 def cutoff_for(retention_s: float, now_ns: int) -> int:
     """The cutoff for keeping ``retention_s`` seconds of data as of ``now_ns``."""
     return int(now_ns - retention_s * 1_000_000_000)

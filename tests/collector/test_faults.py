@@ -251,6 +251,16 @@ def test_cleanup_reports_an_unreachable_database_with_exit_1():
     assert "Traceback" not in result.output
 
 
+def test_cleanup_of_a_missing_sqlite_file_fails_without_creating_it(tmp_path):
+    path = tmp_path / "typo.db"
+    for extra in ([], ["--dry-run"]):
+        result = CliRunner().invoke(cli, ["cleanup", "--retention", "7d", "--database-url", f"sqlite:///{path}",
+                                          *extra])
+        assert result.exit_code == 1
+        assert f"error: no database at {path}" in result.output
+        assert not path.exists()
+
+
 def test_cleanup_deletes_old_data_only(sqlite_url, sqlite_engine):
     now = time.time_ns()
     old, recent = make_trace(4), make_trace(3)

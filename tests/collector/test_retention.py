@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from collector_worker.retention import run_retention
+from collector_worker.retention import count_expired, run_retention
 from collector_worker.storage import open_engine, schema
 from tests.collector.test_finalizer import BASE, S, finalize_all, ingest, make_span, sid, tid
 
@@ -45,7 +45,9 @@ def test_retention_deletes_old_keeps_new_in_batches(engine):
     stats_before = count(engine, schema.stats)
 
     calls = []
+    predicted = count_expired(engine, BASE - DAY)  # what `contrail cleanup --dry-run` prints
     result = run_retention(engine, BASE - DAY, batch_size=4, progress=lambda done, total: calls.append((done, total)))
+    assert predicted == result
 
     assert result["traces"] == 7 and result["trace_operations"] == 21 and result["trace_tags"] == 7
     assert result["spans"] == 7 * 3 + 12 and result["pending_traces"] == 1
@@ -72,7 +74,8 @@ def test_retention_deletes_old_keeps_new_in_batches(engine):
 def test_hour_bucket_that_straddles_the_cutoff_is_kept(engine):
     ingest(engine, trace(tid(1), 0))
     cutoff = BASE + 30 * 60 * S  # in the middle of the hour of the spans
-    run_retention(engine, cutoff)
+    predicted = count_expired(engine, cutoff)
+    assert predicted == run_retention(engine, cutoff)
     st = schema.stats
     with engine.connect() as conn:
         resolutions = {r[0] for r in conn.execute(select(st.c.resolution))}

@@ -107,6 +107,9 @@ def list_traces(service, operation, tags, status, min_duration, max_duration, lo
     if as_json:
         emit_json(result)
         return
+    if not result["traces"]:
+        console().print("no traces match" + ("" if not result["total"] else f" on this page (of {result['total']})"))
+        return
     rows = []
     for t in result["traces"]:
         errors = t.get("error_count") or 0

@@ -46,6 +46,12 @@ def test_traces_list_filters(run_cli, stored_trace, collector, filters, expected
     assert found == ([stored_trace] if expected else [])
 
 
+def test_traces_list_says_once_when_nothing_matches(run_cli, stored_trace, collector):
+    result = run_cli("traces", "list", "--service", "no-such-service", *db_args(collector))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == "no traces match"
+
+
 @pytest.mark.parametrize("args, mentions", [
     (["--min-duration", "fast"], "--min-duration"),
     (["--lookback", "-5m"], "--lookback"),

@@ -177,6 +177,9 @@ def open_database(url: str):
             version = current_version(conn)
     except ImportError as exc:
         raise fail(f"cannot open database {shown}: driver missing ({exc})") from None
+    except ArgumentError as exc:  # an unknown dialect, a bad query option: the URL, not the server
+        raise fail(f"invalid database URL {shown!r}: {_first_line(exc)} "
+                   "(use sqlite:///path or postgresql+psycopg://user@host/db)") from None
     except SQLAlchemyError as exc:
         raise fail(f"cannot reach database {shown}: {_first_line(exc)}") from None
     if version == 0:

@@ -154,6 +154,14 @@ def test_unreachable_database_exits_1_with_a_clear_message(run_cli, command):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("url", ["foo://", "mysql+nodriver://u@h/db", "not a url"])
+def test_a_bad_database_url_is_called_invalid_not_unreachable(run_cli, url):
+    result = run_cli("services", "--database-url", url)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: invalid database URL "), lines
+
+
 def test_missing_sqlite_database_is_reported_not_created(run_cli, tmp_path):
     path = tmp_path / "absent.db"
     result = run_cli("traces", "list", "--database-url", f"sqlite:///{path}")

@@ -202,6 +202,12 @@ def test_ai_page_and_status_bar(page, stack):
     assert agent_rows.count() == 2
     cells = agent_rows.first.locator("td").all_inner_texts()
     assert cells[1:3] == ["helper", "ok"] and cells[4:7] == ["2", "1", "1,250"], cells
+    # the test models have no price: their cost says so instead of showing $0.0000 as if free
+    assert "test-model-large" in stack.api("/ai/usage", lookback="24h")["unpriced_models"]
+    assert cells[7] == "unpriced", cells
+    for model in ("test-model-large", "test-model-small"):
+        cost = page.locator(f'#models-table tbody tr[data-model="{model}"] td[data-col="cost"]')
+        assert cost.inner_text() == "unpriced" and "CONTRAIL_PRICE_TABLE" in cost.get_attribute("title")
     text = page.locator("main").inner_text()
     assert not {"NaN", "undefined", "null", "?"} & set(re.split(r"[\s·]+", text)), text
     screenshot(page, "ai")

@@ -37,11 +37,23 @@ export function callDurationsByModel(traces) {
   return out;
 }
 
+const UNPRICED_TITLE = "no price for this model in the price table (CONTRAIL_PRICE_TABLE, see docs/ai.md): its cost is not counted";
+
+/** A cost cell: "$0.0123", "unpriced" when no call of it had a price, "$0.0123 + unpriced" when some had none. */
+export function costText(cost, unpricedCalls, calls) {
+  if (cost === undefined || cost === null) return { text: "–" };
+  const money = `$${Number(cost).toFixed(4)}`;
+  if (!unpricedCalls) return { text: money };
+  if (unpricedCalls >= calls && !Number(cost)) return { text: "unpriced", title: UNPRICED_TITLE };
+  return { text: `${money} + unpriced`, title: `${unpricedCalls} of ${calls} LLM calls: ${UNPRICED_TITLE}` };
+}
+
 let agentTraces = [];  // the latest /ai/traces answer, shared by the models table and the traces table
 
 async function loadUsage() {
   const usage = await getJSON("/ai/usage", { lookback: lookback(), group_by: "model" });
   const rows = usageRows(usage);
+  const unpriced = new Set(usage.unpriced_models || []);
   const durations = callDurationsByModel(agentTraces);
   let partial = false;
   for (const row of rows) {
@@ -58,7 +70,7 @@ async function loadUsage() {
     el("td", { class: "num", "data-col": "p95", text: fmtMs(r.p95),
       title: r.sampled < r.calls ? `p95 of ${fmtNum(r.sampled)} of ${fmtNum(r.calls)} calls (those in the latest ${fmtNum(agentTraces.length)} agent traces)` : `p95 of all ${fmtNum(r.calls)} calls` }),
     el("td", { class: r.errors ? "num text-err" : "num", text: fmtNum(r.errors) }),
-    el("td", { class: "num", text: r.cost === undefined || r.cost === null ? "–" : `$${Number(r.cost).toFixed(4)}` }))));
+    el("td", { class: "num", "data-col": "cost", ...costText(r.cost, unpriced.has(r.model) ? r.calls : 0, r.calls) }))));
   if (!rows.length) tbody.append(el("tr", {}, el("td", { colspan: 8, class: "muted", text: "No LLM calls recorded in this window." })));
   $("models-note").textContent = !rows.length ? "" : partial
     ? `p95 is taken from the LLM calls of the latest ${fmtNum(agentTraces.length)} agent traces in this window, not from every call.`
@@ -97,7 +109,9 @@ function renderTraces() {
       el("td", { class: "num", text: fmtNum(totals.llm_calls ?? llmCalls) }),
       el("td", { class: "num", text: fmtNum(totals.tool_calls ?? toolCalls) }),
       el("td", { class: "num", text: fmtNum((totals.input_tokens ?? 0) + (totals.output_tokens ?? 0)) }),
-      el("td", { class: "num", text: totals.cost === undefined || totals.cost === null ? "–" : `$${Number(totals.cost).toFixed(4)}` }));
+      el("td", { class: "num", "data-col": "cost", ...costText(totals.cost,
+        (Array.isArray(t.llm_calls) ? t.llm_calls : []).filter((c) => c.priced === false).length,
+        totals.llm_calls ?? llmCalls) }));
     const open = (event) => { if (event.target.closest("a")) return; showSteps(t.trace_id); };
     row.addEventListener("click", open);
     row.addEventListener("keydown", (event) => { if (event.key === "Enter") open(event); });

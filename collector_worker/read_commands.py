@@ -31,6 +31,7 @@ TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 TAG = re.compile(r"^([^=<>]+)([=<>])(.*)$", re.DOTALL)
 SORTS = ("start_desc", "start_asc", "duration_desc", "duration_asc")
 SHOW_FORMATS = ("tree", "text", "json", "mermaid", "otlp")
+MAX_STATS_POINTS = 10_000  # as GET /api/v1/stats
 
 
 def _lookback_range(lookback_s: float | None, start_ns: int | None, end_ns: int | None,
@@ -136,6 +137,8 @@ def show_trace(trace_id, fmt, budget, max_spans, database_url, as_json):
     """Show one trace: its call tree with durations, self time, critical path and errors."""
     from .storage.queries import get_trace
 
+    if budget is not None and (fmt != "text" or as_json):
+        raise click.BadParameter("only applies to --format text", param_hint="--budget")
     trace_id = trace_id.strip().lower()
     if not TRACE_ID.match(trace_id):
         raise click.BadParameter(f"{trace_id!r} is not a trace id (32 hex characters)", param_hint="TRACE_ID")
@@ -277,6 +280,11 @@ def stats(service, operation, lookback, step, database_url, as_json):
     """Latency (p50/p95/p99), throughput and error rate per operation."""
     from .stats import query_stats
 
+    if step < 60 or step % 60:
+        raise click.BadParameter("must be a whole number of minutes: 1m, 5m, 1h", param_hint="--step")
+    if lookback / step > MAX_STATS_POINTS:
+        raise click.BadParameter(f"too small for --lookback {lookback:g}s (at most {MAX_STATS_POINTS} points)",
+                                 param_hint="--step")
     start_ns, end_ns = _lookback_range(lookback, None, None, None)
     result = run_query(database_url, lambda conn: query_stats(
         conn, service=service, operation=operation, start_ns=start_ns, end_ns=end_ns, step_s=int(step)))

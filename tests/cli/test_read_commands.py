@@ -132,6 +132,22 @@ def test_stats_per_operation(run_cli, stored_trace, collector):
     assert "charge card" in text and "100.0%" in text and "POST /orders" not in text
     bad = run_cli("stats", "--lookback", "soon", *db_args(collector))
     assert bad.exit_code == 2 and "--lookback" in bad.stderr
+    # the series step is whole minutes, as in the API, rather than silently rounded
+    assert json.loads(run_cli("stats", "--json", "--step", "5m", *db_args(collector)).stdout)["step_s"] == 300
+    for step in ("30s", "90s"):
+        bad = run_cli("stats", "--step", step, *db_args(collector))
+        assert bad.exit_code == 2 and "whole number of minutes" in bad.stderr, bad.stderr
+    bad = run_cli("stats", "--lookback", "30d", "--step", "1m", *db_args(collector))
+    assert bad.exit_code == 2 and "at most 10000 points" in bad.stderr
+
+
+def test_budget_is_refused_outside_the_text_format(run_cli, stored_trace, collector):
+    for extra in (["--budget", "500"], ["--budget", "500", "--format", "mermaid"],
+                  ["--budget", "500", "--format", "text", "--json"]):
+        bad = run_cli("traces", "show", stored_trace, *extra, *db_args(collector))
+        assert bad.exit_code == 2 and "only applies to --format text" in bad.stderr, extra
+    ok = run_cli("traces", "show", stored_trace, "--format", "text", "--budget", "300", *db_args(collector))
+    assert ok.exit_code == 0 and len(ok.stdout) <= 301 and ok.stdout.startswith(f"trace {stored_trace}")
 
 
 def test_deps_shows_the_cross_service_edge(run_cli, stored_trace, collector):

@@ -274,7 +274,7 @@ def services(service, database_url, as_json):
 @click.option("--lookback", callback=duration_seconds, default="1h", show_default=True,
               help="Window ending now: 15m, 1h, 7d.")
 @click.option("--step", callback=duration_seconds, default="1m", show_default=True,
-              help="Time-series step in --json output (1m or more).")
+              help="Time-series step in --json output, whole minutes: 1m, 5m, 1h.")
 @database_option
 def stats(service, operation, lookback, step, database_url, as_json):
     """Latency (p50/p95/p99), throughput and error rate per operation."""

@@ -225,6 +225,8 @@ class StreamConsumer:
         self.held: list[Entry] = []  # entries read but not yet acknowledged (kept across a database outage)
         # Spans stored by this process lately, so finalizing their traces needs no read back.
         self.recent = finalizer.RecentSpans(RECENT_SPANS)
+        # Traces leased for the next finalize pass in the write transaction of the last one (SQLite).
+        self.ahead = finalizer.ClaimAhead()
 
     # ----------------------------------------------------------------- reading
     def read_new(self, wait: bool = True) -> list[Entry]:
@@ -396,7 +398,8 @@ class StreamConsumer:
     # ----------------------------------------------------------------- periodic work
     def finalize(self) -> int:
         try:
-            done = finalizer.finalize_ready(self.engine, self.settings, self.name, recent=self.recent)
+            done = finalizer.finalize_ready(self.engine, self.settings, self.name, recent=self.recent,
+                                            ahead=self.ahead)
         except SQLAlchemyError as exc:
             log.warning("finalizing traces failed, will retry: %s", _short(exc))
             return 0
@@ -406,6 +409,13 @@ class StreamConsumer:
         if done:
             _count("finalized", done)
         return done
+
+    def release_ahead(self) -> None:
+        """Give back leases taken for a finalize pass that will not run (the collector is stopping)."""
+        try:
+            self.ahead.release(self.engine, self.name)
+        except Exception as exc:  # the leases expire after finalizer.LEASE_NS anyway
+            log.warning("giving back finalizer leases failed: %s", _short(exc))
 
     def maybe_start_retention(self) -> None:
         """Run one retention pass in a thread with its own connection, once per interval per group."""
@@ -439,7 +449,8 @@ class StreamConsumer:
 class FinalizerThread(threading.Thread):
     """Finalizes quiet traces beside the stream loop, so reading, storing and acknowledging never wait for it.
 
-    A pass that filled a whole batch is followed by the next at once; after a
+    A pass that filled a whole batch (or leased a whole next batch, see
+    :class:`finalizer.ClaimAhead`) is followed by the next at once; after a
     partial one it waits :data:`FINALIZE_PARTIAL_WAIT`; after an empty one it
     waits until the oldest pending trace becomes quiet, at most
     :data:`FINALIZE_EVERY`. What it has not finished is in ``pending_traces``
@@ -455,7 +466,8 @@ class FinalizerThread(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             done = self.consumer.finalize()
-            if done >= finalizer.MAX_TRACES_PER_CALL:
+            full = finalizer.MAX_TRACES_PER_CALL
+            if done >= full or len(self.consumer.ahead.claimed) >= full:
                 continue
             self.stop.wait(FINALIZE_PARTIAL_WAIT if done else self._idle_wait())
 
@@ -625,6 +637,7 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
             consumer.finalize()
         except Exception:  # stopping anyway; pending traces are finalized by the next collector
             log.exception("final finalize pass failed")
+        consumer.release_ahead()
         log.info("collector %s stopped: %s", name, consumer_stats())
         if settings.report_interval > 0:
             try:

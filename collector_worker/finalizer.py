@@ -105,17 +105,23 @@ def claim(engine: Engine, consumer_name: str, now_ns: int, quiet_cutoff_ns: int,
     claimer already sees the rows leased and moves on to the following ones.
     Either way a trace is leased to one collector at a time.
     """
+    with write_lock(engine), engine.begin() as conn:
+        return _claim(conn, consumer_name, now_ns, quiet_cutoff_ns, limit)
+
+
+def _claim(conn: Connection, consumer_name: str, now_ns: int, quiet_cutoff_ns: int,
+           limit: int = MAX_TRACES_PER_CALL) -> list[tuple[str, int]]:
+    """:func:`claim` inside the caller's write transaction."""
     until = now_ns + LEASE_NS
-    m = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    m = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     ready = f"last_seen_ns <= {m} AND (claimed_until_ns IS NULL OR claimed_until_ns < {m})"
-    lock = " FOR UPDATE SKIP LOCKED" if engine.dialect.name == "postgresql" else ""
+    lock = " FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
     sql = (f"UPDATE {schema.pending_traces.name} SET claimed_by = {m}, claimed_until_ns = {m} "
            f"WHERE trace_id IN (SELECT trace_id FROM {schema.pending_traces.name} WHERE {ready} "
            f"ORDER BY last_seen_ns LIMIT {m}{lock}) AND {ready} "
            f"RETURNING trace_id, last_seen_ns")
     params = (consumer_name, until, quiet_cutoff_ns, now_ns, int(limit), quiet_cutoff_ns, now_ns)
-    with write_lock(engine), engine.begin() as conn:
-        rows = conn.exec_driver_sql(sql, params).fetchall()
+    rows = conn.exec_driver_sql(sql, params).fetchall()
     return sorted((r[0], int(r[1])) for r in rows)
 
 
@@ -139,8 +145,41 @@ def release(engine: Engine, consumer_name: str, trace_ids: list[str]) -> None:
                          .values(claimed_by=None, claimed_until_ns=None))
 
 
+class ClaimAhead:
+    """Leases a finalizer thread took for its next pass inside the write transaction of the last one.
+
+    On SQLite the ingest and finalizer threads take turns at one write lock;
+    claiming the next batch in the transaction that writes the current one
+    makes one wait for that lock per batch instead of two. Held leases are
+    used by the next :func:`finalize_ready` given this object, or given back
+    with :meth:`release`.
+    """
+
+    __slots__ = ("claimed", "claimed_ns")
+
+    def __init__(self) -> None:
+        self.claimed: list[tuple[str, int]] = []
+        self.claimed_ns = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.claimed)
+
+    def take(self, now_ns: int) -> list[tuple[str, int]] | None:
+        """The held leases, or None when there are none or they are too old to trust (then to be released)."""
+        claimed, self.claimed = self.claimed, []
+        if claimed and now_ns - self.claimed_ns < LEASE_NS // 2:
+            return claimed
+        self.claimed = claimed  # stale: left for release()
+        return None
+
+    def release(self, engine: Engine, consumer_name: str) -> None:
+        claimed, self.claimed = self.claimed, []
+        if claimed:
+            release(engine, consumer_name, [t for t, _ in claimed])
+
+
 def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: int | None = None,
-                   recent: "RecentSpans | None" = None) -> int:
+                   recent: "RecentSpans | None" = None, ahead: ClaimAhead | None = None) -> int:
     """Finalize up to :data:`MAX_TRACES_PER_CALL` traces quiet for ``settings.quiet_period``.
 
     Three steps: lease the traces (a short write transaction); read what
@@ -150,10 +189,24 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
     all there is assembled without reading them back (see :class:`RecentSpans`).
     A failure gives the leases back. Returns how many traces were finalized
     (or dropped by tail sampling).
+
+    With ``ahead`` (SQLite only; see :class:`ClaimAhead`) the leases it holds
+    are finalized first (topped up by a claim when fewer than a batch), and
+    the write transaction leases the next batch into it.
     """
+    explicit_now = now_ns is not None
     now_ns = time.time_ns() if now_ns is None else int(now_ns)
-    cutoff = now_ns - int(float(settings.quiet_period) * 1e9)
-    claimed = claim(engine, consumer_name, now_ns, cutoff)
+    quiet_ns = int(float(settings.quiet_period) * 1e9)
+    if ahead is not None and engine.dialect.name != "sqlite":
+        ahead = None  # other databases have no shared write lock to save waits on
+    claimed = ahead.take(now_ns) if ahead is not None else None
+    if claimed is None:
+        if ahead is not None:
+            ahead.release(engine, consumer_name)
+        claimed = []
+    if len(claimed) < MAX_TRACES_PER_CALL:  # none held, or a partial batch: top it up
+        more = claim(engine, consumer_name, now_ns, now_ns - quiet_ns, limit=MAX_TRACES_PER_CALL - len(claimed))
+        claimed = sorted(claimed + more) if claimed else more
     if not claimed:
         return 0
     try:
@@ -162,7 +215,13 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
             conn.rollback()  # end the read transaction before writing on another connection
         with write_lock(engine), engine.begin() as conn:
             batch.write(conn)
+            if ahead is not None:
+                next_ns = now_ns if explicit_now else time.time_ns()
+                ahead.claimed = _claim(conn, consumer_name, next_ns, next_ns - quiet_ns)
+                ahead.claimed_ns = next_ns
     except Exception:
+        if ahead is not None:
+            ahead.claimed = []  # the transaction that took them rolled back
         release(engine, consumer_name, [t for t, _ in claimed])
         raise
     return len(claimed)
@@ -194,7 +253,7 @@ class RecentSpans:
         """Remember ``(row, span)`` pairs from :func:`store_spans` (call after the commit)."""
         if not stored_rows or self.limit <= 0:
             return
-        spans = [_cached_span(row, span) for row, span in stored_rows]
+        spans = _recent_spans(stored_rows)
         with self._lock:
             traces = self._traces
             for span in spans:
@@ -223,6 +282,38 @@ class RecentSpans:
 
 _PLAIN_VALUES = frozenset((str, int, float, bool))
 _STR_ONLY = frozenset((str,))
+_HOST_VALUES = frozenset((str, int, type(None)))
+
+
+def _recent_spans(stored_rows: list[tuple[tuple, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The spans to hold for ``stored_rows``: assembles exactly as what :func:`_load_spans` reads back.
+
+    The usual decoded span is held as it is (not copied): its stored columns are the very objects of
+    the row, its attributes are plain, and its resource's host keys survive JSON unchanged (assembly
+    reads nothing else of the resource). Its assembly columns are absent, which assembly reads as
+    never assembled. Any other span is held as the row's values (:func:`_cached_span`).
+    """
+    out = []
+    append = out.append
+    plain, str_only = _PLAIN_VALUES.issuperset, _STR_ONLY.issuperset
+    resources: dict[int, bool] = {}  # id(resource) -> host keys survive JSON (spans of an entry share one)
+    for row, span in stored_rows:
+        get = span.get
+        attributes = get("attributes")
+        if (row[3] is get("service") and row[4] is get("name") and row[5] is get("kind")
+                and row[9] is get("status_code") and "depth" not in span
+                and type(attributes) is dict and plain(map(type, attributes.values()))
+                and str_only(map(type, attributes))):
+            resource = get("resource")
+            ok = resources.get(id(resource))
+            if ok is None:
+                ok = resources[id(resource)] = type(resource) is dict and \
+                    _HOST_VALUES.issuperset((type(resource.get("host.name")), type(resource.get("host.id"))))
+            if ok:
+                append(span)
+                continue
+        append(_cached_span(row, span))
+    return out
 
 
 def _cached_span(row: tuple, span: dict[str, Any]) -> dict[str, Any]:
@@ -402,7 +493,7 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
             _counters["refinalized"] += 1
         acc.add("trace", summary["root_service"], summary["root_operation"], summary["start_ns"],
                 summary["duration_ns"], summary["error_count"] > 0)
-        assembled_before = [s for s in spans if s["depth"] is not None]
+        assembled_before = [s for s in spans if s.get("depth") is not None]  # absent: held by RecentSpans
         dependencies.edge_difference(assembled_before, spans, into=edges)
         _counters["finalized"] += 1
 
@@ -418,7 +509,7 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
         for s in spans:
             span_id = s["span_id"]
             fields = (depth.get(span_id, 0), self_time.get(span_id, 0), span_id in critical)
-            if (s["depth"], s["self_time_ns"], bool(s["critical_path"])) != fields:
+            if (s.get("depth"), s.get("self_time_ns"), bool(s.get("critical_path"))) != fields:
                 span_updates.append(fields + (trace_id, span_id))
 
     # Key order: each index is filled front to back (fewer pages touched), and concurrent writers lock alike.

@@ -15,7 +15,8 @@ where each row is positional (compact and fast to encode)::
 
 ``events`` is ``[[name, time_ns, {attrs}], ...]`` and ``links`` is
 ``[[trace_id, span_id, {attrs}], ...]``. Decoding yields plain dicts (see
-:func:`decode_entry`); a batch that cannot be decoded raises
+:func:`decode_entry`; the spans of one entry with the same resource share one
+``resource`` mapping, which callers must not modify); a batch that cannot be decoded raises
 :class:`CodecError`, and single bad spans are reported, not fatal, so the
 collector can dead-letter exactly what it could not read.
 """
@@ -39,6 +40,8 @@ COMPRESS_ABOVE = 64 * 1024  # bytes of msgpack after which zlib pays for itself
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 _SPAN_ID = re.compile(r"^[0-9a-f]{16}$")
 _ROW_LEN = 14
+_KINDS = frozenset(KINDS)
+_STATUS_CODES = frozenset(STATUS_CODES)
 
 
 class CodecError(ValueError):
@@ -205,11 +208,62 @@ def decode_entry(fields: Mapping[Any, Any]) -> DecodedEntry:
         if expected != len(rows):
             raise CodecError(f"span count mismatch: header says {expected}, batch holds {len(rows)}")
     entry = DecodedEntry()
+    spans, rejected = entry.spans, entry.rejected
+    append = spans.append
+    # (service, resource) per resource index, from the first row of the entry that used it: the spans of
+    # one entry that share a resource share its mapping (one copy per entry instead of one per span).
+    shared: dict[int, tuple[str, dict[str, Any]]] = {}
+    match_trace, match_span = _TRACE_ID.match, _SPAN_ID.match
+    zero_trace, zero_span = "0" * 32, "0" * 16
     for index, row in enumerate(rows):
+        # The usual row is checked inline with the same tests as _decode_row; any other row (or one
+        # whose events or links do not convert) goes through _decode_row for the exact rejection reason.
+        if type(row) is list and len(row) == _ROW_LEN:
+            (trace_id, span_id, parent, name, kind, start_ns, end_ns, status_code, status_message,
+             resource_index, attributes, events, links, scope) = row
+            resource = shared.get(resource_index) if type(resource_index) is int else None
+            if (resource is not None and type(trace_id) is str and match_trace(trace_id)
+                    and trace_id != zero_trace and type(span_id) is str and match_span(span_id)
+                    and span_id != zero_span
+                    and (parent is None or (type(parent) is str and match_span(parent) and parent != zero_span))
+                    and type(name) is str and name and type(kind) is str and kind in _KINDS
+                    and type(start_ns) is int and type(end_ns) is int and 0 < start_ns <= end_ns
+                    and type(status_code) is str and status_code in _STATUS_CODES and type(attributes) is dict):
+                try:
+                    decoded_events = [{"name": str(e[0]), "time_ns": int(e[1]), "attributes": dict(e[2] or {})}
+                                      for e in events] if events else []
+                    decoded_links = [{"trace_id": str(link[0]), "span_id": str(link[1]),
+                                      "attributes": dict(link[2] or {})} for link in links] if links else []
+                except (TypeError, ValueError, IndexError, KeyError):
+                    pass  # _decode_row below rejects the row with the same error
+                else:
+                    append({
+                        "trace_id": trace_id,
+                        "span_id": span_id,
+                        "parent_span_id": parent,
+                        "name": name,
+                        "kind": kind,
+                        "start_ns": start_ns,
+                        "end_ns": end_ns,
+                        "status_code": status_code,
+                        "status_message": status_message or None,
+                        "service": resource[0],
+                        "resource": resource[1],
+                        "attributes": attributes,
+                        "events": decoded_events,
+                        "links": decoded_links,
+                        "scope": scope,
+                    })
+                    continue
         try:
-            entry.spans.append(_decode_row(row, resources))
+            span = _decode_row(row, resources)
         except (CodecError, TypeError, ValueError, IndexError, KeyError) as exc:
-            entry.rejected.append((index, str(exc) or type(exc).__name__))
+            rejected.append((index, str(exc) or type(exc).__name__))
+            continue
+        resource_index = row[9]
+        if type(resource_index) is int and resource_index not in shared:
+            shared[resource_index] = (span["service"], span["resource"])
+        append(span)
     return entry
 
 

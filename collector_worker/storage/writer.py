@@ -213,8 +213,49 @@ class PreparedSpans:
         self.keys = sorted(by_key)
         self.by_key = by_key
         self.received_ns = received_ns
-        resource_cache: dict = {}
-        self.rows = [row_values(by_key[key], received_ns, resource_cache) for key in self.keys]
+        self.rows = _rows_of([by_key[key] for key in self.keys], received_ns)
+
+
+def _rows_of(spans_in: list[dict[str, Any]], received_ns: int) -> list[tuple]:
+    """``row_values`` of every span, in order (the same tuples; the usual span is built inline).
+
+    Decoded spans of one stream entry share their resource mapping (``tracer.codec``), so its JSON is
+    looked up by identity first; every span stays referenced by ``spans_in`` during the call, so an
+    identity is not reused meanwhile.
+    """
+    resource_cache: dict = {}
+    by_identity: dict[int, str] = {}
+    encode = _fast_encode
+    rows = []
+    append = rows.append
+    for span in spans_in:
+        get = span.get
+        service, name, scope, attributes = get("service"), get("name"), get("scope"), get("attributes")
+        events, links, resource = get("events"), get("links"), get("resource")
+        if (type(service) is str and service and len(service) <= 255 and "\x00" not in service
+                and type(name) is str and len(name) <= 512 and "\x00" not in name
+                and (scope is None or (type(scope) is str and len(scope) <= 255 and "\x00" not in scope))
+                and type(attributes) is dict):
+            resource_json = by_identity.get(id(resource))
+            if resource_json is None:
+                resource_json = by_identity[id(resource)] = _resource_json(resource, resource_cache)
+            if attributes:
+                try:
+                    attributes_json = encode(attributes)
+                except (TypeError, ValueError, RecursionError):
+                    attributes_json = to_json(attributes)
+            else:
+                attributes_json = "{}"
+            status_message = get("status_message")
+            start, end = span["start_ns"], span["end_ns"]
+            append((span["trace_id"], span["span_id"], get("parent_span_id"), service, name,
+                    get("kind") or "internal", start, end, end - start, get("status_code") or "unset",
+                    _text(status_message) if status_message else None, attributes_json,
+                    to_json(events) if events else "[]", to_json(links) if links else "[]", resource_json, scope,
+                    received_ns, False))
+        else:
+            append(row_values(span, received_ns, resource_cache))
+    return rows
 
 
 def prepare_spans(spans_in: list[dict[str, Any]], received_ns: int) -> PreparedSpans:

@@ -1,0 +1,228 @@
+"""The collector's fast paths give exactly what the general code gives: the codec's inline row decoding
+against ``_decode_row`` row by row, the writer's inline row building against ``row_values``, and the spans
+``RecentSpans`` holds as they are against the rows read back from the database."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+
+from collector_worker import assembler, dependencies, finalizer
+from collector_worker.storage.writer import _rows_of, prepare_spans, row_values
+from tracer.codec import _decode_row, decode_entry, encode_batch
+
+T, T2 = "ab" * 16, "cd" * 16
+A, B, C = "1" * 16, "2" * 16, "3" * 16
+
+
+class Str(str):
+    """A str subclass (packed as plain str)."""
+
+
+def row(**over):
+    base = dict(trace_id=T, span_id=A, parent=None, name="GET /x", kind="server", start=10, end=20,
+                status="ok", message=None, resource=0, attributes={"k": "v", "n": 1}, events=[], links=[],
+                scope=None)
+    base.update(over)
+    return [base[k] for k in ("trace_id", "span_id", "parent", "name", "kind", "start", "end", "status", "message",
+                              "resource", "attributes", "events", "links", "scope")]
+
+
+ROWS = [
+    row(), row(span_id=B, parent=A), row(span_id=C, parent=A, resource=1, events=[["e", 11, {"a": 1}]]),
+    row(links=[[T2, B, {}]], message="boom", status="error", scope="lib"),
+    row(resource=-1), row(resource=True), row(resource=1.0), row(resource=7), row(resource="0"),
+    row(parent=""), row(parent="0" * 16), row(parent=Str(B)), row(parent=5), row(parent="x" * 16),
+    row(trace_id="0" * 32), row(trace_id=T.upper()), row(trace_id=T + "\n"), row(trace_id=Str(T)),
+    row(trace_id=None), row(span_id="0" * 16), row(span_id=A[:-1]), row(span_id=7),
+    row(name=""), row(name=Str("n")), row(name=3), row(kind="weird"), row(kind=["server"]), row(kind=Str("client")),
+    row(start=0), row(start=30), row(start=True, end=True), row(start=1.5), row(end=None), row(start=2**63 + 5, end=2**64 - 1),
+    row(status="bad"), row(status=["ok"]), row(attributes=[]), row(attributes=None),
+    row(events=[["e"]]), row(events=[["e", "x", {}]]), row(events=5), row(events="ab"), row(events={"e": 1}),
+    row(events=[["e", 1, [1]]]), row(links=[[T2]]), row(links=[[T2, B, 3]]), row(events=None, links=None),
+    row(events=[["e", 1, None]], links=[[T2, B, None]]), row(message=""), row(message=0),
+    row()[:-1], (*row(),), "not a row", None, row(resource=2), row(span_id=B),
+]
+RESOURCES = [["svc", {"host.name": "h1"}], ["svc-b", None], "broken"]
+
+
+def reference(rows, resources):
+    """What decode_entry returned before the inline path: _decode_row on every row."""
+    spans, rejected = [], []
+    for index, r in enumerate(rows):
+        try:
+            spans.append(_decode_row(r, resources))
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            rejected.append((index, str(exc) or type(exc).__name__))
+    return spans, rejected
+
+
+@pytest.mark.parametrize("resources", [RESOURCES, RESOURCES[:1], [], [[1, {}]]])
+def test_inline_decoding_equals_decode_row(resources):
+    rows = ROWS * 2  # resources are shared after their first row: the second round runs with them known
+    decoded = decode_entry({b"v": b"1", b"enc": b"msgpack", b"n": str(len(rows)).encode(),
+                            b"data": msgpack.packb({"resources": resources, "spans": rows}, use_bin_type=True)})
+    rows = msgpack.unpackb(msgpack.packb(rows, use_bin_type=True), raw=False)  # what the decoder saw
+    spans, rejected = reference(rows, resources)
+    assert decoded.rejected == rejected
+    assert decoded.spans == spans
+    assert [list(s) for s in decoded.spans] == [list(s) for s in spans]  # same key order
+    # The json encoding reaches the same loop through json.loads.
+    as_json = {b"v": b"1", b"enc": b"json", b"n": str(len(rows)).encode(),
+               b"data": json.dumps({"resources": resources, "spans": rows}).encode()}
+    assert decode_entry(as_json).spans == spans
+
+
+def test_spans_of_an_entry_share_their_resource():
+    spans = decode_entry(encode_batch([row(), row(span_id=B), row(span_id=C, resource=1)],
+                                      [("a", {"host.name": "h"}), ("b", {})])).spans
+    assert spans[0]["resource"] is spans[1]["resource"] == {"host.name": "h"}
+    assert spans[2]["service"] == "b" and spans[2]["resource"] == {}
+
+
+class Loop(dict):
+    pass
+
+
+def odd_spans():
+    """Spans every branch of row_values sees: defaults, NUL characters, over-long text, odd attributes."""
+    circular: list = []
+    circular.append(circular)
+    shared = {"host.name": "h"}
+    out = []
+    for i, over in enumerate([
+        {}, {"service": None}, {"service": ""}, {"service": "s\x00x"}, {"service": "s" * 300}, {"service": 5},
+        {"name": "n" * 600}, {"name": "a\x00b"}, {"name": 7}, {"scope": "sc"}, {"scope": "x" * 300},
+        {"scope": "a\x00"}, {"scope": 3}, {"status_message": "m"}, {"status_message": "m\x00"},
+        {"status_message": ""}, {"kind": None}, {"status_code": None}, {"status_code": ""},
+        {"attributes": {}}, {"attributes": None}, {"attributes": {1: "x", "b": b"y"}},
+        {"attributes": {"l": circular}}, {"attributes": {"t": (1, 2), "s": {1}}}, {"attributes": Loop(a=1)},
+        {"attributes": {"u": "ünï"}}, {"events": [{"name": "e", "time_ns": 1, "attributes": {}}]},
+        {"events": None}, {"links": [{"trace_id": T2, "span_id": B, "attributes": {"x": 1}}]}, {"links": ()},
+        {"resource": None}, {"resource": {}}, {"resource": {"host.name": "other"}}, {"resource": {"l": [1]}},
+        {"resource": {"bad": {1, 2}}}, {"parent_span_id": A},
+    ]):
+        span = {"trace_id": T, "span_id": f"{i + 1:016x}", "parent_span_id": None, "name": "op", "kind": "server",
+                "start_ns": 10 + i, "end_ns": 50 + 2 * i, "status_code": "ok", "status_message": None,
+                "service": "svc", "resource": shared, "attributes": {"k": "v", "n": i, "f": 1.5, "b": True},
+                "events": [], "links": [], "scope": None}
+        span.update(over)
+        out.append(span)
+    return out
+
+
+def test_inline_rows_equal_row_values():
+    spans = odd_spans()
+    assert _rows_of(spans, 123) == [row_values(s, 123) for s in spans]
+    prepared = prepare_spans(spans + spans[:3], 123)  # duplicates: the first copy wins
+    assert prepared.rows == [row_values(prepared.by_key[k], 123) for k in prepared.keys]
+
+
+def loaded(row_):
+    """A span as finalizer._load_spans reads it back from the stored row."""
+    span = dict(zip(finalizer._SPAN_COLUMNS, (row_[0], row_[1], row_[2], row_[3], row_[4], row_[5], row_[6],
+                                              row_[7], row_[9], row_[11], row_[14], None, None, False)))
+    attributes = json.loads(row_[11])
+    span["attributes"] = attributes if type(attributes) is dict else {}
+    return span
+
+
+def test_held_spans_assemble_as_read_back():
+    spans = [s for s in odd_spans() if s["trace_id"] == T]
+    spans.append({**spans[0], "span_id": "f" * 16, "resource": {"host.name": b"h"}})  # host that JSON changes
+    spans.append({**spans[0], "span_id": "e" * 16, "resource": {"host.id": 1.5}})
+    spans.append({**spans[0], "span_id": "d" * 16, "parent_span_id": "1" * 16, "depth": 3})
+    rows = [row_values(s, 1) for s in spans]
+    held = finalizer._recent_spans(list(zip(rows, spans)))
+    back = [loaded(r) for r in rows]
+    assert sum(h is s for h, s in zip(held, spans)) >= len(spans) // 2  # the usual span is held as it is
+    for h, b in zip(held, back):
+        for key in ("trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns",
+                    "status_code", "attributes"):
+            assert h[key] == b[key], key
+        assert assembler._host(h) == assembler._host(b)
+    x, y = assembler.assemble(held), assembler.assemble(back)
+    assert (x.summary, x.depth, x.self_time_ns, x.critical_path, x.operations, x.tags) == \
+        (y.summary, y.depth, y.self_time_ns, y.critical_path, y.operations, y.tags)
+    assert dependencies.trace_edges(held) == dependencies.trace_edges(back)
+
+
+# --------------------------------------------------------------------------- leasing the next batch ahead
+
+
+@pytest.fixture
+def engine(database_url):
+    from collector_worker.storage import open_engine
+
+    engine = open_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def test_leasing_ahead_gives_the_rows_of_claiming_each_pass(engine):
+    from sqlalchemy import func, select
+
+    from collector_worker.storage import schema
+    from tests.collector.test_finalizer_batch import BASE, S, ingest, snapshot, trace_spans
+    from tracer.settings import Settings
+
+    n = finalizer.MAX_TRACES_PER_CALL + 60
+    settings = Settings(quiet_period=2.0)
+    ingest(engine, [s for i in range(n) for s in trace_spans(i, "a")], BASE)
+    ingest(engine, [s for i in range(n) for s in trace_spans(i, "b")], BASE)
+    sqlite = engine.dialect.name == "sqlite"
+    ahead = finalizer.ClaimAhead()
+
+    def leased(name):
+        p = schema.pending_traces
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(p).where(p.c.claimed_by == name)).scalar_one()
+
+    now = BASE + 5 * S
+    assert finalizer.finalize_ready(engine, settings, "c1", now_ns=now, ahead=ahead) == finalizer.MAX_TRACES_PER_CALL
+    if sqlite:  # the write transaction leased the next full batch; nobody else may take it
+        assert len(ahead.claimed) == finalizer.MAX_TRACES_PER_CALL == leased("c1")
+    else:  # PostgreSQL: no shared write lock, nothing leased ahead
+        assert not ahead and leased("c1") == 0
+    total = finalizer.MAX_TRACES_PER_CALL
+    while (k := finalizer.finalize_ready(engine, settings, "c1", now_ns=now, ahead=ahead)):
+        total += k
+    assert total == 2 * n and not ahead and leased("c1") == 0
+
+    a, b = snapshot(engine, "a"), snapshot(engine, "b")
+    assert len(a["traces"]) == n
+    for part in ("traces", "ops", "tags", "spans", "stats", "hist", "deps"):
+        assert a[part] == b[part], part
+
+    # Late spans: leased ahead, then the collector stops; the leases are given back for anyone to take.
+    ingest(engine, [s for i in range(n) for s in trace_spans(i, "a", 8, 9)], BASE + 6 * S)
+    later = BASE + 10 * S
+    assert finalizer.finalize_ready(engine, settings, "c1", now_ns=later, ahead=ahead) == \
+        finalizer.MAX_TRACES_PER_CALL
+    if sqlite:
+        assert finalizer.finalize_ready(engine, settings, "c2", now_ns=later) == 0  # all leased to c1
+        ahead.release(engine, "c1")
+        assert not ahead and leased("c1") == 0
+    assert finalizer.finalize_ready(engine, settings, "c2", now_ns=later) == 60
+
+
+def test_stale_leases_ahead_are_given_back_not_used(engine):
+    from tests.collector.test_finalizer_batch import BASE, S, ingest, trace_spans
+    from tracer.settings import Settings
+
+    if engine.dialect.name != "sqlite":
+        pytest.skip("leasing ahead is for SQLite's shared write lock")
+    settings = Settings(quiet_period=2.0)
+    ingest(engine, [s for i in range(finalizer.MAX_TRACES_PER_CALL + 5) for s in trace_spans(i, "a")], BASE)
+    ahead = finalizer.ClaimAhead()
+    now = BASE + 5 * S
+    assert finalizer.finalize_ready(engine, settings, "c1", now_ns=now, ahead=ahead) == \
+        finalizer.MAX_TRACES_PER_CALL
+    assert len(ahead.claimed) == 5
+    # Far later than half a lease: the held leases may have expired and gone to another collector.
+    much_later = now + finalizer.LEASE_NS
+    assert ahead.take(much_later) is None and len(ahead.claimed) == 5
+    assert finalizer.finalize_ready(engine, settings, "c1", now_ns=much_later, ahead=ahead) == 5
+    assert not ahead

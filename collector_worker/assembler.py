@@ -96,8 +96,9 @@ def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
     root = min(true_roots or roots, key=lambda i: (starts[i], -ends[i]))
 
     depth = _depths(roots, children, n)
-    self_time = _self_times(starts, ends, children)
-    critical = _critical_path(root, starts, ends, parent, children)
+    timing_parent, timing_children = _timing_tree(unique, parent, children)
+    self_time = _self_times(starts, ends, timing_children)
+    critical = _critical_path(root, starts, ends, timing_parent, timing_children)
     skew_ns, skew_warnings = _clock_skew(unique, starts, ends, parent)
     warnings.extend(skew_warnings)
 
@@ -163,6 +164,32 @@ def _break_cycles(parent: list[int], starts: list[int]) -> tuple[list[int], list
         for k in walk:
             state[k] = 2
     return parent, cut
+
+
+def _timing_tree(spans: list[Mapping[str, Any]], parent: list[int],
+                 children: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """The tree that self time and the critical path are computed on.
+
+    A message consumer (a Celery task run) is the child of its producer span
+    (the publish), which ends when the message is sent, before the run starts;
+    so, clipped to its parent, the run would count for nothing. The span that
+    published is the one that waits for the work (a request handler collecting
+    task results), so for timing a consumer under a producer counts as a child
+    of the producer's parent. The tree shown (parent ids, depth) is unchanged.
+    """
+    moved = [i for i, p in enumerate(parent)
+             if p >= 0 and parent[p] >= 0 and spans[i].get("kind") == "consumer"
+             and spans[p].get("kind") == "producer"]
+    if not moved:
+        return parent, children
+    timing_parent = list(parent)
+    for i in moved:
+        timing_parent[i] = parent[parent[i]]
+    timing_children: list[list[int]] = [[] for _ in parent]
+    for i, p in enumerate(timing_parent):
+        if p >= 0:
+            timing_children[p].append(i)
+    return timing_parent, timing_children
 
 
 def _depths(roots: list[int], children: list[list[int]], n: int) -> list[int]:

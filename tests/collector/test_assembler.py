@@ -198,3 +198,40 @@ def test_accepts_stored_rows_with_json_text():
     a = assemble(rows)
     assert a.tags == [("a", "b", None)]
     assert a.spans["r"] == {"span_id": "r", "depth": 0, "self_time_ns": 10 * MS, "critical_path": True}
+
+
+# time (ms)   0    100  200  300  400  500
+# handler     [=========================]          server span that waits for two task results
+#  publish a   [=]                                  producer spans end as soon as the message is sent
+#  publish b     [=]
+#   run a          [=========]                      consumer spans, children of their publish
+#   run b             [=================]
+#    db q                 [====]                    a span inside run b
+CELERY_TREE = [
+    span("handler", None, 0, 500, service="api", kind="server"),
+    span("pub_a", "handler", 10, 20, service="api", kind="producer"),
+    span("pub_b", "handler", 30, 40, service="api", kind="producer"),
+    span("run_a", "pub_a", 50, 250, service="worker", kind="consumer"),
+    span("run_b", "pub_b", 80, 480, service="worker", kind="consumer"),
+    span("db_q", "run_b", 200, 300, service="worker", kind="client"),
+]
+
+
+def test_task_runs_count_against_the_span_that_published_them():
+    """Self time and the critical path see a run as time the publisher's parent spent waiting."""
+    a = assemble(CELERY_TREE)
+    # the handler's own time: [0,10] + [20,30] + [40,50] + [480,500] = 50 ms; the runs cover the rest
+    assert a.self_time_ns["handler"] == 50 * MS
+    assert a.self_time_ns["pub_a"] == 10 * MS and a.self_time_ns["run_b"] == 300 * MS
+    # run b ends last; before it starts (80) the last thing to finish is publish b (40), before that
+    # publish a (20); run a overlaps run b and never blocks the end
+    assert a.critical_path == {"handler", "run_b", "db_q", "pub_b", "pub_a"}
+    # the tree shown is still publish → run
+    assert a.depth == {"handler": 0, "pub_a": 1, "pub_b": 1, "run_a": 2, "run_b": 2, "db_q": 3}
+
+
+def test_a_run_under_a_root_publish_keeps_its_parent_for_timing():
+    """A script that only enqueues has nothing that waits: the run stays outside the short root."""
+    spans = [span("pub", None, 0, 10, kind="producer"), span("run", "pub", 20, 120, kind="consumer")]
+    a = assemble(spans)
+    assert a.critical_path == {"pub"} and a.self_time_ns["pub"] == 10 * MS

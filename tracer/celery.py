@@ -36,6 +36,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import propagation
+from .celery_spans import HotSpans, Pending
 
 try:
     from opentelemetry.sdk.trace import Event as _SdkEvent
@@ -96,7 +97,7 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
 def _inject(carrier: dict, span: Any) -> None:
-    """W3C headers for ``span`` (baggage from the current context).
+    """W3C headers for ``span`` (a span or a :class:`Pending` one; baggage from the current context).
 
     Every publish pays for this, so traceparent/tracestate are formatted here
     exactly as OpenTelemetry's TraceContext propagator does; only a message
@@ -106,7 +107,7 @@ def _inject(carrier: dict, span: Any) -> None:
     if not span_context.is_valid:
         return
     if otel_baggage.get_all():
-        propagation.inject(carrier, trace.set_span_in_context(span))
+        propagation.inject(carrier, trace.set_span_in_context(NonRecordingSpan(span_context)))
         return
     carrier["traceparent"] = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
     if span_context.trace_state:
@@ -114,7 +115,12 @@ def _inject(carrier: dict, span: Any) -> None:
 
 
 def _extract(carrier: Mapping[str, Any]) -> Any:
-    """The remote context in ``carrier``, or None (no header or garbage).
+    """The remote context in ``carrier``, or None (no header or garbage)."""
+    return _extract_parent(carrier)[0]
+
+
+def _extract_parent(carrier: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``(context, its span's SpanContext)`` from ``carrier``, or ``(None, None)`` (no header or garbage).
 
     A plain version-00 traceparent without tracestate or baggage (what
     :func:`_inject` writes) is parsed here; everything else goes through the
@@ -122,17 +128,21 @@ def _extract(carrier: Mapping[str, Any]) -> Any:
     """
     value = carrier.get("traceparent")
     if not value:
-        return None
+        return None, None
     if isinstance(value, str) and not carrier.get("tracestate") and not carrier.get("baggage"):
         match = _TRACEPARENT.fullmatch(value)
         if match is not None:
-            trace_id, span_id = int(match.group(1), 16), int(match.group(2), 16)
+            trace_hex, span_hex, flags_hex = match.groups()
+            trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
             if not trace_id or not span_id:
-                return None
-            flags = _FLAGS.get(match.group(3)) or TraceFlags(int(match.group(3), 16))
+                return None, None
+            flags = _FLAGS.get(flags_hex) or TraceFlags(int(flags_hex, 16))
             remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
-            return trace.set_span_in_context(NonRecordingSpan(remote), otel_context.Context())
-    return propagation.extract(carrier)
+            return trace.set_span_in_context(NonRecordingSpan(remote), otel_context.Context()), remote
+    context = propagation.extract(carrier)
+    if context is None:
+        return None, None
+    return context, trace.get_current_span(context).get_span_context()
 
 
 def _carrier(request: Any) -> dict[str, Any]:
@@ -405,10 +415,14 @@ def _record_late_attributes(held: tuple, extra: Mapping[str, Any] | None = None)
     (:func:`_publish_attributes`, :func:`_run_attributes`). Building and
     setting attributes waits until the message is out (publish) or the result
     is stored (run): the round trip the caller waits for does not pay for it.
+    A publish span is held as a :class:`~tracer.celery_spans.Pending` one
+    (sampled, ids made, start time taken) and built here, for the same reason.
     Every path that ends one of these spans comes through here, so the
     exported span is the same.
     """
     span, _, late = held
+    if type(span) is Pending:
+        span = span.start()
     attrs = late[0](*late[1:]) if isinstance(late, tuple) else dict(late or {})
     if extra:
         attrs.update(extra)
@@ -476,6 +490,14 @@ class CeleryTracing:
         self.in_pool_child = False  # set by worker_process_init
         self.recorded_by_parent: OrderedDict[str, bool] = OrderedDict()
         self.discarded = 0  # run spans left to the worker parent because the child was terminated
+        self._hot: HotSpans | None = None
+
+    def hot_spans(self) -> HotSpans:
+        """Starts the publish and run spans (see tracer.celery_spans); made once per tracer."""
+        hot, tracer = self._hot, self.manager.tracer
+        if hot is None or hot.tracer is not tracer:
+            hot = self._hot = HotSpans(tracer)
+        return hot
 
     @property
     def tracer(self):
@@ -516,7 +538,13 @@ class CeleryTracing:
                 task_id = _text(task_id)
             if type(task_name) is not str or not task_name:
                 task_name = _text(task_name or sender or "unknown")
-            span = self.tracer.start_span(_span_name("publish ", task_name), kind=SpanKind.PRODUCER)
+            # the span object is built once the message has left (see _record_late_attributes); what the
+            # message needs now is the sampling decision and the ids
+            name = _span_name("publish ", task_name)
+            hot = self.hot_spans()
+            span = hot.decide(name, None, SpanKind.PRODUCER) if hot.usable else None
+            if span is None:
+                span = self.tracer.start_span(name, kind=SpanKind.PRODUCER)
             # A retry or chain republishes the headers it arrived with: replace, never append.
             for key in PROPAGATION_KEYS:
                 if key in headers:
@@ -578,13 +606,13 @@ class CeleryTracing:
             name = getattr(task, "name", None)
             name = name if type(name) is str and name else _name(task, _name(sender))
             carrier = _carrier(request)
-            parent = _extract(carrier)
+            parent, parent_span = _extract_parent(carrier)
             attrs: dict[str, Any] = {}  # on top of _request_attributes, set when the span ends
             if carrier.get("traceparent") and parent is None:
                 attrs["contrail.propagation_error"] = "malformed traceparent: started a new trace"
             start_ns = time.time_ns()
             published = carrier.get(PUBLISHED_HEADER)
-            event_attrs: dict[str, Any] = {}
+            event = None
             try:
                 published_ns = int(published) if published is not None else None
             except (TypeError, ValueError):
@@ -596,9 +624,13 @@ class CeleryTracing:
                 event_attrs = {"celery.queue_wait_ms": wait_ms, "celery.published_ns": published_ns}
             links = _decode_links(carrier.get(LINKS_HEADER)) if carrier.get(LINKS_HEADER) else None
             context = parent or otel_context.Context()
-            span = self.tracer.start_span(_span_name("run ", name), context=context,
-                                          kind=SpanKind.CONSUMER, links=links, start_time=start_ns)
-            if event_attrs:
+            hot = self.hot_spans()
+            if published_ns and _SdkEvent is not None:
+                # numbers this module computed: stored as they are (see _add_own_event), once the span started
+                event = _SdkEvent("celery.dequeued", event_attrs, start_ns)
+            span = hot.start_span(_span_name("run ", name), context, SpanKind.CONSUMER, links, start_ns,
+                                  parent_span if parent is not None else None, event)
+            if published_ns and event is None:
                 _add_own_event(span, "celery.dequeued", event_attrs, start_ns)
             token = otel_context.attach(trace.set_span_in_context(span, context))
             task_id = _text(task_id)

@@ -161,6 +161,19 @@ def test_compare_two_traces_of_the_same_flow(page, stack):
     page.console.assert_clean()
 
 
+def test_unknown_trace_shows_only_the_message(page, stack):
+    """A trace id nobody stored: a message, and no empty waterfall or export buttons that lead to 404s."""
+    missing = "ab" * 16
+    page.goto(f"/trace/{missing}")
+    page.wait_for_function("window.__contrail && window.__contrail.traceLoadError !== undefined")
+    error = page.locator("#trace-error")
+    assert error.is_visible() and f"No trace {missing} is stored" in error.inner_text()
+    for selector in ("#copy-ai", "#compare-link", "#export-json", ".trace-body"):
+        assert page.locator(selector).is_hidden(), selector
+    # the only console entry is the API's 404 for the trace itself
+    assert all("404" in e for e in page.console.errors), page.console.errors
+
+
 def test_services_charts_and_service_map(page, stack):
     page.goto("/services?lookback=1h")
     ready(page, "servicesReady")

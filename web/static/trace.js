@@ -271,6 +271,9 @@ async function load() {
   } catch (error) {
     showError($("trace-error"), error.status === 404 ? { message: `No trace ${traceId} is stored (it may still be arriving, or was removed by retention).` } : error);
     contrail.traceLoadError = error.message;
+    // Nothing to show, copy, export or compare: leave only the message (and the way back to search).
+    for (const id of ["copy-ai", "compare-link", "export-json"]) $(id).hidden = true;
+    document.querySelector(".trace-body").hidden = true;
     return;
   }
   contrail.traceFetchMs = performance.now() - startedAt;

@@ -79,6 +79,7 @@ def consumer_stats() -> dict[str, int]:
 
 
 _TRANSIENT = (OperationalError, InterfaceError, DisconnectionError)
+_RLOCK = type(threading.RLock())
 
 
 class StorageUnavailable(Exception):
@@ -282,8 +283,14 @@ class StreamConsumer:
             entry.deliveries = counts.get(entry.id, entry.deliveries)
 
     # ----------------------------------------------------------------- processing
-    def process(self, entries: list[Entry]) -> None:
-        """Decode, store in one transaction, then dead-letter and acknowledge in one MULTI."""
+    def process(self, entries: list[Entry], read_ahead: bool = False) -> None:
+        """Decode, store in one transaction, then dead-letter and acknowledge in one MULTI.
+
+        ``read_ahead``: when the write lock is busy (SQLite: the finalizer
+        thread is writing) once the rows are built, read, decode and build the
+        next entries meanwhile and store them in the same transaction; they
+        are appended to ``entries`` and acknowledged with them.
+        """
         if not entries:
             return
         if entries is not self.held:
@@ -291,9 +298,23 @@ class StreamConsumer:
         self.held = entries
         for entry in entries:
             self._decode(entry)
-        self._store(entries)
+        self._store(entries, read_ahead)
         self._acknowledge(entries)
         self.held = []
+
+    def _read_ahead(self, entries: list[Entry]) -> list[Entry]:
+        """New entries read without waiting and decoded, appended to ``entries``; those with spans."""
+        try:
+            more = self.read_new(wait=False)
+        except redis.RedisError:  # the next read of the loop reports it
+            return []
+        if not more:
+            return []
+        _count("entries_read", len(more))
+        for entry in more:
+            self._decode(entry)
+        entries.extend(more)
+        return [e for e in more if e.spans]
 
     def _decode(self, entry: Entry) -> None:
         entry.spans, entry.dead_reason = [], None
@@ -320,7 +341,7 @@ class StreamConsumer:
             shown = "; ".join(rejected[:10]) + (f"; ... {len(rejected) - 10} more" if len(rejected) > 10 else "")
             entry.dead_reason = f"rejected {len(rejected)} of {len(rejected) + len(entry.spans)} spans: {shown}"
 
-    def _store(self, entries: list[Entry]) -> None:
+    def _store(self, entries: list[Entry], read_ahead: bool = False) -> None:
         """Store the spans of all entries in one transaction.
 
         Operational errors (database down, read-only, locked, deadlock) are
@@ -333,9 +354,11 @@ class StreamConsumer:
             return
         for attempt in range(STORE_ATTEMPTS):
             try:
-                self._store_together(batch)
+                self._store_together(batch, (lambda: self._read_ahead(entries)) if read_ahead else None)
                 return
             except _TRANSIENT as exc:
+                read_ahead = False
+                batch = [e for e in entries if e.spans]  # with any entries read ahead
                 _count("db_errors")
                 if attempt == STORE_ATTEMPTS - 1:
                     raise StorageUnavailable(_short(exc)) from exc
@@ -343,6 +366,7 @@ class StreamConsumer:
                             _short(exc))
                 time.sleep(0.2 * (attempt + 1))
             except Exception as exc:  # refused for what it holds: find the entries at fault
+                batch = [e for e in entries if e.spans]
                 _count("db_errors")
                 log.warning("storing %d entries failed, storing them one by one: %s", len(batch), _short(exc))
                 break
@@ -356,14 +380,29 @@ class StreamConsumer:
                 entry.spans = []
                 entry.dead_reason = f"storage refused the entry: {type(exc).__name__}: {_short(exc)}"
 
-    def _store_together(self, batch: list[Entry]) -> None:
+    def _store_together(self, batch: list[Entry], read_ahead: Any = None) -> None:
         spans = [span for entry in batch for span in entry.spans]
         received_ns = time.time_ns()
-        prepared = prepare_spans(spans, received_ns)  # rows are built before taking the write lock
+        parts = [(spans, received_ns, prepare_spans(spans, received_ns))]  # rows built before the write lock
+        lock = write_lock(self.engine)
+        if read_ahead is None or not isinstance(lock, _RLOCK):
+            lock.__enter__()
+        elif not lock.acquire(blocking=False):  # the finalizer thread is writing: read on meanwhile
+            more = [span for entry in read_ahead() for span in entry.spans]
+            if more:
+                more_ns = time.time_ns()
+                parts.append((more, more_ns, prepare_spans(more, more_ns)))
+                spans = spans + more
+            lock.acquire()
         stored_rows: list = []
-        with write_lock(self.engine), self.engine.begin() as conn:
-            new = store_spans(conn, spans, received_ns, prepared=prepared, stored_rows=stored_rows)
-            finalizer.on_spans_stored(conn, new)
+        try:
+            with self.engine.begin() as conn:
+                new: list = []
+                for part_spans, part_ns, prepared in parts:  # a span in two parts is new in the first only
+                    new += store_spans(conn, part_spans, part_ns, prepared=prepared, stored_rows=stored_rows)
+                finalizer.on_spans_stored(conn, new)
+        finally:
+            lock.__exit__(None, None, None)
         self.recent.add(stored_rows)  # committed: the finalizer may use these rows
         _count("spans_stored", len(new))
         _count("duplicates_skipped", len(spans) - len(new))
@@ -605,7 +644,7 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
                     consumer.claim_stale()
                     next_claim = now + max(0.5, min(settings.claim_idle / 2, 10.0))
                 entries = consumer.read_new()
-                consumer.process(entries)
+                consumer.process(entries, read_ahead=True)
                 now = time.monotonic()
                 if entries:
                     if now >= next_unfreeze:

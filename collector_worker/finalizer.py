@@ -146,13 +146,14 @@ def release(engine: Engine, consumer_name: str, trace_ids: list[str]) -> None:
 
 
 class ClaimAhead:
-    """Leases a finalizer thread took for its next pass inside the write transaction of the last one.
+    """Leases a finalizer thread took for its next passes inside the write transaction of the last one.
 
-    On SQLite the ingest and finalizer threads take turns at one write lock;
-    claiming the next batch in the transaction that writes the current one
-    makes one wait for that lock per batch instead of two. Held leases are
-    used by the next :func:`finalize_ready` given this object, or given back
-    with :meth:`release`.
+    On SQLite the ingest and finalizer threads take turns at one write lock.
+    Leasing the next two batches in the transaction that writes the current
+    one saves a wait for that lock per batch, and lets a pass that finds the
+    lock taken (the ingest thread is writing) assemble the second batch
+    meanwhile instead of waiting idle. Held leases are used by the next
+    :func:`finalize_ready` given this object, or given back with :meth:`release`.
     """
 
     __slots__ = ("claimed", "claimed_ns")
@@ -164,13 +165,16 @@ class ClaimAhead:
     def __bool__(self) -> bool:
         return bool(self.claimed)
 
-    def take(self, now_ns: int) -> list[tuple[str, int]] | None:
-        """The held leases, or None when there are none or they are too old to trust (then to be released)."""
-        claimed, self.claimed = self.claimed, []
-        if claimed and now_ns - self.claimed_ns < LEASE_NS // 2:
-            return claimed
-        self.claimed = claimed  # stale: left for release()
-        return None
+    def take(self, now_ns: int, limit: int = MAX_TRACES_PER_CALL) -> list[tuple[str, int]] | None:
+        """Up to ``limit`` held leases (the rest stay held), or None when they are too old to trust.
+
+        Leases older than half their lifetime are kept for :meth:`release`
+        rather than used: another collector may take them once they expire.
+        """
+        if not self.claimed or now_ns - self.claimed_ns >= LEASE_NS // 2:
+            return None
+        taken, self.claimed = self.claimed[:limit], self.claimed[limit:]
+        return taken
 
     def release(self, engine: Engine, consumer_name: str) -> None:
         claimed, self.claimed = self.claimed, []
@@ -190,9 +194,12 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
     A failure gives the leases back. Returns how many traces were finalized
     (or dropped by tail sampling).
 
-    With ``ahead`` (SQLite only; see :class:`ClaimAhead`) the leases it holds
-    are finalized first (topped up by a claim when fewer than a batch), and
-    the write transaction leases the next batch into it.
+    With ``ahead`` (SQLite only; see :class:`ClaimAhead`) leases it holds are
+    finalized first (topped up by a claim when fewer than a batch); when the
+    write lock is taken once the batch is assembled, a second held batch is
+    assembled meanwhile and written in the same transaction (up to twice
+    :data:`MAX_TRACES_PER_CALL` traces then); and the write transaction leases
+    the next two batches into ``ahead``.
     """
     explicit_now = now_ns is not None
     now_ns = time.time_ns() if now_ns is None else int(now_ns)
@@ -202,29 +209,52 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
     claimed = ahead.take(now_ns) if ahead is not None else None
     if claimed is None:
         if ahead is not None:
-            ahead.release(engine, consumer_name)
+            ahead.release(engine, consumer_name)  # stale leases, if any
         claimed = []
     if len(claimed) < MAX_TRACES_PER_CALL:  # none held, or a partial batch: top it up
         more = claim(engine, consumer_name, now_ns, now_ns - quiet_ns, limit=MAX_TRACES_PER_CALL - len(claimed))
         claimed = sorted(claimed + more) if claimed else more
     if not claimed:
         return 0
+    taken = [claimed]
+    kept = None  # leases held ahead past this call, once known
     try:
-        with engine.connect() as conn:
-            batch = prepare_batch(conn, settings, claimed, now_ns, recent)
-            conn.rollback()  # end the read transaction before writing on another connection
-        with write_lock(engine), engine.begin() as conn:
-            batch.write(conn)
-            if ahead is not None:
-                next_ns = now_ns if explicit_now else time.time_ns()
-                ahead.claimed = _claim(conn, consumer_name, next_ns, next_ns - quiet_ns)
-                ahead.claimed_ns = next_ns
+        batches = [_prepare(engine, settings, claimed, now_ns, recent)]
+        lock = write_lock(engine)
+        if ahead is None or not ahead.claimed:
+            lock.__enter__()
+        elif not lock.acquire(blocking=False):  # the ingest thread is writing: assemble the next batch meanwhile
+            spare = ahead.take(now_ns)
+            if spare:
+                taken.append(spare)
+                batches.append(_prepare(engine, settings, spare, now_ns, recent))
+            lock.acquire()
+        kept = ahead.claimed if ahead is not None else []
+        try:
+            with engine.begin() as conn:
+                for batch in batches:
+                    batch.write(conn)
+                if ahead is not None:
+                    next_ns = now_ns if explicit_now else time.time_ns()
+                    ahead.claimed = kept + _claim(conn, consumer_name, next_ns, next_ns - quiet_ns,
+                                                  limit=2 * MAX_TRACES_PER_CALL - len(kept))
+                    ahead.claimed_ns = min(ahead.claimed_ns, next_ns) if kept else next_ns
+        finally:
+            lock.__exit__(None, None, None)
     except Exception:
-        if ahead is not None:
-            ahead.claimed = []  # the transaction that took them rolled back
-        release(engine, consumer_name, [t for t, _ in claimed])
+        if ahead is not None and kept is not None:
+            ahead.claimed = kept  # leases taken by the transaction that failed were rolled back with it
+        release(engine, consumer_name, [t for part in taken for t, _ in part])
         raise
-    return len(claimed)
+    return sum(len(part) for part in taken)
+
+
+def _prepare(engine: Engine, settings: Any, claimed: list[tuple[str, int]], now_ns: int,
+             recent: "RecentSpans | None") -> "FinalizedBatch":
+    with engine.connect() as conn:
+        batch = prepare_batch(conn, settings, claimed, now_ns, recent)
+        conn.rollback()  # end the read transaction before writing on another connection
+    return batch
 
 
 class RecentSpans:

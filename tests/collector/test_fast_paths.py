@@ -182,8 +182,8 @@ def test_leasing_ahead_gives_the_rows_of_claiming_each_pass(engine):
 
     now = BASE + 5 * S
     assert finalizer.finalize_ready(engine, settings, "c1", now_ns=now, ahead=ahead) == finalizer.MAX_TRACES_PER_CALL
-    if sqlite:  # the write transaction leased the next full batch; nobody else may take it
-        assert len(ahead.claimed) == finalizer.MAX_TRACES_PER_CALL == leased("c1")
+    if sqlite:  # the write transaction leased the next two batches' worth; nobody else may take them
+        assert len(ahead.claimed) == 2 * n - finalizer.MAX_TRACES_PER_CALL == leased("c1")
     else:  # PostgreSQL: no shared write lock, nothing leased ahead
         assert not ahead and leased("c1") == 0
     total = finalizer.MAX_TRACES_PER_CALL
@@ -202,6 +202,7 @@ def test_leasing_ahead_gives_the_rows_of_claiming_each_pass(engine):
     assert finalizer.finalize_ready(engine, settings, "c1", now_ns=later, ahead=ahead) == \
         finalizer.MAX_TRACES_PER_CALL
     if sqlite:
+        assert len(ahead.claimed) == 60
         assert finalizer.finalize_ready(engine, settings, "c2", now_ns=later) == 0  # all leased to c1
         ahead.release(engine, "c1")
         assert not ahead and leased("c1") == 0
@@ -226,3 +227,40 @@ def test_stale_leases_ahead_are_given_back_not_used(engine):
     assert ahead.take(much_later) is None and len(ahead.claimed) == 5
     assert finalizer.finalize_ready(engine, settings, "c1", now_ns=much_later, ahead=ahead) == 5
     assert not ahead
+
+
+def test_a_busy_write_lock_gets_the_next_leased_batch_assembled_and_written_with_the_first(engine):
+    import threading
+
+    from collector_worker.storage.writer import write_lock
+    from tests.collector.test_finalizer_batch import BASE, S, ingest, snapshot, trace_spans
+    from tracer.settings import Settings
+
+    if engine.dialect.name != "sqlite":
+        pytest.skip("leasing ahead is for SQLite's shared write lock")
+    full = finalizer.MAX_TRACES_PER_CALL
+    n = 3 * full // 2
+    settings = Settings(quiet_period=2.0)
+    ingest(engine, [s for i in range(n) for s in trace_spans(i, "a")], BASE)
+    ingest(engine, [s for i in range(n) for s in trace_spans(i, "b")], BASE)
+    ahead = finalizer.ClaimAhead()
+    now = BASE + 5 * S
+    assert finalizer.finalize_ready(engine, settings, "c1", now_ns=now, ahead=ahead) == full
+    assert len(ahead.claimed) == 2 * n - full
+    lock = write_lock(engine)
+    done: list = []
+    with lock:  # as if the ingest thread were writing
+        worker = threading.Thread(target=lambda: done.append(
+            finalizer.finalize_ready(engine, settings, "c1", now_ns=now, ahead=ahead)))
+        worker.start()
+        for _ in range(6000):  # the worker took the spare leases: it found the lock taken
+            if len(ahead.claimed) < 2 * n - 2 * full or not worker.is_alive():
+                break
+            threading.Event().wait(0.01)
+    worker.join(60)
+    assert done == [2 * n - full]  # both held batches in one pass
+    assert not ahead and finalizer.finalize_ready(engine, settings, "c1", now_ns=now, ahead=ahead) == 0
+    a, b = snapshot(engine, "a"), snapshot(engine, "b")
+    assert len(a["traces"]) == n
+    for part in ("traces", "ops", "tags", "spans", "stats", "hist", "deps"):
+        assert a[part] == b[part], part

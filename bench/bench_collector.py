@@ -7,7 +7,8 @@ from one run against a private Redis server:
 (a) one ``contrail collector`` process on SQLite, the real consumer with
     finalization (assembly, statistics) on, ingesting pre-encoded entries of
     500 spans (traces of 10 spans): spans/s until every entry is stored and
-    acknowledged, and until every trace is finalized;
+    acknowledged, and until every trace is finalized, with the collector
+    process's CPU time per span over that run (all threads, from /proc);
 (b) a bare XREADGROUP + decode + XACK loop over the same entries (no storage):
     the ceiling a collector is compared with, as a ratio;
 (c) the finalizer alone, in this process: the same spans stored into a
@@ -155,6 +156,15 @@ def finalizer_alone(entries, total_spans: int, database_url: str) -> dict:
             "spans_per_second": round(total_spans / seconds), "traces_per_call": finalizer.MAX_TRACES_PER_CALL}
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run_collectors(redis_url: str, database_url: str, entries, total_spans: int, processes: int,
                    log_path: Path, wait_finalized: bool) -> dict:
     """Start ``processes`` collectors, publish, time until all is stored (and finalized)."""
@@ -175,6 +185,7 @@ def run_collectors(redis_url: str, database_url: str, entries, total_spans: int,
                 return False
 
         wait_until(joined, timeout=120, interval=0.1, message=f"{processes} collectors in the group")
+        cpu_start = cpu_seconds(collector.pid) if processes == 1 else None
         start = time.perf_counter()
         last_id = publish(client, entries)
         wait_until(lambda: all_acknowledged(client, last_id), timeout=1800, interval=0.05,
@@ -189,6 +200,7 @@ def run_collectors(redis_url: str, database_url: str, entries, total_spans: int,
 
             wait_until(finalized, timeout=1800, interval=0.25, message="every trace finalized")
             finalize_seconds = time.perf_counter() - start
+        cpu_end = cpu_seconds(collector.pid) if cpu_start is not None else None
         with engine.connect() as conn:
             stored = conn.execute(select(func.count()).select_from(schema.spans)).scalar_one()
             traces = conn.execute(select(func.count()).select_from(schema.traces)).scalar_one()
@@ -199,7 +211,11 @@ def run_collectors(redis_url: str, database_url: str, entries, total_spans: int,
                 "spans_per_second": round(total_spans / ingest_seconds),
                 "finalized_seconds": round(finalize_seconds, 3) if finalize_seconds else None,
                 "spans_per_second_incl_finalize": round(total_spans / finalize_seconds) if finalize_seconds else None,
-                "traces_finalized": traces}
+                "traces_finalized": traces,
+                # CPU time of the collector process per span from publishing to the end of the run (all its
+                # threads; SQLite's work included): less sensitive than spans/s to other load on the machine.
+                "cpu_us_per_span": round((cpu_end - cpu_start) / total_spans * 1e6, 1)
+                if cpu_start is not None and cpu_end is not None else None}
     finally:
         collector.send_signal(signal.SIGTERM)
         try:
@@ -220,7 +236,7 @@ def main(argv=None) -> int:
     server = RedisServer.launch()
     workdir = Path(tempfile.mkdtemp(prefix="contrail-bench-"))
     results: dict = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                                 "cpus": os.cpu_count()},
+                                 "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
                      "spans_per_entry": SPANS_PER_ENTRY, "spans_per_trace": SPANS_PER_TRACE}
     try:
         entries = make_entries(args.spans)
@@ -240,6 +256,7 @@ def main(argv=None) -> int:
                  f"{results['sqlite_vs_bare_ratio']:.3f}"),
                 ("1 collector, SQLite, stored AND finalized", f"{sqlite_run['spans_per_second_incl_finalize']:,}",
                  f"{results['sqlite_finalized_vs_bare_ratio']:.3f}"),
+                (f"  (collector CPU {sqlite_run['cpu_us_per_span']} us/span, all threads)", "", ""),
                 (f"finalizer alone, SQLite ({alone['traces_per_second']:,} traces/s)",
                  f"{alone['spans_per_second']:,}", f"{alone['spans_per_second'] / bare:.3f}")]
 

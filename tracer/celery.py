@@ -96,8 +96,8 @@ _FLAGS = {"00": TraceFlags(0), "01": TraceFlags(TraceFlags.SAMPLED)}
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
-def _inject(carrier: dict, span: Any) -> None:
-    """W3C headers for ``span`` (a span or a :class:`Pending` one; baggage from the current context).
+def _inject(carrier: dict, span: Any, current: Any = None) -> None:
+    """W3C headers for ``span`` (a span or a :class:`Pending` one; baggage from ``current``, the current context).
 
     Every publish pays for this, so traceparent/tracestate are formatted here
     exactly as OpenTelemetry's TraceContext propagator does; only a message
@@ -106,7 +106,7 @@ def _inject(carrier: dict, span: Any) -> None:
     span_context = span.get_span_context()
     if not span_context.is_valid:
         return
-    if otel_baggage.get_all():
+    if otel_baggage.get_all(current):
         propagation.inject(carrier, trace.set_span_in_context(NonRecordingSpan(span_context)))
         return
     carrier["traceparent"] = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
@@ -542,14 +542,16 @@ class CeleryTracing:
             # message needs now is the sampling decision and the ids
             name = _span_name("publish ", task_name)
             hot = self.hot_spans()
-            span = hot.decide(name, None, SpanKind.PRODUCER) if hot.usable else None
+            current = otel_context.get_current()  # the parent span and the baggage both come from it
+            parent = trace.get_current_span(current).get_span_context()
+            span = hot.decide(name, None, SpanKind.PRODUCER, (), None, parent) if hot.usable else None
             if span is None:
                 span = self.tracer.start_span(name, kind=SpanKind.PRODUCER)
             # A retry or chain republishes the headers it arrived with: replace, never append.
             for key in PROPAGATION_KEYS:
                 if key in headers:
                     del headers[key]
-            _inject(headers, span)
+            _inject(headers, span, current)
             headers[PUBLISHED_HEADER] = time.time_ns()
             if body is not None and _embedded_chord(body):
                 self._note_chord_header(headers, body, span)

@@ -383,24 +383,27 @@ class StreamConsumer:
     def _store_together(self, batch: list[Entry], read_ahead: Any = None) -> None:
         spans = [span for entry in batch for span in entry.spans]
         received_ns = time.time_ns()
-        parts = [(spans, received_ns, prepare_spans(spans, received_ns))]  # rows built before the write lock
+        parts = [self._prepare(spans, received_ns)]  # rows and statistics built before the write lock
         lock = write_lock(self.engine)
         if read_ahead is None or not isinstance(lock, _RLOCK):
             lock.__enter__()
         elif not lock.acquire(blocking=False):  # the finalizer thread is writing: read on meanwhile
             more = [span for entry in read_ahead() for span in entry.spans]
             if more:
-                more_ns = time.time_ns()
-                parts.append((more, more_ns, prepare_spans(more, more_ns)))
+                parts.append(self._prepare(more, time.time_ns()))
                 spans = spans + more
             lock.acquire()
         stored_rows: list = []
         try:
             with self.engine.begin() as conn:
                 new: list = []
-                for part_spans, part_ns, prepared in parts:  # a span in two parts is new in the first only
-                    new += store_spans(conn, part_spans, part_ns, prepared=prepared, stored_rows=stored_rows)
-                finalizer.on_spans_stored(conn, new)
+                for part_spans, part_ns, prepared, figures in parts:  # a span in two parts is new in the first only
+                    part_new = store_spans(conn, part_spans, part_ns, prepared=prepared, stored_rows=stored_rows)
+                    if len(part_new) == len(prepared.keys):  # all new: the figures computed ahead are exact
+                        figures.write(conn)
+                    else:
+                        finalizer.on_spans_stored(conn, part_new)
+                    new += part_new
         finally:
             lock.__exit__(None, None, None)
         self.recent.add(stored_rows)  # committed: the finalizer may use these rows
@@ -408,6 +411,12 @@ class StreamConsumer:
         _count("duplicates_skipped", len(spans) - len(new))
         if len(new) < len(spans):
             log.info("skipped %d spans already stored (redelivered entries)", len(spans) - len(new))
+
+    @staticmethod
+    def _prepare(spans: list[dict[str, Any]], received_ns: int) -> tuple:
+        """Rows of the spans, and the statistics they add if all are new (both need no database)."""
+        prepared = prepare_spans(spans, received_ns)
+        return spans, received_ns, prepared, finalizer.SpanFigures([prepared.by_key[k] for k in prepared.keys])
 
     def _acknowledge(self, entries: list[Entry]) -> None:
         pipe = self.redis.pipeline(transaction=True)

@@ -65,10 +65,29 @@ def on_spans_stored(conn: Connection, new_spans: list[dict]) -> None:
     """Count newly stored spans into span statistics and LLM usage (inside the ingest transaction)."""
     if not new_spans:
         return
-    stats.record_spans(conn, new_spans, scope="span")
-    module = _llm_usage_module()
-    if module is not None:
-        module.record_llm_usage(conn, new_spans)
+    SpanFigures(new_spans).write(conn)
+
+
+class SpanFigures:
+    """What :func:`on_spans_stored` writes for a list of spans, computed ahead (outside the write lock).
+
+    The consumer computes it for all spans of a batch before its transaction
+    and writes it when every span turned out new (the usual case); otherwise
+    it calls :func:`on_spans_stored` with the spans that were.
+    """
+
+    __slots__ = ("acc", "usage", "module")
+
+    def __init__(self, spans: list[dict]) -> None:
+        self.acc = stats.Accumulator()
+        self.acc.add_spans("span", spans)
+        self.module = _llm_usage_module()
+        self.usage = self.module.aggregate_usage(spans) if self.module is not None and spans else []
+
+    def write(self, conn: Connection) -> None:
+        self.acc.flush(conn)
+        if self.usage:
+            self.module.write_usage(conn, self.usage)
 
 
 # --------------------------------------------------------------------------- finalizer side

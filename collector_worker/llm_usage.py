@@ -146,7 +146,11 @@ def aggregate_usage(new_spans: Iterable[Mapping[str, Any]], table: pricing.Price
 
 def record_llm_usage(conn: Connection, new_spans: list[dict]) -> None:
     """Add the LLM usage of newly stored spans to ``llm_usage`` (call once per new span)."""
-    rows = aggregate_usage(new_spans)
+    write_usage(conn, aggregate_usage(new_spans))
+
+
+def write_usage(conn: Connection, rows: list[dict]) -> None:
+    """Add rows from :func:`aggregate_usage` to ``llm_usage``."""
     if rows:  # additive upsert on the usage key (the table's primary key)
         additive_upsert(conn, llm_usage, rows, _ADDITIVE)
 

@@ -264,3 +264,28 @@ def test_a_busy_write_lock_gets_the_next_leased_batch_assembled_and_written_with
     assert len(a["traces"]) == n
     for part in ("traces", "ops", "tags", "spans", "stats", "hist", "deps"):
         assert a[part] == b[part], part
+
+
+def test_span_figures_computed_ahead_write_what_recording_them_writes(tmp_path):
+    from sqlalchemy import select
+
+    from collector_worker import llm_usage, stats
+    from collector_worker.storage import open_engine, schema
+    from tests.collector.test_finalizer_batch import trace_spans
+
+    spans = [s for i in range(40) for s in trace_spans(i, "a")]
+    for i, s in enumerate(spans[::7]):
+        s["attributes"] = {**s["attributes"], "gen_ai.request.model": "gpt-4o-mini",
+                           "gen_ai.usage.input_tokens": 100 + i, "gen_ai.usage.output_tokens": 7}
+    tables = (schema.stats, schema.stats_histogram, schema.llm_usage)
+    results = []
+    for name, write in (("ahead", lambda conn: finalizer.SpanFigures(spans).write(conn)),
+                        ("recorded", lambda conn: (stats.record_spans(conn, spans, scope="span"),
+                                                   llm_usage.record_llm_usage(conn, spans)))):
+        engine = open_engine(f"sqlite:///{tmp_path / name}.db")
+        with engine.begin() as conn:
+            write(conn)
+        with engine.connect() as conn:
+            results.append([sorted(tuple(r) for r in conn.execute(select(t))) for t in tables])
+        engine.dispose()
+    assert results[0] == results[1] and all(results[0])

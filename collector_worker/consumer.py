@@ -449,8 +449,11 @@ class StreamConsumer:
         return fields
 
     # ----------------------------------------------------------------- periodic work
-    def finalize(self) -> int:
+    def finalize(self, pipeline: "finalizer.WritePipeline | None" = None) -> int:
+        """One finalize pass; with ``pipeline`` the batch's write is handed over (counted once committed)."""
         try:
+            if pipeline is not None:
+                return pipeline.step()
             done = finalizer.finalize_ready(self.engine, self.settings, self.name, recent=self.recent,
                                             ahead=self.ahead)
         except SQLAlchemyError as exc:
@@ -462,6 +465,13 @@ class StreamConsumer:
         if done:
             _count("finalized", done)
         return done
+
+    def write_pipeline(self) -> "finalizer.WritePipeline | None":
+        """On SQLite, a pipeline writing finalized batches beside the finalizer thread's assembly."""
+        if self.engine.dialect.name != "sqlite":
+            return None
+        return finalizer.WritePipeline(self.engine, self.settings, self.name, self.recent, self.ahead,
+                                       on_written=lambda n: _count("finalized", n))
 
     def release_ahead(self) -> None:
         """Give back leases taken for a finalize pass that will not run (the collector is stopping)."""
@@ -502,6 +512,8 @@ class StreamConsumer:
 class FinalizerThread(threading.Thread):
     """Finalizes quiet traces beside the stream loop, so reading, storing and acknowledging never wait for it.
 
+    On SQLite each batch's write runs on a thread of its own while this one
+    assembles the next (:class:`finalizer.WritePipeline`).
     A pass that filled a whole batch (or leased a whole next batch, see
     :class:`finalizer.ClaimAhead`) is followed by the next at once; after a
     partial one it waits :data:`FINALIZE_PARTIAL_WAIT`; after an empty one it
@@ -517,12 +529,17 @@ class FinalizerThread(threading.Thread):
         self.stop = stop
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            done = self.consumer.finalize()
-            full = finalizer.MAX_TRACES_PER_CALL
-            if done >= full or len(self.consumer.ahead.claimed) >= full:
-                continue
-            self.stop.wait(FINALIZE_PARTIAL_WAIT if done else self._idle_wait())
+        pipeline = self.consumer.write_pipeline()
+        try:
+            while not self.stop.is_set():
+                done = self.consumer.finalize(pipeline)
+                full = finalizer.MAX_TRACES_PER_CALL
+                if done >= full or len(self.consumer.ahead.claimed) >= full:
+                    continue
+                self.stop.wait(FINALIZE_PARTIAL_WAIT if done else self._idle_wait())
+        finally:
+            if pipeline is not None:
+                pipeline.close()
 
     def _idle_wait(self) -> float:
         quiet_ns = int(float(self.consumer.settings.quiet_period) * 1e9)

@@ -268,6 +268,95 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
     return sum(len(part) for part in taken)
 
 
+class WritePipeline:
+    """Finalization on SQLite with the writes on a thread of their own (``contrail-finalizer-write``).
+
+    :meth:`step` leases a batch (from ``ahead`` when it holds leases, see
+    :class:`ClaimAhead`), reads and assembles it, waits for the previous
+    batch's write to finish and hands this one over; so one batch is assembled
+    while the previous is written (SQLite works outside the interpreter lock).
+    Each write transaction leases up to two batches ahead; they are put in
+    ``ahead`` only after it commits, so a batch is never assembled from a
+    snapshot that misses the write that re-queued one of its traces. A failed
+    write gives its leases back; ``on_written(n)`` is called after each
+    committed batch. Batches are disjoint (a lease is held by one batch at a
+    time), so assembling one while another is written reads nothing the write
+    changes.
+    """
+
+    def __init__(self, engine: Engine, settings: Any, consumer_name: str, recent: "RecentSpans | None",
+                 ahead: ClaimAhead, on_written: Any = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.engine, self.settings, self.name, self.recent, self.ahead = engine, settings, consumer_name, recent, ahead
+        self.on_written = on_written
+        self._lock = threading.Lock()  # guards ``ahead`` between the two threads
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contrail-finalizer-write")
+        self._pending: Any = None
+
+    def step(self) -> int:
+        """One batch leased, assembled and handed to the writer; how many traces (0: none was quiet)."""
+        now_ns = time.time_ns()
+        quiet_ns = int(float(self.settings.quiet_period) * 1e9)
+        stale: list[tuple[str, int]] = []
+        if self._pending is not None and not self.ahead.claimed:
+            self.wait()  # its transaction leases what this pass finalizes
+        with self._lock:
+            claimed = self.ahead.take(now_ns)
+            if claimed is None:
+                claimed, stale, self.ahead.claimed = [], self.ahead.claimed, []
+        if stale:
+            release(self.engine, self.name, [t for t, _ in stale])
+        if len(claimed) < MAX_TRACES_PER_CALL:  # none held, or a partial batch: top it up
+            more = claim(self.engine, self.name, now_ns, now_ns - quiet_ns, limit=MAX_TRACES_PER_CALL - len(claimed))
+            claimed = sorted(claimed + more) if claimed else more
+        if not claimed:
+            return 0
+        try:
+            batch = _prepare(self.engine, self.settings, claimed, now_ns, self.recent)
+        except Exception:
+            release(self.engine, self.name, [t for t, _ in claimed])
+            raise
+        self.wait()
+        self._pending = self._pool.submit(self._write, batch, claimed, quiet_ns)
+        return len(claimed)
+
+    def _write(self, batch: "FinalizedBatch", claimed: list[tuple[str, int]], quiet_ns: int) -> int:
+        try:
+            with write_lock(self.engine), self.engine.begin() as conn:
+                batch.write(conn)
+                with self._lock:
+                    room = 2 * MAX_TRACES_PER_CALL - len(self.ahead.claimed)
+                next_ns = time.time_ns()
+                leased = _claim(conn, self.name, next_ns, next_ns - quiet_ns, limit=room) if room > 0 else []
+        except Exception:
+            release(self.engine, self.name, [t for t, _ in claimed])
+            raise
+        if leased:
+            with self._lock:
+                if self.ahead.claimed:
+                    self.ahead.claimed = self.ahead.claimed + leased
+                else:
+                    self.ahead.claimed, self.ahead.claimed_ns = leased, next_ns
+        if self.on_written is not None:
+            self.on_written(len(claimed))
+        return len(claimed)
+
+    def wait(self) -> None:
+        """Wait for the batch being written; a failed write is logged (its leases were given back)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except Exception as exc:  # the traces stay pending; a later pass retries them
+            log.warning("writing finalized traces failed, will retry: %s", exc)
+
+    def close(self) -> None:
+        self.wait()
+        self._pool.shutdown(wait=True)
+
+
 def _prepare(engine: Engine, settings: Any, claimed: list[tuple[str, int]], now_ns: int,
              recent: "RecentSpans | None") -> "FinalizedBatch":
     with engine.connect() as conn:

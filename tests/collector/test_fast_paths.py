@@ -289,3 +289,37 @@ def test_span_figures_computed_ahead_write_what_recording_them_writes(tmp_path):
             results.append([sorted(tuple(r) for r in conn.execute(select(t))) for t in tables])
         engine.dispose()
     assert results[0] == results[1] and all(results[0])
+
+
+def test_write_pipeline_gives_the_rows_of_finalizing_in_one_thread(engine):
+    from tests.collector.test_finalizer_batch import BASE, S, finalize_all, ingest, snapshot, trace_spans
+    from tracer.settings import Settings
+
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the write pipeline is for SQLite's single writer")
+    n = 5 * finalizer.MAX_TRACES_PER_CALL // 2
+    recent = finalizer.RecentSpans()
+    rows: list = []
+    from collector_worker.storage.writer import store_spans
+    with engine.begin() as conn:  # "a" as the consumer stores it, held for the finalizer
+        finalizer.on_spans_stored(conn, store_spans(conn, [s for i in range(n) for s in trace_spans(i, "a")],
+                                                    BASE, stored_rows=rows))
+    recent.add(rows)
+    written: list = []
+    ahead = finalizer.ClaimAhead()
+    pipeline = finalizer.WritePipeline(engine, Settings(quiet_period=0.0), "c1", recent, ahead,
+                                       on_written=written.append)
+    try:
+        handed = []
+        while (k := pipeline.step()):
+            handed.append(k)
+    finally:
+        pipeline.close()
+    assert sum(handed) == sum(written) == n and not ahead
+    assert recent.hits == n
+    ingest(engine, [s for i in range(n) for s in trace_spans(i, "b")], BASE)  # "b" the usual way
+    assert finalize_all(engine, BASE + 10 * S) == n
+    a, b = snapshot(engine, "a"), snapshot(engine, "b")
+    assert len(a["traces"]) == n
+    for part in ("traces", "ops", "tags", "spans", "stats", "hist", "deps"):
+        assert a[part] == b[part], part

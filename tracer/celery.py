@@ -657,6 +657,7 @@ class CeleryTracing:
                 if state == "SUCCESS":  # task_success fires just before this; one handler does both
                     span.set_status(_STATUS_OK)
                 span.end()
+                self.hot_spans().prepare()  # the next task's span object, made while nothing waits
             elif self.in_pool_child:
                 # No state: the child is being terminated (revoke, hard time limit) and SystemExit is
                 # unwinding the task. The worker's parent records this run with the reason; ending

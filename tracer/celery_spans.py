@@ -22,7 +22,9 @@ see no difference. It differs in two ways:
 * the span object is built from a template made once per tracer by the SDK's
   own constructor: the per-span fields are fresh, the shared ones (resource,
   processors, limits, scope, sampler) are the template's. A span with links
-  or sampler-provided attributes goes through the SDK constructor.
+  or sampler-provided attributes goes through the SDK constructor. The run
+  handler asks for the next object ahead (:meth:`HotSpans.prepare`, after a
+  task has ended), so a task's start only fills in the new span's identity.
 
 In a task round trip these calls run on cold caches (the process slept while
 the broker and the other side worked), where every function call and object
@@ -110,6 +112,7 @@ class HotSpans:
         self.tracer = tracer
         self._template: dict[str, Any] | None = None
         self._counting: Any = None  # the manager's CountingSampler, when its decisions are made here
+        self._spares: list[Any] = []  # span objects made ahead by prepare(); list.pop/append are atomic
         self._bound = 0
         self.usable = False
         try:
@@ -273,7 +276,21 @@ class HotSpans:
 
     def _clone(self, name: str, context: SpanContext, parent: SpanContext | None, kind: Any,
                end_metrics: Any) -> Any:
-        """What :meth:`_sdk_span` builds when there are no links and no sampler attributes, built directly."""
+        """What :meth:`_sdk_span` builds when there are no links and no sampler attributes, built directly.
+
+        The object comes from :meth:`prepare` when one is ready (its containers
+        and locks made earlier, off the caller's path), else it is made now.
+        """
+        try:
+            span = self._spares.pop()
+        except IndexError:
+            span = self._blank()
+        span.__dict__.update(_name=name, _context=context, _kind=kind, _parent=parent,
+                             _record_end_metrics=end_metrics)
+        return span
+
+    def _blank(self) -> Any:
+        """A new span object with every field but its identity (name, context, kind, parent, metrics hook)."""
         attributes = _new(BoundedAttributes)
         attributes.__dict__.update(_dict={}, maxlen=self._max_attributes, dropped=0,
                                    max_value_len=self._max_value_len, _lock=_Lock(), _immutable=False)
@@ -284,10 +301,15 @@ class HotSpans:
         span = _new(_Span)
         fields = span.__dict__
         fields.update(self._template)
-        fields.update(_name=name, _context=context, _kind=kind, _parent=parent, _start_time=None, _end_time=None,
+        fields.update(_name=None, _context=None, _kind=None, _parent=None, _start_time=None, _end_time=None,
                       _attributes=attributes, _events=events, _links=links, _lock=_Lock(),
-                      _record_end_metrics=end_metrics)
+                      _record_end_metrics=None)
         return span
+
+    def prepare(self) -> None:
+        """Make the object of the next span now, while nothing waits (after a task, after a publish)."""
+        if self.usable and not self._spares:
+            self._spares.append(self._blank())
 
 
 def _known_sampler(tracer: Any) -> tuple[Any, int]:

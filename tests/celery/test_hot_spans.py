@@ -146,6 +146,23 @@ def test_any_other_sampler_is_called_as_start_span_calls_it(make_manager):
     assert sampler.calls[0] == sampler.calls[1] == ("publish add", SpanKind.PRODUCER, None, ())
 
 
+def test_span_objects_made_ahead_by_prepare_are_the_same_spans(make_manager):
+    manager = make_manager()
+    hot = HotSpans(manager.tracer)
+    hot.prepare()
+    hot.prepare()  # one is kept ready, not more
+    assert len(hot._spares) == 1
+    spare = hot._spares[0]
+    random.seed(3)
+    span = hot.start_span("run add", remote(0x01), SpanKind.CONSUMER, None, START)
+    random.seed(3)
+    plain = manager.tracer.start_span("run add", context=remote(0x01), kind=SpanKind.CONSUMER, start_time=START)
+    assert span is spare and hot._spares == []
+    assert describe(span) == describe(plain)
+    other = hot.start_span("run add", remote(0x01), SpanKind.CONSUMER, None, START)  # none ready: made now
+    assert other is not span and other._attributes is not span._attributes and other._lock is not span._lock
+
+
 def test_a_tracer_disabled_by_its_configurator_gives_the_same_non_recording_span(make_manager):
     manager = make_manager()
     manager.tracer._set_tracer_config(_TracerConfig(is_enabled=False))

@@ -543,10 +543,15 @@ class CeleryTracing:
             name = _span_name("publish ", task_name)
             hot = self.hot_spans()
             current = otel_context.get_current()  # the parent span and the baggage both come from it
+            retrying = self.running.get(task_id)
+            if retrying is not None:
+                # The running task republishes itself (a retry), maybe from inside a span of its own (the
+                # call that failed): the next attempt belongs to the attempt, not to that call.
+                current = trace.set_span_in_context(retrying[0], current)
             parent = trace.get_current_span(current).get_span_context()
-            span = hot.decide(name, None, SpanKind.PRODUCER, (), None, parent) if hot.usable else None
+            span = hot.decide(name, current, SpanKind.PRODUCER, (), None, parent) if hot.usable else None
             if span is None:
-                span = self.tracer.start_span(name, kind=SpanKind.PRODUCER)
+                span = self.tracer.start_span(name, current, kind=SpanKind.PRODUCER)
             # A retry or chain republishes the headers it arrived with: replace, never append.
             for key in PROPAGATION_KEYS:
                 if key in headers:

@@ -137,6 +137,21 @@ def test_retries_stay_in_the_trace_with_attempt_numbers(tasks, worker, spans_cli
     assert len({r["attributes"]["celery.task_id"] for r in runs}) == 1
 
 
+def test_a_retry_raised_inside_a_span_is_published_by_the_attempt(tasks, worker, spans_client):
+    """The retry's publish hangs under the failed attempt's run span, not under the call that failed."""
+    with tasks.tracing.tracer.start_as_current_span("client root") as root:
+        assert tasks.flaky_call.delay().get(timeout=30) == 1
+    tasks.tracing.flush(5)
+    name = "run tests.celery.apps.tasks.flaky_call"
+    spans = wait_for_spans(spans_client, hex_trace(root), count(name, 2))
+    first, second = sorted(named(spans, name), key=lambda s: s["attributes"]["celery.retries"])
+    ids = {s["span_id"]: s for s in spans}
+    republish = ids[second["parent_span_id"]]
+    assert republish["kind"] == "producer" and republish["parent_span_id"] == first["span_id"]
+    calls = [s for s in named(spans, "call flaky backend") if s["parent_span_id"] == first["span_id"]]
+    assert len(calls) == 1  # the call that failed is still the attempt's child, beside the republish
+
+
 def test_failure_sets_error_status_and_exception_event(tasks, worker, spans_client):
     with tasks.tracing.tracer.start_as_current_span("client root") as root:
         result = tasks.boom.delay("card declined")

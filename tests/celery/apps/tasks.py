@@ -55,6 +55,15 @@ def flaky(self, failures):
     return self.request.retries
 
 
+@app.task(bind=True, max_retries=2)
+def flaky_call(self):
+    """Retries from inside a span of its own (the call that failed), as real tasks do."""
+    with tracing.span("call flaky backend", kind="client"):
+        if self.request.retries < 1:
+            raise self.retry(exc=TimeoutError("backend timed out"), countdown=0.05)
+    return self.request.retries
+
+
 @app.task
 def boom(message="boom"):
     raise ValueError(message)

@@ -138,12 +138,14 @@ def test_spans_go_out_as_one_entry_per_batch(make_manager, redis_url):
     for i in range(35):
         tracing.finish_span(tracing.start_span(f"s{i}"))
     assert tracing.flush(5)
-    entries = stream_entries(redis_url)
-    assert [int(fields[b"n"]) for _, fields in entries] == [10, 10, 10, 5]
+    sizes = [int(fields[b"n"]) for _, fields in stream_entries(redis_url)]
+    # The thread wakes when a full batch is queued and then drains what is there, so a batch the
+    # application is still filling may go out short: sizes depend on timing, the bounds do not.
+    assert sizes[0] == 10 and max(sizes) == 10 and sum(sizes) == 35 and len(sizes) >= 4
     names = [s["name"] for s in stream_spans(redis_url)]
     assert names == [f"s{i}" for i in range(35)]
     info = tracing.get_tracer_info()
-    assert info["batches_exported"] == 4 and info["spans_exported"] == 35 and info["spans_started"] == 35
+    assert info["batches_exported"] == len(sizes) and info["spans_exported"] == 35 and info["spans_started"] == 35
 
 
 def test_queue_full_drops_are_counted(make_manager, redis_url):

@@ -161,6 +161,16 @@ def engine(database_url):
     engine.dispose()
 
 
+@pytest.fixture
+def sqlite_engine(sqlite_url):
+    """Leasing ahead and the write pipeline exist for SQLite's single writer only."""
+    from collector_worker.storage import open_engine
+
+    engine = open_engine(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
 def test_leasing_ahead_gives_the_rows_of_claiming_each_pass(engine):
     from sqlalchemy import func, select
 
@@ -209,12 +219,11 @@ def test_leasing_ahead_gives_the_rows_of_claiming_each_pass(engine):
     assert finalizer.finalize_ready(engine, settings, "c2", now_ns=later) == 60
 
 
-def test_stale_leases_ahead_are_given_back_not_used(engine):
+def test_stale_leases_ahead_are_given_back_not_used(sqlite_engine):
+    engine = sqlite_engine
     from tests.collector.test_finalizer_batch import BASE, S, ingest, trace_spans
     from tracer.settings import Settings
 
-    if engine.dialect.name != "sqlite":
-        pytest.skip("leasing ahead is for SQLite's shared write lock")
     settings = Settings(quiet_period=2.0)
     ingest(engine, [s for i in range(finalizer.MAX_TRACES_PER_CALL + 5) for s in trace_spans(i, "a")], BASE)
     ahead = finalizer.ClaimAhead()
@@ -229,15 +238,14 @@ def test_stale_leases_ahead_are_given_back_not_used(engine):
     assert not ahead
 
 
-def test_a_busy_write_lock_gets_the_next_leased_batch_assembled_and_written_with_the_first(engine):
+def test_a_busy_write_lock_gets_the_next_leased_batch_assembled_and_written_with_the_first(sqlite_engine):
+    engine = sqlite_engine
     import threading
 
     from collector_worker.storage.writer import write_lock
     from tests.collector.test_finalizer_batch import BASE, S, ingest, snapshot, trace_spans
     from tracer.settings import Settings
 
-    if engine.dialect.name != "sqlite":
-        pytest.skip("leasing ahead is for SQLite's shared write lock")
     full = finalizer.MAX_TRACES_PER_CALL
     n = 3 * full // 2
     settings = Settings(quiet_period=2.0)
@@ -291,12 +299,11 @@ def test_span_figures_computed_ahead_write_what_recording_them_writes(tmp_path):
     assert results[0] == results[1] and all(results[0])
 
 
-def test_write_pipeline_gives_the_rows_of_finalizing_in_one_thread(engine):
+def test_write_pipeline_gives_the_rows_of_finalizing_in_one_thread(sqlite_engine):
+    engine = sqlite_engine
     from tests.collector.test_finalizer_batch import BASE, S, finalize_all, ingest, snapshot, trace_spans
     from tracer.settings import Settings
 
-    if engine.dialect.name != "sqlite":
-        pytest.skip("the write pipeline is for SQLite's single writer")
     n = 5 * finalizer.MAX_TRACES_PER_CALL // 2
     recent = finalizer.RecentSpans()
     rows: list = []

@@ -98,7 +98,9 @@ async function drawScatter(traces) {
     trace(ok, "ok", { color: "#4e79a7", size: 9, opacity: 0.8 }),
     trace(bad, "error", { color: "#d62728", size: 11, symbol: "x" }),
   ];
-  const layout = { ...theme, height: 220, showlegend: true, legend: { orientation: "h", y: 1.15 },
+  // the legend sits in a top margin of its own, right-aligned, so it never covers a point
+  const layout = { ...theme, height: 240, margin: { ...theme.margin, t: 30 }, showlegend: true,
+    legend: { orientation: "h", x: 1, xanchor: "right", y: 1, yanchor: "bottom" },
     xaxis: { ...theme.xaxis, type: "date" }, yaxis: { ...theme.yaxis, title: { text: "ms" }, rangemode: "tozero" } };
   const div = $("scatter");
   await Plotly.react(div, data, layout, { displayModeBar: false, responsive: true });

@@ -1,11 +1,13 @@
 """Mermaid export: a trace as a ``sequenceDiagram`` across its services.
 
 Participants are services (safe ids, readable aliases). Every span whose
-parent lives in another service is a call arrow from the parent's service,
+parent lives in another service, and every message consumer (a Celery task
+run, even one its own service queued, such as a retry), is a call arrow from the parent's service,
 with its return arrow carrying the duration (asynchronous ``-)`` arrows for
 messaging consumers, which have no return). Calls are drawn nested, in time
 order; runs of identical sibling calls are folded into one arrow with a count.
-Errors become notes. Text is sanitised to the characters Mermaid's sequence
+Errors become notes: a call's own, and those of the spans inside it (a failed
+database query in a task run); a Celery attempt that was retried says so. Text is sanitised to the characters Mermaid's sequence
 grammar accepts in messages, so the output always parses.
 """
 
@@ -55,21 +57,32 @@ def _calls(spans: list[dict]) -> tuple[list[dict], dict[str, dict]]:
     roots: list[dict] = []
     for span in spans:  # spans are sorted by start time
         parent = by_id.get(span.get("parent_span_id") or "")
-        if parent is None or parent.get("service") == span.get("service"):
+        if parent is None:
             continue
-        node = {"span": span, "caller": parent["service"], "callee": span["service"], "children": []}
+        message = span.get("kind") == "consumer" and parent.get("kind") == "producer"
+        if parent.get("service") == span.get("service") and not message:  # a task queued by its own service
+            continue                                                          # (a retry) is still drawn
+        node = {"span": span, "caller": parent["service"], "callee": span["service"], "children": [], "inner": []}
         nodes[span["span_id"]] = node
-    for span_id, node in nodes.items():
-        ancestor = by_id.get(node["span"].get("parent_span_id") or "")
-        enclosing = None
+
+    def enclosing_call(span: dict) -> dict | None:
+        ancestor = by_id.get(span.get("parent_span_id") or "")
         seen = 0
         while ancestor is not None and seen < len(by_id):
             if ancestor["span_id"] in nodes:
-                enclosing = nodes[ancestor["span_id"]]
-                break
+                return nodes[ancestor["span_id"]]
             ancestor = by_id.get(ancestor.get("parent_span_id") or "")
             seen += 1
+        return None
+
+    for span_id, node in nodes.items():
+        enclosing = enclosing_call(node["span"])
         (enclosing["children"] if enclosing else roots).append(node)
+    for span in spans:  # errors of spans that are not calls belong to the call they happened in
+        if span.get("status") == "error" and span["span_id"] not in nodes:
+            owner = enclosing_call(span)
+            if owner is not None:
+                owner["inner"].append(span)
     for node in nodes.values():
         node["children"].sort(key=lambda n: n["span"]["start_ns"])
     roots.sort(key=lambda n: n["span"]["start_ns"])
@@ -128,6 +141,11 @@ def render(trace: dict) -> str:
             asynchronous = span.get("kind") == "consumer"
             label = name if len(group) == 1 else f"{name} x {len(group)}"
             lines.append(f"{indent}{caller}{'-)' if asynchronous else '->>'}{callee}: {label}")
+            inner = [e for n in group for e in n["inner"]]
+            if inner:  # before the calls beneath: a failure usually comes before the retry it causes
+                first_error = inner[0]
+                message = f"{first_error.get('name')} {first_error.get('status_message') or ''}"
+                lines.append(f"{indent}Note over {callee}: {len(inner)} error(s) inside {text(message, 60)}")
             children = sorted((c for n in group for c in n["children"]), key=lambda c: c["span"]["start_ns"])
             emit(_fold(children), indent)
             if errors:
@@ -138,7 +156,8 @@ def render(trace: dict) -> str:
                 took = format_duration_ms(durations[0])
             else:
                 took = f"{format_duration_ms(sum(durations))} total, max {format_duration_ms(max(durations))}"
-            status = "error" if errors else "ok"
+            retried = any((n["span"].get("attributes") or {}).get("celery.state") == "RETRY" for n in group)
+            status = "error" if errors else "retried" if retried else "ok"
             if asynchronous:
                 lines.append(f"{indent}Note over {callee}: {text(took, 60)} {status}")
             else:

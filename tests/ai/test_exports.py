@@ -194,3 +194,26 @@ def test_mermaid_folds_repeated_calls():
     assert text.count("s_api->>s_items") == 1
     assert "GET /item x 30" in text
     assert "error (1 of 30)" in text
+
+
+def retried_task_trace():
+    """A request whose task times out calling a backend, is retried, then succeeds."""
+    b = TraceBuilder()
+    root = b.span("POST /ingest", "api", 0, 400, kind="server")
+    publish = b.span("publish index", "api", 5, 1, root, kind="producer")
+    first = b.span("run index", "worker", 10, 150, publish, kind="consumer", attributes={"celery.state": "RETRY"})
+    b.span("GET vector-db", "worker", 12, 140, first, kind="client", status="error", message="timed out")
+    again = b.span("publish index", "worker", 155, 1, first, kind="producer")
+    b.span("run index", "worker", 200, 90, again, kind="consumer", attributes={"celery.state": "SUCCESS"})
+    return b.build()
+
+
+def test_mermaid_shows_retries_and_errors_inside_calls(mermaid_parser):
+    _, text = export_trace(retried_task_trace(), "mermaid")
+    notes = [line.strip() for line in text.splitlines() if line.strip().startswith("Note over s_worker")]
+    # the first attempt's failure, then its retry (drawn inside it), then how the first attempt ended
+    assert notes == ["Note over s_worker: 1 error(s) inside GET vector-db timed out",
+                     "Note over s_worker: 90.0ms ok",
+                     "Note over s_worker: 150ms retried"], text
+    assert "s_worker-)s_worker: run index" in text  # the retry, queued by the worker itself
+    assert mermaid_parser([text]) == [{"ok": True, "type": "sequence"}]

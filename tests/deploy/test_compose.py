@@ -140,3 +140,16 @@ def test_web_binding_all_interfaces_has_a_token_or_says_insecure(compose):
             "contrail web refuses a non-loopback bind without a token"
     if "--insecure" in command:  # then only this machine may reach the published port
         assert all(str(port).startswith("127.0.0.1:") for port in web["ports"])
+
+
+def test_every_contrail_service_other_than_web_overrides_the_image_healthcheck(compose):
+    """The image's HEALTHCHECK polls the web app's /healthz: a collector or worker inheriting it is never healthy."""
+    for name, service in contrail_services(compose).items():
+        if service["command"][:2] == ["contrail", "web"]:
+            continue
+        check = service.get("healthcheck")
+        assert check, f"{name} inherits the image's web healthcheck; give it its own or disable it"
+        if not check.get("disable"):
+            urls = health_urls(check["test"])
+            port = bind_port(service["command"])
+            assert all(p == port for p, _ in urls), f"{name}'s healthcheck polls a port it does not serve"

@@ -106,3 +106,29 @@ def test_services_select_existing_workloads(documents):
     for name, service in of_kind(documents, "Service").items():
         selector = service["spec"]["selector"]
         assert any(selector.items() <= label.items() for label in labels), f"Service {name} selects nothing"
+
+
+def _bytes(quantity: str, units: dict[str, int]) -> int:
+    for suffix, factor in sorted(units.items(), key=lambda item: -len(item[0])):
+        if quantity.endswith(suffix):
+            return int(float(quantity[:-len(suffix)]) * factor)
+    return int(quantity)
+
+
+K8S_UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "k": 1000, "M": 1000**2, "G": 1000**3}
+REDIS_UNITS = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "k": 1000, "m": 1000**2, "g": 1000**3}
+
+
+def test_redis_persists_and_refuses_writes_before_its_memory_limit(documents):
+    """AOF on; maxmemory with noeviction below the container limit, so Redis says 'full' instead of being OOM-killed."""
+    redis = of_kind(documents, "StatefulSet")["contrail-redis"]["spec"]["template"]["spec"]["containers"][0]
+    args = redis["args"]
+
+    def arg(name):
+        assert name in args, f"redis-server has no {name}"
+        return args[args.index(name) + 1]
+
+    assert arg("--appendonly") == "yes"
+    assert arg("--maxmemory-policy") == "noeviction"
+    limit = _bytes(redis["resources"]["limits"]["memory"], K8S_UNITS)
+    assert 0 < _bytes(arg("--maxmemory").lower(), REDIS_UNITS) <= 0.8 * limit

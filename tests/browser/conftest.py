@@ -146,7 +146,10 @@ class ConsoleWatch:
 
 @pytest.fixture
 def page(chromium, stack):
-    context = chromium.new_context(viewport={"width": 1440, "height": 900}, base_url=stack.base_url)
+    # bypass_csp: Playwright's wait_for_function evaluates its string with eval, which the dashboard's
+    # Content-Security-Policy forbids; test_security.py drives the pages with the policy enforced.
+    context = chromium.new_context(viewport={"width": 1440, "height": 900}, base_url=stack.base_url,
+                                   bypass_csp=True)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.base_url)
     page = context.new_page()
     page.set_default_timeout(15000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Blueprint, jsonify
@@ -13,6 +14,7 @@ from ..app import current_resources, current_settings
 from ..errors import ApiError
 
 bp = Blueprint("health", __name__)
+log = logging.getLogger("contrail.web")
 
 
 @bp.get("/healthz")
@@ -21,12 +23,20 @@ def healthz():
     return jsonify({"status": "ok"})
 
 
+def _unavailable(what: str, exc: Exception) -> str:
+    """The probe's answer names the kind of failure only: /readyz is open even when tokens are set, and a
+    driver's message carries host names, ports and user names. The whole message goes to the log."""
+    log.warning("readiness: %s unavailable: %s: %s", what, type(exc).__name__, str(exc).strip().splitlines()[0]
+                if str(exc).strip() else "")
+    return f"unavailable ({type(exc).__name__}; the web app's log has the details)"
+
+
 def _check_database() -> str | None:
     try:
         with current_resources().engine().connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:  # any driver error means not ready
-        return f"{type(exc).__name__}: {exc}"
+        return _unavailable("database", exc)
     return None
 
 
@@ -34,7 +44,7 @@ def _check_redis() -> str | None:
     try:
         current_resources().redis().ping()
     except Exception as exc:  # connection refused, timeout, auth
-        return f"{type(exc).__name__}: {exc}"
+        return _unavailable("redis", exc)
     return None
 
 

@@ -1,6 +1,6 @@
 // AI page: LLM calls by model (tokens, latency, cost) and, per agent trace, its phases,
 // tool calls and LLM calls in the order they happened.
-import { getJSON, el, fmtMs, fmtNum, fmtTime, showError, traceHref, plotTheme, plotlyReady, contrail } from "./api.js";
+import { getJSON, el, fmtMs, fmtNum, fmtTime, showError, traceHref, plotTheme, plotText, plotlyReady, contrail } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("ai-form");
@@ -78,8 +78,8 @@ async function loadUsage() {
   const Plotly = await plotlyReady();
   const theme = plotTheme();
   await Plotly.react($("chart-tokens"), [
-    { type: "bar", name: "input tokens", x: rows.map((r) => r.model), y: rows.map((r) => r.input) },
-    { type: "bar", name: "output tokens", x: rows.map((r) => r.model), y: rows.map((r) => r.output) },
+    { type: "bar", name: "input tokens", x: rows.map((r) => plotText(r.model)), y: rows.map((r) => r.input) },
+    { type: "bar", name: "output tokens", x: rows.map((r) => plotText(r.model)), y: rows.map((r) => r.output) },
   ], { ...theme, height: 240, barmode: "stack", legend: { orientation: "h", y: 1.15 },
     ...(rows.length ? {} : { annotations: [{ text: "no LLM calls in this window", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }],
       xaxis: { ...theme.xaxis, visible: false }, yaxis: { ...theme.yaxis, visible: false } }) },

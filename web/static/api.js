@@ -17,8 +17,7 @@ export class ApiError extends Error {
   }
 }
 
-function authHeaders() {
-  const token = sessionStorage.getItem(TOKEN_KEY);
+function authHeaders(token) {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
@@ -46,8 +45,11 @@ export function buildUrl(path, params) {
 async function request(path, params, as) {
   const url = buildUrl(path, params);
   for (let attempt = 0; attempt < 2; attempt++) {
-    const response = await fetch(url, { headers: { Accept: as === "text" ? "text/plain" : "application/json", ...authHeaders() } });
+    const sent = sessionStorage.getItem(TOKEN_KEY);
+    const response = await fetch(url, { headers: { Accept: as === "text" ? "text/plain" : "application/json", ...authHeaders(sent) } });
     if (response.status === 401 && attempt === 0) {
+      // Sent before a token was entered (another request asked meanwhile): try again with it, ask nobody.
+      if (sessionStorage.getItem(TOKEN_KEY) !== sent) continue;
       sessionStorage.removeItem(TOKEN_KEY);
       if (await askForToken()) { tokenPrompt = null; continue; }
     }
@@ -178,6 +180,13 @@ export function textOn(hex) {
   const [r, g, b] = m.slice(1).map((h) => { const c = parseInt(h, 16) / 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; });
   const lum = 0.2126 * r + 0.7152 * g + 0.0722 * b;
   return (lum + 0.05) / 0.05 > 1.05 / (lum + 0.05) ? "#111" : "#fff";
+}
+
+/** Text from span data for Plotly (legends, hover labels, axis ticks). Plotly reads a subset of HTML in
+ * those strings (<a href>, <b>, <br>, <span style>), so markup in a service, operation or model name would
+ * become links and styles; entities make Plotly show it as the literal text. */
+export function plotText(value) {
+  return String(value ?? "").replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }
 
 /** Plotly layout colours that follow the current theme. */

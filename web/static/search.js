@@ -1,7 +1,7 @@
 // Trace search: the form mirrors the URL query string (deep links), results as a scatter
 // plot (time × duration, errors marked, click to open) and a sortable, paged table.
 import { getJSON, listServices, listOperations, el, clear, fmtMs, fmtTime, fmtNum, showError, traceHref,
-  plotTheme, plotlyReady, autoRefresh, contrail, fill, loadBottlenecks, hintBadges, fmtWindow } from "./api.js";
+  plotTheme, plotText, plotlyReady, autoRefresh, contrail, fill, loadBottlenecks, hintBadges, fmtWindow } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("search-form");
@@ -91,7 +91,7 @@ async function drawScatter(traces) {
   const trace = (list, name, marker) => ({
     type: "scatter", mode: "markers", name, x: list.map((t) => t.start_time || new Date(t.start_ns / 1e6).toISOString()),
     y: list.map((t) => t.duration_ms), customdata: list.map((t) => t.trace_id),
-    text: list.map((t) => `${t.root_service} · ${t.root_operation}<br>${t.span_count} spans`),
+    text: list.map((t) => `${plotText(t.root_service)} · ${plotText(t.root_operation)}<br>${t.span_count} spans`),
     hovertemplate: "%{text}<br>%{y:.1f} ms<extra></extra>", marker,
   });
   const data = [

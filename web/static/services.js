@@ -1,6 +1,6 @@
 // Services page: RED charts per service/operation (rate, errors, p50/p95/p99 over time)
 // and the live service map from the collector's dependency edges.
-import { getJSON, listServices, listOperations, el, fmtNum, fmtPct, showError, plotTheme, plotlyReady,
+import { getJSON, listServices, listOperations, el, fmtNum, fmtPct, showError, plotTheme, plotText, plotlyReady,
   autoRefresh, contrail, loadBottlenecks, hintBadges, fmtWindow } from "./api.js";
 import { drawServiceMap } from "./servicemap.js";
 
@@ -47,7 +47,7 @@ async function drawCharts(stats) {
   const series = (stats.series || []).slice()
     .sort((a, b) => b.points.reduce((n, p) => n + p.count, 0) - a.points.reduce((n, p) => n + p.count, 0))
     .slice(0, MAX_LINES);
-  const name = (s) => `${s.service} · ${s.operation}`;
+  const name = (s) => `${plotText(s.service)} · ${plotText(s.operation)}`;
   const x = (s) => s.points.map((p) => p.time);
   await lineChart(Plotly, $("chart-rate"), series.map((s) => ({ type: "scatter", mode: "lines+markers", name: name(s), x: x(s), y: s.points.map((p) => p.count / step) })), "req/s");
   await lineChart(Plotly, $("chart-errors"), series.map((s) => ({ type: "bar", name: name(s), x: x(s), y: s.points.map((p) => p.error_count) })), "errors");

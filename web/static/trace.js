@@ -262,6 +262,24 @@ $("copy-ai").addEventListener("click", async () => {
   }
 });
 
+// A plain link would download without the API token (and save a 401 error as the "trace" when one is
+// configured): fetch through the API client, which sends the token, and save what it returns.
+$("export-json").addEventListener("click", async (event) => {
+  event.preventDefault();
+  const status = $("copy-status");
+  try {
+    const body = await getText(`/traces/${traceId}/export`, { format: "json", download: "0" });
+    const url = URL.createObjectURL(new Blob([body], { type: "application/json" }));
+    const link = el("a", { href: url, download: `trace-${traceId}.json`, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  } catch (error) {
+    status.textContent = `Export failed: ${error.message}`;
+  }
+});
+
 // ----------------------------------------------------------------- load
 
 async function load() {

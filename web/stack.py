@@ -379,7 +379,7 @@ def contrail_argv(*args: str) -> list[str]:
 
 
 def stack_plan(settings: Settings, data_dir: Path, host: str, port: int, redis_url: str,
-               collectors: int, demo: bool) -> list[ChildSpec]:
+               collectors: int, demo: bool, insecure: bool = False) -> list[ChildSpec]:
     """The children after Redis, in start order."""
     env = dict(os.environ)
     env.update({
@@ -395,7 +395,7 @@ def stack_plan(settings: Settings, data_dir: Path, host: str, port: int, redis_u
         name = "collector" if collectors == 1 else f"collector.{index}"
         specs.append(ChildSpec(name, contrail_argv("collector"),
                                {**env, "CONTRAIL_CONSUMER_NAME": f"{socket.gethostname()}-{name}"}))
-    specs.append(ChildSpec("web", contrail_argv("web"), env))
+    specs.append(ChildSpec("web", contrail_argv("web", *(["--insecure"] if insecure else [])), env))
     if demo:
         from web.demo import demo_specs
         from web.demo.cli import DEMO_URL_FILE
@@ -418,12 +418,21 @@ def stack_plan(settings: Settings, data_dir: Path, host: str, port: int, redis_u
 @click.option("--demo", is_flag=True, help="Also run the demo AI-agent system and its load generator.")
 @click.option("--max-restarts", type=click.IntRange(0, 100), default=3, show_default=True,
               help="Restarts of a failing child before everything is stopped.")
-def up(data_dir, host, port, collectors, demo, max_restarts):
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without an API token.")
+def up(data_dir, host, port, collectors, demo, max_restarts, insecure):
     """Run Redis, collectors and the web app (and with --demo the demo system) on this machine."""
     try:
         settings = Settings.load(data_dir=data_dir, web_host=host, web_port=port)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    from .server import is_loopback
+
+    has_token = bool(settings.api_token or settings.read_token or settings.ingest_token)
+    if not is_loopback(settings.web_host) and not has_token and not insecure:
+        # Checked before anything starts: `contrail web` would refuse the same bind and be restarted until
+        # the stack gave up.
+        raise click.UsageError(f"refusing to serve on {settings.web_host} without CONTRAIL_API_TOKEN: anyone on "
+                               "the network could read every trace. Set a token, bind 127.0.0.1, or pass --insecure.")
     data = Path(settings.data_dir).expanduser().resolve()
     data.mkdir(parents=True, exist_ok=True)
     lock = _lock_data_dir(data)
@@ -439,7 +448,7 @@ def up(data_dir, host, port, collectors, demo, max_restarts):
     supervisor = Supervisor(max_restarts=max_restarts, inherit_fds=(lock.fileno(),))
     previous = {sig: signal.signal(sig, supervisor.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = _run_stack(supervisor, settings, data, collectors, demo)
+        code = _run_stack(supervisor, settings, data, collectors, demo, insecure)
     finally:
         supervisor.stop_all()
         for sig, handler in previous.items():
@@ -501,7 +510,8 @@ def _prepare_sqlite(supervisor: Supervisor, url: str) -> bool:
     return True
 
 
-def _run_stack(supervisor: Supervisor, settings: Settings, data: Path, collectors: int, demo: bool) -> int:
+def _run_stack(supervisor: Supervisor, settings: Settings, data: Path, collectors: int, demo: bool,
+               insecure: bool = False) -> int:
     """Start everything in order, waiting for readiness; return the exit code."""
     external = os.environ.get("CONTRAIL_REDIS_URL")
     if external:
@@ -521,7 +531,7 @@ def _run_stack(supervisor: Supervisor, settings: Settings, data: Path, collector
     if not _prepare_sqlite(supervisor, database_url):
         return 1
     host, port = settings.web_host, settings.web_port
-    for spec in stack_plan(settings, data, host, port, redis_url, collectors, demo):
+    for spec in stack_plan(settings, data, host, port, redis_url, collectors, demo, insecure):
         supervisor.add(spec)
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     base = f"http://{shown_host}:{port}"

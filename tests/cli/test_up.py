@@ -136,3 +136,43 @@ def test_a_web_port_already_taken_stops_up_before_anything_starts(redis_url, tmp
     assert "choose another port with --port" in result.output
     assert "Contrail is up" not in result.output
     assert not (tmp_path / "data" / "contrail.db").exists()  # nothing was started
+
+
+def test_up_refuses_a_network_bind_without_a_token_before_starting_anything(tmp_path):
+    from click.testing import CliRunner
+
+    from collector_worker.cli import cli
+
+    result = CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path / "data"), "--host", "0.0.0.0"],
+                                env={"CONTRAIL_API_TOKEN": "", "CONTRAIL_READ_TOKEN": "", "CONTRAIL_INGEST_TOKEN": ""})
+    assert result.exit_code == 2, result.output
+    assert "refusing to serve on 0.0.0.0 without CONTRAIL_API_TOKEN" in result.output
+    assert not (tmp_path / "data").exists()  # nothing was started or created
+
+
+@pytest.mark.slow
+def test_up_with_a_token_serves_the_network_and_never_prints_the_token(redis_url, tmp_path):
+    import requests
+
+    token = "tok-" + "5f" * 24
+    port = free_port()
+    process, lines = start_up(["--data-dir", str(tmp_path / "data"), "--host", "0.0.0.0", "--port", str(port)],
+                              clean_env(CONTRAIL_REDIS_URL=redis_url, CONTRAIL_API_TOKEN=token))
+    try:
+        wait_until(lambda: any("Contrail is up" in line for line in lines) or process.poll() is not None,
+                   timeout=90, interval=0.3, message="the stack")
+        assert process.poll() is None, "\n".join(lines)
+        base = f"http://127.0.0.1:{port}"
+        assert requests.get(f"{base}/api/v1/traces", timeout=10).status_code == 401
+        assert requests.get(f"{base}/api/v1/traces", headers={"Authorization": "Bearer wrong"},
+                            timeout=10).status_code == 401
+        assert requests.get(f"{base}/api/v1/traces", headers={"Authorization": f"Bearer {token}"},
+                            timeout=10).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        process.reader.join(10)
+        output = "\n".join(lines)
+        assert token not in output and token[4:20] not in output
+        assert "refusing" not in output and "WARNING" not in output
+    finally:
+        stop(process)

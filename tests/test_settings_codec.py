@@ -91,3 +91,15 @@ def test_bad_rows_are_rejected_individually():
 def test_unreadable_entries_raise_with_reason(fields, reason):
     with pytest.raises(codec.CodecError, match=reason):
         codec.decode_entry(fields)
+
+
+def test_settings_repr_hides_tokens_and_url_passwords():
+    settings = Settings.load(env={"CONTRAIL_API_TOKEN": "api-secret-1", "CONTRAIL_READ_TOKEN": "read-secret-2",
+                                  "CONTRAIL_INGEST_TOKEN": "ingest-secret-3",
+                                  "CONTRAIL_DATABASE_URL": "postgresql+psycopg://contrail:db-pass-4@db:5432/contrail",
+                                  "CONTRAIL_REDIS_URL": "redis://:redis-pass-5@redis:6379/0"})
+    text = repr(settings)
+    for secret in ("api-secret-1", "read-secret-2", "ingest-secret-3", "db-pass-4", "redis-pass-5"):
+        assert secret not in text and secret not in str(settings) and secret not in f"{settings}"
+    assert "api_token='***'" in text and "contrail:***@db:5432" in text and "web_port=8680" in text
+    assert settings.api_token == "api-secret-1"  # only the display is masked

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
@@ -222,6 +222,18 @@ class Settings:
             return self.database_url
         return "sqlite:///" + str(Path(self.data_dir) / "contrail.db")
 
+    def __repr__(self) -> str:
+        """Like the dataclass repr, with tokens and URL passwords hidden: settings end up in logs and tracebacks."""
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name in _SECRET_FIELDS and value:
+                value = "***"
+            elif item.name.endswith("_url") and isinstance(value, str):
+                value = mask_url(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
     @property
     def resolved_consumer_name(self) -> str:
         if self.consumer_name:
@@ -229,6 +241,9 @@ class Settings:
         import socket
 
         return f"{socket.gethostname()}-{os.getpid()}"
+
+
+_SECRET_FIELDS = frozenset({"api_token", "read_token", "ingest_token"})
 
 
 def mask_url(url: str | None) -> str | None:

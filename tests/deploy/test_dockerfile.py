@@ -86,3 +86,40 @@ def test_lock_pins_no_setuptools_with_known_vulnerabilities():
     pins = dict(line.split("==") for line in LOCK.read_text().splitlines() if "==" in line and not line.startswith("#"))
     if "setuptools" in pins:
         assert Version(pins["setuptools"]) >= Version("78.1.1"), pins["setuptools"]
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Docker's rule for a context path: the last .dockerignore pattern matching it or a parent decides."""
+    from fnmatch import fnmatch
+
+    parts = path.split("/")
+    candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    excluded = False
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate, pattern = line.startswith("!"), line.lstrip("!")
+        for candidate in candidates:
+            tails = [candidate]
+            if pattern.startswith("**/"):
+                tails = ["/".join(candidate.split("/")[i:]) for i in range(len(candidate.split("/")))]
+            if any(fnmatch(tail, pattern.removeprefix("**/")) for tail in tails):
+                excluded = not negate
+                break
+    return excluded
+
+
+def test_build_context_holds_what_the_dockerfile_copies_and_no_secrets_or_virtualenv():
+    copies = [rest for word, rest in instructions() if word == "COPY" and "--from" not in rest]
+    for rest in copies:
+        for source in rest.split()[:-1]:
+            assert not dockerignore_excludes(source), f".dockerignore leaves out {source}, which the Dockerfile copies"
+            if (ROOT / source).is_dir():
+                for file in (ROOT / source).rglob("*.py"):
+                    if "__pycache__" not in file.parts:
+                        relative = str(file.relative_to(ROOT))
+                        assert not dockerignore_excludes(relative), relative
+    for path in (".env", ".venv/bin/python", ".git/config", "artifacts/screenshots/a.png", "tests/conftest.py",
+                 "web/__pycache__/app.cpython-311.pyc", "build/lib/web/app.py"):
+        assert dockerignore_excludes(path), f"{path} would be sent to the Docker daemon"

@@ -8,12 +8,25 @@ from tests.deploy.conftest import K8S_DIR, check_argv, load_yaml_documents, sett
 from tracer.settings import Settings
 
 
+SECRET_EXAMPLE = K8S_DIR / "secret.yaml.example"
+
+
 @pytest.fixture(scope="module")
 def documents():
+    """Every manifest, plus the example secret (the keys the real one must hold)."""
     docs = []
-    for path in sorted(K8S_DIR.glob("*.yaml")):
+    for path in [*sorted(K8S_DIR.glob("*.yaml")), SECRET_EXAMPLE]:
         docs.extend(load_yaml_documents(path))
     return docs
+
+
+def test_applying_the_directory_creates_no_secret_with_placeholder_values():
+    """`kubectl apply -f deploy/k8s/` takes every .yaml/.yml/.json file: none may hold a Secret."""
+    for path in sorted(K8S_DIR.iterdir()):
+        if path.suffix in (".yaml", ".yml", ".json"):
+            kinds = {doc.get("kind") for doc in load_yaml_documents(path)}
+            assert "Secret" not in kinds, f"{path.name} would install the example secret"
+    assert {doc["kind"] for doc in load_yaml_documents(SECRET_EXAMPLE)} == {"Secret"}
 
 
 def of_kind(documents, kind):
@@ -132,3 +145,18 @@ def test_redis_persists_and_refuses_writes_before_its_memory_limit(documents):
     assert arg("--maxmemory-policy") == "noeviction"
     limit = _bytes(redis["resources"]["limits"]["memory"], K8S_UNITS)
     assert 0 < _bytes(arg("--maxmemory").lower(), REDIS_UNITS) <= 0.8 * limit
+
+
+def test_contrail_pods_meet_the_restricted_pod_security_standard(documents):
+    """Non-root, no privilege escalation, every capability dropped, the runtime's seccomp profile."""
+    for kind in ("Deployment",):
+        for name, doc in of_kind(documents, kind).items():
+            pod = doc["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True, name
+            assert pod["securityContext"]["runAsUser"] != 0, name
+            assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+            for container in pod["containers"]:
+                context = container["securityContext"]
+                assert context["allowPrivilegeEscalation"] is False, name
+                assert context["capabilities"]["drop"] == ["ALL"], name
+                assert not context.get("privileged"), name

@@ -480,6 +480,16 @@ class StreamConsumer:
         except Exception as exc:  # the leases expire after finalizer.LEASE_NS anyway
             log.warning("giving back finalizer leases failed: %s", _short(exc))
 
+    def release_own_leases(self) -> None:
+        """Give back finalizer leases an earlier collector of this name held (it died holding them)."""
+        try:
+            released = finalizer.release_own(self.engine, self.name)
+        except Exception as exc:  # they expire after finalizer.LEASE_NS anyway
+            log.warning("giving back finalizer leases of an earlier %s failed: %s", self.name, _short(exc))
+            return
+        if released:
+            log.info("gave back %d finalizer leases an earlier collector named %s held", released, self.name)
+
     def maybe_start_retention(self) -> None:
         """Run one retention pass in a thread with its own connection, once per interval per group."""
         if self.settings.retention <= 0:
@@ -634,6 +644,7 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
     name = settings.resolved_consumer_name
     consumer = StreamConsumer(settings, engine, client, name)
     log.info("collector %s consuming %s as group %s", name, settings.stream, settings.consumer_group)
+    consumer.release_own_leases()
 
     backoff = 0.0
     ready = False

@@ -18,6 +18,7 @@ assembled last time (``spans.depth`` is set) and the spans present now.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
 import json
@@ -164,6 +165,21 @@ def release(engine: Engine, consumer_name: str, trace_ids: list[str]) -> None:
                          .values(claimed_by=None, claimed_until_ns=None))
 
 
+def release_own(engine: Engine, consumer_name: str) -> int:
+    """Give back every lease held under ``consumer_name``; how many.
+
+    A collector calls it as it starts: leases under its own name belong to an
+    earlier process of that name that died (consumer names are unique among
+    live collectors, as the stream's pending entries require), so they are
+    finalized now instead of after :data:`LEASE_NS`.
+    """
+    p, m = schema.pending_traces.name, "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    with write_lock(engine), engine.begin() as conn:
+        result = conn.exec_driver_sql(f"UPDATE {p} SET claimed_by = NULL, claimed_until_ns = NULL "
+                                      f"WHERE claimed_by = {m}", (consumer_name,))
+        return max(result.rowcount or 0, 0)
+
+
 class ClaimAhead:
     """Leases a finalizer thread took for its next passes inside the write transaction of the last one.
 
@@ -200,6 +216,34 @@ class ClaimAhead:
         if claimed:
             release(engine, consumer_name, [t for t, _ in claimed])
 
+    def hold(self, claimed: list[tuple[str, int]], leased_ns: int) -> None:
+        """Hold ``claimed`` (leased at ``leased_ns``) again, beside what is held (the caller serializes)."""
+        if not claimed:
+            return
+        self.claimed_ns = min(self.claimed_ns, leased_ns) if self.claimed else leased_ns
+        self.claimed = sorted(self.claimed + claimed)
+
+
+def give_back(engine: Engine, consumer_name: str, claimed: list[tuple[str, int]], leased_ns: int,
+              ahead: ClaimAhead | None = None, lock: Any = None) -> None:
+    """Give back the leases of a batch that failed; when the database refuses that too, hold them in ``ahead``.
+
+    A failed write leaves its leases as they were (the transaction rolled back), so they are still this
+    collector's; held, they are retried by the next pass (or given back once too old) instead of waiting
+    :data:`LEASE_NS` for another pass to take them. ``lock`` guards ``ahead`` when two threads share it.
+    """
+    if not claimed:
+        return
+    try:
+        release(engine, consumer_name, [t for t, _ in claimed])
+    except Exception as exc:
+        if ahead is None:
+            raise
+        log.warning("giving back %d finalizer leases failed, holding them for the next pass: %s", len(claimed),
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        with lock if lock is not None else contextlib.nullcontext():
+            ahead.hold(claimed, leased_ns)
+
 
 def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: int | None = None,
                    recent: "RecentSpans | None" = None, ahead: ClaimAhead | None = None) -> int:
@@ -225,13 +269,19 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
     quiet_ns = int(float(settings.quiet_period) * 1e9)
     if ahead is not None and engine.dialect.name != "sqlite":
         ahead = None  # other databases have no shared write lock to save waits on
+    leased_ns = ahead.claimed_ns if ahead is not None and ahead.claimed else now_ns  # of what this pass holds
     claimed = ahead.take(now_ns) if ahead is not None else None
     if claimed is None:
         if ahead is not None:
             ahead.release(engine, consumer_name)  # stale leases, if any
-        claimed = []
+        claimed, leased_ns = [], now_ns
     if len(claimed) < MAX_TRACES_PER_CALL:  # none held, or a partial batch: top it up
-        more = claim(engine, consumer_name, now_ns, now_ns - quiet_ns, limit=MAX_TRACES_PER_CALL - len(claimed))
+        try:
+            more = claim(engine, consumer_name, now_ns, now_ns - quiet_ns, limit=MAX_TRACES_PER_CALL - len(claimed))
+        except Exception:
+            if ahead is not None:
+                ahead.hold(claimed, leased_ns)  # still leased: the next pass uses them
+            raise
         claimed = sorted(claimed + more) if claimed else more
     if not claimed:
         return 0
@@ -263,7 +313,7 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
     except Exception:
         if ahead is not None and kept is not None:
             ahead.claimed = kept  # leases taken by the transaction that failed were rolled back with it
-        release(engine, consumer_name, [t for part in taken for t, _ in part])
+        give_back(engine, consumer_name, [lease for part in taken for lease in part], min(leased_ns, now_ns), ahead)
         raise
     return sum(len(part) for part in taken)
 
@@ -302,26 +352,34 @@ class WritePipeline:
         if self._pending is not None and not self.ahead.claimed:
             self.wait()  # its transaction leases what this pass finalizes
         with self._lock:
+            leased_ns = min(self.ahead.claimed_ns, now_ns) if self.ahead.claimed else now_ns
             claimed = self.ahead.take(now_ns)
             if claimed is None:
-                claimed, stale, self.ahead.claimed = [], self.ahead.claimed, []
+                claimed, stale, self.ahead.claimed, leased_ns = [], self.ahead.claimed, [], now_ns
         if stale:
             release(self.engine, self.name, [t for t, _ in stale])
         if len(claimed) < MAX_TRACES_PER_CALL:  # none held, or a partial batch: top it up
-            more = claim(self.engine, self.name, now_ns, now_ns - quiet_ns, limit=MAX_TRACES_PER_CALL - len(claimed))
+            try:
+                more = claim(self.engine, self.name, now_ns, now_ns - quiet_ns,
+                             limit=MAX_TRACES_PER_CALL - len(claimed))
+            except Exception:
+                with self._lock:
+                    self.ahead.hold(claimed, leased_ns)  # still leased: the next pass uses them
+                raise
             claimed = sorted(claimed + more) if claimed else more
         if not claimed:
             return 0
         try:
             batch = _prepare(self.engine, self.settings, claimed, now_ns, self.recent)
         except Exception:
-            release(self.engine, self.name, [t for t, _ in claimed])
+            give_back(self.engine, self.name, claimed, leased_ns, self.ahead, self._lock)
             raise
         self.wait()
-        self._pending = self._pool.submit(self._write, batch, claimed, quiet_ns)
+        self._pending = self._pool.submit(self._write, batch, claimed, quiet_ns, leased_ns)
         return len(claimed)
 
-    def _write(self, batch: "FinalizedBatch", claimed: list[tuple[str, int]], quiet_ns: int) -> int:
+    def _write(self, batch: "FinalizedBatch", claimed: list[tuple[str, int]], quiet_ns: int,
+               leased_ns: int | None = None) -> int:
         try:
             with write_lock(self.engine), self.engine.begin() as conn:
                 batch.write(conn)
@@ -330,7 +388,10 @@ class WritePipeline:
                 next_ns = time.time_ns()
                 leased = _claim(conn, self.name, next_ns, next_ns - quiet_ns, limit=room) if room > 0 else []
         except Exception:
-            release(self.engine, self.name, [t for t, _ in claimed])
+            # The rolled-back transaction left the leases as they were: give them back, or hold them for the
+            # next pass when the database refuses that too (so they are not stuck until they expire).
+            give_back(self.engine, self.name, claimed, time.time_ns() - LEASE_NS if leased_ns is None else leased_ns,
+                      self.ahead, self._lock)
             raise
         if leased:
             with self._lock:

@@ -36,7 +36,8 @@ class Collectors:
     def start(self, *args: str, **env: str) -> subprocess.Popen:
         log = open(self.tmp_path / f"collector-{len(self.processes)}.log", "wb")
         environment = dict(os.environ, CONTRAIL_CLAIM_IDLE="1s", CONTRAIL_BLOCK="200ms",
-                           CONTRAIL_QUIET_PERIOD="500ms", PYTHONPATH=str(ROOT), **env)
+                           CONTRAIL_QUIET_PERIOD="500ms", PYTHONPATH=str(ROOT))
+        environment.update(env)
         environment.pop("CONTRAIL_CONSUMER_NAME", None)
         process = subprocess.Popen(
             [sys.executable, "-m", "collector_worker", "--redis-url", self.redis_url,

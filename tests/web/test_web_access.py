@@ -159,3 +159,35 @@ def test_metrics_survive_a_dead_redis(make_app):
     status = client.get("/api/v1/status").get_json()
     assert "error" in status["stream"] and "error" in status["tracers"] and "error" in status["collectors"]
     assert client.get("/api/v1/tracers").get_json()["error"]["code"] == "unavailable"
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8680", "127.0.0.1:8680", "[::1]:8680", "ui.localhost"])
+def test_open_app_on_loopback_answers_local_host_names(client, host):
+    assert client.get("/api/v1/traces", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/v1/traces", "/", "/metrics"])
+def test_open_app_on_loopback_refuses_other_host_names(client, path):
+    """A page whose DNS name was re-pointed at 127.0.0.1 (DNS rebinding) must not read the open API."""
+    response = client.get(path, headers={"Host": "attacker.example:8680"})
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "forbidden_host"
+    refused = client.post("/v1/traces", data=protobuf_body(), content_type="application/x-protobuf",
+                          headers={"Host": "attacker.example"})
+    assert refused.status_code == 403
+
+
+def test_with_a_token_or_a_network_bind_any_host_name_is_served(make_app):
+    tokened = make_app(**TOKENS).test_client()
+    assert tokened.get("/api/v1/traces", headers={"Host": "traces.example", **bearer("reader-secret")}).status_code == 200
+    import dataclasses
+
+    from web import create_app
+
+    app = make_app()
+    settings = dataclasses.replace(app.extensions["contrail.settings"], web_host="0.0.0.0")  # --insecure
+    network_app = create_app(settings=settings)
+    try:
+        assert network_app.test_client().get("/api/v1/traces", headers={"Host": "traces.example"}).status_code == 200
+    finally:
+        network_app.extensions["contrail.resources"].close()

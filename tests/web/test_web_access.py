@@ -191,3 +191,16 @@ def test_with_a_token_or_a_network_bind_any_host_name_is_served(make_app):
         assert network_app.test_client().get("/api/v1/traces", headers={"Host": "traces.example"}).status_code == 200
     finally:
         network_app.extensions["contrail.resources"].close()
+
+
+def test_request_metrics_keep_client_chosen_methods_out_of_their_labels(client):
+    """Every label value is a new time series kept for the life of the worker: a client inventing methods
+    must not grow them without bound."""
+    for i in range(20):
+        assert client.open("/api/v1/traces", method=f"X{i}METHOD").status_code == 405
+        assert client.open(f"/no/such/path/{i}", method="GET").status_code == 404
+    text = client.get("/metrics").get_data(as_text=True)
+    series = [line for line in text.splitlines() if line.startswith("contrail_api_request_duration_seconds_count")]
+    assert not any("X1METHOD" in line for line in series)
+    assert any('method="other"' in line for line in series)
+    assert sum('route="<unmatched>"' in line for line in series) == 1

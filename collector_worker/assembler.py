@@ -374,7 +374,7 @@ def tag_value(value: Any) -> tuple[str, float | None] | None:
             return None
         return repr(value), value
     if isinstance(value, str) and len(value) <= MAX_TAG_LENGTH:
-        return value, None
+        return (value.replace("\x00", "\ufffd") if "\x00" in value else value), None
     return None
 
 
@@ -388,6 +388,8 @@ def _tags(spans: list[Mapping[str, Any]]) -> list[tuple[str, str, float | None]]
             if type(value) is str:  # most attributes: skip the general conversion
                 if len(value) > MAX_TAG_LENGTH:
                     continue
+                if "\x00" in value:  # PostgreSQL text cannot hold NUL: replaced, as the writer does
+                    value = value.replace("\x00", "\ufffd")
                 pair, num = (key, value), None
             else:
                 tv = tag_value(value)
@@ -398,6 +400,8 @@ def _tags(spans: list[Mapping[str, Any]]) -> list[tuple[str, str, float | None]]
                 continue
             if type(key) is not str or not key or len(key) > MAX_TAG_LENGTH:
                 continue
+            if "\x00" in key:
+                pair = (key.replace("\x00", "\ufffd"), pair[1])
             seen[pair] = num
             if len(seen) >= MAX_TAGS_PER_TRACE:
                 return [(k, v, n) for (k, v), n in seen.items()]

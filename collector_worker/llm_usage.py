@@ -64,7 +64,8 @@ def _tokens(value: Any) -> int | None:
 def _text(value: Any, limit: int = 255) -> str:
     if value is None:
         return ""
-    return str(value)[:limit]
+    text = str(value)[:limit]
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text  # PostgreSQL text cannot hold NUL
 
 
 def llm_call_of(span: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -297,3 +297,28 @@ def test_consumer_runs_retention_in_the_background(client, redis_url, sqlite_url
     with sqlite_engine.connect() as conn:
         left = set(conn.execute(select(schema.spans.c.span_id)).scalars())
     assert left == {s["span_id"] for s in fresh}
+
+
+def test_nul_characters_in_attributes_are_stored_and_finalized(client, redis_url, database_url, engine):
+    """PostgreSQL text cannot hold NUL: search tags and LLM usage keys made from attributes replace it, so
+    the entry is not dead-lettered and its traces' finalization is not refused again and again."""
+    trace, other = make_trace(3), make_trace(2)
+    trace[1]["attributes"] = {"tag": "a\x00b", "k\x00": "v"}
+    trace[2]["attributes"] = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m\x00", "user.id": "u\x00",
+                              "gen_ai.agent.name": "x\x00", "gen_ai.usage.input_tokens": 3,
+                              "gen_ai.usage.output_tokens": 1}
+    publish(client, [trace + other])
+    settings = settings_for(redis_url, database_url)
+    with RunningConsumer(settings, engine):
+        wait_until(lambda: trace_count(engine) == 2, timeout=60, message="both traces finalized")
+    assert span_count(engine) == 5
+    assert client.xlen(settings.dead_stream) == 0
+    with engine.connect() as conn:
+        tags = set(conn.execute(select(schema.trace_tags.c.key, schema.trace_tags.c.value)
+                                .where(schema.trace_tags.c.trace_id == trace[0]["trace_id"])))
+        usage = conn.execute(select(schema.llm_usage.c.model, schema.llm_usage.c.user_id, schema.llm_usage.c.agent,
+                                    schema.llm_usage.c.calls).where(schema.llm_usage.c.resolution == 60)).all()
+        left = conn.execute(select(func.count()).select_from(schema.pending_traces)).scalar_one()
+    assert {("tag", "a\ufffdb"), ("k\ufffd", "v"), ("gen_ai.request.model", "m\ufffd")} <= tags
+    assert [tuple(u) for u in usage] == [("m\ufffd", "u\ufffd", "x\ufffd", 1)]
+    assert left == 0

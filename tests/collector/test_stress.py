@@ -28,6 +28,7 @@ import redis
 from sqlalchemy import create_engine, event, func, select
 
 from collector_worker import dependencies, finalizer
+from collector_worker.consumer import Entry, StreamConsumer, consumer_stats, ensure_group
 from collector_worker.stats import bucket_of
 from collector_worker.storage import open_engine, schema
 from tests.collector.test_consumer import RunningConsumer, publish, settings_for
@@ -505,3 +506,99 @@ def test_locked_database_loses_and_double_counts_nothing(client, redis_url, sqli
             injector.join(10)
     check_invariants(engine, workload)
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_collectors_stealing_each_others_entries_on_postgres_count_everything_once(client, tmp_path, redis_url,
+                                                                                    postgres_url, rng):
+    """Two collectors on PostgreSQL whose claim idle is shorter than a batch takes: each claims (XAUTOCLAIM)
+    entries the other is still storing, so the same spans are inserted by both at once, between one's
+    statistics computed ahead and its insert. One is killed and restarted; late spans and duplicates arrive."""
+    engine = open_engine(postgres_url)
+    collectors = Collectors(tmp_path, redis_url, postgres_url)
+    try:
+        workload = Workload(rng)
+        first = workload.first_wave(20_000)
+        publish(client, first + rng.sample(first, len(first) // 10))
+
+        def run(name: str):
+            return collectors.start("--consumer-name", name, CONTRAIL_READ_COUNT="24", CONTRAIL_CLAIM_IDLE="50ms",
+                                    CONTRAIL_REPORT_INTERVAL="0")
+
+        a, b = run("pg-a"), run("pg-b")
+        collectors.wait_until(lambda: len(finalized_ids(engine)) >= 60, a, timeout=120, message="traces finalized")
+        killed_ns = kill(a, engine, "one of two on PostgreSQL")
+        ids = finalized_ids(engine)
+        late = workload.late_spans(rng.sample(ids, 60))
+        publish(client, workload.pack([[s] for s in late]) + rng.sample(first, 5))
+        a = run("pg-a")
+        collectors.wait_until(lambda: dead_leases(engine, killed_ns) == 0, a, timeout=finalizer.LEASE_NS / 2e9,
+                              message="the killed collector's leases taken back")
+        collectors.wait_until(lambda: drained(client, engine, workload), a, timeout=120,
+                              message="every span stored, acknowledged and finalized")
+        for process in (a, b):
+            stop_cleanly(collectors, process)
+        stolen = sum(collectors.log(p).count("claimed ") for p in collectors.processes)
+        print(f"claims logged: {stolen}")
+        assert client.xlen("contrail:spans:dead") == 0
+        check_invariants(engine, workload)
+    finally:
+        collectors.kill_all()
+        engine.dispose()
+
+
+def test_two_consumers_storing_the_same_entries_at_once_count_them_once(client, redis_url, database_url, rng):
+    """Consumer b takes over (XCLAIM, as XAUTOCLAIM does once they look idle) part of the entries consumer a
+    has just read, and both store them at the same moment, each having computed its statistics ahead of its
+    insert and reading ahead meanwhile; late spans of finalized traces arrive the same way."""
+    engine = open_engine(database_url)
+    settings = settings_for(redis_url, database_url, read_count=12)
+    ensure_group(client, settings)
+    workload = Workload(rng)
+    a, b = (StreamConsumer(settings, engine, client, name) for name in ("a", "b"))
+
+    def race() -> None:
+        while True:
+            got_a = a.read_new(wait=False)
+            if not got_a:
+                return
+            taken = [e.id for e in rng.sample(got_a, rng.randrange(1, len(got_a) + 1))]
+            got_b = [Entry(i.decode(), fields) for i, fields in
+                     client.xclaim(settings.stream, settings.consumer_group, "b", 0, taken)]
+            got_b += b.read_new(wait=False)
+            start = threading.Barrier(2)
+            errors: list[BaseException] = []
+
+            def run(consumer, entries):
+                try:
+                    start.wait()
+                    consumer.process(entries, read_ahead=True)
+                except BaseException as exc:  # surfaced below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=run, args=args) for args in ((a, got_a), (b, got_b))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert not errors, errors
+
+    def finalize_all() -> None:
+        while finalizer.finalize_ready(engine, settings, "f", now_ns=time.time_ns() + 10**10):
+            pass
+
+    try:
+        first = workload.first_wave(8_000)
+        publish(client, first + rng.sample(first, len(first) // 5))
+        skipped = consumer_stats()["duplicates_skipped"]
+        race()
+        assert consumer_stats()["duplicates_skipped"] > skipped  # the two did store the same spans
+        finalize_all()
+        late = workload.late_spans(rng.sample(finalized_ids(engine), 40))
+        publish(client, workload.pack([[s] for s in late]) + rng.sample(first, 3))
+        race()
+        finalize_all()
+        assert pending(client) == 0
+        check_invariants(engine, workload)
+    finally:
+        engine.dispose()

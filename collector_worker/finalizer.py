@@ -30,6 +30,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from . import dependencies, sampling, stats
 from .assembler import assemble
@@ -245,6 +246,40 @@ def give_back(engine: Engine, consumer_name: str, claimed: list[tuple[str, int]]
             ahead.hold(claimed, leased_ns)
 
 
+_TRANSIENT = (OperationalError, InterfaceError, DisconnectionError)  # the database, not the batch: retried whole
+
+
+def _one_by_one(engine: Engine, settings: Any, consumer_name: str, claimed: list[tuple[str, int]],
+                ahead: ClaimAhead | None = None, lock: Any = None) -> int:
+    """Finalize the traces of a batch whose write the database refused, each in a transaction of its own.
+
+    A refusal that depends on the data (a value out of range, say) would otherwise come back with the same
+    oldest traces on every pass and stop all finalization. A trace refused on its own is left unassembled,
+    as one whose assembly fails (its pending row goes; a late span queues it again). A database error meanwhile
+    gives back (or holds) the leases not yet done and raises. Returns how many traces were written.
+    """
+    done = 0
+    for index, lease in enumerate(claimed):
+        try:
+            batch = _prepare(engine, settings, [lease], time.time_ns(), None)
+            with write_lock(engine), engine.begin() as conn:
+                batch.write(conn)
+            done += 1
+        except _TRANSIENT:
+            give_back(engine, consumer_name, claimed[index:], time.time_ns() - LEASE_NS // 2, ahead, lock)
+            raise
+        except Exception:
+            _counters["failed"] += 1
+            log.exception("cannot write the finalized trace %s; its spans stay stored unassembled", lease[0])
+            try:
+                with write_lock(engine), engine.begin() as conn:
+                    _settle_pending(conn, [lease])
+            except Exception:
+                give_back(engine, consumer_name, claimed[index:], time.time_ns() - LEASE_NS // 2, ahead, lock)
+                raise
+    return done
+
+
 def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: int | None = None,
                    recent: "RecentSpans | None" = None, ahead: ClaimAhead | None = None) -> int:
     """Finalize up to :data:`MAX_TRACES_PER_CALL` traces quiet for ``settings.quiet_period``.
@@ -310,11 +345,15 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
                     ahead.claimed_ns = min(ahead.claimed_ns, next_ns) if kept else next_ns
         finally:
             lock.__exit__(None, None, None)
-    except Exception:
+    except Exception as exc:
         if ahead is not None and kept is not None:
             ahead.claimed = kept  # leases taken by the transaction that failed were rolled back with it
-        give_back(engine, consumer_name, [lease for part in taken for lease in part], min(leased_ns, now_ns), ahead)
-        raise
+        leases = [lease for part in taken for lease in part]
+        if kept is None or isinstance(exc, _TRANSIENT):  # not written yet, or the database's trouble
+            give_back(engine, consumer_name, leases, min(leased_ns, now_ns), ahead)
+            raise
+        log.warning("writing %d finalized traces failed, writing them one by one: %s", len(leases), exc)
+        return _one_by_one(engine, settings, consumer_name, sorted(leases), ahead)
     return sum(len(part) for part in taken)
 
 
@@ -387,12 +426,18 @@ class WritePipeline:
                     room = 2 * MAX_TRACES_PER_CALL - len(self.ahead.claimed)
                 next_ns = time.time_ns()
                 leased = _claim(conn, self.name, next_ns, next_ns - quiet_ns, limit=room) if room > 0 else []
-        except Exception:
+        except _TRANSIENT:
             # The rolled-back transaction left the leases as they were: give them back, or hold them for the
             # next pass when the database refuses that too (so they are not stuck until they expire).
             give_back(self.engine, self.name, claimed, time.time_ns() - LEASE_NS if leased_ns is None else leased_ns,
                       self.ahead, self._lock)
             raise
+        except Exception as exc:  # refused for what the batch holds: find the traces at fault
+            log.warning("writing %d finalized traces failed, writing them one by one: %s", len(claimed), exc)
+            done = _one_by_one(self.engine, self.settings, self.name, claimed, self.ahead, self._lock)
+            if self.on_written is not None:
+                self.on_written(done)
+            return done
         if leased:
             with self._lock:
                 if self.ahead.claimed:

@@ -326,6 +326,9 @@ def drained(client, engine, workload: Workload) -> bool:
 
 
 def stop_cleanly(collectors: Collectors, process) -> None:
+    # Stopping one that has not yet set up its signal handlers would just kill it.
+    collectors.wait_until(lambda: " consuming " in collectors.log(process), process, timeout=60,
+                          message="the collector running")
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0, collectors.log(process)[-4000:]
 

@@ -17,7 +17,7 @@ import click
 
 from tracer.settings import Settings, mask_url
 
-from .output import console, emit_json
+from .output import console, emit_json, missing_sqlite_file
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -179,7 +179,7 @@ def check_database(settings: Settings) -> list[Check]:
 
     url = settings.resolved_database_url
     shown = mask_url(url)
-    missing = _missing_sqlite_file(url)
+    missing = missing_sqlite_file(url)
     if missing:
         return [Check("database", FAIL, f"no database file at {missing}",
                       "start the stack (contrail up) or a collector, or point --database-url at the right file")]
@@ -204,22 +204,6 @@ def check_database(settings: Settings) -> list[Check]:
         return [reachable, Check("schema", WARN, f"version {version}, this Contrail expects {LATEST}",
                                  "start a collector of this version: migrations run at start")]
     return [reachable, Check("schema", OK, f"version {version} (current)")]
-
-
-def _missing_sqlite_file(url: str) -> str | None:
-    """The path of a SQLite database that does not exist (connecting would create an empty one)."""
-    import os
-
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        return None if os.path.exists(parsed.database) else parsed.database
-    return None
 
 
 REDIS_PORT_FILE = "redis.port"  # where `contrail up` remembers its embedded Redis's port, in the data directory

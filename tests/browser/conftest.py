@@ -7,6 +7,7 @@ Chromium or Playwright fails the run; elsewhere the tests skip with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -77,16 +78,19 @@ def _serve(app, port):
     return server, thread
 
 
-@pytest.fixture(scope="module")
-def stack(chromium, tmp_path_factory):
-    """Redis + `contrail collector` subprocess + the web app, with real collected traces."""
-    workdir = tmp_path_factory.mktemp("dashboard-stack")
+@contextlib.contextmanager
+def running_stack(workdir: Path):
+    """Redis, a `contrail collector` process and the web app on a free port, all stopped on exit.
+
+    Yields the Stack-to-be's pieces: (base_url, redis_url, database_url, collector, collector log path).
+    """
     redis_server = RedisServer.launch()
     database_url = f"sqlite:///{workdir / 'contrail.db'}"
     env = {**os.environ, "CONTRAIL_REDIS_URL": redis_server.url, "CONTRAIL_DATABASE_URL": database_url,
            "CONTRAIL_QUIET_PERIOD": "0.5s", "CONTRAIL_DATA_DIR": str(workdir), "PYTHONPATH": str(ROOT)}
     command = [shutil.which("contrail", path=str(Path(sys.executable).parent)) or "contrail", "collector"]
-    log = open(workdir / "collector.log", "wb")
+    log_path = workdir / "collector.log"
+    log = open(log_path, "wb")
     collector = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(workdir))
     server = None
     try:
@@ -97,15 +101,33 @@ def stack(chromium, tmp_path_factory):
         server, _ = _serve(app, port)
         base_url = f"http://127.0.0.1:{port}"
         wait_until(lambda: requests.get(f"{base_url}/healthz", timeout=2).ok, timeout=20, message="web app")
+        yield base_url, redis_server.url, database_url, collector, log_path
+    finally:
+        if server is not None:
+            server.shutdown()
+        collector.terminate()
+        try:
+            collector.wait(10)
+        except subprocess.TimeoutExpired:
+            collector.kill()
+            collector.wait(5)
+        log.close()
+        redis_server.destroy()
 
-        ids = traffic.produce_small_traces(redis_server.url, str(workdir / "tracer"))
-        big = traffic.produce_big_trace(redis_server.url)
-        traffic.produce_bottleneck_history(redis_server.url)
-        ids["odd"] = traffic.produce_odd_trace(redis_server.url, linked_trace_id=ids["ok"])
+
+@pytest.fixture(scope="module")
+def stack(chromium, tmp_path_factory):
+    """Redis + `contrail collector` subprocess + the web app, with real collected traces."""
+    workdir = tmp_path_factory.mktemp("dashboard-stack")
+    with running_stack(workdir) as (base_url, redis_url, _, collector, log_path):
+        ids = traffic.produce_small_traces(redis_url, str(workdir / "tracer"))
+        big = traffic.produce_big_trace(redis_url)
+        traffic.produce_bottleneck_history(redis_url)
+        ids["odd"] = traffic.produce_odd_trace(redis_url, linked_trace_id=ids["ok"])
         stack = Stack(base_url, ids, big)
 
         def collected():
-            assert collector.poll() is None, (workdir / "collector.log").read_text()
+            assert collector.poll() is None, log_path.read_text()
             for trace_id in [*ids.values(), big]:
                 if requests.get(f"{base_url}/api/v1/traces/{trace_id}", timeout=10).status_code != 200:
                     return False
@@ -118,17 +140,6 @@ def stack(chromium, tmp_path_factory):
         wait_until(lambda: len(stack.api("/ai/bottlenecks")["bottlenecks"]) >= 2, timeout=60, interval=0.5,
                    message="the billing statistics to show two bottleneck hints")
         yield stack
-    finally:
-        if server is not None:
-            server.shutdown()
-        collector.terminate()
-        try:
-            collector.wait(10)
-        except subprocess.TimeoutExpired:
-            collector.kill()
-            collector.wait(5)
-        log.close()
-        redis_server.destroy()
 
 
 class ConsoleWatch:

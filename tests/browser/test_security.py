@@ -12,21 +12,16 @@ so the hostile names do not show up in the other page tests and their screenshot
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import ROOT
-from tests.support.servers import RedisServer, free_port, wait_until
+from tests.support.servers import free_port, wait_until
 from tracer import TracingManager
 
-from .conftest import CHROMIUM_ARGS, ConsoleWatch, Stack, _serve  # noqa: F401  (chromium fixture below)
+from .conftest import ConsoleWatch, Stack, _serve, running_stack
 from .traffic import remote_parent
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
@@ -75,42 +70,10 @@ def hostile_request(managers: dict[str, TracingManager], slow: bool) -> str:
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    from .conftest import browser_unavailable_reason
-    from tests.conftest import IN_CI
-
-    reason = browser_unavailable_reason()
-    if reason:
-        if IN_CI:
-            pytest.fail(f"the browser tests must run in CI: {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
 def hostile(chromium, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("hostile-stack")
-    redis_server = RedisServer.launch()
-    database_url = f"sqlite:///{workdir / 'contrail.db'}"
-    env = {**os.environ, "CONTRAIL_REDIS_URL": redis_server.url, "CONTRAIL_DATABASE_URL": database_url,
-           "CONTRAIL_QUIET_PERIOD": "0.5s", "CONTRAIL_DATA_DIR": str(workdir), "PYTHONPATH": str(ROOT)}
-    command = [shutil.which("contrail", path=str(Path(sys.executable).parent)) or "contrail", "collector"]
-    log = open(workdir / "collector.log", "wb")
-    collector = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(workdir))
-    server = None
-    try:
-        from web.app import create_app
-
-        app = create_app({"DATABASE_URL": database_url, "REDIS_URL": redis_server.url})
-        port = free_port()
-        server, _ = _serve(app, port)
-        base_url = f"http://127.0.0.1:{port}"
-        managers = {key: TracingManager(service_name=name, redis_url=redis_server.url, schedule_delay=0.05,
+    with running_stack(workdir) as (base_url, redis_url, database_url, collector, log_path):
+        managers = {key: TracingManager(service_name=name, redis_url=redis_url, schedule_delay=0.05,
                                         data_dir=str(workdir / "tracer"))
                     for key, name in (("a", SERVICE_A), ("b", SERVICE_B))}
         try:
@@ -121,10 +84,10 @@ def hostile(chromium, tmp_path_factory):
             for manager in managers.values():
                 manager.shutdown()
         stack = Stack(base_url, ids, big_trace_id="")
-        stack.database_url, stack.redis_url = database_url, redis_server.url
+        stack.database_url, stack.redis_url = database_url, redis_url
 
         def collected():
-            assert collector.poll() is None, (workdir / "collector.log").read_text()
+            assert collector.poll() is None, log_path.read_text()
             return (all(requests.get(f"{base_url}/api/v1/traces/{t}", timeout=10).status_code == 200
                         for t in ids.values())
                     and stack.api("/traces", lookback="1h")["total"] == 2
@@ -132,17 +95,6 @@ def hostile(chromium, tmp_path_factory):
 
         wait_until(collected, timeout=90, interval=0.5, message="the collector to store the hostile traces")
         yield stack
-    finally:
-        if server is not None:
-            server.shutdown()
-        collector.terminate()
-        try:
-            collector.wait(10)
-        except subprocess.TimeoutExpired:
-            collector.kill()
-            collector.wait(5)
-        log.close()
-        redis_server.destroy()
 
 
 @pytest.fixture

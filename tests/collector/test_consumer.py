@@ -84,27 +84,6 @@ class RunningConsumer:
         assert not self.errors, self.errors
 
 
-@pytest.fixture
-def client(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def engine(database_url):
-    engine = open_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url):
-    engine = open_engine(sqlite_url)
-    yield engine
-    engine.dispose()
-
-
 def test_spans_are_stored_acknowledged_and_traces_finalized(client, redis_url, database_url, engine):
     batches = make_batches(6)
     publish(client, batches)

@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from collector_worker.dependencies import edge_kind, query_dependencies
-from collector_worker.storage import open_engine
 from tests.collector.test_finalizer import BASE, S, finalize_all, ingest, make_span, sid, tid
-
-
-@pytest.fixture
-def engine(database_url):
-    engine = open_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def test_edge_kinds():

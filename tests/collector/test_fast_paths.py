@@ -152,25 +152,6 @@ def test_held_spans_assemble_as_read_back():
 # --------------------------------------------------------------------------- leasing the next batch ahead
 
 
-@pytest.fixture
-def engine(database_url):
-    from collector_worker.storage import open_engine
-
-    engine = open_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url):
-    """Leasing ahead and the write pipeline exist for SQLite's single writer only."""
-    from collector_worker.storage import open_engine
-
-    engine = open_engine(sqlite_url)
-    yield engine
-    engine.dispose()
-
-
 def test_leasing_ahead_gives_the_rows_of_claiming_each_pass(engine):
     from sqlalchemy import func, select
 

@@ -78,24 +78,10 @@ class Collectors:
 
 
 @pytest.fixture
-def client(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def sqlite_collectors(tmp_path, redis_url, sqlite_url):
     collectors = Collectors(tmp_path, redis_url, sqlite_url)
     yield collectors
     collectors.kill_all()
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url):
-    engine = open_engine(sqlite_url)
-    yield engine
-    engine.dispose()
 
 
 def span_count(engine) -> int:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import threading
 
-import pytest
 from sqlalchemy import func, select
 
 from collector_worker import finalizer
 from collector_worker.stats import Histogram, bin_for
-from collector_worker.storage import open_engine, schema
+from collector_worker.storage import schema
 from collector_worker.storage.writer import store_spans
 from tracer.settings import Settings
 
@@ -72,13 +71,6 @@ def trace_stats(engine, scope="trace", resolution=60):
         hist = conn.execute(select(sh.c.service, sh.c.operation, sh.c.bin, sh.c.count)
                             .where(sh.c.scope == scope, sh.c.resolution == resolution, sh.c.count != 0)).all()
     return stat, sorted(tuple(h) for h in hist)
-
-
-@pytest.fixture
-def engine(database_url):
-    engine = open_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def test_finalize_writes_summary_search_rows_and_span_columns(engine):

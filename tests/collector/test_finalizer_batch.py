@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import threading
 
-import pytest
 from sqlalchemy import select
 
 from collector_worker import assembler, finalizer
-from collector_worker.storage import open_engine, schema
+from collector_worker.storage import schema
 from collector_worker.storage.writer import store_spans
 from tracer.settings import Settings
 
@@ -97,13 +96,6 @@ def snapshot(engine, prefix: str) -> dict:
                               r.total_ns) for r in conn.execute(select(dep).where(dep.c.caller.like(f"{prefix}-%")))
                              if r.calls)
     return out
-
-
-@pytest.fixture
-def engine(database_url):
-    engine = open_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 N_TRACES = finalizer.MAX_TRACES_PER_CALL + 150  # more than one claimed batch

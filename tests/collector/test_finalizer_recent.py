@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 from sqlalchemy import func, select
 
 from collector_worker import finalizer
@@ -17,13 +16,6 @@ from tests.collector.test_finalizer_batch import BASE, S, snapshot, trace_spans
 from tracer.settings import Settings
 
 N = finalizer.MAX_TRACES_PER_CALL + 60  # more than one claimed batch
-
-
-@pytest.fixture
-def engine(database_url):
-    engine = open_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def odd_values(spans):

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import func, select
 
 from collector_worker.retention import count_expired, run_retention
-from collector_worker.storage import open_engine, schema
+from collector_worker.storage import schema
 from tests.collector.test_finalizer import BASE, S, finalize_all, ingest, make_span, sid, tid
 
 DAY = 86400 * S
-
-
-@pytest.fixture
-def engine(database_url):
-    engine = open_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def count(engine, table):

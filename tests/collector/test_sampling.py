@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import select
 
 from collector_worker import finalizer, sampling
-from collector_worker.storage import open_engine, schema
+from collector_worker.storage import schema
 from tests.collector.test_finalizer import BASE, S, finalize_all, ingest, make_span, rows, sid, tid, trace_stats
 
 
@@ -23,13 +22,6 @@ def test_ratio_is_deterministic_and_close_to_configured():
     kept = [sampling.should_keep(ordinary, t, 0.25, 10.0) for t in ids]
     assert abs(sum(kept) / len(ids) - 0.25) < 0.02
     assert kept == [sampling.should_keep(ordinary, t, 0.25, 10.0) for t in ids]
-
-
-@pytest.fixture
-def engine(database_url):
-    engine = open_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def test_dropped_traces_still_count_in_statistics(engine):

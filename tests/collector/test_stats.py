@@ -9,7 +9,6 @@ import pytest
 
 from collector_worker import stats
 from collector_worker.stats import Histogram, bin_for, bin_value
-from collector_worker.storage import open_engine
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -74,13 +73,6 @@ def _span(i, start_ns, duration_ns, service="api", name="GET /", error=False):
     return {"trace_id": f"{i:032x}", "span_id": f"{i:016x}", "parent_span_id": None, "name": name,
             "kind": "server", "start_ns": start_ns, "end_ns": start_ns + duration_ns,
             "status_code": "error" if error else "ok", "service": service}
-
-
-@pytest.fixture
-def engine(database_url):
-    engine = open_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def test_record_and_query_merge_minutes_and_writers(engine):

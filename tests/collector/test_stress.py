@@ -24,7 +24,6 @@ import time
 from collections import defaultdict
 
 import pytest
-import redis
 from sqlalchemy import create_engine, event, func, select
 
 from collector_worker import dependencies, finalizer
@@ -261,13 +260,6 @@ def _diff(got: dict, want: dict) -> str:
 
 
 @pytest.fixture
-def client(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def rng():
     seed = int(os.environ.get("CONTRAIL_STRESS_SEED") or random.randrange(1 << 30))
     print(f"stress seed: CONTRAIL_STRESS_SEED={seed}")
@@ -279,13 +271,6 @@ def collectors(tmp_path, redis_url, sqlite_url):
     collectors = Collectors(tmp_path, redis_url, sqlite_url)
     yield collectors
     collectors.kill_all()
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url):
-    engine = open_engine(sqlite_url)
-    yield engine
-    engine.dispose()
 
 
 NAME = "stress"

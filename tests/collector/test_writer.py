@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
 from sqlalchemy import func, select
 
-from collector_worker.storage import open_engine, schema
+from collector_worker.storage import schema
 from collector_worker.storage.writer import SPAN_COLUMNS, invalid_reason, span_row, store_spans
 
 
@@ -25,13 +24,6 @@ def make_span(trace_id: str, span_id: str, parent: str | None = None, **extra) -
 
 def random_ids(count: int) -> list[str]:
     return [os.urandom(8).hex() for _ in range(count)]
-
-
-@pytest.fixture
-def engine(database_url):
-    engine = open_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def count(engine, table) -> int:

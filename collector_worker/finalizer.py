@@ -280,6 +280,37 @@ def _one_by_one(engine: Engine, settings: Any, consumer_name: str, claimed: list
     return done
 
 
+def _lease_batch(engine: Engine, consumer_name: str, ahead: ClaimAhead | None, now_ns: int, quiet_ns: int,
+                 lock: Any = None) -> tuple[list[tuple[str, int]], int]:
+    """This pass's leases and when they were taken: those held in ``ahead``, topped up by a claim to a batch.
+
+    Held leases too old to trust are given back first. If the claim fails, what was taken from ``ahead``
+    is held there again (still leased: the next pass uses it). ``lock`` guards ``ahead`` when two threads
+    share it.
+    """
+    guard = lock if lock is not None else contextlib.nullcontext()
+    stale: list[tuple[str, int]] = []
+    with guard:
+        leased_ns = min(ahead.claimed_ns, now_ns) if ahead is not None and ahead.claimed else now_ns
+        claimed = ahead.take(now_ns) if ahead is not None else None
+        if claimed is None:
+            if ahead is not None:
+                stale, ahead.claimed = ahead.claimed, []
+            claimed, leased_ns = [], now_ns
+    if stale:
+        release(engine, consumer_name, [t for t, _ in stale])
+    if len(claimed) < MAX_TRACES_PER_CALL:  # none held, or a partial batch: top it up
+        try:
+            more = claim(engine, consumer_name, now_ns, now_ns - quiet_ns, limit=MAX_TRACES_PER_CALL - len(claimed))
+        except Exception:
+            if ahead is not None:
+                with guard:
+                    ahead.hold(claimed, leased_ns)
+            raise
+        claimed = sorted(claimed + more) if claimed else more
+    return claimed, leased_ns
+
+
 def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: int | None = None,
                    recent: "RecentSpans | None" = None, ahead: ClaimAhead | None = None) -> int:
     """Finalize up to :data:`MAX_TRACES_PER_CALL` traces quiet for ``settings.quiet_period``.
@@ -304,20 +335,7 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
     quiet_ns = int(float(settings.quiet_period) * 1e9)
     if ahead is not None and engine.dialect.name != "sqlite":
         ahead = None  # other databases have no shared write lock to save waits on
-    leased_ns = ahead.claimed_ns if ahead is not None and ahead.claimed else now_ns  # of what this pass holds
-    claimed = ahead.take(now_ns) if ahead is not None else None
-    if claimed is None:
-        if ahead is not None:
-            ahead.release(engine, consumer_name)  # stale leases, if any
-        claimed, leased_ns = [], now_ns
-    if len(claimed) < MAX_TRACES_PER_CALL:  # none held, or a partial batch: top it up
-        try:
-            more = claim(engine, consumer_name, now_ns, now_ns - quiet_ns, limit=MAX_TRACES_PER_CALL - len(claimed))
-        except Exception:
-            if ahead is not None:
-                ahead.hold(claimed, leased_ns)  # still leased: the next pass uses them
-            raise
-        claimed = sorted(claimed + more) if claimed else more
+    claimed, leased_ns = _lease_batch(engine, consumer_name, ahead, now_ns, quiet_ns)
     if not claimed:
         return 0
     taken = [claimed]
@@ -387,25 +405,9 @@ class WritePipeline:
         """One batch leased, assembled and handed to the writer; how many traces (0: none was quiet)."""
         now_ns = time.time_ns()
         quiet_ns = int(float(self.settings.quiet_period) * 1e9)
-        stale: list[tuple[str, int]] = []
         if self._pending is not None and not self.ahead.claimed:
             self.wait()  # its transaction leases what this pass finalizes
-        with self._lock:
-            leased_ns = min(self.ahead.claimed_ns, now_ns) if self.ahead.claimed else now_ns
-            claimed = self.ahead.take(now_ns)
-            if claimed is None:
-                claimed, stale, self.ahead.claimed, leased_ns = [], self.ahead.claimed, [], now_ns
-        if stale:
-            release(self.engine, self.name, [t for t, _ in stale])
-        if len(claimed) < MAX_TRACES_PER_CALL:  # none held, or a partial batch: top it up
-            try:
-                more = claim(self.engine, self.name, now_ns, now_ns - quiet_ns,
-                             limit=MAX_TRACES_PER_CALL - len(claimed))
-            except Exception:
-                with self._lock:
-                    self.ahead.hold(claimed, leased_ns)  # still leased: the next pass uses them
-                raise
-            claimed = sorted(claimed + more) if claimed else more
+        claimed, leased_ns = _lease_batch(self.engine, self.name, self.ahead, now_ns, quiet_ns, self._lock)
         if not claimed:
             return 0
         try:

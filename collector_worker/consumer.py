@@ -32,7 +32,7 @@ from tracer.settings import Settings
 from . import finalizer
 from . import pricing, reports, sampling
 from .storage.engine import open_engine
-from .storage.writer import invalid_reason, prepare_spans, store_spans, write_lock
+from .storage.writer import invalid_reason, prepare_spans, store_spans, take_write_lock, write_lock
 
 log = logging.getLogger("contrail.collector")
 
@@ -79,7 +79,6 @@ def consumer_stats() -> dict[str, int]:
 
 
 _TRANSIENT = (OperationalError, InterfaceError, DisconnectionError)
-_RLOCK = type(threading.RLock())
 
 
 class StorageUnavailable(Exception):
@@ -384,15 +383,16 @@ class StreamConsumer:
         spans = [span for entry in batch for span in entry.spans]
         received_ns = time.time_ns()
         parts = [self._prepare(spans, received_ns)]  # rows and statistics built before the write lock
-        lock = write_lock(self.engine)
-        if read_ahead is None or not isinstance(lock, _RLOCK):
-            lock.__enter__()
-        elif not lock.acquire(blocking=False):  # the finalizer thread is writing: read on meanwhile
+
+        def read_on() -> None:  # the finalizer thread is writing: read, decode and build the next entries
+            nonlocal spans
             more = [span for entry in read_ahead() for span in entry.spans]
             if more:
                 parts.append(self._prepare(more, time.time_ns()))
                 spans = spans + more
-            lock.acquire()
+
+        lock = write_lock(self.engine)
+        take_write_lock(lock, read_on if read_ahead is not None else None)
         stored_rows: list = []
         try:
             with self.engine.begin() as conn:

@@ -35,7 +35,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from . import dependencies, sampling, stats
 from .assembler import assemble
 from .storage import schema
-from .storage.writer import write_lock
+from .storage.writer import take_write_lock, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -342,15 +342,15 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
     kept = None  # leases held ahead past this call, once known
     try:
         batches = [_prepare(engine, settings, claimed, now_ns, recent)]
-        lock = write_lock(engine)
-        if ahead is None or not ahead.claimed:
-            lock.__enter__()
-        elif not lock.acquire(blocking=False):  # the ingest thread is writing: assemble the next batch meanwhile
+
+        def assemble_next() -> None:  # the ingest thread is writing: assemble the next held batch meanwhile
             spare = ahead.take(now_ns)
             if spare:
                 taken.append(spare)
                 batches.append(_prepare(engine, settings, spare, now_ns, recent))
-            lock.acquire()
+
+        lock = write_lock(engine)
+        take_write_lock(lock, assemble_next if ahead is not None and ahead.claimed else None)
         kept = ahead.claimed if ahead is not None else []
         try:
             with engine.begin() as conn:

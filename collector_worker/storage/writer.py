@@ -58,6 +58,20 @@ def write_lock(engine: Engine) -> Any:
     return lock
 
 
+def take_write_lock(lock: Any, meanwhile: Any = None) -> None:
+    """Enter ``lock`` (from :func:`write_lock`); if another thread holds it, call ``meanwhile()`` first.
+
+    The caller does useful work (reads on, assembles the next batch) while the
+    other writer finishes instead of waiting idle, then waits. Leave with
+    ``lock.__exit__(None, None, None)``.
+    """
+    if meanwhile is None or not hasattr(lock, "acquire"):  # nothing to do meanwhile, or no lock at all
+        lock.__enter__()
+    elif not lock.acquire(blocking=False):
+        meanwhile()
+        lock.acquire()
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", "replace")

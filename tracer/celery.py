@@ -51,9 +51,10 @@ PROPAGATION_KEYS = ("traceparent", "tracestate", "baggage")
 CARRIER_KEYS = PROPAGATION_KEYS + (PUBLISHED_HEADER, LINKS_HEADER)
 _STATUS_OK = Status(StatusCode.OK)
 MAX_IN_FLIGHT = 10000  # bound on spans waiting for their closing signal
+SPARE_SPANS = 64  # span objects made ahead for the run spans of coming tasks (see HotSpans.prepare)
 
 SIGNAL_NAMES = (
-    "before_task_publish", "after_task_publish", "task_received", "task_prerun", "task_postrun",
+    "worker_init", "before_task_publish", "after_task_publish", "task_received", "task_prerun", "task_postrun",
     "task_failure", "task_retry", "task_revoked", "task_rejected", "task_unknown",
     "task_internal_error", "worker_process_init", "worker_process_shutdown", "worker_shutdown",
 )
@@ -431,6 +432,32 @@ def _record_late_attributes(held: tuple, extra: Mapping[str, Any] | None = None)
     return span
 
 
+_IN_PROCESS_POOLS = ("solo", "threads", "eventlet", "gevent")
+
+
+def _runs_tasks_in_process(pool_cls: Any) -> bool:
+    """Whether a worker's pool (alias, ``module:Class`` path or class) runs tasks in the worker's process.
+
+    Decided by name, without importing the pool's module: a worker_init
+    handler runs before Celery imports it, so that eventlet and gevent can be
+    patched in first. An unknown pool counts as one that runs tasks elsewhere.
+    """
+    from celery.concurrency import ALIASES
+
+    paths = {ALIASES[alias] for alias in _IN_PROCESS_POOLS if alias in ALIASES}
+    if isinstance(pool_cls, str):
+        return pool_cls in _IN_PROCESS_POOLS or pool_cls in paths
+    if isinstance(pool_cls, type):
+        return any(f"{cls.__module__}:{cls.__qualname__}" in paths for cls in pool_cls.__mro__)
+    return False
+
+
+def _finish_publish(item: tuple) -> None:
+    """A publish span's end, deferred by ``after_task_publish``: built, attributes set, ended."""
+    held, end_ns = item
+    _record_late_attributes(held).end(end_time=end_ns)
+
+
 def _run_attributes(request: Any, name: str, task_id: str, extra: Mapping[str, Any]) -> dict[str, Any]:
     attrs = _request_attributes(request, name, task_id)
     attrs.update(extra)
@@ -440,37 +467,42 @@ def _run_attributes(request: Any, name: str, task_id: str, extra: Mapping[str, A
 class _InFlight:
     """Spans waiting for their closing signal, by task id; bounded so a lost signal cannot leak.
 
-    Values are ``(span, context token or None, late attributes)``.
+    Values are ``(span, context token or None, late attributes)``. A plain dict
+    (insertion-ordered, each operation atomic under the interpreter lock): the
+    handlers on a task's path pay one dict operation, no lock.
     """
 
     def __init__(self) -> None:
-        self._items: OrderedDict[str, tuple] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: dict[str, tuple] = {}
         self.overflowed = 0
 
     def put(self, key: str, value: Any) -> None:
-        evicted = None
-        with self._lock:
-            self._items[key] = value
-            if len(self._items) > MAX_IN_FLIGHT:
-                evicted = self._items.popitem(last=False)[1]
-                self.overflowed += 1
-        if evicted is not None:
+        items = self._items
+        items[key] = value
+        if len(items) > MAX_IN_FLIGHT:
+            self._evict()
+
+    def _evict(self) -> None:
+        """End the oldest spans beyond the bound (their closing signal never came)."""
+        items = self._items
+        while len(items) > MAX_IN_FLIGHT:
+            try:
+                evicted = items.pop(next(iter(items)))
+            except (StopIteration, KeyError, RuntimeError):  # another thread changed the dict: look again
+                continue
+            self.overflowed += 1
             span = _record_late_attributes(evicted)
             span.set_status(Status(StatusCode.ERROR, "closing signal never arrived"))
             span.end()
 
     def get(self, key: str) -> Any:
-        with self._lock:
-            return self._items.get(key)
+        return self._items.get(key)
 
     def pop(self, key: str) -> Any:
-        with self._lock:
-            return self._items.pop(key, None)
+        return self._items.pop(key, None)
 
     def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+        self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -503,6 +535,23 @@ class CeleryTracing:
     def tracer(self):
         return self.manager.tracer
 
+    def _defer(self, finish: Any, item: Any) -> None:
+        """``finish(item)`` on the export thread before its next export; here and now without one."""
+        processor = getattr(self.manager, "_processor", None)
+        if processor is None:
+            finish(item)
+        else:
+            processor.defer(finish, item)
+
+    def _finish_run(self, item: tuple) -> None:
+        """A run span's end, deferred by ``task_postrun``: attributes, final state, status, ``end()``."""
+        held, state, end_ns = item
+        span = _record_late_attributes(held, {"celery.state": state})
+        if state == "SUCCESS":  # task_success fires just before task_postrun; one handler does both
+            span.set_status(_STATUS_OK)
+        span.end(end_time=end_ns)
+        self.hot_spans().prepare(SPARE_SPANS)  # the object of a coming task's span, made while nothing waits
+
     # ---- wiring
     def connect(self) -> None:
         from celery import signals
@@ -512,6 +561,13 @@ class CeleryTracing:
             uid = f"contrail-{id(self.manager)}-{name}"
             signal.connect(getattr(self, "on_" + name), weak=False, dispatch_uid=uid)
             self._connected.append((signal, uid))
+
+    def _disconnect(self, name: str) -> None:
+        """Disconnect one handler (see on_worker_init)."""
+        for signal, uid in list(self._connected):
+            if uid == f"contrail-{id(self.manager)}-{name}":
+                signal.disconnect(dispatch_uid=uid)
+                self._connected.remove((signal, uid))
 
     def disconnect(self) -> None:
         for signal, uid in self._connected:
@@ -590,12 +646,27 @@ class CeleryTracing:
         try:
             task_id = _message_field(headers, body, "id") if headers is not None else None
             held = self.publishing.pop(_text(task_id)) if task_id else None
-            if held is not None:
-                _record_late_attributes(held).end()
+            if held is not None:  # built and ended by the export thread (see _finish_publish)
+                self._defer(_finish_publish, (held, time.time_ns()))
         except Exception as exc:  # noqa: BLE001
             self._guard("after_task_publish", exc)
 
     # ---- worker parent process
+    def on_worker_init(self, sender=None, **_: Any) -> None:
+        """A worker whose pool runs tasks in its own process needs no copy of each request.
+
+        ``task_received`` keeps the request in the worker's parent so that a
+        pool child dying under a task (hard time limit, revoke with terminate)
+        can still be recorded. Solo, threads, eventlet and gevent pools run
+        tasks in the worker's process: nothing can die apart from it, so the
+        handler is disconnected and each task is received without it.
+        """
+        try:
+            if _runs_tasks_in_process(getattr(sender, "pool_cls", None)):
+                self._disconnect("task_received")
+        except Exception as exc:  # noqa: BLE001
+            self._guard("worker_init", exc)
+
     def on_task_received(self, sender=None, request=None, **_: Any) -> None:
         """Remember the request in the worker's parent, so a dead child's task can still be recorded."""
         try:
@@ -657,12 +728,9 @@ class CeleryTracing:
             except Exception:  # detached on another thread or out of order: harmless
                 pass
             if state:
-                state = _text(state)
-                _record_late_attributes(held, {"celery.state": state})
-                if state == "SUCCESS":  # task_success fires just before this; one handler does both
-                    span.set_status(_STATUS_OK)
-                span.end()
-                self.hot_spans().prepare()  # the next task's span object, made while nothing waits
+                # attributes, status and end() on the export thread (see _finish_run): the worker goes
+                # back to its next message now
+                self._defer(self._finish_run, (held, _text(state), time.time_ns()))
             elif self.in_pool_child:
                 # No state: the child is being terminated (revoke, hard time limit) and SystemExit is
                 # unwinding the task. The worker's parent records this run with the reason; ending

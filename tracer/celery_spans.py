@@ -306,9 +306,9 @@ class HotSpans:
                       _record_end_metrics=None)
         return span
 
-    def prepare(self) -> None:
-        """Make the object of the next span now, while nothing waits (after a task, after a publish)."""
-        if self.usable and not self._spares:
+    def prepare(self, spares: int = 1) -> None:
+        """Make span objects for the next spans now, while nothing waits: up to ``spares`` kept ready."""
+        if self.usable and len(self._spares) < spares:
             self._spares.append(self._blank())
 
 

@@ -2,7 +2,9 @@
 
 The application thread only appends a finished span to a bounded deque
 (:meth:`ContrailSpanProcessor.on_end`); it never blocks and never sees an
-export error. A daemon thread turns spans into codec rows, encodes a batch
+export error. Work that ending a span can wait for (the Celery handlers'
+attributes and ``end()``) can be handed to the same thread with
+:meth:`ContrailSpanProcessor.defer`: it runs just before the next export. A daemon thread turns spans into codec rows, encodes a batch
 per entry and pushes entries with pipelined ``XADD``. While Redis is
 unreachable entries go to the disk spool and the exporter backs off; when
 Redis answers again the spool is replayed in order before any new batch.
@@ -40,6 +42,7 @@ KIND_NAMES = {
 }
 STATUS_NAMES = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
 ENTRIES_PER_PUSH = 16  # stream entries per pipelined round trip
+DEFERRED_PER_SLICE = 16  # deferred items run between two releases of the interpreter lock
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
 
@@ -219,6 +222,7 @@ class ContrailSpanProcessor(SpanProcessor):
     def _reset_state(self) -> None:
         self._next_report = 0.0
         self._queue: deque = deque()
+        self._deferred: deque = deque()  # (function, item) pairs run by the export thread; see defer()
         self._wake = threading.Event()
         self._export_lock = threading.Lock()
         self._waiters: list[threading.Event] = []
@@ -269,6 +273,42 @@ class ContrailSpanProcessor(SpanProcessor):
         if len(queue) >= self._batch_size and not self._wake.is_set():
             self._wake.set()
 
+    def defer(self, finish: Callable[[Any], Any], item: Any) -> None:
+        """Run ``finish(item)`` on the export thread, before its next export (or at flush/shutdown).
+
+        For work the application thread should not wait for, such as building
+        and ending a span whose end time is already known. Bounded like the
+        queue: past ``max_queue_size`` waiting items, ``finish`` runs here, now.
+        """
+        deferred = self._deferred
+        if self._shutdown or self._thread is None or len(deferred) >= self._max_queue:
+            self._finish(finish, item)
+            return
+        deferred.append((finish, item))
+        if len(deferred) >= self._batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    @staticmethod
+    def _finish(finish: Callable[[Any], Any], item: Any) -> None:
+        try:
+            finish(item)
+        except Exception:  # a deferred span must not stop the export thread
+            logger.exception("contrail: deferred span work failed")
+
+    def _run_deferred(self) -> None:
+        """Run the deferred work in slices, giving the interpreter lock back between them."""
+        deferred, finish_one = self._deferred, self._finish
+        done = 0
+        while True:
+            try:
+                finish, item = deferred.popleft()
+            except IndexError:
+                return
+            finish_one(finish, item)
+            done += 1
+            if done % DEFERRED_PER_SLICE == 0:
+                time.sleep(0)  # an application thread waiting for the lock gets it now, not in 5 ms
+
     # ------------------------------------------------------------ export thread
     def _run(self) -> None:
         while True:
@@ -301,6 +341,7 @@ class ContrailSpanProcessor(SpanProcessor):
             pass
 
     def _export_pending(self) -> None:
+        self._run_deferred()
         with self._export_lock:
             with self._waiters_lock:
                 waiters, self._waiters = self._waiters, []
@@ -364,18 +405,19 @@ class ContrailSpanProcessor(SpanProcessor):
                 return False
             self._export_lock.release()
             self._export_pending()
-            return not self._queue and not self.spool.pending()
+            return not self._queue and not self._deferred and not self.spool.pending()
         waiter = threading.Event()
         with self._waiters_lock:
             self._waiters.append(waiter)
         self._wake.set()
         done = waiter.wait(timeout)
-        return done and not self._queue and not self.spool.pending()
+        return done and not self._queue and not self._deferred and not self.spool.pending()
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting spans, export (or spool) what is queued, stop the thread. Idempotent."""
         if self._shutdown:
             return
+        self._run_deferred()  # its spans end into the queue, which stops taking spans below
         self._shutdown = True
         self._wake.set()
         thread = self._thread
@@ -398,7 +440,7 @@ class ContrailSpanProcessor(SpanProcessor):
             "spans_dropped": self.spans_dropped + self.spool.spans_dropped,
             "spans_dropped_queue_full": self.spans_dropped,
             "spans_dropped_spool_full": self.spool.spans_dropped,
-            "spans_queued": len(self._queue),
+            "spans_queued": len(self._queue) + len(self._deferred),
             "spans_spooled": self.spool.spans_spooled,
             "batches_exported": self.batches_exported,
             "spool_bytes": self.spool.bytes,

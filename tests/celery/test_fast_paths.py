@@ -145,3 +145,44 @@ def test_task_success_is_not_a_signal_of_its_own():
     """Status OK comes from task_postrun's state: one signal less per task, same span."""
     assert "task_success" not in celery_tracing.SIGNAL_NAMES
     assert "task_postrun" in celery_tracing.SIGNAL_NAMES
+
+
+@pytest.mark.parametrize("pool, in_process", [
+    ("solo", True), ("threads", True), ("eventlet", True), ("gevent", True), ("prefork", False),
+    ("processes", False), ("celery.concurrency.solo:TaskPool", True), ("myapp.pools:Custom", False), (None, False)])
+def test_pools_that_run_tasks_in_the_workers_process(pool, in_process):
+    assert celery_tracing._runs_tasks_in_process(pool) is in_process
+
+
+def test_pool_classes_are_recognised_without_their_aliases():
+    from celery.concurrency.prefork import TaskPool as Prefork
+    from celery.concurrency.solo import TaskPool as Solo
+
+    class OwnSolo(Solo):
+        pass
+
+    assert celery_tracing._runs_tasks_in_process(OwnSolo)
+    assert not celery_tracing._runs_tasks_in_process(Prefork)
+
+
+def test_in_process_worker_drops_the_request_copy_a_prefork_worker_keeps(manager):
+    """worker_init: a solo worker disconnects task_received (nothing can die apart from it); prefork keeps it."""
+    from celery import signals
+
+    class WorkController:  # what worker_init hands over: the worker, with its pool class
+        def __init__(self, pool_cls):
+            self.pool_cls = pool_cls
+
+    tracing = celery_tracing.instrument_celery(manager)
+    try:
+        uid = f"contrail-{id(manager)}-task_received"
+        connected = lambda: any(key[0] == uid for key, _ in signals.task_received.receivers)  # noqa: E731
+        assert connected()
+        signals.worker_init.send(sender=WorkController("prefork"))
+        assert connected()
+        signals.worker_init.send(sender=WorkController("solo"))
+        assert not connected()
+        assert "task_prerun" in {uid.rsplit("-", 1)[1] for _, uid in tracing._connected}
+    finally:
+        celery_tracing.uninstrument_celery(manager)
+    assert not any(key[0].startswith(f"contrail-{id(manager)}-") for key, _ in signals.task_prerun.receivers)

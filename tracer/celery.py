@@ -28,7 +28,8 @@ import time
 import traceback
 import weakref
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping  # isinstance against typing.Mapping costs three times as much
+from typing import Any
 
 from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
@@ -525,10 +526,18 @@ class CeleryTracing:
         self._hot: HotSpans | None = None
 
     def hot_spans(self) -> HotSpans:
-        """Starts the publish and run spans (see tracer.celery_spans); made once per tracer."""
+        """Starts the publish and run spans (see tracer.celery_spans); made once per tracer and process."""
         hot, tracer = self._hot, self.manager.tracer
         if hot is None or hot.tracer is not tracer:
-            hot = self._hot = HotSpans(tracer)
+            # kept on the tracer: instrumenting again (or another manager on it) reuses the template
+            hot = getattr(tracer, "_contrail_hot_spans", None)
+            if type(hot) is not HotSpans or hot.tracer is not tracer:
+                hot = HotSpans(tracer)
+                try:
+                    tracer._contrail_hot_spans = hot
+                except AttributeError:  # a tracer that takes no attributes: one per CeleryTracing
+                    pass
+            self._hot = hot
         return hot
 
     @property

@@ -27,7 +27,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping  # isinstance against typing.Mapping costs three times as much
 from typing import Any
 
@@ -35,9 +35,10 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation import _SPAN_KEY
 
 from . import propagation
-from .celery_spans import HotSpans, Pending
+from .celery_spans import Decided, HotSpans, Pending
 
 try:
     from opentelemetry.sdk.trace import Event as _SdkEvent
@@ -52,7 +53,7 @@ PROPAGATION_KEYS = ("traceparent", "tracestate", "baggage")
 CARRIER_KEYS = PROPAGATION_KEYS + (PUBLISHED_HEADER, LINKS_HEADER)
 _STATUS_OK = Status(StatusCode.OK)
 MAX_IN_FLIGHT = 10000  # bound on spans waiting for their closing signal
-SPARE_SPANS = 64  # span objects made ahead for the run spans of coming tasks (see HotSpans.prepare)
+SPARE_SPANS = 1024  # bound on span objects made ahead for the run spans of coming tasks (see HotSpans.prepare)
 
 SIGNAL_NAMES = (
     "worker_init", "before_task_publish", "after_task_publish", "task_received", "task_prerun", "task_postrun",
@@ -94,7 +95,7 @@ def uninstrument_celery(manager: Any) -> None:
 
 
 # The plain version-00 traceparent every Contrail publisher writes; anything else takes the general path.
-_FLAGS = {"00": TraceFlags(0), "01": TraceFlags(TraceFlags.SAMPLED)}
+_FLAGS = {f"{flags:02x}": TraceFlags(flags) for flags in range(4)}  # sampled, and W3C level 2's random-id bit
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
@@ -108,12 +109,25 @@ def _inject(carrier: dict, span: Any, current: Any = None) -> None:
     span_context = span.get_span_context()
     if not span_context.is_valid:
         return
-    if otel_baggage.get_all(current):
+    if _has_baggage(current):
         propagation.inject(carrier, trace.set_span_in_context(NonRecordingSpan(span_context)))
         return
     carrier["traceparent"] = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
     if span_context.trace_state:
         carrier["tracestate"] = span_context.trace_state.to_header()
+
+
+try:
+    from opentelemetry.baggage import _BAGGAGE_KEY
+except ImportError:  # pragma: no cover - another API version: ask the public function
+    _BAGGAGE_KEY = None
+
+
+def _has_baggage(context: Any) -> bool:
+    """Whether ``context`` carries baggage (``bool(baggage.get_all(context))``, without the copy)."""
+    if _BAGGAGE_KEY is not None and type(context) is otel_context.Context:
+        return bool(context.get(_BAGGAGE_KEY))
+    return bool(otel_baggage.get_all(context))
 
 
 def _extract(carrier: Mapping[str, Any]) -> Any:
@@ -416,15 +430,19 @@ def _record_late_attributes(held: tuple, extra: Mapping[str, Any] | None = None)
     dict, or a tuple ``(builder, *arguments)`` whose builder returns it
     (:func:`_publish_attributes`, :func:`_run_attributes`). Building and
     setting attributes waits until the message is out (publish) or the result
-    is stored (run): the round trip the caller waits for does not pay for it.
+    is stored (run), and then runs on the export thread (:func:`_finish_publish`,
+    :meth:`CeleryTracing._finish_run`): the round trip the caller waits for
+    does not pay for it.
     A publish span is held as a :class:`~tracer.celery_spans.Pending` one
     (sampled, ids made, start time taken) and built here, for the same reason.
     Every path that ends one of these spans comes through here, so the
     exported span is the same.
     """
     span, _, late = held
-    if type(span) is Pending:
+    if type(span) is Pending or type(span) is Decided:
         span = span.start()
+    if type(late) is tuple and late[0] is _run_attributes_later:
+        _add_dequeued_event(span, late)
     attrs = late[0](*late[1:]) if isinstance(late, tuple) else dict(late or {})
     if extra:
         attrs.update(extra)
@@ -457,6 +475,48 @@ def _finish_publish(item: tuple) -> None:
     """A publish span's end, deferred by ``after_task_publish``: built, attributes set, ended."""
     held, end_ns = item
     _record_late_attributes(held).end(end_time=end_ns)
+
+
+def _queue_wait(published: Any, start_ns: int) -> tuple[float, int] | None:
+    """``(queue wait in ms, published ns)`` from the ``contrail_published_ns`` header, or None."""
+    try:
+        published_ns = int(published) if published is not None else None
+    except (TypeError, ValueError):
+        return None
+    if not published_ns:
+        return None
+    return max(0.0, (start_ns - published_ns) / 1e6), published_ns
+
+
+def _run_attributes_later(request: Any, name: str, task_id: str, start_ns: int, published: Any) -> dict[str, Any]:
+    """:func:`_run_attributes` of a span :meth:`CeleryTracing._start_run` started (queue wait computed now)."""
+    attrs = _request_attributes(request, name, task_id)
+    wait = _queue_wait(published, start_ns)
+    if wait is not None:
+        attrs["celery.queue_wait_ms"], attrs["celery.published_ns"] = wait
+    return attrs
+
+
+def _add_dequeued_event(span: Any, late: tuple) -> None:
+    """The ``celery.dequeued`` event of a span :meth:`CeleryTracing._start_run` started, first among its events.
+
+    It happened when the task started, before anything the task itself
+    recorded; on an SDK span it goes in front of those (same lock, same
+    ended-span check), else it is added as any event.
+    """
+    start_ns, published = late[4], late[5]
+    wait = _queue_wait(published, start_ns)
+    if wait is None:
+        return
+    attrs = {"celery.queue_wait_ms": wait[0], "celery.published_ns": wait[1]}
+    events = getattr(getattr(span, "_events", None), "_dq", None)
+    lock = getattr(span, "_lock", None)
+    if _SdkEvent is not None and type(events) is deque and lock is not None and events.maxlen is not None:
+        with lock:
+            if span._end_time is None and len(events) < events.maxlen:
+                events.appendleft(_SdkEvent("celery.dequeued", attrs, start_ns))
+                return
+    _add_own_event(span, "celery.dequeued", attrs, start_ns)
 
 
 def _run_attributes(request: Any, name: str, task_id: str, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -614,17 +674,28 @@ class CeleryTracing:
                 # call that failed): the next attempt belongs to the attempt, not to that call.
                 current = trace.set_span_in_context(retrying[0], current)
             parent = trace.get_current_span(current).get_span_context()
-            span = hot.decide(name, current, SpanKind.PRODUCER, (), None, parent) if hot.usable else None
-            if span is None:
-                span = self.tracer.start_span(name, current, kind=SpanKind.PRODUCER)
             # A retry or chain republishes the headers it arrived with: replace, never append.
             for key in PROPAGATION_KEYS:
                 if key in headers:
                     del headers[key]
-            _inject(headers, span, current)
-            headers[PUBLISHED_HEADER] = time.time_ns()
-            if body is not None and _embedded_chord(body):
-                self._note_chord_header(headers, body, span)
+            now = time.time_ns()
+            chord = body is not None and _embedded_chord(body)
+            ids = (hot.fast_ids(parent) if hot.usable and not chord and not _has_baggage(current) else None)
+            if ids is not None:
+                # the common case: only the ids go out now, formatted as the W3C propagator does
+                trace_id, span_id, flags, trace_state = ids[0], ids[1], ids[2], ids[3]
+                headers["traceparent"] = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+                if trace_state:
+                    headers["tracestate"] = trace_state.to_header()
+                span = Decided(hot, name, current, SpanKind.PRODUCER, ids, now)
+            else:
+                span = hot.decide(name, current, SpanKind.PRODUCER, (), now, parent) if hot.usable else None
+                if span is None:
+                    span = self.tracer.start_span(name, current, kind=SpanKind.PRODUCER, start_time=now)
+                _inject(headers, span, current)
+                if chord:
+                    self._note_chord_header(headers, body, span)
+            headers[PUBLISHED_HEADER] = now
             countdown = (properties.get("countdown") if type(properties) is dict or isinstance(properties, Mapping)
                          else None)
             # attributes are built and set once the message is out (see _record_late_attributes)
@@ -689,15 +760,17 @@ class CeleryTracing:
         if not self.manager.enabled or task is None or not task_id:
             return
         try:
+            start_ns = time.time_ns()
             request = task.request
             name = getattr(task, "name", None)
             name = name if type(name) is str and name else _name(task, _name(sender))
             carrier = _carrier(request)
+            if self._start_run(task_id, request, name, carrier, start_ns):
+                return
             parent, parent_span = _extract_parent(carrier)
             attrs: dict[str, Any] = {}  # on top of _request_attributes, set when the span ends
             if carrier.get("traceparent") and parent is None:
                 attrs["contrail.propagation_error"] = "malformed traceparent: started a new trace"
-            start_ns = time.time_ns()
             published = carrier.get(PUBLISHED_HEADER)
             event = None
             try:
@@ -725,6 +798,42 @@ class CeleryTracing:
             self.running.put(task_id, (span, token, (_run_attributes, request, name, task_id, attrs)))
         except Exception as exc:  # noqa: BLE001
             self._guard("task_prerun", exc)
+
+    def _start_run(self, task_id: Any, request: Any, name: str, carrier: Mapping[str, Any], start_ns: int) -> bool:
+        """The run span of the common message, started with the least work before the task runs.
+
+        A plain ``traceparent`` (what this module's publish handler writes)
+        with no tracestate, baggage or links, and a tracer sampling as
+        TracingManager sets it up: the span is started from the parsed ids
+        and attached; its attributes and the ``celery.dequeued`` event are
+        added when it ends (:meth:`_finish_run`). False for anything else,
+        which takes the general path.
+        """
+        value = carrier.get("traceparent")
+        if (type(value) is not str or "tracestate" in carrier or "baggage" in carrier
+                or LINKS_HEADER in carrier):
+            return False
+        match = _TRACEPARENT.fullmatch(value)
+        if match is None:
+            return False
+        trace_hex, span_hex, flags_hex = match.groups()
+        trace_id, parent_id = int(trace_hex, 16), int(span_hex, 16)
+        hot = self.hot_spans()
+        if not trace_id or not parent_id or not hot.usable:
+            return False
+        remote = SpanContext(trace_id, parent_id, is_remote=True,
+                             trace_flags=_FLAGS.get(flags_hex) or TraceFlags(int(flags_hex, 16)))
+        ids = hot.fast_ids(remote)
+        if ids is None:
+            return False
+        # the contexts extract() and set_span_in_context() would make: only the span key is set
+        parent = otel_context.Context({_SPAN_KEY: NonRecordingSpan(remote)})
+        span = hot.start(_span_name("run ", name), parent, SpanKind.CONSUMER, ids, start_ns)
+        token = otel_context.attach(otel_context.Context({_SPAN_KEY: span}))
+        task_id = task_id if type(task_id) is str else _text(task_id)
+        self.running.put(task_id, (span, token, (_run_attributes_later, request, name, task_id, start_ns,
+                                                 carrier.get(PUBLISHED_HEADER))))
+        return True
 
     def on_task_postrun(self, sender=None, task_id=None, task=None, state=None, **_: Any) -> None:
         try:

@@ -22,9 +22,10 @@ see no difference. It differs in two ways:
 * the span object is built from a template made once per tracer by the SDK's
   own constructor: the per-span fields are fresh, the shared ones (resource,
   processors, limits, scope, sampler) are the template's. A span with links
-  or sampler-provided attributes goes through the SDK constructor. The run
-  handler asks for the next object ahead (:meth:`HotSpans.prepare`, after a
-  task has ended), so a task's start only fills in the new span's identity.
+  or sampler-provided attributes goes through the SDK constructor. Objects
+  for coming run spans are made ahead (:meth:`HotSpans.prepare`, on the
+  export thread as it ends the previous ones), so a task's start only fills
+  in the new span's identity.
 
 In a task round trip these calls run on cold caches (the process slept while
 the broker and the other side worked), where every function call and object
@@ -105,6 +106,28 @@ class Pending:
         return self.spans._build(self, links)
 
 
+class Decided:
+    """A span whose sampling decision and ids are made (:meth:`HotSpans.fast_ids`) and nothing else.
+
+    What the publish handler holds while the message is sent: the
+    ``traceparent`` needs only the ids. :meth:`start` builds the span, as
+    :meth:`Pending.start` does, when nothing waits for it.
+    """
+
+    __slots__ = ("spans", "name", "context", "kind", "ids", "start_time")
+
+    def __init__(self, spans: "HotSpans", name: str, context: Any, kind: Any, ids: tuple, start_time: int):
+        self.spans, self.name, self.context, self.kind, self.ids, self.start_time = (
+            spans, name, context, kind, ids, start_time)
+
+    def get_span_context(self) -> SpanContext:
+        trace_id, span_id, flags, trace_state, _, _ = self.ids
+        return SpanContext(trace_id, span_id, False, flags, trace_state)
+
+    def start(self, links: Sequence[Any] = ()) -> Any:
+        return self.spans.pending(self.name, self.context, self.kind, self.ids, self.start_time).start(links)
+
+
 class HotSpans:
     """``Tracer.start_span`` for the Celery handlers' spans; see the module docstring."""
 
@@ -165,55 +188,79 @@ class HotSpans:
         tracer = self.tracer
         if parent is _CURRENT:
             parent = trace_api.get_current_span(context).get_span_context()
+        ids = self.fast_ids(parent)
+        if ids is not None:
+            return self.pending(name, context, kind, ids, start_time)
         if not tracer._is_enabled():
             return None
-        ids = tracer.id_generator
-        counting = self._counting
-        fast = counting is not None and tracer.sampler is counting and type(ids) is RandomIdGenerator
+        id_generator = tracer.id_generator
         if parent is None or not parent.is_valid:
             parent = None
-            if fast:  # RandomIdGenerator.generate_trace_id(), same generator
-                trace_id = _getrandbits(128)
-                while trace_id == 0:
-                    trace_id = _getrandbits(128)
-            else:
-                trace_id = ids.generate_trace_id()
+            trace_id = id_generator.generate_trace_id()
         else:
             trace_id = parent.trace_id
-        if fast:
-            # CountingSampler(ParentBased(TraceIdRatioBased(rate))) with the default delegates, in line:
-            # a parent's sampled flag decides (ALWAYS_ON / ALWAYS_OFF), the trace-id ratio decides a root
-            if parent is None:
-                sampled = trace_id & _TRACE_ID_LIMIT < self._bound
-                trace_state = None
-                random_id = True  # RandomIdGenerator.is_trace_id_random()
-            else:
-                flags = parent.trace_flags
-                sampled = (flags & 1) == 1
-                trace_state = parent.trace_state
-                random_id = (flags & _RANDOM_TRACE_ID) != 0
-            if sampled:
-                decision = _RECORD_AND_SAMPLE
-                flags = _SAMPLED_RANDOM if random_id else _SAMPLED
-            else:
-                decision = _DROP
-                counting.dropped += 1
-                flags = _NOT_SAMPLED_RANDOM if random_id else _NOT_SAMPLED
-            attributes = None
+        result = tracer.sampler.should_sample(context, trace_id, name, kind, None, links)
+        decision, attributes, trace_state = result.decision, result.attributes, result.trace_state
+        flags = _SAMPLED if decision.is_sampled() else _NOT_SAMPLED
+        if id_generator.is_trace_id_random() if parent is None else parent.trace_flags.random_trace_id:
+            flags = TraceFlags(flags | _RANDOM_TRACE_ID)
+        span_id = id_generator.generate_span_id()
+        return self._pending(name, SpanContext(trace_id, span_id, False, flags, trace_state), parent, context, kind,
+                             decision, attributes, start_time)
+
+    def fast_ids(self, parent: SpanContext | None) -> tuple | None:
+        """``(trace_id, span_id, flags, trace_state, parent, sampled)`` for a span under ``parent``, or None.
+
+        The decision and ids :meth:`decide` makes, without building anything,
+        when the tracer samples and makes ids as TracingManager sets it up
+        (``CountingSampler(ParentBased(TraceIdRatioBased))`` with the default
+        delegates, ``RandomIdGenerator``), in line, as those make them: a
+        parent's sampled flag decides, the trace-id ratio decides a root. None
+        for anything else (another sampler or id generator, a tracer disabled
+        by its configurator): :meth:`decide` then asks them.
+        """
+        tracer = self.tracer
+        counting = self._counting
+        if (counting is None or tracer.sampler is not counting or type(tracer.id_generator) is not RandomIdGenerator
+                or not tracer._is_enabled()):
+            return None
+        if parent is None or not parent.is_valid:
+            parent = None
+            trace_id = _getrandbits(128)  # RandomIdGenerator.generate_trace_id(), same generator
+            while trace_id == 0:
+                trace_id = _getrandbits(128)
+            sampled = trace_id & _TRACE_ID_LIMIT < self._bound
+            trace_state = None
+            random_id = True  # RandomIdGenerator.is_trace_id_random()
         else:
-            result = tracer.sampler.should_sample(context, trace_id, name, kind, None, links)
-            decision, attributes, trace_state = result.decision, result.attributes, result.trace_state
-            flags = _SAMPLED if decision.is_sampled() else _NOT_SAMPLED
-            if ids.is_trace_id_random() if parent is None else parent.trace_flags.random_trace_id:
-                flags = TraceFlags(flags | _RANDOM_TRACE_ID)
-        if fast:  # RandomIdGenerator.generate_span_id()
+            trace_id = parent.trace_id
+            flags = parent.trace_flags
+            sampled = (flags & 1) == 1
+            trace_state = parent.trace_state
+            random_id = (flags & _RANDOM_TRACE_ID) != 0
+        if sampled:
+            flags = _SAMPLED_RANDOM if random_id else _SAMPLED
+        else:
+            counting.dropped += 1
+            flags = _NOT_SAMPLED_RANDOM if random_id else _NOT_SAMPLED
+        span_id = _getrandbits(64)  # RandomIdGenerator.generate_span_id()
+        while span_id == 0:
             span_id = _getrandbits(64)
-            while span_id == 0:
-                span_id = _getrandbits(64)
-        else:
-            span_id = ids.generate_span_id()
-        span_context = SpanContext(trace_id, span_id, False, flags, trace_state)
-        metrics = tracer._tracer_metrics
+        return trace_id, span_id, flags, trace_state, parent, sampled
+
+    def pending(self, name: str, context: Any, kind: Any, ids: tuple, start_time: int | None = None) -> Pending:
+        """The :class:`Pending` span of ``ids`` (from :meth:`fast_ids`)."""
+        trace_id, span_id, flags, trace_state, parent, sampled = ids
+        return self._pending(name, SpanContext(trace_id, span_id, False, flags, trace_state), parent, context, kind,
+                             _RECORD_AND_SAMPLE if sampled else _DROP, None, start_time)
+
+    def start(self, name: str, context: Any, kind: Any, ids: tuple, start_time: int) -> Any:
+        """The span of ``ids`` (from :meth:`fast_ids`), started at ``start_time``: ``start_span``'s result."""
+        return self._build(self.pending(name, context, kind, ids, start_time), (), None, True)
+
+    def _pending(self, name: str, span_context: SpanContext, parent: SpanContext | None, context: Any, kind: Any,
+                 decision: Any, attributes: Any, start_time: int | None) -> Pending:
+        metrics = self.tracer._tracer_metrics
         end_metrics = self._noop_end if type(metrics) is _NoOpTracerMetrics else metrics.start_span(parent, decision)
         if start_time is None:
             start_time = _time_ns()
@@ -239,9 +286,11 @@ class HotSpans:
                 else:
                     add(event)
             return span
-        return self._build(pending, links, event)
+        return self._build(pending, links, event, True)
 
-    def _build(self, pending: Pending, links: Sequence[Any], event: Any = None) -> Any:
+    def _build(self, pending: Pending, links: Sequence[Any], event: Any = None, spare: bool = False) -> Any:
+        """The started span of ``pending``; ``spare``: take an object made ahead (a span started on a path
+        something waits on; spans built off it, like the publish spans, leave those to the run spans)."""
         decision = pending.decision
         if decision is not _RECORD_AND_SAMPLE and not decision.is_recording():
             return NonRecordingSpan(pending.context)
@@ -252,7 +301,7 @@ class HotSpans:
             if event is not None:
                 span._add_event(event)
             return span
-        span = self._clone(pending.name, pending.context, pending.parent, pending.kind, pending.end_metrics)
+        span = self._clone(pending.name, pending.context, pending.parent, pending.kind, pending.end_metrics, spare)
         # Span.start() on a span nobody else can see yet: set the start time, tell the processors
         span._start_time = pending.start_time
         self._on_start(span, parent_context=pending.parent_context)
@@ -275,15 +324,20 @@ class HotSpans:
                      instrumentation_scope=tracer._instrumentation_scope, record_end_metrics=end_metrics)
 
     def _clone(self, name: str, context: SpanContext, parent: SpanContext | None, kind: Any,
-               end_metrics: Any) -> Any:
+               end_metrics: Any, spare: bool = False) -> Any:
         """What :meth:`_sdk_span` builds when there are no links and no sampler attributes, built directly.
 
-        The object comes from :meth:`prepare` when one is ready (its containers
-        and locks made earlier, off the caller's path), else it is made now.
+        With ``spare``, the object comes from :meth:`prepare` when one is ready
+        (its containers and locks made earlier, off the caller's path), else it
+        is made now.
         """
-        try:
-            span = self._spares.pop()
-        except IndexError:
+        span = None
+        if spare:
+            try:
+                span = self._spares.pop()
+            except IndexError:
+                pass
+        if span is None:
             span = self._blank()
         span.__dict__.update(_name=name, _context=context, _kind=kind, _parent=parent,
                              _record_end_metrics=end_metrics)
@@ -307,7 +361,11 @@ class HotSpans:
         return span
 
     def prepare(self, spares: int = 1) -> None:
-        """Make span objects for the next spans now, while nothing waits: up to ``spares`` kept ready."""
+        """Make one span object for a coming span now, while nothing waits, unless ``spares`` are ready.
+
+        Called once per ended run span, so as many objects are ready as tasks
+        started since the last round of ends, up to ``spares``.
+        """
         if self.usable and len(self._spares) < spares:
             self._spares.append(self._blank())
 

@@ -208,6 +208,7 @@ def run_round_trip(manager, use_hot: bool, monkeypatch, outer=None):
     @app.task(name="tests.hot.add")
     def add(x, y):
         trace.get_current_span().set_attribute("user.in_task", True)
+        trace.get_current_span().add_event("user event", {"step": 1})
         with manager.tracer.start_as_current_span("user work"):
             pass
         return x + y
@@ -289,7 +290,9 @@ def test_handlers_record_the_same_spans_with_and_without_hot_spans(make_manager,
     run = recorded[True]["run tests.hot.add"]
     assert run["parent"] == "publish tests.hot.add" and recorded[True]["user work"]["parent"] == "run tests.hot.add"
     assert run["attributes"]["user.in_task"] is True and run["status"] == "ok"
-    assert run["events"] == [("celery.dequeued", ["celery.published_ns", "celery.queue_wait_ms"])]
+    # the dequeued event happened when the task started: before what the task recorded, on both paths
+    assert run["events"] == [("celery.dequeued", ["celery.published_ns", "celery.queue_wait_ms"]),
+                             ("user event", ["step"])]
 
 
 def test_sampled_out_publishes_still_carry_the_decision(make_manager, redis_url, monkeypatch):

@@ -1,7 +1,14 @@
 """Celery benchmark: a traced task round trip against an untraced one, same machine, same run.
 
-Run ``python bench/bench_celery.py [round_trips] [--aa]`` (default 3000 each way).
-Prints the figures and writes ``bench/results/celery.json``.
+Run ``python bench/bench_celery.py [round_trips] [--runs N] [--aa]`` (default
+3000 each way, 5 runs). Prints the figures and writes ``bench/results/celery.json``.
+
+A run starts its own two workers (on one private Redis); ``--runs`` repeats
+the whole measurement with fresh workers. On a shared machine the speed of everything
+drifts from minute to minute (the untraced median moved between 2.5 and
+3.4 ms from one run to the next on the development VM), so the result pools
+the paired blocks of all runs and also lists each run's figure: the budget
+is judged on the pooled median of paired blocks.
 
 Two solo-pool workers of the same app run side by side on one private Redis
 (broker, results and span stream): one with Contrail's Celery tracing
@@ -88,8 +95,8 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def main(round_trips: int = 3000, aa: bool = False) -> dict:
-    server = RedisServer.launch()
+def run_once(server: RedisServer, round_trips: int, aa: bool) -> dict:
+    """One measurement with its own workers: raw times, block medians, CPU and export figures."""
     base = f"redis://127.0.0.1:{server.port}"
     data_dir = tempfile.mkdtemp(prefix="contrail-bench-celery-")
     env = {"CONTRAIL_TEST_BROKER_URL": f"{base}/1", "CONTRAIL_TEST_BACKEND_URL": f"{base}/2",
@@ -160,17 +167,44 @@ def main(round_trips: int = 3000, aa: bool = False) -> dict:
         try:
             import redis
 
-            spans_in_stream = sum(int(f[b"n"]) for _, f in redis.Redis(port=server.port, db=3).xrange("contrail:spans"))
+            client = redis.Redis(port=server.port, db=3)
+            spans_in_stream = sum(int(f[b"n"]) for _, f in client.xrange("contrail:spans"))
+            client.delete("contrail:spans")  # the next run counts its own
+            client.close()
         except Exception:
             pass
+
+    ratios = [t / u for t, u in zip(block_medians["traced"], block_medians["untraced"])]
+    return {"times": times, "ratios": ratios, "cpu": cpu, "export_ns": export_ns, "exported": exported,
+            "spans_in_stream": spans_in_stream,
+            "untraced_median_ms": statistics.median(times["untraced"]) * 1e3,
+            "overhead_paired_blocks_median_pct": (statistics.median(ratios) - 1) * 100}
+
+
+def main(round_trips: int = 3000, aa: bool = False, runs: int = 5) -> dict:
+    measured = []
+    server = RedisServer.launch()  # one Redis; every run starts its own workers
+    try:
+        for i in range(runs):
+            one = run_once(server, round_trips, aa)
+            measured.append(one)
+            print(f"run {i + 1}/{runs}: paired-block median {one['overhead_paired_blocks_median_pct']:+.2f} %, "
+                  f"untraced median {one['untraced_median_ms']:.3f} ms", flush=True)
+    finally:
         server.destroy()
+    times = {side: [t for one in measured for t in one["times"][side]] for side in ("traced", "untraced")}
+    ratios = [r for one in measured for r in one["ratios"]]
+    cpu = {side: {k: sum(one["cpu"][side][k] for one in measured) for k in ("client_main", "worker_main")}
+           for side in times}
+    export_ns = {k: sum(one["export_ns"][k] for one in measured) for k in measured[0]["export_ns"]}
+    exported = measured[-1]["exported"]
+    spans_in_stream = sum(one["spans_in_stream"] for one in measured)
 
     def figures(values: list[float]) -> dict:
         return {"median_ms": statistics.median(values) * 1e3, "mean_ms": statistics.fmean(values) * 1e3,
                 "p95_ms": sorted(values)[int(len(values) * 0.95)] * 1e3, "n": len(values)}
 
     traced, untraced = figures(times["traced"]), figures(times["untraced"])
-    ratios = [t / u for t, u in zip(block_medians["traced"], block_medians["untraced"])]
     n_each = {side: len(times[side]) for side in times}
     cpu_us = {side: {k: v / n_each[side] / 1e3 for k, v in cpu[side].items()} for side in cpu}
     # the export threads' CPU belongs to the traced round trips (they export the traced spans)
@@ -183,7 +217,11 @@ def main(round_trips: int = 3000, aa: bool = False) -> dict:
         "baseline": ("untraced round trips in the same run: a solo worker of the same app with "
                      "CONTRAIL_ENABLED=0 on the same Redis, and the client with Contrail's handlers "
                      "disconnected; blocks of %d alternate with the traced ones" % BLOCK),
-        "round_trips_each": round_trips,
+        "round_trips_each": round_trips * runs,
+        "runs": runs,
+        # each run with its own workers: its paired-block median and its untraced median
+        "by_run": [{"overhead_paired_blocks_median_pct": one["overhead_paired_blocks_median_pct"],
+                    "untraced_median_ms": one["untraced_median_ms"]} for one in measured],
         "traced": traced,
         "untraced": untraced,
         "overhead_median_pct": (traced["median_ms"] / untraced["median_ms"] - 1) * 100,
@@ -210,7 +248,7 @@ def main(round_trips: int = 3000, aa: bool = False) -> dict:
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": os.cpu_count()},
     }
-    result["within_budget"] = result["overhead_median_pct"] <= result["budget_pct"]
+    result["within_budget"] = result["overhead_paired_blocks_median_pct"] <= result["budget_pct"]
     result["mode"] = "A/A: both sides untraced (benchmark bias and noise)" if aa else "traced vs untraced"
     out = ROOT / "bench" / "results" / ("celery_aa.json" if aa else "celery.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -218,10 +256,10 @@ def main(round_trips: int = 3000, aa: bool = False) -> dict:
     print(f"untraced round trip: median {untraced['median_ms']:.3f} ms, mean {untraced['mean_ms']:.3f} ms")
     print(f"traced round trip:   median {traced['median_ms']:.3f} ms, mean {traced['mean_ms']:.3f} ms")
     print(f"overhead: median {result['overhead_median_pct']:+.2f} %, mean {result['overhead_mean_pct']:+.2f} % "
-          f"(budget {result['budget_pct']:.0f} %) -> {'OK' if result['within_budget'] else 'OVER BUDGET'}")
+          f"(budget {result['budget_pct']:.0f} %)")
     print(f"paired blocks: median overhead {result['overhead_paired_blocks_median_pct']:+.2f} % "
           f"(p25 {result['overhead_paired_blocks_p25_pct']:+.2f} %, p75 {result['overhead_paired_blocks_p75_pct']:+.2f} %, "
-          f"{len(ratios)} pairs)")
+          f"{len(ratios)} pairs of {runs} runs) -> {'OK' if result['within_budget'] else 'OVER BUDGET'}")
     split = result["tracing_cpu_per_round_trip_us"]
     print("tracing CPU per round trip: " + ", ".join(f"{k} {v:+.1f} us" for k, v in split.items()))
     print("CPU per round trip (us): " + json.dumps({side: {k: round(v, 1) for k, v in d.items()}
@@ -231,5 +269,11 @@ def main(round_trips: int = 3000, aa: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    main(int(args[0]) if args else 3000, aa="--aa" in sys.argv)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("round_trips", nargs="?", type=int, default=3000, help="round trips each way per run")
+    parser.add_argument("--runs", type=int, default=5, help="whole measurements, each with fresh processes")
+    parser.add_argument("--aa", action="store_true", help="both sides untraced: the benchmark's own bias")
+    options = parser.parse_args()
+    main(options.round_trips, aa=options.aa, runs=options.runs)

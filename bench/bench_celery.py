@@ -101,7 +101,8 @@ def run_once(server: RedisServer, round_trips: int, aa: bool) -> dict:
     data_dir = tempfile.mkdtemp(prefix="contrail-bench-celery-")
     env = {"CONTRAIL_TEST_BROKER_URL": f"{base}/1", "CONTRAIL_TEST_BACKEND_URL": f"{base}/2",
            "CONTRAIL_REDIS_URL": f"{base}/3", "CONTRAIL_DATA_DIR": data_dir, "PYTHONPATH": str(ROOT),
-           "CONTRAIL_SERVICE_NAME": "bench-worker"}
+           "CONTRAIL_SERVICE_NAME": "bench-worker", "CONTRAIL_ENABLED": "1", "CONTRAIL_TEST_INSTRUMENT": "1"}
+    # explicit: this process's own environment (a worker inherits it) is set up for the client below
     workers = []
     try:
         untraced_env = {**env, "CONTRAIL_TEST_INSTRUMENT": "0", "CONTRAIL_ENABLED": "0"}
@@ -174,6 +175,11 @@ def run_once(server: RedisServer, round_trips: int, aa: bool) -> dict:
         except Exception:
             pass
 
+    # every traced round trip (warm-up included) must have left its two spans: else a side was not traced
+    expected = 0 if aa else 2 * (4 * BLOCK + round_trips)
+    if spans_in_stream != expected:
+        raise SystemExit(f"the traced side did not trace as set up: {spans_in_stream} spans in the stream, "
+                         f"{expected} expected")
     ratios = [t / u for t, u in zip(block_medians["traced"], block_medians["untraced"])]
     return {"times": times, "ratios": ratios, "cpu": cpu, "export_ns": export_ns, "exported": exported,
             "spans_in_stream": spans_in_stream,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
-from tracer_helpers import stream_spans
+from tracer_helpers import in_forked_child, stream_spans
 
 
 def _ender(seen: list):
@@ -75,16 +74,9 @@ def test_forked_child_does_not_run_the_parents_deferred_work(make_manager, redis
     tracing = make_manager(schedule_delay=30)
     seen: list[str] = []
     tracing._processor.defer(_ender(seen), tracing.tracer.start_span("parent deferred"))
-    pid = os.fork()
-    if pid == 0:  # child: its own (empty) deferred queue; ends and exports only its own span
-        code = 1
-        try:
-            tracing._processor.defer(lambda span: span.end(), tracing.tracer.start_span("child deferred"))
-            code = 0 if tracing.flush(10) else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    # the child has its own (empty) deferred queue: it ends and exports only its own span
+    in_forked_child(tracing, lambda: tracing._processor.defer(lambda span: span.end(),
+                                                              tracing.tracer.start_span("child deferred")))
     assert tracing.flush(5)
     assert sorted(s["name"] for s in stream_spans(redis_url)) == ["child deferred", "parent deferred"]
     assert seen == ["contrail-export"]

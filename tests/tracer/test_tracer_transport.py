@@ -13,7 +13,7 @@ import pytest
 from tests.support.servers import free_port, wait_until
 from tracer.spool import DiskSpool
 
-from tracer_helpers import stream_entries, stream_spans
+from tracer_helpers import in_forked_child, stream_entries, stream_spans
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,16 +53,7 @@ def test_redis_outage_spools_then_replays_every_span_once_in_order(make_manager,
 def test_forked_child_exports_its_own_spans(make_manager, redis_url):
     tracing = make_manager(schedule_delay=30)  # keep the parent's span queued across the fork
     tracing.finish_span(tracing.start_span("parent_before_fork"))
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 1
-        try:
-            tracing.finish_span(tracing.start_span("in_child"))
-            code = 0 if tracing.flush(10) else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    pid = in_forked_child(tracing, lambda: tracing.finish_span(tracing.start_span("in_child")))
     assert tracing.flush(5)
     spans = stream_spans(redis_url)
     assert sorted(s["name"] for s in spans) == ["in_child", "parent_before_fork"]

@@ -26,3 +26,20 @@ def stream_spans(redis_url, stream="contrail:spans"):
 
 def by_name(spans):
     return {s["name"]: s for s in spans}
+
+
+def in_forked_child(tracing, work):
+    """Fork; in the child run ``work()`` then flush ``tracing``; assert the child exited 0. Returns its pid."""
+    import os
+
+    pid = os.fork()
+    if pid == 0:  # child: never returns into the test runner
+        code = 1
+        try:
+            work()
+            code = 0 if tracing.flush(10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return pid

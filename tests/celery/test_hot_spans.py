@@ -308,3 +308,22 @@ def test_disabled_manager_adds_nothing(make_manager, monkeypatch):
     manager = make_manager(enabled=False)
     _, headers = run_round_trip(manager, True, monkeypatch)
     assert "traceparent" not in headers and celery_tracing.PUBLISHED_HEADER not in headers
+
+
+def test_deferred_ends_keep_the_times_the_handlers_took(make_manager, redis_url, monkeypatch):
+    """Publish and run spans are ended by the export thread, later, but with the end times of their signals."""
+    import time
+
+    manager = make_manager(schedule_delay=30)  # the export thread sleeps until flushed
+    before = time.time_ns()
+    caller, _ = run_round_trip(manager, True, monkeypatch)
+    after = time.time_ns()
+    time.sleep(0.05)  # a flush now would end them now, if the ends were taken late
+    queued = manager.get_tracer_info()["spans_queued"]
+    assert queued >= 3  # caller (ended) + publish and run waiting for the export thread
+    assert manager.flush(10)
+    spans = {s["name"]: s for s in stream_spans(redis_url)}
+    for name in ("publish tests.hot.add", "run tests.hot.add"):
+        span = spans[name]
+        assert before <= span["start_ns"] <= span["end_ns"] <= after, name
+    assert spans["run tests.hot.add"]["start_ns"] >= spans["publish tests.hot.add"]["end_ns"]

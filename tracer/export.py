@@ -341,10 +341,11 @@ class ContrailSpanProcessor(SpanProcessor):
             pass
 
     def _export_pending(self) -> None:
-        self._run_deferred()
         with self._export_lock:
             with self._waiters_lock:
                 waiters, self._waiters = self._waiters, []
+            # after taking the waiters: a flush is answered only once the work deferred before it ran
+            self._run_deferred()
             queue = self._queue
             entries: list[tuple[dict, int]] = []
             while queue:

@@ -135,6 +135,20 @@ def _extract(carrier: Mapping[str, Any]) -> Any:
     return _extract_parent(carrier)[0]
 
 
+def _parse_traceparent(value: str) -> SpanContext | None:
+    """The remote span context of a plain version-00 ``traceparent``; None when it is not one.
+
+    All-zero ids parse, into a span context that is not valid (the caller
+    treats it as garbage).
+    """
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None:
+        return None
+    trace_hex, span_hex, flags_hex = match.groups()
+    return SpanContext(int(trace_hex, 16), int(span_hex, 16), is_remote=True,
+                       trace_flags=_FLAGS.get(flags_hex) or TraceFlags(int(flags_hex, 16)))
+
+
 def _extract_parent(carrier: Mapping[str, Any]) -> tuple[Any, Any]:
     """``(context, its span's SpanContext)`` from ``carrier``, or ``(None, None)`` (no header or garbage).
 
@@ -146,14 +160,10 @@ def _extract_parent(carrier: Mapping[str, Any]) -> tuple[Any, Any]:
     if not value:
         return None, None
     if isinstance(value, str) and not carrier.get("tracestate") and not carrier.get("baggage"):
-        match = _TRACEPARENT.fullmatch(value)
-        if match is not None:
-            trace_hex, span_hex, flags_hex = match.groups()
-            trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
-            if not trace_id or not span_id:
+        remote = _parse_traceparent(value)
+        if remote is not None:
+            if not remote.is_valid:
                 return None, None
-            flags = _FLAGS.get(flags_hex) or TraceFlags(int(flags_hex, 16))
-            remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
             return trace.set_span_in_context(NonRecordingSpan(remote), otel_context.Context()), remote
     context = propagation.extract(carrier)
     if context is None:
@@ -771,14 +781,11 @@ class CeleryTracing:
             attrs: dict[str, Any] = {}  # on top of _request_attributes, set when the span ends
             if carrier.get("traceparent") and parent is None:
                 attrs["contrail.propagation_error"] = "malformed traceparent: started a new trace"
-            published = carrier.get(PUBLISHED_HEADER)
             event = None
-            try:
-                published_ns = int(published) if published is not None else None
-            except (TypeError, ValueError):
-                published_ns = None
-            if published_ns:
-                wait_ms = max(0.0, (start_ns - published_ns) / 1e6)
+            wait = _queue_wait(carrier.get(PUBLISHED_HEADER), start_ns)
+            published_ns = wait[1] if wait is not None else None
+            if wait is not None:
+                wait_ms = wait[0]
                 attrs["celery.queue_wait_ms"] = wait_ms
                 attrs["celery.published_ns"] = published_ns
                 event_attrs = {"celery.queue_wait_ms": wait_ms, "celery.published_ns": published_ns}
@@ -813,16 +820,12 @@ class CeleryTracing:
         if (type(value) is not str or "tracestate" in carrier or "baggage" in carrier
                 or LINKS_HEADER in carrier):
             return False
-        match = _TRACEPARENT.fullmatch(value)
-        if match is None:
+        remote = _parse_traceparent(value)
+        if remote is None or not remote.is_valid:
             return False
-        trace_hex, span_hex, flags_hex = match.groups()
-        trace_id, parent_id = int(trace_hex, 16), int(span_hex, 16)
         hot = self.hot_spans()
-        if not trace_id or not parent_id or not hot.usable:
+        if not hot.usable:
             return False
-        remote = SpanContext(trace_id, parent_id, is_remote=True,
-                             trace_flags=_FLAGS.get(flags_hex) or TraceFlags(int(flags_hex, 16)))
         ids = hot.fast_ids(remote)
         if ids is None:
             return False

@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from tests.support.servers import (  # noqa: E402
     RedisServer,
     create_postgres_database,
     postgres_unavailable_reason,
+    stop_process,
     wait_until,
 )
 from tracer.codec import decode_entry, encode_spans  # noqa: E402
@@ -217,12 +217,7 @@ def run_collectors(redis_url: str, database_url: str, entries, total_spans: int,
                 "cpu_us_per_span": round((cpu_end - cpu_start) / total_spans * 1e6, 1)
                 if cpu_start is not None and cpu_end is not None else None}
     finally:
-        collector.send_signal(signal.SIGTERM)
-        try:
-            collector.wait(60)
-        except subprocess.TimeoutExpired:
-            collector.kill()
-            collector.wait(10)
+        stop_process(collector, 60, 10)
         client.close()
 
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests.conftest import IN_CI, ROOT
-from tests.support.servers import RedisServer, free_port, wait_until
+from tests.support.servers import RedisServer, free_port, stop_process, wait_until
 
 from . import traffic
 
@@ -105,12 +105,7 @@ def running_stack(workdir: Path):
     finally:
         if server is not None:
             server.shutdown()
-        collector.terminate()
-        try:
-            collector.wait(10)
-        except subprocess.TimeoutExpired:
-            collector.kill()
-            collector.wait(5)
+        stop_process(collector)
         log.close()
         redis_server.destroy()
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.celery.helpers import ROOT, Worker
-from tests.support.servers import free_port, wait_until
+from tests.support.servers import free_port, stop_process, wait_until
 
 pytestmark = pytest.mark.xdist_group("celery")
 
@@ -47,13 +47,7 @@ class Process:
         return self.log_path.read_text()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, 20, 10)
         self._log.close()
 
 

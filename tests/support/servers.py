@@ -31,6 +31,17 @@ def redis_server_binary() -> str:
     return str(path)
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 10.0, kill_timeout: float = 5.0) -> None:
+    """Ask a subprocess to stop (SIGTERM); kill it if it is still running after ``timeout`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(kill_timeout)
+
+
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
     """Poll ``predicate`` until it returns a truthy value; return it, or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -70,13 +81,8 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process:
+            stop_process(self.process)
         self.process = None
 
     def client(self) -> redis.Redis:

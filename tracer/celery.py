@@ -63,6 +63,9 @@ SIGNAL_NAMES = (
 
 _registry: dict[int, "CeleryTracing"] = {}
 _registry_lock = threading.Lock()
+# Set by worker_init in a worker whose pool runs tasks in its own process (see on_worker_init). Kept
+# for the process, so that handlers connected after the worker started leave task_received out too.
+_tasks_run_in_process = False
 
 
 def instrument_celery(manager: Any, app: Any = None) -> "CeleryTracing":
@@ -636,6 +639,8 @@ class CeleryTracing:
         from celery import signals
 
         for name in SIGNAL_NAMES:
+            if name == "task_received" and _tasks_run_in_process:
+                continue
             signal = getattr(signals, name)
             uid = f"contrail-{id(self.manager)}-{name}"
             signal.connect(getattr(self, "on_" + name), weak=False, dispatch_uid=uid)
@@ -749,10 +754,14 @@ class CeleryTracing:
         pool child dying under a task (hard time limit, revoke with terminate)
         can still be recorded. Solo, threads, eventlet and gevent pools run
         tasks in the worker's process: nothing can die apart from it, so the
-        handler is disconnected and each task is received without it.
+        handler is disconnected and each task is received without it; handlers
+        connected again later in this process (``instrument_celery`` after
+        ``uninstrument_celery``) leave it out too.
         """
+        global _tasks_run_in_process
         try:
             if _runs_tasks_in_process(getattr(sender, "pool_cls", None)):
+                _tasks_run_in_process = True
                 self._disconnect("task_received")
         except Exception as exc:  # noqa: BLE001
             self._guard("worker_init", exc)

@@ -165,9 +165,11 @@ def test_pool_classes_are_recognised_without_their_aliases():
     assert not celery_tracing._runs_tasks_in_process(Prefork)
 
 
-def test_in_process_worker_drops_the_request_copy_a_prefork_worker_keeps(manager):
+def test_in_process_worker_drops_the_request_copy_a_prefork_worker_keeps(manager, monkeypatch):
     """worker_init: a solo worker disconnects task_received (nothing can die apart from it); prefork keeps it."""
     from celery import signals
+
+    monkeypatch.setattr(celery_tracing, "_tasks_run_in_process", False)  # restored after: process-wide
 
     class WorkController:  # what worker_init hands over: the worker, with its pool class
         def __init__(self, pool_cls):
@@ -181,6 +183,11 @@ def test_in_process_worker_drops_the_request_copy_a_prefork_worker_keeps(manager
         signals.worker_init.send(sender=WorkController("prefork"))
         assert connected()
         signals.worker_init.send(sender=WorkController("solo"))
+        assert not connected()
+        assert "task_prerun" in {uid.rsplit("-", 1)[1] for _, uid in tracing._connected}
+        # handlers connected again in this worker (tracing switched off and on) keep the decision
+        celery_tracing.uninstrument_celery(manager)
+        tracing = celery_tracing.instrument_celery(manager)
         assert not connected()
         assert "task_prerun" in {uid.rsplit("-", 1)[1] for _, uid in tracing._connected}
     finally:

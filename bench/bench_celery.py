@@ -95,7 +95,7 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_once(server: RedisServer, round_trips: int, aa: bool) -> dict:
+def run_once(server: RedisServer, round_trips: int, aa: bool, two_workers: bool = False) -> dict:
     """One measurement with its own workers: raw times, block medians, CPU and export figures."""
     base = f"redis://127.0.0.1:{server.port}"
     data_dir = tempfile.mkdtemp(prefix="contrail-bench-celery-")
@@ -105,37 +105,56 @@ def run_once(server: RedisServer, round_trips: int, aa: bool) -> dict:
     # explicit: this process's own environment (a worker inherits it) is set up for the client below
     workers = []
     try:
-        untraced_env = {**env, "CONTRAIL_TEST_INSTRUMENT": "0", "CONTRAIL_ENABLED": "0"}
-        # --aa: both sides untraced; what it reports as overhead is the benchmark's own bias and noise
-        workers.append(Worker(untraced_env if aa else env, "traced", pool="solo", concurrency=1,
-                              log_dir=Path(data_dir)).start())
-        workers.append(Worker({**env, "CONTRAIL_TEST_INSTRUMENT": "0", "CONTRAIL_ENABLED": "0"}, "untraced",
-                              pool="solo", concurrency=1, log_dir=Path(data_dir)).start())
+        off = {**env, "CONTRAIL_TEST_INSTRUMENT": "0", "CONTRAIL_ENABLED": "0"}
+        if two_workers:
+            # --aa: both sides untraced; what it reports as overhead is the benchmark's own bias and noise
+            workers.append(Worker(off if aa else env, "traced", pool="solo", concurrency=1,
+                                  log_dir=Path(data_dir)).start())
+            workers.append(Worker(off, "untraced", pool="solo", concurrency=1, log_dir=Path(data_dir)).start())
+            queue = {"traced": "traced", "untraced": "untraced"}
+            worker_pid = {"traced": workers[0].process.pid, "untraced": workers[1].process.pid}
+        else:
+            # one worker serves both sides; its handlers are switched between blocks (never with --aa)
+            workers.append(Worker({**env, "CONTRAIL_TEST_INSTRUMENT": "0"} if aa else env, "bench", pool="solo",
+                                  concurrency=1, log_dir=Path(data_dir)).start())
+            queue = {"traced": "bench", "untraced": "bench"}
+            worker_pid = {"traced": workers[0].process.pid, "untraced": workers[0].process.pid}
         os.environ.update({**env, "CONTRAIL_SERVICE_NAME": "bench-client", "CONTRAIL_TEST_INSTRUMENT": "0"})
         tasks = importlib.import_module("tests.celery.apps.tasks")
         manager = tasks.tracing
         times: dict[str, list[float]] = {"traced": [], "untraced": []}
         block_medians: dict[str, list[float]] = {"traced": [], "untraced": []}
-        worker_pid = {"traced": workers[0].process.pid, "untraced": workers[1].process.pid}
         # CPU per side, in ns, summed over that side's blocks: the client's calling thread and the
         # main thread of the worker that served the block.
         cpu = {side: {"client_main": 0, "worker_main": 0} for side in times}
+        worker_traced = [not aa]  # the single worker starts with its handlers connected (as deployed)
 
-        def block(queue: str, n: int) -> None:
-            if queue == "traced" and not aa:
+        def switch_worker(on: bool) -> None:
+            """The single worker's handlers on or off, confirmed before the next task is sent."""
+            if two_workers or aa or worker_traced[0] == on:
+                return
+            replies = tasks.app.control.broadcast("contrail_tracing", arguments={"on": int(on)}, reply=True,
+                                                  timeout=10, limit=1)
+            if len(replies) != 1 or next(iter(replies[0].values())).get("on") is not on:
+                raise SystemExit(f"the worker did not switch its tracing {'on' if on else 'off'}: {replies}")
+            worker_traced[0] = on
+
+        def block(side: str, n: int) -> None:
+            if side == "traced" and not aa:
                 instrument_celery(manager, tasks.app)
             else:
                 uninstrument_celery(manager)
+            switch_worker(side == "traced")
             measured = []
-            client0, worker0 = time.thread_time_ns(), thread_cpu_ns(worker_pid[queue], worker_pid[queue])
+            client0, worker0 = time.thread_time_ns(), thread_cpu_ns(worker_pid[side], worker_pid[side])
             for i in range(n):
                 start = time.perf_counter()
-                tasks.add.apply_async((i, 1), queue=queue).get(timeout=30)
+                tasks.add.apply_async((i, 1), queue=queue[side]).get(timeout=30)
                 measured.append(time.perf_counter() - start)
-            cpu[queue]["client_main"] += time.thread_time_ns() - client0
-            cpu[queue]["worker_main"] += thread_cpu_ns(worker_pid[queue], worker_pid[queue]) - worker0
-            times[queue].extend(measured)
-            block_medians[queue].append(statistics.median(measured))
+            cpu[side]["client_main"] += time.thread_time_ns() - client0
+            cpu[side]["worker_main"] += thread_cpu_ns(worker_pid[side], worker_pid[side]) - worker0
+            times[side].extend(measured)
+            block_medians[side].append(statistics.median(measured))
 
         for _ in range(4):  # warm both paths (connections, imports, first spans) before measuring
             block("untraced", BLOCK)
@@ -148,17 +167,18 @@ def run_once(server: RedisServer, round_trips: int, aa: bool) -> dict:
         client_export = manager._processor._thread.native_id if manager._processor is not None else None
         export0 = {"client": thread_cpu_ns(os.getpid(), client_export) if client_export else 0,
                    "traced_worker": threads_cpu_ns(worker_pid["traced"])[1],
-                   "untraced_worker": threads_cpu_ns(worker_pid["untraced"])[1]}
+                   "untraced_worker": threads_cpu_ns(worker_pid["untraced"])[1] if two_workers else 0}
         done = 0
         while done < round_trips:
             n = min(BLOCK, round_trips - done)
             order = ("untraced", "traced") if (done // BLOCK) % 2 == 0 else ("traced", "untraced")
-            for queue in order:
-                block(queue, n)
+            for side in order:
+                block(side, n)
             done += n
         export_ns = {"client": (thread_cpu_ns(os.getpid(), client_export) if client_export else 0) - export0["client"],
                      "traced_worker": threads_cpu_ns(worker_pid["traced"])[1] - export0["traced_worker"],
-                     "untraced_worker": threads_cpu_ns(worker_pid["untraced"])[1] - export0["untraced_worker"]}
+                     "untraced_worker": (threads_cpu_ns(worker_pid["untraced"])[1] if two_workers else 0)
+                     - export0["untraced_worker"]}
         manager.flush(10)
         exported = manager.get_tracer_info()
     finally:
@@ -187,12 +207,12 @@ def run_once(server: RedisServer, round_trips: int, aa: bool) -> dict:
             "overhead_paired_blocks_median_pct": (statistics.median(ratios) - 1) * 100}
 
 
-def main(round_trips: int = 3000, aa: bool = False, runs: int = 5) -> dict:
+def main(round_trips: int = 3000, aa: bool = False, runs: int = 5, two_workers: bool = False) -> dict:
     measured = []
     server = RedisServer.launch()  # one Redis; every run starts its own workers
     try:
         for i in range(runs):
-            one = run_once(server, round_trips, aa)
+            one = run_once(server, round_trips, aa, two_workers)
             measured.append(one)
             print(f"run {i + 1}/{runs}: paired-block median {one['overhead_paired_blocks_median_pct']:+.2f} %, "
                   f"untraced median {one['untraced_median_ms']:.3f} ms", flush=True)
@@ -220,9 +240,13 @@ def main(round_trips: int = 3000, aa: bool = False, runs: int = 5) -> dict:
     for side in cpu_us:
         cpu_us[side]["total"] = sum(cpu_us[side].values())
     result = {
-        "baseline": ("untraced round trips in the same run: a solo worker of the same app with "
-                     "CONTRAIL_ENABLED=0 on the same Redis, and the client with Contrail's handlers "
-                     "disconnected; blocks of %d alternate with the traced ones" % BLOCK),
+        "baseline": (("untraced round trips in the same run: a solo worker of the same app with "
+                      "CONTRAIL_ENABLED=0 on the same Redis, and the client with Contrail's handlers "
+                      "disconnected; blocks of %d alternate with the traced ones" if two_workers else
+                      "untraced round trips in the same run on the same solo worker, Contrail's handlers "
+                      "disconnected in the worker and in the client; blocks of %d alternate with the "
+                      "traced ones") % BLOCK),
+        "workers": "two (traced, and one without Contrail)" if two_workers else "one, switched per block",
         "round_trips_each": round_trips * runs,
         "runs": runs,
         # each run with its own workers: its paired-block median and its untraced median
@@ -256,7 +280,8 @@ def main(round_trips: int = 3000, aa: bool = False, runs: int = 5) -> dict:
     }
     result["within_budget"] = result["overhead_paired_blocks_median_pct"] <= result["budget_pct"]
     result["mode"] = "A/A: both sides untraced (benchmark bias and noise)" if aa else "traced vs untraced"
-    out = ROOT / "bench" / "results" / ("celery_aa.json" if aa else "celery.json")
+    out = ROOT / "bench" / "results" / ("celery" + ("_two_workers" if two_workers else "") + ("_aa" if aa else "")
+                                        + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"untraced round trip: median {untraced['median_ms']:.3f} ms, mean {untraced['mean_ms']:.3f} ms")
@@ -281,5 +306,7 @@ if __name__ == "__main__":
     parser.add_argument("round_trips", nargs="?", type=int, default=3000, help="round trips each way per run")
     parser.add_argument("--runs", type=int, default=5, help="whole measurements, each with fresh processes")
     parser.add_argument("--aa", action="store_true", help="both sides untraced: the benchmark's own bias")
+    parser.add_argument("--two-workers", action="store_true",
+                        help="untraced side on a second worker without Contrail (instead of the same worker)")
     options = parser.parse_args()
-    main(options.round_trips, aa=options.aa, runs=options.runs)
+    main(options.round_trips, aa=options.aa, runs=options.runs, two_workers=options.two_workers)

@@ -12,7 +12,9 @@ import os
 import time
 
 from celery import Celery
+from celery.worker.control import control_command
 
+from tracer import celery as tracer_celery
 from tracer.manager import TracingManager
 
 app = Celery("contrail_tests", broker=os.environ["CONTRAIL_TEST_BROKER_URL"],
@@ -84,3 +86,17 @@ def sleeper(seconds):
 def pipeline():
     """The end-to-end flow: one subtask retries once, one fails."""
     return [flaky.delay(1).id, boom.delay("payment declined").id]
+
+
+@control_command(args=[("on", int)], signature="<on>")
+def contrail_tracing(state, on):
+    """Switch Contrail's handlers on (1) or off (0) in this worker, between two tasks.
+
+    The Celery benchmark uses it to time traced and untraced round trips on
+    the same worker in alternating blocks.
+    """
+    if on:
+        tracer_celery.instrument_celery(tracing, app)
+    else:
+        tracer_celery.uninstrument_celery(tracing)
+    return {"on": bool(on), "enabled": tracing.enabled}

@@ -43,11 +43,12 @@ MAX_TRACES_PER_CALL = 1000
 LEASE_NS = 60 * 1_000_000_000  # a claim older than this belongs to a collector that died
 _IN_CHUNK = 1000
 
-_counters = {"finalized": 0, "refinalized": 0, "failed": 0, "late_dropped": 0}
+_counters = {"finalized": 0, "refinalized": 0, "failed": 0, "late_dropped": 0, "leases_lost": 0}
 
 
 def counters() -> dict[str, int]:
-    """Traces finalized, re-finalized, failed (assembly raised) and late spans of dropped traces, in this process."""
+    """Traces finalized, re-finalized, failed (assembly raised), late spans of dropped traces and traces whose
+    leases another collector took over before this one wrote them, in this process."""
     return dict(_counters)
 
 
@@ -249,6 +250,15 @@ def give_back(engine: Engine, consumer_name: str, claimed: list[tuple[str, int]]
 _TRANSIENT = (OperationalError, InterfaceError, DisconnectionError)  # the database, not the batch: retried whole
 
 
+def _left_to_another(lost: "LeaseLost", claimed: list[tuple[str, int]] = ()) -> list[tuple[str, int]]:
+    """Log traces whose leases another collector took over; the rest of ``claimed``, to write without them."""
+    _counters["leases_lost"] += len(lost.trace_ids)
+    log.warning("a finalize pass outlived its leases: %d traces were taken over by another collector and are "
+                "left to it", len(lost.trace_ids))
+    gone = set(lost.trace_ids)
+    return [lease for lease in claimed if lease[0] not in gone]
+
+
 def _one_by_one(engine: Engine, settings: Any, consumer_name: str, claimed: list[tuple[str, int]],
                 ahead: ClaimAhead | None = None, lock: Any = None) -> int:
     """Finalize the traces of a batch whose write the database refused, each in a transaction of its own.
@@ -263,17 +273,22 @@ def _one_by_one(engine: Engine, settings: Any, consumer_name: str, claimed: list
         try:
             batch = _prepare(engine, settings, [lease], time.time_ns(), None)
             with write_lock(engine), engine.begin() as conn:
-                batch.write(conn)
+                batch.write(conn, consumer_name)
             done += 1
         except _TRANSIENT:
             give_back(engine, consumer_name, claimed[index:], time.time_ns() - LEASE_NS // 2, ahead, lock)
             raise
+        except LeaseLost as exc:
+            _left_to_another(exc)
         except Exception:
             _counters["failed"] += 1
             log.exception("cannot write the finalized trace %s; its spans stay stored unassembled", lease[0])
             try:
                 with write_lock(engine), engine.begin() as conn:
+                    _check_leases(conn, consumer_name, [lease])
                     _settle_pending(conn, [lease])
+            except LeaseLost as exc:
+                _left_to_another(exc)
             except Exception:
                 give_back(engine, consumer_name, claimed[index:], time.time_ns() - LEASE_NS // 2, ahead, lock)
                 raise
@@ -355,7 +370,7 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
         try:
             with engine.begin() as conn:
                 for batch in batches:
-                    batch.write(conn)
+                    batch.write(conn, consumer_name)
                 if ahead is not None:
                     next_ns = now_ns if explicit_now else time.time_ns()
                     ahead.claimed = kept + _claim(conn, consumer_name, next_ns, next_ns - quiet_ns,
@@ -370,7 +385,10 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
         if kept is None or isinstance(exc, _TRANSIENT):  # not written yet, or the database's trouble
             give_back(engine, consumer_name, leases, min(leased_ns, now_ns), ahead)
             raise
-        log.warning("writing %d finalized traces failed, writing them one by one: %s", len(leases), exc)
+        if isinstance(exc, LeaseLost):  # the rest is still this collector's: written without the lost ones
+            leases = _left_to_another(exc, leases)
+        else:
+            log.warning("writing %d finalized traces failed, writing them one by one: %s", len(leases), exc)
         return _one_by_one(engine, settings, consumer_name, sorted(leases), ahead)
     return sum(len(part) for part in taken)
 
@@ -423,7 +441,7 @@ class WritePipeline:
                leased_ns: int | None = None) -> int:
         try:
             with write_lock(self.engine), self.engine.begin() as conn:
-                batch.write(conn)
+                batch.write(conn, self.name)
                 with self._lock:
                     room = 2 * MAX_TRACES_PER_CALL - len(self.ahead.claimed)
                 next_ns = time.time_ns()
@@ -434,8 +452,11 @@ class WritePipeline:
             give_back(self.engine, self.name, claimed, time.time_ns() - LEASE_NS if leased_ns is None else leased_ns,
                       self.ahead, self._lock)
             raise
-        except Exception as exc:  # refused for what the batch holds: find the traces at fault
-            log.warning("writing %d finalized traces failed, writing them one by one: %s", len(claimed), exc)
+        except Exception as exc:  # refused for what the batch holds (or leases lost): the traces one by one
+            if isinstance(exc, LeaseLost):
+                claimed = _left_to_another(exc, claimed)
+            else:
+                log.warning("writing %d finalized traces failed, writing them one by one: %s", len(claimed), exc)
             done = _one_by_one(self.engine, self.settings, self.name, claimed, self.ahead, self._lock)
             if self.on_written is not None:
                 self.on_written(done)
@@ -664,12 +685,6 @@ def _span_counts(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
     return counts
 
 
-def finalize_traces(conn: Connection, settings: Any, claimed: list[tuple[str, int]], now_ns: int,
-                    recent: RecentSpans | None = None) -> None:
-    """Assemble and write the claimed traces inside the caller's transaction."""
-    prepare_batch(conn, settings, claimed, now_ns, recent).write(conn)
-
-
 def prepare_batch(conn: Connection, settings: Any, claimed: list[tuple[str, int]], now_ns: int,
                   recent: RecentSpans | None = None) -> "FinalizedBatch":
     """Read the claimed traces (from ``recent`` where exact, else the database) and assemble them."""
@@ -698,7 +713,9 @@ class FinalizedBatch:
     __slots__ = ("claimed", "replaced", "trace_rows", "op_rows", "tag_rows", "span_updates", "dropped", "acc",
                  "edges", "tombstones")
 
-    def write(self, conn: Connection) -> None:
+    def write(self, conn: Connection, consumer_name: str) -> None:
+        """Write the batch in ``conn``'s transaction, first checking ``consumer_name`` still holds every lease."""
+        _check_leases(conn, consumer_name, self.claimed)
         _write(conn, self.replaced, self.trace_rows, self.op_rows, self.tag_rows, self.span_updates, self.dropped)
         _insert_many(conn, schema.dropped_traces, _TOMBSTONE_COLUMNS, self.tombstones)
         self.acc.flush(conn)
@@ -842,6 +859,37 @@ def _write(conn: Connection, replaced: list[str], trace_rows: list[tuple], op_ro
     _insert_many(conn, ops, _OPERATION_COLUMNS, op_rows)
     _insert_many(conn, tags, _TAG_COLUMNS, tag_rows)
     _update_span_columns(conn, span_updates)
+
+
+class LeaseLost(Exception):
+    """A batch's write found leases it no longer holds: another collector took those traces over."""
+
+    def __init__(self, trace_ids: list[str]) -> None:
+        super().__init__(f"{len(trace_ids)} finalizer leases were taken over by another collector")
+        self.trace_ids = trace_ids
+
+
+def _check_leases(conn: Connection, consumer_name: str, claimed: list[tuple[str, int]]) -> None:
+    """Raise :class:`LeaseLost` unless ``consumer_name`` still holds the lease of every claimed trace.
+
+    A pass that outlives :data:`LEASE_NS` (a stalled process, a huge batch)
+    may find its traces claimed by another collector, which assembles and
+    writes them too: their statistics would be counted twice. The check is an
+    UPDATE that changes nothing, first in the write transaction, so it takes
+    the locks a claim needs (the rows on PostgreSQL, the database's write
+    lock on SQLite) and no claim can take a checked trace before the commit.
+    """
+    if not claimed:
+        return
+    p, m = schema.pending_traces.name, _mark(conn)
+    held: set[str] = set()
+    for chunk in _chunks(sorted(t for t, _ in claimed)):
+        sql = (f"UPDATE {p} SET claimed_by = claimed_by WHERE claimed_by = {m} "
+               f"AND trace_id IN {_in_list(conn, len(chunk))} RETURNING trace_id")
+        held.update(r[0] for r in conn.exec_driver_sql(sql, (consumer_name, *chunk)))
+    lost = sorted(t for t, _ in claimed if t not in held)
+    if lost:
+        raise LeaseLost(lost)
 
 
 def _settle_pending(conn: Connection, claimed: list[tuple[str, int]]) -> None:

@@ -28,6 +28,7 @@ def build_collector_report(consumer: Mapping[str, int], finalizer: Mapping[str, 
         "traces_tail_kept": int(sampling.get("kept", 0)),
         "traces_tail_dropped": int(sampling.get("dropped", 0)),
         "traces_late_dropped": int(finalizer.get("late_dropped", 0)),
+        "traces_leases_lost": int(finalizer.get("leases_lost", 0)),
     }
     values.update(host=socket.gethostname(), pid=os.getpid(),
                   time_ns=now_ns if now_ns is not None else time.time_ns())

@@ -27,7 +27,8 @@ STALE_AFTER_S = 24 * 3600  # reports older than this are pruned by readers
 
 COLLECTOR_COUNTERS = ("entries_read", "spans_stored", "duplicates_skipped", "spans_rejected", "dead_lettered",
                       "claimed", "traces_finalized", "traces_refinalized", "traces_tail_kept",
-                      "traces_tail_dropped", "traces_late_dropped", "db_errors", "redis_errors")
+                      "traces_tail_dropped", "traces_late_dropped", "traces_leases_lost", "db_errors",
+                      "redis_errors")
 
 
 def reports_key(stream: str, kind: str = "tracers") -> str:

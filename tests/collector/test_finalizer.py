@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+
+import pytest
 
 from sqlalchemy import func, select
 
@@ -210,3 +213,82 @@ def test_pending_row_without_spans_is_settled(engine):
     assert finalizer.finalize_ready(engine, settings(), "c1", now_ns=BASE + 5 * S) == 1
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(schema.pending_traces)).scalar_one() == 0
+
+
+def _two_refinalized_traces(engine):
+    """Two traces finalized once (10 ms each), then extended by late spans (A to 30 ms, B to 40 ms)."""
+    a, b = tid(300), tid(301)
+    ingest(engine, [make_span(a, sid(1), None, 0, 10, name="root"), make_span(b, sid(1), None, 0, 10, name="root")])
+    assert finalize_all(engine, BASE + 5 * S) == 2
+    ingest(engine, [make_span(a, sid(2), sid(1), 5, 30)], received_ns=BASE + 6 * S)  # A is the older: leased first
+    ingest(engine, [make_span(b, sid(2), sid(1), 5, 40)], received_ns=BASE + 7 * S)
+    return a, b
+
+
+def _stolen_meanwhile(monkeypatch, engine, later_ns):
+    """Make the first finalize pass outlive its leases: while it assembles, collector c2 takes over the oldest
+    trace (its lease ran out) and finalizes it. Returns what c2 took."""
+    prepare, taken = finalizer._prepare, []
+
+    def slow_prepare(engine_, settings_, claimed, now_ns, recent):
+        batch = prepare(engine_, settings_, claimed, now_ns, recent)
+        if not taken:
+            now = later_ns()
+            taken.extend(finalizer.claim(engine, "c2", now, now - 2 * S, limit=1))
+            theirs = prepare(engine, settings(), taken, now, None)
+            with engine.begin() as conn:
+                theirs.write(conn, "c2")
+        return batch
+
+    monkeypatch.setattr(finalizer, "_prepare", slow_prepare)
+    return taken
+
+
+def _assert_each_trace_counted_once(engine, a, b):
+    assert {(r["trace_id"], r["version"], r["duration_ns"]) for r in rows(engine, schema.traces)} == \
+        {(a, 2, 30 * MS), (b, 2, 40 * MS)}
+    stat, hist = trace_stats(engine)
+    assert [(r["service"], r["operation"], r["count"], r["total_ns"]) for r in stat] == \
+        [("api", "root", 2, 70 * MS)]
+    # counted twice, A would leave its old 10 ms sample at -1 and its new one at 2
+    assert hist == sorted([("api", "root", bin_for(30 * MS), 1), ("api", "root", bin_for(40 * MS), 1)])
+    assert rows(engine, schema.pending_traces) == []
+
+
+def test_a_pass_that_outlived_its_leases_leaves_their_traces_to_the_collector_that_took_them(engine, monkeypatch):
+    a, b = _two_refinalized_traces(engine)
+    now = BASE + 20 * S
+    taken = _stolen_meanwhile(monkeypatch, engine, lambda: now + finalizer.LEASE_NS + 1)
+    lost_before = finalizer.counters()["leases_lost"]
+    assert finalizer.finalize_ready(engine, settings(), "c1", now_ns=now) == 1  # B; A is c2's
+    assert [t for t, _ in taken] == [a]
+    assert finalizer.counters()["leases_lost"] == lost_before + 1
+    _assert_each_trace_counted_once(engine, a, b)
+
+
+def test_the_sqlite_write_thread_checks_its_leases_too(sqlite_engine, monkeypatch):
+    engine = sqlite_engine
+    a, b = _two_refinalized_traces(engine)
+    taken = _stolen_meanwhile(monkeypatch, engine, lambda: time.time_ns() + finalizer.LEASE_NS + 1)
+    written: list = []
+    pipeline = finalizer.WritePipeline(engine, settings(), "c1", None, finalizer.ClaimAhead(),
+                                       on_written=written.append)
+    try:
+        while pipeline.step():
+            pass
+    finally:
+        pipeline.close()
+    assert [t for t, _ in taken] == [a] and written == [1]
+    _assert_each_trace_counted_once(engine, a, b)
+
+
+def test_a_write_without_the_leases_writes_nothing(engine):
+    ingest(engine, [make_span(tid(310), sid(1), None, 0, 10)])
+    now = BASE + 5 * S
+    claimed = finalizer.claim(engine, "c1", now, now - 2 * S)
+    batch = finalizer._prepare(engine, settings(), claimed, now, None)
+    finalizer.release(engine, "c1", [t for t, _ in claimed])  # e.g. given back by an earlier failure
+    with pytest.raises(finalizer.LeaseLost) as lost, engine.begin() as conn:
+        batch.write(conn, "c1")
+    assert lost.value.trace_ids == [tid(310)]
+    assert rows(engine, schema.traces) == [] and len(rows(engine, schema.pending_traces)) == 1

@@ -34,6 +34,7 @@ def test_a_running_collector_reports_what_it_stored_and_what_tail_sampling_dropp
     assert final["traces_tail_kept"] == sampling.counters()["kept"] >= 1
     assert final["traces_finalized"] == finalizer.counters()["finalized"]
     assert final["traces_late_dropped"] == finalizer.counters()["late_dropped"]
+    assert final["traces_leases_lost"] == finalizer.counters()["leases_lost"]
     summary = summarize_collectors(collector_reports(client).values())
     assert summary["instances"] == 1 and summary["traces_tail_dropped"] == final["traces_tail_dropped"]
     client.close()

@@ -50,3 +50,34 @@ def test_recycled_children_lose_no_span(tasks, celery_env, spans_client, tmp_pat
     runs = named(spans, f"run {ADD}")
     assert sorted(r["attributes"]["celery.task_id"] for r in runs) == sorted(r.id for r in results)
     assert len({r["resource"].get("process.pid") for r in runs}) == 6  # six different children, none lost
+
+
+def test_a_solo_worker_switched_off_and_on_traces_only_while_on(tasks, celery_env, spans_client, tmp_path):
+    """The benchmark's switch (remote control): handlers disconnected in a running solo worker trace nothing;
+    connected again they trace as before, still without task_received (worker_init's decision is kept)."""
+    queue, name = "switch", "switch@contrail-tests"
+    worker = Worker(celery_env, queue, pool="solo", concurrency=1, log_dir=tmp_path, name=name).start()
+
+    def switch(on: int) -> list[str]:
+        replies = tasks.app.control.broadcast("contrail_tracing", arguments={"on": on}, reply=True, timeout=10,
+                                              destination=[name])
+        assert len(replies) == 1 and replies[0][name]["on"] is bool(on)
+        return replies[0][name]["signals"]
+
+    try:
+        assert switch(0) == []
+        with tasks.tracing.tracer.start_as_current_span("client root") as root:
+            off = tasks.add.apply_async((1, 1), queue=queue)
+            assert off.get(timeout=20) == 2
+            signals = switch(1)
+            on = tasks.add.apply_async((2, 2), queue=queue)
+            assert on.get(timeout=20) == 4
+        tasks.tracing.flush(5)
+        # the worker ends and exports its spans in order: once the second run is there, a first would be too
+        spans = wait_for_spans(spans_client, hex_trace(root), count(f"run {ADD}", 1))
+    finally:
+        worker.stop()
+    assert "task_prerun" in signals and "task_postrun" in signals and "task_received" not in signals
+    [run] = named(spans, f"run {ADD}")
+    assert run["attributes"]["celery.task_id"] == on.id
+    assert len(named(spans, f"publish {ADD}")) == 2  # the client traced both

@@ -3,7 +3,8 @@
 Everything comes from the environment so one module serves every broker,
 queue and protocol: CONTRAIL_TEST_BROKER_URL, CONTRAIL_TEST_BACKEND_URL,
 CONTRAIL_TEST_QUEUE, CONTRAIL_TEST_TASK_PROTOCOL, plus the usual CONTRAIL_*
-settings of the TracingManager.
+settings of the TracingManager. CONTRAIL_TEST_SIGNAL_TIMING=1 times the
+signals and handlers in the worker (bench/bench_celery_signals.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from celery.worker.control import control_command
 
 from tracer import celery as tracer_celery
 from tracer.manager import TracingManager
+
+if os.environ.get("CONTRAIL_TEST_SIGNAL_TIMING") == "1":  # before any handler is connected
+    from bench import signal_timing
+
+    signal_timing.install()
+    signal_timing.register_control_command()
 
 app = Celery("contrail_tests", broker=os.environ["CONTRAIL_TEST_BROKER_URL"],
              backend=os.environ["CONTRAIL_TEST_BACKEND_URL"])
@@ -93,10 +100,11 @@ def contrail_tracing(state, on):
     """Switch Contrail's handlers on (1) or off (0) in this worker, between two tasks.
 
     The Celery benchmark uses it to time traced and untraced round trips on
-    the same worker in alternating blocks.
+    the same worker in alternating blocks. Replies with the signals connected.
     """
     if on:
-        tracer_celery.instrument_celery(tracing, app)
+        connected = tracer_celery.instrument_celery(tracing, app)._connected
     else:
         tracer_celery.uninstrument_celery(tracing)
-    return {"on": bool(on), "enabled": tracing.enabled}
+        connected = []
+    return {"on": bool(on), "signals": sorted(uid.rsplit("-", 1)[1] for _, uid in connected)}

@@ -1,39 +1,49 @@
-"""Celery benchmark: a traced task round trip against an untraced one, same machine, same run.
+"""Celery benchmark: a traced task round trip against an untraced one, same worker, same run.
 
-Run ``python bench/bench_celery.py [round_trips] [--runs N] [--aa]`` (default
-3000 each way, 5 runs). Prints the figures and writes ``bench/results/celery.json``.
+Run ``python bench/bench_celery.py [round_trips] [--runs N] [--aa] [--two-workers]``
+(default 3000 each way, 5 runs). Prints the figures and writes
+``bench/results/celery.json`` (``celery_two_workers.json`` with
+``--two-workers``; ``_aa`` added with ``--aa``).
 
-A run starts its own two workers (on one private Redis); ``--runs`` repeats
-the whole measurement with fresh workers. On a shared machine the speed of everything
-drifts from minute to minute (the untraced median moved between 2.5 and
-3.4 ms from one run to the next on the development VM), so the result pools
-the paired blocks of all runs and also lists each run's figure: the budget
-is judged on the pooled median of paired blocks.
+A run starts its own worker (on one private Redis); ``--runs`` repeats the
+whole measurement with a fresh worker. On a shared machine the speed of
+everything drifts from minute to minute (the untraced median moved between
+2.5 and 5.2 ms from one run to the next on the development VM), so the result
+pools the paired blocks of all runs and also lists each run's figure: the
+budget is judged on the pooled median of paired blocks.
 
-Two solo-pool workers of the same app run side by side on one private Redis
-(broker, results and span stream): one with Contrail's Celery tracing
-connected, one with tracing switched off (``CONTRAIL_ENABLED=0``: no signal
-handlers, no export thread). The client sends ``add.delay(...).get()`` round
-trips in alternating blocks of 25, connecting Contrail's signal handlers in
-this process for the traced blocks and disconnecting them for the untraced
-ones; the order of the two blocks alternates too, so drift on the machine
-hits both sides alike. Both sides are warmed up before measuring.
+One solo-pool worker of the test app serves both sides (broker, results and
+span stream on one private Redis). Its Contrail handlers are switched between
+blocks by the ``contrail_tracing`` remote-control command the test app
+defines, confirmed before the block starts. The client sends
+``add.delay(...).get()`` round trips in alternating blocks of 25, connecting
+Contrail's signal handlers in this process for the traced blocks and
+disconnecting them for the untraced ones; the order of the two blocks
+alternates too, so drift on the machine hits both sides alike. Both sides are
+warmed up before measuring.
 
-``--aa`` runs the same measurement with both sides untraced (both workers with
-``CONTRAIL_ENABLED=0``, no handlers in the client) and writes
-``bench/results/celery_aa.json``: the "overhead" it reports is the benchmark's
-own bias and noise on the machine at that time.
+``--two-workers`` serves the untraced blocks from a second worker with
+tracing switched off entirely (``CONTRAIL_ENABLED=0``: no handlers, no export
+thread, the comparison with a worker that has no Contrail); two processes
+differ by themselves, so its runs are noisier.
+
+``--aa`` runs the same measurement with both sides untraced (no handlers in
+the worker, none in the client; with ``--two-workers``, both workers with
+``CONTRAIL_ENABLED=0``): the "overhead" it reports is the benchmark's own bias
+and noise on the machine at that time.
 
 Short blocks matter on a shared, loaded machine: load drifts on a scale of
 seconds, and a block of 25 round trips lasts about 0.1 s.
 
 The traced side really exports every span to the Redis stream while being
 measured, on the export threads' own 0.5 s schedule (client and worker), as
-in production. An export can therefore land during an untraced block; that
-makes the untraced side slightly slower, i.e. flatters the traced side, by
-at most the export threads' CPU time, which is measured and reported
-(``tracing_cpu_per_round_trip_us``: 11-21 us per round trip per export
-thread on the development machine, under 1 % of a round trip).
+in production. An export (and the span ends deferred to it) can therefore
+land during an untraced block; that makes the untraced side slightly slower,
+i.e. flatters the traced side, by at most the export threads' CPU time, which
+is measured and reported (``tracing_cpu_per_round_trip_us``: 65 and 94 us per
+traced round trip for the client's and the worker's export threads in the
+committed set, about 2 % of a round trip between them, of which only the
+part that runs during untraced blocks counts).
 
 Besides wall time it reports CPU per round trip by thread, read from the
 scheduler's own account (``/proc/<pid>/task/<tid>/schedstat``, nanoseconds,

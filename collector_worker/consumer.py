@@ -56,6 +56,8 @@ CHECKPOINT_EVERY = 1.0  # seconds between SQLite WAL checkpoints by the checkpoi
 SQLITE_COLLECTOR_PRAGMAS = {"wal_autocheckpoint": 0, "cache_size": -65536}  # cache_size < 0: KiB (64 MiB)
 SQLITE_DEFAULT_PRAGMAS = {"wal_autocheckpoint": 1000, "cache_size": -2000}
 TRIM_EVERY = 5.0  # seconds between stream trims
+STALE_CONSUMER_MS = 24 * 3600 * 1000  # a consumer idle this long, holding nothing, is a stopped collector's
+PRUNE_EVERY = 600.0  # seconds between looks for such consumers
 DEAD_STREAM_MAXLEN = 100_000  # dead letters kept (approximate cap, oldest go first)
 STORE_ATTEMPTS = 3  # tries of a batch while the database answers, before entries are tried one by one
 MAX_BACKOFF = 30.0
@@ -165,6 +167,43 @@ def trim_stream(client: redis.Redis, settings: Settings) -> int:
         _count("trimmed", removed)
         log.debug("trimmed %d acknowledged entries below %s", removed, bound)
     return removed
+
+
+# Atomic, so a consumer that reads between the look and the delete cannot lose pending entries with it
+# (XGROUP DELCONSUMER drops a consumer's pending entries).
+_PRUNE_CONSUMERS = """
+local pruned = {}
+for _, fields in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local c = {}
+  for i = 1, #fields, 2 do c[fields[i]] = fields[i + 1] end
+  if c['pending'] == 0 and c['idle'] >= tonumber(ARGV[2]) and c['name'] ~= ARGV[3] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], c['name'])
+    table.insert(pruned, c['name'])
+  end
+end
+return pruned
+"""
+
+
+def prune_consumers(client: redis.Redis, settings: Settings, idle_ms: int = STALE_CONSUMER_MS) -> list[str]:
+    """Remove consumers of the group that hold no pending entry and have been idle ``idle_ms``; their names.
+
+    Collectors under generated names (one per pod or process) leave a consumer
+    behind when they stop; without this the group lists them forever. One that
+    still holds entries is kept: another collector claims those first.
+    """
+    try:
+        names = client.eval(_PRUNE_CONSUMERS, 1, settings.stream, settings.consumer_group, int(idle_ms),
+                            settings.resolved_consumer_name)
+    except redis.ResponseError as exc:  # no group yet
+        if "NOGROUP" in str(exc) or "no such key" in str(exc):
+            return []
+        raise
+    names = [_text(n) for n in names or []]
+    if names:
+        log.info("removed %d stopped consumers from group %s: %s", len(names), settings.consumer_group,
+                 ", ".join(names[:10]))
+    return names
 
 
 def stream_health(redis_client: redis.Redis, settings: Settings) -> dict[str, Any]:
@@ -650,7 +689,7 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
     ready = False
     recovered = False
     now = time.monotonic()
-    next_claim = next_trim = next_report = now
+    next_claim = next_trim = next_report = next_prune = now
     next_unfreeze = now + GC_UNFREEZE_EVERY
     next_retention = now + min(settings.retention_interval, 10.0)
     gc_thresholds = gc.get_threshold()
@@ -692,6 +731,9 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
                 if now >= next_trim:
                     trim_stream(client, settings)
                     next_trim = now + TRIM_EVERY
+                if now >= next_prune:
+                    prune_consumers(client, settings)
+                    next_prune = now + PRUNE_EVERY
                 if now >= next_retention:
                     consumer.maybe_start_retention()
                     next_retention = now + settings.retention_interval

@@ -132,8 +132,8 @@ def check_stream(client, settings: Settings) -> list[Check]:
         if idle_ones:
             detail += f", {len(idle_ones)} idle: {', '.join(idle_ones[:5])}"
         checks.append(Check("consumers", OK, detail,
-                            "idle consumers are stopped collectors; once they hold no pending entries remove "
-                            "them with XGROUP DELCONSUMER" if idle_ones else ""))
+                            "idle consumers are stopped collectors; the running collectors remove them once "
+                            "they are idle for 24 h and hold no pending entries" if idle_ones else ""))
     return checks + [_dead_letters(health, settings)]
 
 

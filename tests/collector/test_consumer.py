@@ -330,3 +330,23 @@ def test_a_trace_the_database_refuses_does_not_stop_finalization(client, redis_u
     assert client.xlen(settings.dead_stream) == 0
     if len(finalized) == 21:
         assert finalizer.counters()["failed"] > failed
+
+
+def test_stopped_consumers_holding_nothing_are_pruned(client, redis_url, sqlite_url):
+    """Idle consumers without pending entries go; one holding entries, a recent one and our own name stay."""
+    settings = settings_for(redis_url, sqlite_url)
+    assert consumer_module.prune_consumers(client, settings, idle_ms=0) == []  # no group yet: nothing to do
+    ensure_group(client, settings)
+    ids = publish(client, make_batches(3, traces_per_entry=1, spans_per_trace=1))
+    group, stream = settings.consumer_group, settings.stream
+    done = client.xreadgroup(group, "stopped-empty", {stream: ">"}, count=1)[0][1][0][0]
+    client.xack(stream, group, done)
+    client.xreadgroup(group, "stopped-busy", {stream: ">"}, count=1)  # delivered, never acknowledged
+    client.xreadgroup(group, settings.resolved_consumer_name, {stream: ">"}, count=1)
+    client.xack(stream, group, ids[2])
+    time.sleep(0.3)
+    client.xgroup_createconsumer(stream, group, "recent")  # a collector that has just joined
+    assert consumer_module.prune_consumers(client, settings, idle_ms=200) == ["stopped-empty"]
+    names = {c["name"].decode() for c in client.xinfo_consumers(stream, group)}
+    assert names == {"stopped-busy", settings.resolved_consumer_name, "recent"}
+    assert client.xpending(stream, group)["pending"] == 1  # the busy one's entry is still there to claim

@@ -34,11 +34,11 @@ from typing import Any
 from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation import _SPAN_KEY
 
 from . import propagation
-from .celery_spans import Decided, HotSpans, Pending
+from .celery_spans import DEFAULT_TRACE_STATE, DIRECT_SPAN_CONTEXT, Decided, HotSpans, Pending
 
 try:
     from opentelemetry.sdk.trace import Event as _SdkEvent
@@ -98,6 +98,7 @@ def uninstrument_celery(manager: Any) -> None:
 
 
 # The plain version-00 traceparent every Contrail publisher writes; anything else takes the general path.
+_new_tuple = tuple.__new__
 _FLAGS = {f"{flags:02x}": TraceFlags(flags) for flags in range(4)}  # sampled, and W3C level 2's random-id bit
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
@@ -148,8 +149,12 @@ def _parse_traceparent(value: str) -> SpanContext | None:
     if match is None:
         return None
     trace_hex, span_hex, flags_hex = match.groups()
-    return SpanContext(int(trace_hex, 16), int(span_hex, 16), is_remote=True,
-                       trace_flags=_FLAGS.get(flags_hex) or TraceFlags(int(flags_hex, 16)))
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    flags = _FLAGS.get(flags_hex) or TraceFlags(int(flags_hex, 16))
+    if DIRECT_SPAN_CONTEXT:  # the tuple SpanContext() builds, without its Python __new__ (see celery_spans)
+        return _new_tuple(SpanContext, (trace_id, span_id, True, flags, DEFAULT_TRACE_STATE,
+                                        trace_id != 0 and span_id != 0))
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
 
 
 def _extract_parent(carrier: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -617,14 +622,6 @@ class CeleryTracing:
     def tracer(self):
         return self.manager.tracer
 
-    def _defer(self, finish: Any, item: Any) -> None:
-        """``finish(item)`` on the export thread before its next export; here and now without one."""
-        processor = getattr(self.manager, "_processor", None)
-        if processor is None:
-            finish(item)
-        else:
-            processor.defer(finish, item)
-
     def _finish_run(self, item: tuple) -> None:
         """A run span's end, deferred by ``task_postrun``: attributes, final state, status, ``end()``."""
         held, state, end_ns = item
@@ -680,22 +677,32 @@ class CeleryTracing:
                 task_name = _text(task_name or sender or "unknown")
             # the span object is built once the message has left (see _record_late_attributes); what the
             # message needs now is the sampling decision and the ids
-            name = _span_name("publish ", task_name)
-            hot = self.hot_spans()
+            # In a round trip this runs on cold caches, where each call costs microseconds: the common
+            # case below reads dicts directly rather than through the helpers (same answers).
+            name = "publish " + task_name
+            hot = self._hot
+            if hot is None or hot.tracer is not self.manager.tracer:
+                hot = self.hot_spans()
             current = otel_context.get_current()  # the parent span and the baggage both come from it
-            retrying = self.running.get(task_id)
+            retrying = self.running._items.get(task_id)
             if retrying is not None:
                 # The running task republishes itself (a retry), maybe from inside a span of its own (the
                 # call that failed): the next attempt belongs to the attempt, not to that call.
                 current = trace.set_span_in_context(retrying[0], current)
-            parent = trace.get_current_span(current).get_span_context()
+            plain = type(current) is otel_context.Context
+            current_span = current.get(_SPAN_KEY) if plain else trace.get_current_span(current)
+            parent = (current_span.get_span_context() if current_span is not None and isinstance(current_span, Span)
+                      else None)
             # A retry or chain republishes the headers it arrived with: replace, never append.
             for key in PROPAGATION_KEYS:
                 if key in headers:
                     del headers[key]
             now = time.time_ns()
-            chord = body is not None and _embedded_chord(body)
-            ids = (hot.fast_ids(parent) if hot.usable and not chord and not _has_baggage(current) else None)
+            embed = body[2] if type(body) is tuple and len(body) == 3 else None  # protocol 2: (args, kwargs, embed)
+            chord = (embed.get("chord") if type(embed) is dict
+                     else body is not None and _embedded_chord(body))
+            baggage = (current.get(_BAGGAGE_KEY) if plain and _BAGGAGE_KEY is not None else _has_baggage(current))
+            ids = hot.fast_ids(parent) if hot.usable and not chord and not baggage else None
             if ids is not None:
                 # the common case: only the ids go out now, formatted as the W3C propagator does
                 trace_id, span_id, flags, trace_state = ids[0], ids[1], ids[2], ids[3]
@@ -714,8 +721,11 @@ class CeleryTracing:
             countdown = (properties.get("countdown") if type(properties) is dict or isinstance(properties, Mapping)
                          else None)
             # attributes are built and set once the message is out (see _record_late_attributes)
-            self.publishing.put(task_id, (span, None, (_publish_attributes, headers, body, exchange, routing_key,
-                                                       countdown, task_name, task_id)))
+            publishing = self.publishing._items
+            publishing[task_id] = (span, None, (_publish_attributes, headers, body, exchange, routing_key, countdown,
+                                                task_name, task_id))
+            if len(publishing) > MAX_IN_FLIGHT:
+                self.publishing._evict()
         except Exception as exc:  # noqa: BLE001 - see _guard
             self._guard("before_task_publish", exc)
 
@@ -739,10 +749,16 @@ class CeleryTracing:
 
     def on_after_task_publish(self, sender=None, body=None, headers=None, **_: Any) -> None:
         try:
+            end_ns = time.time_ns()
             task_id = _message_field(headers, body, "id") if headers is not None else None
-            held = self.publishing.pop(_text(task_id)) if task_id else None
+            held = self.publishing._items.pop(task_id if type(task_id) is str else _text(task_id), None) \
+                if task_id else None
             if held is not None:  # built and ended by the export thread (see _finish_publish)
-                self._defer(_finish_publish, (held, time.time_ns()))
+                processor = getattr(self.manager, "_processor", None)
+                if processor is None:
+                    _finish_publish((held, end_ns))
+                else:
+                    processor.defer(_finish_publish, (held, end_ns))
         except Exception as exc:  # noqa: BLE001
             self._guard("after_task_publish", exc)
 
@@ -832,7 +848,9 @@ class CeleryTracing:
         remote = _parse_traceparent(value)
         if remote is None or not remote.is_valid:
             return False
-        hot = self.hot_spans()
+        hot = self._hot
+        if hot is None or hot.tracer is not self.manager.tracer:
+            hot = self.hot_spans()
         if not hot.usable:
             return False
         ids = hot.fast_ids(remote)
@@ -840,7 +858,7 @@ class CeleryTracing:
             return False
         # the contexts extract() and set_span_in_context() would make: only the span key is set
         parent = otel_context.Context({_SPAN_KEY: NonRecordingSpan(remote)})
-        span = hot.start(_span_name("run ", name), parent, SpanKind.CONSUMER, ids, start_ns)
+        span = hot.start("run " + name, parent, SpanKind.CONSUMER, ids, start_ns)
         token = otel_context.attach(otel_context.Context({_SPAN_KEY: span}))
         task_id = task_id if type(task_id) is str else _text(task_id)
         self.running.put(task_id, (span, token, (_run_attributes_later, request, name, task_id, start_ns,
@@ -849,7 +867,9 @@ class CeleryTracing:
 
     def on_task_postrun(self, sender=None, task_id=None, task=None, state=None, **_: Any) -> None:
         try:
-            held = self.running.pop(_text(task_id)) if task_id else None
+            end_ns = time.time_ns()
+            held = self.running._items.pop(task_id if type(task_id) is str else _text(task_id), None) \
+                if task_id else None
             if held is None:
                 return
             span, token = held[0], held[1]
@@ -860,7 +880,12 @@ class CeleryTracing:
             if state:
                 # attributes, status and end() on the export thread (see _finish_run): the worker goes
                 # back to its next message now
-                self._defer(self._finish_run, (held, _text(state), time.time_ns()))
+                processor = getattr(self.manager, "_processor", None)
+                item = (held, state if type(state) is str else _text(state), end_ns)
+                if processor is None:
+                    self._finish_run(item)
+                else:
+                    processor.defer(self._finish_run, item)
             elif self.in_pool_child:
                 # No state: the child is being terminated (revoke, hard time limit) and SystemExit is
                 # unwinding the task. The worker's parent records this run with the reason; ending

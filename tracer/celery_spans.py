@@ -84,6 +84,33 @@ _ATTRIBUTE_FIELDS = frozenset({"_dict", "maxlen", "dropped", "max_value_len", "_
 _LIST_FIELDS = frozenset({"dropped", "_dq", "_lock"})
 _new = object.__new__
 _Lock = threading.Lock
+_new_tuple = tuple.__new__
+DEFAULT_TRACE_STATE = getattr(trace_api, "DEFAULT_TRACE_STATE", None)
+
+
+def _span_context_is_plain_tuple() -> bool:
+    """Whether ``SpanContext`` is the tuple ``(trace_id, span_id, is_remote, flags, state, is_valid)``.
+
+    Then the hot paths build it with ``tuple.__new__`` directly: its Python
+    ``__new__`` costs microseconds on the cold caches of a task round trip.
+    Checked against the constructor once, at import.
+    """
+    if DEFAULT_TRACE_STATE is None:
+        return False
+    try:
+        for args in ((1, 2, True, _SAMPLED, DEFAULT_TRACE_STATE),
+                     ((1 << 128) - 1, (1 << 64) - 1, False, _NOT_SAMPLED_RANDOM, trace_api.TraceState([("k", "v")]))):
+            built, made = SpanContext(*args), _new_tuple(SpanContext, (*args, True))
+            if (type(made) is not type(built) or tuple(made) != tuple(built) or made.is_valid is not built.is_valid
+                    or (made.trace_id, made.span_id, made.is_remote, made.trace_flags, made.trace_state)
+                    != (built.trace_id, built.span_id, built.is_remote, built.trace_flags, built.trace_state)):
+                return False
+        return True
+    except Exception:  # pragma: no cover - an API whose SpanContext is built otherwise
+        return False
+
+
+DIRECT_SPAN_CONTEXT = _span_context_is_plain_tuple()
 
 
 class Pending:
@@ -255,8 +282,27 @@ class HotSpans:
                              _RECORD_AND_SAMPLE if sampled else _DROP, None, start_time)
 
     def start(self, name: str, context: Any, kind: Any, ids: tuple, start_time: int) -> Any:
-        """The span of ``ids`` (from :meth:`fast_ids`), started at ``start_time``: ``start_span``'s result."""
-        return self._build(self.pending(name, context, kind, ids, start_time), (), None, True)
+        """The span of ``ids`` (from :meth:`fast_ids`), started at ``start_time``: ``start_span``'s result.
+
+        What ``_build(pending(...))`` does for a span without links, sampler
+        attributes or event, in one call and without the :class:`Pending`: a
+        task's run span starts on the path the task waits on.
+        """
+        trace_id, span_id, flags, trace_state, parent, sampled = ids
+        if DIRECT_SPAN_CONTEXT:  # valid ids (fast_ids made them): is_valid is True
+            span_context = _new_tuple(SpanContext, (trace_id, span_id, False, flags, DEFAULT_TRACE_STATE
+                                                    if trace_state is None else trace_state, True))
+        else:
+            span_context = SpanContext(trace_id, span_id, False, flags, trace_state)
+        metrics = self.tracer._tracer_metrics
+        end_metrics = (self._noop_end if type(metrics) is _NoOpTracerMetrics
+                       else metrics.start_span(parent, _RECORD_AND_SAMPLE if sampled else _DROP))
+        if not sampled:
+            return NonRecordingSpan(span_context)
+        span = self._clone(name, span_context, parent, kind, end_metrics, True)
+        span._start_time = start_time
+        self._on_start(span, parent_context=context)
+        return span
 
     def _pending(self, name: str, span_context: SpanContext, parent: SpanContext | None, context: Any, kind: Any,
                  decision: Any, attributes: Any, start_time: int | None) -> Pending:

@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind
 
 from tests.tracer.tracer_helpers import by_name, stream_spans
 from tracer import celery as celery_tracing
+from tracer import celery_spans
 from tracer.manager import TracingManager
 
 ATTRS = {
@@ -193,3 +194,19 @@ def test_in_process_worker_drops_the_request_copy_a_prefork_worker_keeps(manager
     finally:
         celery_tracing.uninstrument_celery(manager)
     assert not any(key[0].startswith(f"contrail-{id(manager)}-") for key, _ in signals.task_prerun.receivers)
+
+
+@pytest.mark.parametrize("value", [
+    "00-" + "a" * 32 + "-" + "b" * 16 + "-01", "00-" + "0" * 31 + "1-" + "0" * 15 + "1-00",
+    "00-" + "f" * 32 + "-" + "f" * 16 + "-03", "00-" + "0" * 32 + "-" + "b" * 16 + "-01",
+    "00-" + "a" * 32 + "-" + "0" * 16 + "-01", "00-" + "0" * 32 + "-" + "0" * 16 + "-02"])
+def test_parsed_traceparent_is_the_span_context_the_api_builds(value):
+    """The run path builds SpanContext tuples directly (no Python __new__): the same objects, validity included."""
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    assert celery_spans.DIRECT_SPAN_CONTEXT  # with the pinned API; otherwise the constructor is used
+    parsed = celery_tracing._parse_traceparent(value)
+    _, trace_hex, span_hex, flags_hex = value.split("-")
+    built = SpanContext(int(trace_hex, 16), int(span_hex, 16), is_remote=True, trace_flags=TraceFlags(int(flags_hex, 16)))
+    assert type(parsed) is SpanContext and tuple(parsed) == tuple(built)
+    assert parsed.is_valid is built.is_valid and parsed.trace_state == built.trace_state

@@ -40,7 +40,7 @@ measured, on the export threads' own 0.5 s schedule (client and worker), as
 in production. An export (and the span ends deferred to it) can therefore
 land during an untraced block; that makes the untraced side slightly slower,
 i.e. flatters the traced side, by at most the export threads' CPU time, which
-is measured and reported (``tracing_cpu_per_round_trip_us``: 65 and 94 us per
+is measured and reported (``tracing_cpu_per_round_trip_us``: 52 and 82 us per
 traced round trip for the client's and the worker's export threads in the
 committed set, about 2 % of a round trip between them, of which only the
 part that runs during untraced blocks counts).

@@ -105,13 +105,18 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def worker_env(server: RedisServer, data_dir: str) -> dict[str, str]:
+    """A traced worker of the test app on ``server``: broker db 1, results db 2, span stream db 3."""
+    base = f"redis://127.0.0.1:{server.port}"
+    return {"CONTRAIL_TEST_BROKER_URL": f"{base}/1", "CONTRAIL_TEST_BACKEND_URL": f"{base}/2",
+            "CONTRAIL_REDIS_URL": f"{base}/3", "CONTRAIL_DATA_DIR": data_dir, "PYTHONPATH": str(ROOT),
+            "CONTRAIL_SERVICE_NAME": "bench-worker", "CONTRAIL_ENABLED": "1", "CONTRAIL_TEST_INSTRUMENT": "1"}
+
+
 def run_once(server: RedisServer, round_trips: int, aa: bool, two_workers: bool = False) -> dict:
     """One measurement with its own workers: raw times, block medians, CPU and export figures."""
-    base = f"redis://127.0.0.1:{server.port}"
     data_dir = tempfile.mkdtemp(prefix="contrail-bench-celery-")
-    env = {"CONTRAIL_TEST_BROKER_URL": f"{base}/1", "CONTRAIL_TEST_BACKEND_URL": f"{base}/2",
-           "CONTRAIL_REDIS_URL": f"{base}/3", "CONTRAIL_DATA_DIR": data_dir, "PYTHONPATH": str(ROOT),
-           "CONTRAIL_SERVICE_NAME": "bench-worker", "CONTRAIL_ENABLED": "1", "CONTRAIL_TEST_INSTRUMENT": "1"}
+    env = worker_env(server, data_dir)
     # explicit: this process's own environment (a worker inherits it) is set up for the client below
     workers = []
     try:

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import signal_timing  # noqa: E402
+from bench.bench_celery import worker_env  # noqa: E402
 from tests.celery.helpers import Worker  # noqa: E402
 from tests.support.servers import RedisServer  # noqa: E402
 
@@ -40,12 +41,8 @@ PAIRS = (("before_task_publish", "on_before_task_publish", "client"),
 
 def main(round_trips: int = 3000) -> dict:
     server = RedisServer.launch()
-    base = f"redis://127.0.0.1:{server.port}"
     data_dir = tempfile.mkdtemp(prefix="contrail-bench-signals-")
-    env = {"CONTRAIL_TEST_BROKER_URL": f"{base}/1", "CONTRAIL_TEST_BACKEND_URL": f"{base}/2",
-           "CONTRAIL_REDIS_URL": f"{base}/3", "CONTRAIL_DATA_DIR": data_dir, "PYTHONPATH": str(ROOT),
-           "CONTRAIL_SERVICE_NAME": "bench-worker", "CONTRAIL_ENABLED": "1", "CONTRAIL_TEST_INSTRUMENT": "1",
-           "CONTRAIL_TEST_SIGNAL_TIMING": "1"}
+    env = {**worker_env(server, data_dir), "CONTRAIL_TEST_SIGNAL_TIMING": "1"}
     worker = Worker(env, "signals", pool="solo", concurrency=1, log_dir=Path(data_dir))
     try:
         worker.start()

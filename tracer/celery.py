@@ -38,7 +38,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanK
 from opentelemetry.trace.propagation import _SPAN_KEY
 
 from . import propagation
-from .celery_spans import DEFAULT_TRACE_STATE, DIRECT_SPAN_CONTEXT, Decided, HotSpans, Pending
+from .celery_spans import DEFAULT_TRACE_STATE, DIRECT_SPAN_CONTEXT, Decided, HotSpans, Pending, _new_tuple
 
 try:
     from opentelemetry.sdk.trace import Event as _SdkEvent
@@ -98,7 +98,6 @@ def uninstrument_celery(manager: Any) -> None:
 
 
 # The plain version-00 traceparent every Contrail publisher writes; anything else takes the general path.
-_new_tuple = tuple.__new__
 _FLAGS = {f"{flags:02x}": TraceFlags(flags) for flags in range(4)}  # sampled, and W3C level 2's random-id bit
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
@@ -258,20 +257,6 @@ def _message_field(headers: Mapping[str, Any], body: Any, key: str) -> Any:
     if isinstance(body, Mapping) and "id" in body and "task" in body:  # protocol 1
         return body.get(key)
     return None
-
-
-_SPAN_NAMES: dict[tuple[str, str], str] = {}
-
-
-def _span_name(prefix: str, task_name: str) -> str:
-    """``prefix + task_name``, built once per task name (bounded: names outside the cache are just joined)."""
-    key = (prefix, task_name)
-    name = _SPAN_NAMES.get(key)
-    if name is None:
-        name = prefix + task_name
-        if len(_SPAN_NAMES) < 4096:
-            _SPAN_NAMES[key] = name
-    return name
 
 
 def _embedded_chord(body: Any) -> Any:
@@ -820,7 +805,7 @@ class CeleryTracing:
             if published_ns and _SdkEvent is not None:
                 # numbers this module computed: stored as they are (see _add_own_event), once the span started
                 event = _SdkEvent("celery.dequeued", event_attrs, start_ns)
-            span = hot.start_span(_span_name("run ", name), context, SpanKind.CONSUMER, links, start_ns,
+            span = hot.start_span("run " + name, context, SpanKind.CONSUMER, links, start_ns,
                                   parent_span if parent is not None else None, event)
             if published_ns and event is None:
                 _add_own_event(span, "celery.dequeued", event_attrs, start_ns)

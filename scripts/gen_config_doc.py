@@ -25,6 +25,7 @@ DOC = ROOT / "docs" / "configuration.md"
 
 SECTIONS = (
     ("Tracer (every traced service)", "service_name"),
+    ("Ingest limits (collector and receivers)", "span_event_count_limit"),
     ("Collector", "database_url"),
     ("Web app", "web_host"),
 )

@@ -124,6 +124,24 @@ class Settings:
     record_content: bool = field(default=False, metadata=_opt(
         "CONTRAIL_RECORD_CONTENT", _bool, "Record prompts and tool inputs/outputs on AI spans."))
 
+    # --- ingest limits (collector and receivers; OpenTelemetry's span limits as the reference) ---------
+    span_event_count_limit: int = field(default=128, metadata=_opt(
+        "CONTRAIL_SPAN_EVENT_COUNT_LIMIT", _positive_int, "Events kept per span at ingest; the rest are dropped "
+        "and counted.", ("OTEL_SPAN_EVENT_COUNT_LIMIT", _positive_int)))
+    span_link_count_limit: int = field(default=128, metadata=_opt(
+        "CONTRAIL_SPAN_LINK_COUNT_LIMIT", _positive_int, "Links kept per span at ingest; the rest are dropped "
+        "and counted.", ("OTEL_SPAN_LINK_COUNT_LIMIT", _positive_int)))
+    span_attribute_count_limit: int = field(default=128, metadata=_opt(
+        "CONTRAIL_SPAN_ATTRIBUTE_COUNT_LIMIT", _positive_int, "Attributes kept per span, event, link and resource "
+        "at ingest; the rest are dropped and counted.", ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", _positive_int),
+        ("OTEL_ATTRIBUTE_COUNT_LIMIT", _positive_int)))
+    attribute_value_length_limit: int = field(default=16384, metadata=_opt(
+        "CONTRAIL_ATTRIBUTE_VALUE_LENGTH_LIMIT", _positive_int, "Longer string values (attributes, names, status "
+        "messages) are truncated at ingest and counted.", ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", _positive_int)))
+    trace_span_limit: int = field(default=50000, metadata=_opt(
+        "CONTRAIL_TRACE_SPAN_LIMIT", _positive_int, "Spans stored per trace; later spans of a trace past it are "
+        "dropped and counted, and the trace is marked truncated."))
+
     # --- collector ----------------------------------------------------------
     database_url: str | None = field(default=None, metadata=_opt(
         "CONTRAIL_DATABASE_URL", _opt_str, "SQLAlchemy URL (default sqlite:///<data_dir>/contrail.db)."))

@@ -1,6 +1,7 @@
 """Idempotent span writes: the only way spans enter storage.
 
-Spans are inserted with ``ON CONFLICT (trace_id, span_id) DO NOTHING ...
+Spans enter the ``spans`` staging table; a span already compacted into its
+trace's block (a redelivery after finalization) is left out. Spans are inserted with ``ON CONFLICT (trace_id, span_id) DO NOTHING ...
 RETURNING`` so a redelivered stream entry changes nothing, and the caller
 learns exactly which spans are new (statistics must count each span once).
 Every trace that received a new span is marked in ``pending_traces`` for the
@@ -24,6 +25,7 @@ from typing import Any, Iterable
 
 from sqlalchemy.engine import Connection, Engine
 
+from .block_store import stored_span_ids
 from .schema import pending_traces, spans
 
 INT64_MAX = 2**63 - 1
@@ -300,6 +302,10 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
     if prepared is None or prepared.received_ns != received_ns:
         prepared = PreparedSpans(spans_in, received_ns)
     keys, by_key, rows = prepared.keys, prepared.by_key, prepared.rows
+    compacted = stored_span_ids(conn, sorted({trace_id for trace_id, _ in keys}))
+    if compacted:  # redelivered spans of traces finalized since: already in their blocks
+        kept = [i for i, (trace_id, span_id) in enumerate(keys) if span_id not in compacted.get(trace_id, ())]
+        keys, rows = [keys[i] for i in kept], [rows[i] for i in kept]
 
     inserted: list[tuple[str, str]] = []
     step = _ROWS_PER_STATEMENT[conn.dialect.name]

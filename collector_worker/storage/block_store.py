@@ -1,0 +1,146 @@
+"""Reading and deleting stored spans: trace blocks plus staging rows, for every reader of spans.
+
+Every reader of spans (the trace API, exports, AI pages, the CLI, tests) goes
+through :func:`trace_spans`, which yields a trace's block spans merged with
+its staging rows (spans not finalized yet, or arrived after the last
+finalization). The finalizer and retention delete through the functions here,
+so the exact posting keys a block recorded are what gets removed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable
+
+from sqlalchemy.engine import Connection
+
+from . import blocks, schema
+
+_CHUNK = 500
+_STAGING_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns",
+                    "duration_ns", "status_code", "status_message", "attributes", "events", "links", "resource",
+                    "scope", "received_ns", "depth", "self_time_ns", "critical_path")
+
+
+def _mark(conn: Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _in(conn: Connection, n: int) -> str:
+    return "(" + ",".join([_mark(conn)] * n) + ")"
+
+
+def _chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def read_blocks(conn: Connection, trace_nos: list[int]) -> dict[int, bytes]:
+    """The block of each trace number that has one."""
+    out: dict[int, bytes] = {}
+    for chunk in _chunks(sorted(set(trace_nos))):
+        for no, data in conn.exec_driver_sql(
+                f"SELECT trace_no, data FROM {schema.trace_blocks.name} WHERE trace_no IN {_in(conn, len(chunk))}",
+                tuple(chunk)):
+            out[int(no)] = bytes(data)
+    return out
+
+
+def trace_numbers(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
+    """The trace number of each finalized trace among ``trace_ids``."""
+    out: dict[str, int] = {}
+    for chunk in _chunks(sorted(set(trace_ids))):
+        out.update((t, int(no)) for t, no in conn.exec_driver_sql(
+            f"SELECT trace_id, trace_no FROM {schema.traces.name} WHERE trace_id IN {_in(conn, len(chunk))}",
+            tuple(chunk)))
+    return out
+
+
+def staged_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Staging rows of ``trace_ids`` as row dicts (JSON columns as text), by trace."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    columns = ",".join(_STAGING_COLUMNS)
+    for chunk in _chunks(sorted(set(trace_ids))):
+        for row in conn.exec_driver_sql(
+                f"SELECT {columns} FROM {schema.spans.name} WHERE trace_id IN {_in(conn, len(chunk))}", tuple(chunk)):
+            out.setdefault(row[0], []).append(dict(zip(_STAGING_COLUMNS, row)))
+    return out
+
+
+def trace_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every stored span of ``trace_ids``: block spans (assembled) merged with staging rows, by trace.
+
+    A staging row whose span id is already in the block (a redelivery) is left out; a staging row of a
+    span not in the block has ``depth`` None (not assembled yet). Traces with no span are absent.
+    """
+    numbers = trace_numbers(conn, trace_ids)
+    found = read_blocks(conn, list(numbers.values()))
+    staged = staged_spans(conn, trace_ids)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for trace_id in trace_ids:
+        data = found.get(numbers.get(trace_id, -1))
+        spans = blocks.merge(blocks.decode(data), staged.get(trace_id, ())) if data is not None \
+            else list(staged.get(trace_id, ()))
+        if spans:
+            out[trace_id] = spans
+    return out
+
+
+def stored_span_ids(conn: Connection, trace_ids: list[str]) -> dict[str, set[str]]:
+    """Span ids already in the blocks of ``trace_ids`` (ingest leaves redelivered ones out)."""
+    numbers = trace_numbers(conn, trace_ids)
+    if not numbers:
+        return {}
+    by_no = {no: t for t, no in numbers.items()}
+    return {by_no[no]: blocks.span_ids(data) for no, data in read_blocks(conn, list(by_no)).items()}
+
+
+def delete_finalized(conn: Connection, traces: list[tuple[int, Any]]) -> None:
+    """Delete the blocks and search postings of ``(trace_no, postings)`` (postings as the block recorded).
+
+    The ``traces`` rows themselves are the caller's to delete.
+    """
+    if not traces:
+        return
+    m = _mark(conn)
+    ops, tags, nums = [], [], []
+    for no, posted in traces:
+        if not posted:
+            continue
+        ops.extend((s, no, o) for s, o, _ in posted[0])
+        tags.extend((k, h, no) for k, h in posted[1])
+        nums.extend((k, n, no) for k, n in posted[2])
+    for table, columns, rows in ((schema.trace_operations, ("service_id", "trace_no", "operation_id"), ops),
+                                 (schema.trace_tags, ("key_id", "value_hash", "trace_no"), tags),
+                                 (schema.trace_tag_numbers, ("key_id", "value_num", "trace_no"), nums)):
+        if rows:
+            where = " AND ".join(f"{c} = {m}" for c in columns)
+            conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE {where}", sorted(rows))
+    for chunk in _chunks(sorted(no for no, _ in traces)):
+        conn.exec_driver_sql(f"DELETE FROM {schema.trace_blocks.name} WHERE trace_no IN {_in(conn, len(chunk))}",
+                             tuple(chunk))
+
+
+def delete_staged(conn: Connection, keys: list[tuple[str, str]]) -> None:
+    """Delete staging rows by exact (trace_id, span_id)."""
+    if not keys:
+        return
+    m = _mark(conn)
+    for chunk in _chunks(sorted(keys), 2000):
+        rows = ",".join([f"({m},{m})"] * len(chunk))
+        conn.exec_driver_sql(f"DELETE FROM {schema.spans.name} WHERE (trace_id, span_id) IN (VALUES {rows})",
+                             tuple(itertools.chain.from_iterable(chunk)))
+
+
+def delete_traces(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
+    """Delete finalized traces whole (summary, block, postings, staging rows); rows deleted per table."""
+    numbers = trace_numbers(conn, trace_ids)
+    found = read_blocks(conn, list(numbers.values()))
+    delete_finalized(conn, [(no, blocks.postings(found[no]) if no in found else None) for no in numbers.values()])
+    deleted = {"traces": 0, "spans": 0, "trace_blocks": len(found)}
+    for chunk in _chunks(sorted(set(trace_ids))):
+        where = f"WHERE trace_id IN {_in(conn, len(chunk))}"
+        deleted["spans"] += conn.exec_driver_sql(f"DELETE FROM {schema.spans.name} {where}", tuple(chunk)).rowcount
+        deleted["traces"] += conn.exec_driver_sql(f"DELETE FROM {schema.traces.name} {where}",
+                                                  tuple(chunk)).rowcount
+    return deleted

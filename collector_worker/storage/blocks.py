@@ -1,0 +1,197 @@
+"""Trace blocks: a finalized trace's spans, encoded once and compressed, read back as a unit.
+
+A block is ``zstd(msgpack([...]))`` of one trace's spans in columns: span and
+parent ids as bytes and indexes, times as offsets from the trace's first
+start, service / name / kind / status / scope strings through a string table
+of the block, resources once per distinct resource, the assembly results
+(depth, self time, critical path) beside them, and the search postings the
+trace wrote (so a re-finalization or retention deletes exactly those rows).
+
+Spans come out as the same row dicts the ``spans`` staging table yields
+(``trace_id, span_id, parent_span_id, service, name, kind, start_ns, end_ns,
+duration_ns, status_code, status_message, attributes, events, links, resource,
+scope, received_ns, depth, self_time_ns, critical_path``) except that
+attributes, events, links and resource are already parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Iterable
+
+import msgpack
+import zstandard
+
+FORMAT = 1
+LEVEL = 3  # zstd level: blocks are small, higher levels buy little and cost the finalizer CPU
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    found = getattr(_local, "compressor", None)
+    if found is None:
+        found = _local.compressor = zstandard.ZstdCompressor(level=LEVEL)
+    return found
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    found = getattr(_local, "decompressor", None)
+    if found is None:
+        found = _local.decompressor = zstandard.ZstdDecompressor()
+    return found
+
+
+def _default(value: Any) -> Any:
+    """What msgpack cannot hold is stored as JSON would have stored it (the staging rows are JSON)."""
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    return str(value)
+
+
+_json_cache: dict[str, Any] = {}
+
+
+def _parsed(value: Any, default: Any) -> Any:
+    """A staging row's JSON text parsed (resources repeat: each text is parsed once per process)."""
+    if not isinstance(value, str):
+        return default if value is None else value
+    if value in ("{}", "[]", ""):
+        return default
+    found = _json_cache.get(value)
+    if found is None:
+        try:
+            found = json.loads(value)
+        except ValueError:
+            found = default
+        if len(_json_cache) > 4096:
+            _json_cache.clear()
+        _json_cache[value] = found
+    return found
+
+
+def _hex_ids(ids: list[Any]) -> bytes | None:
+    """All ids as one byte string when every id is 16 lowercase hex digits (the usual case), else None."""
+    try:
+        raw = bytes.fromhex("".join(ids))
+    except (TypeError, ValueError):
+        return None
+    if len(raw) != 8 * len(ids) or raw.hex() != "".join(ids):
+        return None
+    return raw
+
+
+def encode(spans: list[dict[str, Any]], depth: dict[str, int], self_time_ns: dict[str, int],
+           critical: set[str], postings: Any = None) -> bytes:
+    """One block of ``spans`` (row dicts or decoded spans, span ids unique) with their assembly results."""
+    strings: list[Any] = []
+    refs: dict[Any, int] = {}
+
+    def ref(value: Any) -> int:
+        found = refs.get(value)
+        if found is None:
+            found = refs[value] = len(strings)
+            strings.append(value)
+        return found
+
+    resources: list[Any] = []
+    resource_refs: dict[Any, int] = {}
+    base = min(int(s["start_ns"]) for s in spans)
+    ids = [s["span_id"] for s in spans]
+    position = {span_id: i for i, span_id in enumerate(ids)}
+    parents, services, names, kinds, statuses, messages, starts, durations = [], [], [], [], [], [], [], []
+    attributes, events, links, resource_col, scopes, received, depths, selfs, crit = [], [], [], [], [], [], [], [], []
+    for s in spans:
+        get = s.get
+        parent = get("parent_span_id")
+        parents.append(None if not parent else position.get(parent, parent))
+        services.append(ref(get("service") or "unknown_service"))
+        names.append(ref(get("name") or ""))
+        kinds.append(ref(get("kind") or "internal"))
+        statuses.append(ref(get("status_code") or "unset"))
+        messages.append(get("status_message") or None)
+        start = int(s["start_ns"])
+        starts.append(start - base)
+        durations.append(int(s["end_ns"]) - start)
+        attributes.append(_parsed(get("attributes"), {}))
+        events.append(_parsed(get("events"), []))
+        links.append(_parsed(get("links"), []))
+        resource = get("resource")
+        key = resource if isinstance(resource, str) else id(resource)
+        index = resource_refs.get(key)
+        if index is None:
+            index = resource_refs[key] = len(resources)
+            resources.append(_parsed(resource, {}))
+        resource_col.append(index)
+        scope = get("scope")
+        scopes.append(None if scope is None else ref(scope))
+        received.append(int(get("received_ns") or base) - base)
+        span_id = s["span_id"]
+        depths.append(depth.get(span_id, 0))
+        selfs.append(self_time_ns.get(span_id, 0))
+        crit.append(span_id in critical)
+    packed_ids = _hex_ids(ids)
+    body = [FORMAT, spans[0]["trace_id"], base, strings, resources, packed_ids if packed_ids is not None else ids,
+            parents, services, names, kinds, statuses, messages, starts, durations, attributes, events, links,
+            resource_col, scopes, received, depths, selfs, crit, postings]
+    return _compressor().compress(msgpack.packb(body, default=_default, use_bin_type=True))
+
+
+def _unpack(data: bytes) -> list:
+    body = msgpack.unpackb(_decompressor().decompress(data), raw=False, strict_map_key=False)
+    if not body or body[0] != FORMAT:
+        raise ValueError(f"unknown trace block format {body[0] if body else None!r}")
+    return body
+
+
+def decode(data: bytes) -> list[dict[str, Any]]:
+    """The spans of a block as row dicts (attributes, events, links and resource parsed)."""
+    (_, trace_id, base, strings, resources, ids, parents, services, names, kinds, statuses, messages, starts,
+     durations, attributes, events, links, resource_col, scopes, received, depths, selfs, crit, _) = _unpack(data)
+    if isinstance(ids, bytes):
+        hexed = ids.hex()
+        ids = [hexed[i:i + 16] for i in range(0, len(hexed), 16)]
+    out = []
+    append = out.append
+    for i, span_id in enumerate(ids):
+        parent = parents[i]
+        start = base + starts[i]
+        duration = durations[i]
+        scope = scopes[i]
+        append({
+            "trace_id": trace_id, "span_id": span_id,
+            "parent_span_id": ids[parent] if type(parent) is int else parent,
+            "service": strings[services[i]], "name": strings[names[i]], "kind": strings[kinds[i]],
+            "start_ns": start, "end_ns": start + duration, "duration_ns": duration,
+            "status_code": strings[statuses[i]], "status_message": messages[i], "attributes": attributes[i],
+            "events": events[i], "links": links[i], "resource": resources[resource_col[i]],
+            "scope": None if scope is None else strings[scope], "received_ns": base + received[i],
+            "depth": depths[i], "self_time_ns": selfs[i], "critical_path": crit[i],
+        })
+    return out
+
+
+def postings(data: bytes) -> Any:
+    """The search postings stored with a block (what its trace wrote into the search tables)."""
+    return _unpack(data)[-1]
+
+
+def span_ids(data: bytes) -> set[str]:
+    """The span ids a block holds (ingest skips redelivered spans already compacted)."""
+    ids = _unpack(data)[5]
+    if isinstance(ids, bytes):
+        hexed = ids.hex()
+        return {hexed[i:i + 16] for i in range(0, len(hexed), 16)}
+    return set(ids)
+
+
+def merge(block_spans: Iterable[dict[str, Any]], staged: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A trace's spans from its block and its staging rows; a span id already in the block keeps that copy."""
+    out = list(block_spans)
+    seen = {s["span_id"] for s in out}
+    for span in staged:
+        if span["span_id"] not in seen:
+            seen.add(span["span_id"])
+            out.append(span)
+    return out

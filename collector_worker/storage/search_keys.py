@@ -1,0 +1,89 @@
+"""Compact keys of the search postings: name ids from the ``names`` table, and tag value hashes.
+
+Service, operation and tag key names are few and repeat on every trace, so a
+posting holds a small integer for each; ids are assigned once and never
+change or go away, so a process caches them for good. Tag values are many
+and mostly unique: a posting holds a 64-bit hash of the value's string form
+(a false match needs two values of one key to collide in 64 bits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import weakref
+from typing import Iterable
+
+from sqlalchemy.engine import Connection, Engine
+
+from .schema import names
+from .writer import write_lock
+
+_caches: "weakref.WeakKeyDictionary[Engine, dict[str, int]]" = weakref.WeakKeyDictionary()
+_caches_guard = threading.Lock()
+_CHUNK = 500
+
+
+def tag_hash(value: str) -> int:
+    """The signed 64-bit hash a tag value is posted and searched under."""
+    return int.from_bytes(hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "big", signed=True)
+
+
+def _cache(engine: Engine) -> dict[str, int]:
+    with _caches_guard:
+        found = _caches.get(engine)
+        if found is None:
+            found = _caches[engine] = {}
+        return found
+
+
+def _mark(conn: Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _select(conn: Connection, wanted: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in range(0, len(wanted), _CHUNK):
+        chunk = wanted[i:i + _CHUNK]
+        marks = ",".join([_mark(conn)] * len(chunk))
+        out.update((r[1], int(r[0])) for r in conn.exec_driver_sql(
+            f"SELECT id, name FROM {names.name} WHERE name IN ({marks})", tuple(chunk)))
+    return out
+
+
+def ids_for(engine: Engine, wanted: Iterable[str]) -> dict[str, int]:
+    """Ids of ``wanted`` names, adding those the database lacks (in a transaction of its own, committed
+    before any posting refers to them, so a rolled-back batch never leaves an id cached that is not stored)."""
+    cache = _cache(engine)
+    missing = sorted({name for name in wanted if name not in cache})
+    if missing:
+        with write_lock(engine), engine.begin() as conn:
+            mark = _mark(conn)
+            conn.exec_driver_sql(f"INSERT INTO {names.name} (name) VALUES ({mark}) ON CONFLICT (name) DO NOTHING",
+                                 [(name,) for name in missing])
+            found = _select(conn, missing)
+        cache.update(found)
+    return cache
+
+
+def lookup(conn: Connection, wanted: Iterable[str]) -> dict[str, int]:
+    """Ids of the ``wanted`` names the database knows (reading only); an unknown name is absent."""
+    cache = _cache(conn.engine)
+    wanted = list(wanted)
+    missing = sorted({name for name in wanted if name not in cache})
+    if missing:
+        cache.update(_select(conn, missing))
+    return {name: cache[name] for name in wanted if name in cache}
+
+
+def names_of(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
+    """Names of ``ids``."""
+    ids = sorted(set(ids))
+    out: dict[int, str] = {}
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i:i + _CHUNK]
+        marks = ",".join([_mark(conn)] * len(chunk))
+        out.update((int(r[0]), r[1]) for r in conn.exec_driver_sql(
+            f"SELECT id, name FROM {names.name} WHERE id IN ({marks})", tuple(chunk)))
+    return out

@@ -144,3 +144,15 @@ def delete_traces(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
         deleted["traces"] += conn.exec_driver_sql(f"DELETE FROM {schema.traces.name} {where}",
                                                   tuple(chunk)).rowcount
     return deleted
+
+
+def all_spans(conn: Connection) -> list[dict[str, Any]]:
+    """Every stored span row: each block's spans, then every staging row (a redelivered span staged beside
+    its block shows twice until the finalizer merges it). For checks and small exports, not for search."""
+    out: list[dict[str, Any]] = []
+    for (data,) in conn.exec_driver_sql(f"SELECT data FROM {schema.trace_blocks.name} ORDER BY trace_no"):
+        out.extend(blocks.decode(bytes(data)))
+    columns = ",".join(_STAGING_COLUMNS)
+    out.extend(dict(zip(_STAGING_COLUMNS, row))
+               for row in conn.exec_driver_sql(f"SELECT {columns} FROM {schema.spans.name}"))
+    return out

@@ -149,7 +149,7 @@ class DiskSpool:
     def _segments(self) -> list[str]:
         try:
             return sorted(n for n in os.listdir(self.directory) if n.endswith(".seg"))
-        except FileNotFoundError:
+        except OSError:  # absent or unusable: appends then fail and are counted with the reason
             return []
 
     def _scan_bytes(self) -> int:
@@ -163,7 +163,7 @@ class DiskSpool:
                             total += entry.stat().st_size
                         except OSError:  # replayed and deleted meanwhile
                             pass
-        except FileNotFoundError:
+        except OSError:  # absent or unusable, as in _segments
             pass
         return total
 

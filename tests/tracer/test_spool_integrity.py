@@ -8,7 +8,9 @@ import subprocess
 import sys
 import textwrap
 
-from tests.support.servers import wait_until
+import msgpack
+
+from tests.support.servers import free_port, wait_until
 from tracer.spool import DiskSpool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,7 +45,7 @@ FULL_DISK_WRITER = """
     spool = DiskSpool({directory!r}, max_bytes=10**9)
     results = [spool.append(_entry(i), spans=2) for i in range(4)]
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (spool._scan_bytes() + 500, hard))  # half of the next record fits
+    resource.setrlimit(resource.RLIMIT_FSIZE, (spool.bytes + 500, hard))  # one segment: about half the next record fits
     results.append(spool.append(_entry(4), spans=2))
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     results += [spool.append(_entry(i), spans=2) for i in range(5, 15)]
@@ -73,18 +75,12 @@ def test_a_damaged_record_is_skipped_and_the_records_after_it_are_read(tmp_path)
     spool.close()
     (segment,) = tmp_path.glob("*.seg")
     data = bytearray(segment.read_bytes())
-    start = data.index(msgpack_payload(_entry(3, size=53)))
+    start = data.index(msgpack.packb(_entry(3, size=53), use_bin_type=True))
     data[start - 4:start] = b"\xff\xff\xff\xff"  # the four bytes before record 3's payload
     segment.write_bytes(bytes(data))
     ids, replayer = _replayed_ids(tmp_path)
     assert ids == [0, 1, 2, 4, 5, 6, 7]
     assert replayer.records_corrupt == 1
-
-
-def msgpack_payload(fields: dict) -> bytes:
-    import msgpack
-
-    return msgpack.packb(fields, use_bin_type=True)
 
 
 SHARING_WRITER = """
@@ -124,3 +120,14 @@ def test_four_processes_sharing_a_directory_stay_within_one_bound(tmp_path):
     ids, _spool = _replayed_ids(directory)
     assert len(ids) == len(set(ids)) == kept
     assert on_disk > bound - 2 * 600  # the bound is used, not merely respected by writing nothing
+
+
+def test_a_refused_spool_write_shows_in_the_tracer_info_with_its_reason(make_manager, tmp_path):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")  # the spool directory cannot be created where a file is
+    tracing = make_manager(redis_url=f"redis://127.0.0.1:{free_port()}/0", spool_dir=str(blocked / "spool"))
+    tracing.finish_span(tracing.start_span("lost"))
+    info = wait_until(lambda: (i := tracing.get_tracer_info())["spans_dropped"] and i, timeout=30,
+                      message="the span to be dropped")
+    assert info["spans_dropped_spool_error"] == 1 and info["spans_dropped_spool_full"] == 0
+    assert "Not a directory" in info["last_spool_error"]

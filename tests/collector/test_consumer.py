@@ -176,7 +176,8 @@ def test_entry_delivered_too_often_goes_to_dead_letters_alone(client, redis_url,
     for _ in range(3):  # three deliveries of the whole batch to consumers that never finished it
         client.xreadgroup(settings.consumer_group, "crashing-one", {settings.stream: "0" if _ else ">"}, count=3)
     # The last of them was trying the poison entry alone when it stopped (see StreamConsumer._try_alone).
-    client.sadd(StreamConsumer(settings, sqlite_engine, client, "x").trial_marks, poison)
+    marks = f"{settings.stream}:{settings.consumer_group}:on-trial"
+    client.sadd(marks, poison)
     time.sleep(0.2)
     with RunningConsumer(settings, sqlite_engine):
         wait_until(lambda: client.xlen(settings.dead_stream) == 1, message="dead letter of the poison entry")
@@ -187,7 +188,7 @@ def test_entry_delivered_too_often_goes_to_dead_letters_alone(client, redis_url,
     assert letter[b"reason"] == b"delivered 4 times; a collector stopped while it was tried alone"
     assert letter[b"source_id"].decode() == poison
     assert letter[b"deliveries"] == b"4"  # three earlier deliveries plus the claim
-    assert client.scard(StreamConsumer(settings, sqlite_engine, client, "x").trial_marks) == 0
+    assert client.scard(marks) == 0
     assert len(neighbours) == 2
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 import zlib
 
@@ -44,7 +43,8 @@ def valid_spans(draw) -> list[dict]:
     for i in range(draw(st.integers(min_value=1, max_value=6))):
         start = t0 + draw(st.integers(min_value=0, max_value=10**9))
         spans.append({
-            "trace_id": draw(HEX16.filter(lambda h: h != "0" * 32)), "span_id": draw(HEX8.filter(lambda h: h != "0" * 16)),
+            "trace_id": draw(HEX16.filter(lambda h: h != "0" * 32)),
+            "span_id": draw(HEX8.filter(lambda h: h != "0" * 16)),
             "parent_span_id": None, "name": draw(st.text(min_size=1, max_size=10).filter(str.strip)),
             "kind": draw(st.sampled_from(["internal", "server", "client"])), "start_ns": start,
             "end_ns": start + draw(st.integers(min_value=0, max_value=10**9)), "status_code": "ok",
@@ -211,4 +211,4 @@ def test_compression_bombs_leave_the_collector_small(client, sqlite_collectors, 
     sqlite_collectors.wait_until(lambda: {s["span_id"] for s in valid} <= stored_span_ids(sqlite_engine), collector,
                                  timeout=60, message="the valid entry stored")
     assert collector.poll() is None
-    assert peak_rss_bytes(collector.pid) < MEMORY_BOUND, os.getpid()
+    assert peak_rss_bytes(collector.pid) < MEMORY_BOUND  # measured: about 200 MB

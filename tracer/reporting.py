@@ -21,7 +21,8 @@ from typing import Any, Iterable
 
 # The counters a report carries; all cumulative since the process started tracing.
 COUNTERS = ("spans_started", "spans_exported", "spans_dropped", "spans_dropped_queue_full",
-            "spans_dropped_spool_full", "spans_sampled_out", "spans_spooled", "export_errors")
+            "spans_dropped_spool_full", "spans_dropped_spool_error", "spans_sampled_out", "spans_spooled",
+            "spool_records_corrupt", "export_errors")
 STALE_AFTER_S = 24 * 3600  # reports older than this are pruned by readers
 
 

@@ -88,7 +88,8 @@ SCHEMAS: dict[str, Any] = {
         "instance": STR, "service": STR, "host": STR, "pid": INT, "time_ns": INT, "spans_started": INT,
         "spans_exported": INT, "spans_dropped": INT, "spans_dropped_queue_full": INT,
         "spans_dropped_spool_full": INT, "spans_sampled_out": INT, "spans_spooled": INT, "export_errors": INT,
-        "spool_pending": {"type": "boolean"}}, {"last_export_error": NULLABLE_STR})}}),
+        "spool_pending": {"type": "boolean"}},
+        {"last_export_error": NULLABLE_STR, "spans_dropped_spool_error": INT, "spool_records_corrupt": INT})}}),
     "AgentTraces": _obj({"traces": {"type": "array", "items": _obj({
         "trace_id": TRACE_ID, "start_ns": INT, "duration_ms": {"type": ["number", "null"]},
         "agent": NULLABLE_STR, "success": {"type": "boolean"},

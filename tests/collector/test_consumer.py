@@ -15,7 +15,7 @@ from collector_worker import consumer as consumer_module
 from collector_worker.consumer import StreamConsumer, ensure_group, run_consumer, stream_health, trim_stream
 from collector_worker.storage import block_store, open_engine, queries, schema
 from tests.support.servers import wait_until
-from tracer.codec import encode_batch, encode_spans, span_row
+from tracer.codec import decode_entry, encode_batch, encode_spans, span_row
 from tracer.settings import Settings
 
 def make_trace(spans: int = 10, service: str = "orders") -> list[dict]:
@@ -146,7 +146,11 @@ def test_partly_bad_entry_stores_good_rows_and_dead_letters_the_rest(client, red
     [(_, letter)] = client.xrange(settings.dead_stream)
     reason = letter[b"reason"].decode()
     assert reason.startswith("rejected 1 of 3 spans: row 1: invalid trace id 'not-a-trace-id'")
-    assert letter[b"orig_n"] == b"3"
+    assert letter[b"scope"] == b"spans"
+    # The letter holds the bad row alone, re-encoded as an entry: fixed, it can be added back.
+    assert letter[b"orig_n"] == b"1"
+    held = decode_entry({k[len(b"orig_"):]: v for k, v in letter.items() if k.startswith(b"orig_")})
+    assert held.spans == [] and held.rejected_rows == [rows[1]]
 
 
 def test_entries_of_a_dead_consumer_are_claimed(client, redis_url, database_url, engine):
@@ -164,22 +168,28 @@ def test_entries_of_a_dead_consumer_are_claimed(client, redis_url, database_url,
     assert consumer_module.consumer_stats()["claimed"] - before == 4
 
 
-def test_entry_delivered_too_often_goes_to_dead_letters(client, redis_url, sqlite_url, sqlite_engine):
+def test_entry_delivered_too_often_goes_to_dead_letters_alone(client, redis_url, sqlite_url, sqlite_engine):
+    """Only the entry a collector stopped on is dead-lettered, not the valid entries that shared its batches."""
     settings = settings_for(redis_url, sqlite_url, claim_idle=0.1, max_deliveries=2)
     ensure_group(client, settings)
-    [poison] = publish(client, [make_trace(4)])
-    for _ in range(3):  # three deliveries to consumers that never finished it
-        client.xreadgroup(settings.consumer_group, "crashing-one", {settings.stream: "0" if _ else ">"}, count=1)
+    poison, *neighbours = publish(client, [make_trace(4), make_trace(5), make_trace(6)])
+    for _ in range(3):  # three deliveries of the whole batch to consumers that never finished it
+        client.xreadgroup(settings.consumer_group, "crashing-one", {settings.stream: "0" if _ else ">"}, count=3)
+    # The last of them was trying the poison entry alone when it stopped (see StreamConsumer._try_alone).
+    marks = f"{settings.stream}:{settings.consumer_group}:on-trial"
+    client.sadd(marks, poison)
     time.sleep(0.2)
     with RunningConsumer(settings, sqlite_engine):
         wait_until(lambda: client.xlen(settings.dead_stream) == 1, message="dead letter of the poison entry")
         wait_until(lambda: client.xpending(settings.stream, settings.consumer_group)["pending"] == 0,
-                   message="poison entry acknowledged")
+                   message="all three entries acknowledged")
+        wait_until(lambda: span_count(sqlite_engine) == 11, message="the neighbours stored")
     [(_, letter)] = client.xrange(settings.dead_stream)
-    assert letter[b"reason"] == b"delivered 4 times"  # three earlier deliveries plus the claim
+    assert letter[b"reason"] == b"delivered 4 times; a collector stopped while it was tried alone"
     assert letter[b"source_id"].decode() == poison
-    assert letter[b"deliveries"] == b"4"
-    assert span_count(sqlite_engine) == 0
+    assert letter[b"deliveries"] == b"4"  # three earlier deliveries plus the claim
+    assert client.scard(marks) == 0
+    assert len(neighbours) == 2
 
 
 def test_trim_never_drops_unread_or_unacknowledged_entries(client, redis_url, sqlite_url):

@@ -491,7 +491,7 @@ def _prepare(engine: Engine, settings: Any, claimed: list[tuple[str, int]], now_
     with engine.connect() as conn:
         batch = prepare_batch(conn, settings, claimed, now_ns, recent)
         conn.rollback()  # end the read transaction before writing on another connection
-    return batch.resolve(engine)
+    return batch
 
 
 class RecentSpans:
@@ -729,40 +729,48 @@ def prepare_batch(conn: Connection, settings: Any, claimed: list[tuple[str, int]
     batch.staged = [(t, s["span_id"]) for t in trace_ids if t not in batch.kept for s in staged.get(t, ())]
     batch.old_postings = old_postings
     batch.old_numbers = {t: int(p["trace_no"]) for t, p in previous.items() if p.get("trace_no") is not None}
+    batch.encode(search_keys.lookup(conn, batch._names()))
     return batch
 
 
 class FinalizedBatch:
     """Everything one finalization batch writes, computed before the write transaction.
 
-    :meth:`resolve` (which may add names, in a transaction of its own) turns the assemblies into blocks
-    and postings; :meth:`write` writes them.
+    :meth:`encode` turns the assemblies into blocks and postings once their names have ids (read before
+    the write; names new to the database are added by :meth:`write`, which encodes those traces then).
     """
 
     __slots__ = ("claimed", "replaced", "trace_rows", "assembled", "dropped", "acc", "edges", "tombstones",
                  "staged", "old_postings", "old_numbers", "kept", "blocks", "postings")
 
-    def resolve(self, engine: Engine) -> "FinalizedBatch":
-        """Name ids of the batch's postings (adding new names), then each trace's block and postings."""
+    def _names(self) -> set[str]:
         wanted: set[str] = set()
         for _, _, a in self.assembled:
             wanted.update(name for svc, op, _ in a.operations for name in (svc[:255], op[:512]))
             wanted.update(k for k, _, _ in a.tags)
-        ids = search_keys.ids_for(engine, wanted) if wanted else {}
-        self.blocks, self.postings = {}, {}
+        return wanted
+
+    def encode(self, ids: dict[str, int]) -> None:
+        """Each assembled trace whose names all have ids: its postings and its block (the rest wait)."""
+        waiting = []
         for trace_id, spans, a in self.assembled:
-            ops = sorted({(ids[svc[:255]], ids[op[:512]], bool(err)) for svc, op, err in a.operations})
-            tags = sorted({(ids[k], search_keys.tag_hash(v)) for k, v, _ in a.tags})
-            numbers = sorted({(ids[k], float(n)) for k, _, n in a.tags if n is not None})
+            try:
+                ops = sorted({(ids[svc[:255]], ids[op[:512]], bool(err)) for svc, op, err in a.operations})
+                tags = sorted({(ids[k], search_keys.tag_hash(v)) for k, v, _ in a.tags})
+                numbers = sorted({(ids[k], float(n)) for k, _, n in a.tags if n is not None})
+            except KeyError:  # a name never seen: added by the write transaction
+                waiting.append((trace_id, spans, a))
+                continue
             posted = [[list(o) for o in ops], [list(t) for t in tags], [list(n) for n in numbers]]
             self.postings[trace_id] = posted
             self.blocks[trace_id] = blocks.encode(spans, a.depth, a.self_time_ns, a.critical_path, posted)
-        self.assembled = []
-        return self
+        self.assembled = waiting
 
     def write(self, conn: Connection, consumer_name: str) -> None:
         """Write the batch in ``conn``'s transaction, first checking ``consumer_name`` still holds every lease."""
         _check_leases(conn, consumer_name, self.claimed)
+        if self.assembled:  # traces with names new to the database: add them, in this transaction
+            self.encode(search_keys.add_names(conn, self._names()))
         _write(conn, self)
         _insert_many(conn, schema.dropped_traces, _TOMBSTONE_COLUMNS, self.tombstones)
         self.acc.flush(conn)

@@ -125,7 +125,11 @@ def count_expired(engine: Engine, cutoff_ns: int) -> dict[str, int]:
               (schema.trace_blocks, schema.trace_blocks.c.trace_no.in_(expired)),
               (p, p.c.last_seen_ns < cutoff_ns), (d, d.c.start_ns < cutoff_ns)]
     checks += [(table, table.c.bucket + table.c[res] <= cutoff_s) for table, res in _bucket_tables()]
-    return {table.name: _count(engine, table, condition) for table, condition in checks}
+    counted = {table.name: _count(engine, table, condition) for table, condition in checks}
+    with engine.connect() as conn:  # spans in the expired traces' blocks, besides their staging rows
+        counted["spans"] += int(conn.execute(select(func.coalesce(func.sum(t.c.span_count), 0))
+                                             .where(t.c.start_ns < cutoff_ns)).scalar_one())
+    return counted
 
 
 def cutoff_for(retention_s: float, now_ns: int) -> int:

@@ -17,7 +17,6 @@ from typing import Iterable
 from sqlalchemy.engine import Connection, Engine
 
 from .schema import names
-from .writer import write_lock
 
 _caches: "weakref.WeakKeyDictionary[Engine, dict[str, int]]" = weakref.WeakKeyDictionary()
 _caches_guard = threading.Lock()
@@ -52,23 +51,25 @@ def _select(conn: Connection, wanted: list[str]) -> dict[str, int]:
     return out
 
 
-def ids_for(engine: Engine, wanted: Iterable[str]) -> dict[str, int]:
-    """Ids of ``wanted`` names, adding those the database lacks (in a transaction of its own, committed
-    before any posting refers to them, so a rolled-back batch never leaves an id cached that is not stored)."""
-    cache = _cache(engine)
-    missing = sorted({name for name in wanted if name not in cache})
-    if missing:
-        with write_lock(engine), engine.begin() as conn:
-            mark = _mark(conn)
-            conn.exec_driver_sql(f"INSERT INTO {names.name} (name) VALUES ({mark}) ON CONFLICT (name) DO NOTHING",
-                                 [(name,) for name in missing])
-            found = _select(conn, missing)
-        cache.update(found)
-    return cache
+def add_names(conn: Connection, wanted: Iterable[str]) -> dict[str, int]:
+    """Ids of ``wanted`` names, adding those the database lacks, inside the caller's write transaction.
+
+    Nothing is cached here (the transaction may roll back); :func:`lookup` caches ids once committed.
+    """
+    wanted = sorted(set(wanted))
+    if not wanted:
+        return {}
+    conn.exec_driver_sql(f"INSERT INTO {names.name} (name) VALUES ({_mark(conn)}) ON CONFLICT (name) DO NOTHING",
+                         [(name,) for name in wanted])
+    return _select(conn, wanted)
 
 
 def lookup(conn: Connection, wanted: Iterable[str]) -> dict[str, int]:
-    """Ids of the ``wanted`` names the database knows (reading only); an unknown name is absent."""
+    """Ids of the ``wanted`` names the database knows; an unknown name is absent.
+
+    Only for a connection that has not added names in its open transaction: what it reads is committed,
+    and ids never change once committed, so they are cached for good.
+    """
     cache = _cache(conn.engine)
     wanted = list(wanted)
     missing = sorted({name for name in wanted if name not in cache})

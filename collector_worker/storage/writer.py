@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 from sqlalchemy.engine import Connection, Engine
 
-from .block_store import stored_span_ids
+from .block_store import delete_staged, stored_span_ids
 from .schema import pending_traces, spans
 
 INT64_MAX = 2**63 - 1
@@ -279,6 +279,18 @@ def prepare_spans(spans_in: list[dict[str, Any]], received_ns: int) -> PreparedS
     return PreparedSpans(spans_in, received_ns)
 
 
+def _not_compacted(conn: Connection, inserted: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``inserted`` without redelivered spans that are already in their trace's block (whose staging rows
+    the finalizer deleted); those rows are deleted again. Checked after the insert: a finalizer that
+    committed meanwhile had to delete the staging row first, so its block is visible by now."""
+    compacted = stored_span_ids(conn, sorted({trace_id for trace_id, _ in inserted}))
+    if not compacted:
+        return inserted
+    again = [key for key in inserted if key[1] in compacted.get(key[0], ())]
+    delete_staged(conn, again)
+    return [key for key in inserted if key[1] not in compacted.get(key[0], ())]
+
+
 def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: int,
                 prepared: PreparedSpans | None = None, stored_rows: list | None = None) -> list[dict[str, Any]]:
     """Insert spans that are not stored yet; return exactly those newly inserted.
@@ -302,17 +314,15 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
     if prepared is None or prepared.received_ns != received_ns:
         prepared = PreparedSpans(spans_in, received_ns)
     keys, by_key, rows = prepared.keys, prepared.by_key, prepared.rows
-    compacted = stored_span_ids(conn, sorted({trace_id for trace_id, _ in keys}))
-    if compacted:  # redelivered spans of traces finalized since: already in their blocks
-        kept = [i for i, (trace_id, span_id) in enumerate(keys) if span_id not in compacted.get(trace_id, ())]
-        keys, rows = [keys[i] for i in kept], [rows[i] for i in kept]
-
     inserted: list[tuple[str, str]] = []
     step = _ROWS_PER_STATEMENT[conn.dialect.name]
     for start in range(0, len(rows), step):
         chunk = rows[start:start + step]
         result = conn.exec_driver_sql(_span_insert_sql(conn, len(chunk)), tuple(itertools.chain.from_iterable(chunk)))
         inserted.extend(tuple(row) for row in result.fetchall())
+    if not inserted:
+        return []
+    inserted = _not_compacted(conn, inserted)
     if not inserted:
         return []
 

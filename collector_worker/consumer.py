@@ -27,12 +27,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 
 from tracer.codec import CodecError, decode_entry
+from tracer.limits import SpanLimits
 from tracer.settings import Settings
 
 from . import finalizer
-from . import pricing, reports, sampling
+from . import pricing, reports, sampling, validation
 from .storage.engine import open_engine
-from .storage.writer import invalid_reason, prepare_spans, store_spans, take_write_lock, write_lock
+from .storage.writer import prepare_spans, store_spans, take_write_lock, write_lock
 
 log = logging.getLogger("contrail.collector")
 
@@ -271,6 +272,7 @@ class StreamConsumer:
         self.recent = finalizer.RecentSpans(RECENT_SPANS)
         # Traces leased for the next finalize pass in the write transaction of the last one (SQLite).
         self.ahead = finalizer.ClaimAhead()
+        self.limits = SpanLimits.from_settings(settings)  # what admit_span cuts every span to
 
     # ----------------------------------------------------------------- reading
     def read_new(self, wait: bool = True) -> list[Entry]:
@@ -369,7 +371,7 @@ class StreamConsumer:
             return
         rejected = [f"row {index}: {reason}" for index, reason in decoded.rejected]
         for index, span in enumerate(decoded.spans):
-            reason = invalid_reason(span)
+            reason = validation.admit_span(span, self.limits)  # times bounded, token counts checked, sizes cut
             if reason:
                 rejected.append(f"span {span.get('span_id')}: {reason}")
             else:
@@ -668,7 +670,7 @@ def _short(exc: BaseException | None) -> str:
 def _report(client: redis.Redis, settings: Settings) -> None:
     """This collector's counters next to the stream (collector_worker.reports), for the web app and doctor."""
     reports.write_collector_report(client, settings, reports.build_collector_report(
-        consumer_stats(), finalizer.counters(), sampling.counters()))
+        {**consumer_stats(), **validation.counters()}, finalizer.counters(), sampling.counters()))
 
 
 def run_consumer(settings: Settings, stop_event: threading.Event | None = None, engine: Engine | None = None,

@@ -33,7 +33,7 @@ from tracer.settings import Settings
 from . import finalizer
 from . import pricing, reports, sampling, validation
 from .storage.engine import open_engine
-from .storage.writer import prepare_spans, store_spans, take_write_lock, write_lock
+from .storage.writer import dropped_over_limit, prepare_spans, store_spans, take_write_lock, write_lock
 
 log = logging.getLogger("contrail.collector")
 
@@ -439,7 +439,8 @@ class StreamConsumer:
             with self.engine.begin() as conn:
                 new: list = []
                 for part_spans, part_ns, prepared, figures in parts:  # a span in two parts is new in the first only
-                    part_new = store_spans(conn, part_spans, part_ns, prepared=prepared, stored_rows=stored_rows)
+                    part_new = store_spans(conn, part_spans, part_ns, prepared=prepared, stored_rows=stored_rows,
+                                           trace_span_limit=self.settings.trace_span_limit)
                     if len(part_new) == len(prepared.keys):  # all new: the figures computed ahead are exact
                         figures.write(conn)
                     else:
@@ -670,7 +671,8 @@ def _short(exc: BaseException | None) -> str:
 def _report(client: redis.Redis, settings: Settings) -> None:
     """This collector's counters next to the stream (collector_worker.reports), for the web app and doctor."""
     reports.write_collector_report(client, settings, reports.build_collector_report(
-        {**consumer_stats(), **validation.counters()}, finalizer.counters(), sampling.counters()))
+        {**consumer_stats(), **validation.counters(), "trace_spans_dropped": dropped_over_limit["spans"]},
+        finalizer.counters(), sampling.counters()))
 
 
 def run_consumer(settings: Settings, stop_event: threading.Event | None = None, engine: Engine | None = None,

@@ -145,3 +145,29 @@ def test_a_span_of_200000_events_is_stored_with_the_event_limit(client, redis_ur
     assert len(stored["events"]) == 128
     assert stored["attributes"][DROPPED_EVENTS] == 200_000 - 128
     assert validation.counters()["span_events_dropped"] - before == 200_000 - 128
+
+
+def test_spans_of_a_trace_beyond_its_cap_are_dropped_counted_and_marked(client, redis_url, database_url, engine):
+    big, other = make_trace(15), make_trace(5, service="billing")
+    more = [dict(s, span_id=f"{i:016x}", name=f"late-{i}") for i, s in enumerate(make_trace(15), start=1)]
+    for s in more:
+        s["trace_id"], s["parent_span_id"] = big[0]["trace_id"], big[0]["span_id"]
+    publish(client, [big, more + other])
+    settings = settings_for(redis_url, database_url, trace_span_limit=20, report_interval=0.1)
+    with RunningConsumer(settings, engine):
+        wait_until(lambda: span_count(engine) == 25, timeout=60, message="25 spans stored")
+        wait_until(lambda: json.loads(client.hget("contrail:spans:collectors", "test-consumer") or "{}").get(
+            "trace_spans_dropped", 0) >= 10, message="the drops shown in the collector report")
+        with engine.connect() as conn:
+            wait_until(lambda: "truncated" in (conn.execute(select(schema.traces.c.warnings).where(
+                schema.traces.c.trace_id == big[0]["trace_id"])).scalar() or ""), message="the big trace finalized")
+            conn.rollback()
+    assert client.xlen(settings.dead_stream) == 0
+    with engine.connect() as conn:
+        kept = conn.execute(select(schema.spans.c.span_id).where(schema.spans.c.trace_id == big[0]["trace_id"])).all()
+        warnings = json.loads(conn.execute(select(schema.traces.c.warnings).where(
+            schema.traces.c.trace_id == big[0]["trace_id"])).scalar_one())
+    assert len(kept) == 20 and span_count(engine) == 25
+    assert "truncated" in [w["code"] for w in warnings]
+    [(count, _, _)] = _span_stats(engine, "billing", "root")
+    assert count == 1

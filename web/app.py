@@ -86,7 +86,10 @@ def create_app(config: Mapping[str, Any] | None = None, settings: Settings | Non
 
         settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items()})
 
+    from .json_provider import FiniteJSONProvider
+
     app = Flask("web", static_folder=None)
+    app.json = FiniteJSONProvider(app)  # NaN/Infinity never reach a client as bare tokens
     app.config.update(JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=settings.max_body_bytes)
     app.config.update(config)
     app.json.sort_keys = False

@@ -96,11 +96,12 @@ def create_app(config: Mapping[str, Any] | None = None, settings: Settings | Non
     app.extensions["contrail.settings"] = settings
     app.extensions["contrail.resources"] = Resources(settings)
 
-    from . import auth, errors, headers, metrics, otlp
+    from . import auth, body, errors, headers, metrics, otlp
     from .api import register_blueprints
 
     errors.register_error_handlers(app)
     headers.init_app(app)
+    body.init_app(app)
     metrics.init_app(app)  # first, so refused requests are timed too
     auth.init_app(app)
     app.register_blueprint(otlp.bp)

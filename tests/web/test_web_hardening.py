@@ -174,6 +174,11 @@ def test_slow_bodies_get_408_and_health_checks_still_answer(gunicorn_web):
                         data = sock.recv(65536)
                     except socket.timeout:
                         continue
+                    while data and not data.rstrip().endswith(b"}"):  # the JSON body may come separately
+                        more = sock.recv(65536)
+                        data += more
+                        if not more:
+                            break
                     replies.append(data)
                     return
             except OSError:
@@ -291,3 +296,29 @@ def test_status_does_not_leak_database_or_redis_details(make_app):
     for secret in ("secretrole", "secretdb", "127.0.0.1"):
         assert secret not in text, secret
     assert response.get_json()["database"].startswith("unavailable (")
+
+
+def test_slow_body_to_a_route_that_ignores_it_does_not_hold_the_thread(gunicorn_web):
+    """/healthz answers without reading a body; the server then reads it before the next request. A body
+    sent a byte at a time must be cut at the deadline there too, so the only thread is freed."""
+    base, _ = gunicorn_web("--workers", "1", "--threads", "1", CONTRAIL_BODY_READ_TIMEOUT="2s")
+    host, port = base.removeprefix("http://").split(":")
+    stop = threading.Event()
+
+    def trickle(sock):
+        try:
+            while not stop.wait(0.5):
+                sock.sendall(b"\x00")
+        except OSError:
+            return
+
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n")
+    thread = threading.Thread(target=trickle, args=(sock,), daemon=True)
+    thread.start()
+    try:
+        assert requests.get(base + "/healthz", timeout=10).status_code == 200
+    finally:
+        stop.set()
+        thread.join(10)
+        sock.close()

@@ -27,12 +27,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 
 from tracer.codec import REASON_CHARS, CodecError, decode_entry, encode_rejected
+from tracer.limits import SpanLimits
 from tracer.settings import Settings
 
 from . import finalizer
-from . import pricing, reports, sampling
+from . import pricing, reports, sampling, validation
 from .storage.engine import open_engine
-from .storage.writer import invalid_reason, prepare_spans, store_spans, take_write_lock, write_lock
+from .storage.writer import dropped_over_limit, prepare_spans, store_spans, take_write_lock, write_lock
 
 log = logging.getLogger("contrail.collector")
 
@@ -284,6 +285,7 @@ class StreamConsumer:
         self.recent = finalizer.RecentSpans(RECENT_SPANS)
         # Traces leased for the next finalize pass in the write transaction of the last one (SQLite).
         self.ahead = finalizer.ClaimAhead()
+        self.limits = SpanLimits.from_settings(settings)  # what admit_span cuts every span to
 
     # ----------------------------------------------------------------- reading
     def read_new(self, wait: bool = True) -> list[Entry]:
@@ -431,7 +433,7 @@ class StreamConsumer:
         entry.rejected_rows = decoded.rejected_rows
         entry.reject_reasons = [f"row {index}: {reason}" for index, reason in decoded.rejected]
         for index, span in enumerate(decoded.spans):
-            reason = invalid_reason(span)
+            reason = validation.admit_span(span, self.limits)  # times bounded, token counts checked, sizes cut
             if reason:
                 self._reject(entry, span, reason)
             else:
@@ -517,7 +519,8 @@ class StreamConsumer:
             with self.engine.begin() as conn:
                 new: list = []
                 for part_spans, part_ns, prepared, figures in parts:  # a span in two parts is new in the first only
-                    part_new = store_spans(conn, part_spans, part_ns, prepared=prepared, stored_rows=stored_rows)
+                    part_new = store_spans(conn, part_spans, part_ns, prepared=prepared, stored_rows=stored_rows,
+                                           trace_span_limit=self.settings.trace_span_limit)
                     if len(part_new) == len(prepared.keys):  # all new: the figures computed ahead are exact
                         figures.write(conn)
                     else:
@@ -765,7 +768,8 @@ def _short(exc: BaseException | None) -> str:
 def _report(client: redis.Redis, settings: Settings) -> None:
     """This collector's counters next to the stream (collector_worker.reports), for the web app and doctor."""
     reports.write_collector_report(client, settings, reports.build_collector_report(
-        consumer_stats(), finalizer.counters(), sampling.counters()))
+        {**consumer_stats(), **validation.counters(), "trace_spans_dropped": dropped_over_limit["spans"]},
+        finalizer.counters(), sampling.counters()))
 
 
 def run_consumer(settings: Settings, stop_event: threading.Event | None = None, engine: Engine | None = None,

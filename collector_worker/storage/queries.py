@@ -27,6 +27,9 @@ TOTAL_CAP = 1_000  # search counts matches up to this many; beyond it "total_cap
 BACKLINK_WINDOW_NS = 3600 * 10**9  # linking spans are looked for within an hour of the trace
 BACKLINK_SCAN_LIMIT = 50_000  # staged spans with links scanned at most per backlink lookup
 BACKLINK_TRACE_LIMIT = 2_000  # finalized traces read at most per backlink lookup (nearest in start time)
+# Spans in one answer for a trace: any stored trace (even one stored before ingest limits existed) is read
+# and answered in pages of at most this many spans; a larger trace is marked truncated and paged by offset.
+TRACE_PAGE_SPANS = 10_000
 
 
 class QueryError(ValueError):
@@ -150,7 +153,7 @@ def decode_cursor(cursor: str, sort: str) -> tuple[int, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         cursor_sort, value, trace_id = json.loads(raw)
         value = int(value)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):  # Infinity: OverflowError
         raise QueryError("cursor", "invalid cursor: pass next_cursor from a previous page unchanged") from None
     if not isinstance(trace_id, str) or not isinstance(cursor_sort, str) or abs(value) >= 2**63:
         raise QueryError("cursor", "invalid cursor: pass next_cursor from a previous page unchanged")
@@ -318,18 +321,38 @@ def _span_order(span: Mapping[str, Any]) -> tuple:
     return span["start_ns"], span["span_id"]
 
 
-def get_trace(conn: Connection, trace_id: str) -> dict[str, Any] | None:
-    """The full trace ``{trace_id, summary, spans, warnings}`` or None when unknown.
+def get_trace(conn: Connection, trace_id: str, offset: int = 0,
+              limit: int = TRACE_PAGE_SPANS) -> dict[str, Any] | None:
+    """The trace ``{trace_id, summary, spans, warnings}`` or None when unknown; at most ``limit`` spans.
 
-    Uses the assembly the finalizer stored; while a trace is still open (or a
-    late span has not been re-assembled yet) depth, self time and critical path
-    are computed on the fly so the trace can be shown as it grows.
+    Spans are ordered by start time; a trace of more than ``limit`` spans (or a
+    request with an ``offset``) answers one page: ``truncated`` is true,
+    ``total_spans`` says how many there are and ``next_offset`` where the next
+    page starts (null on the last). A whole trace uses the assembly the
+    finalizer stored; while a trace is still open (or a late span has not been
+    re-assembled yet) depth, self time and critical path are computed on the
+    fly so the trace can be shown as it grows. A page of a bigger trace shows
+    the stored assembly only.
     """
-    rows = block_store.trace_spans(conn, [trace_id]).get(trace_id)
-    if not rows:
+    limit = max(1, min(int(limit), TRACE_PAGE_SPANS))
+    offset = max(0, int(offset))
+    every = block_store.trace_spans(conn, [trace_id]).get(trace_id)
+    if not every:
         return None
-    rows.sort(key=_span_order)
+    every.sort(key=_span_order)
+    total = len(every)
+    paged = offset > 0 or total > limit
+    rows = every[offset:offset + limit] if paged else every
     trace_row = conn.execute(select(schema.traces).where(schema.traces.c.trace_id == trace_id)).mappings().first()
+    page = {"total_spans": int(total), "offset": offset, "limit": limit, "truncated": paged,
+            "next_offset": offset + len(rows) if paged and offset + len(rows) < total else None}
+    if paged:
+        summary = summary_from_row(trace_row) if trace_row is not None else _summary_of_page(trace_id, rows, every)
+        warnings = [w for w in _json(trace_row["warnings"], []) if isinstance(w, dict)] if trace_row else []
+        warnings.append({"code": "truncated", "message": f"{total} spans: this answer holds spans {offset} to "
+                         f"{offset + len(rows)} in start order; ask for the rest with ?offset="})
+        return {"trace_id": trace_id, "summary": summary, "spans": [span_to_api(r) for r in rows],
+                "warnings": warnings, **page}
     assembled = trace_row is not None and all(r["depth"] is not None for r in rows) \
         and int(trace_row["span_count"]) == len(rows)
     warnings: list[dict[str, Any]] = []
@@ -353,7 +376,17 @@ def get_trace(conn: Connection, trace_id: str) -> dict[str, Any] | None:
         if not warnings:
             warnings = _missing_parent_warnings(rows)
     return {"trace_id": trace_id, "summary": summary, "spans": [span_to_api(r) for r in rows],
-            "warnings": warnings}
+            "warnings": warnings, **page}
+
+
+def _summary_of_page(trace_id: str, rows: list[dict[str, Any]], every: list[dict[str, Any]]) -> dict[str, Any]:
+    """A provisional summary of a big unfinalized trace: counts and extent from all its spans, the rest
+    from the page (the root is the earliest span shown)."""
+    start, end = min(s["start_ns"] for s in every), max(s["end_ns"] for s in every)
+    summary = _summary_from_spans(trace_id, rows) if rows else {"trace_id": trace_id, "services": []}
+    summary.update(start_time=iso_time(start), start_ns=int(start), duration_ms=_ms(int(end) - int(start)),
+                   span_count=len(every), error_count=sum(1 for s in every if s.get("status_code") == "error"))
+    return summary
 
 
 def find_linking_traces(conn: Connection, trace_id: str, limit: int = 100) -> list[dict[str, Any]]:

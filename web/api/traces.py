@@ -10,6 +10,7 @@ from collector_worker.storage.queries import QueryError, TraceQuery
 from .. import params
 from ..app import current_resources
 from ..errors import bad_parameter, not_found
+from ..json_provider import finite
 
 bp = Blueprint("traces", __name__, url_prefix="/api/v1")
 
@@ -52,10 +53,11 @@ def search():
     return jsonify(result)
 
 
-def load_trace(trace_id: str, parameter: str = "trace_id") -> dict:
+def load_trace(trace_id: str, parameter: str = "trace_id", offset: int = 0,
+               limit: int = queries.TRACE_PAGE_SPANS) -> dict:
     trace_id = params.trace_id(parameter, trace_id)
     with current_resources().engine().connect() as conn:
-        trace = queries.get_trace(conn, trace_id)
+        trace = queries.get_trace(conn, trace_id, offset=offset, limit=limit)
     if trace is None:
         raise not_found(f"unknown trace {trace_id}")
     return trace
@@ -63,7 +65,10 @@ def load_trace(trace_id: str, parameter: str = "trace_id") -> dict:
 
 @bp.get("/traces/<trace_id>")
 def show(trace_id: str):
-    return jsonify(load_trace(trace_id))
+    """One trace; a trace of more than ``limit`` spans is answered in pages (``truncated``, ``next_offset``)."""
+    offset = params.integer("offset", 0, minimum=0, maximum=2**62)
+    limit = params.integer("limit", queries.TRACE_PAGE_SPANS, minimum=1, maximum=queries.TRACE_PAGE_SPANS)
+    return jsonify(load_trace(trace_id, offset=offset, limit=limit))
 
 
 @bp.get("/traces/<trace_id>/timeline")
@@ -92,7 +97,7 @@ def export(trace_id: str):
     from collector_worker.exporters import export_trace
 
     try:
-        mimetype, body = export_trace(trace, fmt, budget=budget, budget_unit=budget_unit)
+        mimetype, body = export_trace(finite(trace), fmt, budget=budget, budget_unit=budget_unit)
     except ValueError as exc:
         raise bad_parameter("format", str(exc)) from None
     response = Response(body, content_type=mimetype)

@@ -34,7 +34,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from . import dependencies, sampling, stats
 from .assembler import assemble
-from .storage import block_store, blocks, schema, search_keys
+from .storage import block_dictionary, block_store, blocks, schema, search_keys
 from .storage.writer import take_write_lock, write_lock
 
 log = logging.getLogger(__name__)
@@ -723,13 +723,18 @@ def prepare_batch(conn: Connection, settings: Any, claimed: list[tuple[str, int]
         if data is None:
             spans_by_trace[trace_id] = staged.get(trace_id, [])
             continue
-        old_postings[trace_id] = blocks.postings(data)
-        spans_by_trace[trace_id] = blocks.merge(blocks.decode(data), staged.get(trace_id, []))
+        old_spans = blocks.decode(data)
+        old_postings[trace_id] = block_store.postings_of(conn, old_spans)
+        spans_by_trace[trace_id] = blocks.merge(old_spans, staged.get(trace_id, []))
     batch = assemble_batch(settings, claimed, trace_ids, spans_by_trace, previous, now_ns)
     batch.staged = [(t, s["span_id"]) for t in trace_ids if t not in batch.kept for s in staged.get(t, ())]
     batch.old_postings = old_postings
     batch.old_numbers = {t: int(p["trace_no"]) for t, p in previous.items() if p.get("trace_no") is not None}
+    batch.dictionary = block_dictionary.for_encoding(conn)
     batch.encode(search_keys.lookup(conn, batch._names()))
+    if batch.samples:  # no dictionary yet: these blocks are what one is trained on
+        block_dictionary.add_samples(conn.engine, batch.samples)
+        batch.samples = []
     return batch
 
 
@@ -741,13 +746,12 @@ class FinalizedBatch:
     """
 
     __slots__ = ("claimed", "replaced", "trace_rows", "assembled", "dropped", "acc", "edges", "tombstones",
-                 "staged", "old_postings", "old_numbers", "kept", "blocks", "postings")
+                 "staged", "old_postings", "old_numbers", "kept", "blocks", "postings", "dictionary", "samples")
 
     def _names(self) -> set[str]:
         wanted: set[str] = set()
         for _, _, a in self.assembled:
-            wanted.update(name for svc, op, _ in a.operations for name in (svc[:255], op[:512]))
-            wanted.update(k for k, _, _ in a.tags)
+            wanted |= search_keys.names_in(a.operations, a.tags)
         return wanted
 
     def encode(self, ids: dict[str, int]) -> None:
@@ -755,15 +759,14 @@ class FinalizedBatch:
         waiting = []
         for trace_id, spans, a in self.assembled:
             try:
-                ops = sorted({(ids[svc[:255]], ids[op[:512]], bool(err)) for svc, op, err in a.operations})
-                tags = sorted({(ids[k], search_keys.tag_hash(v)) for k, v, _ in a.tags})
-                numbers = sorted({(ids[k], float(n)) for k, _, n in a.tags if n is not None})
+                self.postings[trace_id] = search_keys.postings(a.operations, a.tags, ids)
             except KeyError:  # a name never seen: added by the write transaction
                 waiting.append((trace_id, spans, a))
                 continue
-            posted = [[list(o) for o in ops], [list(t) for t in tags], [list(n) for n in numbers]]
-            self.postings[trace_id] = posted
-            self.blocks[trace_id] = blocks.encode(spans, a.depth, a.self_time_ns, a.critical_path, posted)
+            body = blocks.pack(spans, a.depth, a.self_time_ns, a.critical_path)
+            self.blocks[trace_id] = blocks.compress(body, self.dictionary)
+            if self.dictionary is None:
+                self.samples.append(body)
         self.assembled = waiting
 
     def write(self, conn: Connection, consumer_name: str) -> None:
@@ -771,6 +774,8 @@ class FinalizedBatch:
         _check_leases(conn, consumer_name, self.claimed)
         if self.assembled:  # traces with names new to the database: add them, in this transaction
             self.encode(search_keys.add_names(conn, self._names()))
+        if self.blocks:
+            block_dictionary.store(conn, self.dictionary)
         _write(conn, self)
         _insert_many(conn, schema.dropped_traces, _TOMBSTONE_COLUMNS, self.tombstones)
         self.acc.flush(conn)
@@ -833,6 +838,7 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
     batch.assembled, batch.dropped, batch.acc, batch.edges = assembled, dropped, acc, edges
     batch.tombstones, batch.kept = tombstones, kept
     batch.staged, batch.old_postings, batch.old_numbers, batch.blocks, batch.postings = [], {}, {}, {}, {}
+    batch.dictionary, batch.samples = None, []
     return batch
 
 

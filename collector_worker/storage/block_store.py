@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from sqlalchemy.engine import Connection
 
-from . import blocks, schema
+from . import block_dictionary, blocks, schema, search_keys
 
 _CHUNK = 500
 _STAGING_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns",
@@ -43,6 +43,7 @@ def read_blocks(conn: Connection, trace_nos: list[int]) -> dict[int, bytes]:
                 f"SELECT trace_no, data FROM {schema.trace_blocks.name} WHERE trace_no IN {_in(conn, len(chunk))}",
                 tuple(chunk)):
             out[int(no)] = bytes(data)
+    block_dictionary.load(conn, out.values())
     return out
 
 
@@ -95,8 +96,20 @@ def stored_span_ids(conn: Connection, trace_ids: list[str]) -> dict[str, set[str
     return {by_no[no]: blocks.span_ids(data) for no, data in read_blocks(conn, list(by_no)).items()}
 
 
+def postings_of(conn: Connection, spans: list[dict[str, Any]]) -> list[list] | None:
+    """The search postings a block's trace wrote, derived from its spans as the finalizer derived them."""
+    from collector_worker.assembler import assemble  # assembly is pure; storage only borrows it here
+
+    a = assemble(spans)
+    try:
+        return search_keys.postings(a.operations, a.tags,
+                                    search_keys.lookup(conn, search_keys.names_in(a.operations, a.tags)))
+    except KeyError:  # a name never stored: that trace never wrote postings with it
+        return None
+
+
 def delete_finalized(conn: Connection, traces: list[tuple[int, Any]]) -> None:
-    """Delete the blocks and search postings of ``(trace_no, postings)`` (postings as the block recorded).
+    """Delete the blocks and search postings of ``(trace_no, postings)`` (postings from :func:`postings_of`).
 
     The ``traces`` rows themselves are the caller's to delete.
     """
@@ -136,7 +149,8 @@ def delete_traces(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
     """Delete finalized traces whole (summary, block, postings, staging rows); rows deleted per table."""
     numbers = trace_numbers(conn, trace_ids)
     found = read_blocks(conn, list(numbers.values()))
-    delete_finalized(conn, [(no, blocks.postings(found[no]) if no in found else None) for no in numbers.values()])
+    delete_finalized(conn, [(no, postings_of(conn, blocks.decode(found[no])) if no in found else None)
+                            for no in numbers.values()])
     deleted = {"traces": 0, "spans": 0, "trace_blocks": len(found)}
     for chunk in _chunks(sorted(set(trace_ids))):
         where = f"WHERE trace_id IN {_in(conn, len(chunk))}"
@@ -150,8 +164,11 @@ def all_spans(conn: Connection) -> list[dict[str, Any]]:
     """Every stored span row: each block's spans, then every staging row (a redelivered span staged beside
     its block shows twice until the finalizer merges it). For checks and small exports, not for search."""
     out: list[dict[str, Any]] = []
-    for (data,) in conn.exec_driver_sql(f"SELECT data FROM {schema.trace_blocks.name} ORDER BY trace_no"):
-        out.extend(blocks.decode(bytes(data)))
+    found = [bytes(data) for (data,) in conn.exec_driver_sql(
+        f"SELECT data FROM {schema.trace_blocks.name} ORDER BY trace_no")]
+    block_dictionary.load(conn, found)
+    for data in found:
+        out.extend(blocks.decode(data))
     columns = ",".join(_STAGING_COLUMNS)
     out.extend(dict(zip(_STAGING_COLUMNS, row))
                for row in conn.exec_driver_sql(f"SELECT {columns} FROM {schema.spans.name}"))

@@ -4,8 +4,9 @@ A block is ``zstd(msgpack([...]))`` of one trace's spans in columns: span and
 parent ids as bytes and indexes, times as offsets from the trace's first
 start, service / name / kind / status / scope strings through a string table
 of the block, resources once per distinct resource, the assembly results
-(depth, self time, critical path) beside them, and the search postings the
-trace wrote (so a re-finalization or retention deletes exactly those rows).
+(depth, self time, critical path) beside them. The search postings a trace
+wrote are derived from its spans again when they must be deleted
+(``block_store.postings_of``), so they are not stored twice.
 
 Spans come out as the same row dicts the ``spans`` staging table yields
 (``trace_id, span_id, parent_span_id, service, name, kind, start_ns, end_ns,
@@ -29,18 +30,40 @@ LEVEL = 3  # zstd level: blocks are small, higher levels buy little and cost the
 _local = threading.local()
 
 
-def _compressor() -> zstandard.ZstdCompressor:
-    found = getattr(_local, "compressor", None)
+# Trained zstd dictionaries by dictionary id (see block_dictionary.py); a block's frame names its own.
+dictionaries: dict[int, zstandard.ZstdCompressionDict] = {}
+
+
+def _compressor(dictionary: zstandard.ZstdCompressionDict | None) -> zstandard.ZstdCompressor:
+    """A compressor of this thread for ``dictionary`` (compressors are not thread-safe; they are reused)."""
+    cache = getattr(_local, "compressors", None)
+    if cache is None:
+        cache = _local.compressors = {}
+    key = dictionary.dict_id() if dictionary is not None else 0
+    found = cache.get(key)
     if found is None:
-        found = _local.compressor = zstandard.ZstdCompressor(level=LEVEL)
+        found = cache[key] = zstandard.ZstdCompressor(level=LEVEL, dict_data=dictionary) if dictionary is not None \
+            else zstandard.ZstdCompressor(level=LEVEL)
     return found
 
 
-def _decompressor() -> zstandard.ZstdDecompressor:
-    found = getattr(_local, "decompressor", None)
+def dictionary_id(data: bytes) -> int:
+    """The id of the dictionary a block was compressed with (0: none)."""
+    return zstandard.get_frame_parameters(data).dict_id
+
+
+def _decompress(data: bytes) -> bytes:
+    dict_id = dictionary_id(data)
+    cache = getattr(_local, "decompressors", None)
+    if cache is None:
+        cache = _local.decompressors = {}
+    found = cache.get(dict_id)
     if found is None:
-        found = _local.decompressor = zstandard.ZstdDecompressor()
-    return found
+        if dict_id and dict_id not in dictionaries:
+            raise LookupError(f"trace block compressed with dictionary {dict_id}, which is not loaded")
+        found = cache[dict_id] = zstandard.ZstdDecompressor(dict_data=dictionaries[dict_id]) if dict_id \
+            else zstandard.ZstdDecompressor()
+    return found.decompress(data)
 
 
 def _default(value: Any) -> Any:
@@ -83,8 +106,19 @@ def _hex_ids(ids: list[Any]) -> bytes | None:
 
 
 def encode(spans: list[dict[str, Any]], depth: dict[str, int], self_time_ns: dict[str, int],
-           critical: set[str], postings: Any = None) -> bytes:
+           critical: set[str], dictionary: zstandard.ZstdCompressionDict | None = None) -> bytes:
     """One block of ``spans`` (row dicts or decoded spans, span ids unique) with their assembly results."""
+    return compress(pack(spans, depth, self_time_ns, critical), dictionary)
+
+
+def compress(body: bytes, dictionary: zstandard.ZstdCompressionDict | None = None) -> bytes:
+    """A packed block body compressed (with ``dictionary`` when given; its id goes into the frame)."""
+    return _compressor(dictionary).compress(body)
+
+
+def pack(spans: list[dict[str, Any]], depth: dict[str, int], self_time_ns: dict[str, int],
+         critical: set[str]) -> bytes:
+    """The uncompressed msgpack body of a block (what dictionaries are trained on)."""
     strings: list[Any] = []
     refs: dict[Any, int] = {}
 
@@ -134,12 +168,12 @@ def encode(spans: list[dict[str, Any]], depth: dict[str, int], self_time_ns: dic
     packed_ids = _hex_ids(ids)
     body = [FORMAT, spans[0]["trace_id"], base, strings, resources, packed_ids if packed_ids is not None else ids,
             parents, services, names, kinds, statuses, messages, starts, durations, attributes, events, links,
-            resource_col, scopes, received, depths, selfs, crit, postings]
-    return _compressor().compress(msgpack.packb(body, default=_default, use_bin_type=True))
+            resource_col, scopes, received, depths, selfs, crit]
+    return msgpack.packb(body, default=_default, use_bin_type=True)
 
 
 def _unpack(data: bytes) -> list:
-    body = msgpack.unpackb(_decompressor().decompress(data), raw=False, strict_map_key=False)
+    body = msgpack.unpackb(_decompress(data), raw=False, strict_map_key=False)
     if not body or body[0] != FORMAT:
         raise ValueError(f"unknown trace block format {body[0] if body else None!r}")
     return body
@@ -148,7 +182,7 @@ def _unpack(data: bytes) -> list:
 def decode(data: bytes) -> list[dict[str, Any]]:
     """The spans of a block as row dicts (attributes, events, links and resource parsed)."""
     (_, trace_id, base, strings, resources, ids, parents, services, names, kinds, statuses, messages, starts,
-     durations, attributes, events, links, resource_col, scopes, received, depths, selfs, crit, _) = _unpack(data)
+     durations, attributes, events, links, resource_col, scopes, received, depths, selfs, crit) = _unpack(data)
     if isinstance(ids, bytes):
         hexed = ids.hex()
         ids = [hexed[i:i + 16] for i in range(0, len(hexed), 16)]
@@ -170,11 +204,6 @@ def decode(data: bytes) -> list[dict[str, Any]]:
             "depth": depths[i], "self_time_ns": selfs[i], "critical_path": crit[i],
         })
     return out
-
-
-def postings(data: bytes) -> Any:
-    """The search postings stored with a block (what its trace wrote into the search tables)."""
-    return _unpack(data)[-1]
 
 
 def span_ids(data: bytes) -> set[str]:

@@ -111,6 +111,15 @@ trace_blocks = Table(
     Column("data", LargeBinary, nullable=False),
 )
 
+# zstd dictionaries trained on this database's blocks (block_dictionary.py); a block names its own. Never deleted.
+block_dictionaries = Table(
+    "block_dictionaries",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),  # the zstd dictionary id
+    Column("data", LargeBinary, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+)
+
 # Strings the search postings refer to by number: service, operation and tag key names. Never deleted.
 names = Table(
     "names",

@@ -88,3 +88,22 @@ def names_of(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
         out.update((int(r[0]), r[1]) for r in conn.exec_driver_sql(
             f"SELECT id, name FROM {names.name} WHERE id IN ({marks})", tuple(chunk)))
     return out
+
+
+def postings(operations, tags, ids: dict[str, int]) -> list[list]:
+    """A trace's search postings ``[ops, tags, numbers]`` from its assembly's operations and tags.
+
+    ops are ``[service_id, operation_id, error]``, tags ``[key_id, value_hash]``, numbers
+    ``[key_id, value]``; raises KeyError when a name has no id in ``ids``.
+    """
+    ops = sorted({(ids[svc[:255]], ids[op[:512]], bool(err)) for svc, op, err in operations})
+    hashed = sorted({(ids[k], tag_hash(v)) for k, v, _ in tags})
+    numbers = sorted({(ids[k], float(n)) for k, _, n in tags if n is not None})
+    return [[list(o) for o in ops], [list(t) for t in hashed], [list(n) for n in numbers]]
+
+
+def names_in(operations, tags) -> set[str]:
+    """The names :func:`postings` needs ids of."""
+    wanted = {name for svc, op, _ in operations for name in (svc[:255], op[:512])}
+    wanted.update(k for k, _, _ in tags)
+    return wanted

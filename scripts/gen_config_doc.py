@@ -69,6 +69,8 @@ def show_default(value) -> str:
         return "—"
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
+    if isinstance(value, tuple):
+        return f"`{','.join(value)}`"
     text = str(value)
     home = os.path.expanduser("~")
     if text.startswith(home):

@@ -302,6 +302,13 @@ class TracingManager:
 
         return instrument_requests(self)
 
+    def trace_websocket(self, name: str | None = None, messages: str = "events") -> Any:
+        """Decorator for a Flask WebSocket handler (e.g. flask-sock): a span per connection, an event (or a
+        span, ``messages="spans"``) per message; see :mod:`tracer.websocket`."""
+        from .websocket import trace_websocket
+
+        return trace_websocket(self, name, messages)
+
     def agent_run(self, name: str, **kwargs: Any) -> Any:
         from . import ai
 

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from typing import IO, Any, Sequence
+from typing import IO, Any, Callable, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -187,6 +187,7 @@ class ExporterProcessor(SpanProcessor):
     def __init__(self, exporter: CountingExporter, settings: Settings):
         self.exporter = exporter
         self.received = 0
+        self._shut = False
         self.batch = BatchSpanProcessor(
             exporter, max_queue_size=settings.max_queue_size, schedule_delay_millis=settings.schedule_delay * 1000,
             max_export_batch_size=settings.max_export_batch_size, export_timeout_millis=settings.export_timeout * 1000)
@@ -200,15 +201,33 @@ class ExporterProcessor(SpanProcessor):
             self.batch.on_end(span)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.batch.force_flush(timeout_millis)
+        """Export what is queued; False if that takes longer than ``timeout_millis`` (the SDK's own flush
+        ignores its timeout, and a hanging endpoint must not hold up the caller)."""
+        return _bounded(lambda: self.batch.force_flush(timeout_millis), timeout_millis)
 
-    def shutdown(self) -> None:
-        self.batch.shutdown()
+    def shutdown(self, timeout_millis: int = 5000) -> None:
+        """Export what is left within ``timeout_millis``, then stop; an export still hanging is abandoned."""
+        if self._shut:
+            return
+        self._shut = True
+        _bounded(lambda: self.batch.shutdown() or True, timeout_millis)
 
     def info(self) -> dict[str, Any]:
         """received - exported - failed = spans still queued or dropped because the queue was full."""
         return {"received": self.received, "exported": self.exporter.exported, "failed": self.exporter.failed,
                 "last_error": self.exporter.last_error}
+
+
+def _bounded(work: Callable[[], bool], timeout_millis: float) -> bool:
+    """Run ``work`` in a daemon thread; True when it returned True within the timeout."""
+    done = threading.Event()
+
+    def run() -> None:
+        if work():
+            done.set()
+
+    threading.Thread(target=run, name="contrail-exporter-wait", daemon=True).start()
+    return done.wait(timeout_millis / 1000)
 
 
 def build_exporter(name: str, settings: Settings) -> SpanExporter:

@@ -284,6 +284,8 @@ class TracingManager:
             return
         if self._processor is not None:
             self._processor.shutdown(timeout)
+        for processor in self._exporters.values():
+            processor.shutdown(int(timeout * 1000))
         self.tracer_provider.shutdown()
 
     # ------------------------------------------------------------ integrations (lazy imports)

@@ -26,13 +26,14 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 
-from tracer.codec import CodecError, decode_entry
+from tracer.codec import REASON_CHARS, CodecError, decode_entry, encode_rejected
+from tracer.limits import SpanLimits
 from tracer.settings import Settings
 
 from . import finalizer
-from . import pricing, reports, sampling
+from . import pricing, reports, sampling, validation
 from .storage.engine import open_engine
-from .storage.writer import invalid_reason, prepare_spans, store_spans, take_write_lock, write_lock
+from .storage.writer import dropped_over_limit, prepare_spans, store_spans, take_write_lock, write_lock
 
 log = logging.getLogger("contrail.collector")
 
@@ -59,6 +60,7 @@ TRIM_EVERY = 5.0  # seconds between stream trims
 STALE_CONSUMER_MS = 24 * 3600 * 1000  # a consumer idle this long, holding nothing, is a stopped collector's
 PRUNE_EVERY = 600.0  # seconds between looks for such consumers
 DEAD_STREAM_MAXLEN = 100_000  # dead letters kept (approximate cap, oldest go first)
+TRIAL_TTL = 24 * 3600  # seconds the marks of entries tried alone are kept (see StreamConsumer._try_alone)
 STORE_ATTEMPTS = 3  # tries of a batch while the database answers, before entries are tried one by one
 MAX_BACKOFF = 30.0
 RETENTION_BATCH = 2000
@@ -96,10 +98,22 @@ class Entry:
     deliveries: int = 1
     spans: list[dict[str, Any]] = field(default_factory=list)
     dead_reason: str | None = None
+    # Spans of a readable entry that cannot be stored: they alone are dead-lettered (one record per entry).
+    rejected_rows: list[Any] = field(default_factory=list)  # raw rows the codec refused
+    rejected_spans: list[dict[str, Any]] = field(default_factory=list)  # decoded spans refused after decoding
+    reject_reasons: list[str] = field(default_factory=list)
+    resources: list[Any] = field(default_factory=list)  # the entry's raw resources, for its rejected rows
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _printable(text: str) -> str:
+    """``text`` cut to REASON_CHARS and made encodable (a lone surrogate would make Redis refuse the write)."""
+    if len(text) > REASON_CHARS:
+        text = text[:REASON_CHARS] + f"... ({len(text)} characters)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _successor(entry_id: str) -> str:
@@ -271,6 +285,7 @@ class StreamConsumer:
         self.recent = finalizer.RecentSpans(RECENT_SPANS)
         # Traces leased for the next finalize pass in the write transaction of the last one (SQLite).
         self.ahead = finalizer.ClaimAhead()
+        self.limits = SpanLimits.from_settings(settings)  # what admit_span cuts every span to
 
     # ----------------------------------------------------------------- reading
     def read_new(self, wait: bool = True) -> list[Entry]:
@@ -333,6 +348,15 @@ class StreamConsumer:
             return
         if entries is not self.held:
             _count("entries_read", len(entries))
+        over = [e for e in entries if e.fields and e.deliveries > self.settings.max_deliveries]
+        if over:
+            entries = [e for e in entries if not (e.fields and e.deliveries > self.settings.max_deliveries)]
+            for index, entry in enumerate(over):
+                self.held = over[index:] + entries  # what stays in hand if this one cannot be stored now
+                self._try_alone(entry)
+            self.held = []
+            if not entries:
+                return
         self.held = entries
         for entry in entries:
             self._decode(entry)
@@ -354,30 +378,75 @@ class StreamConsumer:
         entries.extend(more)
         return [e for e in more if e.spans]
 
+    def _try_alone(self, entry: Entry) -> None:
+        """An entry delivered more than ``max_deliveries`` times, processed on its own.
+
+        Collectors that stopped while holding a batch (killed, out of memory)
+        left every entry of it with a high delivery count, though perhaps only
+        one of them stopped them. So each is tried alone, marked in Redis while
+        in hand; the one a collector stopped on is found marked next time and
+        dead-lettered, the others of its batches are stored as usual.
+        """
+        marks = self.trial_marks
+        if self.redis.sismember(marks, entry.id):
+            entry.spans, entry.dead_reason = [], (
+                f"delivered {entry.deliveries} times; a collector stopped while it was tried alone")
+            self._acknowledge([entry])
+            self.redis.srem(marks, entry.id)
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(marks, entry.id)
+        pipe.expire(marks, TRIAL_TTL)
+        pipe.execute()
+        try:
+            self._decode(entry)
+            self._store([entry])
+            self._acknowledge([entry])
+        finally:  # stored, or an error that is no stop (database down): the entry is retried unmarked
+            self.redis.srem(marks, entry.id)
+
+    @property
+    def trial_marks(self) -> str:
+        """The Redis set of entries a collector of the group is trying alone (see :meth:`_try_alone`)."""
+        return f"{self.settings.stream}:{self.settings.consumer_group}:on-trial"
+
     def _decode(self, entry: Entry) -> None:
+        """Decode an entry; whatever the exception, that entry alone is dead-lettered with it as the reason."""
+        entry.rejected_rows, entry.rejected_spans, entry.reject_reasons, entry.resources = [], [], [], []
+        try:
+            self._read_spans(entry)
+        except Exception as exc:  # noqa: BLE001 - one entry never costs another entry or the process
+            log.exception("entry %s could not be read", entry.id)
+            entry.spans, entry.dead_reason = [], f"unreadable entry: {type(exc).__name__}: {exc}"
+
+    def _read_spans(self, entry: Entry) -> None:
         entry.spans, entry.dead_reason = [], None
         if entry.fields is None or not entry.fields:
             entry.dead_reason = None  # deleted from the stream while pending: nothing to do
-            return
-        if entry.deliveries > self.settings.max_deliveries:
-            entry.dead_reason = f"delivered {entry.deliveries} times"
             return
         try:
             decoded = decode_entry(entry.fields)
         except CodecError as exc:
             entry.dead_reason = str(exc)
             return
-        rejected = [f"row {index}: {reason}" for index, reason in decoded.rejected]
+        entry.resources = decoded.resources
+        entry.rejected_rows = decoded.rejected_rows
+        entry.reject_reasons = [f"row {index}: {reason}" for index, reason in decoded.rejected]
         for index, span in enumerate(decoded.spans):
-            reason = invalid_reason(span)
+            reason = validation.admit_span(span, self.limits)  # times bounded, token counts checked, sizes cut
             if reason:
-                rejected.append(f"span {span.get('span_id')}: {reason}")
+                self._reject(entry, span, reason)
             else:
                 entry.spans.append(span)
-        if rejected:
-            _count("spans_rejected", len(rejected))
-            shown = "; ".join(rejected[:10]) + (f"; ... {len(rejected) - 10} more" if len(rejected) > 10 else "")
-            entry.dead_reason = f"rejected {len(rejected)} of {len(rejected) + len(entry.spans)} spans: {shown}"
+        if decoded.rejected:
+            _count("spans_rejected", len(decoded.rejected))
+
+    @staticmethod
+    def _reject(entry: Entry, span: dict[str, Any], reason: str) -> None:
+        """Set one decoded span of ``entry`` aside for its dead letter; the rest of the entry goes on."""
+        entry.rejected_spans.append(span)
+        entry.reject_reasons.append(f"span {span.get('span_id')}: {reason}")
+        _count("spans_rejected")
 
     def _store(self, entries: list[Entry], read_ahead: bool = False) -> None:
         """Store the spans of all entries in one transaction.
@@ -414,9 +483,22 @@ class StreamConsumer:
             except _TRANSIENT as exc:
                 raise StorageUnavailable(_short(exc)) from exc
             except Exception as exc:
-                log.exception("entry %s could not be stored; dead-lettering it", entry.id)
-                entry.spans = []
-                entry.dead_reason = f"storage refused the entry: {type(exc).__name__}: {_short(exc)}"
+                log.warning("entry %s could not be stored (%s); storing its spans one by one", entry.id, _short(exc))
+                self._store_span_by_span(entry)
+
+    def _store_span_by_span(self, entry: Entry) -> None:
+        """Store an entry the database refused span by span; only the spans it refuses are dead-lettered."""
+        spans, entry.spans = entry.spans, []
+        for span in spans:
+            try:
+                self._store_together([Entry(entry.id, None, spans=[span])])
+            except _TRANSIENT as exc:
+                entry.spans = spans  # retried whole (storage is idempotent); its refusals are found again
+                raise StorageUnavailable(_short(exc)) from exc
+            except Exception as exc:
+                self._reject(entry, span, f"storage refused the span: {type(exc).__name__}: {_short(exc)}")
+            else:
+                entry.spans.append(span)
 
     def _store_together(self, batch: list[Entry], read_ahead: Any = None) -> None:
         spans = [span for entry in batch for span in entry.spans]
@@ -437,7 +519,8 @@ class StreamConsumer:
             with self.engine.begin() as conn:
                 new: list = []
                 for part_spans, part_ns, prepared, figures in parts:  # a span in two parts is new in the first only
-                    part_new = store_spans(conn, part_spans, part_ns, prepared=prepared, stored_rows=stored_rows)
+                    part_new = store_spans(conn, part_spans, part_ns, prepared=prepared, stored_rows=stored_rows,
+                                           trace_span_limit=self.settings.trace_span_limit)
                     if len(part_new) == len(prepared.keys):  # all new: the figures computed ahead are exact
                         figures.write(conn)
                     else:
@@ -465,6 +548,10 @@ class StreamConsumer:
                 pipe.xadd(self.settings.dead_stream, self._dead_letter(entry), maxlen=DEAD_STREAM_MAXLEN,
                           approximate=True)
                 dead += 1
+            elif entry.reject_reasons:
+                pipe.xadd(self.settings.dead_stream, self._spans_dead_letter(entry), maxlen=DEAD_STREAM_MAXLEN,
+                          approximate=True)
+                dead += 1
         pipe.xack(self.settings.stream, self.settings.consumer_group, *[e.id for e in entries])
         pipe.execute()
         _count("acked", len(entries))
@@ -473,19 +560,32 @@ class StreamConsumer:
             for entry in entries:
                 if entry.dead_reason is not None and entry.fields:
                     log.warning("entry %s dead-lettered to %s: %s", entry.id, self.settings.dead_stream,
-                                entry.dead_reason)
+                                _printable(entry.dead_reason))
+                elif entry.reject_reasons:
+                    log.warning("%d spans of entry %s dead-lettered to %s: %s", len(entry.reject_reasons), entry.id,
+                                self.settings.dead_stream, _printable("; ".join(entry.reject_reasons[:3])))
 
     def _dead_letter(self, entry: Entry) -> dict[Any, Any]:
-        fields: dict[Any, Any] = {
-            "reason": entry.dead_reason or "",
-            "source_id": entry.id,
-            "consumer": self.name,
-            "deliveries": str(entry.deliveries),
-            "dead_ns": str(time.time_ns()),
-        }
+        """The dead letter of a whole entry: its reason and its original fields (names kept as bytes)."""
+        fields = self._letter(entry, entry.dead_reason or "", "entry")
         for key, value in (entry.fields or {}).items():
-            fields["orig_" + _text(key)] = value
+            name = b"orig_" + bytes(key) if isinstance(key, (bytes, bytearray)) else "orig_" + _printable(str(key))
+            fields[name] = value if isinstance(value, (bytes, bytearray)) else _printable(str(value))
         return fields
+
+    def _spans_dead_letter(self, entry: Entry) -> dict[Any, Any]:
+        """The dead letter of the spans of an entry that cannot be stored: just those, re-encoded as an entry."""
+        reasons = entry.reject_reasons
+        shown = "; ".join(reasons[:10]) + (f"; ... {len(reasons) - 10} more" if len(reasons) > 10 else "")
+        total = len(reasons) + len(entry.spans)
+        fields = self._letter(entry, f"rejected {len(reasons)} of {total} spans: {shown}", "spans")
+        for key, value in encode_rejected(entry.rejected_rows, entry.resources, entry.rejected_spans).items():
+            fields[b"orig_" + key] = value
+        return fields
+
+    def _letter(self, entry: Entry, reason: str, scope: str) -> dict[Any, Any]:
+        return {"reason": _printable(reason), "scope": scope, "source_id": entry.id, "consumer": self.name,
+                "deliveries": str(entry.deliveries), "dead_ns": str(time.time_ns())}
 
     # ----------------------------------------------------------------- periodic work
     def finalize(self, pipeline: "finalizer.WritePipeline | None" = None) -> int:
@@ -668,7 +768,8 @@ def _short(exc: BaseException | None) -> str:
 def _report(client: redis.Redis, settings: Settings) -> None:
     """This collector's counters next to the stream (collector_worker.reports), for the web app and doctor."""
     reports.write_collector_report(client, settings, reports.build_collector_report(
-        consumer_stats(), finalizer.counters(), sampling.counters()))
+        {**consumer_stats(), **validation.counters(), "trace_spans_dropped": dropped_over_limit["spans"]},
+        finalizer.counters(), sampling.counters()))
 
 
 def run_consumer(settings: Settings, stop_event: threading.Event | None = None, engine: Engine | None = None,

@@ -11,10 +11,10 @@ import json
 from collections import defaultdict
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from .stats import RESOLUTIONS, bucket_of, upsert_rows
+from .stats import RESOLUTIONS, bucket_of, sum_of, upsert_rows
 from .storage import schema
 
 EdgeKey = tuple[int, int, str, str, str]  # (resolution, bucket, caller, callee, kind)
@@ -159,7 +159,8 @@ def query_dependencies(conn: Connection, start_ns: int, end_ns: int) -> list[dic
     start_s, end_s = int(start_ns) // 1_000_000_000, int(end_ns) // 1_000_000_000
     resolution = 3600 if end_s - start_s >= 86400 else 60
     d = schema.dependencies
-    q = (select(d.c.caller, d.c.callee, d.c.kind, func.sum(d.c.calls), func.sum(d.c.errors), func.sum(d.c.total_ns))
+    q = (select(d.c.caller, d.c.callee, d.c.kind, sum_of(conn, d.c.calls), sum_of(conn, d.c.errors),
+                sum_of(conn, d.c.total_ns))
          .where(d.c.resolution == resolution, d.c.bucket >= bucket_of(int(start_ns), resolution), d.c.bucket < end_s)
          .group_by(d.c.caller, d.c.callee, d.c.kind)
          .order_by(d.c.caller, d.c.callee, d.c.kind))

@@ -750,6 +750,11 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
             log.exception("cannot assemble trace %s; its spans stay stored unassembled", trace_id)
             continue
         summary = a.summary
+        cap = getattr(settings, "trace_span_limit", None)
+        if cap and len(spans) >= cap:  # ingest stops storing spans of the trace there (writer.store_spans)
+            summary["warnings"] = [*summary["warnings"], {
+                "code": "truncated", "message": f"the trace reached trace_span_limit ({cap} spans); "
+                "later spans of it were dropped"}]
         if old is not None:
             acc.add("trace", old["root_service"], old["root_operation"], int(old["start_ns"]),
                     int(old["duration_ns"]), int(old["error_count"]) > 0, weight=-1)

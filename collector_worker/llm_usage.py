@@ -11,6 +11,7 @@ collectors can write concurrently and totals stay exact.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
@@ -19,10 +20,13 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
 from . import pricing
-from .stats import additive_upsert
+from .stats import additive_upsert, sum_of
 from .storage.schema import llm_usage
 
 RESOLUTIONS = (60, 3600)
+# Largest token count of one call taken as real: context windows are millions of tokens, so a billion is
+# absurd; counts beyond it (or not finite) are ignored, so no sum of them can approach a 64-bit integer.
+MAX_TOKENS = 10**9
 GROUP_BY = {"model": "model", "user": "user_id", "agent": "agent", "service": "service"}
 
 # Operation names of the GenAI semantic conventions that are model calls.
@@ -33,6 +37,7 @@ _OUTPUT_KEYS = ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", 
 _CACHE_KEYS = ("gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens",
                "llm.token_count.prompt_details.cache_read")
 _TOTAL_KEYS = ("gen_ai.usage.total_tokens", "llm.token_count.total")
+TOKEN_KEYS = frozenset(_INPUT_KEYS + _OUTPUT_KEYS + _CACHE_KEYS + _TOTAL_KEYS)
 _MODEL_KEYS = ("gen_ai.response.model", "gen_ai.request.model", "llm.model_name")
 _PROVIDER_KEYS = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
 _USER_KEYS = ("user.id", "enduser.id")
@@ -50,15 +55,22 @@ def _first(attrs: Mapping[str, Any], keys: Iterable[str]) -> Any:
     return None
 
 
-def _tokens(value: Any) -> int | None:
-    """A token count from an attribute value; None when absent or not a number."""
+def token_count(value: Any) -> int | None:
+    """A token count from an attribute value; None when absent, not a finite number, negative or above
+    :data:`MAX_TOKENS` (``"inf"``, ``1e30``: never an exception)."""
     if value is None or isinstance(value, bool):
         return None
-    try:
-        number = int(float(value))
-    except (TypeError, ValueError):
-        return None
-    return number if number >= 0 else None
+    if type(value) is int:
+        number = value
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if not math.isfinite(number):
+            return None
+        number = int(number)
+    return number if 0 <= number <= MAX_TOKENS else None
 
 
 def _text(value: Any, limit: int = 255) -> str:
@@ -77,9 +89,9 @@ def llm_call_of(span: Mapping[str, Any]) -> dict[str, Any] | None:
     attrs = span.get("attributes") or {}
     if not isinstance(attrs, Mapping):
         return None
-    input_tokens = _tokens(_first(attrs, _INPUT_KEYS))
-    output_tokens = _tokens(_first(attrs, _OUTPUT_KEYS))
-    total_tokens = _tokens(_first(attrs, _TOTAL_KEYS))
+    input_tokens = token_count(_first(attrs, _INPUT_KEYS))
+    output_tokens = token_count(_first(attrs, _OUTPUT_KEYS))
+    total_tokens = token_count(_first(attrs, _TOTAL_KEYS))
     operation = str(attrs.get("gen_ai.operation.name") or "").lower()
     openinference_llm = str(attrs.get("openinference.span.kind") or "").upper() == "LLM"
     has_usage = input_tokens is not None or output_tokens is not None or total_tokens is not None
@@ -91,7 +103,7 @@ def llm_call_of(span: Mapping[str, Any]) -> dict[str, Any] | None:
         input_tokens = max(0, total_tokens - output_tokens)
     elif output_tokens is None and total_tokens is not None and input_tokens is not None:
         output_tokens = max(0, total_tokens - input_tokens)
-    cache_read = _tokens(_first(attrs, _CACHE_KEYS)) or 0
+    cache_read = token_count(_first(attrs, _CACHE_KEYS)) or 0
     status = span.get("status_code", span.get("status"))
     start_ns = int(span.get("start_ns") or 0)
     end_ns = int(span.get("end_ns") or start_ns)
@@ -125,6 +137,8 @@ def aggregate_usage(new_spans: Iterable[Mapping[str, Any]], table: pricing.Price
         if call is None:
             continue
         cost = table.cost(call["model"], call["input_tokens"], call["output_tokens"], call["cache_read_tokens"])
+        if not math.isfinite(cost):  # a price table with absurd prices: the sum must stay a number
+            cost = 0.0
         service = _text(span.get("service")) or "unknown_service"
         seconds = call["start_ns"] // 1_000_000_000
         for resolution in RESOLUTIONS:
@@ -181,9 +195,9 @@ def query_usage(conn: Connection, start_ns: int, end_ns: int, group_by: str = "m
     end_s = int(end_ns) // 1_000_000_000
     column = getattr(llm_usage.c, GROUP_BY[group_by])
     point = (llm_usage.c.bucket - llm_usage.c.bucket % step_s).label("point")
-    measures = [func.sum(llm_usage.c.calls), func.sum(llm_usage.c.errors), func.sum(llm_usage.c.input_tokens),
-                func.sum(llm_usage.c.output_tokens), func.sum(llm_usage.c.cache_read_tokens),
-                func.sum(llm_usage.c.cost), func.sum(llm_usage.c.total_ns)]
+    measures = [sum_of(conn, llm_usage.c[name]) for name in ("calls", "errors", "input_tokens", "output_tokens",
+                                                             "cache_read_tokens")]
+    measures += [func.sum(llm_usage.c.cost), sum_of(conn, llm_usage.c.total_ns)]
     where = and_(llm_usage.c.resolution == resolution,
                  llm_usage.c.bucket > start_s - resolution, llm_usage.c.bucket <= end_s)
     result = conn.execute(

@@ -20,7 +20,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy import select
+from sqlalchemy import Integer, func, select
 from sqlalchemy.engine import Connection
 
 from .storage import schema
@@ -184,6 +184,20 @@ class Accumulator:
 _STAT_COLUMNS = ("scope", "resolution", "bucket", "service", "operation", "count", "error_count", "total_ns", "max_ns")
 _HIST_COLUMNS = ("scope", "resolution", "bucket", "service", "operation", "bin", "count")
 _upserts: dict[tuple, str] = {}
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+
+
+def _saturating_add(name: str, column: str) -> str:
+    """``name.column + excluded.column`` held within a signed 64-bit integer (BIGINT) instead of overflowing.
+
+    PostgreSQL raises on overflow (and refused every later write to the bucket); SQLite turns the sum
+    into an inexact REAL. The bound is tested before adding, so no intermediate value overflows either;
+    CASE evaluates its branches in order on both databases.
+    """
+    old, new = f'{name}."{column}"', f'excluded."{column}"'
+    return (f"CASE WHEN {new} > 0 AND {old} > {INT64_MAX} - {new} THEN {INT64_MAX} "
+            f"WHEN {new} < 0 AND {old} < {INT64_MIN} - {new} THEN {INT64_MIN} ELSE {old} + {new} END")
 
 
 def _upsert_sql(dialect: str, paramstyle: str, table, columns: tuple[str, ...], add: tuple[str, ...],
@@ -192,6 +206,7 @@ def _upsert_sql(dialect: str, paramstyle: str, table, columns: tuple[str, ...], 
 
     Written as plain SQL for the driver's executemany: building the statement
     through the expression layer costs more per row than the database work.
+    Integer columns add with saturation (:func:`_saturating_add`), so no bucket can overflow.
     """
     key = (dialect, paramstyle, table.name, columns, add, maximum)
     sql = _upserts.get(key)
@@ -199,7 +214,8 @@ def _upsert_sql(dialect: str, paramstyle: str, table, columns: tuple[str, ...], 
         mark = "?" if paramstyle == "qmark" else "%s"
         greatest = "greatest" if dialect == "postgresql" else "max"  # SQLite's two-argument max() is scalar
         name = f'"{table.name}"'
-        sets = [f'"{c}" = {name}."{c}" + excluded."{c}"' for c in add]
+        sets = [f'"{c}" = ' + (_saturating_add(name, c) if _is_integer(table, c) else f'{name}."{c}" + excluded."{c}"')
+                for c in add]
         sets += [f'"{c}" = {greatest}({name}."{c}", excluded."{c}")' for c in maximum]
         keys = ", ".join(f'"{c.name}"' for c in table.primary_key.columns)
         cols = ", ".join(f'"{c}"' for c in columns)
@@ -211,14 +227,41 @@ def _upsert_sql(dialect: str, paramstyle: str, table, columns: tuple[str, ...], 
     return sql
 
 
+def _is_integer(table, column: str) -> bool:
+    return isinstance(table.c[column].type, Integer)
+
+
+def saturate(value: int) -> int:
+    """``value`` held within a signed 64-bit integer."""
+    return INT64_MAX if value > INT64_MAX else INT64_MIN if value < INT64_MIN else value
+
+
+def _within_int64(rows: list[tuple], positions: list[int]) -> list[tuple]:
+    """``rows`` with the integers at ``positions`` saturated (sums built in Python are unbounded)."""
+    def out_of_range(row: tuple) -> bool:
+        return any(type(row[i]) is int and not INT64_MIN <= row[i] <= INT64_MAX for i in positions)
+
+    if not any(out_of_range(row) for row in rows):  # the usual case: nothing to copy
+        return rows
+    return [tuple(saturate(v) if i in positions and type(v) is int else v for i, v in enumerate(row))
+            if out_of_range(row) else row for row in rows]
+
+
 def upsert_rows(conn: Connection, table, columns: Iterable[str], rows: list[tuple], add: Iterable[str],
                 maximum: Iterable[str] = ()) -> None:
     """Additive upsert of value tuples in ``columns`` order (the fast form of :func:`additive_upsert`)."""
     if not rows:
         return
-    sql = _upsert_sql(conn.dialect.name, conn.dialect.paramstyle, table, tuple(columns), tuple(add),
-                      tuple(maximum))
+    columns, add, maximum = tuple(columns), tuple(add), tuple(maximum)
+    sql = _upsert_sql(conn.dialect.name, conn.dialect.paramstyle, table, columns, add, maximum)
+    rows = _within_int64(rows, [columns.index(c) for c in add + maximum if _is_integer(table, c)])
     conn.exec_driver_sql(sql, rows)
+
+
+def sum_of(conn: Connection, column):
+    """SUM of an integer column that cannot overflow when read: SQLite's sum() raises on 64-bit overflow,
+    its total() does not (a float, exact below 2**53); PostgreSQL sums BIGINT as numeric."""
+    return func.total(column) if conn.dialect.name == "sqlite" else func.sum(column)
 
 
 def additive_upsert(conn: Connection, table, rows: list[dict], add: Iterable[str],

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -19,6 +20,13 @@ from tests.support.servers import (  # noqa: E402
 )
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Fuzz suites without explicit example counts run the short "ci" profile; `--hypothesis-profile=slow` (or
+# HYPOTHESIS_PROFILE=slow) runs them longer outside CI.
+_FUZZ_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+settings.register_profile("ci", max_examples=30, deadline=None, suppress_health_check=_FUZZ_CHECKS)
+settings.register_profile("slow", max_examples=600, deadline=None, suppress_health_check=_FUZZ_CHECKS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

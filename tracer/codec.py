@@ -36,6 +36,10 @@ ENCODINGS = ("msgpack", "msgpack+zlib", "json")
 KINDS = ("internal", "server", "client", "producer", "consumer")
 STATUS_CODES = ("unset", "ok", "error")
 COMPRESS_ABOVE = 64 * 1024  # bytes of msgpack after which zlib pays for itself
+# Most bytes a msgpack+zlib entry may inflate to; beyond it the entry is refused (a compression bomb: 1 GB of
+# zeros compresses to 1 MB). A full batch of 512 spans at the default attribute limits is far below it.
+MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+REASON_CHARS = 1000  # longest reason kept for one entry or span (values quoted in it are cut)
 
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 _SPAN_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -52,6 +56,8 @@ class CodecError(ValueError):
 class DecodedEntry:
     spans: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (row index, reason)
+    rejected_rows: list[Any] = field(default_factory=list)  # the raw rows of ``rejected``, in the same order
+    resources: list[Any] = field(default_factory=list)  # the batch's raw resources, to re-encode rejected rows
 
 
 def is_trace_id(value: Any) -> bool:
@@ -126,6 +132,48 @@ def encode_spans(spans: Iterable[Mapping[str, Any]], encoding: str = "msgpack") 
     return encode_batch(rows, resources, encoding)
 
 
+def encode_rejected(rows: Sequence[Any], resources: Sequence[Any], spans: Sequence[Mapping[str, Any]] = ()
+                    ) -> dict[bytes, bytes]:
+    """Rows an entry could not use (with that entry's raw resources) and decoded spans storage refused, as
+    the fields of one stream entry: the dead letter of just those spans, to fix and add back.
+
+    Never raises, whatever the rows hold: what msgpack cannot carry (ints beyond 64 bits, lone surrogates)
+    is written as JSON, and what JSON cannot carry either as its ``repr`` (encoding ``repr``).
+    """
+    try:
+        rows, resources = list(rows), list(resources)
+        for span in spans:
+            resources.append([span.get("service"), span.get("resource") or {}])
+            rows.append(_row_of(span, len(resources) - 1))
+        payload: Any = {"resources": resources, "spans": rows}
+        count = len(rows)
+    except Exception:  # noqa: BLE001 - spans that are not mappings after all: kept as they are
+        payload, count = {"resources": resources, "spans": rows, "decoded": spans}, len(rows) + len(spans)
+    try:
+        data, encoding = msgpack.packb(payload, use_bin_type=True, default=_msgpack_default), "msgpack"
+    except Exception:  # noqa: BLE001
+        try:
+            data, encoding = json.dumps(payload, separators=(",", ":"), default=repr).encode(), "json"
+        except Exception:  # noqa: BLE001
+            try:
+                data = repr(payload).encode("utf-8", "backslashreplace")
+            except Exception as exc:  # noqa: BLE001 - e.g. nested too deep even for repr
+                data = f"unrepresentable rows: {type(exc).__name__}".encode()
+            encoding = "repr"
+    return {b"v": str(FORMAT_VERSION).encode(), b"enc": encoding.encode(), b"n": str(count).encode(),
+            b"data": data}
+
+
+def _row_of(span: Mapping[str, Any], resource_index: int) -> list[Any]:
+    """A decoded span as a positional row again, its values as they are (no conversion that could raise)."""
+    get = span.get
+    return [get("trace_id"), get("span_id"), get("parent_span_id"), get("name"), get("kind"), get("start_ns"),
+            get("end_ns"), get("status_code"), get("status_message"), resource_index, get("attributes"),
+            [[e.get("name"), e.get("time_ns"), e.get("attributes")] for e in get("events") or ()],
+            [[link.get("trace_id"), link.get("span_id"), link.get("attributes")] for link in get("links") or ()],
+            get("scope")]
+
+
 def _freeze(value: Any) -> Any:
     if isinstance(value, Mapping):
         return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
@@ -162,38 +210,66 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
 
 
-def decode_entry(fields: Mapping[Any, Any]) -> DecodedEntry:
+def decode_entry(fields: Mapping[Any, Any], max_decompressed: int = MAX_DECOMPRESSED_BYTES) -> DecodedEntry:
     """Decode one stream entry into span dicts.
 
     Raises :class:`CodecError` when the entry as a whole is unreadable (unknown
-    version or encoding, corrupt data, count mismatch). Rows that are
-    individually invalid are listed in ``rejected`` with a reason.
+    version or encoding, corrupt data, count mismatch, data inflating beyond
+    ``max_decompressed`` bytes), and nothing else whatever the fields hold.
+    Rows that are individually invalid are listed in ``rejected`` with a reason.
     """
+    try:
+        return _decode_entry(fields, max_decompressed)
+    except CodecError:
+        raise
+    except Exception as exc:  # whatever an entry holds, it fails alone and with a reason
+        raise CodecError(_cut(f"unreadable entry: {type(exc).__name__}: {exc}")) from None
+
+
+def _cut(reason: str) -> str:
+    return reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS] + f"... ({len(reason)} characters)"
+
+
+def _inflate(data: bytes, limit: int) -> bytes:
+    """zlib data decompressed, refusing more than ``limit`` bytes without ever holding more."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, limit + 1)
+    if len(out) > limit:
+        raise CodecError(f"msgpack+zlib data inflates beyond {limit} bytes")
+    if not inflater.eof:
+        raise CodecError("cannot decode msgpack+zlib data: incomplete or truncated zlib stream")
+    return out
+
+
+def _decode_entry(fields: Mapping[Any, Any], max_decompressed: int) -> DecodedEntry:
     version, encoding, count, data = (_field(fields, k) for k in ("v", "enc", "n", "data"))
     if version is None or encoding is None or data is None:
         raise CodecError("missing field: an entry needs v, enc, n and data")
     try:
         version_number = int(_text(version))
-    except ValueError:
-        raise CodecError(f"unreadable format version {version!r}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise CodecError(_cut(f"unreadable format version {version!r}")) from None
     if version_number != FORMAT_VERSION:
         raise CodecError(f"unsupported format version {version_number} (this collector reads {FORMAT_VERSION})")
-    encoding = _text(encoding)
+    try:
+        encoding = _text(encoding)
+    except UnicodeDecodeError:
+        raise CodecError(_cut(f"unknown encoding {encoding!r}")) from None
     if isinstance(data, str):
-        data = data.encode()
+        data = data.encode("utf-8", "surrogatepass")
     try:
         if encoding == "json":
             payload = json.loads(data)
         elif encoding in ("msgpack", "msgpack+zlib"):
             if encoding == "msgpack+zlib":
-                data = zlib.decompress(data)
+                data = _inflate(data, max_decompressed)
             payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
         else:
-            raise CodecError(f"unknown encoding {encoding!r}")
+            raise CodecError(_cut(f"unknown encoding {encoding!r}"))
     except CodecError:
         raise
     except Exception as exc:  # corrupt bytes: msgpack, zlib and json each raise their own types
-        raise CodecError(f"cannot decode {encoding} data: {type(exc).__name__}: {exc}") from None
+        raise CodecError(_cut(f"cannot decode {encoding} data: {type(exc).__name__}: {exc}")) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("spans"), list):
         raise CodecError("batch is not a mapping with a 'spans' list")
     resources = payload.get("resources") or []
@@ -203,11 +279,11 @@ def decode_entry(fields: Mapping[Any, Any]) -> DecodedEntry:
     if count is not None:
         try:
             expected = int(_text(count))
-        except ValueError:
-            raise CodecError(f"unreadable span count {count!r}") from None
+        except (ValueError, UnicodeDecodeError):
+            raise CodecError(_cut(f"unreadable span count {count!r}")) from None
         if expected != len(rows):
             raise CodecError(f"span count mismatch: header says {expected}, batch holds {len(rows)}")
-    entry = DecodedEntry()
+    entry = DecodedEntry(resources=resources)
     spans, rejected = entry.spans, entry.rejected
     append = spans.append
     # (service, resource) per resource index, from the first row of the entry that used it: the spans of
@@ -234,8 +310,8 @@ def decode_entry(fields: Mapping[Any, Any]) -> DecodedEntry:
                                       for e in events] if events else []
                     decoded_links = [{"trace_id": str(link[0]), "span_id": str(link[1]),
                                       "attributes": dict(link[2] or {})} for link in links] if links else []
-                except (TypeError, ValueError, IndexError, KeyError):
-                    pass  # _decode_row below rejects the row with the same error
+                except Exception:  # noqa: BLE001 - _decode_row below rejects the row with the same error
+                    pass
                 else:
                     append({
                         "trace_id": trace_id,
@@ -257,8 +333,10 @@ def decode_entry(fields: Mapping[Any, Any]) -> DecodedEntry:
                     continue
         try:
             span = _decode_row(row, resources)
-        except (CodecError, TypeError, ValueError, IndexError, KeyError) as exc:
-            rejected.append((index, str(exc) or type(exc).__name__))
+        except Exception as exc:  # a row holding anything at all (inf, nan, huge ints) is rejected alone
+            rejected.append((index, _cut(str(exc) if isinstance(exc, CodecError) else
+                                         f"{type(exc).__name__}: {exc}")))
+            entry.rejected_rows.append(row)
             continue
         resource_index = row[9]
         if type(resource_index) is int and resource_index not in shared:

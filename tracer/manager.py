@@ -229,7 +229,7 @@ class TracingManager:
             "sample_rate": self.settings.sample_rate,
             "spans_started": 0, "spans_exported": 0, "spans_dropped": 0, "spans_sampled_out": 0,
             "spans_queued": 0, "spans_spooled": 0, "batches_exported": 0, "spool_bytes": 0,
-            "export_errors": 0, "last_export_error": None,
+            "export_errors": 0, "last_export_error": None, "spool_records_corrupt": 0, "last_spool_error": None,
         }
         if self._processor is not None:
             info.update(self._processor.info())

@@ -21,14 +21,20 @@ from typing import Any, Iterable
 
 # The counters a report carries; all cumulative since the process started tracing.
 COUNTERS = ("spans_started", "spans_exported", "spans_dropped", "spans_dropped_queue_full",
-            "spans_dropped_spool_full", "spans_sampled_out", "spans_spooled", "export_errors")
+            "spans_dropped_spool_full", "spans_dropped_spool_error", "spans_sampled_out", "spans_spooled",
+            "spool_records_corrupt", "export_errors")
 STALE_AFTER_S = 24 * 3600  # reports older than this are pruned by readers
 
 
 COLLECTOR_COUNTERS = ("entries_read", "spans_stored", "duplicates_skipped", "spans_rejected", "dead_lettered",
                       "claimed", "traces_finalized", "traces_refinalized", "traces_tail_kept",
                       "traces_tail_dropped", "traces_late_dropped", "traces_leases_lost", "db_errors",
-                      "redis_errors")
+                      "redis_errors",
+                      # ingest bounds (collector_worker.validation): spans refused or changed on admission
+                      "span_times_rejected", "span_ends_clamped", "token_counts_ignored", "span_events_dropped",
+                      "span_links_dropped", "span_attributes_dropped", "attribute_values_truncated",
+                      # the per-trace span cap (trace_span_limit)
+                      "trace_spans_dropped")
 
 
 def reports_key(stream: str, kind: str = "tracers") -> str:

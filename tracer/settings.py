@@ -112,7 +112,8 @@ class Settings:
     spool_dir: str | None = field(default=None, metadata=_opt(
         "CONTRAIL_SPOOL_DIR", _opt_str, "Disk spool for batches while Redis is down (default <data_dir>/spool)."))
     spool_max_bytes: int = field(default=256 * 1024 * 1024, metadata=_opt(
-        "CONTRAIL_SPOOL_MAX_BYTES", parse_size, "Spool size bound; beyond it batches are dropped and counted."))
+        "CONTRAIL_SPOOL_MAX_BYTES", parse_size, "Spool size bound for the whole spool directory (every process "
+        "sharing it counts); beyond it batches are dropped and counted."))
     report_interval: float = field(default=10.0, metadata=_opt(
         "CONTRAIL_REPORT_INTERVAL", _seconds, "How often a tracing process (or collector) writes its counters "
         "(exported, dropped, sampled out; stored, tail-sampled) to '<stream>:tracers' ('<stream>:collectors') "

@@ -27,11 +27,13 @@ STREAM_GAUGES = {
 TRACER_GAUGES = {  # per service, summed over the processes' reports (tracer.reporting)
     "instances": "Processes of the service that reported in the last day.",
     "spans_exported": "Spans the service's processes exported to the stream.",
-    "spans_dropped": "Spans the service's processes dropped (queue full or spool full).",
+    "spans_dropped": "Spans the service's processes dropped (queue full, spool full or spool write error).",
     "spans_dropped_queue_full": "Spans dropped because the in-memory queue was full.",
     "spans_dropped_spool_full": "Spans dropped because the disk spool was full.",
+    "spans_dropped_spool_error": "Spans dropped because the disk refused a spool write or cut it short.",
     "spans_sampled_out": "Spans left out by head sampling.",
     "spans_spooled": "Spans written to the disk spool while Redis was unreachable.",
+    "spool_records_corrupt": "Damaged spool records skipped on replay (checksum or framing).",
     "export_errors": "Failed exports to Redis.",
 }
 

@@ -49,7 +49,9 @@ SCHEMAS: dict[str, Any] = {
     "Warning": _obj({"code": STR, "message": STR}, {"span_id": NULLABLE_STR}),
     "Trace": _obj({"trace_id": TRACE_ID, "summary": _ref("TraceSummary"),
                    "spans": {"type": "array", "items": _ref("Span")},
-                   "warnings": {"type": "array", "items": _ref("Warning")}}),
+                   "warnings": {"type": "array", "items": _ref("Warning")},
+                   "total_spans": INT, "offset": INT, "limit": INT, "truncated": {"type": "boolean"},
+                   "next_offset": {"type": ["integer", "null"]}}),
     "TraceList": _obj({"traces": {"type": "array", "items": _ref("TraceSummary")}, "total": INT,
                        "next_cursor": NULLABLE_STR}, {"total_capped": {"type": "boolean"}}),
     "TimelineEvent": _obj({"type": {"enum": ["span_start", "span_end", "event", "error"]}, "time_ns": INT,
@@ -88,7 +90,8 @@ SCHEMAS: dict[str, Any] = {
         "instance": STR, "service": STR, "host": STR, "pid": INT, "time_ns": INT, "spans_started": INT,
         "spans_exported": INT, "spans_dropped": INT, "spans_dropped_queue_full": INT,
         "spans_dropped_spool_full": INT, "spans_sampled_out": INT, "spans_spooled": INT, "export_errors": INT,
-        "spool_pending": {"type": "boolean"}}, {"last_export_error": NULLABLE_STR})}}),
+        "spool_pending": {"type": "boolean"}},
+        {"last_export_error": NULLABLE_STR, "spans_dropped_spool_error": INT, "spool_records_corrupt": INT})}}),
     "AgentTraces": _obj({"traces": {"type": "array", "items": _obj({
         "trace_id": TRACE_ID, "start_ns": INT, "duration_ms": {"type": ["number", "null"]},
         "agent": NULLABLE_STR, "success": {"type": "boolean"},
@@ -162,7 +165,12 @@ def _get(summary: str, ok: str | None, parameters: list, *errors: int, ok_conten
 
 PATHS: dict[str, Any] = {
     "/api/v1/traces": _get("Search traces", "TraceList", SEARCH_PARAMS, 400),
-    "/api/v1/traces/{trace_id}": _get("One trace with all spans", "Trace", [TRACE_ID_PARAM], 400, 404),
+    "/api/v1/traces/{trace_id}": _get(
+        "One trace; more than limit spans are answered in pages (truncated, total_spans, next_offset)", "Trace",
+        [TRACE_ID_PARAM,
+         _param("offset", "First span of the page, in start order.", {"type": "integer", "minimum": 0, "default": 0}),
+         _param("limit", "Spans per page.", {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10000})],
+        400, 404),
     "/api/v1/traces/{trace_id}/timeline": _get("The trace as time-ordered events", "Timeline",
                                                [TRACE_ID_PARAM], 400, 404),
     "/api/v1/traces/{trace_id}/backlinks": _get("Traces whose spans link to this trace", "Backlinks",

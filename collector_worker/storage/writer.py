@@ -278,7 +278,8 @@ def prepare_spans(spans_in: list[dict[str, Any]], received_ns: int) -> PreparedS
 
 
 def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: int,
-                prepared: PreparedSpans | None = None, stored_rows: list | None = None) -> list[dict[str, Any]]:
+                prepared: PreparedSpans | None = None, stored_rows: list | None = None,
+                trace_span_limit: int | None = None) -> list[dict[str, Any]]:
     """Insert spans that are not stored yet; return exactly those newly inserted.
 
     Runs inside the caller's transaction. The statements are written as plain
@@ -292,6 +293,10 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
     ``received_ns``) skips building the rows here. ``stored_rows``, when given,
     receives ``(row, span)`` for every newly inserted span: the row as stored
     (``SPAN_COLUMNS`` order) and the decoded span it came from.
+
+    ``trace_span_limit``, when given, caps the spans stored per trace: new spans
+    of a trace beyond it are taken out again (:func:`over_trace_limit`) and are
+    neither returned nor counted; ``dropped_over_limit`` counts them.
     """
     if not spans_in:
         return []
@@ -309,6 +314,10 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
         inserted.extend(tuple(row) for row in result.fetchall())
     if not inserted:
         return []
+    if trace_span_limit is not None:
+        inserted = over_trace_limit(conn, inserted, by_key, trace_span_limit)
+        if not inserted:
+            return []
 
     trace_ids = sorted({trace_id for trace_id, _ in inserted})
     for chunk in _chunks(trace_ids, 10000):
@@ -324,3 +333,37 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
     if stored_rows is not None:
         stored_rows.extend((row, by_key[key]) for key, row in zip(keys, rows) if key in new_keys)
     return [by_key[key] for key in keys if key in new_keys]
+
+
+_dropped_lock = threading.Lock()
+dropped_over_limit = {"spans": 0}  # spans of traces past trace_span_limit, in this process
+
+
+def over_trace_limit(conn: Connection, inserted: list[tuple[str, str]], by_key: dict,
+                     limit: int) -> list[tuple[str, str]]:
+    """``inserted`` without the spans that took their trace past ``limit`` spans; those are deleted again.
+
+    One grouped count over the primary key of the traces just written; it finds
+    nothing in the usual case. Of a trace's new spans, the latest starting ones
+    go (what was stored before stays).
+    """
+    p = _placeholder(conn)
+    over: dict[str, int] = {}
+    trace_ids = sorted({trace_id for trace_id, _ in inserted})
+    for chunk in _chunks(trace_ids, 1000):
+        sql = (f"SELECT trace_id, count(*) FROM {spans.name} WHERE trace_id IN ({','.join([p] * len(chunk))}) "
+               f"GROUP BY trace_id HAVING count(*) > {p}")
+        over.update((row[0], int(row[1]) - limit) for row in conn.exec_driver_sql(sql, (*chunk, int(limit))))
+    if not over:
+        return inserted
+    drop: set[tuple[str, str]] = set()
+    for trace_id, excess in over.items():
+        new = sorted((key for key in inserted if key[0] == trace_id),
+                     key=lambda key: (by_key[key]["start_ns"], key[1]))
+        drop.update(new[len(new) - min(excess, len(new)):])
+    for chunk in _chunks(sorted(drop), 1000):
+        conn.exec_driver_sql(f"DELETE FROM {spans.name} WHERE " + " OR ".join(
+            [f"(trace_id = {p} AND span_id = {p})"] * len(chunk)), tuple(itertools.chain.from_iterable(chunk)))
+    with _dropped_lock:
+        dropped_over_limit["spans"] += len(drop)
+    return [key for key in inserted if key not in drop]

@@ -137,7 +137,7 @@ def test_spool_skips_live_owner_and_torn_tail(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         record = msgpack.packb(_entry(1), use_bin_type=True)
-        frame = len(record).to_bytes(4, "big") + record
+        frame = len(record).to_bytes(4, "big") + record  # segments from before checksums: still replayed
         (tmp_path / f"{1:020d}-{sleeper.pid}-000001.seg").write_bytes(frame)
         (tmp_path / f"{2:020d}-999999999-000001.seg").write_bytes(frame + frame[:10])  # dead owner, torn tail
         spool = DiskSpool(str(tmp_path), max_bytes=10**6)

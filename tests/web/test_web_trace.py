@@ -180,3 +180,26 @@ def test_unknown_routes_and_methods_are_json(client):
                              (client.delete("/api/v1/services"), 405), (client.get("/v1/traces"), 405)):
         assert response.status_code == status and response.is_json
         assert response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("finalize", [True, False])
+def test_a_trace_bigger_than_a_page_is_answered_in_bounded_pages(finalize, client, database_url):
+    """Any stored trace is answered in pages: truncated, the total, and offsets that return the rest."""
+    trace_id, base = new_trace_id(), 1_700_000_000 * 10**9
+    root = span(trace_id, "root", start_ns=base, duration_ms=100)
+    children = [span(trace_id, f"step-{i}", start_ns=base + (i + 1) * 1000, duration_ms=1, parent=root["span_id"])
+                for i in range(24)]
+    store(database_url, [root, *children], finalize=finalize)
+    whole = client.get(f"/api/v1/traces/{trace_id}").get_json()
+    assert (whole["truncated"], whole["total_spans"], whole["next_offset"], len(whole["spans"])) == (False, 25, None, 25)
+    seen, offset, pages = [], 0, 0
+    while offset is not None:
+        body = client.get(f"/api/v1/traces/{trace_id}?limit=10&offset={offset}").get_json()
+        assert body["truncated"] is True and body["total_spans"] == 25 and len(body["spans"]) <= 10
+        assert "truncated" in [w["code"] for w in body["warnings"]]
+        assert body["summary"]["span_count"] == 25
+        seen += [s["span_id"] for s in body["spans"]]
+        offset, pages = body["next_offset"], pages + 1
+    assert pages == 3 and seen == [s["span_id"] for s in whole["spans"]]
+    assert client.get(f"/api/v1/traces/{trace_id}?limit=10001").status_code == 400
+    assert client.get(f"/api/v1/traces/{trace_id}?offset=-1").status_code == 400

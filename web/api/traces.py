@@ -52,10 +52,11 @@ def search():
     return jsonify(result)
 
 
-def load_trace(trace_id: str, parameter: str = "trace_id") -> dict:
+def load_trace(trace_id: str, parameter: str = "trace_id", offset: int = 0,
+               limit: int = queries.TRACE_PAGE_SPANS) -> dict:
     trace_id = params.trace_id(parameter, trace_id)
     with current_resources().engine().connect() as conn:
-        trace = queries.get_trace(conn, trace_id)
+        trace = queries.get_trace(conn, trace_id, offset=offset, limit=limit)
     if trace is None:
         raise not_found(f"unknown trace {trace_id}")
     return trace
@@ -63,7 +64,10 @@ def load_trace(trace_id: str, parameter: str = "trace_id") -> dict:
 
 @bp.get("/traces/<trace_id>")
 def show(trace_id: str):
-    return jsonify(load_trace(trace_id))
+    """One trace; a trace of more than ``limit`` spans is answered in pages (``truncated``, ``next_offset``)."""
+    offset = params.integer("offset", 0, minimum=0, maximum=2**62)
+    limit = params.integer("limit", queries.TRACE_PAGE_SPANS, minimum=1, maximum=queries.TRACE_PAGE_SPANS)
+    return jsonify(load_trace(trace_id, offset=offset, limit=limit))
 
 
 @bp.get("/traces/<trace_id>/timeline")

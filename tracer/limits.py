@@ -105,6 +105,12 @@ def limit_span(span: dict[str, Any], limits: SpanLimits) -> Cut:
     for link in links:
         link["attributes"] = limit_attributes(link.get("attributes") or {}, limits, cut)
     span["links"] = links
+    mark_cut(span, cut)
+    return cut
+
+
+def mark_cut(span: dict[str, Any], cut: Cut) -> None:
+    """Add what was cut to the span's ``contrail.dropped.*`` / ``contrail.truncated.values`` attributes."""
     if cut:
         attributes = dict(span["attributes"])
         for name, count in ((DROPPED_EVENTS, cut.events), (DROPPED_LINKS, cut.links),
@@ -113,4 +119,3 @@ def limit_span(span: dict[str, Any], limits: SpanLimits) -> Cut:
                 attributes[name] = int(attributes.get(name) or 0) + count if isinstance(
                     attributes.get(name), int) else count
         span["attributes"] = attributes
-    return cut

@@ -192,6 +192,13 @@ class Settings:
         "CONTRAIL_INGEST_TOKEN", _opt_str, "Bearer token allowed to send spans only."))
     max_body_bytes: int = field(default=16 * 1024 * 1024, metadata=_opt(
         "CONTRAIL_MAX_BODY_BYTES", parse_size, "Larger request bodies are refused with 413."))
+    body_read_timeout: float = field(default=30.0, metadata=_opt(
+        "CONTRAIL_BODY_READ_TIMEOUT", _seconds, "A request body must arrive within this time; a slower one is "
+        "refused with 408, so slow clients cannot hold the web threads."))
+    web_allowed_hosts: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_WEB_ALLOWED_HOSTS", _opt_str, "Without a token: comma-separated extra Host names the web app "
+        "answers (loopback names and IP addresses are always answered; other names are refused against DNS "
+        "rebinding)."))
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

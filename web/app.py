@@ -86,18 +86,22 @@ def create_app(config: Mapping[str, Any] | None = None, settings: Settings | Non
 
         settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items()})
 
+    from .json_provider import FiniteJSONProvider
+
     app = Flask("web", static_folder=None)
+    app.json = FiniteJSONProvider(app)  # NaN/Infinity never reach a client as bare tokens
     app.config.update(JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=settings.max_body_bytes)
     app.config.update(config)
     app.json.sort_keys = False
     app.extensions["contrail.settings"] = settings
     app.extensions["contrail.resources"] = Resources(settings)
 
-    from . import auth, errors, headers, metrics, otlp
+    from . import auth, body, errors, headers, metrics, otlp
     from .api import register_blueprints
 
     errors.register_error_handlers(app)
     headers.init_app(app)
+    body.init_app(app)
     metrics.init_app(app)  # first, so refused requests are timed too
     auth.init_app(app)
     app.register_blueprint(otlp.bp)

@@ -3,8 +3,10 @@
 With no token configured everything is open (and ``contrail web`` binds to
 loopback). Loopback alone does not keep a web page in the user's browser out:
 a site whose DNS name is re-pointed at 127.0.0.1 ("DNS rebinding") becomes
-same-origin with the open API. So an open app bound to loopback answers only
-requests whose ``Host`` is a loopback name or address. With tokens: ``api_token`` may do anything, ``read_token`` only
+same-origin with the open API, and so does one whose name is re-pointed at a
+host's LAN address when the app is bound to all interfaces. So an open app,
+wherever it is bound, answers only requests whose ``Host`` is a loopback name,
+an IP address, or a name listed in ``web_allowed_hosts``. With tokens: ``api_token`` may do anything, ``read_token`` only
 GET the API and /metrics, ``ingest_token`` only POST /v1/traces. Liveness and
 readiness probes and the dashboard pages stay open; the dashboard asks for a
 token in the browser and sends it on its API calls.
@@ -39,27 +41,38 @@ def _scope_for(path: str, method: str) -> str | None:
     return None
 
 
-def _local_host(host: str) -> bool:
-    """Is a Host header (``name[:port]``, ``[v6]:port``) a loopback name or address?"""
+def _host_name(host: str) -> str:
+    """The name or address of a Host header (``name[:port]``, ``[v6]:port``), lower case, no trailing dot."""
     name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
-    name = name.strip("[]").rstrip(".").lower()
+    return name.strip("[]").rstrip(".").lower()
+
+
+def allowed_host(host: str, settings) -> bool:
+    """May an open (token-less) app answer a request for ``host``?
+
+    Loopback names, any IP address (a rebound page always sends its own DNS name, never an address),
+    the address the app is bound to and the names in ``web_allowed_hosts``.
+    """
+    name = _host_name(host)
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        ipaddress.ip_address(name)
+        return True
     except ValueError:
-        return False
+        pass
+    extra = {item.strip().rstrip(".").lower() for item in (settings.web_allowed_hosts or "").split(",")}
+    return bool(name) and (name == _host_name(settings.web_host) or name in extra)
 
 
 def check_request(settings) -> None:
     """Raise :class:`ApiError` 401/403 when the request lacks the right token (or, open, comes for another host)."""
     if not (settings.api_token or settings.read_token or settings.ingest_token):
-        from .server import is_loopback
-
-        if is_loopback(settings.web_host) and not _local_host(request.host or ""):
-            raise ApiError(403, f"this Contrail has no API token and serves loopback only, so it answers requests "
-                                f"for localhost, not for Host {request.host!r}; set CONTRAIL_API_TOKEN to serve "
-                                "other names", code="forbidden_host")
+        if not allowed_host(request.host or "", settings):
+            raise ApiError(403, f"this Contrail has no API token, so it answers requests for localhost, IP "
+                                f"addresses and CONTRAIL_WEB_ALLOWED_HOSTS only, not for Host {request.host!r} "
+                                "(a guard against DNS rebinding); set CONTRAIL_API_TOKEN or add the name to "
+                                "CONTRAIL_WEB_ALLOWED_HOSTS", code="forbidden_host")
         return
     scope = _scope_for(request.path, request.method)
     if scope is None:

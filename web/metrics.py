@@ -56,6 +56,10 @@ class Metrics:
         self.otlp_spans_rejected = Counter("contrail_otlp_spans_rejected",
                                            "Spans refused by the OTLP receiver (invalid ids or times).",
                                            registry=self.registry)
+        self.otlp_span_items_dropped = Counter(
+            "contrail_otlp_span_items_dropped", "Events, links and attributes the OTLP receiver dropped from spans "
+            "over the span limits, and string values it truncated (item=truncated_values).", ["item"],
+            registry=self.registry)
 
 
 class StreamHealthCollector:

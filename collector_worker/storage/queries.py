@@ -152,7 +152,7 @@ def decode_cursor(cursor: str, sort: str) -> tuple[int, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         cursor_sort, value, trace_id = json.loads(raw)
         value = int(value)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):  # Infinity: OverflowError
         raise QueryError("cursor", "invalid cursor: pass next_cursor from a previous page unchanged") from None
     if not isinstance(trace_id, str) or not isinstance(cursor_sort, str) or abs(value) >= 2**63:
         raise QueryError("cursor", "invalid cursor: pass next_cursor from a previous page unchanged")

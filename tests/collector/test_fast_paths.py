@@ -11,7 +11,7 @@ import pytest
 
 from collector_worker import assembler, dependencies, finalizer
 from collector_worker.storage.writer import _rows_of, prepare_spans, row_values
-from tracer.codec import _decode_row, decode_entry, encode_batch
+from tracer.codec import CodecError, _decode_row, decode_entry, encode_batch
 
 T, T2 = "ab" * 16, "cd" * 16
 A, B, C = "1" * 16, "2" * 16, "3" * 16
@@ -54,8 +54,10 @@ def reference(rows, resources):
     for index, r in enumerate(rows):
         try:
             spans.append(_decode_row(r, resources))
-        except (ValueError, TypeError, IndexError, KeyError) as exc:
-            rejected.append((index, str(exc) or type(exc).__name__))
+        except CodecError as exc:
+            rejected.append((index, str(exc)))
+        except Exception as exc:  # anything else is named with its type
+            rejected.append((index, f"{type(exc).__name__}: {exc}"))
     return spans, rejected
 
 

@@ -153,3 +153,13 @@ def test_every_contrail_service_other_than_web_overrides_the_image_healthcheck(c
             urls = health_urls(check["test"])
             port = bind_port(service["command"])
             assert all(p == port for p, _ in urls), f"{name}'s healthcheck polls a port it does not serve"
+
+
+def test_web_is_safe_by_default_a_token_is_required_and_nothing_is_open(compose):
+    """An open app on 0.0.0.0 can be read by any web page through DNS rebinding: the shipped file makes
+    `docker compose up` fail without CONTRAIL_API_TOKEN instead of running open."""
+    web = compose["services"]["web"]
+    assert "--insecure" not in web["command"]
+    token = str(web["environment"]["CONTRAIL_API_TOKEN"])
+    assert token.startswith("${CONTRAIL_API_TOKEN:?"), "the token must be required, not defaulted to empty"
+    assert all(str(port).startswith("127.0.0.1:") for port in web["ports"])

@@ -65,3 +65,36 @@ def serve():
     for server, thread in servers:
         server.shutdown()
         thread.join(5)
+
+
+@pytest.fixture
+def gunicorn_web(tmp_path, redis_url):
+    """``contrail web`` under the real gunicorn server; call with extra CONTRAIL_* env and CLI args, get
+    (base URL, process). Stopped at the end of the test."""
+    import os
+    import subprocess
+    import sys
+
+    import requests
+
+    from tests.support.servers import stop_process
+
+    processes = []
+
+    def start(*args: str, **env: str):
+        port = free_port()
+        environ = {**os.environ, "CONTRAIL_DATA_DIR": str(tmp_path), "CONTRAIL_API_TOKEN": "",
+                   "HOME": str(tmp_path), "CONTRAIL_STREAM": f"contrail:web:{tmp_path.name}", **env}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "collector_worker.cli", "web", "--port", str(port), *args,
+             "--database-url", environ.get("CONTRAIL_DATABASE_URL", f"sqlite:///{tmp_path / 'web.db'}"),
+             "--redis-url", redis_url],
+            env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(process)
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: requests.get(base + "/healthz", timeout=1).ok, timeout=30, message="contrail web")
+        return base, process
+
+    yield start
+    for process in processes:
+        stop_process(process)

@@ -177,20 +177,44 @@ def test_open_app_on_loopback_refuses_other_host_names(client, path):
     assert refused.status_code == 403
 
 
-def test_with_a_token_or_a_network_bind_any_host_name_is_served(make_app):
+def test_with_a_token_any_host_name_is_served(make_app):
     tokened = make_app(**TOKENS).test_client()
     assert tokened.get("/api/v1/traces", headers={"Host": "traces.example", **bearer("reader-secret")}).status_code == 200
+
+
+@pytest.fixture
+def network_app(make_app):
+    """An open app bound to all interfaces (``--host 0.0.0.0 --insecure``), as the old compose file ran it."""
     import dataclasses
 
     from web import create_app
 
-    app = make_app()
-    settings = dataclasses.replace(app.extensions["contrail.settings"], web_host="0.0.0.0")  # --insecure
-    network_app = create_app(settings=settings)
-    try:
-        assert network_app.test_client().get("/api/v1/traces", headers={"Host": "traces.example"}).status_code == 200
-    finally:
-        network_app.extensions["contrail.resources"].close()
+    built = []
+
+    def build(**changes):
+        settings = dataclasses.replace(make_app().extensions["contrail.settings"], web_host="0.0.0.0", **changes)
+        built.append(create_app(settings=settings))
+        return built[-1].test_client()
+
+    yield build
+    for app in built:
+        app.extensions["contrail.resources"].close()
+
+
+def test_open_app_bound_to_all_interfaces_refuses_rebound_names(network_app):
+    """DNS rebinding works against any bind address: without a token, a name is answered only when allowed."""
+    client = network_app()
+    refused = client.get("/api/v1/traces", headers={"Host": "attacker.example:8680"})
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden_host"
+    for host in ("localhost:8680", "127.0.0.1:8680", "192.0.2.7:8680", "[2001:db8::7]:8680"):
+        assert client.get("/api/v1/traces", headers={"Host": host}).status_code == 200, host
+
+
+def test_allowed_hosts_setting_admits_listed_names(network_app):
+    client = network_app(web_allowed_hosts="traces.example, ui.internal.")
+    assert client.get("/api/v1/traces", headers={"Host": "traces.example"}).status_code == 200
+    assert client.get("/api/v1/traces", headers={"Host": "UI.internal:8680"}).status_code == 200
+    assert client.get("/api/v1/traces", headers={"Host": "other.example"}).status_code == 403
 
 
 def test_request_metrics_keep_client_chosen_methods_out_of_their_labels(client):

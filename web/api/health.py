@@ -23,10 +23,11 @@ def healthz():
     return jsonify({"status": "ok"})
 
 
-def _unavailable(what: str, exc: Exception) -> str:
-    """The probe's answer names the kind of failure only: /readyz is open even when tokens are set, and a
-    driver's message carries host names, ports and user names. The whole message goes to the log."""
-    log.warning("readiness: %s unavailable: %s: %s", what, type(exc).__name__, str(exc).strip().splitlines()[0]
+def unavailable(what: str, exc: Exception) -> str:
+    """What a client is told about a failed dependency: the kind of failure only. /readyz is open even when
+    tokens are set, a read token is not an operator's, and a driver's message carries host names, ports
+    and user names. The whole message goes to the log."""
+    log.warning("%s unavailable: %s: %s", what, type(exc).__name__, str(exc).strip().splitlines()[0]
                 if str(exc).strip() else "")
     return f"unavailable ({type(exc).__name__}; the web app's log has the details)"
 
@@ -36,7 +37,7 @@ def _check_database() -> str | None:
         with current_resources().engine().connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:  # any driver error means not ready
-        return _unavailable("database", exc)
+        return unavailable("database", exc)
     return None
 
 
@@ -44,7 +45,7 @@ def _check_redis() -> str | None:
     try:
         current_resources().redis().ping()
     except Exception as exc:  # connection refused, timeout, auth
-        return _unavailable("redis", exc)
+        return unavailable("redis", exc)
     return None
 
 
@@ -70,7 +71,7 @@ def stream_health_or_error() -> dict:
     try:
         return dict(stream_health(current_resources().redis(), current_settings()))
     except Exception as exc:  # Redis down: report it, do not fail the page
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"error": unavailable("redis", exc)}
 
 
 def reports_summary_or_error(kind: str) -> dict:
@@ -80,7 +81,7 @@ def reports_summary_or_error(kind: str) -> dict:
     try:
         reports = read_reports(current_resources().redis(), current_settings().stream, kind=kind)
     except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"error": unavailable("redis", exc)}
     return summarize(reports) if kind == "tracers" else summarize_collectors(reports)
 
 
@@ -92,7 +93,7 @@ def tracers():
     try:
         reports = read_reports(current_resources().redis(), current_settings().stream)
     except Exception as exc:  # Redis down
-        raise ApiError(503, f"cannot read tracer reports: {type(exc).__name__}: {exc}") from None
+        raise ApiError(503, f"cannot read tracer reports: {unavailable('redis', exc)}") from None
     return jsonify({"tracers": reports})
 
 
@@ -106,7 +107,7 @@ def status():
         with current_resources().engine().connect() as conn:
             last = queries.last_finalized_ns(conn)
     except Exception as exc:  # database down
-        database = f"{type(exc).__name__}: {exc}"
+        database = unavailable("database", exc)
     return jsonify({
         "stream": stream,
         "tracers": reports_summary_or_error("tracers"),

@@ -10,6 +10,7 @@ from collector_worker.storage.queries import QueryError, TraceQuery
 from .. import params
 from ..app import current_resources
 from ..errors import bad_parameter, not_found
+from ..json_provider import finite
 
 bp = Blueprint("traces", __name__, url_prefix="/api/v1")
 
@@ -96,7 +97,7 @@ def export(trace_id: str):
     from collector_worker.exporters import export_trace
 
     try:
-        mimetype, body = export_trace(trace, fmt, budget=budget, budget_unit=budget_unit)
+        mimetype, body = export_trace(finite(trace), fmt, budget=budget, budget_unit=budget_unit)
     except ValueError as exc:
         raise bad_parameter("format", str(exc)) from None
     response = Response(body, content_type=mimetype)

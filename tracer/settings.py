@@ -339,14 +339,7 @@ class Settings:
 
     def __repr__(self) -> str:
         """Like the dataclass repr, with tokens and URL passwords hidden: settings end up in logs and tracebacks."""
-        shown = []
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if item.name in _SECRET_FIELDS and value:
-                value = "***"
-            elif item.name.endswith("_url") and isinstance(value, str):
-                value = mask_url(value)
-            shown.append(f"{item.name}={value!r}")
+        shown = [f"{item.name}={_shown_value(item.name, getattr(self, item.name))!r}" for item in fields(self)]
         return f"{type(self).__name__}({', '.join(shown)})"
 
     @property
@@ -379,6 +372,23 @@ def setting_groups() -> dict[str, list[str]]:
 
 
 _SECRET_FIELDS = frozenset({"api_token", "read_token", "ingest_token"})
+
+
+def effective_settings(settings: Settings, sources: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Every setting with its value (tokens hidden, URL passwords masked) and where it came from."""
+    return [{"name": item.name, "value": _shown_value(item.name, getattr(settings, item.name), joined=True),
+             "source": sources.get(item.name, "default")} for item in fields(settings)]
+
+
+def _shown_value(name: str, value: Any, joined: bool = False) -> Any:
+    """A value safe to show: tokens hidden, URL passwords masked (settings end up in logs and tracebacks)."""
+    if name in _SECRET_FIELDS and value:
+        return "***"
+    if name.endswith("_url") and isinstance(value, str):
+        return mask_url(value)
+    if joined and isinstance(value, tuple):
+        return ",".join(value)
+    return value
 
 
 def mask_url(url: str | None) -> str | None:

@@ -46,6 +46,10 @@ from tracer.codec import decode_entry, encode_spans  # noqa: E402
 from tracer.settings import Settings  # noqa: E402
 
 BIG_TRACE_SPANS = 10_000
+# The staging area the finalizer drains (tables and their indexes, as SQLite and PostgreSQL name them).
+STAGING_RELATIONS = frozenset((
+    "spans", "pending_traces", "ix_spans_start", "ix_pending_last_seen", "spans_pkey", "pending_traces_pkey",
+    "sqlite_autoindex_spans_1", "sqlite_autoindex_pending_traces_1"))
 
 
 def big_trace(spans: int, start_ns: int) -> list[dict]:
@@ -173,7 +177,11 @@ def per_span(sizes: dict, spans: int) -> dict:
     """Bytes per span of every table and index (SQLite: the pages in use, not free pages left by the drained
     staging table, which later spans reuse; reported apart as ``file_bytes_per_span``)."""
     live = sum(sizes["relations"].values()) if "free_bytes" in sizes else sizes["total_bytes"]
+    staging = sum(v for k, v in sizes["relations"].items() if k in STAGING_RELATIONS)
     return {"bytes_per_span": round(live / spans, 1), "file_bytes_per_span": round(sizes["total_bytes"] / spans, 1),
+            # the drained staging area: on PostgreSQL its dead rows keep their pages until VACUUM reuses them
+            "staging_bytes_per_span": round(staging / spans, 1),
+            "bytes_per_span_without_staging": round((live - staging) / spans, 1),
             "relations_bytes_per_span": {k: round(v / spans, 1) for k, v in sizes["relations"].items() if v}}
 
 
@@ -226,7 +234,8 @@ def main(argv=None) -> int:
         if not found or "skipped" in found:
             continue
         print(f"{backend}: {found['bytes_per_span']} B/span in tables and indexes (file {found['file_bytes_per_span']} "
-              f"B/span, {found['total_bytes']:,} B for {len(spans):,} spans); "
+              f"B/span, {found['total_bytes']:,} B for {len(spans):,} spans; without the drained staging area "
+              f"{found['bytes_per_span_without_staging']} B/span); "
               f"ingest {found['ingest_spans_per_second']:,} spans/s, finalize {found['finalize_spans_per_second']:,}"
               f" spans/s")
         for name, size in sorted(found["relations_bytes_per_span"].items(), key=lambda kv: -kv[1]):

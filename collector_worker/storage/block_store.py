@@ -68,18 +68,32 @@ def staged_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[
     return out
 
 
+def trace_blocks(conn: Connection, trace_ids: list[str]) -> dict[str, bytes]:
+    """The block of each finalized trace among ``trace_ids``: summary and block in one statement, so a
+    re-finalization committing meanwhile (new number, old block deleted) is seen whole or not at all."""
+    out: dict[str, bytes] = {}
+    t, b = schema.traces.name, schema.trace_blocks.name
+    for chunk in _chunks(sorted(set(trace_ids))):
+        out.update((trace_id, bytes(data)) for trace_id, data in conn.exec_driver_sql(
+            f"SELECT {t}.trace_id, {b}.data FROM {t} JOIN {b} ON {b}.trace_no = {t}.trace_no "
+            f"WHERE {t}.trace_id IN {_in(conn, len(chunk))}", tuple(chunk)))
+    block_dictionary.load(conn, out.values())
+    return out
+
+
 def trace_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
     """Every stored span of ``trace_ids``: block spans (assembled) merged with staging rows, by trace.
 
     A staging row whose span id is already in the block (a redelivery) is left out; a staging row of a
     span not in the block has ``depth`` None (not assembled yet). Traces with no span are absent.
+    Staging rows are read first: a finalizer moving spans into a block between the two reads (each
+    statement sees its own snapshot on PostgreSQL) shows them in both, never in neither.
     """
-    numbers = trace_numbers(conn, trace_ids)
-    found = read_blocks(conn, list(numbers.values()))
     staged = staged_spans(conn, trace_ids)
+    found = trace_blocks(conn, trace_ids)
     out: dict[str, list[dict[str, Any]]] = {}
     for trace_id in trace_ids:
-        data = found.get(numbers.get(trace_id, -1))
+        data = found.get(trace_id)
         spans = blocks.merge(blocks.decode(data), staged.get(trace_id, ())) if data is not None \
             else list(staged.get(trace_id, ()))
         if spans:
@@ -161,15 +175,19 @@ def delete_traces(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
 
 
 def all_spans(conn: Connection) -> list[dict[str, Any]]:
-    """Every stored span row: each block's spans, then every staging row (a redelivered span staged beside
-    its block shows twice until the finalizer merges it). For checks and small exports, not for search."""
-    out: list[dict[str, Any]] = []
+    """Every stored span once: each block's spans, then the staging rows of spans in no block.
+
+    Staging first, then blocks (see :func:`trace_spans`). For checks and small exports, not for search.
+    """
+    columns = ",".join(_STAGING_COLUMNS)
+    staged = [dict(zip(_STAGING_COLUMNS, row))
+              for row in conn.exec_driver_sql(f"SELECT {columns} FROM {schema.spans.name}")]
     found = [bytes(data) for (data,) in conn.exec_driver_sql(
         f"SELECT data FROM {schema.trace_blocks.name} ORDER BY trace_no")]
     block_dictionary.load(conn, found)
+    out: list[dict[str, Any]] = []
     for data in found:
         out.extend(blocks.decode(data))
-    columns = ",".join(_STAGING_COLUMNS)
-    out.extend(dict(zip(_STAGING_COLUMNS, row))
-               for row in conn.exec_driver_sql(f"SELECT {columns} FROM {schema.spans.name}"))
+    in_blocks = {(s["trace_id"], s["span_id"]) for s in out}
+    out.extend(s for s in staged if (s["trace_id"], s["span_id"]) not in in_blocks)
     return out

@@ -119,52 +119,39 @@ def compress(body: bytes, dictionary: zstandard.ZstdCompressionDict | None = Non
 def pack(spans: list[dict[str, Any]], depth: dict[str, int], self_time_ns: dict[str, int],
          critical: set[str]) -> bytes:
     """The uncompressed msgpack body of a block (what dictionaries are trained on)."""
-    strings: list[Any] = []
     refs: dict[Any, int] = {}
-
-    def ref(value: Any) -> int:
-        found = refs.get(value)
-        if found is None:
-            found = refs[value] = len(strings)
-            strings.append(value)
-        return found
-
-    resources: list[Any] = []
+    ref = refs.setdefault  # a string's index in the block's table: its first position
     resource_refs: dict[Any, int] = {}
-    base = min(int(s["start_ns"]) for s in spans)
+    resources: list[Any] = []
+    base = min([s["start_ns"] for s in spans])
     ids = [s["span_id"] for s in spans]
     position = {span_id: i for i, span_id in enumerate(ids)}
-    parents, services, names, kinds, statuses, messages, starts, durations = [], [], [], [], [], [], [], []
-    attributes, events, links, resource_col, scopes, received, depths, selfs, crit = [], [], [], [], [], [], [], [], []
+    parents = [None if not p else position.get(p, p) for p in [s.get("parent_span_id") for s in spans]]
+    services = [ref(s.get("service") or "unknown_service", len(refs)) for s in spans]
+    names = [ref(s.get("name") or "", len(refs)) for s in spans]
+    kinds = [ref(s.get("kind") or "internal", len(refs)) for s in spans]
+    statuses = [ref(s.get("status_code") or "unset", len(refs)) for s in spans]
+    scopes = [None if (sc := s.get("scope")) is None else ref(sc, len(refs)) for s in spans]
+    messages = [s.get("status_message") or None for s in spans]
+    starts = [s["start_ns"] - base for s in spans]
+    durations = [s["end_ns"] - s["start_ns"] for s in spans]
+    attributes = [a if type(a := s.get("attributes")) is dict else _parsed(a, {}) for s in spans]
+    events = [e if type(e := s.get("events")) is list else _parsed(e, []) for s in spans]
+    links = [k if type(k := s.get("links")) is list else _parsed(k, []) for s in spans]
+    received = [(s.get("received_ns") or base) - base for s in spans]
+    resource_col = []
     for s in spans:
-        get = s.get
-        parent = get("parent_span_id")
-        parents.append(None if not parent else position.get(parent, parent))
-        services.append(ref(get("service") or "unknown_service"))
-        names.append(ref(get("name") or ""))
-        kinds.append(ref(get("kind") or "internal"))
-        statuses.append(ref(get("status_code") or "unset"))
-        messages.append(get("status_message") or None)
-        start = int(s["start_ns"])
-        starts.append(start - base)
-        durations.append(int(s["end_ns"]) - start)
-        attributes.append(_parsed(get("attributes"), {}))
-        events.append(_parsed(get("events"), []))
-        links.append(_parsed(get("links"), []))
-        resource = get("resource")
+        resource = s.get("resource")
         key = resource if isinstance(resource, str) else id(resource)
         index = resource_refs.get(key)
         if index is None:
             index = resource_refs[key] = len(resources)
             resources.append(_parsed(resource, {}))
         resource_col.append(index)
-        scope = get("scope")
-        scopes.append(None if scope is None else ref(scope))
-        received.append(int(get("received_ns") or base) - base)
-        span_id = s["span_id"]
-        depths.append(depth.get(span_id, 0))
-        selfs.append(self_time_ns.get(span_id, 0))
-        crit.append(span_id in critical)
+    depths = [depth.get(i, 0) for i in ids]
+    selfs = [self_time_ns.get(i, 0) for i in ids]
+    crit = [i in critical for i in ids]
+    strings = list(refs)
     packed_ids = _hex_ids(ids)
     body = [FORMAT, spans[0]["trace_id"], base, strings, resources, packed_ids if packed_ids is not None else ids,
             parents, services, names, kinds, statuses, messages, starts, durations, attributes, events, links,

@@ -175,7 +175,7 @@ def check_database(settings: Settings) -> list[Check]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from .storage import open_engine
-    from .storage.migrations import LATEST, current_version
+    from .storage.migrations import schema_status
 
     url = settings.resolved_database_url
     shown = mask_url(url)
@@ -187,23 +187,24 @@ def check_database(settings: Settings) -> list[Check]:
         engine = open_engine(url, migrate=False)
         try:
             with engine.connect() as conn:
-                version = current_version(conn)
+                status = schema_status(conn)
         finally:
             engine.dispose()
     except (SQLAlchemyError, ImportError, OSError) as exc:
         return [Check("database", FAIL, f"cannot reach {shown}: {_first_line(exc)}",
                       "start the database or fix CONTRAIL_DATABASE_URL / --database-url")]
     reachable = Check("database", OK, f"reachable: {shown}")
-    if version == 0:
+    if status.state == "empty":
         return [reachable, Check("schema", WARN, "no Contrail schema yet",
-                                 "start a collector or the web app: they create it")]
-    if version > LATEST:
-        return [reachable, Check("schema", FAIL, f"version {version} is newer than this Contrail ({LATEST})",
-                                 "upgrade Contrail on this host")]
-    if version < LATEST:
-        return [reachable, Check("schema", WARN, f"version {version}, this Contrail expects {LATEST}",
-                                 "start a collector of this version: migrations run at start")]
-    return [reachable, Check("schema", OK, f"version {version} (current)")]
+                                 "start a collector or the web app (they create it), or run contrail db upgrade")]
+    if status.state == "newer":
+        return [reachable, Check("schema", FAIL, f"revision {status.current} is newer than this Contrail "
+                                 f"({status.head})", "upgrade Contrail on this host")]
+    if status.state == "behind":
+        return [reachable, Check("schema", WARN, f"revision {status.current}, this Contrail expects {status.head}",
+                                 "start a collector of this version (migrations run at start) "
+                                 "or run contrail db upgrade")]
+    return [reachable, Check("schema", OK, f"revision {status.current} (current)")]
 
 
 REDIS_PORT_FILE = "redis.port"  # where `contrail up` remembers its embedded Redis's port, in the data directory

@@ -160,7 +160,7 @@ def open_database(url: str):
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     from .storage import open_engine
-    from .storage.migrations import LATEST, current_version
+    from .storage.migrations import schema_status
 
     shown = mask_url(url)
     try:
@@ -174,7 +174,7 @@ def open_database(url: str):
     try:
         engine = open_engine(url, migrate=False)
         with engine.connect() as conn:
-            version = current_version(conn)
+            status = schema_status(conn)
     except ImportError as exc:
         raise fail(f"cannot open database {shown}: driver missing ({exc})") from None
     except ArgumentError as exc:  # an unknown dialect, a bad query option: the URL, not the server
@@ -182,11 +182,11 @@ def open_database(url: str):
                    "(use sqlite:///path or postgresql+psycopg://user@host/db)") from None
     except SQLAlchemyError as exc:
         raise fail(f"cannot reach database {shown}: {_first_line(exc)}") from None
-    if version == 0:
+    if status.state == "empty":
         raise fail(f"database {shown} has no Contrail schema yet: start a collector first")
-    if version > LATEST:
-        raise fail(f"database {shown} is at schema version {version}, newer than this Contrail ({LATEST}): "
-                   "upgrade Contrail")
+    if status.state == "newer":
+        raise fail(f"database {shown} is at schema revision {status.current}, newer than this Contrail "
+                   f"({status.head}): upgrade Contrail")
     return engine
 
 

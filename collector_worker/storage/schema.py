@@ -196,7 +196,7 @@ dropped_traces = Table(
     Index("ix_dropped_start", "start_ns"),
 )
 
-# Version of the schema this database holds; see migrations.py.
+# The pre-Alembic version table; kept at version 3 so releases before Alembic refuse; see migrations/.
 schema_version = Table(
     "contrail_schema",
     metadata,

@@ -1,15 +1,27 @@
-"""The schema migration runner: fresh databases, reruns, newer schemas and several starters at once."""
+"""Alembic migrations: fresh databases, reruns, newer schemas, pre-Alembic databases and several starters at once."""
 
 from __future__ import annotations
 
 import multiprocessing
 
 import pytest
-from sqlalchemy import create_engine, inspect, update
+from alembic import command
+from sqlalchemy import create_engine, inspect, text
 
 from collector_worker.storage import schema
 from collector_worker.storage.engine import open_engine
-from collector_worker.storage.migrations import LATEST, current_version, migrate
+from collector_worker.storage.migrations import (
+    BASELINE,
+    LEGACY_FENCE,
+    LEGACY_LATEST,
+    VERSION_TABLE,
+    NewerSchemaError,
+    alembic_config,
+    head_revision,
+    migrate,
+    schema_status,
+)
+from tests.collector.v2_database import load_v2_database
 
 
 def _migrate_at_once(url: str, barrier, results) -> None:
@@ -23,23 +35,61 @@ def _migrate_at_once(url: str, barrier, results) -> None:
         engine.dispose()
 
 
-def test_fresh_database_gets_every_table_and_the_latest_version(database_url):
+def _structure(url: str) -> dict:
+    """Tables with their columns (type, nullability), primary keys and indexes, as the database reports them."""
+    engine = create_engine(url)
+    found = inspect(engine)
+    tables = {}
+    for name in sorted(set(found.get_table_names()) - {VERSION_TABLE}):
+        tables[name] = {
+            "columns": [(c["name"], str(c["type"]), c["nullable"]) for c in found.get_columns(name)],
+            "primary_key": found.get_pk_constraint(name)["constrained_columns"],
+            "indexes": sorted((i["name"], tuple(i["column_names"])) for i in found.get_indexes(name)),
+        }
+    engine.dispose()
+    return tables
+
+
+def test_fresh_database_gets_every_table_and_the_head_revision(database_url):
     engine = open_engine(database_url)
     try:
         tables = set(inspect(engine).get_table_names())
-        assert set(schema.metadata.tables) <= tables
+        assert set(schema.metadata.tables) | {VERSION_TABLE} <= tables
         with engine.connect() as conn:
-            assert current_version(conn) == LATEST
-        assert migrate(engine) == LATEST  # a rerun changes nothing and does not fail
+            assert schema_status(conn).state == "current"
+            assert schema_status(conn).current == head_revision()
+            # A release from before Alembic reads a version above its own (2) and refuses to start.
+            assert conn.execute(text("SELECT version FROM contrail_schema")).scalar() == LEGACY_FENCE > LEGACY_LATEST
+        assert migrate(engine) == head_revision()  # a rerun changes nothing and does not fail
     finally:
         engine.dispose()
 
 
+def test_revision_0001_is_the_schema_of_the_release_before_alembic(database_url, tmp_path):
+    """Created from empty by 0001 or left by the hand-written runner: the same tables, columns and indexes."""
+    if database_url.startswith("sqlite"):
+        old_url = f"sqlite:///{tmp_path / 'v2.db'}"
+    else:
+        from tests.support.servers import create_postgres_database
+
+        old_url, drop = create_postgres_database("contrail_v2")
+    try:
+        load_v2_database(old_url)
+        engine = open_engine(database_url, migrate=False)
+        with engine.begin() as conn:  # 0001 only, whatever later revisions add
+            command.upgrade(alembic_config(conn), BASELINE)
+        engine.dispose()
+        assert _structure(database_url) == _structure(old_url)
+    finally:
+        if not database_url.startswith("sqlite"):
+            drop()
+
+
 def test_a_schema_newer_than_this_contrail_is_refused(sqlite_url):
     engine = open_engine(sqlite_url)
-    with engine.begin() as conn:
-        conn.execute(update(schema.schema_version).values(version=LATEST + 1))
-    with pytest.raises(RuntimeError, match="newer than this Contrail"):
+    with engine.begin() as conn:  # as a later release's migration leaves it: a revision this code lacks
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '9999'"))
+    with pytest.raises(NewerSchemaError, match="revision 9999 is newer than this Contrail"):
         migrate(engine)
     engine.dispose()
 
@@ -54,26 +104,60 @@ def test_collectors_starting_together_migrate_once(database_url):
     outcomes = [results.get(timeout=120) for _ in workers]
     for worker in workers:
         worker.join(30)
-    assert outcomes == [("ok", LATEST)] * 4
+    assert outcomes == [("ok", head_revision())] * 4
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        assert conn.execute(schema.schema_version.select()).all()[0].version == LATEST
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [head_revision()]
+        assert conn.execute(text("SELECT version FROM contrail_schema")).scalars().all() == [LEGACY_FENCE]
+    engine.dispose()
+
+
+def test_collectors_starting_together_on_a_v2_database_adopt_it_once(database_url):
+    """A rolling upgrade: several new collectors find the old runner's database at once; it is stamped once."""
+    load_v2_database(database_url)
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(3), context.Queue()
+    workers = [context.Process(target=_migrate_at_once, args=(database_url, barrier, results)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(30)
+    assert outcomes == [("ok", head_revision())] * 3
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [head_revision()]
+        assert conn.execute(text("SELECT count(*) FROM spans")).scalar() == 44
     engine.dispose()
 
 
 def test_a_version_1_database_gains_the_tombstone_table(database_url):
-    """Databases written before tail-sampling tombstones existed are upgraded in place, data kept."""
-    engine = open_engine(database_url)
+    """Databases of the hand-written runner's version 1 (before tail-sampling tombstones) are adopted, data kept."""
+    load_v2_database(database_url)
+    engine = open_engine(database_url, migrate=False)
     try:
         with engine.begin() as conn:
-            schema.dropped_traces.drop(conn)
-            conn.execute(update(schema.schema_version).values(version=1))
-            conn.execute(schema.pending_traces.insert().values(trace_id="a" * 32, first_seen_ns=1, last_seen_ns=2))
-        assert "dropped_traces" not in inspect(engine).get_table_names()
-        assert migrate(engine) == LATEST == 2
+            conn.execute(text("DROP TABLE dropped_traces"))
+            conn.execute(text("UPDATE contrail_schema SET version = 1"))
+        with engine.connect() as conn:
+            assert schema_status(conn).current == "v1"
+        assert migrate(engine) == head_revision()
         assert "dropped_traces" in inspect(engine).get_table_names()
         with engine.connect() as conn:
-            assert current_version(conn) == 2
-            assert conn.execute(schema.pending_traces.select()).all()[0].trace_id == "a" * 32
+            assert schema_status(conn).state == "current"
+            assert conn.execute(text("SELECT count(*) FROM pending_traces")).scalar() == 2
+            conn.execute(schema.dropped_traces.insert().values(trace_id="a" * 32, start_ns=1, dropped_ns=2))
+            assert conn.execute(text("SELECT trace_id FROM dropped_traces")).scalars().all() == ["a" * 32]
     finally:
         engine.dispose()
+
+
+def test_a_pre_alembic_version_newer_than_the_last_one_is_refused(sqlite_url):
+    """A database the hand-written runner marked with a version it never had is not adopted blindly."""
+    load_v2_database(sqlite_url)
+    engine = open_engine(sqlite_url, migrate=False)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE contrail_schema SET version = 7"))
+    with pytest.raises(NewerSchemaError, match="revision v7 is newer than this Contrail"):
+        migrate(engine)
+    engine.dispose()

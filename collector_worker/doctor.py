@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from tracer.settings import Settings, mask_url
+from tracer.settings import Settings, effective_settings, mask_url
 
 from .output import console, emit_json, missing_sqlite_file
 
@@ -252,13 +252,15 @@ STYLES = {OK: "green", WARN: "yellow", FAIL: "bold red"}
                    "for the data directory when it is running, else redis://127.0.0.1:6379/0].")
 @click.option("--database-url", default=None, help="SQLAlchemy URL of the trace database [CONTRAIL_DATABASE_URL].")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-def doctor(redis_url, database_url, as_json):
+@click.option("--settings", "show_settings", is_flag=True,
+              help="Also list every effective setting and where it came from (kwarg, env, file or default).")
+def doctor(redis_url, database_url, as_json, show_settings):
     """Check Redis, the database and the collectors' backlog; exit 1 if anything fails."""
     import dataclasses
     import os
 
     try:
-        settings = Settings.load(redis_url=redis_url, database_url=database_url)
+        settings, sources = Settings.load_with_sources(redis_url=redis_url, database_url=database_url)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     embedded = None
@@ -268,12 +270,15 @@ def doctor(redis_url, database_url, as_json):
         embedded = embedded_redis_url(settings.data_dir)
         if embedded:
             settings = dataclasses.replace(settings, redis_url=embedded)
+            sources["redis_url"] = f"contrail up ({settings.data_dir}/{REDIS_PORT_FILE})"
     checks = run_checks(settings)
     if embedded and checks and checks[0].name == "redis" and checks[0].status == OK:
         checks[0].detail += f" — the Redis of contrail up (from {settings.data_dir}/{REDIS_PORT_FILE})"
     failed = any(c.status == FAIL for c in checks)
+    shown = effective_settings(settings, sources) if show_settings else None
     if as_json:
-        emit_json({"ok": not failed, "checks": [asdict(c) for c in checks]})
+        emit_json({"ok": not failed, "checks": [asdict(c) for c in checks],
+                   **({"settings": shown} if shown is not None else {})})
     else:
         from rich.markup import escape
 
@@ -284,5 +289,7 @@ def doctor(redis_url, database_url, as_json):
                 out.print(f"      {'':<18} [dim]→ {escape(c.hint)}[/dim]")
         summary = {s: sum(1 for c in checks if c.status == s) for s in (OK, WARN, FAIL)}
         out.print(f"{summary[OK]} ok, {summary[WARN]} warning(s), {summary[FAIL]} failure(s)")
+        for row in shown or ():
+            out.print(f"      {row['name']:<30} {escape(str(row['value'])):<40} [dim]{escape(row['source'])}[/dim]")
     if failed:
         raise SystemExit(1)

@@ -38,7 +38,37 @@ HEADER = """\
 Every Contrail process builds one settings object. Each value comes from, in
 order: a keyword argument (for example `TracingManager(service_name=...)` or a
 command-line option), the `CONTRAIL_*` environment variable, the standard
-OpenTelemetry variable where one applies, and finally the default below.
+OpenTelemetry variable where one applies (then the original notes' names
+`SERVICE_NAME`, `JAEGER_ENABLE_TRACING`, `JAEGER_AGENT_HOST`,
+`JAEGER_AGENT_PORT`), the config file, and finally the default below.
+`contrail doctor --settings` lists every effective value and where it came from.
+
+## Config file
+
+The config file is the file named by `CONTRAIL_CONFIG` (it must exist), else
+`./contrail.toml`, else the `[tool.contrail]` table of `./pyproject.toml`
+(`[tool.contrail.tracer]` and so on). Keys are the setting names below, in
+three sections:
+
+```toml
+[tracer]            # read by every process: service, Redis, stream, exporters, ...
+service_name = "checkout"
+sample_rate = 0.5
+exporters = ["redis", "file"]
+
+[collector]         # collector settings and the ingest limits
+quiet_period = "5s"
+retention = "3d"
+
+[web]               # web app settings (the ingest limits may go here too)
+web_port = 8680
+```
+
+A tracer setting may appear in any section; the ingest limits in `[collector]`
+or `[web]`; collector and web settings only in their own section. A key set in
+two sections must have the same value. An unknown section or key, a key in the
+wrong section, or a bad value stops the process with a message naming the file
+and the key.
 
 Durations accept units (`250ms`, `1.5s`, `15m`, `7d`; a bare number is seconds,
 except the `OTEL_BSP_*` variables, which are milliseconds as the OpenTelemetry
@@ -69,6 +99,8 @@ def show_default(value) -> str:
         return "—"
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
+    if isinstance(value, tuple):
+        return f"`{','.join(value)}`"
     text = str(value)
     home = os.path.expanduser("~")
     if text.startswith(home):

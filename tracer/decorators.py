@@ -260,9 +260,27 @@ def _argument_recorder(func: Callable, limit: int) -> Callable[[tuple, dict], di
     return record
 
 
+def succeeded(span: Span, result: Any, record_result: bool, limit: int) -> None:
+    """Mark a call that returned: ``success=True`` and status OK (as the original ``with_tracing`` did), and
+    with ``record_result`` the return value as ``function.return_value`` (redacted and truncated like arguments)."""
+    span.set_attribute("success", True)
+    span.set_status(Status(StatusCode.OK))
+    if record_result:
+        span.set_attribute("function.return_value", safe_repr(result, limit))
+
+
+def failed(span: Span, error: BaseException) -> None:
+    """Mark a call that raised: ERROR status, the exception event and ``success=False``."""
+    mark_error(span, error)
+    span.set_attribute("success", False)
+
+
 def traced(tracer: trace.Tracer, func: Callable, name: str | None, kind: SpanKind,
-           attributes: Mapping[str, Any] | None, record_args: bool, limit: int) -> Callable:
-    """Wrap a sync/async function or (async) generator so each call (or iteration) is one span."""
+           attributes: Mapping[str, Any] | None, record_args: bool, limit: int,
+           record_result: bool = False) -> Callable:
+    """Wrap a sync/async function or (async) generator so each call (or iteration) is one span.
+
+    A call that returns is marked ``success=True`` with status OK; one that raises is marked ERROR."""
     span_name = name or f"{func.__module__}.{func.__qualname__}"
     base = {"code.function.name": func.__qualname__, "code.namespace": func.__module__}
     base.update(attributes or {})
@@ -292,6 +310,7 @@ def traced(tracer: trace.Tracer, func: Callable, name: str | None, kind: SpanKin
                     try:
                         item = await (agen.asend(value) if method == "asend" else agen.athrow(value))
                     except StopAsyncIteration:
+                        succeeded(span, None, False, limit)
                         return
                     finally:
                         context_api.detach(token)
@@ -307,7 +326,7 @@ def traced(tracer: trace.Tracer, func: Callable, name: str | None, kind: SpanKin
                 span.set_attribute("generator.closed_early", True)
                 raise
             except BaseException as exc:
-                mark_error(span, exc)
+                failed(span, exc)
                 raise
             finally:
                 span.set_attribute("generator.items", items)
@@ -321,9 +340,11 @@ def traced(tracer: trace.Tracer, func: Callable, name: str | None, kind: SpanKin
             span = start(args, kwargs)
             token = context_api.attach(trace.set_span_in_context(span))
             try:
-                return await func(*args, **kwargs)
+                result = await func(*args, **kwargs)
+                succeeded(span, result, record_result, limit)
+                return result
             except BaseException as exc:
-                mark_error(span, exc)
+                failed(span, exc)
                 raise
             finally:
                 span.end()
@@ -349,6 +370,7 @@ def traced(tracer: trace.Tracer, func: Callable, name: str | None, kind: SpanKin
                     try:
                         item = gen.send(value) if method == "send" else gen.throw(value)
                     except StopIteration as stop:
+                        succeeded(span, stop.value, record_result, limit)
                         return stop.value
                     finally:
                         context_api.detach(token)
@@ -364,7 +386,7 @@ def traced(tracer: trace.Tracer, func: Callable, name: str | None, kind: SpanKin
                 span.set_attribute("generator.closed_early", True)
                 raise
             except BaseException as exc:
-                mark_error(span, exc)
+                failed(span, exc)
                 raise
             finally:
                 span.set_attribute("generator.items", items)
@@ -377,9 +399,11 @@ def traced(tracer: trace.Tracer, func: Callable, name: str | None, kind: SpanKin
         span = start(args, kwargs)
         token = context_api.attach(trace.set_span_in_context(span))
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            succeeded(span, result, record_result, limit)
+            return result
         except BaseException as exc:
-            mark_error(span, exc)
+            failed(span, exc)
             raise
         finally:
             span.end()

@@ -69,13 +69,18 @@ class TracingManager:
 
     def __init__(self, service_name: str | None = None, redis_url: str | None = None,
                  sample_rate: float | None = None, enabled: bool | None = None, celery_app: Any = None,
-                 set_global: bool = False, exporter: Any = None, **settings: Any):
+                 set_global: bool = False, exporter: Any = None, enable_tracing: bool | None = None,
+                 **settings: Any):
+        from . import compat
+
         self.settings = Settings.load(service_name=service_name, redis_url=redis_url, sample_rate=sample_rate,
-                                      enabled=enabled, **settings)
+                                      enabled=compat.enabled_from(enabled, enable_tracing), **settings)
         self.service_name = self.settings.service_name
         self.enabled = self.settings.enabled
         self._limit = self.settings.max_attribute_length
         self._processor = None
+        self._exporters: dict[str, Any] = {}
+        self._log_handler: Any = None
         self._sampler: CountingSampler | None = None
         if not self.enabled:
             self.tracer_provider: trace.TracerProvider = trace.NoOpTracerProvider()
@@ -93,14 +98,29 @@ class TracingManager:
             sampler=self._sampler, resource=resource,
             span_limits=SpanLimits(max_attribute_length=self._limit),
         )
-        self._processor = ContrailSpanProcessor(self.settings, exporter=exporter)
-        self._processor.report_source = self.get_tracer_info
-        self.tracer_provider.add_span_processor(self._processor)
+        if "redis" in self.settings.exporters or exporter is not None:
+            self._processor = ContrailSpanProcessor(self.settings, exporter=exporter)
+            self._processor.report_source = self.get_tracer_info
+            self.tracer_provider.add_span_processor(self._processor)
+        self._add_exporters(compat.jaeger_endpoint(self.settings))
         self.tracer = self.tracer_provider.get_tracer("contrail", VERSION)
+        if self.settings.log_events_level:
+            from .log_context import install_span_events
+
+            self._log_handler = install_span_events(self.settings.log_events_level, self._limit)
         if set_global:
             trace.set_tracer_provider(self.tracer_provider)
         if celery_app is not None:
             self.instrument_celery(celery_app)
+
+    def _add_exporters(self, jaeger: str | None) -> None:
+        """console / file / otlp (and the original API's Jaeger), each behind its own batch processor."""
+        from .exporters import exporter_processors, otlp_exporter
+
+        extra = {"jaeger": otlp_exporter(jaeger, self.settings.export_timeout)} if jaeger else None
+        self._exporters = exporter_processors(self.settings, extra)
+        for processor in self._exporters.values():
+            self.tracer_provider.add_span_processor(processor)
 
     def __repr__(self) -> str:
         return f"<TracingManager service={self.service_name!r} enabled={self.enabled}>"
@@ -119,7 +139,7 @@ class TracingManager:
         )
 
     def finish_span(self, span: Span, tags: Mapping[str, Any] | None = None,
-                    logs: Iterable[Mapping[str, Any] | str] | None = None, error: BaseException | None = None) -> None:
+                    logs: Mapping[str, Any] | Iterable[Mapping[str, Any] | str] | None = None, error: BaseException | None = None) -> None:
         """Add tags and log events, record ``error`` (ERROR status + exception event), end the span."""
         if span is None or not span.is_recording():
             return
@@ -131,7 +151,11 @@ class TracingManager:
             decorators.mark_error(span, error)
         span.end()
 
-    def _add_logs(self, span: Span, logs: Iterable[Mapping[str, Any] | str]) -> None:
+    def _add_logs(self, span: Span, logs: Mapping[str, Any] | Iterable[Mapping[str, Any] | str] | str) -> None:
+        """A dict is ONE event whose attributes are the dict (named by its ``event`` key, as in the original
+        API); a list holds several such dicts (or plain strings, each an event name)."""
+        if isinstance(logs, (Mapping, str)):
+            logs = [logs]
         for log in logs:
             if isinstance(log, Mapping):
                 fields = dict(log)
@@ -159,21 +183,24 @@ class TracingManager:
 
     # ------------------------------------------------------------ decorators
     def with_tracing(self, operation_name: str | Callable | None = None, tags: Mapping[str, Any] | None = None,
-                     record_args: bool | None = None):
+                     record_args: bool | None = None, record_result: bool | None = None):
         """Decorator: one span per call of a function, coroutine function, generator or async generator.
 
-        Usable bare (``@tracing.with_tracing``) or called (``@tracing.with_tracing("name")``).
+        Usable bare (``@tracing.with_tracing``) or called (``@tracing.with_tracing("name")``). A call that
+        returns gets ``success=True`` and status OK; ``record_result`` (default: the ``record_return_value``
+        setting) also records the return value, redacted and truncated like the arguments.
         """
         if callable(operation_name):
             return self.with_tracing()(operation_name)
         if not self.enabled:
             return lambda func: func
         record = self.settings.record_arguments if record_args is None else record_args
+        result = self.settings.record_return_value if record_result is None else record_result
         attributes = decorators.clean_attributes(tags, self._limit)
 
         def decorate(func: Callable) -> Callable:
             return decorators.traced(self.tracer, func, operation_name, SpanKind.INTERNAL, attributes, record,
-                                     self._limit)
+                                     self._limit, record_result=result)
 
         return decorate
 
@@ -223,6 +250,7 @@ class TracingManager:
     def get_tracer_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "enabled": self.enabled,
+            "tracer_initialized": self.enabled,  # the original API's name: spans are being recorded and shipped
             "service_name": self.service_name,
             "redis_url": mask_url(self.settings.redis_url),
             "stream": self.settings.stream,
@@ -230,6 +258,7 @@ class TracingManager:
             "spans_started": 0, "spans_exported": 0, "spans_dropped": 0, "spans_sampled_out": 0,
             "spans_queued": 0, "spans_spooled": 0, "batches_exported": 0, "spool_bytes": 0,
             "export_errors": 0, "last_export_error": None, "spool_records_corrupt": 0, "last_spool_error": None,
+            "exporters": {name: processor.info() for name, processor in self._exporters.items()},
         }
         if self._processor is not None:
             info.update(self._processor.info())
@@ -239,15 +268,24 @@ class TracingManager:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Export finished spans now; True when all of them reached Redis within ``timeout`` seconds."""
+        flushed = all([processor.force_flush(int(timeout * 1000)) for processor in self._exporters.values()])
         if self._processor is None:
-            return True
-        return self._processor.force_flush(timeout * 1000.0)
+            return flushed
+        return self._processor.force_flush(timeout * 1000.0) and flushed
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Export (or spool) what is left and stop the export thread. Idempotent."""
-        if self._processor is None:
+        if self._log_handler is not None:
+            from .log_context import remove_span_events
+
+            remove_span_events(self._log_handler)
+            self._log_handler = None
+        if self._processor is None and not self._exporters:
             return
-        self._processor.shutdown(timeout)
+        if self._processor is not None:
+            self._processor.shutdown(timeout)
+        for processor in self._exporters.values():
+            processor.shutdown(int(timeout * 1000))
         self.tracer_provider.shutdown()
 
     # ------------------------------------------------------------ integrations (lazy imports)
@@ -265,6 +303,13 @@ class TracingManager:
         from .http import instrument_requests
 
         return instrument_requests(self)
+
+    def trace_websocket(self, name: str | None = None, messages: str = "events") -> Any:
+        """Decorator for a Flask WebSocket handler (e.g. flask-sock): a span per connection, an event (or a
+        span, ``messages="spans"``) per message; see :mod:`tracer.websocket`."""
+        from .websocket import trace_websocket
+
+        return trace_websocket(self, name, messages)
 
     def agent_run(self, name: str, **kwargs: Any) -> Any:
         from . import ai

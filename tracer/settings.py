@@ -1,7 +1,9 @@
 """One settings object per process.
 
 Values come from keyword arguments, then ``CONTRAIL_*`` environment
-variables, then the standard OpenTelemetry variables where one applies, then
+variables, then the standard OpenTelemetry variables where one applies (and
+the original notes' ``JAEGER_*`` / ``SERVICE_NAME`` names last), then the
+config file (``contrail.toml``, see :mod:`tracer.config_file`), then
 defaults. Every field is documented in ``docs/configuration.md``; the table
 below is the single source of truth for names, types and defaults.
 """
@@ -67,6 +69,36 @@ def _opt_str(value: Any) -> str | None:
     return text or None
 
 
+EXPORTER_NAMES = ("redis", "console", "file", "otlp")
+
+
+def _exporters(value: Any) -> tuple:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    names = tuple(dict.fromkeys(str(item).strip().lower() for item in items if str(item).strip()))
+    unknown = [name for name in names if name not in EXPORTER_NAMES]
+    if unknown:
+        raise ValueError(f"unknown exporter(s) {', '.join(unknown)}: use {', '.join(EXPORTER_NAMES)}")
+    return names
+
+
+def _otlp_base(value: Any) -> str | None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT is a base URL; the traces path is added, as the specification says."""
+    text = _opt_str(value)
+    return None if text is None else text.rstrip("/") + "/v1/traces"
+
+
+def _log_level(value: Any) -> str | None:
+    import logging
+
+    text = _opt_str(value)
+    if text is None:
+        return None
+    name = text.upper()
+    if not isinstance(logging.getLevelName(name), int):
+        raise ValueError(f"invalid log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return name
+
+
 def _default_data_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".local", "share", "contrail")
 
@@ -91,10 +123,11 @@ class Settings:
 
     # --- tracer -----------------------------------------------------------
     service_name: str = field(default="unknown_service", metadata=_opt(
-        "CONTRAIL_SERVICE_NAME", str, "Service name on every span.", ("OTEL_SERVICE_NAME", str)))
+        "CONTRAIL_SERVICE_NAME", str, "Service name on every span.", ("OTEL_SERVICE_NAME", str),
+        ("SERVICE_NAME", str)))
     enabled: bool = field(default=True, metadata=_opt(
         "CONTRAIL_ENABLED", _bool, "false makes every tracer call a no-op.",
-        ("OTEL_SDK_DISABLED", lambda v: not _bool(v))))
+        ("OTEL_SDK_DISABLED", lambda v: not _bool(v)), ("JAEGER_ENABLE_TRACING", _bool)))
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=_opt(
         "CONTRAIL_REDIS_URL", str, "Redis server holding the span stream."))
     stream: str = field(default=STREAM_DEFAULT, metadata=_opt(
@@ -131,6 +164,35 @@ class Settings:
         "CONTRAIL_RECORD_ARGUMENTS", _bool, "Record function arguments in with_tracing (redacted, truncated)."))
     record_content: bool = field(default=False, metadata=_opt(
         "CONTRAIL_RECORD_CONTENT", _bool, "Record prompts and tool inputs/outputs on AI spans."))
+    record_return_value: bool = field(default=False, metadata=_opt(
+        "CONTRAIL_RECORD_RETURN_VALUE", _bool, "Record the return value in with_tracing as function.return_value "
+        "(redacted, truncated); the decorator's record_result argument overrides it."))
+    exporters: tuple = field(default=("redis",), metadata=_opt(
+        "CONTRAIL_EXPORTERS", _exporters, "Where spans go, comma-separated, several at once: redis (the stream the "
+        "collectors read), console (one line per span on stderr), file (JSON lines), otlp (OTLP/HTTP to "
+        "otlp_endpoint; needs the 'otlp' extra). Exporters other than redis each run in their own batch thread."))
+    otlp_endpoint: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_OTLP_ENDPOINT", _opt_str, "URL the otlp exporter posts spans to (default "
+        "http://localhost:4318/v1/traces); OTEL_EXPORTER_OTLP_ENDPOINT gets /v1/traces appended.",
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _opt_str), ("OTEL_EXPORTER_OTLP_ENDPOINT", _otlp_base)))
+    export_file: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_EXPORT_FILE", _opt_str, "JSON-lines file of the file exporter (default "
+        "<data_dir>/spans.jsonl); created 0600."))
+    export_file_max_bytes: int = field(default=64 * 1024 * 1024, metadata=_opt(
+        "CONTRAIL_EXPORT_FILE_MAX_BYTES", parse_size, "The export file is rotated (file.1, file.2, ...) when a "
+        "batch would take it past this size."))
+    export_file_backups: int = field(default=3, metadata=_opt(
+        "CONTRAIL_EXPORT_FILE_BACKUPS", _positive_int, "Rotated export files kept; older ones are deleted."))
+    jaeger_host: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_JAEGER_HOST", _opt_str, "The original notes' Jaeger host: spans are also exported over "
+        "OTLP/HTTP to http://<jaeger_host>:<jaeger_port>/v1/traces (prefer exporters=otlp and otlp_endpoint).",
+        ("JAEGER_AGENT_HOST", _opt_str)))
+    jaeger_port: int = field(default=4318, metadata=_opt(
+        "CONTRAIL_JAEGER_PORT", _positive_int, "Jaeger's OTLP/HTTP port; the agent's UDP ports 6831/6832 of the "
+        "original notes are read as 4318.", ("JAEGER_AGENT_PORT", _positive_int)))
+    log_events_level: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_LOG_EVENTS_LEVEL", _log_level, "With tracer.log_context installed: log records at or above this "
+        "level (e.g. WARNING) also become events on the current span; unset: none do."))
 
     # --- ingest limits (collector and receivers; OpenTelemetry's span limits as the reference) ---------
     span_event_count_limit: int = field(default=128, metadata=_opt(
@@ -212,17 +274,28 @@ class Settings:
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
-        """Build settings from keyword overrides, then the environment, then defaults.
+        """Build settings from keyword overrides, then the environment, then the config file, then defaults.
 
         ``None`` overrides count as not given. A bad value raises ``ValueError``
-        naming the variable it came from.
+        naming the variable (or file and key) it came from.
         """
+        return cls.load_with_sources(env, **overrides)[0]
+
+    @classmethod
+    def load_with_sources(cls, env: Mapping[str, str] | None = None,
+                          **overrides: Any) -> tuple["Settings", dict[str, str]]:
+        """Like :meth:`load`, and where each value came from: ``kwarg``, ``env NAME``, ``file PATH [section]``
+        or ``default`` (shown by ``contrail doctor``)."""
+        from .config_file import read_config
+
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides) - names
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        config = read_config(env)
         for f in dataclasses.fields(cls):
             option: Option = f.metadata["option"]
             given = overrides.get(f.name)
@@ -231,6 +304,7 @@ class Settings:
                     values[f.name] = option.parse(given)
                 except (TypeError, ValueError) as exc:
                     raise ValueError(f"setting {f.name}: {exc}") from None
+                sources[f.name] = "kwarg"
                 continue
             for var, parse in ((option.env, option.parse),) + option.aliases:
                 raw = env.get(var)
@@ -240,10 +314,23 @@ class Settings:
                     values[f.name] = parse(raw)
                 except (TypeError, ValueError) as exc:
                     raise ValueError(f"{var}: {exc}") from None
+                sources[f.name] = f"env {var}"
                 break
         if "sample_rate" not in values and env.get("OTEL_TRACES_SAMPLER") in ("always_off", "parentbased_always_off"):
             values["sample_rate"] = 0.0
-        return cls(**values)
+            sources["sample_rate"] = "env OTEL_TRACES_SAMPLER"
+        if config is not None:
+            for name, (raw, where) in config.values.items():
+                if name in values:
+                    continue
+                try:
+                    values[name] = _option(name).parse(raw)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{where} {name}: {exc}") from None
+                sources[name] = where
+        for name in names - set(sources):
+            sources[name] = "default"
+        return cls(**values), sources
 
     # --- derived values -------------------------------------------------------
     @property
@@ -262,14 +349,7 @@ class Settings:
 
     def __repr__(self) -> str:
         """Like the dataclass repr, with tokens and URL passwords hidden: settings end up in logs and tracebacks."""
-        shown = []
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if item.name in _SECRET_FIELDS and value:
-                value = "***"
-            elif item.name.endswith("_url") and isinstance(value, str):
-                value = mask_url(value)
-            shown.append(f"{item.name}={value!r}")
+        shown = [f"{item.name}={_shown_value(item.name, getattr(self, item.name))!r}" for item in fields(self)]
         return f"{type(self).__name__}({', '.join(shown)})"
 
     @property
@@ -281,7 +361,44 @@ class Settings:
         return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def _option(name: str) -> Option:
+    return {f.name: f.metadata["option"] for f in dataclasses.fields(Settings)}[name]
+
+
+# Settings in declaration order fall into these groups (the config file's sections and the reference's headings).
+GROUP_STARTS = (("tracer", "service_name"), ("limits", "span_event_count_limit"), ("collector", "database_url"),
+                ("web", "web_host"))
+
+
+def setting_groups() -> dict[str, list[str]]:
+    """Group name -> the settings in it, in declaration order."""
+    starts = dict((field_name, group) for group, field_name in GROUP_STARTS)
+    groups: dict[str, list[str]] = {group: [] for group, _ in GROUP_STARTS}
+    current = GROUP_STARTS[0][0]
+    for f in dataclasses.fields(Settings):
+        current = starts.get(f.name, current)
+        groups[current].append(f.name)
+    return groups
+
+
 _SECRET_FIELDS = frozenset({"api_token", "read_token", "ingest_token"})
+
+
+def effective_settings(settings: Settings, sources: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Every setting with its value (tokens hidden, URL passwords masked) and where it came from."""
+    return [{"name": item.name, "value": _shown_value(item.name, getattr(settings, item.name), joined=True),
+             "source": sources.get(item.name, "default")} for item in fields(settings)]
+
+
+def _shown_value(name: str, value: Any, joined: bool = False) -> Any:
+    """A value safe to show: tokens hidden, URL passwords masked (settings end up in logs and tracebacks)."""
+    if name in _SECRET_FIELDS and value:
+        return "***"
+    if name.endswith("_url") and isinstance(value, str):
+        return mask_url(value)
+    if joined and isinstance(value, tuple):
+        return ",".join(value)
+    return value
 
 
 def mask_url(url: str | None) -> str | None:

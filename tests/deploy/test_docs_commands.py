@@ -13,7 +13,8 @@ from tests.deploy.conftest import ROOT, setting_variables
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "deploy").rglob("*.md"))]
 COMMAND = re.compile(r"(?:^|[`\s$;(])(contrail [a-z][^`\n#|]*)")
-NOT_SETTINGS = {"CONTRAIL_UPDATE_DOC_IMAGES"}  # read by the test suite, not by Contrail
+NOT_SETTINGS = {"CONTRAIL_UPDATE_DOC_IMAGES",  # read by the test suite, not by Contrail
+                "CONTRAIL_CONFIG"}  # where the config file is, read before the settings (tracer/config_file.py)
 
 
 def command_lines(document) -> list[str]:

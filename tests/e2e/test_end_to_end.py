@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from tests.support.servers import wait_until
 
@@ -21,29 +18,6 @@ def _run_service(script: str, env: dict, *args: str) -> dict:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture
-def stack_env(redis_url, tmp_path):
-    env = dict(os.environ)
-    env.update({
-        "CONTRAIL_REDIS_URL": redis_url,
-        "CONTRAIL_DATABASE_URL": f"sqlite:///{tmp_path / 'contrail.db'}",
-        "CONTRAIL_DATA_DIR": str(tmp_path / "data"),
-        "CONTRAIL_QUIET_PERIOD": "0.5s",
-        "PYTHONPATH": str(ROOT),
-    })
-    return env
-
-
-@pytest.fixture
-def collector(stack_env):
-    process = subprocess.Popen([sys.executable, "-m", "collector_worker"], env=stack_env, cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    yield process
-    if process.poll() is None:
-        process.terminate()
-        process.wait(20)
 
 
 def test_trace_across_two_services_reads_back_as_one(stack_env, collector):

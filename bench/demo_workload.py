@@ -11,13 +11,17 @@ spans, prompts and completions when ``record_content`` is on.
 
 To reach a realistic store size without hours of demo traffic, the captured
 traces can be replayed (:func:`replay`): each copy keeps every span's
-content and shape and gets new trace and span ids and a shifted clock.
+content and shape and gets new trace and span ids, new values for the
+per-message UUIDs (Celery task and message ids) and a shifted clock, so no
+copy compresses better than a new question would.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
+import uuid
 import signal
 import subprocess
 import time
@@ -25,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def capture(questions: int, record_content: bool) -> list[dict]:
@@ -100,16 +105,21 @@ def replay(spans: list[dict], copies: int, spacing_ns: int = 2_000_000_000) -> l
                 found = ids[old] = os.urandom(size).hex()
             return found
 
+        def fresh(attributes: dict) -> dict:
+            return {k: UUID.sub(lambda m: ids.setdefault(m[0], str(uuid.uuid4())), v) if isinstance(v, str) else v
+                    for k, v in attributes.items()}
+
         for span in spans:
             clone = dict(span)
+            clone["attributes"] = fresh(span.get("attributes") or {})
             clone["trace_id"] = new(span["trace_id"], 16)
             clone["span_id"] = new(span["span_id"], 8)
             clone["parent_span_id"] = new(span.get("parent_span_id"), 8)
             for key in ("start_ns", "end_ns", "received_ns"):
                 if clone.get(key):
                     clone[key] += shift
-            clone["events"] = [{**e, "time_ns": e["time_ns"] + shift} if e.get("time_ns") else e
-                               for e in span.get("events") or []]
+            clone["events"] = [{**e, "time_ns": (e.get("time_ns") or 0) + shift,
+                                "attributes": fresh(e.get("attributes") or {})} for e in span.get("events") or []]
             out.append(clone)
     return out
 

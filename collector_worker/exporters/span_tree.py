@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 FOLD_MIN = 3  # similar siblings folded from this many on
 SHOWN_FAILED = 3  # failing members of a run drawn on their own, earliest first
@@ -178,3 +180,14 @@ def fold(children: list[Node], fold_min: int = FOLD_MIN) -> list[Node | Run]:
             out.extend(members)
     out.sort(key=lambda item: (item.members[0] if isinstance(item, Run) else item).span.get("start_ns") or 0)
     return out
+
+
+def consecutive(items: list[T], key: Callable[[T], Any]) -> list[list[T]]:
+    """Neighbours with one key grouped, order kept: the sequence diagram folds repeated calls in time order."""
+    groups: list[list[T]] = []
+    for item in items:
+        if groups and key(groups[-1][0]) == key(item):
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups

@@ -13,6 +13,7 @@ from collector_worker.exporters import export_trace
 from collector_worker.exporters.distiller import DEFAULT_BUDGET_CHARS
 from collector_worker.storage import open_engine
 from collector_worker.storage.queries import get_trace, search_traces, TraceQuery
+from tests.ai.test_exports import mermaid_parser  # noqa: F401  (mermaid's own parser under node)
 from tests.cli.conftest import collector, collector_settings  # noqa: F401  (a real collector over real Redis)
 from tests.support.servers import wait_until
 from tracer import TracingManager
@@ -96,11 +97,13 @@ def test_distiller_keeps_a_failing_loop_member_visible(collector, tmp_path):  # 
     assert "no such key" in text.split("errors (")[1]
 
 
-def test_mermaid_flowchart_folds_the_loop(loop_trace):
+def test_mermaid_flowchart_folds_the_loop(loop_trace, mermaid_parser):  # noqa: F811
     _, text = export_trace(loop_trace, "mermaid", diagram="flowchart")
+    assert mermaid_parser([text]) == [{"ok": True, "type": "flowchart-v2"}]
     lines = text.splitlines()
     assert lines[0] == "flowchart TD"
     nodes = [line for line in lines if '["' in line]
     assert len(nodes) < 10, text
-    assert any(f"execute_tool lookup x {LOOP}" in line for line in nodes)
-    assert any("write answer" in line and "error" in line for line in nodes)
+    assert any(f"execute_tool lookup x {LOOP} - agent - " in line for line in nodes)
+    assert any("slowest of the folded" in line for line in lines)
+    assert any("write answer - agent - " in line and "error RuntimeError disk full" in line for line in nodes)

@@ -21,6 +21,10 @@ from tests.support.servers import (  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# Web apps started by tests (and their `contrail web` / `contrail up` children) leave the OTLP/gRPC port off
+# unless a test picks a free one: parallel tests would otherwise all want 4317.
+os.environ.setdefault("CONTRAIL_OTLP_GRPC_PORT", "0")
+
 # Fuzz suites without explicit example counts run the short "ci" profile; `--hypothesis-profile=slow` (or
 # HYPOTHESIS_PROFILE=slow) runs them longer outside CI.
 _FUZZ_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]

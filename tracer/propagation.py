@@ -96,11 +96,16 @@ def inject(carrier: Any = None, context: Context | None = None) -> Any:
 def extract(carrier: Any) -> Context | None:
     """Return a Context whose current span is the remote parent in ``carrier``, or None.
 
-    Missing, malformed or invalid trace context yields None; nothing raises.
+    Missing, malformed or invalid trace context yields None; nothing raises. Two ``traceparent`` values
+    (a repeated header) are invalid, as W3C Trace Context says: which one is the parent cannot be known.
+    Repeated ``tracestate`` values are combined in order; a ``tracestate`` with an invalid member, a
+    duplicate key or more than 32 members is discarded whole (the trace itself goes on).
     """
     if carrier is None:
         return None
     try:
+        if len(GETTER.get(carrier, "traceparent") or ()) > 1:
+            return None
         context = PROPAGATOR.extract(carrier, context=Context(), getter=GETTER)
         if not trace.get_current_span(context).get_span_context().is_valid:
             return None

@@ -48,6 +48,13 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _port_or_off(value: Any) -> int:
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"invalid port {value!r}: must be 1-65535, or 0 for off")
+    return number
+
+
 def _seconds(value: Any) -> float:
     return parse_duration(value)
 
@@ -244,6 +251,9 @@ class Settings:
         "CONTRAIL_WEB_PORT", _positive_int, "Port of the web app (API, OTLP receiver, dashboard)."))
     web_workers: int = field(default=2, metadata=_opt(
         "CONTRAIL_WEB_WORKERS", _positive_int, "gunicorn worker processes."))
+    otlp_grpc_port: int = field(default=4317, metadata=_opt(
+        "CONTRAIL_OTLP_GRPC_PORT", _port_or_off, "Port of the OTLP/gRPC receiver (TraceService/Export) on the web "
+        "app's address, served by every web worker; 0 turns it off."))
     web_threads: int = field(default=4, metadata=_opt(
         "CONTRAIL_WEB_THREADS", _positive_int, "Threads per gunicorn worker (requests each worker serves at once)."))
     api_token: str | None = field(default=None, metadata=_opt(

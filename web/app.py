@@ -96,7 +96,7 @@ def create_app(config: Mapping[str, Any] | None = None, settings: Settings | Non
     app.extensions["contrail.settings"] = settings
     app.extensions["contrail.resources"] = Resources(settings)
 
-    from . import auth, body, errors, headers, metrics, otlp
+    from . import auth, body, errors, headers, metrics, otlp, zipkin
     from .api import register_blueprints
 
     errors.register_error_handlers(app)
@@ -105,6 +105,7 @@ def create_app(config: Mapping[str, Any] | None = None, settings: Settings | Non
     metrics.init_app(app)  # first, so refused requests are timed too
     auth.init_app(app)
     app.register_blueprint(otlp.bp)
+    app.register_blueprint(zipkin.bp)
     register_blueprints(app)
 
     # --- dashboard: the dashboard blueprint is registered here -------------------

@@ -7,7 +7,8 @@ same-origin with the open API, and so does one whose name is re-pointed at a
 host's LAN address when the app is bound to all interfaces. So an open app,
 wherever it is bound, answers only requests whose ``Host`` is a loopback name,
 an IP address, or a name listed in ``web_allowed_hosts``. With tokens: ``api_token`` may do anything, ``read_token`` only
-GET the API and /metrics, ``ingest_token`` only POST /v1/traces. Liveness and
+GET the API (and /jaeger) and /metrics, ``ingest_token`` only send spans (/v1/traces,
+OTLP/gRPC, /api/v2/spans). Liveness and
 readiness probes and the dashboard pages stay open; the dashboard asks for a
 token in the browser and sends it on its API calls.
 """
@@ -22,6 +23,7 @@ from flask import Flask, request
 from .errors import ApiError
 
 OPEN_PATHS = ("/healthz", "/readyz", "/api/v1/openapi.json")
+ZIPKIN_PATH = "/api/v2/spans"
 
 
 def _matches(given: str, expected: str | None) -> bool:
@@ -32,8 +34,10 @@ def _scope_for(path: str, method: str) -> str | None:
     """"read", "ingest" or None (open) for a request."""
     if path in OPEN_PATHS:
         return None
-    if path == "/v1/traces" or path.startswith("/v1/"):
+    if path == "/v1/traces" or path.startswith("/v1/") or path == ZIPKIN_PATH:
         return "ingest"
+    if path.startswith("/jaeger/"):
+        return "read" if method in ("GET", "HEAD", "OPTIONS") else "write"
     if path.startswith("/api/"):
         return "read" if method in ("GET", "HEAD", "OPTIONS") else "write"
     if path == "/metrics":
@@ -77,7 +81,12 @@ def check_request(settings) -> None:
     scope = _scope_for(request.path, request.method)
     if scope is None:
         return
-    header = request.headers.get("Authorization", "")
+    check_token(request.headers.get("Authorization", ""), scope, settings)
+
+
+def check_token(header: str, scope: str, settings) -> None:
+    """Raise :class:`ApiError` 401/403 unless the ``Authorization`` value carries a token allowed ``scope``
+    ("read", "write" or "ingest"); any receiver (HTTP or gRPC metadata) checks tokens here."""
     challenge = {"WWW-Authenticate": 'Bearer realm="contrail"'}
     if not header.lower().startswith("bearer "):
         raise ApiError(401, "this endpoint needs 'Authorization: Bearer <token>'", headers=challenge)
@@ -91,7 +100,7 @@ def check_request(settings) -> None:
     if _matches(token, settings.ingest_token):
         if scope == "ingest":
             return
-        raise ApiError(403, "the ingest token can only send spans to /v1/traces")
+        raise ApiError(403, "the ingest token can only send spans (OTLP /v1/traces and gRPC, Zipkin /api/v2/spans)")
     raise ApiError(401, "invalid token", headers={**challenge, "WWW-Authenticate":
                                                   'Bearer realm="contrail", error="invalid_token"'})
 

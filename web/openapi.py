@@ -237,6 +237,13 @@ PATHS: dict[str, Any] = {
                     "content": {"application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
                                 "application/json": {"schema": OBJ}}},
             **_responses(None, 400, 401, 403, 413, 415, 503)}}},
+    "/api/v2/spans": {"post": {
+        "summary": "Zipkin v2 trace receiver (a JSON array of Zipkin spans, gzip accepted)",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "array"}}}},
+        "responses": {
+            "202": {"description": "Accepted; rejected_spans and error_message for refused spans",
+                    "content": {"application/json": {"schema": OBJ}}},
+            **_responses(None, 400, 401, 403, 413, 415, 503)}}},
 }
 
 

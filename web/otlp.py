@@ -23,12 +23,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tracer.codec import encode_spans
 from tracer.limits import Cut, SpanLimits, limit_attributes, limit_span, mark_cut
 
-from .app import current_resources, current_settings
+from .app import current_settings
 from .body import read_request_body
 from .errors import ApiError
+from .ingest import StreamUnavailable, accept
 from .metrics import current_metrics
 
 bp = Blueprint("otlp", __name__)
@@ -38,7 +38,6 @@ JSON = "application/json"
 KINDS = {0: "internal", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 STATUS = {0: "unset", 1: "ok", 2: "error"}
 OUTCOMES = {413: "too_large", 408: "timeout"}  # other refusals count as bad_request
-MAX_REASONS = 5  # distinct rejection reasons quoted in partial_success.error_message
 
 
 class RejectedSpan(ValueError):
@@ -315,24 +314,20 @@ def parse_request(body: bytes, content_type: str,
     return message, cuts
 
 
-# --------------------------------------------------------------------------- stream
+# --------------------------------------------------------------------------- answer
 
 
-def publish(spans: list[dict[str, Any]]) -> None:
-    """XADD the spans as batches of ``max_export_batch_size``, one stream entry per batch."""
-    settings = current_settings()
-    size = settings.max_export_batch_size
-    pipe = current_resources().redis().pipeline(transaction=False)
-    for i in range(0, len(spans), size):
-        pipe.xadd(settings.stream, encode_spans(spans[i:i + size]))
-    pipe.execute()
-
-
-def _respond(content_type: str, rejected: int = 0, message: str = "") -> Response:
+def export_response(rejected: int = 0, message: str = "") -> ExportTraceServiceResponse:
+    """The OTLP answer: empty when everything was kept, else ``partial_success`` with the count and reasons."""
     reply = ExportTraceServiceResponse()
     if rejected or message:
         reply.partial_success.rejected_spans = rejected
         reply.partial_success.error_message = message
+    return reply
+
+
+def _respond(content_type: str, rejected: int = 0, message: str = "") -> Response:
+    reply = export_response(rejected, message)
     if content_type == PROTOBUF:
         return Response(reply.SerializeToString(), status=200, content_type=PROTOBUF)
     return Response(json_format.MessageToJson(reply, indent=None), status=200, content_type=JSON)
@@ -355,23 +350,8 @@ def receive():
         metrics.otlp_requests.labels(OUTCOMES.get(exc.status, "bad_request")).inc()
         raise
     spans, reasons, cut = convert_request(message, limits, json_cuts)
-    for item, count in (("events", cut.events), ("links", cut.links), ("attributes", cut.attributes),
-                        ("truncated_values", cut.truncated)):
-        if count:
-            metrics.otlp_span_items_dropped.labels(item).inc(count)
-    metrics.otlp_spans_received.inc(len(spans) + len(reasons))
-    if spans:
-        try:
-            publish(spans)
-        except Exception as exc:  # Redis unreachable: the exporter retries on 503
-            metrics.otlp_requests.labels("unavailable").inc()
-            raise ApiError(503, f"span stream unavailable: {type(exc).__name__}",
-                           headers={"Retry-After": "2"}) from None
-    metrics.otlp_spans_accepted.inc(len(spans))
-    metrics.otlp_spans_rejected.inc(len(reasons))
-    metrics.otlp_requests.labels("partial" if reasons else "ok").inc()
-    message_text = ""
-    if reasons:
-        distinct = list(dict.fromkeys(reasons))[:MAX_REASONS]
-        message_text = f"{len(reasons)} span(s) rejected: " + "; ".join(distinct)
+    try:
+        message_text = accept(spans, reasons, cut)
+    except StreamUnavailable as exc:  # the exporter retries on 503
+        raise ApiError(503, str(exc), headers={"Retry-After": "2"}) from None
     return _respond(content_type, len(reasons), message_text)

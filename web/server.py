@@ -47,6 +47,9 @@ def build_gunicorn_app(app, bind: str, workers: int, timeout: int = 60, threads:
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)
             self.cfg.set("proc_name", "contrail-web")
+            if app.extensions["contrail.settings"].otlp_grpc_port:
+                self.cfg.set("post_worker_init", start_grpc)
+                self.cfg.set("worker_exit", stop_grpc)
             if "control_socket_disable" in self.cfg.settings:
                 # gunicorn >= 24 opens a control socket in $HOME, shared by every instance on the host
                 # (and unwritable for the image's user); Contrail does not use it.
@@ -54,6 +57,22 @@ def build_gunicorn_app(app, bind: str, workers: int, timeout: int = 60, threads:
 
         def load(self):
             return self.application
+
+    def start_grpc(worker):
+        """In each worker, after the fork: the OTLP/gRPC receiver (gRPC must not be started before a fork)."""
+        from .otlp_grpc import start_grpc_server
+
+        try:
+            grpc_servers.append(start_grpc_server(app))
+        except RuntimeError as exc:
+            worker.log.error("OTLP/gRPC receiver not started: %s", exc)
+
+    def stop_grpc(_server, _worker):
+        for server in grpc_servers:
+            if server is not None:
+                server.stop(grace=5).wait(6)
+
+    grpc_servers: list = []
 
     return ContrailGunicorn()
 
@@ -68,7 +87,7 @@ def build_gunicorn_app(app, bind: str, workers: int, timeout: int = 60, threads:
 @click.option("--redis-url", default=None, help="Redis holding the span stream (for the OTLP receiver).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback bind without an API token.")
 def web(host, port, workers, threads, database_url, redis_url, insecure):
-    """Serve the API, OTLP receiver and dashboard with gunicorn."""
+    """Serve the API, OTLP (HTTP and gRPC) and Zipkin receivers, Jaeger query API and dashboard with gunicorn."""
     try:
         settings = Settings.load(web_host=host, web_port=port, web_workers=workers, web_threads=threads,
                                  database_url=database_url, redis_url=redis_url)
@@ -84,11 +103,22 @@ def web(host, port, workers, threads, database_url, redis_url, insecure):
                    "to the network.", err=True)
     elif not has_token:
         click.echo("no CONTRAIL_API_TOKEN set: the API is open to local users only (loopback bind).", err=True)
+    if settings.otlp_grpc_port:
+        from .stack import bind_error
+
+        problem = bind_error(settings.web_host, settings.otlp_grpc_port)
+        if problem:
+            click.echo(f"the OTLP/gRPC receiver cannot listen on {settings.web_host}:{settings.otlp_grpc_port}: "
+                       f"{problem.split(':')[0]}; set CONTRAIL_OTLP_GRPC_PORT to a free port, or 0 to turn it off",
+                       err=True)
+            raise SystemExit(2)
     from .app import create_app
 
     app = create_app(settings=settings)
     shown = f"[{settings.web_host}]" if ":" in settings.web_host else settings.web_host
     bind = f"{shown}:{settings.web_port}"
+    grpc_note = f" and grpc://{shown}:{settings.otlp_grpc_port}" if settings.otlp_grpc_port else ""
     click.echo(f"Contrail web listening on http://{bind}/  (API http://{bind}/api/v1/, "
-               f"OTLP http://{bind}/v1/traces)", err=False)
+               f"OTLP http://{bind}/v1/traces{grpc_note}, Zipkin http://{bind}/api/v2/spans, "
+               f"Jaeger query http://{bind}/jaeger)", err=False)
     build_gunicorn_app(app, bind, settings.web_workers, threads=settings.web_threads).run()

@@ -446,6 +446,12 @@ def up(data_dir, host, port, collectors, demo, max_restarts, insecure):
         # answers on that port and announce a dashboard that is not this stack's.
         lock.close()
         raise click.ClickException(f"the web app cannot listen on {settings.web_host}:{settings.web_port}: {problem}")
+    problem = settings.otlp_grpc_port and bind_error(settings.web_host, settings.otlp_grpc_port)
+    if problem:
+        lock.close()
+        raise click.ClickException(f"the OTLP/gRPC receiver cannot listen on {settings.web_host}:"
+                                   f"{settings.otlp_grpc_port}: {problem.split(':')[0]}; set CONTRAIL_OTLP_GRPC_PORT "
+                                   "to a free port, or 0 to turn it off")
 
     # Children share the lock: if this process is SIGKILLed, the processes it started keep the data
     # directory locked, so a second `contrail up` cannot start a second Redis on the same AOF files.
@@ -542,10 +548,16 @@ def _run_stack(supervisor: Supervisor, settings: Settings, data: Path, collector
     if not supervisor.wait_for(lambda: http_ok(f"{base}/healthz"), f"web app at {base}", 60):
         return 0 if supervisor.stopping and not supervisor.failed else 1
     supervisor.say(click.style(f"Contrail is up: dashboard {base}/   API {base}/api/v1/", fg="green", bold=True))
+    receivers = f"OTLP/HTTP to {base}/v1/traces"
+    if settings.otlp_grpc_port:
+        receivers += f", OTLP/gRPC to {shown_host}:{settings.otlp_grpc_port}"
+    receivers += f", Zipkin to {base}/api/v2/spans"
     if not external:
         # A traced service's default is redis://127.0.0.1:6379/0, which is not this Redis.
         supervisor.say(f"send spans here: export CONTRAIL_REDIS_URL={redis_url} in your traced services, "
-                       f"or OTLP/HTTP to {base}/v1/traces")
+                       f"or {receivers}")
+    else:
+        supervisor.say(f"send spans here: {receivers}")
     if demo:
         supervisor.say("demo system running: the load generator sends a question every 1-2 s")
     supervisor.say("press Ctrl-C to stop")

@@ -11,7 +11,11 @@ import threading
 import psutil
 import pytest
 
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
+
 from tests.support.servers import free_port, wait_until
+from tests.web.test_web_otlp import finished_spans, stream_spans
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent.parent
 
@@ -33,6 +37,7 @@ def start_up(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str]]:
 
 def clean_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTRAIL_", "DEMO_"))}
+    env["CONTRAIL_OTLP_GRPC_PORT"] = str(free_port())  # parallel stacks would all want 4317
     env.update(extra)
     return env
 
@@ -45,9 +50,9 @@ def stop(process: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_up_uses_an_external_redis_and_stops_on_sigterm(redis_url, tmp_path):
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     process, lines = start_up(["--data-dir", str(tmp_path / "data"), "--port", str(port), "--collectors", "2"],
-                              clean_env(CONTRAIL_REDIS_URL=redis_url))
+                              clean_env(CONTRAIL_REDIS_URL=redis_url, CONTRAIL_OTLP_GRPC_PORT=str(grpc_port)))
     try:
         wait_until(lambda: any("Contrail is up" in line for line in lines) or process.poll() is not None,
                    timeout=90, interval=0.3, message="the stack")
@@ -61,6 +66,11 @@ def test_up_uses_an_external_redis_and_stops_on_sigterm(redis_url, tmp_path):
         assert not any("redis-server" in c for c in commands)
         assert sum(c.endswith("collector_worker.cli collector") for c in commands) == 2, output
         assert any("collector.2 |" in line for line in lines)  # each collector's output is prefixed
+        assert f"OTLP/gRPC to 127.0.0.1:{grpc_port}" in output
+        exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{grpc_port}", insecure=True, timeout=10)
+        assert exporter.export(finished_spans()) == SpanExportResult.SUCCESS  # the web workers serve gRPC
+        exporter.shutdown()
+        assert len(stream_spans(redis_url)) == 2
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
         wait_until(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE

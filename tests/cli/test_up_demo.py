@@ -99,7 +99,7 @@ def celery_demo_traces(base: str) -> list[dict]:
 @pytest.fixture
 def stack_env():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTRAIL_", "DEMO_"))}
-    env.update({"CONTRAIL_QUIET_PERIOD": "1s", "PYTHONPATH": str(ROOT)})
+    env.update({"CONTRAIL_QUIET_PERIOD": "1s", "PYTHONPATH": str(ROOT), "CONTRAIL_OTLP_GRPC_PORT": "0"})
     return env
 
 

@@ -98,3 +98,22 @@ def gunicorn_web(tmp_path, redis_url):
     yield start
     for process in processes:
         stop_process(process)
+
+
+@pytest.fixture
+def collector_process(tmp_path, redis_url):
+    """A real collector process on the apps' stream (``contrail:spans``); yields its database URL."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.servers import stop_process
+
+    env = {**os.environ, "CONTRAIL_REDIS_URL": redis_url, "CONTRAIL_STREAM": "contrail:spans",
+           "CONTRAIL_DATABASE_URL": f"sqlite:///{tmp_path / 'collected.db'}", "CONTRAIL_DATA_DIR": str(tmp_path),
+           "CONTRAIL_QUIET_PERIOD": "0.2s", "CONTRAIL_BLOCK": "0.2s",
+           "CONTRAIL_CONSUMER_GROUP": f"tests-{tmp_path.name}"}
+    process = subprocess.Popen([sys.executable, "-m", "collector_worker.cli", "collector"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield env["CONTRAIL_DATABASE_URL"]
+    stop_process(process)

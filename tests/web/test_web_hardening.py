@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -16,7 +14,7 @@ import pytest
 import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.support.servers import stop_process, wait_until
+from tests.support.servers import wait_until
 from tests.web.test_web_otlp import stream_spans
 
 TRACE_ID = bytes.fromhex("5b8efff798038103d269b633813fc60c")
@@ -200,19 +198,6 @@ def test_slow_bodies_get_408_and_health_checks_still_answer(gunicorn_web):
 
 
 # --------------------------------------------------------------------------- 6: NaN and Infinity
-
-
-@pytest.fixture
-def collector_process(tmp_path, redis_url):
-    """A real collector process on the app's stream and database."""
-    env = {**os.environ, "CONTRAIL_REDIS_URL": redis_url, "CONTRAIL_STREAM": "contrail:spans",
-           "CONTRAIL_DATABASE_URL": f"sqlite:///{tmp_path / 'nan.db'}", "CONTRAIL_DATA_DIR": str(tmp_path),
-           "CONTRAIL_QUIET_PERIOD": "0.2s", "CONTRAIL_BLOCK": "0.2s",
-           "CONTRAIL_CONSUMER_GROUP": f"nan-{tmp_path.name}"}
-    process = subprocess.Popen([sys.executable, "-m", "collector_worker.cli", "collector"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    yield env["CONTRAIL_DATABASE_URL"]
-    stop_process(process)
 
 
 def test_nan_and_infinity_attributes_are_served_as_valid_json(collector_process, make_app, redis_url):

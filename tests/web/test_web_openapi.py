@@ -44,7 +44,8 @@ def test_the_document_is_valid_and_served(client):
     for name, schema in SPEC["components"]["schemas"].items():
         jsonschema.Draft202012Validator.check_schema(schema)
     for rule in client.application.url_map.iter_rules():
-        if rule.endpoint.split(".")[0] in ("traces", "services", "dependencies", "stats", "health", "otlp", "ai"):
+        if rule.endpoint.split(".")[0] in ("traces", "services", "dependencies", "stats", "health", "otlp", "zipkin",
+                                             "ai"):
             template = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
             assert template in SPEC["paths"], f"route {rule.rule} is missing from the OpenAPI document"
 

@@ -1,4 +1,4 @@
-"""API blueprints, one per resource, mounted under ``/api/v1``.
+"""API blueprints, one per resource, mounted under ``/api/v1`` (and the Jaeger-compatible one under ``/jaeger``).
 
 ``BLUEPRINTS`` lists ``"module:attribute"`` strings; a module that does not
 exist yet (an optional part not installed) is skipped with a warning, any
@@ -23,6 +23,7 @@ BLUEPRINTS = [
     "web.api.dependencies:bp",
     "web.api.stats:bp",
     "web.api.ai:bp",
+    "web.api.jaeger:bp",
 ]
 
 

@@ -1,0 +1,63 @@
+"""What every span receiver does once its spans are converted: count, publish, answer partial success.
+
+The OTLP/HTTP, OTLP/gRPC and Zipkin receivers convert their own wire formats to codec span dicts and
+hand them here, so limits are counted, the stream is fed and rejections are reported the same way
+whichever protocol a span came in by.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tracer.codec import encode_spans
+from tracer.limits import Cut
+
+from .app import current_resources, current_settings
+from .metrics import current_metrics
+
+MAX_REASONS = 5  # distinct rejection reasons quoted in a partial-success message
+
+
+class StreamUnavailable(RuntimeError):
+    """The span stream could not be written; the sender should retry later."""
+
+
+def publish(spans: list[dict[str, Any]]) -> None:
+    """XADD the spans as batches of ``max_export_batch_size``, one stream entry per batch."""
+    settings = current_settings()
+    size = settings.max_export_batch_size
+    pipe = current_resources().redis().pipeline(transaction=False)
+    for i in range(0, len(spans), size):
+        pipe.xadd(settings.stream, encode_spans(spans[i:i + size]))
+    pipe.execute()
+
+
+def rejection_message(reasons: list[str]) -> str:
+    """``"<n> span(s) rejected: <reason>; ..."`` quoting the first few distinct reasons, or ``""``."""
+    if not reasons:
+        return ""
+    distinct = list(dict.fromkeys(reasons))[:MAX_REASONS]
+    return f"{len(reasons)} span(s) rejected: " + "; ".join(distinct)
+
+
+def accept(spans: list[dict[str, Any]], reasons: list[str], cut: Cut) -> str:
+    """Count and publish converted spans; return the partial-success message ("" when none was rejected).
+
+    Raises :class:`StreamUnavailable` when Redis cannot be written (nothing was acknowledged).
+    """
+    metrics = current_metrics()
+    for item, count in (("events", cut.events), ("links", cut.links), ("attributes", cut.attributes),
+                        ("truncated_values", cut.truncated)):
+        if count:
+            metrics.otlp_span_items_dropped.labels(item).inc(count)
+    metrics.otlp_spans_received.inc(len(spans) + len(reasons))
+    if spans:
+        try:
+            publish(spans)
+        except Exception as exc:  # Redis unreachable: the sender retries
+            metrics.otlp_requests.labels("unavailable").inc()
+            raise StreamUnavailable(f"span stream unavailable: {type(exc).__name__}") from None
+    metrics.otlp_spans_accepted.inc(len(spans))
+    metrics.otlp_spans_rejected.inc(len(reasons))
+    metrics.otlp_requests.labels("partial" if reasons else "ok").inc()
+    return rejection_message(reasons)

@@ -116,7 +116,8 @@ def render(trace: dict) -> str:
             lines.append(f"    {parent} {edge} {ident}")
     ranked = sorted(hidden.items(), key=lambda kv: kv[1], reverse=True)
     rest = ranked[MAX_HIDDEN_BOXES:]
-    boxes = [(parent, f"+{count} span{'' if count == 1 else 's'} not drawn") for parent, count in ranked[:MAX_HIDDEN_BOXES]]
+    boxes = [(parent, f"+{count} span{'' if count == 1 else 's'} not drawn")
+             for parent, count in ranked[:MAX_HIDDEN_BOXES]]
     if rest:
         hidden_spans = sum(count for _, count in rest)
         boxes.append(("n0", f"+{hidden_spans} more spans not drawn, under {len(rest)} other boxes"))

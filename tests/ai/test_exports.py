@@ -129,7 +129,8 @@ def mermaid_parser(tmp_path_factory):
     directory = tmp_path_factory.mktemp("mermaid")
     (directory / "package.json").write_text('{"private": true, "type": "module"}')
     packages = ["mermaid@11", "jsdom@29"]
-    result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefer-offline", *packages], cwd=directory, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefer-offline", *packages],
+                            cwd=directory, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         if IN_CI:
             pytest.fail(f"npm install mermaid failed: {result.stderr[-500:]}")

@@ -19,6 +19,12 @@ reports:
 * fetching the 10,000-span trace with ``queries.get_trace`` against
   ``json.dumps`` of the same result (the ratio the API budget is about).
 
+``--demo`` measures the demo system's spans instead (``bench/demo_workload.py``: the
+demo's gateway, retrieval service and Celery worker run with their tracers
+exporting to a private Redis; ``--demo-questions`` questions are asked, the
+captured traces replayed with new ids up to ``--spans``; ``--record-content``
+as in the demo with prompts and completions recorded).
+
 Writes ``bench/results/storage.json`` (``--out`` to change); ``--label`` names
 the run inside the file so a baseline and a later run sit side by side.
 """
@@ -90,6 +96,15 @@ def decoded_spans(total_spans: int, big_spans: int) -> tuple[list[dict], str | N
         for i in range(0, len(big), SPANS_PER_ENTRY):
             spans.extend(decode_entry(encode_spans(big[i:i + SPANS_PER_ENTRY])).spans)
     return spans, big_id
+
+
+def demo_spans(questions: int, total_spans: int, record_content: bool) -> list[dict]:
+    """The demo's spans of ``questions`` questions, replayed with new ids to about ``total_spans`` spans."""
+    from bench.demo_workload import capture, replay
+
+    captured = capture(questions, record_content)
+    print(f"captured {len(captured)} spans of {questions} demo questions", flush=True)
+    return replay(captured, max(1, -(-total_spans // len(captured))))
 
 
 def build(database_url: str, spans: list[dict]) -> dict:
@@ -219,13 +234,23 @@ def main(argv=None) -> int:
     parser.add_argument("--postgres", action="store_true", help="also measure a PostgreSQL database of its own")
     parser.add_argument("--label", default="current", help="name of this run inside the results file")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "storage.json"))
+    parser.add_argument("--demo", action="store_true", help="the demo system's spans (no big trace)")
+    parser.add_argument("--demo-questions", type=int, default=100, help="questions asked of the demo")
+    parser.add_argument("--record-content", action="store_true", help="demo tracers record prompts/completions")
     args = parser.parse_args(argv)
 
-    spans, big_id = decoded_spans(args.spans, args.big_trace)
+    if args.demo:
+        spans, big_id = demo_spans(args.demo_questions, args.spans, args.record_content), None
+        args.big_trace = 0
+    else:
+        spans, big_id = decoded_spans(args.spans, args.big_trace)
     workdir = Path(tempfile.mkdtemp(prefix="contrail-storage-"))
     run_result: dict = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
                                     "sqlite": sqlite3.sqlite_version, "load_average_at_start": os.getloadavg()},
-                        "spans": len(spans), "spans_per_trace": 10, "big_trace_spans": args.big_trace}
+                        "spans": len(spans), "spans_per_trace": round(len(spans) / len({s["trace_id"] for s in spans}), 1),
+                        "big_trace_spans": args.big_trace}
+    if args.demo:
+        run_result["workload"] = {"demo_questions": args.demo_questions, "record_content": args.record_content}
     try:
         path = workdir / "storage.db"
         run_result["sqlite"] = run(f"sqlite:///{path}", spans, big_id, lambda: sqlite_sizes(path))

@@ -81,24 +81,34 @@ def trace_blocks(conn: Connection, trace_ids: list[str]) -> dict[str, bytes]:
     return out
 
 
+def trace_parts(conn: Connection, trace_ids: list[str]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, bytes]]:
+    """The staging rows and the block of each of ``trace_ids`` (for readers that decode blocks their own way).
+
+    Staging rows are read first: a finalizer moving spans into a block between the two reads (each
+    statement sees its own snapshot on PostgreSQL) shows them in both, never in neither.
+    """
+    staged = staged_spans(conn, trace_ids)
+    return staged, trace_blocks(conn, trace_ids)
+
+
 def trace_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
     """Every stored span of ``trace_ids``: block spans (assembled) merged with staging rows, by trace.
 
     A staging row whose span id is already in the block (a redelivery) is left out; a staging row of a
     span not in the block has ``depth`` None (not assembled yet). Traces with no span are absent.
-    Staging rows are read first: a finalizer moving spans into a block between the two reads (each
-    statement sees its own snapshot on PostgreSQL) shows them in both, never in neither.
     """
-    staged = staged_spans(conn, trace_ids)
-    found = trace_blocks(conn, trace_ids)
+    staged, found = trace_parts(conn, trace_ids)
     out: dict[str, list[dict[str, Any]]] = {}
     for trace_id in trace_ids:
-        data = found.get(trace_id)
-        spans = blocks.merge(blocks.decode(data), staged.get(trace_id, ())) if data is not None \
-            else list(staged.get(trace_id, ()))
+        spans = merged(found.get(trace_id), staged.get(trace_id, ()))
         if spans:
             out[trace_id] = spans
     return out
+
+
+def merged(data: bytes | None, staged: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A trace's spans from its block (if any) and its staging rows (a span in the block keeps that copy)."""
+    return blocks.merge(blocks.decode(data), staged) if data is not None else list(staged)
 
 
 def stored_span_ids(conn: Connection, trace_ids: list[str]) -> dict[str, set[str]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import msgpack
 import zstandard
@@ -159,20 +159,50 @@ def pack(spans: list[dict[str, Any]], depth: dict[str, int], self_time_ns: dict[
     return msgpack.packb(body, default=_default, use_bin_type=True)
 
 
-def _unpack(data: bytes) -> list:
+class Columns(NamedTuple):
+    """A block's body as read: one list per span field, span ``i`` at index ``i`` of each."""
+
+    format: int
+    trace_id: str
+    base: int  # starts and received times are offsets from this
+    strings: list  # service / name / kind / status / scope columns index into it
+    resources: list  # resource_col indexes into it
+    ids: Any  # span ids: list of hex strings, or the 8-byte ids concatenated
+    parents: list  # index into ids, or the parent id itself when not in the block, or None
+    services: list
+    names: list
+    kinds: list
+    statuses: list
+    messages: list
+    starts: list
+    durations: list
+    attributes: list
+    events: list
+    links: list
+    resource_col: list
+    scopes: list
+    received: list
+    depths: list
+    selfs: list
+    crit: list
+
+
+def columns(data: bytes) -> Columns:
+    """The columns of a block, span ids as hex strings (readers that build their own span shape start here)."""
     body = msgpack.unpackb(_decompress(data), raw=False, strict_map_key=False)
     if not body or body[0] != FORMAT:
         raise ValueError(f"unknown trace block format {body[0] if body else None!r}")
-    return body
+    found = Columns(*body)
+    if isinstance(found.ids, bytes):
+        hexed = found.ids.hex()
+        found = found._replace(ids=[hexed[i:i + 16] for i in range(0, len(hexed), 16)])
+    return found
 
 
 def decode(data: bytes) -> list[dict[str, Any]]:
     """The spans of a block as row dicts (attributes, events, links and resource parsed)."""
     (_, trace_id, base, strings, resources, ids, parents, services, names, kinds, statuses, messages, starts,
-     durations, attributes, events, links, resource_col, scopes, received, depths, selfs, crit) = _unpack(data)
-    if isinstance(ids, bytes):
-        hexed = ids.hex()
-        ids = [hexed[i:i + 16] for i in range(0, len(hexed), 16)]
+     durations, attributes, events, links, resource_col, scopes, received, depths, selfs, crit) = columns(data)
     out = []
     append = out.append
     for i, span_id in enumerate(ids):
@@ -195,11 +225,7 @@ def decode(data: bytes) -> list[dict[str, Any]]:
 
 def span_ids(data: bytes) -> set[str]:
     """The span ids a block holds (ingest skips redelivered spans already compacted)."""
-    ids = _unpack(data)[5]
-    if isinstance(ids, bytes):
-        hexed = ids.hex()
-        return {hexed[i:i + 16] for i in range(0, len(hexed), 16)}
-    return set(ids)
+    return set(columns(data).ids)
 
 
 def merge(block_spans: Iterable[dict[str, Any]], staged: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

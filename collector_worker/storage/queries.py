@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,7 +19,7 @@ from typing import Any, Mapping
 from sqlalchemy import Integer, and_, cast, exists, false, func, or_, select
 from sqlalchemy.engine import Connection
 
-from . import block_store, schema, search_keys
+from . import block_store, blocks, schema, search_keys
 
 SORTS = ("start_desc", "start_asc", "duration_desc", "duration_asc")
 TAG_OPS = ("=", ">", "<")
@@ -61,16 +62,23 @@ class TraceQuery:
 # --------------------------------------------------------------------------- formatting
 
 
+@functools.lru_cache(maxsize=8192)
+def _second_text(seconds: int) -> str | None:
+    """A Unix second as ISO-8601 UTC to the second (spans of a trace share few seconds: formatted once each)."""
+    try:
+        moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return f"{moment:%Y-%m-%dT%H:%M:%S}"
+
+
 def iso_time(ns: int | None) -> str | None:
     """Unix nanoseconds as an ISO-8601 UTC string with microseconds."""
     if ns is None:
         return None
     seconds, rest = divmod(int(ns), 1_000_000_000)
-    try:
-        moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return None
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{rest // 1000:06d}Z"
+    prefix = _second_text(seconds)
+    return None if prefix is None else f"{prefix}.{rest // 1000:06d}Z"
 
 
 def _ms(ns: int | None) -> float:
@@ -123,20 +131,68 @@ def span_to_api(row: Mapping[str, Any]) -> dict[str, Any]:
         "status_message": row.get("status_message"),
         "attributes": _json(row.get("attributes"), {}),
         "resource": _json(row.get("resource"), {}),
-        "events": [
-            {"name": e.get("name"), "time": iso_time(e.get("time_ns")), "time_ns": int(e.get("time_ns") or 0),
-             "attributes": e.get("attributes") or {}}
-            for e in _json(row.get("events"), []) if isinstance(e, dict)
-        ],
-        "links": [
-            {"trace_id": link.get("trace_id"), "span_id": link.get("span_id"),
-             "attributes": link.get("attributes") or {}}
-            for link in _json(row.get("links"), []) if isinstance(link, dict)
-        ],
+        "events": _api_events(row.get("events")),
+        "links": _api_links(row.get("links")),
         "depth": int(row["depth"]) if row.get("depth") is not None else 0,
         "self_time_ms": _ms(self_ns) if self_ns is not None else _ms(end - start),
         "critical_path": bool(row.get("critical_path")),
     }
+
+
+def _api_events(events: Any) -> list[dict[str, Any]]:
+    return [
+        {"name": e.get("name"), "time": iso_time(e.get("time_ns")), "time_ns": int(e.get("time_ns") or 0),
+         "attributes": e.get("attributes") or {}}
+        for e in _json(events, []) if isinstance(e, dict)
+    ]
+
+
+def _api_links(links: Any) -> list[dict[str, Any]]:
+    return [
+        {"trace_id": link.get("trace_id"), "span_id": link.get("span_id"), "attributes": link.get("attributes") or {}}
+        for link in _json(links, []) if isinstance(link, dict)
+    ]
+
+
+def api_spans_of_block(cols: blocks.Columns, order: list[int]) -> list[dict[str, Any]]:
+    """Spans ``order`` (indexes) of a block as API span dicts, straight from its columns.
+
+    The same dicts :func:`span_to_api` makes of :func:`blocks.decode` rows, without the row dicts between:
+    fetching a big trace spends its time here.
+    """
+    (_, _, base, strings, resources, ids, parents, services, names, kinds, statuses, messages, starts, durations,
+     attributes, events, links, resource_col, _, _, depths, selfs, crit) = cols
+    resources = [_json(r, {}) for r in resources]
+    out = []
+    append = out.append
+    for i in order:
+        start = base + starts[i]
+        duration = durations[i]
+        parent = parents[i]
+        attrs = attributes[i]
+        self_ns = selfs[i]
+        depth = depths[i]
+        append({
+            "span_id": ids[i],
+            "parent_span_id": ids[parent] if type(parent) is int else parent,
+            "service": strings[services[i]],
+            "name": strings[names[i]],
+            "kind": strings[kinds[i]] or "internal",
+            "start_time": iso_time(start),
+            "start_ns": start,
+            "end_ns": start + duration,
+            "duration_ms": round(duration / 1e6, 6),
+            "status": strings[statuses[i]] or "unset",
+            "status_message": messages[i],
+            "attributes": attrs if type(attrs) is dict else _json(attrs, {}),
+            "resource": resources[resource_col[i]],
+            "events": _api_events(events[i]) if events[i] else [],
+            "links": _api_links(links[i]) if links[i] else [],
+            "depth": 0 if depth is None else int(depth),
+            "self_time_ms": round((duration if self_ns is None else self_ns) / 1e6, 6),
+            "critical_path": bool(crit[i]),
+        })
+    return out
 
 
 # --------------------------------------------------------------------------- search
@@ -336,21 +392,30 @@ def get_trace(conn: Connection, trace_id: str, offset: int = 0,
     """
     limit = max(1, min(int(limit), TRACE_PAGE_SPANS))
     offset = max(0, int(offset))
-    every = block_store.trace_spans(conn, [trace_id]).get(trace_id)
+    staged, found = block_store.trace_parts(conn, [trace_id])
+    data, staged_rows = found.get(trace_id), staged.get(trace_id, [])
+    trace_row = None
+    if data is not None:
+        cols = blocks.columns(data)
+        trace_row = _trace_row(conn, trace_id)
+        if not staged_rows and trace_row is not None:
+            answer = _trace_of_block(trace_id, cols, trace_row, offset, limit)
+            if answer is not None:
+                return answer
+    every = block_store.merged(data, staged_rows)
     if not every:
         return None
     every.sort(key=_span_order)
     total = len(every)
     paged = offset > 0 or total > limit
     rows = every[offset:offset + limit] if paged else every
-    trace_row = conn.execute(select(schema.traces).where(schema.traces.c.trace_id == trace_id)).mappings().first()
-    page = {"total_spans": int(total), "offset": offset, "limit": limit, "truncated": paged,
-            "next_offset": offset + len(rows) if paged and offset + len(rows) < total else None}
+    if trace_row is None:
+        trace_row = _trace_row(conn, trace_id)
+    page = _page(total, offset, limit, len(rows))
     if paged:
         summary = summary_from_row(trace_row) if trace_row is not None else _summary_of_page(trace_id, rows, every)
-        warnings = [w for w in _json(trace_row["warnings"], []) if isinstance(w, dict)] if trace_row else []
-        warnings.append({"code": "truncated", "message": f"{total} spans: this answer holds spans {offset} to "
-                         f"{offset + len(rows)} in start order; ask for the rest with ?offset="})
+        warnings = _stored_warnings(trace_row) if trace_row else []
+        warnings.append(_truncated_warning(total, offset, len(rows)))
         return {"trace_id": trace_id, "summary": summary, "spans": [span_to_api(r) for r in rows],
                 "warnings": warnings, **page}
     assembled = trace_row is not None and all(r["depth"] is not None for r in rows) \
@@ -358,7 +423,7 @@ def get_trace(conn: Connection, trace_id: str, offset: int = 0,
     warnings: list[dict[str, Any]] = []
     if assembled:
         summary = summary_from_row(trace_row)
-        warnings = [w for w in _json(trace_row["warnings"], []) if isinstance(w, dict)]
+        warnings = _stored_warnings(trace_row)
     else:
         summary = _summary_from_spans(trace_id, rows)
         computed = _assemble_on_the_fly(rows)
@@ -377,6 +442,45 @@ def get_trace(conn: Connection, trace_id: str, offset: int = 0,
             warnings = _missing_parent_warnings(rows)
     return {"trace_id": trace_id, "summary": summary, "spans": [span_to_api(r) for r in rows],
             "warnings": warnings, **page}
+
+
+def _trace_row(conn: Connection, trace_id: str) -> Mapping[str, Any] | None:
+    return conn.execute(select(schema.traces).where(schema.traces.c.trace_id == trace_id)).mappings().first()
+
+
+def _stored_warnings(trace_row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [w for w in _json(trace_row["warnings"], []) if isinstance(w, dict)]
+
+
+def _page(total: int, offset: int, limit: int, shown: int) -> dict[str, Any]:
+    """The paging fields of a trace answer showing ``shown`` spans from ``offset``."""
+    paged = offset > 0 or total > limit
+    return {"total_spans": int(total), "offset": offset, "limit": limit, "truncated": paged,
+            "next_offset": offset + shown if paged and offset + shown < total else None}
+
+
+def _truncated_warning(total: int, offset: int, shown: int) -> dict[str, Any]:
+    return {"code": "truncated", "message": f"{total} spans: this answer holds spans {offset} to "
+            f"{offset + shown} in start order; ask for the rest with ?offset="}
+
+
+def _trace_of_block(trace_id: str, cols: blocks.Columns, trace_row: Mapping[str, Any], offset: int,
+                    limit: int) -> dict[str, Any] | None:
+    """The answer for a finalized trace with no staged span, built from its block's columns (the common
+    case, and the one big traces take); None when the block and the summary disagree on the span count
+    (the general path then re-assembles, as for a trace still growing)."""
+    total = len(cols.ids)
+    paged = offset > 0 or total > limit
+    if not paged and int(trace_row["span_count"]) != total:
+        return None
+    order = sorted(range(total), key=list(zip(cols.starts, cols.ids)).__getitem__)  # start order, then span id
+    if paged:
+        order = order[offset:offset + limit]
+    warnings = _stored_warnings(trace_row)
+    if paged:
+        warnings.append(_truncated_warning(total, offset, len(order)))
+    return {"trace_id": trace_id, "summary": summary_from_row(trace_row), "spans": api_spans_of_block(cols, order),
+            "warnings": warnings, **_page(total, offset, limit, len(order))}
 
 
 def _summary_of_page(trace_id: str, rows: list[dict[str, Any]], every: list[dict[str, Any]]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from collector_worker.storage.queries import QueryError, TraceQuery
 from .. import params
 from ..app import current_resources
 from ..errors import bad_parameter, not_found
+from ..gc_pause import paused_gc
 from ..json_provider import finite
 
 bp = Blueprint("traces", __name__, url_prefix="/api/v1")
@@ -56,7 +57,7 @@ def search():
 def load_trace(trace_id: str, parameter: str = "trace_id", offset: int = 0,
                limit: int = queries.TRACE_PAGE_SPANS) -> dict:
     trace_id = params.trace_id(parameter, trace_id)
-    with current_resources().engine().connect() as conn:
+    with current_resources().engine().connect() as conn, paused_gc():
         trace = queries.get_trace(conn, trace_id, offset=offset, limit=limit)
     if trace is None:
         raise not_found(f"unknown trace {trace_id}")

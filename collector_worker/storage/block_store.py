@@ -149,10 +149,17 @@ def delete_finalized(conn: Connection, traces: list[tuple[int, Any]]) -> None:
 
 
 def delete_staged(conn: Connection, keys: list[tuple[str, str]]) -> None:
-    """Delete staging rows by exact (trace_id, span_id)."""
+    """Delete staging rows by exact (trace_id, span_id).
+
+    SQLite plans ``(trace_id, span_id) IN (VALUES …)`` as a scan of the whole staging table, so a batch
+    would cost as much as the backlog is large there: one keyed DELETE per row (executemany) instead.
+    """
     if not keys:
         return
     m = _mark(conn)
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"DELETE FROM {schema.spans.name} WHERE trace_id = {m} AND span_id = {m}", sorted(keys))
+        return
     for chunk in _chunks(sorted(keys), 2000):
         rows = ",".join([f"({m},{m})"] * len(chunk))
         conn.exec_driver_sql(f"DELETE FROM {schema.spans.name} WHERE (trace_id, span_id) IN (VALUES {rows})",

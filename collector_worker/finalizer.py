@@ -855,7 +855,10 @@ def _check_leases(conn: Connection, consumer_name: str, claimed: list[tuple[str,
 def _settle_pending(conn: Connection, claimed: list[tuple[str, int]]) -> None:
     """Delete pending rows no span touched since the claim; a late span leaves its row to re-queue."""
     p, m = schema.pending_traces.name, _mark(conn)
-    conn.exec_driver_sql(f"DELETE FROM {p} WHERE trace_id = {m} AND last_seen_ns = {m}", list(claimed))
+    for chunk in _chunks(list(claimed)):  # one statement per chunk: the interpreter lock is released once
+        conn.exec_driver_sql(f"DELETE FROM {p} WHERE trace_id IN {_in_list(conn, len(chunk))} "
+                             f"AND (trace_id, last_seen_ns) IN (VALUES {','.join([f'({m},{m})'] * len(chunk))})",
+                             (*(t for t, _ in chunk), *itertools.chain.from_iterable(chunk)))
     for chunk in _chunks([t for t, _ in claimed]):
         conn.exec_driver_sql(f"UPDATE {p} SET claimed_by = NULL, claimed_until_ns = NULL "
                              f"WHERE trace_id IN {_in_list(conn, len(chunk))}", tuple(chunk))

@@ -17,7 +17,10 @@ from one run against a private Redis server:
     trace statistics and dependency edges;
 (d) 1, 2 and 4 collector processes (``--processes N``) on a fresh PostgreSQL
     database each: spans/s until every entry is stored and acknowledged
-    (``--pg-processes 0`` skips these runs).
+    (``--pg-processes 0`` skips these runs);
+(e) with ``--backlog N``: N spans published before one collector (SQLite)
+    starts, drained until every trace is finalized: the collector's peak
+    resident memory (VmHWM) and CPU per span.
 
 Collectors are started first and publishing starts once they have joined the
 group, so process start-up is not counted. Completion is read from Redis
@@ -165,11 +168,28 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """A process's peak resident memory so far in MB (Linux /proc VmHWM), or None elsewhere."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def run_collectors(redis_url: str, database_url: str, entries, total_spans: int, processes: int,
-                   log_path: Path, wait_finalized: bool) -> dict:
-    """Start ``processes`` collectors, publish, time until all is stored (and finalized)."""
+                   log_path: Path, wait_finalized: bool, backlog: bool = False) -> dict:
+    """Start ``processes`` collectors, publish, time until all is stored (and finalized).
+
+    ``backlog``: publish everything first, then start the collectors (a drained backlog).
+    """
     client = redis.Redis.from_url(redis_url)
     client.flushall()
+    if backlog:
+        client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        last_id = publish(client, entries)
     env = dict(os.environ, CONTRAIL_QUIET_PERIOD="1s", CONTRAIL_BLOCK="200ms", PYTHONPATH=str(ROOT))
     env.pop("CONTRAIL_CONSUMER_NAME", None)
     with open(log_path, "wb") as log:
@@ -187,7 +207,8 @@ def run_collectors(redis_url: str, database_url: str, entries, total_spans: int,
         wait_until(joined, timeout=120, interval=0.1, message=f"{processes} collectors in the group")
         cpu_start = cpu_seconds(collector.pid) if processes == 1 else None
         start = time.perf_counter()
-        last_id = publish(client, entries)
+        if not backlog:
+            last_id = publish(client, entries)
         wait_until(lambda: all_acknowledged(client, last_id), timeout=1800, interval=0.05,
                    message="every entry stored and acknowledged")
         ingest_seconds = time.perf_counter() - start
@@ -201,6 +222,7 @@ def run_collectors(redis_url: str, database_url: str, entries, total_spans: int,
             wait_until(finalized, timeout=1800, interval=0.25, message="every trace finalized")
             finalize_seconds = time.perf_counter() - start
         cpu_end = cpu_seconds(collector.pid) if cpu_start is not None else None
+        peak_mb = peak_rss_mb(collector.pid) if processes == 1 else None
         with engine.connect() as conn:
             stored = len(block_store.all_spans(conn))
             traces = conn.execute(select(func.count()).select_from(schema.traces)).scalar_one()
@@ -211,7 +233,7 @@ def run_collectors(redis_url: str, database_url: str, entries, total_spans: int,
                 "spans_per_second": round(total_spans / ingest_seconds),
                 "finalized_seconds": round(finalize_seconds, 3) if finalize_seconds else None,
                 "spans_per_second_incl_finalize": round(total_spans / finalize_seconds) if finalize_seconds else None,
-                "traces_finalized": traces,
+                "traces_finalized": traces, "peak_rss_mb": peak_mb,
                 # CPU time of the collector process per span from publishing to the end of the run (all its
                 # threads; SQLite's work included): less sensitive than spans/s to other load on the machine.
                 "cpu_us_per_span": round((cpu_end - cpu_start) / total_spans * 1e6, 1)
@@ -225,6 +247,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spans", type=int, default=200_000, help="spans for the SQLite and bare-loop runs")
     parser.add_argument("--pg-spans", type=int, default=100_000, help="spans per PostgreSQL run")
+    parser.add_argument("--backlog", type=int, default=0,
+                        help="also drain a backlog of this many spans published before the collector starts")
     parser.add_argument("--pg-processes", default="1,2,4", help="comma-separated process counts; 0 skips PostgreSQL")
     args = parser.parse_args(argv)
 
@@ -245,6 +269,10 @@ def main(argv=None) -> int:
         results["sqlite_finalized_vs_bare_ratio"] = round(sqlite_run["spans_per_second_incl_finalize"] / bare, 3)
         alone = finalizer_alone(entries, args.spans, f"sqlite:///{workdir / 'finalizer.db'}")
         results["finalizer_alone_sqlite"] = alone
+        if args.backlog:
+            drained = run_collectors(server.url, f"sqlite:///{workdir / 'backlog.db'}", make_entries(args.backlog),
+                                     args.backlog, 1, workdir / "backlog.log", wait_finalized=True, backlog=True)
+            results["sqlite_backlog"] = drained
 
         rows = [("bare XREADGROUP+decode+XACK", f"{bare:,.0f}", "1.000"),
                 ("1 collector, SQLite, stored and acknowledged", f"{sqlite_run['spans_per_second']:,}",
@@ -254,6 +282,11 @@ def main(argv=None) -> int:
                 (f"  (collector CPU {sqlite_run['cpu_us_per_span']} us/span, all threads)", "", ""),
                 (f"finalizer alone, SQLite ({alone['traces_per_second']:,} traces/s)",
                  f"{alone['spans_per_second']:,}", f"{alone['spans_per_second'] / bare:.3f}")]
+        if args.backlog:
+            rows.append((f"backlog of {args.backlog:,} spans drained, stored AND finalized "
+                         f"(peak RSS {drained['peak_rss_mb']} MB, CPU {drained['cpu_us_per_span']} us/span)",
+                         f"{drained['spans_per_second_incl_finalize']:,}",
+                         f"{drained['spans_per_second_incl_finalize'] / bare:.3f}"))
 
         reason = postgres_unavailable_reason()
         if args.pg_processes.strip() in ("", "0"):

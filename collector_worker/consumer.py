@@ -32,6 +32,7 @@ from tracer.settings import Settings
 
 from . import finalizer
 from . import pricing, reports, sampling, validation
+from .recent_spans import RecentSpans
 from .storage.engine import open_engine
 from .storage.writer import dropped_over_limit, prepare_spans, store_spans, take_write_lock, write_lock
 
@@ -39,7 +40,7 @@ log = logging.getLogger("contrail.collector")
 
 FINALIZE_EVERY = 0.5  # seconds the finalizer thread waits after a pass that found nothing quiet
 FINALIZE_PARTIAL_WAIT = 0.1  # ... after a pass that found fewer traces than a full batch
-RECENT_SPANS = 200_000  # spans kept in memory for the finalizer (see finalizer.RecentSpans)
+RECENT_SPANS = 200_000  # spans kept in memory for the finalizer at most (see recent_spans.RecentSpans)
 # Garbage-collector thresholds while a collector runs. Every batch allocates hundreds of thousands of
 # short-lived containers (decoded spans, rows) that reference counting frees; with Python's default
 # (700, 10, 10) the cyclic collector ran thousands of times per 100k spans (the older generations'
@@ -282,7 +283,7 @@ class StreamConsumer:
         self._retention_thread: threading.Thread | None = None
         self.held: list[Entry] = []  # entries read but not yet acknowledged (kept across a database outage)
         # Spans stored by this process lately, so finalizing their traces needs no read back.
-        self.recent = finalizer.RecentSpans(RECENT_SPANS)
+        self.recent = RecentSpans(RECENT_SPANS, settings.recent_spans_memory)
         # Traces leased for the next finalize pass in the write transaction of the last one (SQLite).
         self.ahead = finalizer.ClaimAhead()
         self.limits = SpanLimits.from_settings(settings)  # what admit_span cuts every span to

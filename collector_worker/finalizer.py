@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from typing import Any, Iterable
 
 from sqlalchemy import update
@@ -34,6 +34,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from . import dependencies, sampling, stats
 from .assembler import assemble
+from .recent_spans import RecentSpans
 from .storage import block_dictionary, block_store, blocks, partitions, schema, search_keys
 from .storage.writer import take_write_lock, write_lock
 
@@ -327,7 +328,7 @@ def _lease_batch(engine: Engine, consumer_name: str, ahead: ClaimAhead | None, n
 
 
 def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: int | None = None,
-                   recent: "RecentSpans | None" = None, ahead: ClaimAhead | None = None) -> int:
+                   recent: RecentSpans | None = None, ahead: ClaimAhead | None = None) -> int:
     """Finalize up to :data:`MAX_TRACES_PER_CALL` traces quiet for ``settings.quiet_period``.
 
     Three steps: lease the traces (a short write transaction); read what
@@ -409,7 +410,7 @@ class WritePipeline:
     changes.
     """
 
-    def __init__(self, engine: Engine, settings: Any, consumer_name: str, recent: "RecentSpans | None",
+    def __init__(self, engine: Engine, settings: Any, consumer_name: str, recent: RecentSpans | None,
                  ahead: ClaimAhead, on_written: Any = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -487,119 +488,11 @@ class WritePipeline:
 
 
 def _prepare(engine: Engine, settings: Any, claimed: list[tuple[str, int]], now_ns: int,
-             recent: "RecentSpans | None") -> "FinalizedBatch":
+             recent: RecentSpans | None) -> "FinalizedBatch":
     with engine.connect() as conn:
         batch = prepare_batch(conn, settings, claimed, now_ns, recent)
         conn.rollback()  # end the read transaction before writing on another connection
     return batch
-
-
-class RecentSpans:
-    """Spans this process stored lately, by trace, so the finalizer need not read them back.
-
-    The consumer adds the rows of newly inserted spans after their transaction
-    committed; the finalizer takes a claimed trace's spans out and uses them
-    only when the trace was never finalized before and the database holds
-    exactly as many spans of it as were taken (so no other collector added any
-    and none was deleted). Otherwise the spans are read from the database as
-    usual. Bounded: beyond ``limit`` spans the oldest traces are forgotten.
-    """
-
-    def __init__(self, limit: int = 200_000) -> None:
-        self.limit = limit
-        self._traces: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        self._count = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def add(self, stored_rows: list[tuple[tuple, dict[str, Any]]]) -> None:
-        """Remember ``(row, span)`` pairs from :func:`store_spans` (call after the commit)."""
-        if not stored_rows or self.limit <= 0:
-            return
-        spans = _recent_spans(stored_rows)
-        with self._lock:
-            traces = self._traces
-            for span in spans:
-                found = traces.get(span["trace_id"])
-                if found is None:
-                    traces[span["trace_id"]] = [span]
-                else:
-                    found.append(span)
-            self._count += len(spans)
-            while self._count > self.limit and traces:
-                _, dropped = traces.popitem(last=False)
-                self._count -= len(dropped)
-
-    def take(self, trace_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
-        """Remove and return what is held of these traces."""
-        out = {}
-        with self._lock:
-            pop = self._traces.pop
-            for trace_id in trace_ids:
-                spans = pop(trace_id, None)
-                if spans is not None:
-                    out[trace_id] = spans
-                    self._count -= len(spans)
-        return out
-
-
-_PLAIN_VALUES = frozenset((str, int, float, bool))
-_STR_ONLY = frozenset((str,))
-_HOST_VALUES = frozenset((str, int, type(None)))
-
-
-def _recent_spans(stored_rows: list[tuple[tuple, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The spans to hold for ``stored_rows``: assembles exactly as what :func:`_load_spans` reads back.
-
-    The usual decoded span is held as it is (not copied): its stored columns are the very objects of
-    the row, its attributes are plain, and its resource's host keys survive JSON unchanged (assembly
-    reads nothing else of the resource). Its assembly columns are absent, which assembly reads as
-    never assembled. Any other span is held as the row's values (:func:`_cached_span`).
-    """
-    out = []
-    append = out.append
-    plain, str_only = _PLAIN_VALUES.issuperset, _STR_ONLY.issuperset
-    resources: dict[int, bool] = {}  # id(resource) -> host keys survive JSON (spans of an entry share one)
-    for row, span in stored_rows:
-        get = span.get
-        attributes = get("attributes")
-        if (row[3] is get("service") and row[4] is get("name") and row[5] is get("kind")
-                and row[9] is get("status_code") and "depth" not in span
-                and type(attributes) is dict and plain(map(type, attributes.values()))
-                and str_only(map(type, attributes))):
-            resource = get("resource")
-            ok = resources.get(id(resource))
-            if ok is None:
-                ok = resources[id(resource)] = type(resource) is dict and \
-                    _HOST_VALUES.issuperset((type(resource.get("host.name")), type(resource.get("host.id"))))
-            if ok:
-                append(span)
-                continue
-        append(_cached_span(row, span))
-    return out
-
-
-def _cached_span(row: tuple, span: dict[str, Any]) -> dict[str, Any]:
-    """What :func:`_load_spans` would read back for a stored row (``writer.SPAN_COLUMNS`` order)."""
-    attributes = span.get("attributes")
-    if not attributes:
-        attributes = {}
-    elif type(attributes) is not dict or not _PLAIN_VALUES.issuperset(map(type, attributes.values())) \
-            or not _STR_ONLY.issuperset(map(type, attributes)):
-        try:  # values JSON turns into something else: take what the database holds
-            attributes = _loads(row[11])
-        except ValueError:
-            attributes = {}
-        if type(attributes) is not dict:
-            attributes = {}
-    return {"trace_id": row[0], "span_id": row[1], "parent_span_id": row[2], "service": row[3], "name": row[4],
-            "kind": row[5], "start_ns": row[6], "end_ns": row[7], "status_code": row[9], "status_message": row[10],
-            "attributes": attributes, "events": row[12], "links": row[13], "resource": row[14], "scope": row[15],
-            "received_ns": row[16], "depth": None, "self_time_ns": None, "critical_path": False}
 
 
 # Staging columns read back for assembly and the block (``writer.SPAN_COLUMNS`` without duration).
@@ -965,7 +858,10 @@ def _check_leases(conn: Connection, consumer_name: str, claimed: list[tuple[str,
 def _settle_pending(conn: Connection, claimed: list[tuple[str, int]]) -> None:
     """Delete pending rows no span touched since the claim; a late span leaves its row to re-queue."""
     p, m = schema.pending_traces.name, _mark(conn)
-    conn.exec_driver_sql(f"DELETE FROM {p} WHERE trace_id = {m} AND last_seen_ns = {m}", list(claimed))
+    for chunk in _chunks(list(claimed)):  # one statement per chunk: the interpreter lock is released once
+        conn.exec_driver_sql(f"DELETE FROM {p} WHERE trace_id IN {_in_list(conn, len(chunk))} "
+                             f"AND (trace_id, last_seen_ns) IN (VALUES {','.join([f'({m},{m})'] * len(chunk))})",
+                             (*(t for t, _ in chunk), *itertools.chain.from_iterable(chunk)))
     for chunk in _chunks([t for t, _ in claimed]):
         conn.exec_driver_sql(f"UPDATE {p} SET claimed_by = NULL, claimed_until_ns = NULL "
                              f"WHERE trace_id IN {_in_list(conn, len(chunk))}", tuple(chunk))

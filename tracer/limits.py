@@ -75,6 +75,41 @@ def limit_attributes(attributes: Mapping[str, Any], limits: SpanLimits, cut: Cut
     return attributes if isinstance(attributes, dict) else dict(attributes)
 
 
+_PLAIN_TYPES = frozenset((str, int, float, bool, type(None)))
+
+
+def _attributes_within(attributes: Any, limits: SpanLimits) -> bool:
+    """True when :func:`limit_attributes` keeps ``attributes`` as they are: a dict of plain values in bounds."""
+    if type(attributes) is not dict or len(attributes) > limits.attributes:
+        return False
+    values = attributes.values()
+    if not _PLAIN_TYPES.issuperset(map(type, values)):
+        return False
+    longest = limits.value_length
+    return not any([type(v) is str and len(v) > longest for v in values])
+
+
+def within_limits(span: dict[str, Any], limits: SpanLimits) -> bool:
+    """True when :func:`limit_span` would change nothing (the usual span): one cheap pass, nothing copied."""
+    longest = limits.value_length
+    name, message, events, links = span.get("name"), span.get("status_message"), span.get("events"), span.get("links")
+    if (isinstance(name, str) and len(name) > longest) or (isinstance(message, str) and len(message) > longest):
+        return False
+    if type(events) is not list or type(links) is not list or len(events) > limits.events \
+            or len(links) > limits.links or not _attributes_within(span.get("attributes"), limits):
+        return False
+    for event in events:
+        if type(event) is not dict or not _attributes_within(event.get("attributes"), limits):
+            return False
+        event_name = event.get("name")
+        if isinstance(event_name, str) and len(event_name) > longest:
+            return False
+    for link in links:
+        if type(link) is not dict or not _attributes_within(link.get("attributes"), limits):
+            return False
+    return True
+
+
 def limit_span(span: dict[str, Any], limits: SpanLimits) -> Cut:
     """Cut one decoded span (the codec's dict shape) to ``limits`` in place; return what was cut.
 
@@ -82,6 +117,8 @@ def limit_span(span: dict[str, Any], limits: SpanLimits) -> Cut:
     attributes (added beyond the attribute limit, so they are never themselves dropped).
     """
     cut = Cut()
+    if within_limits(span, limits):
+        return cut
     for key in ("name", "status_message"):
         text = span.get(key)
         if isinstance(text, str) and len(text) > limits.value_length:

@@ -159,14 +159,22 @@ def delete_finalized(conn: Connection, traces: list[tuple[int, Any]]) -> None:
 
 
 def delete_staged(conn: Connection, keys: list[tuple[str, str]]) -> None:
-    """Delete staging rows by exact (trace_id, span_id)."""
+    """Delete staging rows by exact (trace_id, span_id).
+
+    The trace ids are listed too: SQLite plans ``(trace_id, span_id) IN (VALUES …)`` alone as a scan
+    of the whole staging table (a batch would cost as much as the backlog is large), with them as a
+    search of the key index. One statement per chunk, not one per row: the interpreter lock is
+    released once per statement, so the ingest thread does not take it between rows.
+    """
     if not keys:
         return
     m = _mark(conn)
     for chunk in _chunks(sorted(keys), 2000):
+        trace_ids = sorted({trace_id for trace_id, _ in chunk})
         rows = ",".join([f"({m},{m})"] * len(chunk))
-        conn.exec_driver_sql(f"DELETE FROM {schema.spans.name} WHERE (trace_id, span_id) IN (VALUES {rows})",
-                             tuple(itertools.chain.from_iterable(chunk)))
+        conn.exec_driver_sql(f"DELETE FROM {schema.spans.name} WHERE trace_id IN {_in(conn, len(trace_ids))} "
+                             f"AND (trace_id, span_id) IN (VALUES {rows})",
+                             (*trace_ids, *itertools.chain.from_iterable(chunk)))
 
 
 def all_spans(conn: Connection) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ and mostly unique: a posting holds a 64-bit hash of the value's string form
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import weakref
@@ -23,6 +24,7 @@ _caches_guard = threading.Lock()
 _CHUNK = 500
 
 
+@functools.lru_cache(maxsize=16384)  # values repeat across traces (methods, routes, models); <= ~7 MB held
 def tag_hash(value: str) -> int:
     """The signed 64-bit hash a tag value is posted and searched under."""
     return int.from_bytes(hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest(),

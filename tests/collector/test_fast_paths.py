@@ -9,7 +9,7 @@ import json
 import msgpack
 import pytest
 
-from collector_worker import assembler, dependencies, finalizer
+from collector_worker import assembler, dependencies, finalizer, recent_spans
 from collector_worker.storage.writer import _rows_of, prepare_spans, row_values
 from tracer.codec import CodecError, _decode_row, decode_entry, encode_batch
 
@@ -137,7 +137,7 @@ def test_held_spans_assemble_as_read_back():
     spans.append({**spans[0], "span_id": "e" * 16, "resource": {"host.id": 1.5}})
     spans.append({**spans[0], "span_id": "d" * 16, "parent_span_id": "1" * 16, "depth": 3})
     rows = [row_values(s, 1) for s in spans]
-    held = finalizer._recent_spans(list(zip(rows, spans)))
+    held = recent_spans.held_spans(list(zip(rows, spans)))
     back = [loaded(r) for r in rows]
     assert sum(h is s for h, s in zip(held, spans)) >= len(spans) // 2  # the usual span is held as it is
     for h, b in zip(held, back):

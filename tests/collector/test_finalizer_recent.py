@@ -8,7 +8,7 @@ import threading
 
 from sqlalchemy import func, select
 
-from collector_worker import finalizer
+from collector_worker import finalizer, recent_spans
 from collector_worker.consumer import Checkpointer, FinalizerThread, StreamConsumer
 from collector_worker.storage import open_engine, schema
 from collector_worker.storage.writer import prepare_spans, store_spans, write_lock
@@ -83,6 +83,29 @@ def test_recent_spans_forget_the_oldest_traces_beyond_the_limit():
     held = recent.take([f"{n:032x}" for n in range(5)])
     assert sorted(held) == [f"{n:032x}" for n in (3, 4)]
     assert all(len(v) == 8 for v in held.values()) and len(recent) == 0
+
+
+def test_recent_spans_forget_the_oldest_traces_beyond_the_memory_bound():
+    rows = [(prepare_spans([s], BASE).rows[0], s) for n in range(5) for s in trace_spans(n, "a", 0, 8)]
+    per_trace = sum(recent_spans.estimated_bytes(row) for row, _ in rows[:8])
+    recent = finalizer.RecentSpans(max_bytes=2 * per_trace + 100)
+    recent.add(rows)
+    assert recent.bytes <= 2 * per_trace + 100 and recent.forgotten == 24
+    held = recent.take([f"{n:032x}" for n in range(5)])
+    assert sorted(held) == [f"{n:032x}" for n in (3, 4)]
+    assert (len(recent), recent.bytes) == (0, 0)
+
+
+def test_the_memory_estimate_grows_with_what_a_span_holds():
+    small, large = trace_spans(0, "a", 0, 2)
+    large["attributes"] = {f"key.{i}": "v" * 1000 for i in range(20)}
+    rows = prepare_spans([small, large], BASE).rows
+    assert recent_spans.estimated_bytes(rows[1]) > recent_spans.estimated_bytes(rows[0]) + 20 * 1000
+
+
+def test_collector_setting_bounds_the_memory_of_recent_spans(engine):
+    consumer = StreamConsumer(Settings.load({}, recent_spans_memory="1MB"), engine, None, "c1")
+    assert consumer.recent.max_bytes == 1024 * 1024
 
 
 def test_ingest_and_finalizer_threads_share_the_database(engine):

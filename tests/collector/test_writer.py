@@ -136,3 +136,23 @@ def test_resources_of_every_shape_are_stored(engine):
     with engine.connect() as conn:
         stored = dict(conn.execute(select(schema.spans.c.span_id, schema.spans.c.resource)).all())
     assert {sid: json.loads(text) for sid, text in stored.items()} == {s["span_id"]: s["resource"] for s in spans}
+
+
+def test_staging_rows_are_deleted_by_key_without_scanning_the_staging_table(sqlite_engine):
+    """The finalizer deletes the staging rows it merged; on SQLite by index, whatever the table holds."""
+    from collector_worker.storage import block_store
+
+    trace_id = random_ids(1)[0] + random_ids(1)[0]
+    spans = [make_span(trace_id, span_id) for span_id in random_ids(4)]
+    statements: list[str] = []
+    with sqlite_engine.begin() as conn:
+        store_spans(conn, spans, 1)
+        conn.connection.driver_connection.set_trace_callback(statements.append)
+        block_store.delete_staged(conn, [(trace_id, s["span_id"]) for s in spans[:3]])
+        conn.connection.driver_connection.set_trace_callback(None)
+        deletes = {s for s in statements if s.startswith("DELETE")}
+        assert deletes
+        for statement in deletes:
+            plan = " ".join(row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}"))
+            assert "SCAN spans" not in plan, plan
+    assert count(sqlite_engine, schema.spans) == 1

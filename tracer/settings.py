@@ -193,6 +193,17 @@ class Settings:
     log_events_level: str | None = field(default=None, metadata=_opt(
         "CONTRAIL_LOG_EVENTS_LEVEL", _log_level, "With tracer.log_context installed: log records at or above this "
         "level (e.g. WARNING) also become events on the current span; unset: none do."))
+    metrics_interval: float = field(default=10.0, metadata=_opt(
+        "CONTRAIL_METRICS_INTERVAL", _seconds, "How often the metrics a process records (tracing.metrics) are "
+        "exported, in one batch per interval, to the span stream (or the spool while Redis is down).",
+        ("OTEL_METRIC_EXPORT_INTERVAL", _millis_as_seconds)))
+    metrics_cardinality_limit: int = field(default=2000, metadata=_opt(
+        "CONTRAIL_METRICS_CARDINALITY_LIMIT", _positive_int, "Attribute sets (series) one instrument records "
+        "in a process; measurements of further attribute sets are dropped and counted "
+        "(metric_series_dropped in get_tracer_info)."))
+    system_metrics: bool = field(default=False, metadata=_opt(
+        "CONTRAIL_SYSTEM_METRICS", _bool, "Also record this process's CPU, memory (RSS), GC, threads, open "
+        "file descriptors, disk and network I/O as metrics (needs psutil: the 'system' extra)."))
 
     # --- ingest limits (collector and receivers; OpenTelemetry's span limits as the reference) ---------
     span_event_count_limit: int = field(default=128, metadata=_opt(

@@ -227,3 +227,24 @@ def _point(kind: str | None, bucket: int, step_s: int, step: dict[str, Any]) -> 
     point["exemplars"] = [{"trace_id": e[0], "span_id": e[1], "value": e[2], "time_ns": e[3]}
                           for e in step["exemplars"]]
     return point
+
+
+def last_minute(conn: Connection, now_ns: int, max_series: int) -> tuple[list[dict[str, Any]], bool]:
+    """Every series of the last complete minute before ``now_ns`` with its point (as :func:`query_metric`
+    computes them, for a 60 s step), at most ``max_series``; True as second value if some were left out."""
+    bucket = stats.bucket_of(now_ns, 60) - 60
+    rows = sql.bucket_rows(conn, 60, bucket, max_series + 1)
+    omitted = len(rows) > max_series
+    rows = rows[:max_series]
+    histograms: dict[str, stats.Histogram] = defaultdict(stats.Histogram)
+    if any(row.kind == "histogram" for row in rows):
+        for series, b, count in sql.bucket_bins(conn, 60, bucket):
+            histograms[series].add_bin(int(b), int(count))
+    out = []
+    for row in rows:
+        step = {"count": int(row.count), "sum": float(row.sum), "min": row.min, "max": row.max, "last": row.last,
+                "exemplars": [], "histogram": histograms.get(row.series) or stats.Histogram()}
+        out.append({"name": row.name, "kind": row.kind, "unit": row.unit, "description": row.description,
+                    "service": row.service, "attributes": _attributes(row.attributes),
+                    "point": _point(row.kind, bucket, 60, step)})
+    return out, omitted

@@ -265,6 +265,9 @@ class Settings:
     otlp_grpc_port: int = field(default=4317, metadata=_opt(
         "CONTRAIL_OTLP_GRPC_PORT", _port_or_off, "Port of the OTLP/gRPC receiver (TraceService/Export) on the web "
         "app's address, served by every web worker; 0 turns it off."))
+    prometheus_app_metrics: bool = field(default=False, metadata=_opt(
+        "CONTRAIL_PROMETHEUS_APP_METRICS", _bool, "Also expose the stored application metrics (tracing.metrics) "
+        "on /metrics, the last complete minute of each series, for an existing Prometheus to scrape."))
     web_threads: int = field(default=4, metadata=_opt(
         "CONTRAIL_WEB_THREADS", _positive_int, "Threads per gunicorn worker (requests each worker serves at once)."))
     api_token: str | None = field(default=None, metadata=_opt(

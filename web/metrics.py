@@ -127,6 +127,11 @@ class StreamHealthCollector:
 def init_app(app: Flask) -> None:
     metrics = Metrics()
     metrics.registry.register(StreamHealthCollector(app))
+    settings = app.extensions.get("contrail.settings")
+    if settings is not None and settings.prometheus_app_metrics:
+        from .app_metrics import AppMetricsCollector
+
+        metrics.registry.register(AppMetricsCollector(app))
     app.extensions["contrail.metrics"] = metrics
 
     @app.before_request

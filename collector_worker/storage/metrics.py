@@ -99,3 +99,21 @@ def bin_rows(conn: Connection, name: str, resolution: int, first_bucket: int, en
     if service is not None:
         query = query.where(p.c.service == service)
     return conn.execute(query)
+
+
+def bucket_rows(conn: Connection, resolution: int, bucket: int, limit: int) -> list[Any]:
+    """Up to ``limit`` rows of one bucket, every metric: series, name, service, kind, unit, description,
+    attributes, count, sum, min, max, last."""
+    p = schema.metric_points
+    return conn.execute(
+        select(p.c.series, p.c.name, p.c.service, p.c.kind, p.c.unit, p.c.description, p.c.attributes, p.c.count,
+               p.c.sum, p.c.min, p.c.max, p.c.last)
+        .where(p.c.resolution == resolution, p.c.bucket == bucket).order_by(p.c.name, p.c.series)
+        .limit(limit)).all()
+
+
+def bucket_bins(conn: Connection, resolution: int, bucket: int) -> Iterable[Any]:
+    """The histogram bins of one bucket: series, bin, count."""
+    h = schema.metric_histogram
+    return conn.execute(select(h.c.series, h.c.bin, h.c.count)
+                        .where(h.c.resolution == resolution, h.c.bucket == bucket))

@@ -12,7 +12,8 @@ base-2 exponential histogram) and :class:`StreamMetricExporter` pushes the
 points as ``kind=metrics`` entries (:mod:`tracer.metrics_codec`) to the span
 stream; while Redis is unreachable they go to a disk spool of their own
 (``<spool_dir>/metrics``, the same :class:`tracer.spool.DiskSpool`) and are
-replayed first when it answers again. Measurements taken inside a sampled span
+replayed first at the next export that reaches Redis (the reader exports
+only when there are points; ``flush`` and ``shutdown`` replay in any case). Measurements taken inside a sampled span
 carry it as an exemplar (the SDK's trace-based exemplar filter).
 """
 
@@ -281,6 +282,11 @@ class StreamMetricExporter(MetricExporter):
             for fields, count in entries:
                 self.spool.append(fields, count)
 
+    def replay(self) -> None:
+        """Push what the spool holds (the reader calls export only when there are new points)."""
+        with self._lock:
+            self.deliver([])
+
     def _push(self, fields_list: list[dict]) -> None:
         self.stream.push(fields_list)
         self.entries_exported += len(fields_list)
@@ -294,6 +300,8 @@ class StreamMetricExporter(MetricExporter):
         return True
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        if self.spool.pending():
+            self.replay()
         self.spool.close()
         try:
             self.stream.shutdown()
@@ -351,6 +359,8 @@ class MetricsCollector:
             return False
         errors = self.exporter.export_errors
         done = self.provider.force_flush(int(timeout * 1000))
+        if self.exporter.spool.pending():  # the reader exports only when there are points: replay anyway
+            self.exporter.replay()
         return bool(done) and self.exporter.export_errors == errors and not self.exporter.spool.pending()
 
     def shutdown(self, timeout: float = 5.0) -> None:

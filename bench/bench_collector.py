@@ -44,7 +44,7 @@ import redis  # noqa: E402
 from sqlalchemy import create_engine, func, select  # noqa: E402
 
 from collector_worker import finalizer  # noqa: E402
-from collector_worker.storage import open_engine, schema  # noqa: E402
+from collector_worker.storage import block_store, open_engine, schema  # noqa: E402
 from collector_worker.storage.writer import store_spans  # noqa: E402
 from tests.support.servers import (  # noqa: E402
     RedisServer,
@@ -202,7 +202,7 @@ def run_collectors(redis_url: str, database_url: str, entries, total_spans: int,
             finalize_seconds = time.perf_counter() - start
         cpu_end = cpu_seconds(collector.pid) if cpu_start is not None else None
         with engine.connect() as conn:
-            stored = conn.execute(select(func.count()).select_from(schema.spans)).scalar_one()
+            stored = len(block_store.all_spans(conn))
             traces = conn.execute(select(func.count()).select_from(schema.traces)).scalar_one()
         engine.dispose()
         if stored != total_spans:

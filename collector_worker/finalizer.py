@@ -34,7 +34,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from . import dependencies, sampling, stats
 from .assembler import assemble
-from .storage import schema
+from .storage import block_dictionary, block_store, blocks, schema, search_keys
 from .storage.writer import take_write_lock, write_lock
 
 log = logging.getLogger(__name__)
@@ -597,20 +597,24 @@ def _cached_span(row: tuple, span: dict[str, Any]) -> dict[str, Any]:
         if type(attributes) is not dict:
             attributes = {}
     return {"trace_id": row[0], "span_id": row[1], "parent_span_id": row[2], "service": row[3], "name": row[4],
-            "kind": row[5], "start_ns": row[6], "end_ns": row[7], "status_code": row[9], "attributes": attributes,
-            "resource": row[14], "depth": None, "self_time_ns": None, "critical_path": False}
+            "kind": row[5], "start_ns": row[6], "end_ns": row[7], "status_code": row[9], "status_message": row[10],
+            "attributes": attributes, "events": row[12], "links": row[13], "resource": row[14], "scope": row[15],
+            "received_ns": row[16], "depth": None, "self_time_ns": None, "critical_path": False}
 
 
+# Staging columns read back for assembly and the block (``writer.SPAN_COLUMNS`` without duration).
 _SPAN_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns",
-                 "status_code", "attributes", "resource", "depth", "self_time_ns", "critical_path")
+                 "status_code", "attributes", "resource", "status_message", "events", "links", "scope",
+                 "received_ns")
 _PREVIOUS_COLUMNS = ("trace_id", "root_service", "root_operation", "start_ns", "duration_ns", "error_count",
-                     "version")
+                     "version", "trace_no")
 _TRACE_COLUMNS = ("trace_id", "root_span_id", "root_service", "root_operation", "start_ns", "end_ns",
                   "duration_ns", "span_count", "error_count", "services", "service_count", "incomplete",
                   "clock_skew_ns", "warnings", "finalized_ns", "version")
-_OPERATION_COLUMNS = ("trace_id", "service", "operation", "start_ns", "error")
+_OPERATION_COLUMNS = ("service_id", "trace_no", "operation_id", "error")
 _TOMBSTONE_COLUMNS = ("trace_id", "start_ns", "dropped_ns")
-_TAG_COLUMNS = ("trace_id", "key", "value", "value_num", "start_ns")
+_TAG_COLUMNS = ("key_id", "value_hash", "trace_no")
+_NUMBER_COLUMNS = ("key_id", "value_num", "trace_no")
 
 _loads = json.loads
 _dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
@@ -631,7 +635,7 @@ def _rows(conn: Connection, sql: str, params: tuple) -> list[tuple]:
 
 
 def _load_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Spans of every claimed trace, a few IN-list queries for the whole batch; attributes parsed once."""
+    """Staging rows of every claimed trace, a few IN-list queries for the whole batch; attributes parsed once."""
     by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
     columns = ",".join(_SPAN_COLUMNS)
     loads = _loads
@@ -644,6 +648,7 @@ def _load_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[s
             except ValueError:
                 attributes = {}
             span["attributes"] = attributes if type(attributes) is dict else {}
+            span["depth"] = None
             by_trace[row[0]].append(span)  # resource stays JSON text; the assembler parses it lazily
     return by_trace
 
@@ -687,10 +692,14 @@ def _span_counts(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
 
 def prepare_batch(conn: Connection, settings: Any, claimed: list[tuple[str, int]], now_ns: int,
                   recent: RecentSpans | None = None) -> "FinalizedBatch":
-    """Read the claimed traces (from ``recent`` where exact, else the database) and assemble them."""
+    """Read the claimed traces (from ``recent`` where exact, else the database) and assemble them.
+
+    A trace finalized before is its block's spans merged with its staging rows (a span id already in
+    the block keeps the block's copy, so a redelivered span never appears twice).
+    """
     trace_ids = sorted(t for t, _ in claimed)
     previous = _load_previous(conn, trace_ids)
-    spans_by_trace: dict[str, list[dict[str, Any]]] = {}
+    staged: dict[str, list[dict[str, Any]]] = {}
     if recent is not None:
         held = recent.take(trace_ids)
         candidates = [t for t in trace_ids if t in held and t not in previous]
@@ -698,25 +707,76 @@ def prepare_batch(conn: Connection, settings: Any, claimed: list[tuple[str, int]
             counts = _span_counts(conn, candidates)
             for trace_id in candidates:
                 if counts.get(trace_id) == len(held[trace_id]):
-                    spans_by_trace[trace_id] = held[trace_id]
-        recent.hits += len(spans_by_trace)
-        recent.misses += len(trace_ids) - len(spans_by_trace)
-    missing = [t for t in trace_ids if t not in spans_by_trace]
+                    staged[trace_id] = held[trace_id]
+        recent.hits += len(staged)
+        recent.misses += len(trace_ids) - len(staged)
+    missing = [t for t in trace_ids if t not in staged]
     if missing:
-        spans_by_trace.update(_load_spans(conn, missing))
-    return assemble_batch(settings, claimed, trace_ids, spans_by_trace, previous, now_ns)
+        staged.update(_load_spans(conn, missing))
+    old_blocks = block_store.read_blocks(conn, [int(p["trace_no"]) for p in previous.values()
+                                                 if p.get("trace_no") is not None])
+    spans_by_trace: dict[str, list[dict[str, Any]]] = {}
+    old_postings: dict[str, Any] = {}
+    for trace_id in trace_ids:
+        old = previous.get(trace_id)
+        data = old_blocks.get(int(old["trace_no"])) if old is not None and old.get("trace_no") is not None else None
+        if data is None:
+            spans_by_trace[trace_id] = staged.get(trace_id, [])
+            continue
+        old_spans = blocks.decode(data)
+        old_postings[trace_id] = block_store.postings_of(conn, old_spans)
+        spans_by_trace[trace_id] = blocks.merge(old_spans, staged.get(trace_id, []))
+    batch = assemble_batch(settings, claimed, trace_ids, spans_by_trace, previous, now_ns)
+    batch.staged = [(t, s["span_id"]) for t in trace_ids if t not in batch.kept for s in staged.get(t, ())]
+    batch.old_postings = old_postings
+    batch.old_numbers = {t: int(p["trace_no"]) for t, p in previous.items() if p.get("trace_no") is not None}
+    batch.dictionary = block_dictionary.for_encoding(conn)
+    batch.encode(search_keys.lookup(conn, batch._names()))
+    if batch.samples:  # no dictionary yet: these blocks are what one is trained on
+        block_dictionary.add_samples(conn.engine, batch.samples)
+        batch.samples = []
+    return batch
 
 
 class FinalizedBatch:
-    """Everything one finalization batch writes, computed before the write transaction."""
+    """Everything one finalization batch writes, computed before the write transaction.
 
-    __slots__ = ("claimed", "replaced", "trace_rows", "op_rows", "tag_rows", "span_updates", "dropped", "acc",
-                 "edges", "tombstones")
+    :meth:`encode` turns the assemblies into blocks and postings once their names have ids (read before
+    the write; names new to the database are added by :meth:`write`, which encodes those traces then).
+    """
+
+    __slots__ = ("claimed", "replaced", "trace_rows", "assembled", "dropped", "acc", "edges", "tombstones",
+                 "staged", "old_postings", "old_numbers", "kept", "blocks", "postings", "dictionary", "samples")
+
+    def _names(self) -> set[str]:
+        wanted: set[str] = set()
+        for _, _, a in self.assembled:
+            wanted |= search_keys.names_in(a.operations, a.tags)
+        return wanted
+
+    def encode(self, ids: dict[str, int]) -> None:
+        """Each assembled trace whose names all have ids: its postings and its block (the rest wait)."""
+        waiting = []
+        for trace_id, spans, a in self.assembled:
+            try:
+                self.postings[trace_id] = search_keys.postings(a.operations, a.tags, ids)
+            except KeyError:  # a name never seen: added by the write transaction
+                waiting.append((trace_id, spans, a))
+                continue
+            body = blocks.pack(spans, a.depth, a.self_time_ns, a.critical_path)
+            self.blocks[trace_id] = blocks.compress(body, self.dictionary)
+            if self.dictionary is None:
+                self.samples.append(body)
+        self.assembled = waiting
 
     def write(self, conn: Connection, consumer_name: str) -> None:
         """Write the batch in ``conn``'s transaction, first checking ``consumer_name`` still holds every lease."""
         _check_leases(conn, consumer_name, self.claimed)
-        _write(conn, self.replaced, self.trace_rows, self.op_rows, self.tag_rows, self.span_updates, self.dropped)
+        if self.assembled:  # traces with names new to the database: add them, in this transaction
+            self.encode(search_keys.add_names(conn, self._names()))
+        if self.blocks:
+            block_dictionary.store(conn, self.dictionary)
+        _write(conn, self)
         _insert_many(conn, schema.dropped_traces, _TOMBSTONE_COLUMNS, self.tombstones)
         self.acc.flush(conn)
         dependencies.record_edges(conn, self.edges)
@@ -729,7 +789,7 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
     """Assemble every claimed trace and gather the rows to write (no database access)."""
     acc = stats.Accumulator()
     edges: dict = defaultdict(lambda: [0, 0, 0])
-    trace_rows, op_rows, tag_rows, span_updates, dropped, tombstones = [], [], [], [], [], []
+    trace_rows, assembled, dropped, tombstones, kept = [], [], [], [], set()
     for trace_id in trace_ids:
         spans = spans_by_trace.get(trace_id)
         old = previous.get(trace_id)
@@ -748,6 +808,7 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
         except Exception:  # never let one malformed trace block the others
             _counters["failed"] += 1
             log.exception("cannot assemble trace %s; its spans stay stored unassembled", trace_id)
+            kept.add(trace_id)
             continue
         summary = a.summary
         cap = getattr(settings, "trace_span_limit", None)
@@ -761,7 +822,7 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
             _counters["refinalized"] += 1
         acc.add("trace", summary["root_service"], summary["root_operation"], summary["start_ns"],
                 summary["duration_ns"], summary["error_count"] > 0)
-        assembled_before = [s for s in spans if s.get("depth") is not None]  # absent: held by RecentSpans
+        assembled_before = [s for s in spans if s.get("depth") is not None]  # from the block
         dependencies.edge_difference(assembled_before, spans, into=edges)
         _counters["finalized"] += 1
 
@@ -770,53 +831,49 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
             tombstones.append((trace_id, summary["start_ns"], now_ns))
             continue
         trace_rows.append(_trace_row(trace_id, summary, int(old["version"]) + 1 if old else 1, now_ns))
-        start = summary["start_ns"]
-        op_rows.extend((trace_id, svc[:255], op[:512], start, bool(err)) for svc, op, err in a.operations)
-        tag_rows.extend((trace_id, k, v, num, start) for k, v, num in a.tags)
-        depth, self_time, critical = a.depth, a.self_time_ns, a.critical_path
-        for s in spans:
-            span_id = s["span_id"]
-            fields = (depth.get(span_id, 0), self_time.get(span_id, 0), span_id in critical)
-            if (s.get("depth"), s.get("self_time_ns"), bool(s.get("critical_path"))) != fields:
-                span_updates.append(fields + (trace_id, span_id))
+        assembled.append((trace_id, spans, a))
 
-    # Key order: each index is filled front to back (fewer pages touched), and concurrent writers lock alike.
-    # Keys are unique within a batch, so the sort never compares the payload columns.
-    op_rows.sort()
-    tag_rows.sort()
     batch = FinalizedBatch()
-    batch.claimed, batch.replaced, batch.trace_rows, batch.op_rows = claimed, sorted(previous), trace_rows, op_rows
-    batch.tag_rows, batch.span_updates, batch.dropped, batch.acc, batch.edges = \
-        tag_rows, span_updates, dropped, acc, edges
-    batch.tombstones = tombstones
+    batch.claimed, batch.replaced, batch.trace_rows = claimed, sorted(previous), trace_rows
+    batch.assembled, batch.dropped, batch.acc, batch.edges = assembled, dropped, acc, edges
+    batch.tombstones, batch.kept = tombstones, kept
+    batch.staged, batch.old_postings, batch.old_numbers, batch.blocks, batch.postings = [], {}, {}, {}, {}
+    batch.dictionary, batch.samples = None, []
     return batch
 
 
 _MAX_SQLITE_PARAMS = 32766
+_MAX_PARAMS = {"sqlite": 32766, "postgresql": 65535}
 _sql_cache: dict[tuple, str] = {}
 
 
-def _values_sql(head: str, width: int, rows: int, tail: str = "") -> str:
-    """``head`` followed by ``rows`` rows of ``width`` qmark parameters (SQLite), cached."""
-    key = (head, width, rows, tail)
+def _values_sql(head: str, width: int, rows: int, tail: str = "", mark: str = "?") -> str:
+    """``head`` followed by ``rows`` rows of ``width`` parameters, cached."""
+    key = (head, width, rows, tail, mark)
     sql = _sql_cache.get(key)
     if sql is None:
-        row = "(" + ",".join("?" * width) + ")"
+        row = "(" + ",".join([mark] * width) + ")"
         sql = _sql_cache[key] = head + ",".join([row] * rows) + tail
     return sql
 
 
-def _multi_row(conn: Connection, head: str, width: int, rows: list[tuple], tail: str = "") -> None:
-    """Run ``head VALUES-rows tail`` over ``rows`` in as few statements as SQLite's parameter limit allows.
+def _multi_row(conn: Connection, head: str, width: int, rows: list[tuple], tail: str = "") -> list:
+    """Run ``head VALUES-rows tail`` over ``rows`` in as few statements as the parameter limit allows.
 
     One statement per few thousand rows instead of one step per row: less
     binding overhead, and the interpreter lock is released once per statement
     rather than once per row, which keeps the ingest thread from waiting on it.
+    Returns the rows the statements return (when ``tail`` has RETURNING).
     """
-    step = _MAX_SQLITE_PARAMS // width
+    step = _MAX_PARAMS.get(conn.dialect.name, _MAX_SQLITE_PARAMS) // width
+    returned: list = []
     for i in range(0, len(rows), step):
         chunk = rows[i:i + step]
-        conn.exec_driver_sql(_values_sql(head, width, len(chunk), tail), tuple(itertools.chain.from_iterable(chunk)))
+        result = conn.exec_driver_sql(_values_sql(head, width, len(chunk), tail, _mark(conn)),
+                                      tuple(itertools.chain.from_iterable(chunk)))
+        if result.returns_rows:
+            returned.extend(result.fetchall())
+    return returned
 
 
 def _insert_many(conn: Connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
@@ -830,23 +887,6 @@ def _insert_many(conn: Connection, table, columns: tuple[str, ...], rows: list[t
     conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) VALUES ({','.join([m] * len(columns))})", rows)
 
 
-def _update_span_columns(conn: Connection, span_updates: list[tuple]) -> None:
-    """Set depth, self time and critical path of spans: rows of (depth, self_time_ns, critical, trace_id, span_id)."""
-    if not span_updates:
-        return
-    s = schema.spans.name
-    if conn.dialect.name == "sqlite":
-        _multi_row(conn, f"UPDATE {s} SET depth=v.column1, self_time_ns=v.column2, critical_path=v.column3 "
-                         f"FROM (VALUES ", 5, span_updates,
-                   f") AS v WHERE {s}.trace_id=v.column4 AND {s}.span_id=v.column5")
-        return
-    m = _mark(conn)
-    conn.exec_driver_sql(
-        f"UPDATE {s} SET depth={m}, self_time_ns={m}, critical_path={m} WHERE trace_id={m} AND span_id={m}",
-        span_updates,
-    )
-
-
 def _delete_traces(conn: Connection, tables, trace_ids: list[str]) -> None:
     for chunk in _chunks(trace_ids):
         in_list = _in_list(conn, len(chunk))
@@ -854,16 +894,38 @@ def _delete_traces(conn: Connection, tables, trace_ids: list[str]) -> None:
             conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE trace_id IN {in_list}", tuple(chunk))
 
 
-def _write(conn: Connection, replaced: list[str], trace_rows: list[tuple], op_rows: list[tuple],
-           tag_rows: list[tuple], span_updates: list[tuple], dropped: list[str]) -> None:
-    """Replace the finalizer's rows of the batch; only traces finalized before have rows to delete."""
-    t, ops, tags, s = schema.traces, schema.trace_operations, schema.trace_tags, schema.spans
-    _delete_traces(conn, (ops, tags, t), replaced)
-    _delete_traces(conn, (s,), dropped)
-    _insert_many(conn, t, _TRACE_COLUMNS, trace_rows)
-    _insert_many(conn, ops, _OPERATION_COLUMNS, op_rows)
-    _insert_many(conn, tags, _TAG_COLUMNS, tag_rows)
-    _update_span_columns(conn, span_updates)
+def _write(conn: Connection, batch: FinalizedBatch) -> None:
+    """Replace the finalizer's rows of the batch; only traces finalized before have rows to delete.
+
+    Old postings are deleted by their exact keys (kept in the old block), the old block and summary by
+    trace number; staging rows by the exact (trace, span) keys merged into the new blocks, so a span
+    staged after the batch was read stays staged for the next pass.
+    """
+    block_store.delete_finalized(conn, [(no, batch.old_postings.get(t)) for t, no in batch.old_numbers.items()])
+    _delete_traces(conn, (schema.traces,), batch.replaced)
+    _delete_traces(conn, (schema.spans,), batch.dropped)
+    block_store.delete_staged(conn, batch.staged)
+    if not batch.trace_rows:
+        return
+    cols = ",".join(f'"{c}"' for c in _TRACE_COLUMNS)
+    numbers = dict(_multi_row(conn, f"INSERT INTO {schema.traces.name} ({cols}) VALUES ", len(_TRACE_COLUMNS),
+                              batch.trace_rows, " RETURNING trace_id, trace_no"))
+    order = sorted(numbers, key=numbers.get)
+    _insert_many(conn, schema.trace_blocks, ("trace_no", "data"), [(numbers[t], batch.blocks[t]) for t in order])
+    ops, tags, nums = [], [], []
+    for trace_id in order:
+        no = numbers[trace_id]
+        posted_ops, posted_tags, posted_nums = batch.postings[trace_id]
+        ops.extend((s, no, o, bool(e)) for s, o, e in posted_ops)
+        tags.extend((k, h, no) for k, h in posted_tags)
+        nums.extend((k, n, no) for k, n in posted_nums)
+    # Key order: each index is filled front to back (fewer pages touched), and concurrent writers lock alike.
+    ops.sort()
+    tags.sort()
+    nums.sort()
+    _insert_many(conn, schema.trace_operations, _OPERATION_COLUMNS, ops)
+    _insert_many(conn, schema.trace_tags, _TAG_COLUMNS, tags)
+    _insert_many(conn, schema.trace_tag_numbers, _NUMBER_COLUMNS, nums)
 
 
 class LeaseLost(Exception):

@@ -2,8 +2,8 @@
 
 Each batch is its own short transaction so ingest and finalization, which
 write the same tables, never wait long behind a cleanup. Whole traces go
-first (their spans, search rows and summary together, so search never finds
-half a trace), then spans and pending rows of traces never finalized, then
+first (their block, search postings, staging rows and summary together, so
+search never finds half a trace), then spans and pending rows of traces never finalized, then
 statistics and metrics buckets that ended before the cutoff (and the record of
 metric stream entries stored before it).
 """
@@ -15,7 +15,7 @@ from typing import Any, Callable
 from sqlalchemy import delete, func, literal_column, select
 from sqlalchemy.engine import Connection, Engine
 
-from .storage import schema
+from .storage import block_store, schema
 
 Progress = Callable[[int, int], None]
 
@@ -56,7 +56,7 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
     batch_size = max(1, int(batch_size))
     cutoff_s = int(cutoff_ns) // 1_000_000_000
     t, s, p = schema.traces, schema.spans, schema.pending_traces
-    deleted = {name: 0 for name in ("traces", "spans", "trace_operations", "trace_tags", "pending_traces",
+    deleted = {name: 0 for name in ("traces", "spans", "trace_blocks", "pending_traces",
                                     "dropped_traces", "stats", "stats_histogram", "dependencies", "llm_usage",
                                     "metric_points", "metric_histogram", "metric_entries")}
 
@@ -79,21 +79,19 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
                                 .order_by(t.c.start_ns).limit(batch_size)).all()
             if not rows:
                 break
-            ids, spans_in_batch = [], 0
+            ids, spans_in_batch, spans_of = [], 0, {}
             for trace_id, span_count in rows:
                 if ids and spans_in_batch + int(span_count) > batch_size:
                     break
                 ids.append(trace_id)
+                spans_of[trace_id] = int(span_count)
                 spans_in_batch += int(span_count)
-            n_spans = conn.execute(delete(s).where(s.c.trace_id.in_(ids))).rowcount or 0
-            n_ops = conn.execute(delete(schema.trace_operations)
-                                 .where(schema.trace_operations.c.trace_id.in_(ids))).rowcount or 0
-            n_tags = conn.execute(delete(schema.trace_tags).where(schema.trace_tags.c.trace_id.in_(ids))).rowcount or 0
-            n_traces = conn.execute(delete(t).where(t.c.trace_id.in_(ids))).rowcount or 0
+            n = block_store.delete_traces(conn, ids)
+        n_spans = sum(spans_of.values()) + n["spans"]  # spans in the blocks, and staging rows
+        n_traces = n["traces"]
         deleted["spans"] += n_spans
-        deleted["trace_operations"] += n_ops
-        deleted["trace_tags"] += n_tags
         deleted["traces"] += n_traces
+        deleted["trace_blocks"] += n["trace_blocks"]
         advance(n_spans + n_traces)
 
     # 2. spans and pending rows of traces never finalized; 3. statistics buckets that ended before the cutoff
@@ -123,15 +121,19 @@ def count_expired(engine: Engine, cutoff_ns: int) -> dict[str, int]:
     """
     cutoff_s = int(cutoff_ns) // 1_000_000_000
     t, s, p, d = schema.traces, schema.spans, schema.pending_traces, schema.dropped_traces
-    expired = select(t.c.trace_id).where(t.c.start_ns < cutoff_ns)
+    expired = select(t.c.trace_no).where(t.c.start_ns < cutoff_ns)
+    expired_ids = select(t.c.trace_id).where(t.c.start_ns < cutoff_ns)
     checks = [(t, t.c.start_ns < cutoff_ns),
-              (s, (s.c.start_ns < cutoff_ns) | s.c.trace_id.in_(expired)),
-              (schema.trace_operations, schema.trace_operations.c.trace_id.in_(expired)),
-              (schema.trace_tags, schema.trace_tags.c.trace_id.in_(expired)),
+              (s, (s.c.start_ns < cutoff_ns) | s.c.trace_id.in_(expired_ids)),
+              (schema.trace_blocks, schema.trace_blocks.c.trace_no.in_(expired)),
               (p, p.c.last_seen_ns < cutoff_ns), (d, d.c.start_ns < cutoff_ns),
               (schema.metric_entries, schema.metric_entries.c.stored_ns < cutoff_ns)]
     checks += [(table, table.c.bucket + table.c[res] <= cutoff_s) for table, res in _bucket_tables()]
-    return {table.name: _count(engine, table, condition) for table, condition in checks}
+    counted = {table.name: _count(engine, table, condition) for table, condition in checks}
+    with engine.connect() as conn:  # spans in the expired traces' blocks, besides their staging rows
+        counted["spans"] += int(conn.execute(select(func.coalesce(func.sum(t.c.span_count), 0))
+                                             .where(t.c.start_ns < cutoff_ns)).scalar_one())
+    return counted
 
 
 def cutoff_for(retention_s: float, now_ns: int) -> int:

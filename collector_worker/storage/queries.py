@@ -15,17 +15,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from sqlalchemy import Integer, and_, cast, exists, func, or_, select
+from sqlalchemy import Integer, and_, cast, exists, false, func, or_, select
 from sqlalchemy.engine import Connection
 
-from . import schema
+from . import block_store, schema, search_keys
 
 SORTS = ("start_desc", "start_asc", "duration_desc", "duration_asc")
 TAG_OPS = ("=", ">", "<")
 MAX_LIMIT = 1000
 TOTAL_CAP = 1_000  # search counts matches up to this many; beyond it "total_capped" is true
 BACKLINK_WINDOW_NS = 3600 * 10**9  # linking spans are looked for within an hour of the trace
-BACKLINK_SCAN_LIMIT = 50_000  # spans with links scanned at most per backlink lookup
+BACKLINK_SCAN_LIMIT = 50_000  # staged spans with links scanned at most per backlink lookup
+BACKLINK_TRACE_LIMIT = 2_000  # finalized traces read at most per backlink lookup (nearest in start time)
 # Spans in one answer for a trace: any stored trace (even one stored before ingest limits existed) is read
 # and answered in pages of at most this many spans; a larger trace is marked truncated and paged by offset.
 TRACE_PAGE_SPANS = 10_000
@@ -161,8 +162,9 @@ def decode_cursor(cursor: str, sort: str) -> tuple[int, str]:
     return value, trace_id
 
 
-def _filters(q: TraceQuery) -> list[Any]:
-    t, o, g = schema.traces, schema.trace_operations, schema.trace_tags
+def _filters(conn: Connection, q: TraceQuery) -> list[Any]:
+    """WHERE conditions on ``traces`` for ``q``; names the database has never seen match nothing."""
+    t, o, g, n = schema.traces, schema.trace_operations, schema.trace_tags, schema.trace_tag_numbers
     where: list[Any] = []
     if q.start_ns is not None:
         where.append(t.c.start_ns >= q.start_ns)
@@ -176,26 +178,32 @@ def _filters(q: TraceQuery) -> list[Any]:
         where.append(t.c.error_count > 0)
     elif q.status == "ok":
         where.append(t.c.error_count == 0)
+    wanted = [name for name in (q.service, q.operation, *q.services) if name]
+    wanted += [key for key, _, _ in q.tags]
+    ids = search_keys.lookup(conn, wanted) if wanted else {}
+    if any(name not in ids for name in wanted):
+        return [false()]
     if q.service or q.operation:
-        cond = [o.c.trace_id == t.c.trace_id]
+        cond = [o.c.trace_no == t.c.trace_no]
         if q.service:
-            cond.append(o.c.service == q.service)
+            cond.append(o.c.service_id == ids[q.service])
         if q.operation:
-            cond.append(o.c.operation == q.operation)
+            cond.append(o.c.operation_id == ids[q.operation])
         where.append(exists().where(and_(*cond)))
     for name in q.services:
         if name != q.service:
-            where.append(exists().where(and_(o.c.trace_id == t.c.trace_id, o.c.service == name)))
+            where.append(exists().where(and_(o.c.trace_no == t.c.trace_no, o.c.service_id == ids[name])))
     for key, op, value in q.tags:
-        if op == "=":  # usually selective: drive the search from the (key, value) index
-            where.append(t.c.trace_id.in_(select(g.c.trace_id).where(g.c.key == key, g.c.value == value)))
+        if op == "=":  # usually selective: drive the search from the (key, value) postings
+            where.append(t.c.trace_no.in_(select(g.c.trace_no).where(
+                g.c.key_id == ids[key], g.c.value_hash == search_keys.tag_hash(value))))
             continue
         try:
             number = float(value)
         except ValueError:
             raise QueryError("tag", f"tag {key}{op}{value}: a comparison needs a number") from None
-        compare = g.c.value_num > number if op == ">" else g.c.value_num < number
-        where.append(exists().where(and_(g.c.trace_id == t.c.trace_id, g.c.key == key, compare)))
+        compare = n.c.value_num > number if op == ">" else n.c.value_num < number
+        where.append(t.c.trace_no.in_(select(n.c.trace_no).where(n.c.key_id == ids[key], compare)))
     return where
 
 
@@ -211,7 +219,7 @@ def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
     if not 1 <= q.limit <= MAX_LIMIT:
         raise QueryError("limit", f"limit must be between 1 and {MAX_LIMIT}")
     t = schema.traces
-    where = _filters(q)
+    where = _filters(conn, q)
     column = t.c.duration_ns if q.sort.startswith("duration") else t.c.start_ns
     descending = q.sort.endswith("desc")
     page_where = list(where)
@@ -309,6 +317,10 @@ def _missing_parent_warnings(spans: list[dict[str, Any]]) -> list[dict[str, Any]
     ]
 
 
+def _span_order(span: Mapping[str, Any]) -> tuple:
+    return span["start_ns"], span["span_id"]
+
+
 def get_trace(conn: Connection, trace_id: str, offset: int = 0,
               limit: int = TRACE_PAGE_SPANS) -> dict[str, Any] | None:
     """The trace ``{trace_id, summary, spans, warnings}`` or None when unknown; at most ``limit`` spans.
@@ -322,20 +334,20 @@ def get_trace(conn: Connection, trace_id: str, offset: int = 0,
     fly so the trace can be shown as it grows. A page of a bigger trace shows
     the stored assembly only.
     """
-    s = schema.spans
     limit = max(1, min(int(limit), TRACE_PAGE_SPANS))
     offset = max(0, int(offset))
-    total = conn.execute(select(func.count()).select_from(s).where(s.c.trace_id == trace_id)).scalar_one()
-    if not total:
+    every = block_store.trace_spans(conn, [trace_id]).get(trace_id)
+    if not every:
         return None
+    every.sort(key=_span_order)
+    total = len(every)
     paged = offset > 0 or total > limit
-    query = select(s).where(s.c.trace_id == trace_id).order_by(s.c.start_ns, s.c.span_id)
-    rows = [dict(r) for r in conn.execute(query.offset(offset).limit(limit) if paged else query).mappings()]
+    rows = every[offset:offset + limit] if paged else every
     trace_row = conn.execute(select(schema.traces).where(schema.traces.c.trace_id == trace_id)).mappings().first()
     page = {"total_spans": int(total), "offset": offset, "limit": limit, "truncated": paged,
             "next_offset": offset + len(rows) if paged and offset + len(rows) < total else None}
     if paged:
-        summary = summary_from_row(trace_row) if trace_row is not None else _summary_of_page(conn, trace_id, rows)
+        summary = summary_from_row(trace_row) if trace_row is not None else _summary_of_page(trace_id, rows, every)
         warnings = [w for w in _json(trace_row["warnings"], []) if isinstance(w, dict)] if trace_row else []
         warnings.append({"code": "truncated", "message": f"{total} spans: this answer holds spans {offset} to "
                          f"{offset + len(rows)} in start order; ask for the rest with ?offset="})
@@ -367,48 +379,48 @@ def get_trace(conn: Connection, trace_id: str, offset: int = 0,
             "warnings": warnings, **page}
 
 
-def _summary_of_page(conn: Connection, trace_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """A provisional summary of a big unfinalized trace: counts and extent from the database, the rest
+def _summary_of_page(trace_id: str, rows: list[dict[str, Any]], every: list[dict[str, Any]]) -> dict[str, Any]:
+    """A provisional summary of a big unfinalized trace: counts and extent from all its spans, the rest
     from the page (the root is the earliest span shown)."""
-    s = schema.spans
-    start, end, count, errors = conn.execute(
-        select(func.min(s.c.start_ns), func.max(s.c.end_ns), func.count(),
-               func.sum(cast(s.c.status_code == "error", Integer))).where(s.c.trace_id == trace_id)).one()
+    start, end = min(s["start_ns"] for s in every), max(s["end_ns"] for s in every)
     summary = _summary_from_spans(trace_id, rows) if rows else {"trace_id": trace_id, "services": []}
     summary.update(start_time=iso_time(start), start_ns=int(start), duration_ms=_ms(int(end) - int(start)),
-                   span_count=int(count), error_count=int(errors or 0))
+                   span_count=len(every), error_count=sum(1 for s in every if s.get("status_code") == "error"))
     return summary
 
 
 def find_linking_traces(conn: Connection, trace_id: str, limit: int = 100) -> list[dict[str, Any]]:
     """Traces whose spans link to ``trace_id`` (span links point forward only, so this is the way back).
 
-    Bounded on purpose: only spans starting within ``BACKLINK_WINDOW_NS`` of
-    the trace and carrying links are scanned (at most ``BACKLINK_SCAN_LIMIT``),
-    which covers fan-in and batch consumers of the same flow.
+    Bounded on purpose: only traces starting within ``BACKLINK_WINDOW_NS`` of the trace are read, the
+    ``BACKLINK_TRACE_LIMIT`` nearest in start time (half before, half after), plus spans still staged
+    there (at most ``BACKLINK_SCAN_LIMIT``), which covers fan-in and batch consumers of the same flow.
     """
-    s = schema.spans
-    start = conn.execute(select(func.min(s.c.start_ns)).where(s.c.trace_id == trace_id)).scalar()
+    t, s = schema.traces, schema.spans
+    start = conn.execute(select(t.c.start_ns).where(t.c.trace_id == trace_id)).scalar()
+    if start is None:
+        start = conn.execute(select(func.min(s.c.start_ns)).where(s.c.trace_id == trace_id)).scalar()
     if start is None:
         return []
-    pattern = f'%"{trace_id}"%'
-    candidates = (
-        select(s.c.trace_id, s.c.span_id, s.c.service, s.c.name, s.c.links, s.c.start_ns)
-        .where(s.c.start_ns.between(start - BACKLINK_WINDOW_NS, start + BACKLINK_WINDOW_NS))
-        .where(s.c.links != "[]")
-        .where(s.c.trace_id != trace_id)
-        .limit(BACKLINK_SCAN_LIMIT)
-        .subquery()
-    )
-    rows = conn.execute(
-        select(candidates).where(candidates.c.links.like(pattern)).order_by(candidates.c.start_ns)
-    ).mappings().all()
+    half = BACKLINK_TRACE_LIMIT // 2
+    later = select(t.c.trace_id).where(t.c.start_ns.between(start, start + BACKLINK_WINDOW_NS),
+                                       t.c.trace_id != trace_id).order_by(t.c.start_ns).limit(half)
+    earlier = select(t.c.trace_id).where(t.c.start_ns.between(start - BACKLINK_WINDOW_NS, start - 1)) \
+        .order_by(t.c.start_ns.desc()).limit(half)
+    candidates = list(conn.execute(later).scalars()) + list(conn.execute(earlier).scalars())
+    staged = conn.execute(
+        select(s.c.trace_id).where(s.c.start_ns.between(start - BACKLINK_WINDOW_NS, start + BACKLINK_WINDOW_NS))
+        .where(s.c.links != "[]").where(s.c.trace_id != trace_id).limit(BACKLINK_SCAN_LIMIT)).scalars()
+    candidates = sorted(set(candidates) | set(staged))
+    spans = [span for found in block_store.trace_spans(conn, candidates).values() for span in found
+             if span["links"] and span["links"] != "[]"]
+    spans.sort(key=_span_order)
     out: list[dict[str, Any]] = []
-    for row in rows:
-        for link in _json(row["links"], []):
+    for span in spans:
+        for link in _json(span["links"], []):
             if isinstance(link, dict) and link.get("trace_id") == trace_id:
-                out.append({"trace_id": row["trace_id"], "span_id": row["span_id"], "service": row["service"],
-                            "name": row["name"], "linked_span_id": link.get("span_id")})
+                out.append({"trace_id": span["trace_id"], "span_id": span["span_id"], "service": span["service"],
+                            "name": span["name"], "linked_span_id": link.get("span_id")})
                 break
         if len(out) >= limit:
             break
@@ -422,25 +434,36 @@ def list_services(conn: Connection) -> list[dict[str, Any]]:
     """Every service seen in finalized traces, with its operation and trace counts."""
     o = schema.trace_operations
     rows = conn.execute(
-        select(o.c.service, func.count(func.distinct(o.c.operation)), func.count(func.distinct(o.c.trace_id)))
-        .group_by(o.c.service).order_by(o.c.service)
+        select(o.c.service_id, func.count(func.distinct(o.c.operation_id)), func.count(func.distinct(o.c.trace_no)))
+        .group_by(o.c.service_id)
     ).all()
-    return [{"name": name, "operation_count": int(ops), "trace_count": int(traces)} for name, ops, traces in rows]
+    names = search_keys.names_of(conn, [r[0] for r in rows])
+    out = [{"name": names[sid], "operation_count": int(ops), "trace_count": int(traces)}
+           for sid, ops, traces in rows if sid in names]
+    return sorted(out, key=lambda item: item["name"])
 
 
 def list_operations(conn: Connection, service: str) -> list[dict[str, Any]]:
     """Operations of ``service``: name, how many traces contain it, how many with an error there."""
     o = schema.trace_operations
+    sid = search_keys.lookup(conn, [service]).get(service)
+    if sid is None:
+        return []
     rows = conn.execute(
-        select(o.c.operation, func.count(), func.sum(cast(o.c.error, Integer)))
-        .where(o.c.service == service).group_by(o.c.operation).order_by(o.c.operation)
+        select(o.c.operation_id, func.count(), func.sum(cast(o.c.error, Integer)))
+        .where(o.c.service_id == sid).group_by(o.c.operation_id)
     ).all()
-    return [{"name": name, "count": int(count), "error_count": int(errors or 0)} for name, count, errors in rows]
+    names = search_keys.names_of(conn, [r[0] for r in rows])
+    out = [{"name": names[oid], "count": int(count), "error_count": int(errors or 0)}
+           for oid, count, errors in rows if oid in names]
+    return sorted(out, key=lambda item: item["name"])
 
 
 def service_exists(conn: Connection, service: str) -> bool:
     o = schema.trace_operations
-    return conn.execute(select(o.c.trace_id).where(o.c.service == service).limit(1)).first() is not None
+    sid = search_keys.lookup(conn, [service]).get(service)
+    return sid is not None and \
+        conn.execute(select(o.c.trace_no).where(o.c.service_id == sid).limit(1)).first() is not None
 
 
 def last_finalized_ns(conn: Connection) -> int | None:
@@ -516,6 +539,7 @@ def compare_traces(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]
 
 
 def trace_exists(conn: Connection, trace_id: str) -> bool:
-    """Whether any span of ``trace_id`` is stored."""
-    s = schema.spans
-    return conn.execute(select(s.c.span_id).where(s.c.trace_id == trace_id).limit(1)).first() is not None
+    """Whether any span of ``trace_id`` is stored (in its block or staged)."""
+    t, s = schema.traces, schema.spans
+    return conn.execute(select(t.c.trace_no).where(t.c.trace_id == trace_id)).first() is not None \
+        or conn.execute(select(s.c.span_id).where(s.c.trace_id == trace_id).limit(1)).first() is not None

@@ -5,9 +5,10 @@ at the start of the bucket. JSON-valued columns hold compact JSON text so
 both backends store them the same way.
 
 Who writes what:
-  spans, pending_traces            ingest (consumer)         -- idempotent on (trace_id, span_id)
-  traces, trace_operations,
-  trace_tags, span assembly cols   finalizer (assembler)     -- rewritten on every re-finalization
+  spans (staging), pending_traces  ingest (consumer)         -- idempotent on (trace_id, span_id)
+  traces, trace_blocks, names,
+  trace_operations, trace_tags,
+  trace_tag_numbers                finalizer (assembler)     -- rewritten on every re-finalization
   stats, stats_histogram           statistics                -- additive upserts, merge across collectors
   dependencies, llm_usage          statistics                -- additive upserts
 """
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -29,7 +31,9 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-# One row per span; the raw truth everything else is derived from.
+# Staging: one row per span of a trace not finalized since the span arrived. The finalizer merges a
+# trace's staging rows into its block and deletes them in the same transaction, so after finalization
+# this table is (nearly) empty. Its key makes ingest idempotent until then.
 spans = Table(
     "spans",
     metadata,
@@ -50,7 +54,7 @@ spans = Table(
     Column("resource", Text, nullable=False, default="{}"),  # JSON object
     Column("scope", String(255), nullable=True),
     Column("received_ns", BigInteger, nullable=False),
-    # Filled by the assembler when the trace is finalized.
+    # Unused since assembly results live in the blocks; kept so staging rows keep their v2 shape.
     Column("depth", Integer, nullable=True),
     Column("self_time_ns", BigInteger, nullable=True),
     Column("critical_path", Boolean, nullable=False, default=False),
@@ -69,11 +73,15 @@ pending_traces = Table(
     Index("ix_pending_last_seen", "last_seen_ns"),
 )
 
-# One summary row per finalized trace; what trace search reads.
+_TRACE_NO = BigInteger().with_variant(Integer, "sqlite")  # SQLite: the rowid itself
+
+# One summary row per finalized trace; what trace search reads. ``trace_no`` is the compact key the
+# block and the search postings refer to (a new one on every re-finalization).
 traces = Table(
     "traces",
     metadata,
-    Column("trace_id", String(32), primary_key=True),
+    Column("trace_no", _TRACE_NO, primary_key=True, autoincrement=True),
+    Column("trace_id", String(32), nullable=False, unique=True),
     Column("root_span_id", String(16), nullable=True),
     Column("root_service", String(255), nullable=False),
     Column("root_operation", String(512), nullable=False),
@@ -91,34 +99,66 @@ traces = Table(
     Column("version", Integer, nullable=False, default=1),  # times finalized
     Index("ix_traces_start", "start_ns"),
     Index("ix_traces_duration", "duration_ns"),
-    Index("ix_traces_root", "root_service", "root_operation", "start_ns"),
     Index("ix_traces_errors", "error_count", "start_ns"),
+    sqlite_autoincrement=True,  # a number is never reused, so nothing left behind can point at a newer trace
 )
 
-# Which (service, operation) pairs occur in a trace: serves service/operation/services-touched filters.
+# The spans of a finalized trace in one compressed block (see blocks.py), with their assembly results.
+trace_blocks = Table(
+    "trace_blocks",
+    metadata,
+    Column("trace_no", _TRACE_NO, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+# zstd dictionaries trained on this database's blocks (block_dictionary.py); a block names its own. Never deleted.
+block_dictionaries = Table(
+    "block_dictionaries",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),  # the zstd dictionary id
+    Column("data", LargeBinary, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+)
+
+# Strings the search postings refer to by number: service, operation and tag key names. Never deleted.
+names = Table(
+    "names",
+    metadata,
+    Column("id", _TRACE_NO, primary_key=True, autoincrement=True),
+    Column("name", String(512), nullable=False, unique=True),
+)
+
+# Which (service, operation) pairs occur in a trace: the service / operation / services-touched filters.
+# Keyed service first, then trace, so "does trace N touch service S" is one key lookup.
 trace_operations = Table(
     "trace_operations",
     metadata,
-    Column("trace_id", String(32), primary_key=True),
-    Column("service", String(255), primary_key=True),
-    Column("operation", String(512), primary_key=True),
-    Column("start_ns", BigInteger, nullable=False),  # trace start, copied for index-only search
+    Column("service_id", Integer, primary_key=True, autoincrement=False),
+    Column("trace_no", _TRACE_NO, primary_key=True, autoincrement=False),
+    Column("operation_id", Integer, primary_key=True, autoincrement=False),
     Column("error", Boolean, nullable=False, default=False),
-    Index("ix_traceops_service", "service", "start_ns"),
-    Index("ix_traceops_operation", "service", "operation", "start_ns"),
+    sqlite_with_rowid=False,
 )
 
-# Distinct attribute values of a trace's spans (strings and numbers of bounded length): tag search.
+# Distinct attribute values of a trace's spans: tag equality search. The value is a 64-bit hash of its
+# string form (tag_hash in search_keys.py), so the posting is the same few bytes whatever the value.
 trace_tags = Table(
     "trace_tags",
     metadata,
-    Column("trace_id", String(32), primary_key=True),
-    Column("key", String(255), primary_key=True),
-    Column("value", String(255), primary_key=True),  # string form of the value
-    Column("value_num", Float, nullable=True),  # numeric value when the attribute is a number
-    Column("start_ns", BigInteger, nullable=False),
-    Index("ix_tracetags_value", "key", "value", "start_ns"),
-    Index("ix_tracetags_num", "key", "value_num"),
+    Column("key_id", Integer, primary_key=True, autoincrement=False),
+    Column("value_hash", BigInteger, primary_key=True, autoincrement=False),
+    Column("trace_no", _TRACE_NO, primary_key=True, autoincrement=False),
+    sqlite_with_rowid=False,
+)
+
+# Numeric attribute values of a trace's spans: tag range search (key>number, key<number).
+trace_tag_numbers = Table(
+    "trace_tag_numbers",
+    metadata,
+    Column("key_id", Integer, primary_key=True, autoincrement=False),
+    Column("value_num", Float, primary_key=True, autoincrement=False),
+    Column("trace_no", _TRACE_NO, primary_key=True, autoincrement=False),
+    sqlite_with_rowid=False,
 )
 
 # Pre-aggregated RED statistics. scope 'span' = per span operation; 'trace' = per trace root (end to end).

@@ -1,6 +1,7 @@
 """Idempotent span writes: the only way spans enter storage.
 
-Spans are inserted with ``ON CONFLICT (trace_id, span_id) DO NOTHING ...
+Spans enter the ``spans`` staging table; a span already compacted into its
+trace's block (a redelivery after finalization) is left out. Spans are inserted with ``ON CONFLICT (trace_id, span_id) DO NOTHING ...
 RETURNING`` so a redelivered stream entry changes nothing, and the caller
 learns exactly which spans are new (statistics must count each span once).
 Every trace that received a new span is marked in ``pending_traces`` for the
@@ -24,7 +25,8 @@ from typing import Any, Iterable
 
 from sqlalchemy.engine import Connection, Engine
 
-from .schema import pending_traces, spans
+from .block_store import delete_staged, stored_span_ids
+from .schema import pending_traces, spans, traces
 
 INT64_MAX = 2**63 - 1
 
@@ -277,6 +279,18 @@ def prepare_spans(spans_in: list[dict[str, Any]], received_ns: int) -> PreparedS
     return PreparedSpans(spans_in, received_ns)
 
 
+def _not_compacted(conn: Connection, inserted: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``inserted`` without redelivered spans that are already in their trace's block (whose staging rows
+    the finalizer deleted); those rows are deleted again. Checked after the insert: a finalizer that
+    committed meanwhile had to delete the staging row first, so its block is visible by now."""
+    compacted = stored_span_ids(conn, sorted({trace_id for trace_id, _ in inserted}))
+    if not compacted:
+        return inserted
+    again = [key for key in inserted if key[1] in compacted.get(key[0], ())]
+    delete_staged(conn, again)
+    return [key for key in inserted if key[1] not in compacted.get(key[0], ())]
+
+
 def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: int,
                 prepared: PreparedSpans | None = None, stored_rows: list | None = None,
                 trace_span_limit: int | None = None) -> list[dict[str, Any]]:
@@ -305,13 +319,15 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
     if prepared is None or prepared.received_ns != received_ns:
         prepared = PreparedSpans(spans_in, received_ns)
     keys, by_key, rows = prepared.keys, prepared.by_key, prepared.rows
-
     inserted: list[tuple[str, str]] = []
     step = _ROWS_PER_STATEMENT[conn.dialect.name]
     for start in range(0, len(rows), step):
         chunk = rows[start:start + step]
         result = conn.exec_driver_sql(_span_insert_sql(conn, len(chunk)), tuple(itertools.chain.from_iterable(chunk)))
         inserted.extend(tuple(row) for row in result.fetchall())
+    if not inserted:
+        return []
+    inserted = _not_compacted(conn, inserted)
     if not inserted:
         return []
     if trace_span_limit is not None:
@@ -343,17 +359,21 @@ def over_trace_limit(conn: Connection, inserted: list[tuple[str, str]], by_key: 
                      limit: int) -> list[tuple[str, str]]:
     """``inserted`` without the spans that took their trace past ``limit`` spans; those are deleted again.
 
-    One grouped count over the primary key of the traces just written; it finds
-    nothing in the usual case. Of a trace's new spans, the latest starting ones
+    A trace's spans are its staging rows (one grouped count over their key) and
+    those in its block (the summary's span count); the usual case finds none over. Of a trace's new spans, the latest starting ones
     go (what was stored before stays).
     """
     p = _placeholder(conn)
-    over: dict[str, int] = {}
+    counts: dict[str, int] = {}
     trace_ids = sorted({trace_id for trace_id, _ in inserted})
     for chunk in _chunks(trace_ids, 1000):
-        sql = (f"SELECT trace_id, count(*) FROM {spans.name} WHERE trace_id IN ({','.join([p] * len(chunk))}) "
-               f"GROUP BY trace_id HAVING count(*) > {p}")
-        over.update((row[0], int(row[1]) - limit) for row in conn.exec_driver_sql(sql, (*chunk, int(limit))))
+        marks = ",".join([p] * len(chunk))
+        sql = f"SELECT trace_id, count(*) FROM {spans.name} WHERE trace_id IN ({marks}) GROUP BY trace_id"
+        counts.update((row[0], int(row[1])) for row in conn.exec_driver_sql(sql, tuple(chunk)))
+        sql = f"SELECT trace_id, span_count FROM {traces.name} WHERE trace_id IN ({marks})"  # in the block
+        for trace_id, in_block in conn.exec_driver_sql(sql, tuple(chunk)):
+            counts[trace_id] = counts.get(trace_id, 0) + int(in_block)
+    over = {trace_id: count - limit for trace_id, count in counts.items() if count > limit}
     if not over:
         return inserted
     drop: set[tuple[str, str]] = set()

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import psutil
-from sqlalchemy import select
-
-from collector_worker.storage import schema
+from tests.support.stored import span_rows
 from tracer.codec import decode_entry
 
 DEAD = "contrail:spans:dead"
@@ -26,8 +24,7 @@ def dead_lettered_rows(letter: dict[bytes, bytes]) -> list:
 
 
 def stored_span_ids(engine) -> set[str]:
-    with engine.connect() as conn:
-        return set(conn.execute(select(schema.spans.c.span_id)).scalars())
+    return {span["span_id"] for span in span_rows(engine)}
 
 
 def collector_counters(client) -> dict[str, int]:

@@ -11,6 +11,8 @@ from sqlalchemy import select
 
 from collector_worker import finalizer, llm_usage, stats, validation
 from collector_worker.storage import open_engine, schema
+from collector_worker.storage import block_store
+from tests.support.stored import span_rows
 from tests.collector.test_consumer import RunningConsumer, make_trace, publish, settings_for, span_count
 from tests.support.servers import wait_until
 from tracer.limits import DROPPED_EVENTS
@@ -19,9 +21,9 @@ END_OF_TIME = 2**63 - 1
 
 
 def _stored(engine, span_id: str) -> dict:
-    with engine.connect() as conn:
-        row = conn.execute(select(schema.spans).where(schema.spans.c.span_id == span_id)).mappings().one()
-    return dict(row, attributes=json.loads(row["attributes"]), events=json.loads(row["events"]))
+    [row] = [s for s in span_rows(engine) if s["span_id"] == span_id]
+    parsed = {k: json.loads(row[k]) if isinstance(row[k], str) else row[k] for k in ("attributes", "events")}
+    return dict(row, **parsed)
 
 
 def _span_stats(engine, service: str, operation: str, resolution: int = 3600) -> list[tuple]:
@@ -164,7 +166,7 @@ def test_spans_of_a_trace_beyond_its_cap_are_dropped_counted_and_marked(client, 
             conn.rollback()
     assert client.xlen(settings.dead_stream) == 0
     with engine.connect() as conn:
-        kept = conn.execute(select(schema.spans.c.span_id).where(schema.spans.c.trace_id == big[0]["trace_id"])).all()
+        kept = [s["span_id"] for s in block_store.all_spans(conn) if s["trace_id"] == big[0]["trace_id"]]
         warnings = json.loads(conn.execute(select(schema.traces.c.warnings).where(
             schema.traces.c.trace_id == big[0]["trace_id"])).scalar_one())
     assert len(kept) == 20 and span_count(engine) == 25

@@ -15,6 +15,7 @@ from collector_worker.stats import Histogram, bin_for
 from collector_worker.storage import schema
 from collector_worker.storage.writer import store_spans
 from tracer.settings import Settings
+from tests.support.stored import operation_rows, span_rows, tag_hash, tag_rows
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -95,11 +96,12 @@ def test_finalize_writes_summary_search_rows_and_span_columns(engine):
     assert trace["span_count"] == 3 and trace["error_count"] == 1 and trace["duration_ns"] == 100 * MS
     assert json.loads(trace["services"]) == ["api", "users"] and trace["version"] == 1
     assert not trace["incomplete"]
-    ops = {(r["service"], r["operation"], bool(r["error"])) for r in rows(engine, schema.trace_operations)}
+    ops = {(r["service"], r["operation"], r["error"]) for r in operation_rows(engine)}
     assert ops == {("api", "GET /x", False), ("api", "op-02", False), ("users", "op-03", True)}
-    tags = {(r["key"], r["value"], r["value_num"]) for r in rows(engine, schema.trace_tags)}
-    assert tags == {("http.method", "GET", None), ("n", "3", 3.0), ("http.route", "/u", None)}
-    spans = {r["span_id"]: r for r in rows(engine, schema.spans)}
+    tags = {(r["key"], r.get("value_hash"), r.get("value_num")) for r in tag_rows(engine)}
+    assert tags == {("http.method", tag_hash("GET"), None), ("n", tag_hash("3"), None), ("n", None, 3.0),
+                    ("http.route", tag_hash("/u"), None)}
+    spans = {r["span_id"]: r for r in span_rows(engine)}
     assert [spans[sid(i)]["depth"] for i in (1, 2, 3)] == [0, 1, 2]
     assert [spans[sid(i)]["self_time_ns"] for i in (1, 2, 3)] == [50 * MS, 10 * MS, 40 * MS]
     assert all(bool(spans[sid(i)]["critical_path"]) for i in (1, 2, 3))

@@ -13,6 +13,8 @@ from collector_worker import assembler, finalizer
 from collector_worker.storage import schema
 from collector_worker.storage.writer import store_spans
 from tracer.settings import Settings
+from collector_worker.storage import block_store
+from tests.support.stored import operation_rows, tag_rows
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -79,13 +81,14 @@ def snapshot(engine, prefix: str) -> dict:
              r.error_count, norm(r.services), int(r.incomplete), r.clock_skew_ns, r.warnings)
             for r in conn.execute(select(t).where(t.c.root_service.like(f"{prefix}-%"))))
         ids = [tid(n) if prefix == "a" else tid(10_000 + n) for n, *_ in out["traces"]]
-        ops, tags, sp = schema.trace_operations, schema.trace_tags, schema.spans
-        out["ops"] = sorted((trace_no(r.trace_id), norm(r.service), r.operation, r.start_ns, int(r.error))
-                            for r in conn.execute(select(ops).where(ops.c.trace_id.in_(ids))))
-        out["tags"] = sorted((trace_no(r.trace_id), r.key, r.value, r.value_num, r.start_ns)
-                             for r in conn.execute(select(tags).where(tags.c.trace_id.in_(ids))))
-        out["spans"] = sorted((trace_no(r.trace_id), r.span_id, r.depth, r.self_time_ns, int(r.critical_path))
-                              for r in conn.execute(select(sp).where(sp.c.trace_id.in_(ids))))
+        wanted = set(ids)
+        out["spans"] = sorted((trace_no(r["trace_id"]), r["span_id"], r["depth"], r["self_time_ns"],
+                               int(r["critical_path"])) for r in block_store.all_spans(conn) if r["trace_id"] in wanted)
+    out["ops"] = sorted((trace_no(r["trace_id"]), norm(r["service"]), r["operation"], int(r["error"]))
+                        for r in operation_rows(engine) if r["trace_id"] in wanted)
+    out["tags"] = sorted((trace_no(r["trace_id"]), r["key"], r.get("value_hash") or 0, r.get("value_num") or 0.0)
+                         for r in tag_rows(engine) if r["trace_id"] in wanted)
+    with engine.connect() as conn:
         st, sh, dep = schema.stats, schema.stats_histogram, schema.dependencies
         out["stats"] = sorted((r.scope, r.resolution, r.bucket, norm(r.service), r.operation, r.count, r.error_count,
                                r.total_ns) for r in conn.execute(select(st).where(st.c.service.like(f"{prefix}-%")))
@@ -135,7 +138,7 @@ def test_batch_rows_match_the_assembler(engine):
     assert finalize_all(engine, BASE + 5 * S) == 40
     with engine.connect() as conn:
         stored = {r.trace_id: r for r in conn.execute(select(schema.traces))}
-        spans = {(r.trace_id, r.span_id): r for r in conn.execute(select(schema.spans))}
+        spans = {(r["trace_id"], r["span_id"]): r for r in block_store.all_spans(conn)}
     for n in range(40):
         a = assembler.assemble(trace_spans(n, "a"))
         row = stored[tid(n)]
@@ -145,7 +148,7 @@ def test_batch_rows_match_the_assembler(engine):
              a.summary["error_count"], a.summary["incomplete"], a.summary["services"], a.summary["warnings"])
         for span_id, fields in a.spans.items():
             r = spans[(tid(n), span_id)]
-            assert (r.depth, r.self_time_ns, bool(r.critical_path)) == \
+            assert (r["depth"], r["self_time_ns"], bool(r["critical_path"])) == \
                 (fields["depth"], fields["self_time_ns"], fields["critical_path"])
 
 

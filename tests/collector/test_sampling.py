@@ -7,6 +7,8 @@ from sqlalchemy import select
 from collector_worker import finalizer, sampling
 from collector_worker.storage import schema
 from tests.collector.test_finalizer import BASE, S, finalize_all, ingest, make_span, rows, sid, tid, trace_stats
+from tests.support.stored import operation_rows, span_rows
+from collector_worker.storage import block_store
 
 
 def test_policy():
@@ -40,8 +42,8 @@ def test_dropped_traces_still_count_in_statistics(engine):
 
     assert sorted(r["trace_id"] for r in rows(engine, schema.traces)) == [tid(2), tid(3)]
     with engine.connect() as conn:
-        span_traces = {r[0] for r in conn.execute(select(schema.spans.c.trace_id))}
-        op_traces = {r[0] for r in conn.execute(select(schema.trace_operations.c.trace_id))}
+        span_traces = {s["trace_id"] for s in block_store.all_spans(conn)}
+    op_traces = {r["trace_id"] for r in operation_rows(engine)}
     assert span_traces == op_traces == {tid(2), tid(3)}
     stat, _ = trace_stats(engine)
     assert {(r["operation"], r["count"], r["error_count"]) for r in stat} == {("fast", 3, 1), ("slow", 1, 0)}
@@ -71,7 +73,7 @@ def test_a_late_span_of_a_dropped_trace_is_dropped_and_counted_once(engine):
     late_before = finalizer.counters()["late_dropped"]
     assert finalize_all(engine, BASE + 20 * S, **policy) == 1
     assert finalizer.counters()["late_dropped"] == late_before + 1
-    assert rows(engine, schema.traces) == [] and rows(engine, schema.spans) == []
+    assert rows(engine, schema.traces) == [] and span_rows(engine) == []
     assert trace_stats(engine)[0] == counted  # the trace-scope sample is still the one of the whole trace
     assert [(r["operation"], r["count"]) for r in counted] == [("fast", 1)]
     span_ops = sorted((r["operation"], r["count"]) for r in trace_stats(engine, scope="span")[0])

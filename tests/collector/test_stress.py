@@ -30,6 +30,9 @@ from collector_worker import dependencies, finalizer
 from collector_worker.consumer import Entry, StreamConsumer, consumer_stats, ensure_group
 from collector_worker.stats import bucket_of
 from collector_worker.storage import open_engine, schema
+from collector_worker.storage import block_store
+from collector_worker.storage.writer import span_row
+from tests.support.stored import span_rows
 from tests.collector.test_consumer import RunningConsumer, publish, settings_for
 from tests.collector.test_faults import Collectors, pending
 from tests.support.servers import wait_until
@@ -148,7 +151,7 @@ def _count(engine, table) -> int:
 
 
 def span_count(engine) -> int:
-    return _count(engine, schema.spans)
+    return len(span_rows(engine))
 
 
 def pending_traces(engine) -> int:
@@ -168,10 +171,7 @@ def check_invariants(engine, workload: Workload) -> None:
     """Everything stored exactly once and every figure derived from the stored spans exactly."""
     expected = workload.published_keys()
     with engine.connect() as conn:
-        spans = [dict(r._mapping) for r in conn.execute(select(
-            schema.spans.c.trace_id, schema.spans.c.span_id, schema.spans.c.parent_span_id, schema.spans.c.service,
-            schema.spans.c.name, schema.spans.c.kind, schema.spans.c.start_ns, schema.spans.c.end_ns,
-            schema.spans.c.status_code, schema.spans.c.attributes, schema.spans.c.depth))]
+        spans = block_store.all_spans(conn)
         traces = [dict(r._mapping) for r in conn.execute(select(schema.traces))]
         stats_rows = [tuple(r) for r in conn.execute(select(
             schema.stats.c.scope, schema.stats.c.resolution, schema.stats.c.bucket, schema.stats.c.service,
@@ -413,12 +413,14 @@ def test_restart_under_the_same_name_takes_back_its_own_leases(client, redis_url
         wait_until(lambda: span_count(sqlite_engine) == 100 and pending(client) == 0
                    and pending_traces(sqlite_engine) == 0, timeout=60, message="spans stored and finalized")
     now = time.time_ns()
+    stored = span_rows(sqlite_engine)
     with sqlite_engine.begin() as conn:  # undo the finalization, and lease every trace for an hour to the name
-        for table in (schema.traces, schema.trace_operations, schema.trace_tags, schema.dependencies):
+        for table in (schema.traces, schema.trace_blocks, schema.trace_operations, schema.trace_tags,
+                      schema.trace_tag_numbers, schema.dependencies):
             conn.execute(table.delete())
         conn.execute(schema.stats.delete().where(schema.stats.c.scope == "trace"))
         conn.execute(schema.stats_histogram.delete().where(schema.stats_histogram.c.scope == "trace"))
-        conn.execute(schema.spans.update().values(depth=None, self_time_ns=None, critical_path=False))
+        conn.execute(schema.spans.insert(), [span_row(s, s["received_ns"]) for s in stored])  # staged again
         conn.execute(schema.pending_traces.insert(), [
             {"trace_id": t, "first_seen_ns": now - 10**10, "last_seen_ns": now - 10**10, "claimed_by": "same-name",
              "claimed_until_ns": now + 3600 * 10**9} for t in workload.traces])

@@ -7,12 +7,13 @@ import math
 from typing import Any
 
 from flask import Blueprint, jsonify
-from sqlalchemy import and_, desc, func, or_, select
+from sqlalchemy import and_, desc, func, select
 
 from collector_worker import pricing
 from collector_worker.llm_usage import GROUP_BY, llm_call_of, query_usage
 from collector_worker.storage.queries import iso_time
-from collector_worker.storage.schema import spans, trace_tags, traces
+from collector_worker.storage import block_store, search_keys
+from collector_worker.storage.schema import trace_tags, traces
 
 from .. import params
 from ..app import current_resources, current_settings
@@ -27,7 +28,8 @@ MAX_POINTS = 2000
 TARGET_POINTS = 120
 # trace_tags keys behind the filters of /ai/traces
 FILTER_TAGS = {"user_id": "user.id", "session_id": "session.id", "agent": "gen_ai.agent.name"}
-AI_MARKERS = ("gen_ai.", "contrail.ai.", "llm.", "openinference.")
+AI_MARKERS = ("gen_ai.", "contrail.ai.", "llm.", "openinference.")  # attribute key prefixes of AI spans
+_AI_SPAN_FIELDS = ("trace_id", "span_id", "name", "start_ns", "end_ns", "status_code")
 
 
 def _prices() -> pricing.PriceTable:
@@ -43,24 +45,26 @@ def _prices() -> pricing.PriceTable:
 def _matching_trace_ids(conn, filters: dict[str, str], start_ns: int | None, end_ns: int | None,
                         limit: int) -> list[str]:
     """Newest traces that have AI spans and every requested user/session/agent tag."""
-    t = trace_tags.c
+    t, g = traces.c, trace_tags.c
+    keys = list(filters) or ["gen_ai.operation.name", "gen_ai.agent.name", "llm.model_name"]
+    ids = search_keys.lookup(conn, keys)
     conditions = []
     if filters:
-        (first_key, first_value), *rest = filters.items()
-        conditions += [t.key == first_key, t.value == first_value]
-        for key, value in rest:
-            conditions.append(t.trace_id.in_(
-                select(trace_tags.c.trace_id).where(and_(trace_tags.c.key == key, trace_tags.c.value == value))))
+        if any(key not in ids for key in filters):
+            return []
+        for key, value in filters.items():
+            conditions.append(t.trace_no.in_(select(g.trace_no).where(
+                and_(g.key_id == ids[key], g.value_hash == search_keys.tag_hash(value)))))
     else:
-        conditions.append(t.key.in_(("gen_ai.operation.name", "gen_ai.agent.name", "llm.model_name")))
+        if not ids:
+            return []
+        conditions.append(t.trace_no.in_(select(g.trace_no).where(g.key_id.in_(sorted(ids.values())))))
     if start_ns is not None:
         conditions.append(t.start_ns >= start_ns)
     if end_ns is not None:
         conditions.append(t.start_ns <= end_ns)
-    newest = func.max(t.start_ns)
     rows = conn.execute(
-        select(t.trace_id, newest).where(and_(*conditions)).group_by(t.trace_id)
-        .order_by(desc(newest), t.trace_id).limit(limit)
+        select(t.trace_id).where(and_(*conditions)).order_by(desc(t.start_ns), t.trace_id).limit(limit)
     ).all()
     return [row[0] for row in rows]
 
@@ -157,18 +161,16 @@ def agent_traces():
     limit = params.integer("limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
     start_ns, end_ns = params.time_range()
     prices = _prices()
-    like = or_(*(spans.c.attributes.contains(marker, autoescape=True) for marker in AI_MARKERS))
     with current_resources().engine().connect() as conn:
         ids = _matching_trace_ids(conn, filters, start_ns, end_ns, limit)
         by_trace: dict[str, list] = {trace_id: [] for trace_id in ids}
         trace_rows: dict[str, dict] = {}
         if ids:
-            for row in conn.execute(select(spans.c.trace_id, spans.c.span_id, spans.c.name, spans.c.start_ns,
-                                           spans.c.end_ns, spans.c.status_code, spans.c.attributes)
-                                    .where(and_(spans.c.trace_id.in_(ids), like))).mappings():
-                attrs = _json(row["attributes"], {})
-                if isinstance(attrs, dict):
-                    by_trace[row["trace_id"]].append({**row, "attributes": attrs})
+            for trace_id, found in block_store.trace_spans(conn, ids).items():
+                for span in found:
+                    attrs = _json(span["attributes"], {})
+                    if isinstance(attrs, dict) and any(key.startswith(AI_MARKERS) for key in attrs):
+                        by_trace[trace_id].append({key: span[key] for key in _AI_SPAN_FIELDS} | {"attributes": attrs})
             for row in conn.execute(select(traces.c.trace_id, traces.c.start_ns, traces.c.duration_ns,
                                            traces.c.error_count).where(traces.c.trace_id.in_(ids))).mappings():
                 trace_rows[row["trace_id"]] = dict(row)

@@ -1,0 +1,193 @@
+"""Reading and deleting stored spans: trace blocks plus staging rows, for every reader of spans.
+
+Every reader of spans (the trace API, exports, AI pages, the CLI, tests) goes
+through :func:`trace_spans`, which yields a trace's block spans merged with
+its staging rows (spans not finalized yet, or arrived after the last
+finalization). The finalizer and retention delete through the functions here,
+so the exact posting keys a block recorded are what gets removed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable
+
+from sqlalchemy.engine import Connection
+
+from . import block_dictionary, blocks, schema, search_keys
+
+_CHUNK = 500
+_STAGING_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns",
+                    "duration_ns", "status_code", "status_message", "attributes", "events", "links", "resource",
+                    "scope", "received_ns", "depth", "self_time_ns", "critical_path")
+
+
+def _mark(conn: Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _in(conn: Connection, n: int) -> str:
+    return "(" + ",".join([_mark(conn)] * n) + ")"
+
+
+def _chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def read_blocks(conn: Connection, trace_nos: list[int]) -> dict[int, bytes]:
+    """The block of each trace number that has one."""
+    out: dict[int, bytes] = {}
+    for chunk in _chunks(sorted(set(trace_nos))):
+        for no, data in conn.exec_driver_sql(
+                f"SELECT trace_no, data FROM {schema.trace_blocks.name} WHERE trace_no IN {_in(conn, len(chunk))}",
+                tuple(chunk)):
+            out[int(no)] = bytes(data)
+    block_dictionary.load(conn, out.values())
+    return out
+
+
+def trace_numbers(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
+    """The trace number of each finalized trace among ``trace_ids``."""
+    out: dict[str, int] = {}
+    for chunk in _chunks(sorted(set(trace_ids))):
+        out.update((t, int(no)) for t, no in conn.exec_driver_sql(
+            f"SELECT trace_id, trace_no FROM {schema.traces.name} WHERE trace_id IN {_in(conn, len(chunk))}",
+            tuple(chunk)))
+    return out
+
+
+def staged_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Staging rows of ``trace_ids`` as row dicts (JSON columns as text), by trace."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    columns = ",".join(_STAGING_COLUMNS)
+    for chunk in _chunks(sorted(set(trace_ids))):
+        for row in conn.exec_driver_sql(
+                f"SELECT {columns} FROM {schema.spans.name} WHERE trace_id IN {_in(conn, len(chunk))}", tuple(chunk)):
+            out.setdefault(row[0], []).append(dict(zip(_STAGING_COLUMNS, row)))
+    return out
+
+
+def trace_blocks(conn: Connection, trace_ids: list[str]) -> dict[str, bytes]:
+    """The block of each finalized trace among ``trace_ids``: summary and block in one statement, so a
+    re-finalization committing meanwhile (new number, old block deleted) is seen whole or not at all."""
+    out: dict[str, bytes] = {}
+    t, b = schema.traces.name, schema.trace_blocks.name
+    for chunk in _chunks(sorted(set(trace_ids))):
+        out.update((trace_id, bytes(data)) for trace_id, data in conn.exec_driver_sql(
+            f"SELECT {t}.trace_id, {b}.data FROM {t} JOIN {b} ON {b}.trace_no = {t}.trace_no "
+            f"WHERE {t}.trace_id IN {_in(conn, len(chunk))}", tuple(chunk)))
+    block_dictionary.load(conn, out.values())
+    return out
+
+
+def trace_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every stored span of ``trace_ids``: block spans (assembled) merged with staging rows, by trace.
+
+    A staging row whose span id is already in the block (a redelivery) is left out; a staging row of a
+    span not in the block has ``depth`` None (not assembled yet). Traces with no span are absent.
+    Staging rows are read first: a finalizer moving spans into a block between the two reads (each
+    statement sees its own snapshot on PostgreSQL) shows them in both, never in neither.
+    """
+    staged = staged_spans(conn, trace_ids)
+    found = trace_blocks(conn, trace_ids)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for trace_id in trace_ids:
+        data = found.get(trace_id)
+        spans = blocks.merge(blocks.decode(data), staged.get(trace_id, ())) if data is not None \
+            else list(staged.get(trace_id, ()))
+        if spans:
+            out[trace_id] = spans
+    return out
+
+
+def stored_span_ids(conn: Connection, trace_ids: list[str]) -> dict[str, set[str]]:
+    """Span ids already in the blocks of ``trace_ids`` (ingest leaves redelivered ones out)."""
+    numbers = trace_numbers(conn, trace_ids)
+    if not numbers:
+        return {}
+    by_no = {no: t for t, no in numbers.items()}
+    return {by_no[no]: blocks.span_ids(data) for no, data in read_blocks(conn, list(by_no)).items()}
+
+
+def postings_of(conn: Connection, spans: list[dict[str, Any]]) -> list[list] | None:
+    """The search postings a block's trace wrote, derived from its spans as the finalizer derived them."""
+    from collector_worker.assembler import assemble  # assembly is pure; storage only borrows it here
+
+    a = assemble(spans)
+    try:
+        return search_keys.postings(a.operations, a.tags,
+                                    search_keys.lookup(conn, search_keys.names_in(a.operations, a.tags)))
+    except KeyError:  # a name never stored: that trace never wrote postings with it
+        return None
+
+
+def delete_finalized(conn: Connection, traces: list[tuple[int, Any]]) -> None:
+    """Delete the blocks and search postings of ``(trace_no, postings)`` (postings from :func:`postings_of`).
+
+    The ``traces`` rows themselves are the caller's to delete.
+    """
+    if not traces:
+        return
+    m = _mark(conn)
+    ops, tags, nums = [], [], []
+    for no, posted in traces:
+        if not posted:
+            continue
+        ops.extend((s, no, o) for s, o, _ in posted[0])
+        tags.extend((k, h, no) for k, h in posted[1])
+        nums.extend((k, n, no) for k, n in posted[2])
+    for table, columns, rows in ((schema.trace_operations, ("service_id", "trace_no", "operation_id"), ops),
+                                 (schema.trace_tags, ("key_id", "value_hash", "trace_no"), tags),
+                                 (schema.trace_tag_numbers, ("key_id", "value_num", "trace_no"), nums)):
+        if rows:
+            where = " AND ".join(f"{c} = {m}" for c in columns)
+            conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE {where}", sorted(rows))
+    for chunk in _chunks(sorted(no for no, _ in traces)):
+        conn.exec_driver_sql(f"DELETE FROM {schema.trace_blocks.name} WHERE trace_no IN {_in(conn, len(chunk))}",
+                             tuple(chunk))
+
+
+def delete_staged(conn: Connection, keys: list[tuple[str, str]]) -> None:
+    """Delete staging rows by exact (trace_id, span_id)."""
+    if not keys:
+        return
+    m = _mark(conn)
+    for chunk in _chunks(sorted(keys), 2000):
+        rows = ",".join([f"({m},{m})"] * len(chunk))
+        conn.exec_driver_sql(f"DELETE FROM {schema.spans.name} WHERE (trace_id, span_id) IN (VALUES {rows})",
+                             tuple(itertools.chain.from_iterable(chunk)))
+
+
+def delete_traces(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
+    """Delete finalized traces whole (summary, block, postings, staging rows); rows deleted per table."""
+    numbers = trace_numbers(conn, trace_ids)
+    found = read_blocks(conn, list(numbers.values()))
+    delete_finalized(conn, [(no, postings_of(conn, blocks.decode(found[no])) if no in found else None)
+                            for no in numbers.values()])
+    deleted = {"traces": 0, "spans": 0, "trace_blocks": len(found)}
+    for chunk in _chunks(sorted(set(trace_ids))):
+        where = f"WHERE trace_id IN {_in(conn, len(chunk))}"
+        deleted["spans"] += conn.exec_driver_sql(f"DELETE FROM {schema.spans.name} {where}", tuple(chunk)).rowcount
+        deleted["traces"] += conn.exec_driver_sql(f"DELETE FROM {schema.traces.name} {where}",
+                                                  tuple(chunk)).rowcount
+    return deleted
+
+
+def all_spans(conn: Connection) -> list[dict[str, Any]]:
+    """Every stored span once: each block's spans, then the staging rows of spans in no block.
+
+    Staging first, then blocks (see :func:`trace_spans`). For checks and small exports, not for search.
+    """
+    columns = ",".join(_STAGING_COLUMNS)
+    staged = [dict(zip(_STAGING_COLUMNS, row))
+              for row in conn.exec_driver_sql(f"SELECT {columns} FROM {schema.spans.name}")]
+    found = [bytes(data) for (data,) in conn.exec_driver_sql(
+        f"SELECT data FROM {schema.trace_blocks.name} ORDER BY trace_no")]
+    block_dictionary.load(conn, found)
+    out: list[dict[str, Any]] = []
+    for data in found:
+        out.extend(blocks.decode(data))
+    in_blocks = {(s["trace_id"], s["span_id"]) for s in out}
+    out.extend(s for s in staged if (s["trace_id"], s["span_id"]) not in in_blocks)
+    return out

@@ -1,0 +1,109 @@
+"""Compact keys of the search postings: name ids from the ``names`` table, and tag value hashes.
+
+Service, operation and tag key names are few and repeat on every trace, so a
+posting holds a small integer for each; ids are assigned once and never
+change or go away, so a process caches them for good. Tag values are many
+and mostly unique: a posting holds a 64-bit hash of the value's string form
+(a false match needs two values of one key to collide in 64 bits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import weakref
+from typing import Iterable
+
+from sqlalchemy.engine import Connection, Engine
+
+from .schema import names
+
+_caches: "weakref.WeakKeyDictionary[Engine, dict[str, int]]" = weakref.WeakKeyDictionary()
+_caches_guard = threading.Lock()
+_CHUNK = 500
+
+
+def tag_hash(value: str) -> int:
+    """The signed 64-bit hash a tag value is posted and searched under."""
+    return int.from_bytes(hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "big", signed=True)
+
+
+def _cache(engine: Engine) -> dict[str, int]:
+    with _caches_guard:
+        found = _caches.get(engine)
+        if found is None:
+            found = _caches[engine] = {}
+        return found
+
+
+def _mark(conn: Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _select(conn: Connection, wanted: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i in range(0, len(wanted), _CHUNK):
+        chunk = wanted[i:i + _CHUNK]
+        marks = ",".join([_mark(conn)] * len(chunk))
+        out.update((r[1], int(r[0])) for r in conn.exec_driver_sql(
+            f"SELECT id, name FROM {names.name} WHERE name IN ({marks})", tuple(chunk)))
+    return out
+
+
+def add_names(conn: Connection, wanted: Iterable[str]) -> dict[str, int]:
+    """Ids of ``wanted`` names, adding those the database lacks, inside the caller's write transaction.
+
+    Nothing is cached here (the transaction may roll back); :func:`lookup` caches ids once committed.
+    """
+    wanted = sorted(set(wanted))
+    if not wanted:
+        return {}
+    conn.exec_driver_sql(f"INSERT INTO {names.name} (name) VALUES ({_mark(conn)}) ON CONFLICT (name) DO NOTHING",
+                         [(name,) for name in wanted])
+    return _select(conn, wanted)
+
+
+def lookup(conn: Connection, wanted: Iterable[str]) -> dict[str, int]:
+    """Ids of the ``wanted`` names the database knows; an unknown name is absent.
+
+    Only for a connection that has not added names in its open transaction: what it reads is committed,
+    and ids never change once committed, so they are cached for good.
+    """
+    cache = _cache(conn.engine)
+    wanted = list(wanted)
+    missing = sorted({name for name in wanted if name not in cache})
+    if missing:
+        cache.update(_select(conn, missing))
+    return {name: cache[name] for name in wanted if name in cache}
+
+
+def names_of(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
+    """Names of ``ids``."""
+    ids = sorted(set(ids))
+    out: dict[int, str] = {}
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i:i + _CHUNK]
+        marks = ",".join([_mark(conn)] * len(chunk))
+        out.update((int(r[0]), r[1]) for r in conn.exec_driver_sql(
+            f"SELECT id, name FROM {names.name} WHERE id IN ({marks})", tuple(chunk)))
+    return out
+
+
+def postings(operations, tags, ids: dict[str, int]) -> list[list]:
+    """A trace's search postings ``[ops, tags, numbers]`` from its assembly's operations and tags.
+
+    ops are ``[service_id, operation_id, error]``, tags ``[key_id, value_hash]``, numbers
+    ``[key_id, value]``; raises KeyError when a name has no id in ``ids``.
+    """
+    ops = sorted({(ids[svc[:255]], ids[op[:512]], bool(err)) for svc, op, err in operations})
+    hashed = sorted({(ids[k], tag_hash(v)) for k, v, _ in tags})
+    numbers = sorted({(ids[k], float(n)) for k, _, n in tags if n is not None})
+    return [[list(o) for o in ops], [list(t) for t in hashed], [list(n) for n in numbers]]
+
+
+def names_in(operations, tags) -> set[str]:
+    """The names :func:`postings` needs ids of."""
+    wanted = {name for svc, op, _ in operations for name in (svc[:255], op[:512])}
+    wanted.update(k for k, _, _ in tags)
+    return wanted

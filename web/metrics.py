@@ -35,6 +35,8 @@ TRACER_GAUGES = {  # per service, summed over the processes' reports (tracer.rep
     "spans_spooled": "Spans written to the disk spool while Redis was unreachable.",
     "spool_records_corrupt": "Damaged spool records skipped on replay (checksum or framing).",
     "export_errors": "Failed exports to Redis.",
+    "metric_series_dropped": "Measurements dropped because their instrument had reached its cardinality limit.",
+    "metric_points_dropped": "Metric points lost (not encodable, spool full or unwritable).",
 }
 
 

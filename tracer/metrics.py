@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import threading
+import weakref
 from typing import Any, Callable, Mapping
 
 from opentelemetry.sdk.metrics import (
@@ -195,6 +196,8 @@ def metric_rows(data: MetricsData) -> tuple[list[list[Any]], list[tuple[str, dic
     resources: list[tuple[str, dict]] = []
     for resource_metrics in data.resource_metrics:
         attrs = dict(resource_metrics.resource.attributes)
+        if "process.pid" in attrs:  # the resource was made before any fork: a pool process is itself
+            attrs["process.pid"] = os.getpid()
         resources.append((str(attrs.get("service.name", "unknown_service")), attrs))
         index = len(resources) - 1
         for scope_metrics in resource_metrics.scope_metrics:
@@ -241,13 +244,14 @@ class StreamMetricExporter(MetricExporter):
         self.points_dropped = 0  # not encodable
         self.export_errors = 0
         self.last_export_error: str | None = None
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
+        if hasattr(os, "register_at_fork"):  # a weak reference: the hook must not keep the exporter alive
+            after_fork = weakref.WeakMethod(self._after_fork)
+            os.register_at_fork(after_in_child=lambda: (after_fork() or (lambda: None))())
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         try:
-            self.stream.reset()
+            getattr(self.stream, "forget", self.stream.reset)()
         except Exception:
             pass
         self.spool.after_fork()

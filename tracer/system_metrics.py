@@ -10,6 +10,7 @@ observable counters, sent as their increase per interval like any counter.
 from __future__ import annotations
 
 import gc
+import os
 from typing import Any, Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -37,16 +38,26 @@ def _safe(read: Callable[[], Iterable[Observation]]) -> Callable[[CallbackOption
 def observe_process(metrics: Any) -> None:
     """Register the process's system metrics on ``metrics`` (a :class:`tracer.metrics.MetricsCollector`)."""
     psutil = _psutil()
-    process = psutil.Process()
-    process.cpu_percent(None)  # the first call starts the measuring interval
+    processes: dict[int, Any] = {}
+
+    def current() -> Any:
+        """This process's psutil handle, made again in a forked child (a Celery pool process reports itself)."""
+        pid = os.getpid()
+        if pid not in processes:
+            processes.clear()
+            processes[pid] = psutil.Process(pid)
+            processes[pid].cpu_percent(None)  # the first call starts the measuring interval
+        return processes[pid]
+
+    current()
     meter = metrics.meter
 
     def cpu_time():
-        times = process.cpu_times()
+        times = current().cpu_times()
         return [Observation(times.user, {"state": "user"}), Observation(times.system, {"state": "system"})]
 
     def io_bytes():
-        counters = process.io_counters()
+        counters = current().io_counters()
         return [Observation(counters.read_bytes, {"direction": "read"}),
                 Observation(counters.write_bytes, {"direction": "write"})]
 
@@ -62,14 +73,14 @@ def observe_process(metrics: Any) -> None:
     meter.create_observable_counter("process.cpu.time", [_safe(cpu_time)], unit="s",
                                     description="CPU time of this process")
     meter.create_observable_gauge("process.cpu.utilization", [_safe(lambda: [
-        Observation(process.cpu_percent(None) / 100.0)])], unit="1",
+        Observation(current().cpu_percent(None) / 100.0)])], unit="1",
         description="CPU used since the last collection, as a share of one core")
     meter.create_observable_gauge("process.memory.rss", [_safe(lambda: [
-        Observation(process.memory_info().rss)])], unit="By", description="Resident memory of this process")
+        Observation(current().memory_info().rss)])], unit="By", description="Resident memory of this process")
     meter.create_observable_gauge("process.threads", [_safe(lambda: [
-        Observation(process.num_threads())])], unit="{thread}", description="Threads of this process")
+        Observation(current().num_threads())])], unit="{thread}", description="Threads of this process")
     meter.create_observable_gauge("process.open_file_descriptors", [_safe(lambda: [
-        Observation(process.num_fds())])], unit="{fd}", description="Open file descriptors of this process")
+        Observation(current().num_fds())])], unit="{fd}", description="Open file descriptors of this process")
     meter.create_observable_counter("process.gc.collections", [_safe(collections)], unit="{collection}",
                                     description="Garbage collections per generation")
     meter.create_observable_counter("process.disk.io", [_safe(io_bytes)], unit="By",

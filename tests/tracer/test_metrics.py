@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -107,3 +108,21 @@ def test_system_metrics_without_psutil_fail_with_what_to_install(make_manager, m
     monkeypatch.setitem(sys.modules, "psutil", None)  # as if the 'system' extra were not installed
     with pytest.raises(RuntimeError, match=r"pip install 'contrail-tracing\[system\]'"):
         make_manager(system_metrics=True)
+
+
+def test_a_forked_child_exports_its_own_points_and_system_metrics(make_manager, redis_url):
+    tracing = make_manager(metrics_interval=3600, system_metrics=True)
+    orders = tracing.metrics.counter("orders")
+    orders.increment(1)
+    assert tracing.flush(5)
+
+    def in_child():
+        orders.increment(5)
+    from tracer_helpers import in_forked_child
+
+    pid = in_forked_child(tracing, in_child)
+    points = metric_points(redis_url)
+    assert sorted((p["value"], p["resource"]["process.pid"]) for p in points if p["name"] == "orders") == \
+        sorted([(1.0, os.getpid()), (5.0, pid)])
+    child_threads = [p for p in points if p["name"] == "process.threads" and p["resource"]["process.pid"] == pid]
+    assert child_threads and child_threads[0]["value"] >= 1

@@ -13,7 +13,8 @@ reports:
   (and the whole file, ``page_count * page_size`` after a WAL checkpoint,
   whose free pages the drained staging table left are reused by later spans); PostgreSQL,
   ``pg_total_relation_size`` summed over every table (indexes and TOAST
-  included) and each relation's own size;
+  included) and each relation's own size, right after finalization and again
+  after a plain ``VACUUM`` (what autovacuum does; the steady state);
 * ingest and finalization time in this process (spans/s);
 * fetching the 10,000-span trace with ``queries.get_trace`` against
   ``json.dumps`` of the same result (the ratio the API budget is about).
@@ -185,11 +186,27 @@ def per_span(sizes: dict, spans: int) -> dict:
             "relations_bytes_per_span": {k: round(v / spans, 1) for k, v in sizes["relations"].items() if v}}
 
 
+def vacuum(database_url: str) -> None:
+    """PostgreSQL's plain VACUUM, what autovacuum runs: it marks dead rows free and truncates empty pages at a
+    table's end (a drained staging table gives its pages back)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("VACUUM")
+    finally:
+        engine.dispose()
+
+
 def run(database_url: str, spans: list[dict], big_id: str | None, sizes) -> dict:
     result = build(database_url, spans)
     measured = sizes()
     result.update(per_span(measured, len(spans)))
     result["total_bytes"] = measured["total_bytes"]
+    if database_url.startswith("postgresql"):  # the steady state: after the vacuum autovacuum would run
+        vacuum(database_url)
+        result["after_vacuum"] = per_span(sizes(), len(spans))
     if big_id:
         result["fetch_10k_trace"] = fetch_ratio(database_url, big_id)
     return result
@@ -240,6 +257,9 @@ def main(argv=None) -> int:
               f" spans/s")
         for name, size in sorted(found["relations_bytes_per_span"].items(), key=lambda kv: -kv[1]):
             print(f"    {name:<32} {size:>8} B/span")
+        if "after_vacuum" in found:
+            v = found["after_vacuum"]
+            print(f"    after VACUUM: {v['bytes_per_span']} B/span ({v['staging_bytes_per_span']} B/span staging)")
         if "fetch_10k_trace" in found:
             f = found["fetch_10k_trace"]
             print(f"    get_trace of {f['spans']:,} spans {f['get_trace_ms']} ms, json.dumps {f['json_dumps_ms']} ms,"

@@ -808,6 +808,18 @@ def _report(client: redis.Redis, settings: Settings) -> None:
         finalizer.counters(), sampling.counters()))
 
 
+def prepare_partitions(engine: Engine) -> None:
+    """Day partitions from yesterday to two days on (PostgreSQL); retention passes renew them. A failure is
+    only logged: a finalizer makes a missing day's partitions itself."""
+    from .storage import partitions
+
+    try:
+        with engine.begin() as conn:
+            partitions.prepare_days(conn, time.time_ns())
+    except Exception as exc:
+        log.warning("preparing day partitions failed, finalizers will make them: %s", _short(exc))
+
+
 def run_consumer(settings: Settings, stop_event: threading.Event | None = None, engine: Engine | None = None,
                  redis_client: redis.Redis | None = None) -> None:
     """Consume the span stream until ``stop_event`` is set; finish the batch in hand, then finalize once more."""
@@ -821,6 +833,7 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
     consumer = StreamConsumer(settings, engine, client, name)
     log.info("collector %s consuming %s as group %s", name, settings.stream, settings.consumer_group)
     consumer.release_own_leases()
+    prepare_partitions(engine)
 
     backoff = 0.0
     ready = False

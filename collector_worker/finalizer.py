@@ -34,7 +34,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from . import dependencies, sampling, stats
 from .assembler import assemble
-from .storage import block_dictionary, block_store, blocks, schema, search_keys
+from .storage import block_dictionary, block_store, blocks, partitions, schema, search_keys
 from .storage.writer import take_write_lock, write_lock
 
 log = logging.getLogger(__name__)
@@ -907,9 +907,12 @@ def _write(conn: Connection, batch: FinalizedBatch) -> None:
     block_store.delete_staged(conn, batch.staged)
     if not batch.trace_rows:
         return
-    cols = ",".join(f'"{c}"' for c in _TRACE_COLUMNS)
-    numbers = dict(_multi_row(conn, f"INSERT INTO {schema.traces.name} ({cols}) VALUES ", len(_TRACE_COLUMNS),
-                              batch.trace_rows, " RETURNING trace_id, trace_no"))
+    numbered = partitions.allocate(conn, [row[4] for row in batch.trace_rows])  # row[4]: start_ns
+    partitions.ensure_days(conn, {partitions.day_of_no(no) for no in numbered})
+    cols = ",".join(f'"{c}"' for c in (*_TRACE_COLUMNS, "trace_no"))
+    _multi_row(conn, f"INSERT INTO {schema.traces.name} ({cols}) VALUES ", len(_TRACE_COLUMNS) + 1,
+               [(*row, no) for row, no in zip(batch.trace_rows, numbered)])
+    numbers = {row[0]: no for row, no in zip(batch.trace_rows, numbered)}
     order = sorted(numbers, key=numbers.get)
     _insert_many(conn, schema.trace_blocks, ("trace_no", "data"), [(numbers[t], batch.blocks[t]) for t in order])
     ops, tags, nums = [], [], []

@@ -130,15 +130,19 @@ def list_traces(service, operation, tags, status, min_duration, max_duration, lo
 @click.option("--format", "fmt", type=click.Choice(SHOW_FORMATS), default="tree", show_default=True,
               help="tree: the call tree in the terminal; text: compact text for an LLM; json, mermaid, otlp.")
 @click.option("--budget", type=click.IntRange(min=1), help="With --format text: size budget in characters.")
+@click.option("--diagram", type=click.Choice(("sequence", "flowchart")),
+              help="With --format mermaid: sequence (calls between services, the default) or flowchart (span tree).")
 @click.option("--max-spans", type=click.IntRange(min=1), default=2000, show_default=True,
               help="With --format tree: spans drawn before the rest are summarised.")
 @database_option
-def show_trace(trace_id, fmt, budget, max_spans, database_url, as_json):
+def show_trace(trace_id, fmt, budget, diagram, max_spans, database_url, as_json):
     """Show one trace: its call tree with durations, self time, critical path and errors."""
     from .storage.queries import get_trace
 
     if budget is not None and (fmt != "text" or as_json):
         raise click.BadParameter("only applies to --format text", param_hint="--budget")
+    if diagram is not None and (fmt != "mermaid" or as_json):
+        raise click.BadParameter("only applies to --format mermaid", param_hint="--diagram")
     trace_id = trace_id.strip().lower()
     if not TRACE_ID.match(trace_id):
         raise click.BadParameter(f"{trace_id!r} is not a trace id (32 hex characters)", param_hint="TRACE_ID")
@@ -152,7 +156,7 @@ def show_trace(trace_id, fmt, budget, max_spans, database_url, as_json):
         return
     from .exporters import export_trace
 
-    _mimetype, body = export_trace(trace, fmt, budget=budget)
+    _mimetype, body = export_trace(trace, fmt, budget=budget, diagram=diagram or "sequence")
     click.echo(body.rstrip("\n"))
 
 

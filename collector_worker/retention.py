@@ -1,21 +1,24 @@
-"""Retention: delete data older than a cutoff in bounded batches.
+"""Retention: delete data older than a cutoff, finalized traces by whole days, the rest in bounded batches.
 
-Each batch is its own short transaction so ingest and finalization, which
-write the same tables, never wait long behind a cleanup. Whole traces go
-first (their block, search postings, staging rows and summary together, so
-search never finds half a trace), then spans and pending rows of traces never finalized, then
-statistics and metrics buckets that ended before the cutoff (and the record of
-metric stream entries stored before it).
+Finalized traces go first, a UTC day at a time once the whole day ended before
+the cutoff (storage/partitions.py: PostgreSQL drops the day's partitions, SQLite
+deletes its trace-number range; never trace by trace), so a trace is kept up to
+one day longer than the retention period. Then staging spans and pending rows
+of traces never finalized, then statistics and metrics buckets that ended
+before the cutoff (and the record of metric stream entries stored before it),
+in batches that are each a short transaction so ingest and finalization, which
+write the same tables, never wait long behind a cleanup.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from sqlalchemy import delete, func, literal_column, select
 from sqlalchemy.engine import Connection, Engine
 
-from .storage import block_store, schema
+from .storage import partitions, schema
 
 Progress = Callable[[int, int], None]
 
@@ -41,6 +44,11 @@ def _delete_some(conn: Connection, table, condition, limit: int) -> int:
     return conn.execute(stmt).rowcount or 0
 
 
+def _expired(traces, cutoff_ns: int):
+    """Finalized traces retention removes at ``cutoff_ns``: those of the days that ended before it."""
+    return traces.c.trace_no < partitions.first_no(partitions.day_of(cutoff_ns))
+
+
 def _count(engine: Engine, table, condition) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(table).where(condition)).scalar_one())
@@ -61,7 +69,7 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
                                     "metric_points", "metric_histogram", "metric_entries")}
 
     bucket_conditions = [(table, table.c.bucket + table.c[res] <= cutoff_s) for table, res in _bucket_tables()]
-    estimate = (_count(engine, t, t.c.start_ns < cutoff_ns) + _count(engine, s, s.c.start_ns < cutoff_ns)
+    estimate = (_count(engine, t, _expired(t, cutoff_ns)) + _count(engine, s, s.c.start_ns < cutoff_ns)
                 + _count(engine, p, p.c.last_seen_ns < cutoff_ns)
                 + sum(_count(engine, table, cond) for table, cond in bucket_conditions))
     state = {"done": 0, "total": estimate}
@@ -72,27 +80,17 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
         if progress is not None:
             progress(state["done"], state["total"])
 
-    # 1. whole finalized traces, batches bounded by their span counts
-    while True:
+    # 1. finalized traces a day at a time, each day whole once it ended before the cutoff (PostgreSQL
+    #    drops its partitions, SQLite deletes its trace-number range); days ahead are prepared meanwhile
+    with engine.begin() as conn:
+        partitions.prepare_days(conn, time.time_ns())
+        days = partitions.expired_days(conn, cutoff_ns)
+    for day in days:
         with engine.begin() as conn:
-            rows = conn.execute(select(t.c.trace_id, t.c.span_count).where(t.c.start_ns < cutoff_ns)
-                                .order_by(t.c.start_ns).limit(batch_size)).all()
-            if not rows:
-                break
-            ids, spans_in_batch, spans_of = [], 0, {}
-            for trace_id, span_count in rows:
-                if ids and spans_in_batch + int(span_count) > batch_size:
-                    break
-                ids.append(trace_id)
-                spans_of[trace_id] = int(span_count)
-                spans_in_batch += int(span_count)
-            n = block_store.delete_traces(conn, ids)
-        n_spans = sum(spans_of.values()) + n["spans"]  # spans in the blocks, and staging rows
-        n_traces = n["traces"]
-        deleted["spans"] += n_spans
-        deleted["traces"] += n_traces
-        deleted["trace_blocks"] += n["trace_blocks"]
-        advance(n_spans + n_traces)
+            n = partitions.delete_day(conn, day)
+        for name in ("spans", "traces", "trace_blocks"):
+            deleted[name] += n[name]
+        advance(n["spans"] + n["traces"])
 
     # 2. spans and pending rows of traces never finalized; 3. statistics buckets that ended before the cutoff
     d, m = schema.dropped_traces, schema.metric_entries
@@ -121,18 +119,18 @@ def count_expired(engine: Engine, cutoff_ns: int) -> dict[str, int]:
     """
     cutoff_s = int(cutoff_ns) // 1_000_000_000
     t, s, p, d = schema.traces, schema.spans, schema.pending_traces, schema.dropped_traces
-    expired = select(t.c.trace_no).where(t.c.start_ns < cutoff_ns)
-    expired_ids = select(t.c.trace_id).where(t.c.start_ns < cutoff_ns)
-    checks = [(t, t.c.start_ns < cutoff_ns),
+    expired = _expired(t, cutoff_ns)
+    expired_ids = select(t.c.trace_id).where(expired)
+    checks = [(t, expired),
               (s, (s.c.start_ns < cutoff_ns) | s.c.trace_id.in_(expired_ids)),
-              (schema.trace_blocks, schema.trace_blocks.c.trace_no.in_(expired)),
+              (schema.trace_blocks, _expired(schema.trace_blocks, cutoff_ns)),
               (p, p.c.last_seen_ns < cutoff_ns), (d, d.c.start_ns < cutoff_ns),
               (schema.metric_entries, schema.metric_entries.c.stored_ns < cutoff_ns)]
     checks += [(table, table.c.bucket + table.c[res] <= cutoff_s) for table, res in _bucket_tables()]
     counted = {table.name: _count(engine, table, condition) for table, condition in checks}
     with engine.connect() as conn:  # spans in the expired traces' blocks, besides their staging rows
         counted["spans"] += int(conn.execute(select(func.coalesce(func.sum(t.c.span_count), 0))
-                                             .where(t.c.start_ns < cutoff_ns)).scalar_one())
+                                             .where(expired)).scalar_one())
     return counted
 
 

@@ -197,6 +197,8 @@ PATHS: dict[str, Any] = {
          _param("format", "Export format.", {"enum": ["json", "otlp", "mermaid", "text"], "default": "json"}),
          _param("budget", "Size bound of the text format.", {"type": "integer", "minimum": 1}),
          _param("budget_unit", "Unit of budget.", {"enum": ["chars", "tokens"], "default": "chars"}),
+         _param("diagram", "Mermaid diagram: calls between services, or the span tree.",
+                {"enum": ["sequence", "flowchart"], "default": "sequence"}),
          _param("download", "0 to omit Content-Disposition.", {"enum": ["0", "1"]})],
         400, 404, ok_content={"application/json": {"schema": OBJ}, "text/plain": {"schema": STR},
                               "text/vnd.mermaid": {"schema": STR}}),

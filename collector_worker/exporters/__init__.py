@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 FORMATS = ("json", "otlp", "mermaid", "text")
+DIAGRAMS = ("sequence", "flowchart")  # Mermaid: calls between services, or the span tree
 
 _MIMETYPES = {
     "json": "application/json",
@@ -18,8 +19,10 @@ _MIMETYPES = {
 }
 
 
-def _renderer(fmt: str) -> Callable[..., str]:
-    if fmt == "json":
+def _renderer(fmt: str, diagram: str) -> Callable[..., str]:
+    if fmt == "mermaid" and diagram == "flowchart":
+        from .mermaid_flowchart import render
+    elif fmt == "json":
         from .json_export import render
     elif fmt == "otlp":
         from .otlp_json import render
@@ -30,12 +33,15 @@ def _renderer(fmt: str) -> Callable[..., str]:
     return render
 
 
-def export_trace(trace: dict, fmt: str, budget: int | None = None, budget_unit: str = "chars") -> tuple[str, str]:
+def export_trace(trace: dict, fmt: str, budget: int | None = None, budget_unit: str = "chars",
+                 diagram: str = "sequence") -> tuple[str, str]:
     """Render ``trace`` in ``fmt`` (json | otlp | mermaid | text); return (mimetype, body).
 
     ``budget`` bounds the text distiller's output size, in ``budget_unit``
-    (``chars`` or ``tokens``, a token counted as four characters); other
-    formats ignore it. An unknown format raises ValueError.
+    (``chars`` or ``tokens``, a token counted as four characters); ``diagram``
+    picks the Mermaid diagram (``sequence`` of calls between services, or
+    ``flowchart`` of the span tree); other formats ignore both. An unknown
+    format or diagram raises ValueError.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -43,7 +49,9 @@ def export_trace(trace: dict, fmt: str, budget: int | None = None, budget_unit: 
         raise ValueError("budget must be a positive integer")
     if budget_unit not in ("chars", "tokens"):
         raise ValueError("budget_unit must be chars or tokens")
-    render = _renderer(fmt)
+    if diagram not in DIAGRAMS:
+        raise ValueError(f"unknown diagram {diagram!r}: use one of {', '.join(DIAGRAMS)}")
+    render = _renderer(fmt, diagram)
     if fmt == "text":
         body = render(trace, budget=budget, budget_unit=budget_unit)
     else:

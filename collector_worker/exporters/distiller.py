@@ -1,9 +1,10 @@
 """Text distiller: a trace's call tree as compact text for a language model.
 
 One line per span -- ``name [service] total 12.3ms self 4.1ms key=value`` --
-indented by depth, with ``*`` marking the critical path. Runs of siblings with
-the same name fold into one line (``× 48 similar, 2.10s total (p50 40.0ms,
-max 90.0ms)``). Errors are gathered at the end with their exception types and
+indented by depth, with ``*`` marking the critical path. Siblings with
+similar names fold into one line (``× 48 similar, 2.10s total (p50 40.0ms,
+max 90.0ms)``), critical or not, with failing members and the slowest shown
+beneath (see span_tree). Errors are gathered at the end with their exception types and
 messages. A size budget is honoured by degrading in steps, least useful detail
 first: attributes off the critical path, then deep subtrees off the critical
 path, then all off-path detail; the output always says what was elided.
@@ -11,20 +12,18 @@ path, then all off-path detail; the output always says what was elided.
 
 from __future__ import annotations
 
-import re
-import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tracer.units import format_duration_ms
 
+from .span_tree import FOLD_MIN, Node, Run, build, duration_ms, fold, walk
+
 DEFAULT_BUDGET_CHARS = 16000  # about 4,000 tokens
 CHARS_PER_TOKEN = 4
-FOLD_MIN = 3  # siblings with the same name folded from this many on
 MAX_ATTRS = 5
 MAX_ATTR_VALUE = 60
 MAX_NAME = 120
-_NUMBERS = re.compile(r"\b[0-9a-f]{8,}\b|\d+")
 
 # Attributes worth a model's attention, most telling first.
 KEY_ATTRIBUTES = (
@@ -36,15 +35,6 @@ KEY_ATTRIBUTES = (
     "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "contrail.ai.phase", "contrail.ai.purpose",
     "contrail.ai.cache_hit", "error.type", "exception.type",
 )
-
-
-@dataclass
-class _Node:
-    span: dict[str, Any]
-    children: list["_Node"] = field(default_factory=list)
-    size: int = 1  # spans in this subtree
-    errors: int = 0  # failed spans in this subtree
-    critical: bool = False
 
 
 @dataclass
@@ -68,72 +58,12 @@ class _Tally:
     folded_spans: int = 0
 
 
-def _ms(span: dict[str, Any]) -> float:
-    value = span.get("duration_ms")
-    if value is None:
-        value = ((span.get("end_ns") or 0) - (span.get("start_ns") or 0)) / 1e6
-    return float(value)
-
-
 def _clip(value: Any, limit: int) -> str:
     text = " ".join(str(value).split())
     return text if len(text) <= limit else text[: max(1, limit - 1)] + "…"
 
 
-def _build(spans: list[dict]) -> list[_Node]:
-    """Tree of nodes, children in start order; spans with a missing parent become roots."""
-    nodes = {s["span_id"]: _Node(s) for s in spans}
-    roots: list[_Node] = []
-    for span in spans:
-        parent = nodes.get(span.get("parent_span_id") or "")
-        if parent is None or parent is nodes[span["span_id"]]:
-            roots.append(nodes[span["span_id"]])
-        else:
-            parent.children.append(nodes[span["span_id"]])
-    order = []  # post-order without recursion: deep traces must not hit the recursion limit
-    stack = [(root, False) for root in roots]
-    while stack:
-        node, done = stack.pop()
-        if done:
-            order.append(node)
-            continue
-        node.children.sort(key=lambda n: n.span.get("start_ns") or 0)
-        stack.append((node, True))
-        stack.extend((child, False) for child in node.children)
-    for node in order:
-        node.size = 1 + sum(child.size for child in node.children)
-        node.errors = int(node.span.get("status") == "error") + sum(child.errors for child in node.children)
-    roots.sort(key=lambda n: n.span.get("start_ns") or 0)
-    return roots
-
-
-def _mark_critical(roots: list[_Node]) -> None:
-    """Use the assembler's critical-path flags; derive them (latest-ending child) if absent."""
-    if any("critical_path" in n.span for n in _walk(roots)):
-        for node in _walk(roots):
-            node.critical = bool(node.span.get("critical_path"))
-        return
-    if not roots:
-        return
-    node = max(roots, key=_ms_node)
-    while node is not None:
-        node.critical = True
-        node = max(node.children, key=lambda n: n.span.get("end_ns") or 0) if node.children else None
-
-
-def _ms_node(node: _Node) -> float:
-    return _ms(node.span)
-
-
-def _walk(roots: list[_Node]):
-    stack = list(reversed(roots))
-    while stack:
-        node = stack.pop()
-        yield node
-        stack.extend(reversed(node.children))
-
-
-def _self_ms(node: _Node) -> float:
+def _self_ms(node: Node) -> float:
     if node.span.get("self_time_ms") is not None:
         return float(node.span["self_time_ms"])
     intervals = sorted((c.span.get("start_ns") or 0, c.span.get("end_ns") or 0) for c in node.children)
@@ -158,11 +88,11 @@ def _attrs(span: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _line(node: _Node, indent: str, level: _Level) -> str:
+def _line(node: Node, indent: str, level: _Level) -> str:
     span = node.span
     mark = "*" if node.critical else " "
     text = (f"{indent}{mark} {_clip(span.get('name') or '?', level.name_limit)} [{span.get('service') or '?'}]"
-            f" total {format_duration_ms(_ms(span))} self {format_duration_ms(_self_ms(node))}")
+            f" total {format_duration_ms(duration_ms(span))} self {format_duration_ms(_self_ms(node))}")
     if span.get("status") == "error":
         text += " ERROR"
     if level.attrs == "all" or (level.attrs == "critical" and node.critical):
@@ -172,106 +102,74 @@ def _line(node: _Node, indent: str, level: _Level) -> str:
     return text
 
 
-def _fold_line(group: list[_Node], indent: str, level: _Level) -> str:
-    durations = sorted(_ms(n.span) for n in group)
-    first = group[0].span
-    mark = "*" if any(n.critical for n in group) else " "
-    errors = sum(1 for n in group if n.span.get("status") == "error")
-    below = sum(n.size - 1 for n in group)
-    names = {n.span.get("name") for n in group}
-    name = first.get("name") if len(names) == 1 else _pattern(first.get("name") or "?")
-    services = sorted({n.span.get("service") or "?" for n in group})
+def _fold_line(run: Run, indent: str, level: _Level) -> str:
+    mark = "*" if run.critical else " "
+    services = run.services
     where = services[0] if len(services) == 1 else f"{services[0]} +{len(services) - 1} services"
-    text = (f"{indent}{mark} {_clip(name or '?', level.name_limit)} [{where}]"
-            f" × {len(group)} similar, {format_duration_ms(sum(durations))} total"
-            f" (p50 {format_duration_ms(statistics.median(durations))}, max {format_duration_ms(durations[-1])})")
-    if errors:
-        text += f" {errors} ERROR"
-    if below:
-        text += f" +{below} spans below"
+    text = (f"{indent}{mark} {_clip(run.name, level.name_limit)} [{where}]"
+            f" × {len(run.members)} similar, {format_duration_ms(run.total_ms)} total"
+            f" (p50 {format_duration_ms(run.p50_ms)}, max {format_duration_ms(run.max_ms)})")
+    if run.failures:
+        text += f" {run.failures} ERROR"
+    if run.spans_below:
+        text += f" +{run.spans_below} spans below"
+    if run.errors_below:
+        text += f" ({run.errors_below} ERROR below)"
     return text
 
 
-def _pattern(name: str) -> str:
-    """A span name with its numbers and hex ids replaced, so ``item 7`` and ``item 8`` are similar."""
-    return _NUMBERS.sub("<n>", name)
-
-
-def _groups(children: list[_Node], fold_min: int) -> list[list[_Node]]:
-    """Siblings grouped by name pattern; groups keep the position of their first member."""
-    by_key: dict[str, list[_Node]] = {}
-    order: list[str] = []
-    for child in children:
-        key = _pattern(child.span.get("name") or "")
-        if key not in by_key:
-            by_key[key] = []
-            order.append(key)
-        by_key[key].append(child)
-    out: list[list[_Node]] = []
-    for key in order:
-        members = by_key[key]
-        if len(members) >= fold_min:
-            # the critical member keeps its own line (its subtree matters); the rest fold
-            critical = [m for m in members if m.critical]
-            rest = [m for m in members if not m.critical]
-            for member in critical:
-                out.append([member])
-            if len(rest) >= fold_min - 1 and len(rest) > 1:
-                out.append(rest)
-            else:
-                out.extend([m] for m in rest)
-        else:
-            out.extend([m] for m in members)
-    out.sort(key=lambda g: g[0].span.get("start_ns") or 0)
-    return out
-
-
 @dataclass
-class _Example:
-    node: _Node
+class _Shown:
+    """A member of a folded run drawn on its own, with why (failed, slowest)."""
+
+    node: Node
+    reason: str
+    subtree: bool
 
 
-def _render_tree(roots: list[_Node], level: _Level, tally: _Tally) -> list[str]:
+def _render_tree(roots: list[Node], level: _Level, tally: _Tally) -> list[str]:
     lines: list[str] = []
-    stack: list[tuple[Any, int]] = [([root], 0) for root in reversed(roots)]
+    stack: list[tuple[Any, int]] = [(root, 0) for root in reversed(roots)]
     while stack:
         item, depth = stack.pop()
         indent = "  " * depth
         if isinstance(item, str):
             lines.append(item)
             continue
-        group = item
-        if isinstance(item, _Example):
-            group, example = [item.node], True
-        else:
-            example = False
-        if len(group) > 1:
-            lines.append(_fold_line(group, indent, level))
-            tally.folded_spans += sum(n.size for n in group)
-            slowest = max(group, key=lambda n: (n.errors > 0, _ms(n.span)))
-            if level.examples and slowest.children:
-                stack.append((_Example(slowest), depth + 1))
+        if isinstance(item, Run):
+            lines.append(_fold_line(item, indent, level))
+            tally.folded_spans += sum(n.size for n in item.members)
+            # failing members always, the slowest when there is room for examples; subtrees only then
+            shown = [(n, why) for n, why in item.shown() if level.examples or n.errors]
+            stack.extend((_Shown(n, why, level.examples), depth + 1) for n, why in reversed(shown))
             continue
-        node = group[0]
+        note = ""
+        if isinstance(item, _Shown):
+            node, note = item.node, f" ({item.reason})"
+            if not item.subtree and node.size > 1:
+                lines.append(_line(node, indent, level) + note + f" (+{node.size - 1} spans below)")
+                continue
+        else:
+            node = item
         children = node.children
         if not node.critical and level.max_depth is not None and depth >= level.max_depth and children:
             below = node.size - 1
-            lines.append(_line(node, indent, level) + f" (+{below} spans elided)")
+            lines.append(_line(node, indent, level) + note + f" (+{below} spans elided)")
             tally.elided_spans += below
             tally.elided_subtrees += 1
             continue
-        lines.append(_line(node, indent, level) + (" (example: slowest or failing of the folded)" if example else ""))
+        lines.append(_line(node, indent, level) + note)
         summary = None
         if node.critical and (not level.offpath or level.max_offpath is not None):
             offpath = [c for c in children if not c.critical]
             keep_n = level.max_offpath if level.offpath else 0
-            ranked = sorted(offpath, key=lambda n: (n.errors > 0, _ms(n.span)), reverse=True)
+            ranked = sorted(offpath, key=lambda n: (n.errors > 0, duration_ms(n.span)), reverse=True)
             kept_ids = {id(n) for n in ranked[:keep_n]}
             dropped = [c for c in offpath if id(c) not in kept_ids]
             children = [c for c in children if c.critical or id(c) in kept_ids]
             if dropped:
                 spans = sum(c.size for c in dropped)
-                total = sum(_ms(c.span) for c in dropped)
+                total = sum(duration_ms(c.span) for c in dropped)
                 errors = sum(c.errors for c in dropped)
                 more = "other " if kept_ids else ""
                 summary = (f"{'  ' * (depth + 1)}… {len(dropped)} {more}off-path children ({spans} spans,"
@@ -284,17 +182,17 @@ def _render_tree(roots: list[_Node], level: _Level, tally: _Tally) -> list[str]:
                 tally.elided_spans += node.size - 1
                 tally.elided_subtrees += 1
             continue
-        pending: list[tuple[Any, int]] = [(g, depth + 1) for g in _groups(children, level.fold_min)]
+        pending: list[tuple[Any, int]] = [(item, depth + 1) for item in fold(children, level.fold_min)]
         if summary:
             pending.append((summary, depth + 1))
         stack.extend(reversed(pending))
     return lines
 
 
-def _errors(roots: list[_Node], origin_ns: int, level: _Level) -> list[str]:
+def _errors(roots: list[Node], origin_ns: int, level: _Level) -> list[str]:
     """One line per distinct error (same span name, type and message counted together)."""
     seen: dict[tuple, list] = {}
-    for node in _walk(roots):
+    for node in walk(roots):
         span = node.span
         exc_types, messages = [], []
         for event in span.get("events") or []:
@@ -379,8 +277,7 @@ def render(trace: dict, budget: int | None = None, budget_unit: str = "chars") -
     if budget_unit == "tokens":
         limit *= CHARS_PER_TOKEN
     spans = trace.get("spans") or []
-    roots = _build(spans)
-    _mark_critical(roots)
+    roots = build(spans)
     origin = min((s.get("start_ns") or 0 for s in spans), default=0)
     header = _header(trace, spans)
     max_depth = max((s.get("depth") or 0 for s in spans), default=0) + 1
@@ -404,7 +301,7 @@ def _compose(header: list[str], body: list[str], errors: list[str], tally: _Tall
     return "\n".join(lines) + "\n"
 
 
-def _cut(text: str, header: list[str], roots: list[_Node], origin: int, limit: int, unit: str) -> str:
+def _cut(text: str, header: list[str], roots: list[Node], origin: int, limit: int, unit: str) -> str:
     """Last resort: keep the first header line, the head of the tree and the errors; drop the middle.
 
     The header (trace id, duration, span and error counts) comes first whatever

@@ -8,7 +8,8 @@ messaging consumers, which have no return). Calls are drawn nested, in time
 order; runs of identical sibling calls are folded into one arrow with a count.
 Errors become notes: a call's own, and those of the spans inside it (a failed
 database query in a task run); a Celery attempt that was retried says so. Text is sanitised to the characters Mermaid's sequence
-grammar accepts in messages, so the output always parses.
+grammar accepts in messages, so the output always parses. The span tree
+itself, one service or many, is mermaid_flowchart's ``flowchart``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import re
 from typing import Any
 
 from tracer.units import format_duration_ms
+
+from .span_tree import consecutive
 
 MAX_TEXT = 80
 MAX_CALLS = 400  # arrows drawn before the rest are summarised in a note
@@ -91,14 +94,7 @@ def _calls(spans: list[dict]) -> tuple[list[dict], dict[str, dict]]:
 
 def _fold(nodes: list[dict]) -> list[list[dict]]:
     """Consecutive calls with the same caller, callee and name become one group."""
-    groups: list[list[dict]] = []
-    for node in nodes:
-        key = (node["caller"], node["callee"], node["span"]["name"])
-        if groups and (groups[-1][0]["caller"], groups[-1][0]["callee"], groups[-1][0]["span"]["name"]) == key:
-            groups[-1].append(node)
-        else:
-            groups.append([node])
-    return groups
+    return consecutive(nodes, lambda node: (node["caller"], node["callee"], node["span"]["name"]))
 
 
 def render(trace: dict) -> str:
@@ -170,4 +166,6 @@ def render(trace: dict) -> str:
         errors = [s for s in spans if s.get("status") == "error"]
         if errors:
             lines.append(f"    Note over {root_id}: {len(errors)} error(s) {text(errors[0].get('status_message') or '', 60)}")
+        if len(spans) > 1:  # nothing crossed a service: point at the diagram that shows the spans
+            lines.append(f"    Note over {root_id}: {len(spans)} spans in one call, diagram=flowchart draws them")
     return "\n".join(lines) + "\n"

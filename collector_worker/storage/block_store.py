@@ -3,8 +3,8 @@
 Every reader of spans (the trace API, exports, AI pages, the CLI, tests) goes
 through :func:`trace_spans`, which yields a trace's block spans merged with
 its staging rows (spans not finalized yet, or arrived after the last
-finalization). The finalizer and retention delete through the functions here,
-so the exact posting keys a block recorded are what gets removed.
+finalization). The finalizer deletes through the functions here, so the exact posting keys a block
+recorded are what gets removed (retention removes whole days: partitions.py).
 """
 
 from __future__ import annotations
@@ -157,21 +157,6 @@ def delete_staged(conn: Connection, keys: list[tuple[str, str]]) -> None:
         rows = ",".join([f"({m},{m})"] * len(chunk))
         conn.exec_driver_sql(f"DELETE FROM {schema.spans.name} WHERE (trace_id, span_id) IN (VALUES {rows})",
                              tuple(itertools.chain.from_iterable(chunk)))
-
-
-def delete_traces(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
-    """Delete finalized traces whole (summary, block, postings, staging rows); rows deleted per table."""
-    numbers = trace_numbers(conn, trace_ids)
-    found = read_blocks(conn, list(numbers.values()))
-    delete_finalized(conn, [(no, postings_of(conn, blocks.decode(found[no])) if no in found else None)
-                            for no in numbers.values()])
-    deleted = {"traces": 0, "spans": 0, "trace_blocks": len(found)}
-    for chunk in _chunks(sorted(set(trace_ids))):
-        where = f"WHERE trace_id IN {_in(conn, len(chunk))}"
-        deleted["spans"] += conn.exec_driver_sql(f"DELETE FROM {schema.spans.name} {where}", tuple(chunk)).rowcount
-        deleted["traces"] += conn.exec_driver_sql(f"DELETE FROM {schema.traces.name} {where}",
-                                                  tuple(chunk)).rowcount
-    return deleted
 
 
 def all_spans(conn: Connection) -> list[dict[str, Any]]:

@@ -76,12 +76,16 @@ pending_traces = Table(
 _TRACE_NO = BigInteger().with_variant(Integer, "sqlite")  # SQLite: the rowid itself
 
 # One summary row per finalized trace; what trace search reads. ``trace_no`` is the compact key the
-# block and the search postings refer to (a new one on every re-finalization).
+# block and the search postings refer to (a new one on every re-finalization): ``day << 40 | sequence``
+# (partitions.py), so on PostgreSQL these five tables are partitioned by day on it. There
+# ``trace_id`` is indexed, not unique (a partitioned table's unique keys hold its partition key);
+# SQLite keeps it UNIQUE. Numbers are drawn from the sequence trace_no_seq (PostgreSQL) or the one-row
+# table trace_sequence (SQLite only, so not declared here).
 traces = Table(
     "traces",
     metadata,
     Column("trace_no", _TRACE_NO, primary_key=True, autoincrement=True),
-    Column("trace_id", String(32), nullable=False, unique=True),
+    Column("trace_id", String(32), nullable=False),
     Column("root_span_id", String(16), nullable=True),
     Column("root_service", String(255), nullable=False),
     Column("root_operation", String(512), nullable=False),
@@ -97,6 +101,7 @@ traces = Table(
     Column("warnings", Text, nullable=False, default="[]"),  # JSON [{code, message, span_id?}]
     Column("finalized_ns", BigInteger, nullable=False),
     Column("version", Integer, nullable=False, default=1),  # times finalized
+    Index("ix_traces_trace_id", "trace_id"),
     Index("ix_traces_start", "start_ns"),
     Index("ix_traces_duration", "duration_ns"),
     Index("ix_traces_errors", "error_count", "start_ns"),

@@ -99,8 +99,10 @@ def test_folding_of_numbered_siblings_shows_an_example_subtree():
         b.span("fetch", "w", i * 8 + 1, 5, item, status="error" if i == 9 else "unset", message="boom")
     _, text = export_trace(b.build(), "text")
     assert "process item <n> [w] × 11 similar" in text or "process item <n> [w] × 12 similar" in text
-    assert "(example: slowest or failing of the folded)" in text
-    assert "process item 9 [w]" in text  # the failing member is the example shown
+    assert "× 12 similar, 85.0ms total (p50 7.0ms, max 8.0ms) +12 spans below (1 ERROR below)" in text
+    assert "process item 5 [w] total 8.0ms self 3.0ms (slowest of the folded)" in text
+    assert "process item 9 [w] total 7.0ms self 2.0ms (errors below)" in text  # shown with its failing child
+    assert "fetch [w] total 5.0ms self 5.0ms ERROR" in text
     assert "boom" in text.split("errors (")[1]
 
 

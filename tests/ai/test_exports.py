@@ -101,8 +101,13 @@ def test_timeline_events_are_ordered_and_complete():
 
 
 MERMAID_CHECK = r"""
-import mermaid from 'mermaid';
+import { JSDOM } from 'jsdom';
 import { readFileSync } from 'node:fs';
+// flowchart labels go through DOMPurify, which needs a window: give it jsdom's before mermaid loads
+const dom = new JSDOM('');
+globalThis.window = dom.window;
+globalThis.document = dom.window.document;
+const { default: mermaid } = await import('mermaid');
 const diagrams = JSON.parse(readFileSync(0, 'utf8'));
 const results = [];
 for (const text of diagrams) {
@@ -115,7 +120,7 @@ console.log(JSON.stringify(results));
 
 @pytest.fixture(scope="session")
 def mermaid_parser(tmp_path_factory):
-    """mermaid from npm, installed outside the repository; its parse() runs under node without a DOM."""
+    """mermaid from npm, installed outside the repository; its parse() runs under node on jsdom's DOM."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
         if IN_CI:
@@ -123,7 +128,8 @@ def mermaid_parser(tmp_path_factory):
         pytest.skip("node/npm not installed")
     directory = tmp_path_factory.mktemp("mermaid")
     (directory / "package.json").write_text('{"private": true, "type": "module"}')
-    result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefer-offline", "mermaid@11"],
+    packages = ["mermaid@11", "jsdom@29"]
+    result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefer-offline", *packages],
                             cwd=directory, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         if IN_CI:
@@ -217,3 +223,63 @@ def test_mermaid_shows_retries_and_errors_inside_calls(mermaid_parser):
                      "Note over s_worker: 150ms retried"], text
     assert "s_worker-)s_worker: run index" in text  # the retry, queued by the worker itself
     assert mermaid_parser([text]) == [{"ok": True, "type": "sequence"}]
+
+
+# --------------------------------------------------------------------------- mermaid flowchart
+
+
+def one_service_trace():
+    """Ten spans that never leave one service: the sequence diagram has no arrows to draw."""
+    b = TraceBuilder()
+    root = b.span("nightly report", "reporter", 0, 100)
+    load = b.span("load rows", "reporter", 1, 30, root)
+    for i in range(3):
+        b.span(f"SELECT page {i}", "reporter", 2 + i * 9, 8, load, kind="client")
+    render = b.span("render", "reporter", 35, 40, root)
+    b.span("chart", "reporter", 36, 20, render)
+    b.span("table", "reporter", 57, 15, render, status="error", message="column missing")
+    b.span("upload", "reporter", 80, 15, root, kind="client")
+    b.span("notify", "reporter", 96, 3, root)
+    return b.build()
+
+
+def test_one_service_trace_is_a_flowchart_of_its_spans():
+    trace = one_service_trace()
+    _, sequence = export_trace(trace, "mermaid")
+    assert "->>" not in sequence and "diagram=flowchart draws them" in sequence
+
+    _, text = export_trace(trace, "mermaid", diagram="flowchart")
+    lines = [line.strip() for line in text.splitlines()]
+    assert lines[0] == "flowchart TD"
+    boxes = {line.split("[", 1)[0]: line.split('["', 1)[1].rstrip('"]') for line in lines if '["' in line}
+    by_label = {label.split(" - ")[0]: ident for ident, label in boxes.items()}
+    assert set(by_label) == {"nightly report", "load rows", "SELECT page N x 3", "SELECT page 0", "render",
+                             "chart", "table", "upload", "notify"}, boxes
+    fold = "SELECT page N x 3 - reporter - 24.0ms total, p50 8.0ms, max 8.0ms"
+    assert boxes[by_label["SELECT page N x 3"]] == fold
+    assert f"{by_label['nightly report']} --> {by_label['render']}" in lines
+    assert f"{by_label['render']} --> {by_label['table']}" in lines
+    assert f"{by_label['SELECT page N x 3']} -.->|slowest of the folded| {by_label['SELECT page 0']}" in lines
+    assert boxes[by_label["table"]] == "table - reporter - 15.0ms - error column missing"
+    assert f"class {by_label['table']} error" in lines
+
+
+def test_flowchart_is_bounded_and_keeps_the_failure_visible():
+    _, text = export_trace(large_trace(), "mermaid", diagram="flowchart")
+    boxes = [line for line in text.splitlines() if '["' in line]
+    assert len(boxes) <= 300 + 21
+    assert any("error deadlock detected" in line for line in boxes)
+    drawn_hidden = sum(int(line.split('["+')[1].split()[0]) for line in boxes if "not drawn" in line)
+    assert drawn_hidden > 0
+
+
+def test_flowchart_parses_with_mermaid(mermaid_parser):
+    single = TraceBuilder()
+    single.span("lonely", "only", 0, 5)
+    traces = (agent_trace(), hostile_trace(), large_trace(), single.build(), one_service_trace(),
+              {"trace_id": "0" * 32, "spans": []})
+    diagrams = [export_trace(t, "mermaid", diagram="flowchart")[1] for t in traces]
+    diagrams.append('flowchart TD\n    n0["a"] --> \n')  # proves the parser rejects a broken flowchart
+    results = mermaid_parser(diagrams)
+    assert all(r["ok"] and r["type"].startswith("flowchart") for r in results[:-1]), results
+    assert results[-1]["ok"] is False

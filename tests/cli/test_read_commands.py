@@ -150,6 +150,16 @@ def test_budget_is_refused_outside_the_text_format(run_cli, stored_trace, collec
     assert ok.exit_code == 0 and len(ok.stdout) <= 301 and ok.stdout.startswith(f"trace {stored_trace}")
 
 
+def test_diagram_picks_the_mermaid_flowchart_and_is_refused_elsewhere(run_cli, stored_trace, collector):
+    ok = run_cli("traces", "show", stored_trace, "--format", "mermaid", "--diagram", "flowchart",
+                 *db_args(collector))
+    assert ok.exit_code == 0, ok.stderr
+    assert ok.stdout.startswith("flowchart TD") and "validate cart - checkout" in ok.stdout
+    assert "charge card - payments" in ok.stdout and "error RuntimeError card declined" in ok.stdout
+    bad = run_cli("traces", "show", stored_trace, "--format", "text", "--diagram", "flowchart", *db_args(collector))
+    assert bad.exit_code == 2 and "only applies to --format mermaid" in bad.stderr
+
+
 def test_deps_shows_the_cross_service_edge(run_cli, stored_trace, collector):
     data = json.loads(run_cli("deps", "--json", *db_args(collector)).stdout)
     edges = {(e["caller"], e["callee"]): e for e in data["dependencies"]}

@@ -164,3 +164,41 @@ def test_a_pre_alembic_version_newer_than_the_last_one_is_refused(sqlite_url):
     with pytest.raises(NewerSchemaError, match="revision v7 is newer than this Contrail"):
         migrate(engine)
     engine.dispose()
+
+
+def test_revision_0003_numbers_finalized_traces_by_their_day_and_keeps_their_postings(database_url):
+    """A database at 0002 holding finalized traces: after 0003 every row of a trace carries its day's number."""
+    from collector_worker.storage import partitions
+
+    day_ns = 86_400 * 1_000_000_000
+    starts = {1: 20_000 * day_ns + 5, 2: 20_003 * day_ns + 7}  # two traces, three days apart
+    engine = open_engine(database_url, migrate=False)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0002")
+        for no, start in starts.items():
+            conn.execute(text(
+                "INSERT INTO traces (trace_no, trace_id, root_service, root_operation, start_ns, end_ns, duration_ns, "
+                "span_count, error_count, services, service_count, incomplete, clock_skew_ns, warnings, "
+                "finalized_ns, version) VALUES (:no, :tid, 'api', 'GET', :start, :start, 0, 1, 0, '[]', 1, false, 0, "
+                "'[]', 0, 1)"), {"no": no, "tid": f"{no:032x}", "start": start})
+            conn.execute(text("INSERT INTO trace_blocks (trace_no, data) VALUES (:no, :data)"),
+                         {"no": no, "data": b"block"})
+            conn.execute(text("INSERT INTO trace_operations (service_id, trace_no, operation_id, error) "
+                              "VALUES (1, :no, 2, false)"), {"no": no})
+            conn.execute(text("INSERT INTO trace_tags (key_id, value_hash, trace_no) VALUES (3, 4, :no)"), {"no": no})
+            conn.execute(text("INSERT INTO trace_tag_numbers (key_id, value_num, trace_no) VALUES (3, 1.5, :no)"),
+                         {"no": no})
+        conn.execute(text("INSERT INTO trace_tags (key_id, value_hash, trace_no) VALUES (3, 4, 99)"))  # orphan
+        command.upgrade(alembic_config(conn), "0003")
+    try:
+        expected = {f"{no:032x}": partitions.first_no(partitions.day_of(start)) | no for no, start in starts.items()}
+        with engine.begin() as conn:
+            assert dict(conn.execute(text("SELECT trace_id, trace_no FROM traces")).all()) == expected
+            for table in ("trace_blocks", "trace_operations", "trace_tags", "trace_tag_numbers"):
+                assert sorted(conn.execute(text(f"SELECT trace_no FROM {table}")).scalars()) == sorted(expected.values())
+            # the sequence goes on after the largest number so far, into the day of the new trace
+            assert partitions.allocate(conn, [starts[2]]) == [partitions.first_no(20_003) | 3]
+            if engine.dialect.name == "postgresql":
+                assert conn.execute(text("SELECT to_regclass('trace_tags_20241007')")).scalar() is not None
+    finally:
+        engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from collector_worker.retention import count_expired, run_retention
-from collector_worker.storage import schema
+from collector_worker.storage import partitions, queries, schema
 from tests.collector.test_finalizer import BASE, S, finalize_all, ingest, make_span, sid, tid
 from tests.support.stored import operation_rows, span_rows
 
@@ -73,3 +73,44 @@ def test_hour_bucket_that_straddles_the_cutoff_is_kept(engine):
     with engine.connect() as conn:
         resolutions = {r[0] for r in conn.execute(select(st.c.resolution))}
     assert resolutions == {3600}
+
+
+def _day_sizes(conn) -> int:
+    """Bytes of every partition of the partitioned tables (PostgreSQL)."""
+    return sum(int(conn.exec_driver_sql(f"SELECT coalesce(sum(pg_total_relation_size(relid)), 0) "
+                                        f"FROM pg_partition_tree('{table.name}')").scalar_one())
+               for table in partitions.PARTITIONED)
+
+
+def test_an_expired_day_goes_whole_and_the_days_kept_are_still_searched(engine):
+    old_day = partitions.day_of(BASE - 3 * DAY)
+    old = [tid(i) for i in range(1, 2001)]  # 2,000 traces of 10 spans: 20,000 spans in one day
+    for i in range(0, len(old), 250):
+        ingest(engine, [s for t in old[i:i + 250] for s in trace(t, -3 * DAY, spans=10)],
+               received_ns=BASE - 3 * DAY)
+    kept = [tid(i) for i in range(5000, 5010)]
+    ingest(engine, [s for t in kept for s in trace(t, 0)], received_ns=BASE)
+    finalize_all(engine, BASE + 5 * S)
+    postgres = engine.dialect.name == "postgresql"
+    with engine.connect() as conn:
+        assert partitions.day_of_no(conn.exec_driver_sql("SELECT min(trace_no) FROM traces").scalar()) == old_day
+        if postgres:
+            size_before = _day_sizes(conn)
+
+    result = run_retention(engine, BASE - DAY)
+
+    assert result["traces"] == 2000 and result["trace_blocks"] == 2000 and result["spans"] == 20_000
+    with engine.connect() as conn:
+        for table in partitions.PARTITIONED:
+            lo, hi = partitions.first_no(old_day), partitions.first_no(old_day + 1)
+            assert conn.execute(select(func.count()).select_from(table)
+                                .where(table.c.trace_no >= lo, table.c.trace_no < hi)).scalar_one() == 0
+            if postgres:  # the day's partition itself is gone
+                name = partitions.partition_name(table.name, old_day)
+                assert conn.exec_driver_sql(f"SELECT to_regclass('{name}')").scalar() is None
+        if postgres:
+            assert _day_sizes(conn) < size_before
+        found = queries.search_traces(conn, queries.TraceQuery(service="db", limit=50))
+        tagged = queries.search_traces(conn, queries.TraceQuery(tags=[("k", "=", "v")], limit=50))
+    assert {t["trace_id"] for t in found["traces"]} == set(kept)
+    assert {t["trace_id"] for t in tagged["traces"]} == set(kept)

@@ -57,6 +57,7 @@ def test_every_route_conforms(client, dataset):
         f"/api/v1/traces/{t['ask_slow']}", f"/api/v1/traces/{t['orphan']}",
         f"/api/v1/traces/{t['ask_slow']}/timeline", f"/api/v1/traces/{t['ask_slow']}/backlinks",
         f"/api/v1/traces/{t['ask_slow']}/export?format=text", f"/api/v1/traces/{t['ask_slow']}/export?format=otlp",
+        f"/api/v1/traces/{t['ask_slow']}/export?format=mermaid&diagram=flowchart",
         f"/api/v1/traces/compare?a={t['ask_slow']}&b={t['ask_fast']}",
         "/api/v1/services", "/api/v1/services/gateway/operations", "/api/v1/services/none/operations",
         "/api/v1/dependencies?lookback=1h", "/api/v1/stats?lookback=1h", "/api/v1/status",
@@ -77,7 +78,8 @@ VALUES = st.one_of(
     st.integers(min_value=-10**25, max_value=10**25).map(str),
     st.sampled_from(["250ms", "1.5s", "15m", "7d", "-1s", "1e9", "nan", "inf", "2026-01-01T00:00:00Z",
                      "2026-01-01", "9999-12-31T23:59:59Z", "0", "1000", "start_desc", "duration_asc", "error",
-                     "ok", "tokens>5", "user.id=u1", "k<x", "==", "json", "text", "mermaid", "otlp", "\x00"]),
+                     "ok", "tokens>5", "user.id=u1", "k<x", "==", "json", "text", "mermaid", "otlp", "flowchart",
+                     "\x00"]),
 )
 PARAMS = {
     "/api/v1/traces": ["service", "operation", "tag", "status", "min_duration", "max_duration", "services",
@@ -85,7 +87,7 @@ PARAMS = {
     "/api/v1/stats": ["service", "operation", "scope", "step", "start", "end", "lookback"],
     "/api/v1/dependencies": ["start", "end", "lookback"],
     "/api/v1/traces/compare": ["a", "b"],
-    "/api/v1/traces/{trace_id}/export": ["format", "budget", "budget_unit"],
+    "/api/v1/traces/{trace_id}/export": ["format", "budget", "budget_unit", "diagram"],
     "/api/v1/ai/traces": ["user_id", "session_id", "agent", "limit", "start", "end", "lookback"],
     "/api/v1/ai/usage": ["group_by", "step", "start", "end", "lookback"],
     "/api/v1/ai/bottlenecks": ["recent", "baseline", "limit", "at"],

@@ -91,11 +91,22 @@ def test_export_formats_as_attachments(client, dataset, fmt, mimetype, ext):
 def test_export_rejects_unknown_format_and_bad_budget(client, dataset):
     trace_id = dataset.ids["ask_slow"]
     for query, parameter in (("format=pdf", "format"), ("format=text&budget=0", "budget"),
-                             ("format=text&budget=x", "budget"), ("budget_unit=words", "budget_unit")):
+                             ("format=text&budget=x", "budget"), ("budget_unit=words", "budget_unit"),
+                             ("format=mermaid&diagram=gantt", "diagram")):
         response = client.get(f"/api/v1/traces/{trace_id}/export?{query}")
         assert response.status_code == 400 and response.get_json()["error"]["parameter"] == parameter
     small = client.get(f"/api/v1/traces/{trace_id}/export?format=text&budget=200").get_data(as_text=True)
     assert 0 < len(small) <= 200
+
+
+def test_export_mermaid_flowchart_of_the_span_tree(client, dataset):
+    trace_id = dataset.ids["ask_slow"]
+    response = client.get(f"/api/v1/traces/{trace_id}/export?format=mermaid&diagram=flowchart")
+    assert response.status_code == 200 and response.mimetype == "text/vnd.mermaid"
+    body = response.get_data(as_text=True)
+    assert body.startswith("flowchart TD\n") and "POST /ask - gateway" in body
+    sequence = client.get(f"/api/v1/traces/{trace_id}/export?format=mermaid").get_data(as_text=True)
+    assert sequence.startswith("sequenceDiagram")
 
 
 def test_backlinks_find_the_linking_trace(client, dataset):

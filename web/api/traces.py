@@ -93,11 +93,12 @@ def export(trace_id: str):
     fmt = params.choice("format", EXPORT_FORMATS, "json")
     budget = params.integer("budget", None, minimum=1, maximum=10_000_000)
     budget_unit = params.choice("budget_unit", ("chars", "tokens"), "chars")
-    trace = load_trace(trace_id)
-    from collector_worker.exporters import export_trace
+    from collector_worker.exporters import DIAGRAMS, export_trace
 
+    diagram = params.choice("diagram", DIAGRAMS, "sequence")
+    trace = load_trace(trace_id)
     try:
-        mimetype, body = export_trace(finite(trace), fmt, budget=budget, budget_unit=budget_unit)
+        mimetype, body = export_trace(finite(trace), fmt, budget=budget, budget_unit=budget_unit, diagram=diagram)
     except ValueError as exc:
         raise bad_parameter("format", str(exc)) from None
     response = Response(body, content_type=mimetype)

@@ -28,10 +28,11 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError,
 
 from tracer.codec import REASON_CHARS, CodecError, decode_entry, encode_rejected
 from tracer.limits import SpanLimits
+from tracer.metrics_codec import decode_metrics, is_metrics_entry
 from tracer.settings import Settings
 
 from . import finalizer
-from . import pricing, reports, sampling, validation
+from . import metrics_store, pricing, reports, sampling, validation
 from .recent_spans import RecentSpans
 from .storage.engine import open_engine
 from .storage.writer import dropped_over_limit, prepare_spans, store_spans, take_write_lock, write_lock
@@ -67,7 +68,8 @@ MAX_BACKOFF = 30.0
 RETENTION_BATCH = 2000
 
 _COUNTER_NAMES = ("entries_read", "spans_stored", "duplicates_skipped", "spans_rejected", "dead_lettered",
-                  "claimed", "acked", "db_errors", "redis_errors", "trimmed", "finalized", "retention_runs")
+                  "claimed", "acked", "db_errors", "redis_errors", "trimmed", "finalized", "retention_runs",
+                  "metric_points_stored", "metric_points_rejected")
 _counters = dict.fromkeys(_COUNTER_NAMES, 0)
 _counters_lock = threading.Lock()
 
@@ -104,6 +106,7 @@ class Entry:
     rejected_spans: list[dict[str, Any]] = field(default_factory=list)  # decoded spans refused after decoding
     reject_reasons: list[str] = field(default_factory=list)
     resources: list[Any] = field(default_factory=list)  # the entry's raw resources, for its rejected rows
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # the points of a kind=metrics entry
 
 
 def _text(value: Any) -> str:
@@ -362,6 +365,7 @@ class StreamConsumer:
         for entry in entries:
             self._decode(entry)
         self._store(entries, read_ahead)
+        self._store_metrics(entries)
         self._acknowledge(entries)
         self.held = []
 
@@ -402,6 +406,7 @@ class StreamConsumer:
         try:
             self._decode(entry)
             self._store([entry])
+            self._store_metrics([entry])
             self._acknowledge([entry])
         finally:  # stored, or an error that is no stop (database down): the entry is retried unmarked
             self.redis.srem(marks, entry.id)
@@ -421,11 +426,14 @@ class StreamConsumer:
             entry.spans, entry.dead_reason = [], f"unreadable entry: {type(exc).__name__}: {exc}"
 
     def _read_spans(self, entry: Entry) -> None:
-        entry.spans, entry.dead_reason = [], None
+        entry.spans, entry.metrics, entry.dead_reason = [], [], None
         if entry.fields is None or not entry.fields:
             entry.dead_reason = None  # deleted from the stream while pending: nothing to do
             return
         try:
+            if is_metrics_entry(entry.fields):
+                self._read_metrics(entry)
+                return
             decoded = decode_entry(entry.fields)
         except CodecError as exc:
             entry.dead_reason = str(exc)
@@ -441,6 +449,34 @@ class StreamConsumer:
                 entry.spans.append(span)
         if decoded.rejected:
             _count("spans_rejected", len(decoded.rejected))
+
+    @staticmethod
+    def _read_metrics(entry: Entry) -> None:
+        """A kind=metrics entry: its points, or the whole entry dead-lettered if a point is unreadable (metric
+        rows have no dead letter of their own; the entry's fields are kept as they came)."""
+        decoded = decode_metrics(entry.fields)
+        if decoded.rejected:
+            _count("metric_points_rejected", len(decoded.rejected))
+            entry.dead_reason = "; ".join(f"metric row {i}: {reason}" for i, reason in decoded.rejected[:3])
+        else:
+            entry.metrics = decoded.points
+
+    def _store_metrics(self, entries: list[Entry]) -> None:
+        """Store each metrics entry in its own transaction; acknowledged after, dead-lettered if refused."""
+        for entry in entries:
+            if not entry.metrics:
+                continue
+            try:
+                stored = metrics_store.store_entry(self.engine, entry.id, entry.metrics)
+            except _TRANSIENT as exc:
+                _count("db_errors")
+                raise StorageUnavailable(_short(exc)) from exc
+            except Exception as exc:  # refused for what it holds: this entry alone is dead-lettered
+                _count("db_errors")
+                entry.dead_reason = f"storage refused the metric points: {type(exc).__name__}: {_short(exc)}"
+            else:
+                _count("metric_points_stored" if stored else "duplicates_skipped", len(entry.metrics))
+            entry.metrics = []
 
     @staticmethod
     def _reject(entry: Entry, span: dict[str, Any], reason: str) -> None:

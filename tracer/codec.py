@@ -1,6 +1,8 @@
 """The wire format between tracers and collectors: one stream entry per batch.
 
-A stream entry has four fields::
+A span entry has four fields (a metrics entry adds ``kind=metrics``, see
+:mod:`tracer.metrics_codec`; an entry without ``kind`` holds spans, and a kind
+this version does not know is refused with that reason)::
 
     v     format version (b"1")
     enc   encoding of ``data``: b"msgpack", b"msgpack+zlib" or b"json"
@@ -35,6 +37,7 @@ FORMAT_VERSION = 1
 ENCODINGS = ("msgpack", "msgpack+zlib", "json")
 KINDS = ("internal", "server", "client", "producer", "consumer")
 STATUS_CODES = ("unset", "ok", "error")
+ENTRY_KINDS = ("spans", "metrics")  # the ``kind`` field; absent means spans
 COMPRESS_ABOVE = 64 * 1024  # bytes of msgpack after which zlib pays for itself
 # Most bytes a msgpack+zlib entry may inflate to; beyond it the entry is refused (a compression bomb: 1 GB of
 # zeros compresses to 1 MB). A full batch of 512 spans at the default attribute limits is far below it.
@@ -100,13 +103,18 @@ def encode_batch(
 ) -> dict[bytes, bytes]:
     """Encode rows and their resources as the fields of one stream entry."""
     payload = {"resources": [[service, dict(attrs)] for service, attrs in resources], "spans": list(rows)}
+    return encode_payload(payload, len(rows), encoding)
+
+
+def encode_payload(payload: Any, count: int, encoding: str = "msgpack") -> dict[bytes, bytes]:
+    """The version, encoding, item count and encoded data of an entry of any kind."""
     if encoding == "json":
         data = json.dumps(payload, separators=(",", ":"), default=_json_default).encode()
     else:
         data = msgpack.packb(payload, use_bin_type=True, default=_msgpack_default)
         if encoding == "msgpack+zlib" or (encoding == "msgpack" and len(data) > COMPRESS_ABOVE):
             data, encoding = zlib.compress(data, 1), "msgpack+zlib"
-    return {b"v": str(FORMAT_VERSION).encode(), b"enc": encoding.encode(), b"n": str(len(rows)).encode(),
+    return {b"v": str(FORMAT_VERSION).encode(), b"enc": encoding.encode(), b"n": str(count).encode(),
             b"data": data}
 
 
@@ -230,6 +238,9 @@ def _cut(reason: str) -> str:
     return reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS] + f"... ({len(reason)} characters)"
 
 
+cut = _cut  # for the other entry kinds' decoders (tracer.metrics_codec)
+
+
 def _inflate(data: bytes, limit: int) -> bytes:
     """zlib data decompressed, refusing more than ``limit`` bytes without ever holding more."""
     inflater = zlib.decompressobj()
@@ -241,7 +252,29 @@ def _inflate(data: bytes, limit: int) -> bytes:
     return out
 
 
-def _decode_entry(fields: Mapping[Any, Any], max_decompressed: int) -> DecodedEntry:
+def entry_kind(fields: Mapping[Any, Any]) -> str:
+    """What an entry carries: ``"spans"`` (no ``kind`` field, as every entry before metrics) or ``"metrics"``.
+
+    Raises :class:`CodecError` for any other kind, so a kind this collector does not know is dead-lettered
+    with that reason instead of being read as spans.
+    """
+    kind = _field(fields, "kind")
+    if kind is None:
+        return "spans"
+    try:
+        kind = _text(kind)
+    except UnicodeDecodeError:
+        raise CodecError(_cut(f"unknown entry kind {kind!r}")) from None
+    if kind not in ENTRY_KINDS:
+        raise CodecError(_cut(f"unknown entry kind {kind!r} (this collector reads {', '.join(ENTRY_KINDS)})"))
+    return kind
+
+
+def decode_payload(fields: Mapping[Any, Any], max_decompressed: int = MAX_DECOMPRESSED_BYTES) -> tuple[Any, int | None]:
+    """The decoded ``data`` of an entry of any kind and the item count its header gives (None without ``n``).
+
+    Checks the version and encoding; raises :class:`CodecError` when they or the data are unreadable.
+    """
     version, encoding, count, data = (_field(fields, k) for k in ("v", "enc", "n", "data"))
     if version is None or encoding is None or data is None:
         raise CodecError("missing field: an entry needs v, enc, n and data")
@@ -270,17 +303,26 @@ def _decode_entry(fields: Mapping[Any, Any], max_decompressed: int) -> DecodedEn
         raise
     except Exception as exc:  # corrupt bytes: msgpack, zlib and json each raise their own types
         raise CodecError(_cut(f"cannot decode {encoding} data: {type(exc).__name__}: {exc}")) from None
+    expected = None
+    if count is not None:
+        try:
+            expected = int(_text(count))
+        except (ValueError, UnicodeDecodeError):
+            raise CodecError(_cut(f"unreadable item count {count!r}")) from None
+    return payload, expected
+
+
+def _decode_entry(fields: Mapping[Any, Any], max_decompressed: int) -> DecodedEntry:
+    if entry_kind(fields) != "spans":
+        raise CodecError("entry holds metrics, not spans: read it with tracer.metrics_codec")
+    payload, expected = decode_payload(fields, max_decompressed)
     if not isinstance(payload, dict) or not isinstance(payload.get("spans"), list):
         raise CodecError("batch is not a mapping with a 'spans' list")
     resources = payload.get("resources") or []
     if not isinstance(resources, list):
         raise CodecError("batch 'resources' is not a list")
     rows = payload["spans"]
-    if count is not None:
-        try:
-            expected = int(_text(count))
-        except (ValueError, UnicodeDecodeError):
-            raise CodecError(_cut(f"unreadable span count {count!r}")) from None
+    if expected is not None:
         if expected != len(rows):
             raise CodecError(f"span count mismatch: header says {expected}, batch holds {len(rows)}")
     entry = DecodedEntry(resources=resources)

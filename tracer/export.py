@@ -180,6 +180,11 @@ class RedisStreamExporter:
     def shutdown(self) -> None:
         self.reset()
 
+    def forget(self) -> None:
+        """In a forked child: drop the parent's client without closing it. A parent thread may have held its
+        connection pool's lock at the fork; that thread does not exist here, so closing would wait forever."""
+        self._client = None
+
 
 # --------------------------------------------------------------------------- processor
 
@@ -246,7 +251,7 @@ class ContrailSpanProcessor(SpanProcessor):
         self._reset_state()
         self._pid_override = os.getpid()
         try:
-            self.exporter.reset()
+            getattr(self.exporter, "forget", self.exporter.reset)()
         except Exception:
             pass
         self.spool.after_fork()

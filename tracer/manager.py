@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from typing import Any, Callable, Iterable, Mapping
 
 from opentelemetry import context as context_api
@@ -82,13 +83,15 @@ class TracingManager:
         self._exporters: dict[str, Any] = {}
         self._log_handler: Any = None
         self._sampler: CountingSampler | None = None
+        self._metrics: Any = None
+        self._metrics_lock = threading.Lock()
         if not self.enabled:
             self.tracer_provider: trace.TracerProvider = trace.NoOpTracerProvider()
             self.tracer: trace.Tracer = trace.NoOpTracer()
             return
         from .export import ContrailSpanProcessor  # only an enabled tracer pays for redis and threads
 
-        resource = Resource.create({
+        self._resource = resource = Resource.create({
             "service.name": self.service_name,
             "host.name": socket.gethostname(),
             "process.pid": os.getpid(),
@@ -112,6 +115,10 @@ class TracingManager:
             trace.set_tracer_provider(self.tracer_provider)
         if celery_app is not None:
             self.instrument_celery(celery_app)
+        if self.settings.system_metrics:
+            from .system_metrics import observe_process
+
+            observe_process(self.metrics)
 
     def _add_exporters(self, jaeger: str | None) -> None:
         """console / file / otlp (and the original API's Jaeger), each behind its own batch processor."""
@@ -246,6 +253,28 @@ class TracingManager:
         """The remote parent in ``carrier`` as a Context (use as ``parent_span``), or None. Never raises."""
         return propagation.extract(carrier)
 
+    # ------------------------------------------------------------ metrics
+    @property
+    def metrics(self) -> Any:
+        """This process's counters, histograms and gauges (:class:`tracer.metrics.MetricsCollector`), made on
+        first use: ``tracing.metrics.counter("llm_requests_total").increment()``."""
+        if self._metrics is None:
+            with self._metrics_lock:
+                if self._metrics is None:
+                    if not self.enabled:
+                        from .metrics import DisabledMetrics
+
+                        self._metrics = DisabledMetrics()
+                    else:
+                        from .metrics import MetricsCollector
+
+                        self._metrics = MetricsCollector(self.settings, self._resource)
+        return self._metrics
+
+    def get_metrics_collector(self) -> Any:
+        """The same object as :attr:`metrics`."""
+        return self.metrics
+
     # ------------------------------------------------------------ lifecycle
     def get_tracer_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -264,11 +293,15 @@ class TracingManager:
             info.update(self._processor.info())
         if self._sampler is not None:
             info["spans_sampled_out"] = self._sampler.dropped
+        if self._metrics is not None:
+            info.update(self._metrics.info())
         return info
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Export finished spans now; True when all of them reached Redis within ``timeout`` seconds."""
         flushed = all([processor.force_flush(int(timeout * 1000)) for processor in self._exporters.values()])
+        if self._metrics is not None:
+            flushed = self._metrics.flush(timeout) and flushed
         if self._processor is None:
             return flushed
         return self._processor.force_flush(timeout * 1000.0) and flushed
@@ -280,6 +313,8 @@ class TracingManager:
 
             remove_span_events(self._log_handler)
             self._log_handler = None
+        if self._metrics is not None:
+            self._metrics.shutdown(timeout)
         if self._processor is None and not self._exporters:
             return
         if self._processor is not None:

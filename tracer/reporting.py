@@ -22,7 +22,9 @@ from typing import Any, Iterable
 # The counters a report carries; all cumulative since the process started tracing.
 COUNTERS = ("spans_started", "spans_exported", "spans_dropped", "spans_dropped_queue_full",
             "spans_dropped_spool_full", "spans_dropped_spool_error", "spans_sampled_out", "spans_spooled",
-            "spool_records_corrupt", "export_errors")
+            "spool_records_corrupt", "export_errors",
+            # application metrics (tracer.metrics): attribute sets past the cardinality limit, points lost
+            "metric_series_dropped", "metric_points_dropped")
 STALE_AFTER_S = 24 * 3600  # reports older than this are pruned by readers
 
 
@@ -34,7 +36,9 @@ COLLECTOR_COUNTERS = ("entries_read", "spans_stored", "duplicates_skipped", "spa
                       "span_times_rejected", "span_ends_clamped", "token_counts_ignored", "span_events_dropped",
                       "span_links_dropped", "span_attributes_dropped", "attribute_values_truncated",
                       # the per-trace span cap (trace_span_limit)
-                      "trace_spans_dropped")
+                      "trace_spans_dropped",
+                      # application metrics (collector_worker.metrics_store)
+                      "metric_points_stored", "metric_points_rejected")
 
 
 def reports_key(stream: str, kind: str = "tracers") -> str:

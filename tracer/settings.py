@@ -193,6 +193,17 @@ class Settings:
     log_events_level: str | None = field(default=None, metadata=_opt(
         "CONTRAIL_LOG_EVENTS_LEVEL", _log_level, "With tracer.log_context installed: log records at or above this "
         "level (e.g. WARNING) also become events on the current span; unset: none do."))
+    metrics_interval: float = field(default=10.0, metadata=_opt(
+        "CONTRAIL_METRICS_INTERVAL", _seconds, "How often the metrics a process records (tracing.metrics) are "
+        "exported, in one batch per interval, to the span stream (or the spool while Redis is down).",
+        ("OTEL_METRIC_EXPORT_INTERVAL", _millis_as_seconds)))
+    metrics_cardinality_limit: int = field(default=2000, metadata=_opt(
+        "CONTRAIL_METRICS_CARDINALITY_LIMIT", _positive_int, "Attribute sets (series) one instrument records "
+        "in a process; measurements of further attribute sets are dropped and counted "
+        "(metric_series_dropped in get_tracer_info)."))
+    system_metrics: bool = field(default=False, metadata=_opt(
+        "CONTRAIL_SYSTEM_METRICS", _bool, "Also record this process's CPU, memory (RSS), GC, threads, open "
+        "file descriptors, disk and network I/O as metrics (needs psutil: the 'system' extra)."))
 
     # --- ingest limits (collector and receivers; OpenTelemetry's span limits as the reference) ---------
     span_event_count_limit: int = field(default=128, metadata=_opt(
@@ -258,6 +269,9 @@ class Settings:
     otlp_grpc_port: int = field(default=4317, metadata=_opt(
         "CONTRAIL_OTLP_GRPC_PORT", _port_or_off, "Port of the OTLP/gRPC receiver (TraceService/Export) on the web "
         "app's address, served by every web worker; 0 turns it off."))
+    prometheus_app_metrics: bool = field(default=False, metadata=_opt(
+        "CONTRAIL_PROMETHEUS_APP_METRICS", _bool, "Also expose the stored application metrics (tracing.metrics) "
+        "on /metrics, the last complete minute of each series, for an existing Prometheus to scrape."))
     web_threads: int = field(default=4, metadata=_opt(
         "CONTRAIL_WEB_THREADS", _positive_int, "Threads per gunicorn worker (requests each worker serves at once)."))
     api_token: str | None = field(default=None, metadata=_opt(

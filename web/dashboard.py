@@ -31,6 +31,7 @@ _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 PAGES = (  # (endpoint, title) in navigation order
     ("dashboard.search", "Search"),
     ("dashboard.services", "Services"),
+    ("dashboard.metrics", "Metrics"),
     ("dashboard.compare", "Compare"),
     ("dashboard.ai", "AI"),
 )
@@ -95,6 +96,11 @@ def compare():
 @bp.get("/services")
 def services():
     return _page("services.html", "Services")
+
+
+@bp.get("/app-metrics")
+def metrics():
+    return _page("metrics.html", "Metrics")
 
 
 @bp.get("/ai")

@@ -35,6 +35,8 @@ TRACER_GAUGES = {  # per service, summed over the processes' reports (tracer.rep
     "spans_spooled": "Spans written to the disk spool while Redis was unreachable.",
     "spool_records_corrupt": "Damaged spool records skipped on replay (checksum or framing).",
     "export_errors": "Failed exports to Redis.",
+    "metric_series_dropped": "Measurements dropped because their instrument had reached its cardinality limit.",
+    "metric_points_dropped": "Metric points lost (not encodable, spool full or unwritable).",
 }
 
 
@@ -127,6 +129,11 @@ class StreamHealthCollector:
 def init_app(app: Flask) -> None:
     metrics = Metrics()
     metrics.registry.register(StreamHealthCollector(app))
+    settings = app.extensions.get("contrail.settings")
+    if settings is not None and settings.prometheus_app_metrics:
+        from .app_metrics import AppMetricsCollector
+
+        metrics.registry.register(AppMetricsCollector(app))
     app.extensions["contrail.metrics"] = metrics
 
     @app.before_request

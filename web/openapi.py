@@ -82,6 +82,22 @@ SCHEMAS: dict[str, Any] = {
                        {"service": STR, "operation": STR, "count": INT, "error_count": INT, "error_rate": NUM},
                        {"throughput_per_s": NUM, "p50_ms": NUM, "p90_ms": NUM, "p95_ms": NUM, "p99_ms": NUM})},
                    "series": {"type": "array", "items": OBJ}}),
+    "MetricList": _obj({"start_ns": INT, "end_ns": INT, "metrics": {"type": "array", "items": _obj({
+        "name": STR, "kind": {"enum": ["counter", "gauge", "histogram"]}, "unit": STR,
+        "description": NULLABLE_STR, "services": {"type": "array", "items": STR},
+        "attributes": {"type": "object", "additionalProperties": {"type": "array", "items": STR}},
+        "series": INT})}}),
+    "MetricPoints": _obj({
+        "name": STR, "kind": {"enum": ["counter", "gauge", "histogram", None]}, "unit": NULLABLE_STR,
+        "service": NULLABLE_STR, "filters": {"type": "object", "additionalProperties": STR},
+        "start_ns": INT, "end_ns": INT, "step_s": INT, "resolution_s": {"enum": [60, 3600]}, "series": INT,
+        "points": {"type": "array", "items": _obj(
+            {"time": STR, "time_ns": INT, "exemplars": {"type": "array", "items": _obj(
+                {"trace_id": TRACE_ID, "span_id": SPAN_ID, "value": NUM, "time_ns": INT})}},
+            {"sum": NUM, "rate": NUM, "count": INT, "last": {"type": ["number", "null"]},
+             "min": {"type": ["number", "null"]}, "max": {"type": ["number", "null"]},
+             "mean": {"type": ["number", "null"]}, "p50": {"type": ["number", "null"]},
+             "p95": {"type": ["number", "null"]}, "p99": {"type": ["number", "null"]}})}}),
     "Health": _obj({"status": STR}),
     "Ready": _obj({"status": {"enum": ["ready", "not_ready"]}, "checks": _obj({"database": STR, "redis": STR})}),
     "Status": _obj({"stream": OBJ, "tracers": OBJ, "collectors": OBJ, "database": STR, "last_finalized_ns": {"type": ["integer", "null"]},
@@ -197,6 +213,14 @@ PATHS: dict[str, Any] = {
         _param("service", "Only this service."), _param("operation", "Only this operation."),
         _param("scope", "span: every span; trace: per trace root.", {"enum": ["span", "trace"], "default": "span"}),
         _param("step", "Series step, whole minutes: 60s, 5m, 1h."), *TIME_PARAMS], 400, 503),
+    "/api/v1/metrics": _get("Application metric names with their kind, unit, services and attribute values",
+                            "MetricList", TIME_PARAMS, 400, 503),
+    "/api/v1/metrics/{name}": _get(
+        "One application metric over time: sum and rate (counters), last/min/max/mean (gauges), count, mean and "
+        "p50/p95/p99 (histograms); any other query parameter filters by that attribute", "MetricPoints", [
+            _param("name", "Metric name.", where="path"), _param("service", "Only this service."),
+            _param("step", "Point step, whole minutes: 60s, 5m, 1h (hourly rollups for whole hours)."),
+            *TIME_PARAMS], 400, 503),
     "/api/v1/status": _get("Collector health for the dashboard", "Status", []),
     "/api/v1/tracers": _get("Every tracing process's latest counters", "TracerReports", [], 503),
     "/api/v1/ai/traces": _get("Agent runs with their phases, tool calls and LLM calls, newest first",

@@ -249,3 +249,50 @@ schema_version = Table(
     Column("version", Integer, nullable=False),
     Column("migrated_ns", BigInteger, nullable=False),
 )
+
+# Application metrics (tracer.metrics) as time series: one row per series and bucket, per minute (resolution 60)
+# and hourly rollup (3600). ``series`` is a digest of (name, service, kind, unit, attributes). Counters add their
+# increases into ``sum``; gauges keep min, max and the value with the latest time (``last``, ``last_ns``);
+# histograms add ``count`` and ``sum`` and their values into ``metric_histogram`` (the bins of stats.py).
+metric_points = Table(
+    "metric_points",
+    metadata,
+    Column("resolution", Integer, primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),  # unix seconds, start of the bucket
+    Column("series", String(40), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("service", String(255), nullable=False),
+    Column("kind", String(16), nullable=False),  # counter | gauge | histogram
+    Column("unit", String(64), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("attributes", Text, nullable=False),  # JSON object
+    Column("count", BigInteger, nullable=False),  # points (counter, gauge) or measurements (histogram)
+    Column("sum", Float, nullable=False),
+    Column("min", Float, nullable=True),
+    Column("max", Float, nullable=True),
+    Column("last", Float, nullable=True),
+    Column("last_ns", BigInteger, nullable=True),
+    Column("exemplars", Text, nullable=False),  # JSON [[trace_id, span_id, value, time_ns], ...], the latest few
+    Index("ix_metric_points_name", "name", "resolution", "bucket"),
+    Index("ix_metric_points_bucket", "resolution", "bucket"),
+)
+
+# The histogram bins of each histogram row of metric_points (values scaled by 1e9, as durations in ns).
+metric_histogram = Table(
+    "metric_histogram",
+    metadata,
+    Column("resolution", Integer, primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),
+    Column("series", String(40), primary_key=True),
+    Column("bin", Integer, primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)
+
+# Stream entries of kind metrics already added into metric_points: a redelivered entry is not counted twice.
+metric_entries = Table(
+    "metric_entries",
+    metadata,
+    Column("entry_id", String(64), primary_key=True),
+    Column("stored_ns", BigInteger, nullable=False),
+    Index("ix_metric_entries_stored", "stored_ns"),
+)

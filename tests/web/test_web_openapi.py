@@ -45,7 +45,7 @@ def test_the_document_is_valid_and_served(client):
         jsonschema.Draft202012Validator.check_schema(schema)
     for rule in client.application.url_map.iter_rules():
         if rule.endpoint.split(".")[0] in ("traces", "services", "dependencies", "stats", "health", "otlp", "zipkin",
-                                             "ai"):
+                                             "ai", "metrics"):
             template = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
             assert template in SPEC["paths"], f"route {rule.rule} is missing from the OpenAPI document"
 
@@ -63,6 +63,8 @@ def test_every_route_conforms(client, dataset):
         "/api/v1/dependencies?lookback=1h", "/api/v1/stats?lookback=1h", "/api/v1/status",
         "/api/v1/tracers", "/api/v1/ai/traces?lookback=7d", "/api/v1/ai/usage?group_by=agent",
         "/api/v1/ai/bottlenecks", "/api/v1/ai/usage?step=30s", "/api/v1/ai/bottlenecks?recent=10s",
+        "/api/v1/metrics", "/api/v1/metrics/llm_requests_total?lookback=1h&step=5m&model=gpt",
+        "/api/v1/metrics/x?step=7s",
         "/healthz", "/readyz", "/metrics",
         "/api/v1/traces?limit=0", "/api/v1/traces/nope", f"/api/v1/traces/{'1' * 32}",
     ]
@@ -89,6 +91,8 @@ PARAMS = {
     "/api/v1/ai/traces": ["user_id", "session_id", "agent", "limit", "start", "end", "lookback"],
     "/api/v1/ai/usage": ["group_by", "step", "start", "end", "lookback"],
     "/api/v1/ai/bottlenecks": ["recent", "baseline", "limit", "at"],
+    "/api/v1/metrics": ["start", "end", "lookback"],
+    "/api/v1/metrics/llm_requests_total": ["service", "step", "start", "end", "lookback", "model", "model"],
 }
 
 

@@ -22,6 +22,7 @@ BLUEPRINTS = [
     "web.api.services:bp",
     "web.api.dependencies:bp",
     "web.api.stats:bp",
+    "web.api.metrics:bp",
     "web.api.ai:bp",
     "web.api.jaeger:bp",
 ]

@@ -176,7 +176,7 @@ def test_collector_process_survives_generated_entries(client, sqlite_collectors,
     ids = [client.xadd(STREAM, fields).decode() for fields in entries] + publish(client, [valid])
     sqlite_collectors.wait_until(
         lambda: pending(client) == 0 and client.xinfo_groups(STREAM)[0]["last-delivered-id"].decode() == ids[-1],
-        collector, timeout=60, message="every entry acknowledged")
+        collector, timeout=180, message="every entry acknowledged")
     assert collector.poll() is None, sqlite_collectors.log(collector)
     stored, letters = stored_span_ids(sqlite_engine), dead_letters(client)
     assert {s["span_id"] for s in valid} <= stored
@@ -209,6 +209,6 @@ def test_compression_bombs_leave_the_collector_small(client, sqlite_collectors, 
     assert letters[bombs[0]][b"reason"] == f"msgpack+zlib data inflates beyond {MAX_DECOMPRESSED_BYTES} bytes".encode()
     assert letters[bombs[1]][b"reason"] == b"batch is not a mapping with a 'spans' list"
     sqlite_collectors.wait_until(lambda: {s["span_id"] for s in valid} <= stored_span_ids(sqlite_engine), collector,
-                                 timeout=60, message="the valid entry stored")
+                                 timeout=180, message="the valid entry stored")
     assert collector.poll() is None
     assert peak_rss_bytes(collector.pid) < MEMORY_BOUND  # measured: about 200 MB

@@ -195,3 +195,19 @@ def closed_range(start: int | None, end: int | None, lookback_s: float) -> tuple
     if end < start:
         raise bad_parameter("end", "end must not be before start")
     return start, end
+
+
+def series_window(default_lookback_s: float, max_points: int) -> tuple[int, int, int]:
+    """``start``/``end``/``lookback`` and ``step`` of a time-series query: (start_ns, end_ns, step_s).
+
+    Series are stored per minute, so the step is a whole number of minutes, and
+    at most ``max_points`` steps fit in the window.
+    """
+    start_ns, end_ns = closed_range(*time_range(default_lookback_s=default_lookback_s), default_lookback_s)
+    step_ns = duration_ns("step", default_unit="s")
+    step_s = 60 if step_ns is None else int(step_ns // 1_000_000_000)
+    if step_s < 60 or step_s % 60:
+        raise bad_parameter("step", "step must be a whole number of minutes (60s, 5m, 1h)")
+    if (end_ns - start_ns) / 1e9 / step_s > max_points:
+        raise bad_parameter("step", f"step is too small for this range (at most {max_points} points)")
+    return start_ns, end_ns, step_s

@@ -60,14 +60,7 @@ def _filters() -> dict[str, str]:
 def metric_points(name: str):
     params.check_text("name", name, 255)
     service = params.text("service")
-    start_ns, end_ns = params.time_range(default_lookback_s=DEFAULT_LOOKBACK_S)
-    start_ns, end_ns = params.closed_range(start_ns, end_ns, DEFAULT_LOOKBACK_S)
-    step_ns = params.duration_ns("step", default_unit="s")
-    step_s = 60 if step_ns is None else int(step_ns // 1_000_000_000)
-    if step_s < 60 or step_s % 60:
-        raise bad_parameter("step", "step must be a whole number of minutes (60s, 5m, 1h)")
-    if (end_ns - start_ns) / 1e9 / step_s > MAX_POINTS:
-        raise bad_parameter("step", f"step is too small for this range (at most {MAX_POINTS} points)")
+    start_ns, end_ns, step_s = params.series_window(DEFAULT_LOOKBACK_S, MAX_POINTS)
     filters = _filters()
     store = _store()
     with current_resources().engine().connect() as conn:

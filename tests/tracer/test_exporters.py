@@ -109,8 +109,8 @@ def test_a_hanging_otlp_endpoint_never_holds_up_the_redis_export(make_manager, r
                                export_timeout=30)
         for _ in range(5):
             _work(tracing)
-        wait_until(lambda: len(stream_spans(redis_url)) == 15, timeout=10, message="spans in Redis")
-        wait_until(lambda: accepted, timeout=10, message="the otlp exporter connecting")
+        wait_until(lambda: len(stream_spans(redis_url)) == 15, timeout=60, message="spans in Redis")
+        wait_until(lambda: accepted, timeout=60, message="the otlp exporter connecting")
         info = tracing.get_tracer_info()
         assert info["spans_exported"] == 15 and info["exporters"]["otlp"]["exported"] == 0
     finally:

@@ -179,7 +179,7 @@ def test_collector_process_survives_generated_entries(client, sqlite_collectors,
         collector, timeout=180, message="every entry acknowledged")
     assert collector.poll() is None, sqlite_collectors.log(collector)
     stored, letters = stored_span_ids(sqlite_engine), dead_letters(client)
-    assert {s["span_id"] for s in valid} <= stored
+    assert {s["span_id"] for s in valid} <= stored, (letters.get(ids[-1]), sqlite_collectors.log(collector)[-4000:])
     for entry_id, fields in zip(ids, entries):  # all fields are bytes: Redis holds them as they were sent
         scope, good = expected_outcome(fields)
         letter = letters.get(entry_id)

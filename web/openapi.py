@@ -10,6 +10,8 @@ import copy
 from functools import lru_cache
 from typing import Any
 
+from tracer.codec import KINDS
+
 NULLABLE_STR = {"type": ["string", "null"]}
 INT = {"type": "integer"}
 NUM = {"type": "number"}
@@ -41,7 +43,7 @@ SCHEMAS: dict[str, Any] = {
     "Link": _obj({"trace_id": NULLABLE_STR, "span_id": NULLABLE_STR, "attributes": OBJ}),
     "Span": _obj({
         "span_id": SPAN_ID, "parent_span_id": {"type": ["string", "null"]}, "service": STR, "name": STR,
-        "kind": {"enum": ["internal", "server", "client", "producer", "consumer"]}, "start_time": NULLABLE_STR,
+        "kind": {"enum": list(KINDS)}, "start_time": NULLABLE_STR,
         "start_ns": INT, "end_ns": INT, "duration_ms": NUM, "status": {"enum": ["unset", "ok", "error"]},
         "status_message": NULLABLE_STR, "attributes": OBJ, "resource": OBJ,
         "events": {"type": "array", "items": _ref("Event")}, "links": {"type": "array", "items": _ref("Link")},
@@ -151,6 +153,8 @@ SEARCH_PARAMS = [
     _param("max_duration", "Whole-trace duration at most."),
     _param("services", "Traces touching all of these services (comma-separated or repeated).",
            {"type": "array", "items": STR}, explode=True),
+    _param("kind", "Traces holding at least one span of this kind.",
+           {"enum": list(KINDS)}),
     *TIME_PARAMS,
     _param("sort", "Result order.", {"enum": ["start_desc", "start_asc", "duration_desc", "duration_asc"],
                                      "default": "start_desc"}),

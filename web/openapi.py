@@ -103,7 +103,15 @@ SCHEMAS: dict[str, Any] = {
     "Health": _obj({"status": STR}),
     "Ready": _obj({"status": {"enum": ["ready", "not_ready"]}, "checks": _obj({"database": STR, "redis": STR})}),
     "Status": _obj({"stream": OBJ, "tracers": OBJ, "collectors": OBJ, "database": STR, "last_finalized_ns": {"type": ["integer", "null"]},
-                    "last_finalized_time": NULLABLE_STR, "now_ns": INT}),
+                    "last_finalized_time": NULLABLE_STR, "now_ns": INT},
+                   {"storage": {"type": ["object", "null"], "required": ["tables", "total_bytes", "bytes_source"],
+                                "properties": {
+                                    "tables": {"type": "array", "items": _obj({
+                                        "name": STR, "rows": INT, "bytes": {"type": ["integer", "null"]},
+                                        "oldest_ns": {"type": ["integer", "null"]},
+                                        "newest_ns": {"type": ["integer", "null"]}})},
+                                    "total_bytes": INT,
+                                    "bytes_source": {"enum": ["dbstat", "page_count", "pg_total_relation_size"]}}}}),
     "TracerReports": _obj({"tracers": {"type": "array", "items": _obj({
         "instance": STR, "service": STR, "host": STR, "pid": INT, "time_ns": INT, "spans_started": INT,
         "spans_exported": INT, "spans_dropped": INT, "spans_dropped_queue_full": INT,

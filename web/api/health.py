@@ -9,6 +9,7 @@ from flask import Blueprint, jsonify
 from sqlalchemy import text
 
 from collector_worker.storage import queries
+from collector_worker.storage.usage import storage_usage
 
 from ..app import current_resources, current_settings
 from ..errors import ApiError
@@ -101,11 +102,12 @@ def tracers():
 def status():
     """Collector health for the dashboard's status bar."""
     stream = stream_health_or_error()
-    last = None
+    last = storage = None
     database = "ok"
     try:
         with current_resources().engine().connect() as conn:
             last = queries.last_finalized_ns(conn)
+            storage = storage_usage(conn)
     except Exception as exc:  # database down
         database = unavailable("database", exc)
     return jsonify({
@@ -115,6 +117,7 @@ def status():
         "database": database,
         "last_finalized_ns": int(last) if last is not None else None,
         "last_finalized_time": queries.iso_time(last),
+        "storage": storage,
         "now_ns": time.time_ns(),
     })
 

@@ -233,7 +233,9 @@ PATHS: dict[str, Any] = {
             _param("name", "Metric name.", where="path"), _param("service", "Only this service."),
             _param("step", "Point step, whole minutes: 60s, 5m, 1h (hourly rollups for whole hours)."),
             *TIME_PARAMS], 400, 503),
-    "/api/v1/status": _get("Collector health for the dashboard", "Status", []),
+    "/api/v1/status": _get("Collector health for the dashboard", "Status", [
+        _param("storage", "true adds storage statistics (rows counted on each call: slow on a large database).",
+               {"enum": ["true", "false"], "default": "false"})], 400),
     "/api/v1/tracers": _get("Every tracing process's latest counters", "TracerReports", [], 503),
     "/api/v1/ai/traces": _get("Agent runs with their phases, tool calls and LLM calls, newest first",
                               "AgentTraces", [

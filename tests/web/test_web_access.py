@@ -95,7 +95,9 @@ def test_readyz_reports_what_is_down(make_app, client):
 
 def test_status_and_metrics_read_the_stream(client, dataset, redis_url):
     client.post("/v1/traces", data=protobuf_body(), content_type="application/x-protobuf")
-    status = client.get("/api/v1/status").get_json()
+    assert client.get("/api/v1/status").get_json()["storage"] is None  # the status bar's poll counts no rows
+    assert client.get("/api/v1/status?storage=maybe").status_code == 400
+    status = client.get("/api/v1/status?storage=true").get_json()
     assert status["stream"]["stream_length"] == 1 and status["database"] == "ok"
     assert status["last_finalized_ns"] > 0 and status["last_finalized_time"].endswith("Z")
     tables = {t["name"]: t for t in status["storage"]["tables"]}

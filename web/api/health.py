@@ -12,6 +12,7 @@ from collector_worker.storage import queries
 from collector_worker.storage.usage import storage_usage
 
 from ..app import current_resources, current_settings
+from .. import params
 from ..errors import ApiError
 
 bp = Blueprint("health", __name__)
@@ -101,13 +102,14 @@ def tracers():
 @bp.get("/api/v1/status")
 def status():
     """Collector health for the dashboard's status bar."""
+    with_storage = params.choice("storage", ("true", "false"), "false") == "true"  # counts every row: on request
     stream = stream_health_or_error()
     last = storage = None
     database = "ok"
     try:
         with current_resources().engine().connect() as conn:
             last = queries.last_finalized_ns(conn)
-            storage = storage_usage(conn)
+            storage = storage_usage(conn) if with_storage else None
     except Exception as exc:  # database down
         database = unavailable("database", exc)
     return jsonify({

@@ -31,6 +31,7 @@ class Assembly:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     operations: list[tuple[str, str, bool]] = field(default_factory=list)  # (service, name, had_error)
     tags: list[tuple[str, str, float | None]] = field(default_factory=list)  # (key, value, value_num)
+    kinds: list[str] = field(default_factory=list)  # the span kinds the trace holds, sorted
 
     @property
     def clock_skew_ns(self) -> int:
@@ -130,6 +131,7 @@ def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
         warnings=warnings,
         operations=[(svc, name, err) for (svc, name), err in operations.items()],
         tags=_tags(unique),
+        kinds=sorted({s.get("kind") or "internal" for s in unique}),
     )
 
 

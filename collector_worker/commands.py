@@ -176,8 +176,12 @@ def _supervise(processes: int, overrides: dict[str, Any], consumer_name: str | N
 @click.option("--batch-size", type=click.IntRange(min=1), default=5000, show_default=True,
               help="Rows deleted per transaction.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
-def cleanup(retention: float | None, database_url: str | None, batch_size: int, dry_run: bool) -> None:
-    """Delete data older than the retention period, in bounded batches."""
+@click.option("--all", "everything", is_flag=True,
+              help="Delete ALL trace data (traces, spans, statistics, LLM usage, metrics), keeping the schema.")
+@click.option("--yes", is_flag=True, help="With --all: do not ask for confirmation.")
+def cleanup(retention: float | None, database_url: str | None, batch_size: int, dry_run: bool, everything: bool,
+            yes: bool) -> None:
+    """Delete data older than the retention period, in bounded batches (--all: delete everything)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from sqlalchemy.exc import SQLAlchemyError
@@ -186,6 +190,8 @@ def cleanup(retention: float | None, database_url: str | None, batch_size: int, 
     from .retention import count_expired, run_retention
     from .storage.engine import open_engine
 
+    if everything and retention is not None:
+        raise click.BadParameter("--all deletes everything: not with --retention", param_hint="--retention")
     settings = _load_settings(database_url=database_url)
     keep = settings.retention if retention is None else retention
     if keep <= 0:
@@ -198,6 +204,9 @@ def cleanup(retention: float | None, database_url: str | None, batch_size: int, 
         sys.exit(1)
     cutoff_ns = time.time_ns() - int(keep * 1e9)
     console = Console(no_color=not sys.stdout.isatty(), highlight=False)
+    if everything:
+        _wipe_everything(url, dry_run, yes, console)
+        return
     try:
         engine = open_engine(url)
         if dry_run:
@@ -215,12 +224,47 @@ def cleanup(retention: float | None, database_url: str | None, batch_size: int, 
             verb = "deleted"
         engine.dispose()
     except (SQLAlchemyError, OSError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        click.echo(f"error: cannot clean up {mask_url(url)}: {message}", err=True)
-        sys.exit(1)
+        _cleanup_failed(url, exc)
     total = sum(int(v) for v in counts.values())
     console.print(f"{verb} {total} rows older than {_describe(keep)}")
     for table, count in sorted(counts.items()):
+        console.print(f"  {table:<18} {count}")
+
+
+def _cleanup_failed(url: str, exc: Exception) -> None:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    click.echo(f"error: cannot clean up {mask_url(url)}: {message}", err=True)
+    sys.exit(1)
+
+
+def _wipe_everything(url: str, dry_run: bool, yes: bool, console) -> None:
+    """``contrail cleanup --all``: empty every trace data table after confirmation, one table at a time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .storage.engine import open_engine
+    from .storage.wipe import count_all, wipe_all
+
+    if not dry_run and not yes:
+        click.confirm(f"Delete ALL trace data in {mask_url(url)}? This cannot be undone", abort=True)
+    try:
+        engine = open_engine(url)
+        if dry_run:
+            counts, verb = count_all(engine), "would delete"
+        else:
+            with Progress(TextColumn("emptying {task.fields[table]}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console, disable=not sys.stdout.isatty()) as progress:
+                task = progress.add_task("wipe", total=None, table="")
+
+                def _progress(done: int, total: int, table: str) -> None:
+                    progress.update(task, completed=done, total=total, table=table)
+
+                counts, verb = wipe_all(engine, progress=_progress), "deleted"
+        engine.dispose()
+    except (SQLAlchemyError, OSError) as exc:
+        _cleanup_failed(url, exc)
+    console.print(f"{verb} {sum(counts.values())} rows: all trace data")
+    for table, count in counts.items():
         console.print(f"  {table:<18} {count}")
 
 

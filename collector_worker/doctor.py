@@ -176,6 +176,7 @@ def check_database(settings: Settings) -> list[Check]:
 
     from .storage import open_engine
     from .storage.migrations import schema_status
+    from .storage.usage import storage_usage
 
     url = settings.resolved_database_url
     shown = mask_url(url)
@@ -188,6 +189,7 @@ def check_database(settings: Settings) -> list[Check]:
         try:
             with engine.connect() as conn:
                 status = schema_status(conn)
+                usage = storage_usage(conn) if status.state == "current" else None  # an older schema lacks tables
         finally:
             engine.dispose()
     except (SQLAlchemyError, ImportError, OSError) as exc:
@@ -204,7 +206,32 @@ def check_database(settings: Settings) -> list[Check]:
         return [reachable, Check("schema", WARN, f"revision {status.current}, this Contrail expects {status.head}",
                                  "start a collector of this version (migrations run at start) "
                                  "or run contrail db upgrade")]
-    return [reachable, Check("schema", OK, f"revision {status.current} (current)")]
+    return [reachable, Check("schema", OK, f"revision {status.current} (current)"), storage_check(usage)]
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "size unknown"
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def storage_check(usage: dict) -> Check:
+    """What the database holds: a summary line, then rows, size and trace times of each table holding rows."""
+    from .storage.queries import iso_time
+
+    tables = usage["tables"]
+    traces = next(t for t in tables if t["name"] == "traces")
+    lines = [f"{traces['rows']} traces, {_size(usage['total_bytes'])} in {len(tables)} tables "
+             f"({usage['bytes_source']})"]
+    for t in tables:
+        if t["rows"]:
+            times = f", {iso_time(t['oldest_ns'])} .. {iso_time(t['newest_ns'])}" if t["oldest_ns"] else ""
+            size = f", {_size(t['bytes'])}" if t["bytes"] is not None else ""
+            lines.append(f"{t['name']}: {t['rows']} rows{size}{times}")
+    return Check("storage", OK, "\n".join(lines))
 
 
 REDIS_PORT_FILE = "redis.port"  # where `contrail up` remembers its embedded Redis's port, in the data directory
@@ -284,7 +311,8 @@ def doctor(redis_url, database_url, as_json, show_settings):
 
         out = console()
         for c in checks:
-            out.print(f"[{STYLES[c.status]}]{c.status:<4}[/]  {c.name:<18} {escape(c.detail)}")
+            detail = escape(c.detail).replace("\n", "\n" + " " * 25)  # continuation lines under the first
+            out.print(f"[{STYLES[c.status]}]{c.status:<4}[/]  {c.name:<18} {detail}")
             if c.hint and c.status != OK:
                 out.print(f"      {'':<18} [dim]→ {escape(c.hint)}[/dim]")
         summary = {s: sum(1 for c in checks if c.status == s) for s in (OK, WARN, FAIL)}

@@ -644,7 +644,7 @@ class FinalizedBatch:
     def _names(self) -> set[str]:
         wanted: set[str] = set()
         for _, _, a in self.assembled:
-            wanted |= search_keys.names_in(a.operations, a.tags)
+            wanted |= search_keys.names_in(a.operations, search_keys.search_tags(a))
         return wanted
 
     def encode(self, ids: dict[str, int]) -> None:
@@ -652,7 +652,7 @@ class FinalizedBatch:
         waiting = []
         for trace_id, spans, a in self.assembled:
             try:
-                self.postings[trace_id] = search_keys.postings(a.operations, a.tags, ids)
+                self.postings[trace_id] = search_keys.postings(a.operations, search_keys.search_tags(a), ids)
             except KeyError:  # a name never seen: added by the write transaction
                 waiting.append((trace_id, spans, a))
                 continue

@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from tracer.codec import KINDS
+
 from .output import (
     console,
     database_option,
@@ -84,6 +86,7 @@ def traces():
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
               help="Attribute filter: key=value, key>number or key<number (repeatable).")
 @click.option("--status", type=click.Choice(["ok", "error"]), help="Only traces with (error) or without (ok) errors.")
+@click.option("--kind", type=click.Choice(KINDS), help="Only traces holding a span of this kind.")
 @click.option("--min-duration", callback=duration_ms_option, help="At least this long: 250ms, 1.5s (bare = ms).")
 @click.option("--max-duration", callback=duration_ms_option, help="At most this long.")
 @click.option("--lookback", callback=duration_seconds, help="Traces that started within this much time: 15m, 1h, 7d.")
@@ -93,7 +96,7 @@ def traces():
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--cursor", help="next_cursor of a previous page.")
 @database_option
-def list_traces(service, operation, tags, status, min_duration, max_duration, lookback, start, end, sort, limit,
+def list_traces(service, operation, tags, status, kind, min_duration, max_duration, lookback, start, end, sort, limit,
                 cursor, database_url, as_json):
     """Search traces, newest first."""
     from .storage.queries import TraceQuery, search_traces
@@ -101,7 +104,7 @@ def list_traces(service, operation, tags, status, min_duration, max_duration, lo
     if min_duration is not None and max_duration is not None and max_duration < min_duration:
         raise click.BadParameter("must not be below --min-duration", param_hint="--max-duration")
     start_ns, end_ns = _lookback_range(lookback, start, end, None)
-    query = TraceQuery(service=service, operation=operation, tags=_parse_tags(tags), status=status,
+    query = TraceQuery(service=service, operation=operation, tags=_parse_tags(tags), status=status, kind=kind,
                        min_duration_ns=min_duration, max_duration_ns=max_duration, start_ns=start_ns,
                        end_ns=end_ns, sort=sort, limit=limit, cursor=cursor)
     result = run_query(database_url, lambda conn: search_traces(conn, query))

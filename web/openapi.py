@@ -10,6 +10,8 @@ import copy
 from functools import lru_cache
 from typing import Any
 
+from tracer.codec import KINDS
+
 NULLABLE_STR = {"type": ["string", "null"]}
 INT = {"type": "integer"}
 NUM = {"type": "number"}
@@ -41,7 +43,7 @@ SCHEMAS: dict[str, Any] = {
     "Link": _obj({"trace_id": NULLABLE_STR, "span_id": NULLABLE_STR, "attributes": OBJ}),
     "Span": _obj({
         "span_id": SPAN_ID, "parent_span_id": {"type": ["string", "null"]}, "service": STR, "name": STR,
-        "kind": {"enum": ["internal", "server", "client", "producer", "consumer"]}, "start_time": NULLABLE_STR,
+        "kind": {"enum": list(KINDS)}, "start_time": NULLABLE_STR,
         "start_ns": INT, "end_ns": INT, "duration_ms": NUM, "status": {"enum": ["unset", "ok", "error"]},
         "status_message": NULLABLE_STR, "attributes": OBJ, "resource": OBJ,
         "events": {"type": "array", "items": _ref("Event")}, "links": {"type": "array", "items": _ref("Link")},
@@ -101,7 +103,15 @@ SCHEMAS: dict[str, Any] = {
     "Health": _obj({"status": STR}),
     "Ready": _obj({"status": {"enum": ["ready", "not_ready"]}, "checks": _obj({"database": STR, "redis": STR})}),
     "Status": _obj({"stream": OBJ, "tracers": OBJ, "collectors": OBJ, "database": STR, "last_finalized_ns": {"type": ["integer", "null"]},
-                    "last_finalized_time": NULLABLE_STR, "now_ns": INT}),
+                    "last_finalized_time": NULLABLE_STR, "now_ns": INT},
+                   {"storage": {"type": ["object", "null"], "required": ["tables", "total_bytes", "bytes_source"],
+                                "properties": {
+                                    "tables": {"type": "array", "items": _obj({
+                                        "name": STR, "rows": INT, "bytes": {"type": ["integer", "null"]},
+                                        "oldest_ns": {"type": ["integer", "null"]},
+                                        "newest_ns": {"type": ["integer", "null"]}})},
+                                    "total_bytes": INT,
+                                    "bytes_source": {"enum": ["dbstat", "page_count", "pg_total_relation_size"]}}}}),
     "TracerReports": _obj({"tracers": {"type": "array", "items": _obj({
         "instance": STR, "service": STR, "host": STR, "pid": INT, "time_ns": INT, "spans_started": INT,
         "spans_exported": INT, "spans_dropped": INT, "spans_dropped_queue_full": INT,
@@ -151,6 +161,8 @@ SEARCH_PARAMS = [
     _param("max_duration", "Whole-trace duration at most."),
     _param("services", "Traces touching all of these services (comma-separated or repeated).",
            {"type": "array", "items": STR}, explode=True),
+    _param("kind", "Traces holding at least one span of this kind.",
+           {"enum": list(KINDS)}),
     *TIME_PARAMS,
     _param("sort", "Result order.", {"enum": ["start_desc", "start_asc", "duration_desc", "duration_asc"],
                                      "default": "start_desc"}),
@@ -221,7 +233,9 @@ PATHS: dict[str, Any] = {
             _param("name", "Metric name.", where="path"), _param("service", "Only this service."),
             _param("step", "Point step, whole minutes: 60s, 5m, 1h (hourly rollups for whole hours)."),
             *TIME_PARAMS], 400, 503),
-    "/api/v1/status": _get("Collector health for the dashboard", "Status", []),
+    "/api/v1/status": _get("Collector health for the dashboard", "Status", [
+        _param("storage", "true adds storage statistics (rows counted on each call: slow on a large database).",
+               {"enum": ["true", "false"], "default": "false"})], 400),
     "/api/v1/tracers": _get("Every tracing process's latest counters", "TracerReports", [], 503),
     "/api/v1/ai/traces": _get("Agent runs with their phases, tool calls and LLM calls, newest first",
                               "AgentTraces", [

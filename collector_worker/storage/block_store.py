@@ -125,9 +125,10 @@ def postings_of(conn: Connection, spans: list[dict[str, Any]]) -> list[list] | N
     from collector_worker.assembler import assemble  # assembly is pure; storage only borrows it here
 
     a = assemble(spans)
+    tags = search_keys.search_tags(a)
     try:
-        return search_keys.postings(a.operations, a.tags,
-                                    search_keys.lookup(conn, search_keys.names_in(a.operations, a.tags)))
+        return search_keys.postings(a.operations, tags,
+                                    search_keys.lookup(conn, search_keys.names_in(a.operations, tags)))
     except KeyError:  # a name never stored: that trace never wrote postings with it
         return None
 

@@ -19,6 +19,8 @@ from typing import Any, Mapping
 from sqlalchemy import Integer, and_, cast, exists, false, func, or_, select
 from sqlalchemy.engine import Connection
 
+from tracer.codec import KINDS
+
 from . import block_store, blocks, schema, search_keys
 
 SORTS = ("start_desc", "start_asc", "duration_desc", "duration_asc")
@@ -52,6 +54,7 @@ class TraceQuery:
     min_duration_ns: int | None = None
     max_duration_ns: int | None = None
     services: list[str] = field(default_factory=list)  # traces touching all of these
+    kind: str | None = None  # traces holding a span of this kind (one of tracer.codec.KINDS)
     start_ns: int | None = None
     end_ns: int | None = None
     sort: str = "start_desc"
@@ -234,8 +237,13 @@ def _filters(conn: Connection, q: TraceQuery) -> list[Any]:
         where.append(t.c.error_count > 0)
     elif q.status == "ok":
         where.append(t.c.error_count == 0)
+    tags = list(q.tags)
+    if q.kind:
+        if q.kind not in KINDS:
+            raise QueryError("kind", f"unknown span kind {q.kind!r}: use one of {', '.join(KINDS)}")
+        tags.append((search_keys.SPAN_KIND_KEY, "=", q.kind))  # span kinds are posted as tags
     wanted = [name for name in (q.service, q.operation, *q.services) if name]
-    wanted += [key for key, _, _ in q.tags]
+    wanted += [key for key, _, _ in tags]
     ids = search_keys.lookup(conn, wanted) if wanted else {}
     if any(name not in ids for name in wanted):
         return [false()]
@@ -249,7 +257,7 @@ def _filters(conn: Connection, q: TraceQuery) -> list[Any]:
     for name in q.services:
         if name != q.service:
             where.append(exists().where(and_(o.c.trace_no == t.c.trace_no, o.c.service_id == ids[name])))
-    for key, op, value in q.tags:
+    for key, op, value in tags:
         if op == "=":  # usually selective: drive the search from the (key, value) postings
             where.append(t.c.trace_no.in_(select(g.c.trace_no).where(
                 g.c.key_id == ids[key], g.c.value_hash == search_keys.tag_hash(value))))

@@ -22,6 +22,9 @@ from .schema import names
 _caches: "weakref.WeakKeyDictionary[Engine, dict[str, int]]" = weakref.WeakKeyDictionary()
 _caches_guard = threading.Lock()
 _CHUNK = 500
+# The reserved tag key a trace's span kinds are posted under (one posting per kind it holds), so a search
+# by kind is a tag search; a span attribute of that name posts into the same key.
+SPAN_KIND_KEY = "span.kind"
 
 
 @functools.lru_cache(maxsize=16384)  # values repeat across traces (methods, routes, models); <= ~7 MB held
@@ -109,3 +112,8 @@ def names_in(operations, tags) -> set[str]:
     wanted = {name for svc, op, _ in operations for name in (svc[:255], op[:512])}
     wanted.update(k for k, _, _ in tags)
     return wanted
+
+
+def search_tags(assembly) -> list[tuple[str, str, float | None]]:
+    """The tags an assembly is posted under: its span attributes and its span kinds (under ``SPAN_KIND_KEY``)."""
+    return [*assembly.tags, *((SPAN_KIND_KEY, kind, None) for kind in assembly.kinds)]

@@ -16,7 +16,7 @@ def test_healthy_stack_passes(run_cli, stored_trace, collector):
     result = run_cli("doctor", "--redis-url", collector.redis_url, "--database-url", collector.database_url, env=env)
     assert result.exit_code == 0, result.stdout + result.stderr
     for name in ("redis", "clock skew", "stream", "pending", "consumer lag", "consumers", "dead letters",
-                 "tracers", "database", "schema"):
+                 "tracers", "database", "schema", "storage"):
         assert f"OK    {name}" in result.stdout, name
     assert "0 failure(s)" in result.stdout
 
@@ -24,6 +24,12 @@ def test_healthy_stack_passes(run_cli, stored_trace, collector):
                              "--database-url", collector.database_url, env=env))
     assert data["redis persistence"]["status"] == OK  # the test Redis runs with appendonly yes
     assert data["schema"]["detail"].startswith("revision ")
+    storage = data["storage"]["detail"].splitlines()
+    assert data["storage"]["status"] == OK and storage[0].startswith("1 traces, ")
+    [traces_line] = [line for line in storage if line.startswith("traces: ")]
+    assert traces_line.startswith("traces: 1 rows") and traces_line.count("Z") == 2  # oldest .. newest
+    assert any(line.startswith("trace_blocks: 1 rows") for line in storage)
+    assert not any(line.startswith("llm_usage:") for line in storage)  # empty tables are left out
 
 
 def test_unreachable_redis_fails_with_what_to_do(run_cli, collector):

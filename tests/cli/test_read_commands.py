@@ -37,6 +37,8 @@ def test_traces_list_table_and_json(run_cli, stored_trace, collector):
     (["--max-duration", "1h", "--lookback", "1h"], 1),
     (["--tag", "order.id=42"], 1),
     (["--tag", "order.id>100"], 0),
+    (["--kind", "client"], 1),
+    (["--kind", "producer"], 0),
     (["--start", "2000-01-01T00:00:00Z", "--sort", "duration_desc", "--limit", "1"], 1),
 ])
 def test_traces_list_filters(run_cli, stored_trace, collector, filters, expected):
@@ -58,6 +60,7 @@ def test_traces_list_says_once_when_nothing_matches(run_cli, stored_trace, colle
     (["--tag", "no-operator"], "--tag"),
     (["--tag", "order.id>abc"], "--tag"),
     (["--limit", "0"], "--limit"),
+    (["--kind", "sideways"], "--kind"),
     (["--start", "yesterday"], "--start"),
     (["--lookback", "1h", "--start", "2026-01-01"], "--start"),
 ])

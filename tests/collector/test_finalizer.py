@@ -100,7 +100,8 @@ def test_finalize_writes_summary_search_rows_and_span_columns(engine):
     assert ops == {("api", "GET /x", False), ("api", "op-02", False), ("users", "op-03", True)}
     tags = {(r["key"], r.get("value_hash"), r.get("value_num")) for r in tag_rows(engine)}
     assert tags == {("http.method", tag_hash("GET"), None), ("n", tag_hash("3"), None), ("n", None, 3.0),
-                    ("http.route", tag_hash("/u"), None)}
+                    ("http.route", tag_hash("/u"), None),
+                    ("span.kind", tag_hash("server"), None), ("span.kind", tag_hash("client"), None)}
     spans = {r["span_id"]: r for r in span_rows(engine)}
     assert [spans[sid(i)]["depth"] for i in (1, 2, 3)] == [0, 1, 2]
     assert [spans[sid(i)]["self_time_ns"] for i in (1, 2, 3)] == [50 * MS, 10 * MS, 40 * MS]

@@ -95,9 +95,19 @@ def test_readyz_reports_what_is_down(make_app, client):
 
 def test_status_and_metrics_read_the_stream(client, dataset, redis_url):
     client.post("/v1/traces", data=protobuf_body(), content_type="application/x-protobuf")
-    status = client.get("/api/v1/status").get_json()
+    assert client.get("/api/v1/status").get_json()["storage"] is None  # the status bar's poll counts no rows
+    assert client.get("/api/v1/status?storage=maybe").status_code == 400
+    status = client.get("/api/v1/status?storage=true").get_json()
     assert status["stream"]["stream_length"] == 1 and status["database"] == "ok"
     assert status["last_finalized_ns"] > 0 and status["last_finalized_time"].endswith("Z")
+    tables = {t["name"]: t for t in status["storage"]["tables"]}
+    assert tables["traces"]["rows"] == 5 and tables["trace_blocks"]["rows"] == 5 and tables["names"]["rows"] > 0
+    assert tables["traces"]["oldest_ns"] == dataset.base_ns
+    assert tables["traces"]["newest_ns"] == dataset.spans["orphan"]["start_ns"]  # the latest trace to start
+    assert tables["stats"]["oldest_ns"] is None and tables["llm_usage"]["rows"] == 0
+    assert status["storage"]["total_bytes"] > 0
+    if status["storage"]["bytes_source"] != "page_count":
+        assert tables["traces"]["bytes"] > 0
     client.get("/api/v1/traces")
     text = client.get("/metrics").get_data(as_text=True)
     assert "contrail_stream_up 1.0" in text

@@ -107,6 +107,26 @@ def test_cursor_pages_are_stable_and_complete(client, dataset, database_url, sor
     assert pages == 3 and seen == everything
 
 
+def test_kind_filter_matches_traces_holding_a_span_of_that_kind(client, dataset):
+    t = dataset.ids
+    assert set(ids(client, "kind=server")) == {t["ask_slow"], t["health"], t["ask_fast"]}
+    assert set(ids(client, "kind=client")) == {t["ask_slow"]}
+    assert set(ids(client, "kind=internal")) == {t["ask_fast"]}
+    assert set(ids(client, "kind=consumer")) == {t["invoice"], t["orphan"]}
+    assert ids(client, "kind=producer") == []
+    assert set(ids(client, "kind=server&service=retrieval&tag=user.id=u1")) == {t["ask_slow"], t["ask_fast"]}
+
+
+def test_kind_filter_follows_a_late_span_of_a_new_kind(client, database_url):
+    trace_id = new_trace_id()
+    root = span(trace_id, "publish", start_ns=10**18, duration_ms=10, kind="server")
+    store(database_url, [root])
+    assert ids(client, "kind=producer") == [] and ids(client, "kind=server") == [trace_id]
+    store(database_url, [span(trace_id, "send", start_ns=10**18 + 10**6, duration_ms=2, kind="producer",
+                              parent=root["span_id"])])
+    assert ids(client, "kind=producer") == [trace_id] and ids(client, "kind=server") == [trace_id]
+
+
 @pytest.mark.parametrize("query, parameter", [
     ("limit=0", "limit"), ("limit=-5", "limit"), ("limit=1001", "limit"), ("limit=abc", "limit"),
     ("limit=99999999999999999999999", "limit"),
@@ -117,7 +137,7 @@ def test_cursor_pages_are_stable_and_complete(client, dataset, database_url, sor
     ("start=2026-01-02T00:00:00Z&end=2026-01-01T00:00:00Z", "end"),
     ("lookback=forever", "lookback"), ("lookback=0s", "lookback"),
     ("start=2026-01-01T00:00:00Z&lookback=1h", "lookback"),
-    ("sort=random", "sort"), ("status=maybe", "status"),
+    ("sort=random", "sort"), ("status=maybe", "status"), ("kind=SERVER", "kind"), ("kind=span", "kind"),
     ("tag=novalue", "tag"), ("tag==x", "tag"), ("tag=tokens>lots", "tag"), ("tag=tokens<nan", "tag"),
     ("cursor=not-a-cursor", "cursor"), ("service=a%00b", "service"), ("operation=" + "x" * 600, "operation"),
 ])

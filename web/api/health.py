@@ -9,8 +9,10 @@ from flask import Blueprint, jsonify
 from sqlalchemy import text
 
 from collector_worker.storage import queries
+from collector_worker.storage.usage import storage_usage
 
 from ..app import current_resources, current_settings
+from .. import params
 from ..errors import ApiError
 
 bp = Blueprint("health", __name__)
@@ -100,12 +102,14 @@ def tracers():
 @bp.get("/api/v1/status")
 def status():
     """Collector health for the dashboard's status bar."""
+    with_storage = params.choice("storage", ("true", "false"), "false") == "true"  # counts every row: on request
     stream = stream_health_or_error()
-    last = None
+    last = storage = None
     database = "ok"
     try:
         with current_resources().engine().connect() as conn:
             last = queries.last_finalized_ns(conn)
+            storage = storage_usage(conn) if with_storage else None
     except Exception as exc:  # database down
         database = unavailable("database", exc)
     return jsonify({
@@ -115,6 +119,7 @@ def status():
         "database": database,
         "last_finalized_ns": int(last) if last is not None else None,
         "last_finalized_time": queries.iso_time(last),
+        "storage": storage,
         "now_ns": time.time_ns(),
     })
 

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from collector_worker.storage import queries
 from collector_worker.storage.queries import QueryError, TraceQuery
+from tracer.codec import KINDS
 
 from .. import params
 from ..app import current_resources
@@ -35,6 +36,7 @@ def trace_query_from_request() -> TraceQuery:
         min_duration_ns=min_ns,
         max_duration_ns=max_ns,
         services=params.text_list("services"),
+        kind=params.choice("kind", KINDS),
         start_ns=start_ns,
         end_ns=end_ns,
         sort=params.choice("sort", queries.SORTS, "start_desc"),

@@ -133,23 +133,33 @@ def bare_loop(client: redis.Redis, entries, total_spans: int) -> float:
     return total_spans / (time.perf_counter() - start)
 
 
+def store_all(engine, spans: list[dict], now_ns: int) -> None:
+    """Store ``spans`` in batches of 10 entries, as a consumer does."""
+    for i in range(0, len(spans), SPANS_PER_ENTRY * 10):
+        with engine.begin() as conn:
+            finalizer.on_spans_stored(conn, store_spans(conn, spans[i:i + SPANS_PER_ENTRY * 10], now_ns))
+
+
+def finalize_all(engine, now_ns: int) -> int:
+    """Run ``finalize_ready`` past every trace's quiet period until none is pending; the traces finalized."""
+    settings = Settings(quiet_period=1.0)
+    traces = 0
+    while True:
+        done = finalizer.finalize_ready(engine, settings, "bench", now_ns=now_ns + 2_000_000_000)
+        if not done:
+            return traces
+        traces += done
+
+
 def finalizer_alone(entries, total_spans: int, database_url: str) -> dict:
     """Store every span (untimed), then time ``finalize_ready`` until no trace is pending."""
     spans = [span for entry in entries for span in decode_entry(entry).spans]
     engine = open_engine(database_url)
     now = time.time_ns()
     try:
-        for i in range(0, len(spans), SPANS_PER_ENTRY * 10):
-            with engine.begin() as conn:
-                finalizer.on_spans_stored(conn, store_spans(conn, spans[i:i + SPANS_PER_ENTRY * 10], now))
-        settings = Settings(quiet_period=1.0)
-        traces = 0
+        store_all(engine, spans, now)
         start = time.perf_counter()
-        while True:
-            done = finalizer.finalize_ready(engine, settings, "bench", now_ns=now + 2_000_000_000)
-            if not done:
-                break
-            traces += done
+        traces = finalize_all(engine, now)
         seconds = time.perf_counter() - start
     finally:
         engine.dispose()

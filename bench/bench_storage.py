@@ -45,12 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_collector import SERVICES, SPANS_PER_ENTRY, make_entries  # noqa: E402
-from collector_worker import finalizer  # noqa: E402
+from bench.bench_collector import SERVICES, SPANS_PER_ENTRY, finalize_all, make_entries, store_all  # noqa: E402
 from collector_worker.storage import open_engine, queries  # noqa: E402
-from collector_worker.storage.writer import store_spans  # noqa: E402
 from tracer.codec import decode_entry, encode_spans  # noqa: E402
-from tracer.settings import Settings  # noqa: E402
 
 BIG_TRACE_SPANS = 10_000
 # The staging area the finalizer drains (tables and their indexes, as SQLite and PostgreSQL name them).
@@ -113,18 +110,10 @@ def build(database_url: str, spans: list[dict]) -> dict:
     now = time.time_ns()
     try:
         started = time.perf_counter()
-        for i in range(0, len(spans), SPANS_PER_ENTRY * 10):
-            with engine.begin() as conn:
-                finalizer.on_spans_stored(conn, store_spans(conn, spans[i:i + SPANS_PER_ENTRY * 10], now))
+        store_all(engine, spans, now)
         ingest_s = time.perf_counter() - started
-        settings = Settings(quiet_period=1.0)
-        traces = 0
         started = time.perf_counter()
-        while True:
-            done = finalizer.finalize_ready(engine, settings, "bench", now_ns=now + 2_000_000_000)
-            if not done:
-                break
-            traces += done
+        traces = finalize_all(engine, now)
         finalize_s = time.perf_counter() - started
     finally:
         engine.dispose()

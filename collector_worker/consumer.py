@@ -32,7 +32,7 @@ from tracer.metrics_codec import decode_metrics, is_metrics_entry
 from tracer.settings import Settings
 
 from . import finalizer
-from . import metrics_store, pricing, reports, sampling, validation
+from . import forwarding, metrics_store, pricing, reports, sampling, validation
 from .recent_spans import RecentSpans
 from .storage.engine import open_engine
 from .storage.writer import dropped_over_limit, prepare_spans, store_spans, take_write_lock, write_lock
@@ -290,6 +290,8 @@ class StreamConsumer:
         # Traces leased for the next finalize pass in the write transaction of the last one (SQLite).
         self.ahead = finalizer.ClaimAhead()
         self.limits = SpanLimits.from_settings(settings)  # what admit_span cuts every span to
+        # Sends stored spans on to an OTLP endpoint (off without forward_endpoint).
+        self.forwarder = forwarding.Forwarder(settings.forward_endpoint) if settings.forward_endpoint else None
 
     # ----------------------------------------------------------------- reading
     def read_new(self, wait: bool = True) -> list[Entry]:
@@ -567,6 +569,8 @@ class StreamConsumer:
             lock.__exit__(None, None, None)
         self.recent.add(stored_rows)  # committed: the finalizer may use these rows
         _count("spans_stored", len(new))
+        if self.forwarder is not None:  # committed: forward, never waiting for the endpoint
+            self.forwarder.put(new)
         _count("duplicates_skipped", len(spans) - len(new))
         if len(new) < len(spans):
             log.info("skipped %d spans already stored (redelivered entries)", len(spans) - len(new))
@@ -805,7 +809,8 @@ def _short(exc: BaseException | None) -> str:
 def _report(client: redis.Redis, settings: Settings) -> None:
     """This collector's counters next to the stream (collector_worker.reports), for the web app and doctor."""
     reports.write_collector_report(client, settings, reports.build_collector_report(
-        {**consumer_stats(), **validation.counters(), "trace_spans_dropped": dropped_over_limit["spans"]},
+        {**consumer_stats(), **validation.counters(), "trace_spans_dropped": dropped_over_limit["spans"],
+         **forwarding.counters()},
         finalizer.counters(), sampling.counters()))
 
 
@@ -919,6 +924,8 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
         except Exception:  # stopping anyway; pending traces are finalized by the next collector
             log.exception("final finalize pass failed")
         consumer.release_ahead()
+        if consumer.forwarder is not None:
+            consumer.forwarder.close()
         log.info("collector %s stopped: %s", name, consumer_stats())
         if settings.report_interval > 0:
             try:

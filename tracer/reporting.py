@@ -38,7 +38,9 @@ COLLECTOR_COUNTERS = ("entries_read", "spans_stored", "duplicates_skipped", "spa
                       # the per-trace span cap (trace_span_limit)
                       "trace_spans_dropped",
                       # application metrics (collector_worker.metrics_store)
-                      "metric_points_stored", "metric_points_rejected")
+                      "metric_points_stored", "metric_points_rejected",
+                      # forwarding to an OTLP endpoint (collector_worker.forwarding)
+                      "forwarded_spans", "forward_dropped", "forward_errors")
 
 
 def reports_key(stream: str, kind: str = "tracers") -> str:

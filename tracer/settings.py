@@ -256,6 +256,9 @@ class Settings:
         "CONTRAIL_TAIL_KEEP_RATIO", _ratio, "With tail sampling: share of ordinary traces kept."))
     tail_slow_threshold: float = field(default=1.0, metadata=_opt(
         "CONTRAIL_TAIL_SLOW_THRESHOLD", _seconds, "With tail sampling: traces at least this slow are kept."))
+    forward_endpoint: str | None = field(default=None, metadata=_opt(
+        "CONTRAIL_FORWARD_ENDPOINT", _opt_str, "OTLP/HTTP traces URL (e.g. http://backend:4318/v1/traces) every "
+        "stored span is also sent to, batched and retried, never blocking ingest (default: off)."))
     price_table: str | None = field(default=None, metadata=_opt(
         "CONTRAIL_PRICE_TABLE", _opt_str, "JSON file of LLM prices per 1k tokens, by model."))
 

@@ -94,16 +94,23 @@ def test_a_schema_newer_than_this_contrail_is_refused(sqlite_url):
     engine.dispose()
 
 
-def test_collectors_starting_together_migrate_once(database_url):
-    """Four processes migrate one empty database at the same moment; none sees 'table already exists'."""
+def _migrate_concurrently(database_url, processes: int) -> list:
+    """Start ``processes`` spawned processes that migrate ``database_url`` at the same moment; their outcomes."""
     context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(4), context.Queue()
-    workers = [context.Process(target=_migrate_at_once, args=(database_url, barrier, results)) for _ in range(4)]
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_migrate_at_once, args=(database_url, barrier, results))
+               for _ in range(processes)]
     for worker in workers:
         worker.start()
     outcomes = [results.get(timeout=120) for _ in workers]
     for worker in workers:
         worker.join(30)
+    return outcomes
+
+
+def test_collectors_starting_together_migrate_once(database_url):
+    """Four processes migrate one empty database at the same moment; none sees 'table already exists'."""
+    outcomes = _migrate_concurrently(database_url, 4)
     assert outcomes == [("ok", head_revision())] * 4
     engine = create_engine(database_url)
     with engine.connect() as conn:
@@ -115,14 +122,7 @@ def test_collectors_starting_together_migrate_once(database_url):
 def test_collectors_starting_together_on_a_v2_database_adopt_it_once(database_url):
     """A rolling upgrade: several new collectors find the old runner's database at once; it is stamped once."""
     load_v2_database(database_url)
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(3), context.Queue()
-    workers = [context.Process(target=_migrate_at_once, args=(database_url, barrier, results)) for _ in range(3)]
-    for worker in workers:
-        worker.start()
-    outcomes = [results.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(30)
+    outcomes = _migrate_concurrently(database_url, 3)
     assert outcomes == [("ok", head_revision())] * 3
     engine = create_engine(database_url)
     with engine.connect() as conn:

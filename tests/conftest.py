@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.support.orphans import mark_run, stop_orphans  # noqa: E402
 from tests.support.servers import (  # noqa: E402
     RedisServer,
     create_postgres_database,
@@ -20,6 +21,9 @@ from tests.support.servers import (  # noqa: E402
 )
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+if "PYTEST_XDIST_WORKER" not in os.environ:  # the controlling process, before any server starts
+    stop_orphans(mark_run())
 
 # Web apps started by tests (and their `contrail web` / `contrail up` children) leave the OTLP/gRPC port off
 # unless a test picks a free one: parallel tests would otherwise all want 4317.

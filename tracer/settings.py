@@ -208,6 +208,11 @@ class Settings:
         "CONTRAIL_OTLP_ENDPOINT", _opt_str, "URL the otlp exporter posts spans to (default "
         "http://localhost:4318/v1/traces); OTEL_EXPORTER_OTLP_ENDPOINT gets /v1/traces appended.",
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _opt_str), ("OTEL_EXPORTER_OTLP_ENDPOINT", _otlp_base)))
+    otlp_headers: tuple = field(default=(), metadata=_opt(
+        "CONTRAIL_OTLP_HEADERS", _headers, "Extra HTTP headers of the otlp exporter's requests (e.g. "
+        "'authorization=Bearer%20<token>' for a Contrail with an ingest token, or a hosted backend's API key), "
+        "written like OTEL_EXPORTER_OTLP_HEADERS (which the exporter reads itself when this is unset); in the "
+        "config file also a table. Values are never shown."))
     export_file: str | None = field(default=None, metadata=_opt(
         "CONTRAIL_EXPORT_FILE", _opt_str, "JSON-lines file of the file exporter (default "
         "<data_dir>/spans.jsonl); created 0600."))
@@ -444,7 +449,7 @@ def setting_groups() -> dict[str, list[str]]:
 
 
 _SECRET_FIELDS = frozenset({"api_token", "read_token", "ingest_token"})
-_HEADER_FIELDS = frozenset({"forward_headers"})
+_HEADER_FIELDS = frozenset({"forward_headers", "otlp_headers"})
 
 
 def effective_settings(settings: Settings, sources: Mapping[str, str]) -> list[dict[str, Any]]:

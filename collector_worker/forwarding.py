@@ -126,10 +126,12 @@ class Forwarder:
         self.thread.start()
 
     def _reserve(self, wanted: int, partial: bool) -> int:
-        """Room for ``wanted`` spans (all or none unless ``partial``); what is refused is counted dropped."""
+        """Room for ``wanted`` spans: as many as fit when ``partial``, else all of them while the queue is not
+        full (a trace's spans go whole, even past the bound, so no trace is too big to forward); what is
+        refused is counted dropped."""
         with self._room:
             room = max(0, self.queue_size - self.queued)
-            granted = min(wanted, room) if partial else (wanted if wanted <= room else 0)
+            granted = min(wanted, room) if partial else (wanted if room > 0 else 0)
             self.queued += granted
         if granted < wanted:
             _count("forward_dropped", wanted - granted)

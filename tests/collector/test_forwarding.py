@@ -102,3 +102,25 @@ def test_a_backend_that_refuses_the_credentials_gets_nothing_retried(engine, sin
     assert sink.refused == 1 and sink.received() == []  # 401 is not retried
     assert after["forward_errors"] - before["forward_errors"] == 1
     assert after["forward_dropped"] - before["forward_dropped"] == 1
+
+
+def test_a_trace_larger_than_the_queue_still_goes_whole_and_a_full_queue_drops_whole_traces(sink):
+    """The queue bound counts spans; a kept trace's new spans are taken whole while there is room at all."""
+    from collector_worker.assembler import assemble
+    from collector_worker.storage import blocks
+
+    def block(trace_no, count):
+        spans = [make_span(tid(trace_no), sid(1), None, 0, 100)] + \
+                [make_span(tid(trace_no), sid(i), sid(1), i, i + 1) for i in range(2, count + 1)]
+        a = assemble(spans)
+        return blocks.encode(spans, a.depth, a.self_time_ns, a.critical_path), {s["span_id"] for s in spans}
+
+    forwarder = forwarding.Forwarder(sink.url, queue_size=5, headers={"authorization": "Bearer s3cret"})
+    forwarder.close()  # its thread stops: the queue fills as if the endpoint were slow
+    before = forwarding.counters()
+    forwarder.put_blocks([block(405, 8), block(406, 2)])  # 8 spans enter an empty queue of 5; then it is full
+    assert forwarder.queued == 8
+    assert forwarding.counters()["forward_dropped"] - before["forward_dropped"] == 2
+    forwarder._run()  # what the thread does: send everything queued (stopping, it returns once empty)
+    assert _keys(sink.received()) == Counter({(tid(405), sid(i)): 1 for i in range(1, 9)})
+    assert forwarder.queued == 0

@@ -91,7 +91,8 @@ def _authorized_trace(client, trace_id, count):
 def test_only_kept_traces_are_forwarded_into_an_authenticated_contrail(stack_env, start_collector, serve,  # noqa: F811
                                                                        redis_url, tmp_path):
     """Tail sampling keeps errors only. The error trace arrives complete, its late span once more; the
-    ordinary trace never arrives; the receiver wants its ingest token, sent through forward_headers."""
+    ordinary trace never arrives; the receiver wants its ingest token, sent through forward_headers. The
+    collector reads these settings from its config file."""
     from web import create_app
 
     second_db = f"sqlite:///{tmp_path / 'second.db'}"
@@ -100,10 +101,11 @@ def test_only_kept_traces_are_forwarded_into_an_authenticated_contrail(stack_env
     receiver_app = create_app({"DATABASE_URL": second_db, "REDIS_URL": redis_url, "STREAM": "contrail:second",
                                "INGEST_TOKEN": "s3cret", "API_TOKEN": "reader", "TESTING": True})
     receiver = serve(receiver_app)
-    first = start_collector({**stack_env, "CONTRAIL_FORWARD_ENDPOINT": f"{receiver}/v1/traces",
-                             "CONTRAIL_FORWARD_MODE": "kept", "CONTRAIL_FORWARD_HEADERS": "authorization=Bearer%20s3cret",
-                             "CONTRAIL_TAIL_SAMPLING": "true", "CONTRAIL_TAIL_KEEP_RATIO": "0",
-                             "CONTRAIL_TAIL_SLOW_THRESHOLD": "1h", "CONTRAIL_REPORT_INTERVAL": "0.5s"})
+    config = tmp_path / "collector.toml"  # the forwarding and sampling settings from a config file
+    config.write_text(f'[collector]\nforward_endpoint = "{receiver}/v1/traces"\nforward_mode = "kept"\n'
+                      'tail_sampling = true\ntail_keep_ratio = 0\ntail_slow_threshold = "1h"\n'
+                      '[collector.forward_headers]\nauthorization = "Bearer s3cret"\n')
+    first = start_collector({**stack_env, "CONTRAIL_CONFIG": str(config), "CONTRAIL_REPORT_INTERVAL": "0.5s"})
     first_api = create_app(settings=Settings.load(env=stack_env)).test_client()
     second_api = receiver_app.test_client()
 

@@ -97,11 +97,6 @@ def on_finalized(conn: Any, batch: Any) -> None:
         event.listen(conn, "commit", lambda _conn: forwarder.put_blocks(jobs), once=True)
 
 
-def otlp_span(span: dict[str, Any]) -> dict[str, Any]:
-    """A stored span (decoded entry or block) in the shape the exporters render (the API's span shape)."""
-    return {**span, "status": span.get("status_code") or span.get("status") or "unset"}
-
-
 class Forwarder:
     """A bounded queue of spans and the thread that posts them to ``endpoint``.
 
@@ -190,7 +185,7 @@ class Forwarder:
         return batch
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
-        body = otlp_proto.render([otlp_span(span) for span in batch])
+        body = otlp_proto.render(batch)  # stored spans: status_code is the span's status
         delay = self.backoff
         for attempt in range(1, ATTEMPTS + 1):
             try:

@@ -75,7 +75,7 @@ def _span(target: Span, span: dict[str, Any]) -> None:
         item.span_id = _id(link.get("span_id"))
         _key_values(item.attributes, link.get("attributes"))
     status: Status = target.status
-    status.code = STATUS_CODES.get(span.get("status") or "unset", 0)
+    status.code = STATUS_CODES.get(span.get("status") or span.get("status_code") or "unset", 0)
     if span.get("status_message"):
         status.message = str(span["status_message"])
 

@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from .otlp_json import DEFAULT_SCOPE, SPAN_KINDS, STATUS_CODES
+from .otlp_json import SPAN_KINDS, STATUS_CODES
 
 CONTENT_TYPE = "application/x-protobuf"
 _INT64 = (-2 ** 63, 2 ** 63 - 1)
@@ -94,7 +94,7 @@ def to_message(spans: list[dict[str, Any]]) -> ExportTraceServiceRequest:
             _key_values(resource_spans.resource.attributes, resource)
             found = groups[key] = (resource_spans, {})
         resource_spans, scopes = found
-        scope = span.get("scope") or DEFAULT_SCOPE
+        scope = span.get("scope") or ""  # a span without a scope keeps none (a receiver reads "" as none)
         scope_spans = scopes.get(scope)
         if scope_spans is None:
             scope_spans = scopes[scope] = resource_spans.scope_spans.add()

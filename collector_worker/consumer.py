@@ -290,8 +290,8 @@ class StreamConsumer:
         # Traces leased for the next finalize pass in the write transaction of the last one (SQLite).
         self.ahead = finalizer.ClaimAhead()
         self.limits = SpanLimits.from_settings(settings)  # what admit_span cuts every span to
-        # Sends stored spans on to an OTLP endpoint (off without forward_endpoint).
-        self.forwarder = forwarding.Forwarder(settings.forward_endpoint) if settings.forward_endpoint else None
+        # Sends stored spans (or, forward_mode=kept, the finalizer's kept spans) on to an OTLP endpoint.
+        self.forwarder = forwarding.start(settings, engine)
 
     # ----------------------------------------------------------------- reading
     def read_new(self, wait: bool = True) -> list[Entry]:
@@ -569,7 +569,7 @@ class StreamConsumer:
             lock.__exit__(None, None, None)
         self.recent.add(stored_rows)  # committed: the finalizer may use these rows
         _count("spans_stored", len(new))
-        if self.forwarder is not None:  # committed: forward, never waiting for the endpoint
+        if self.forwarder is not None and self.forwarder.mode == "stored":  # committed: forward, never waiting
             self.forwarder.put(new)
         _count("duplicates_skipped", len(spans) - len(new))
         if len(new) < len(spans):
@@ -924,8 +924,7 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
         except Exception:  # stopping anyway; pending traces are finalized by the next collector
             log.exception("final finalize pass failed")
         consumer.release_ahead()
-        if consumer.forwarder is not None:
-            consumer.forwarder.close()
+        forwarding.stop(engine, consumer.forwarder)
         log.info("collector %s stopped: %s", name, consumer_stats())
         if settings.report_interval > 0:
             try:
@@ -936,6 +935,7 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
         finalizer_stop.set()
         if finalizer_thread.is_alive():
             finalizer_thread.join(timeout=60)
+        forwarding.stop(engine, consumer.forwarder)  # once more after a failure; a no-op after a clean stop
         if checkpointer is not None:
             checkpointer.join(timeout=60)
         gc.unfreeze()

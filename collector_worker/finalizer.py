@@ -32,7 +32,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from . import dependencies, sampling, stats
+from . import dependencies, forwarding, sampling, stats
 from .assembler import assemble
 from .recent_spans import RecentSpans
 from .storage import block_dictionary, block_store, blocks, partitions, schema, search_keys
@@ -674,6 +674,7 @@ class FinalizedBatch:
         self.acc.flush(conn)
         dependencies.record_edges(conn, self.edges)
         _settle_pending(conn, self.claimed)
+        forwarding.on_finalized(conn, self)  # forward_mode=kept: the kept spans, once this transaction commits
 
 
 def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: list[str],

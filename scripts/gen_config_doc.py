@@ -78,6 +78,23 @@ message naming the variable.
 
 `OTEL_TRACES_SAMPLER=always_off` (or `parentbased_always_off`) sets the sample
 rate to 0.
+
+Header settings (`otlp_headers`, `forward_headers`) are written like
+`OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, values
+percent-encoded (`authorization=Bearer%20abc`); in the config file they may
+also be a table:
+
+```toml
+[collector]
+forward_endpoint = "https://otlp.example.com/v1/traces"
+forward_mode = "kept"
+
+[collector.forward_headers]
+x-api-key = "..."
+```
+
+`contrail doctor --settings` shows their names only, tokens as `***` and URLs
+with their password masked.
 """
 
 
@@ -99,6 +116,8 @@ def show_default(value) -> str:
         return "—"
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
+    if value == ():
+        return "—"
     if isinstance(value, tuple):
         return f"`{','.join(value)}`"
     text = str(value)

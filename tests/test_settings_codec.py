@@ -103,3 +103,23 @@ def test_settings_repr_hides_tokens_and_url_passwords():
         assert secret not in text and secret not in str(settings) and secret not in f"{settings}"
     assert "api_token='***'" in text and "contrail:***@db:5432" in text and "web_port=8680" in text
     assert settings.api_token == "api-secret-1"  # only the display is masked
+
+
+def test_forward_headers_are_read_like_otel_exporter_otlp_headers_and_never_shown():
+    settings = Settings.load(env={"CONTRAIL_FORWARD_HEADERS": " authorization=Bearer%20tok-6 , x-scope-orgid=team=a,",
+                                  "CONTRAIL_FORWARD_ENDPOINT": "https://u:endpoint-pass-7@saas.example/v1/traces"})
+    assert settings.forward_headers == (("authorization", "Bearer tok-6"), ("x-scope-orgid", "team=a"))
+    assert Settings.load(env={}, forward_headers={"x-api-key": "k"}).forward_headers == (("x-api-key", "k"),)
+    text = repr(settings)
+    assert "tok-6" not in text and "endpoint-pass-7" not in text
+    assert "forward_headers=['authorization=***', 'x-scope-orgid=***']" in text
+    for bad in ("no-equals-sign", "bad name=v", "a=line%0Abreak"):
+        with pytest.raises(ValueError, match="CONTRAIL_FORWARD_HEADERS"):
+            Settings.load(env={"CONTRAIL_FORWARD_HEADERS": bad})
+
+
+def test_forward_mode_is_stored_or_kept():
+    assert Settings.load(env={}).forward_mode == "stored"
+    assert Settings.load(env={"CONTRAIL_FORWARD_MODE": "Kept"}).forward_mode == "kept"
+    with pytest.raises(ValueError, match="CONTRAIL_FORWARD_MODE.*stored or kept"):
+        Settings.load(env={"CONTRAIL_FORWARD_MODE": "sampled"})

@@ -140,14 +140,16 @@ class JsonLinesFileExporter(SpanExporter):
         pass
 
 
-def otlp_exporter(endpoint: str | None, timeout: float) -> SpanExporter:
-    """The official OTLP/HTTP (protobuf) exporter; it also honours OTEL_EXPORTER_OTLP_HEADERS and friends."""
+def otlp_exporter(endpoint: str | None, timeout: float, headers: Any = ()) -> SpanExporter:
+    """The official OTLP/HTTP (protobuf) exporter; without ``headers`` (name, value pairs) it reads
+    OTEL_EXPORTER_OTLP_HEADERS itself, and it honours the other OTEL_EXPORTER_OTLP_* variables."""
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError:
         raise RuntimeError("the otlp exporter needs the OTLP/HTTP exporter package: "
                            "pip install 'contrail-tracing[otlp]'") from None
-    return OTLPSpanExporter(endpoint=endpoint or OTLP_DEFAULT_ENDPOINT, timeout=timeout)
+    return OTLPSpanExporter(endpoint=endpoint or OTLP_DEFAULT_ENDPOINT, timeout=timeout,
+                            headers=dict(headers) or None)
 
 
 class CountingExporter(SpanExporter):
@@ -237,7 +239,7 @@ def build_exporter(name: str, settings: Settings) -> SpanExporter:
         path = settings.export_file or os.path.join(settings.data_dir, "spans.jsonl")
         return JsonLinesFileExporter(path, settings.export_file_max_bytes, settings.export_file_backups)
     if name == "otlp":
-        return otlp_exporter(settings.otlp_endpoint, settings.export_timeout)
+        return otlp_exporter(settings.otlp_endpoint, settings.export_timeout, settings.otlp_headers)
     raise ValueError(f"unknown exporter {name!r}")
 
 

@@ -87,6 +87,39 @@ def _otlp_base(value: Any) -> str | None:
     return None if text is None else text.rstrip("/") + "/v1/traces"
 
 
+FORWARD_MODES = ("stored", "kept")
+
+
+def _forward_mode(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in FORWARD_MODES:
+        raise ValueError(f"invalid forward mode {value!r}: use {' or '.join(FORWARD_MODES)}")
+    return text
+
+
+def _headers(value: Any) -> tuple:
+    """'k=v,k2=v2' (OTEL_EXPORTER_OTLP_HEADERS' format: values percent-encoded), a mapping or pairs, as pairs."""
+    from urllib.parse import unquote
+
+    if isinstance(value, Mapping):
+        items = [(str(k), str(v)) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [(str(k), str(v)) for k, v in value]
+    else:
+        items = []
+        for part in str(value).split(","):
+            if not part.strip():
+                continue
+            key, sep, raw = part.partition("=")
+            if not sep:
+                raise ValueError(f"invalid header {part.strip()!r}: use key=value")
+            items.append((unquote(key.strip()), unquote(raw.strip())))
+    for key, header_value in items:
+        if not key or any(c in key for c in " \t\r\n:") or any(c in header_value for c in "\r\n"):
+            raise ValueError(f"invalid header name or value for {key!r}")
+    return tuple(items)
+
+
 def _log_level(value: Any) -> str | None:
     import logging
 
@@ -175,6 +208,11 @@ class Settings:
         "CONTRAIL_OTLP_ENDPOINT", _opt_str, "URL the otlp exporter posts spans to (default "
         "http://localhost:4318/v1/traces); OTEL_EXPORTER_OTLP_ENDPOINT gets /v1/traces appended.",
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _opt_str), ("OTEL_EXPORTER_OTLP_ENDPOINT", _otlp_base)))
+    otlp_headers: tuple = field(default=(), metadata=_opt(
+        "CONTRAIL_OTLP_HEADERS", _headers, "Extra HTTP headers of the otlp exporter's requests (e.g. "
+        "'authorization=Bearer%20<token>' for a Contrail with an ingest token, or a hosted backend's API key), "
+        "written like OTEL_EXPORTER_OTLP_HEADERS (which the exporter reads itself when this is unset); in the "
+        "config file also a table. Values are never shown."))
     export_file: str | None = field(default=None, metadata=_opt(
         "CONTRAIL_EXPORT_FILE", _opt_str, "JSON-lines file of the file exporter (default "
         "<data_dir>/spans.jsonl); created 0600."))
@@ -259,6 +297,14 @@ class Settings:
     forward_endpoint: str | None = field(default=None, metadata=_opt(
         "CONTRAIL_FORWARD_ENDPOINT", _opt_str, "OTLP/HTTP traces URL (e.g. http://backend:4318/v1/traces) every "
         "stored span is also sent to, batched and retried, never blocking ingest (default: off)."))
+    forward_mode: str = field(default="stored", metadata=_opt(
+        "CONTRAIL_FORWARD_MODE", _forward_mode, "What a forwarding collector sends: stored (every span as it is "
+        "stored) or kept (the spans of traces tail sampling kept, once the finalizer has written them; a late span "
+        "of a kept trace follows when the trace is finalized again)."))
+    forward_headers: tuple = field(default=(), metadata=_opt(
+        "CONTRAIL_FORWARD_HEADERS", _headers, "Extra HTTP headers of every forwarded request, as "
+        "OTEL_EXPORTER_OTLP_HEADERS writes them: 'key=value,key2=value2', values percent-encoded (e.g. "
+        "'authorization=Bearer%20abc'); in the config file also a table. Values are never shown."))
     price_table: str | None = field(default=None, metadata=_opt(
         "CONTRAIL_PRICE_TABLE", _opt_str, "JSON file of LLM prices per 1k tokens, by model."))
 
@@ -403,6 +449,7 @@ def setting_groups() -> dict[str, list[str]]:
 
 
 _SECRET_FIELDS = frozenset({"api_token", "read_token", "ingest_token"})
+_HEADER_FIELDS = frozenset({"forward_headers", "otlp_headers"})
 
 
 def effective_settings(settings: Settings, sources: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -415,7 +462,10 @@ def _shown_value(name: str, value: Any, joined: bool = False) -> Any:
     """A value safe to show: tokens hidden, URL passwords masked (settings end up in logs and tracebacks)."""
     if name in _SECRET_FIELDS and value:
         return "***"
-    if name.endswith("_url") and isinstance(value, str):
+    if name in _HEADER_FIELDS:  # header names only: their values are credentials (authorization, api keys)
+        shown = [f"{key}=***" for key, _ in value]
+        return ",".join(shown) if joined else shown
+    if name.endswith(("_url", "_endpoint")) and isinstance(value, str):
         return mask_url(value)
     if joined and isinstance(value, tuple):
         return ",".join(value)

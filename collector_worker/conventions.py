@@ -183,7 +183,10 @@ def _ol_message(fields: dict[str, Any]) -> dict[str, Any]:
     for _, call in sorted(_numbered(fields, "tool_calls.").items()):
         parts.append({"type": "tool_call", "id": call.get("id"), "name": call.get("name"),
                       "arguments": _json_value(call.get("arguments"))})
-    return {"role": role, "parts": parts}
+    message: dict[str, Any] = {"role": role, "parts": parts}
+    if isinstance(fields.get("finish_reason"), str) and fields["finish_reason"]:
+        message["finish_reason"] = fields["finish_reason"]
+    return message
 
 
 # --------------------------------------------------------------------------- shared

@@ -18,12 +18,17 @@ import requests
 
 from collector_worker import pricing
 from tests.browser.conftest import running_stack
-from tests.conftest import ROOT
+from tests.conftest import IN_CI, ROOT
 from tests.support.servers import wait_until
 
-pytest.importorskip("openai")
-pytest.importorskip("openinference.instrumentation.openai")
-pytest.importorskip("opentelemetry.instrumentation.openai")
+try:  # test-only packages of the dev extra
+    import openai  # noqa: F401
+    import openinference.instrumentation.openai  # noqa: F401
+    import opentelemetry.instrumentation.openai  # noqa: F401
+except ImportError as exc:
+    if IN_CI:
+        raise
+    pytest.skip(f"the instrumentation test needs the dev extra: {exc}", allow_module_level=True)
 
 USAGE = {"prompt_tokens": 21, "completion_tokens": 7, "total_tokens": 28, "prompt_tokens_details": {"cached_tokens": 5}}
 

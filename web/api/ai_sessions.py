@@ -85,8 +85,21 @@ def agent_runs(conn, trace_ids: list[str], prices: pricing.PriceTable) -> dict[s
             continue
         run = summarize_agent_trace(trace_id, ai_spans, rows.get(trace_id), prices)
         run["errors"] = errors
+        run["steps"] = _steps(run, ai_spans)
         out[trace_id] = run
     return out
+
+
+def _steps(run: dict[str, Any], ai_spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's phases, tool calls and LLM calls as one list in start order, each with its offset from the
+    run's start (``offset_ms``) and ``kind`` (phase | tool | llm)."""
+    starts = {span["span_id"]: span["start_ns"] for span in ai_spans}
+    steps = [{"kind": kind, **item} for kind, items in (("phase", run["phases"]), ("tool", run["tool_calls"]),
+                                                        ("llm", run["llm_calls"])) for item in items]
+    for step in steps:
+        step["offset_ms"] = round((starts.get(step["span_id"], run["start_ns"]) - run["start_ns"]) / 1e6, 3)
+    steps.sort(key=lambda step: (step["offset_ms"], step["span_id"]))
+    return steps
 
 
 def session_totals(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -126,7 +139,7 @@ def _session_summary(session_id: str, runs: list[dict[str, Any]], capped: bool) 
 # --------------------------------------------------------------------------- /ai/sessions/<id>
 
 
-@bp.get("/sessions/<session_id>")
+@bp.get("/sessions/<path:session_id>")
 def session(session_id: str):
     session_id = _identifier("session_id", session_id)
     limit = params.integer("limit", DEFAULT_RUNS, minimum=1, maximum=MAX_RUNS)
@@ -258,7 +271,7 @@ def users():
     })
 
 
-@bp.get("/users/<user_id>")
+@bp.get("/users/<path:user_id>")
 def user(user_id: str):
     user_id = _identifier("user_id", user_id)
     start_ns, end_ns = params.time_range(default_lookback_s=DEFAULT_LOOKBACK_S)

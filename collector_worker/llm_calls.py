@@ -25,7 +25,7 @@ NOT_RECORDED_NOTE = ("Prompt and completion were not recorded. Contrail's tracer
                      "record_content (CONTRAIL_RECORD_CONTENT=true), redacted; other instrumentations follow "
                      "their own switch (OpenInference: OPENINFERENCE_HIDE_INPUTS / _OUTPUTS, "
                      "OpenLLMetry: TRACELOOP_TRACE_CONTENT).")
-RECORDED_NOTE = "Recorded content, redacted when it was recorded (e-mail addresses, keys, tokens, passwords)."
+RECORDED_NOTE = "Redacted before it was stored: e-mail addresses, keys, bearer tokens and passwords are masked."
 _CONTENT_KEYS = ("gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions")
 _MODEL_PARAMETER_PREFIX = "gen_ai.request."
 

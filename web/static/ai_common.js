@@ -9,7 +9,8 @@ export const llmHref = (traceId, spanId) => `/ai/llm/${encodeURIComponent(traceI
 
 /** "$0.0123"; "unpriced" when nothing had a price; "$0.0123 + unpriced" when some models had none. */
 export function moneyText(cost, unpricedModels = [], priced = true) {
-  const money = `$${Number(cost || 0).toFixed(4)}`;
+  const value = Number(cost || 0);
+  const money = `$${value.toFixed(value && value < 0.01 ? 6 : 4)}`;  // a single call often costs fractions of a cent
   if (!priced) return { text: "unpriced", title: UNPRICED };
   if (!unpricedModels.length) return { text: money };
   if (!Number(cost)) return { text: "unpriced", title: `${unpricedModels.join(", ")}: ${UNPRICED}` };

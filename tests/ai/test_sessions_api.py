@@ -185,3 +185,56 @@ def test_llm_call_viewer_shows_recorded_content_redacted_and_marks_unrecorded(st
     _error(client.get(f"/api/v1/ai/llm-calls/{'2' * 32}/{'1' * 16}"), 404)
     _error(client.get(f"/api/v1/ai/llm-calls/xyz/{'1' * 16}"), 400, "trace_id")
     _error(client.get(f"/api/v1/ai/llm-calls/{trace_id}/short"), 400, "span_id")
+
+
+def test_ai_session_routes_are_documented_conform_and_never_fail_on_fuzzed_parameters(stack, database_url):
+    import re
+    import urllib.parse
+
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from tests.web.test_web_openapi import SPEC, VALUES, check_conforms
+
+    engine, client, agent = stack
+    recording = CapturingManager("agent-svc", agent.manager.settings.redis_url, agent.manager.settings.data_dir,
+                                 record_content=True)
+    try:
+        with recording.manager.agent_run("a", user_id="u1", session_id="s1"):
+            with recording.manager.llm_call(model="gpt-4o", prompt="hi") as llm:
+                llm.record_usage(input_tokens=3, output_tokens=1)
+                llm.set_response("yo", tool_calls=[{"name": "t", "arguments": {"x": 1}}])
+        spans = recording.take_codec_spans()
+    finally:
+        recording.close()
+    ingest(engine, spans)
+    assert finalize(engine) == 1
+    llm_span = next(s for s in spans if s["name"] == "chat gpt-4o")
+    for rule in client.application.url_map.iter_rules():
+        if rule.endpoint.startswith("ai_sessions."):
+            template = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+            assert template in SPEC["paths"], f"route {rule.rule} is missing from the OpenAPI document"
+    call = f"/api/v1/ai/llm-calls/{llm_span['trace_id']}/{llm_span['span_id']}"
+    for path in ("/api/v1/ai/sessions", "/api/v1/ai/sessions?user_id=u1&limit=1", "/api/v1/ai/sessions/s1",
+                 "/api/v1/ai/sessions/s1?limit=1", "/api/v1/ai/sessions/none", "/api/v1/ai/sessions?cursor=x",
+                 "/api/v1/ai/users", "/api/v1/ai/users?page=0", "/api/v1/ai/users/u1", "/api/v1/ai/users/none",
+                 call, f"/api/v1/ai/llm-calls/{llm_span['trace_id']}/{'0' * 15}1", "/api/v1/ai/llm-calls/x/y"):
+        check_conforms(path, client.get(path))
+    if "sqlite" not in database_url:
+        return  # the fuzz is about parsing: one backend is enough
+
+    routes = {"/api/v1/ai/sessions": ["user_id", "agent", "limit", "cursor", "start", "end", "lookback"],
+              "/api/v1/ai/sessions/s1": ["limit", "cursor", "start", "end", "lookback"],
+              "/api/v1/ai/users": ["page", "limit", "start", "end", "lookback"],
+              "/api/v1/ai/users/u1": ["step", "start", "end", "lookback"], call: []}
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(route=st.sampled_from(sorted(routes)), picks=st.data())
+    def run(route, picks):
+        names = picks.draw(st.lists(st.sampled_from(routes[route] or ["unused"]), max_size=4))
+        query = [(name, picks.draw(VALUES)) for name in names]
+        url = route + ("?" + urllib.parse.urlencode(query) if query else "")
+        response = client.get(url)
+        assert response.status_code < 500, (url, response.get_data(as_text=True)[:300])
+        check_conforms(url, response)
+
+    run()

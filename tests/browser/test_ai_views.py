@@ -157,6 +157,16 @@ def test_llm_viewer_shows_recorded_content_and_hides_unrecorded(page, stack):
     shot(page, "llm-call")
     page.console.assert_clean()
 
+    # the trace page's span details lead to the viewer too
+    page.goto(f"/trace/{trace_id}?span={_llm_span(stack, trace_id)}")
+    ready(page, "traceReady")
+    assert "Session sess-42" in page.locator("#detail-body .ai-links").inner_text()
+    page.click("#open-llm-call")
+    page.wait_for_url(f"**/ai/llm/{trace_id}/**")
+    ready(page, "llmReady")
+    assert "Weather in Lisbon" in page.locator("#prompt-messages").inner_text()
+    page.console.assert_clean()
+
     quiet = stack.ids["quiet"]
     page.goto(f"/ai/llm/{quiet}/{_llm_span(stack, quiet)}")
     ready(page, "llmReady")

@@ -194,6 +194,8 @@ def test_ai_page_reaches_sessions_and_users_and_finds_them_by_id(page, stack):
     assert note.is_visible() and "house-model" in note.inner_text() and "CONTRAIL_PRICE_TABLE" in note.inner_text()
     demo = page.locator('#models-table tbody tr[data-model="contrail-standin-1"] td[data-col="cost"]')
     assert demo.inner_text().startswith("$")
+    page.locator("#ai-sessions-table").scroll_into_view_if_needed()
+    shot(page, "ai-sessions")
     page.click("#ai-sessions-table a[href='/ai/sessions/sess-42']")
     page.wait_for_url("**/ai/sessions/sess-42")
     ready(page, "sessionReady")
@@ -218,7 +220,7 @@ def test_ai_page_reaches_sessions_and_users_and_finds_them_by_id(page, stack):
 def test_doc_screenshots_of_the_ai_pages():
     """docs/dashboard.md shows these pages; CONTRAIL_UPDATE_DOC_IMAGES=1 refreshes the images from this run's."""
     refresh = os.environ.get("CONTRAIL_UPDATE_DOC_IMAGES") == "1"
-    for name in ("ai-session", "ai-user", "llm-call", "llm-call-unrecorded"):
+    for name in ("ai-sessions", "ai-session", "ai-user", "llm-call", "llm-call-unrecorded"):
         target = DOC_IMAGES / f"dashboard-{name}.png"
         if refresh:
             path = SCREENSHOTS / f"{name}.png"

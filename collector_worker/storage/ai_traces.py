@@ -18,14 +18,26 @@ from . import schema, search_keys
 
 
 def traces_with_key(conn: Connection, key: str, start_ns: int | None, end_ns: int | None,
-                    before: tuple[int, str] | None, limit: int) -> list[dict[str, Any]]:
+                    before: tuple[int, str] | None, limit: int, tags: list[tuple[str, str]] = (),
+                    exclude: list[str] = ()) -> list[dict[str, Any]]:
     """Finalized traces posted under tag ``key`` (any value), newest first, strictly after ``before``
-    (the (start_ns, trace_id) of the last trace already read); ``trace_id`` and ``start_ns`` of each."""
-    key_id = search_keys.lookup(conn, [key]).get(key)
-    if key_id is None:
+    (the (start_ns, trace_id) of the last trace already read); ``trace_id`` and ``start_ns`` of each.
+
+    ``tags`` (key, value) pairs must also be posted on the trace; traces posted under ``key`` with one of
+    the ``exclude`` values are left out (sessions already found need not be read again).
+    """
+    wanted = [key, *(k for k, _ in tags)]
+    ids = search_keys.lookup(conn, wanted)
+    if any(name not in ids for name in wanted):
         return []
     t, g = schema.traces.c, schema.trace_tags.c
-    where = [t.trace_no.in_(select(g.trace_no).where(g.key_id == key_id))]
+    where = [t.trace_no.in_(select(g.trace_no).where(g.key_id == ids[key]))]
+    for tag_key, value in tags:
+        where.append(t.trace_no.in_(select(g.trace_no).where(
+            g.key_id == ids[tag_key], g.value_hash == search_keys.tag_hash(value))))
+    if exclude:
+        hashes = sorted({search_keys.tag_hash(value) for value in exclude})
+        where.append(~t.trace_no.in_(select(g.trace_no).where(g.key_id == ids[key], g.value_hash.in_(hashes))))
     if start_ns is not None:
         where.append(t.start_ns >= start_ns)
     if end_ns is not None:

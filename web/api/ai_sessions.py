@@ -172,19 +172,17 @@ def _session_of(run_spans: list[dict[str, Any]]) -> str | None:
         attrs = _json(span["attributes"], {})
         if isinstance(attrs, dict):
             value = attrs.get(SESSION_KEY) or attrs.get("gen_ai.conversation.id")
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # posted as its text, so /ai/sessions/<id> finds it
             if isinstance(value, str) and value:
                 return value
     return None
 
 
-def _candidate_traces(conn, filters: list[tuple[str, str, str]], start_ns, end_ns, before, count):
-    """The next ``count`` traces (newest first, after ``before``) that may belong to a listed session."""
-    if not filters:
-        return ai_traces.traces_with_key(conn, SESSION_KEY, start_ns, end_ns, before, count)
-    cursor = encode_cursor("start_desc", before[0], before[1]) if before else None
-    found = _search(conn, TraceQuery(tags=filters, sort="start_desc", limit=count, cursor=cursor,
-                                     start_ns=start_ns, end_ns=end_ns))
-    return [{"trace_id": t["trace_id"], "start_ns": t["start_ns"]} for t in found["traces"]]
+def _candidate_traces(conn, filters: list[tuple[str, str, str]], start_ns, end_ns, before, count, found):
+    """The next ``count`` traces (newest first, after ``before``) that may belong to a session not yet found."""
+    return ai_traces.traces_with_key(conn, SESSION_KEY, start_ns, end_ns, before, count,
+                                     tags=[(key, value) for key, _, value in filters], exclude=list(found))
 
 
 def _listed_before(conn, session_id: str, filters, start_ns, end_ns, cursor: tuple[int, str] | None) -> bool:
@@ -216,7 +214,7 @@ def sessions():
     with current_resources().engine().connect() as conn:
         while len(found) < limit and scanned < SCAN_TRACES:
             batch = _candidate_traces(conn, filters, start_ns, end_ns, position,
-                                      min(SCAN_BATCH, SCAN_TRACES - scanned))
+                                      min(SCAN_BATCH, SCAN_TRACES - scanned), found)
             if not batch:
                 exhausted = True
                 break

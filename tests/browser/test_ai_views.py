@@ -121,6 +121,15 @@ def test_session_page_lists_its_runs_in_order_with_steps_and_errors(page, stack)
     shot(page, "ai-session")
     page.console.assert_clean()
 
+    # runs come a page at a time (?limit=): the next page continues the order and the numbering
+    page.goto("/ai/sessions/sess-42?limit=2")
+    ready(page, "sessionRuns === 2")
+    assert "2 of 3 runs shown" in page.locator("#runs-count").inner_text()
+    page.click("#more-runs")
+    page.wait_for_function("window.__contrail.sessionRuns === 3")
+    assert [runs.nth(i).get_attribute("data-trace-id") for i in range(3)] == stack.ids["runs"]
+    assert runs.nth(2).locator(".run-no").inner_text() == "#3" and page.locator("#more-runs").is_hidden()
+
     # the user link leads to the user's page: usage over time and their sessions
     page.click("#session-summary a[href='/ai/users/ana']")
     page.wait_for_url("**/ai/users/ana")

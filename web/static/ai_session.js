@@ -5,7 +5,7 @@ import { fact, idLink, llmHref, moneyText, userHref } from "./ai_common.js";
 
 const $ = (id) => document.getElementById(id);
 const sessionId = $("session-page").dataset.sessionId;
-const PAGE = 50;
+const PAGE = Number(new URLSearchParams(window.location.search).get("limit")) || 50;  // runs per page (?limit=)
 let cursor = null;
 let shown = 0;
 

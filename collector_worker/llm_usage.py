@@ -178,12 +178,15 @@ def _resolution_for(step_s: int) -> int:
     return 3600 if step_s >= 3600 and step_s % 3600 == 0 else 60
 
 
-def query_usage(conn: Connection, start_ns: int, end_ns: int, group_by: str = "model", step_s: int = 3600) -> dict:
+def query_usage(conn: Connection, start_ns: int, end_ns: int, group_by: str = "model", step_s: int = 3600,
+                where: Mapping[str, str] | None = None) -> dict:
     """Token and cost totals between two times, per group and as a time series.
 
     ``group_by`` is one of model, user, agent, service; ``step_s`` (a multiple
     of 60) is the width of a series point. Buckets overlapping the window are
-    counted whole (minute or hour granularity).
+    counted whole (minute or hour granularity). ``where`` keeps only rows whose
+    group columns (same names as ``group_by``) equal the given values, e.g.
+    ``{"user": "u1"}`` for one user's usage.
     """
     if group_by not in GROUP_BY:
         raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
@@ -198,10 +201,15 @@ def query_usage(conn: Connection, start_ns: int, end_ns: int, group_by: str = "m
     measures = [sum_of(conn, llm_usage.c[name]) for name in ("calls", "errors", "input_tokens", "output_tokens",
                                                              "cache_read_tokens")]
     measures += [func.sum(llm_usage.c.cost), sum_of(conn, llm_usage.c.total_ns)]
-    where = and_(llm_usage.c.resolution == resolution,
-                 llm_usage.c.bucket > start_s - resolution, llm_usage.c.bucket <= end_s)
+    conditions = [llm_usage.c.resolution == resolution,
+                  llm_usage.c.bucket > start_s - resolution, llm_usage.c.bucket <= end_s]
+    for name, value in (where or {}).items():
+        if name not in GROUP_BY:
+            raise ValueError(f"where: {name!r} is not one of {', '.join(GROUP_BY)}")
+        conditions.append(getattr(llm_usage.c, GROUP_BY[name]) == value)
+    where_clause = and_(*conditions)
     result = conn.execute(
-        select(column.label("key"), point, *measures).where(where).group_by(column, point).order_by(column, point)
+        select(column.label("key"), point, *measures).where(where_clause).group_by(column, point).order_by(column, point)
     ).all()
 
     names = ("calls", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cost", "total_ns")
@@ -219,6 +227,7 @@ def query_usage(conn: Connection, start_ns: int, end_ns: int, group_by: str = "m
 
     table = pricing.current_table()
     unpriced = sorted(k for k in groups if group_by == "model" and k and not table.is_priced(k))
+    hint = {"price_hint": pricing.UNPRICED_HINT} if unpriced else {}
     ordered = sorted(groups.items(), key=lambda kv: (-kv[1]["cost"], -kv[1]["input_tokens"], kv[0]))
     return {
         "group_by": group_by,
@@ -230,6 +239,7 @@ def query_usage(conn: Connection, start_ns: int, end_ns: int, group_by: str = "m
         "groups": [{"key": key, **_public(values)} for key, values in ordered],
         "series": [{"key": key, "points": series[key]} for key, _ in ordered],
         "unpriced_models": unpriced,
+        **hint,
         "price_source": table.source,
     }
 

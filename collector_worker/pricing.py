@@ -33,7 +33,13 @@ EXAMPLE_PRICES: dict[str, dict[str, float]] = {
     "claude-3-5-sonnet": {"input": 0.003, "output": 0.015, "cached_input": 0.0003},
     "claude-3-5-haiku": {"input": 0.0008, "output": 0.004, "cached_input": 0.00008},
     "text-embedding-3-small": {"input": 0.00002, "output": 0.0, "cached_input": 0.00002},
+    # EXAMPLE price of the demo's stand-in model (web/demo/model.py, ``contrail demo``), so the demo's AI page
+    # shows cost out of the box. No provider sells this model; the figure is made up.
+    "contrail-standin-1": {"input": 0.0002, "output": 0.0008, "cached_input": 0.0001},
 }
+# What to do about a model without a price; shown next to unpriced models by the API and the dashboard.
+UNPRICED_HINT = ("add the model to a price table (a JSON file of model -> {\"input\", \"output\", \"cached_input\"} "
+                 "prices per 1,000 tokens) and point CONTRAIL_PRICE_TABLE at it; see docs/ai.md, Price table")
 
 _FIELDS = ("input", "output", "cached_input")
 

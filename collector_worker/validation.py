@@ -23,7 +23,8 @@ statistics buckets; an end time only says how long it took):
 
 A clamped span carries ``contrail.clamped.end_ns`` (the end it was sent
 with); a span with ignored token counts carries ``contrail.ignored.tokens``
-(the keys). Then :func:`tracer.limits.limit_span` cuts events, links,
+(the keys). LLM and agent spans of other instrumentations get Contrail's GenAI
+attributes (:mod:`collector_worker.conventions`). Then :func:`tracer.limits.limit_span` cuts events, links,
 attributes and long values to the configured span limits.
 
 What happens here is counted (:func:`counters`) and shown in the collector
@@ -38,6 +39,7 @@ from typing import Any
 
 from tracer.limits import Cut, SpanLimits, limit_span
 
+from .conventions import map_ai_conventions
 from .llm_usage import TOKEN_KEYS, token_count
 
 EARLIEST_NS = 946_684_800 * 1_000_000_000  # 2000-01-01T00:00:00Z
@@ -105,6 +107,7 @@ def admit_span(span: dict[str, Any], limits: SpanLimits, now_ns: int | None = No
     if reason:
         _count(span_times_rejected=1)
         return reason
+    map_ai_conventions(span, limits.value_length)  # OpenInference / OpenLLMetry LLM spans in GenAI terms
     _check_tokens(span)
     cut: Cut = limit_span(span, limits)
     if cut:

@@ -180,10 +180,14 @@ class LLMCallHandle(AISpanHandle):
         if cache_hit is not None:
             self.span.set_attribute("contrail.ai.cache_hit", bool(cache_hit))
 
-    def set_response(self, text: Any) -> None:
-        if self._record_content and self.recording and text is not None:
-            self.span.set_attribute("gen_ai.output.messages", _messages_json(
-                [{"role": "assistant", "content": text}], self._limit))
+    def set_response(self, text: Any, tool_calls: Any = None) -> None:
+        """The model's answer (content: recorded only with record_content); ``tool_calls`` are the calls the
+        model asked for, as ``[{"name", "arguments", "id"}]`` (arguments redacted like any content)."""
+        if self._record_content and self.recording and (text is not None or tool_calls):
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            self.span.set_attribute("gen_ai.output.messages", _messages_json([message], self._limit))
 
     def set_response_model(self, name: str) -> None:
         if name:
@@ -196,12 +200,22 @@ def _messages_json(messages: Any, limit: int) -> str:
         messages = [{"role": "user", "content": messages}]
     out = []
     for message in messages:
+        calls: Any = ()
         if isinstance(message, dict):
             role = str(message.get("role") or "user")
             content = message.get("content")
+            calls = message.get("tool_calls") or ()
         else:
             role, content = "user", message
-        out.append({"role": role, "parts": [{"type": "text", "content": content_value(content, limit)}]})
+        parts = [] if content is None and calls else [{"type": "text", "content": content_value(content, limit)}]
+        for call in calls if isinstance(calls, (list, tuple)) else ():
+            call = call if isinstance(call, dict) else {"name": str(call)}
+            part = {"type": "tool_call", "name": str(call.get("name") or ""),
+                    "arguments": content_value(call.get("arguments", ""), limit)}
+            if call.get("id") is not None:
+                part["id"] = str(call["id"])
+            parts.append(part)
+        out.append({"role": role, "parts": parts})
     text = json.dumps(out, ensure_ascii=False)
     return text if len(text) <= limit * 2 else text[: limit * 2] + TRUNCATION_MARK
 

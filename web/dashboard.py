@@ -108,6 +108,37 @@ def ai():
     return _page("ai.html", "AI")
 
 
+_SPAN_ID = re.compile(r"^[0-9a-fA-F]{16}$")
+
+
+def _ai_id(kind: str, value: str):
+    """A session or user id from the URL, or the 400 page when it cannot be one."""
+    if not value.strip() or len(value) > 255 or any(ord(ch) < 32 for ch in value):
+        return _page("message.html", f"Bad {kind} id",
+                     message=f"A {kind} id is 1 to 255 characters without control characters.", value=value[:300]), 400
+    return None
+
+
+@bp.get("/ai/sessions/<path:session_id>")
+def ai_session(session_id: str):
+    return _ai_id("session", session_id) or _page("ai_session.html", f"Session {session_id[:40]}",
+                                                   session_id=session_id)
+
+
+@bp.get("/ai/users/<path:user_id>")
+def ai_user(user_id: str):
+    return _ai_id("user", user_id) or _page("ai_user.html", f"User {user_id[:40]}", user_id=user_id)
+
+
+@bp.get("/ai/llm/<trace_id>/<span_id>")
+def llm_call(trace_id: str, span_id: str):
+    if not _TRACE_ID.match(trace_id) or not _SPAN_ID.match(span_id):
+        return _page("message.html", "Bad LLM call address",
+                     message="An LLM call is /ai/llm/<trace id: 32 hex digits>/<span id: 16 hex digits>.",
+                     value=f"{trace_id[:40]}/{span_id[:40]}"), 400
+    return _page("llm_call.html", "LLM call", trace_id=trace_id.lower(), span_id=span_id.lower())
+
+
 @bp.get("/assets/vendor/plotly.min.js")
 def plotly_js():
     path = plotly_js_path()

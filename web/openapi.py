@@ -30,6 +30,60 @@ def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None, extra
             "additionalProperties": extra}
 
 
+NULLABLE_INT = {"type": ["integer", "null"]}
+STRS = {"type": "array", "items": STR}
+_MESSAGES = {"type": ["array", "null"], "items": _obj({"role": STR, "parts": {"type": "array", "items": OBJ}},
+                                                        {"finish_reason": STR})}
+_SESSION_TOTALS = _obj({
+    "runs": INT, "failed_runs": INT, "llm_calls": INT, "failed_llm_calls": INT, "tool_calls": INT,
+    "failed_tool_calls": INT, "errors": INT, "input_tokens": INT, "output_tokens": INT, "cache_read_tokens": INT,
+    "cost": NUM, "duration_ms": NUM, "unpriced_models": STRS})
+_SESSION = {
+    "session_id": STR, "user_ids": STRS, "agents": STRS, "first_time": NULLABLE_STR, "first_ns": NULLABLE_INT,
+    "last_time": NULLABLE_STR, "last_ns": NULLABLE_INT, "totals": _SESSION_TOTALS, "runs_capped": {"type": "boolean"}}
+# /api/v1/ai/sessions, /ai/users and /ai/llm-calls (web/api/ai_sessions.py).
+AI_SESSION_SCHEMAS: dict[str, Any] = {
+    "AgentRun": _obj({
+        "trace_id": TRACE_ID, "start_time": NULLABLE_STR, "start_ns": INT, "duration_ms": NUM,
+        "agent": NULLABLE_STR, "user_id": NULLABLE_STR, "session_id": NULLABLE_STR, "success": {"type": "boolean"},
+        "finalized": {"type": "boolean"}, "phases": {"type": "array", "items": OBJ},
+        "tool_calls": {"type": "array", "items": OBJ}, "llm_calls": {"type": "array", "items": OBJ}, "totals": OBJ,
+        "errors": {"type": "array", "items": _obj({"span_id": SPAN_ID, "name": STR, "service": STR,
+                                                   "message": NULLABLE_STR})},
+        "steps": {"type": "array", "items": _obj({"kind": {"enum": ["phase", "tool", "llm"]}, "span_id": SPAN_ID,
+                                                  "offset_ms": NUM, "duration_ms": NUM})}}),
+    "AiSession": _obj({**_SESSION, "total_runs": INT, "total_capped": {"type": "boolean"},
+                       "runs": {"type": "array", "items": _ref("AgentRun")}, "limit": INT,
+                       "next_cursor": NULLABLE_STR, "price_source": STR}),
+    "AiSessionList": _obj({"sessions": {"type": "array", "items": _obj(_SESSION)}, "count": INT, "limit": INT,
+                           "next_cursor": NULLABLE_STR, "filters": _obj({"user_id": NULLABLE_STR,
+                                                                          "agent": NULLABLE_STR}),
+                           "start_time": NULLABLE_STR, "end_time": NULLABLE_STR, "price_source": STR}),
+    "AiUserList": _obj({"users": {"type": "array", "items": _obj({
+        "user_id": STR, "calls": INT, "errors": INT, "input_tokens": INT, "output_tokens": INT,
+        "cache_read_tokens": INT, "cost": NUM, "duration_ms": NUM, "last_active": NULLABLE_STR})},
+        "page": INT, "limit": INT, "total": INT, "pages": INT, "start_time": NULLABLE_STR,
+        "end_time": NULLABLE_STR, "price_source": STR}),
+    "AiUser": _obj({"user_id": STR, "start_time": NULLABLE_STR, "end_time": NULLABLE_STR, "step_s": INT,
+                    "totals": OBJ, "models": {"type": "array", "items": OBJ}, "series": {"type": "array", "items": OBJ},
+                    "traces": INT, "traces_capped": {"type": "boolean"}, "last_trace_time": NULLABLE_STR,
+                    "unpriced_models": STRS, "price_source": STR}, {"price_hint": STR}),
+    "LlmCall": _obj({
+        "trace_id": TRACE_ID, "span_id": SPAN_ID, "parent_span_id": NULLABLE_STR, "service": STR, "name": STR,
+        "start_time": NULLABLE_STR, "start_ns": INT, "duration_ms": NUM, "status": {"enum": ["unset", "ok", "error"]},
+        "status_message": NULLABLE_STR, "operation": NULLABLE_STR, "model": NULLABLE_STR,
+        "request_model": NULLABLE_STR, "response_model": NULLABLE_STR, "provider": NULLABLE_STR,
+        "purpose": NULLABLE_STR, "user_id": NULLABLE_STR, "session_id": NULLABLE_STR, "agent": NULLABLE_STR,
+        "parameters": OBJ, "finish_reasons": {"type": "array"},
+        "usage": _obj({"input_tokens": INT, "output_tokens": INT, "cache_read_tokens": INT, "total_tokens": INT}),
+        "cost": NUM, "priced": {"type": "boolean"}, "price_source": STR,
+        "content": _obj({"recorded": {"type": "boolean"}, "input": {"type": "boolean"},
+                         "output": {"type": "boolean"}, "truncated": {"type": "boolean"}, "note": STR}),
+        "system_instructions": _MESSAGES, "input_messages": _MESSAGES, "output_messages": _MESSAGES,
+        "tool_calls": {"type": "array", "items": _obj({"id": {}, "name": {}, "arguments": {}})},
+        "tool_definitions": {"type": ["array", "null"]}}, {"price_hint": STR}),
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _obj({"code": {"enum": ["bad_parameter", "not_found", "unauthorized", "forbidden",
                                                      "too_large", "internal", "method_not_allowed",
@@ -131,6 +185,7 @@ SCHEMAS: dict[str, Any] = {
                       "series": {"type": "array", "items": OBJ},
                       "unpriced_models": {"type": "array", "items": STR}, "price_source": STR},
                      {"start_time": NULLABLE_STR, "end_time": NULLABLE_STR, "resolution_s": INT}),
+    **AI_SESSION_SCHEMAS,
     "Bottlenecks": _obj({"at": STR, "at_ns": INT, "recent_s": INT, "baseline_s": INT,
                          "bottlenecks": {"type": "array", "items": _obj({
                              "service": STR, "operation": STR, "flag": {"enum": ["slower", "more_errors"]}})}}),
@@ -190,6 +245,40 @@ def _get(summary: str, ok: str | None, parameters: list, *errors: int, ok_conten
     return {"get": {"summary": summary, "parameters": parameters,
                     "responses": _responses(ok, 401, 403, *errors, ok_content=ok_content)}}
 
+
+_CURSOR = _param("cursor", "next_cursor of the previous page, unchanged.")
+AI_SESSION_PATHS: dict[str, Any] = {
+    "/api/v1/ai/sessions": _get(
+        "Sessions (session.id) with runs in the window, latest run first, with their totals; a page may hold fewer "
+        "than limit sessions: continue while next_cursor is set", "AiSessionList", [
+            _param("user_id", "Only sessions with runs of this user (user.id)."),
+            _param("agent", "Only sessions with runs of this agent (gen_ai.agent.name)."),
+            _param("limit", "Sessions per page, 1..100.", {"type": "integer", "minimum": 1, "maximum": 100,
+                                                           "default": 20}),
+            _CURSOR, *TIME_PARAMS], 400),
+    "/api/v1/ai/sessions/{session_id}": _get(
+        "One session: its agent runs oldest first with phases, tool and LLM calls (steps in start order), "
+        "tokens, cost and errors; totals over the whole session", "AiSession", [
+            _param("session_id", "The session id (session.id).", where="path"),
+            _param("limit", "Runs per page, 1..200.", {"type": "integer", "minimum": 1, "maximum": 200,
+                                                       "default": 50}),
+            _CURSOR, *TIME_PARAMS], 400, 404),
+    "/api/v1/ai/users": _get(
+        "Users (user.id) with LLM calls in the window, most expensive first, paged by page and limit",
+        "AiUserList", [
+            _param("page", "Page number from 1.", {"type": "integer", "minimum": 1, "default": 1}),
+            _param("limit", "Users per page, 1..200.", {"type": "integer", "minimum": 1, "maximum": 200,
+                                                        "default": 50}),
+            *TIME_PARAMS], 400),
+    "/api/v1/ai/users/{user_id}": _get(
+        "One user's LLM usage and cost over time by model (default window 7d)", "AiUser", [
+            _param("user_id", "The user id (user.id).", where="path"),
+            _param("step", "Series step, whole minutes (default about 120 points)."), *TIME_PARAMS], 400, 404),
+    "/api/v1/ai/llm-calls/{trace_id}/{span_id}": _get(
+        "One LLM call: prompt messages, completion, requested tool calls, parameters, tokens, latency and cost; "
+        "content only when it was recorded", "LlmCall", [
+            TRACE_ID_PARAM, _param("span_id", "16 lowercase hex digits.", where="path")], 400, 404),
+}
 
 PATHS: dict[str, Any] = {
     "/api/v1/traces": _get("Search traces", "TraceList", SEARCH_PARAMS, 400),
@@ -256,6 +345,7 @@ PATHS: dict[str, Any] = {
                                        _param("limit", "1..500.", {"type": "integer", "minimum": 1, "maximum": 500,
                                                                    "default": 50}),
                                        _param("at", "Evaluation time: ISO-8601 or unix ns (default now).")], 400),
+    **AI_SESSION_PATHS,
     "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {
         "200": {"description": "OK", "content": {"application/json": {"schema": OBJ}}}}}},
     "/healthz": {"get": {"summary": "Process is up", "security": [], "responses": _responses("Health")}},

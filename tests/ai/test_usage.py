@@ -182,3 +182,28 @@ def test_usage_rows_survive_finalization(engine, agent):
     before = sums(engine, 60)
     assert finalize(engine) == 1
     assert sums(engine, 60) == before
+
+
+def test_demo_model_has_an_example_price_and_unpriced_models_get_a_hint(engine):
+    from web.demo.model import MODEL_NAME
+
+    pricing.set_price_table(None)
+    assert pricing.current_table().is_priced(MODEL_NAME)  # the demo's AI page shows a cost, not "unpriced"
+    ingest(engine, [span("0000000000000001", {"gen_ai.request.model": MODEL_NAME, "gen_ai.usage.input_tokens": 1000,
+                                               "gen_ai.usage.output_tokens": 100, "user.id": "u1"}),
+                    span("0000000000000002", {"gen_ai.request.model": "house-model", "gen_ai.usage.input_tokens": 10,
+                                               "user.id": "u2"})])
+    now = time.time_ns()
+    with engine.connect() as conn:
+        result = query_usage(conn, now - 600 * 10**9, now + 60 * 10**9, group_by="model", step_s=60)
+        only_u1 = query_usage(conn, now - 600 * 10**9, now + 60 * 10**9, group_by="model", step_s=60,
+                              where={"user": "u1"})
+        with pytest.raises(ValueError, match="where"):
+            query_usage(conn, now - 600 * 10**9, now, where={"colour": "red"})
+    demo = pricing.EXAMPLE_PRICES[MODEL_NAME]
+    costs = {g["key"]: g["cost"] for g in result["groups"]}
+    assert costs[MODEL_NAME] == pytest.approx((1000 * demo["input"] + 100 * demo["output"]) / 1000)
+    assert result["unpriced_models"] == ["house-model"]
+    assert "CONTRAIL_PRICE_TABLE" in result["price_hint"]
+    assert [g["key"] for g in only_u1["groups"]] == [MODEL_NAME] and only_u1["totals"]["calls"] == 1
+    assert "price_hint" not in only_u1  # nothing unpriced there

@@ -24,6 +24,7 @@ BLUEPRINTS = [
     "web.api.stats:bp",
     "web.api.metrics:bp",
     "web.api.ai:bp",
+    "web.api.ai_sessions:bp",
     "web.api.jaeger:bp",
 ]
 

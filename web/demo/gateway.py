@@ -71,10 +71,13 @@ def create_app(retrieval: str | None = None):
             with tracing.phase("retrieval"):
                 passages, problems = _retrieve(http, base, question, steps["top_k"])
             with tracing.phase("synthesis"):
-                with tracing.llm_call(model=MODEL_NAME, provider=PROVIDER, purpose="synthesis") as llm:
+                prompt = [{"role": "user", "content": model.prompt_for(question, passages)}]
+                with tracing.llm_call(model=MODEL_NAME, provider=PROVIDER, purpose="synthesis", prompt=prompt,
+                                      temperature=0.0) as llm:  # content kept only with CONTRAIL_RECORD_CONTENT=true
                     completion = model.complete(question, passages)
                     llm.record_usage(input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
                                      cache_hit=completion.cache_hit)
+                    llm.set_response(completion.text)
             trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
         return jsonify({
             "answer": completion.text,

@@ -1,6 +1,7 @@
 // AI page: LLM calls by model (tokens, latency, cost) and, per agent trace, its phases,
 // tool calls and LLM calls in the order they happened.
 import { getJSON, el, fmtMs, fmtNum, fmtTime, showError, traceHref, plotTheme, plotText, plotlyReady, contrail } from "./api.js";
+import { llmHref, moneyText, sessionHref, userHref } from "./ai_common.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("ai-form");
@@ -72,6 +73,9 @@ async function loadUsage() {
     el("td", { class: r.errors ? "num text-err" : "num", text: fmtNum(r.errors) }),
     el("td", { class: "num", "data-col": "cost", ...costText(r.cost, unpriced.has(r.model) ? r.calls : 0, r.calls) }))));
   if (!rows.length) tbody.append(el("tr", {}, el("td", { colspan: 8, class: "muted", text: "No LLM calls recorded in this window." })));
+  const unpricedNote = $("unpriced-note");
+  unpricedNote.hidden = !unpriced.size;
+  unpricedNote.textContent = unpriced.size ? `Unpriced models (their cost counts as 0): ${[...unpriced].join(", ")}. To price them, ${usage.price_hint}.` : "";
   $("models-note").textContent = !rows.length ? "" : partial
     ? `p95 is taken from the LLM calls of the latest ${fmtNum(agentTraces.length)} agent traces in this window, not from every call.`
     : "p95 is taken from every LLM call in this window.";
@@ -154,7 +158,7 @@ async function showSteps(traceId) {
     row.setAttribute("aria-selected", String(row.dataset.traceId === traceId));
   }
   list.replaceChildren(...steps.map(({ span, step, depth }) => el("li", { class: `step step-${step.kind}${span.status === "error" ? " is-error" : ""}`, style: `margin-left:${depth * 16}px` },
-    el("a", { href: traceHref(traceId, span.span_id), text: step.label }),
+    el("a", { href: step.kind === "llm" ? llmHref(traceId, span.span_id) : traceHref(traceId, span.span_id), text: step.label }),
     el("span", { class: "muted", text: ` +${fmtMs((Number(span.start_ns) - base) / 1e6)} · ${fmtMs(span.duration_ms)}` }),
     step.extra ? el("span", { class: "muted", text: ` · ${step.extra}` }) : null,
     span.status === "error" ? el("span", { class: "badge badge-err", text: span.status_message || "error" }) : null)));
@@ -162,13 +166,52 @@ async function showSteps(traceId) {
   contrail.aiSteps = steps.length;
 }
 
+async function loadSessions() {
+  const body = await getJSON("/ai/sessions", { lookback: lookback(), limit: 20 });
+  const tbody = $("ai-sessions-table").querySelector("tbody");
+  tbody.replaceChildren(...body.sessions.map((s) => {
+    const t = s.totals;
+    const money = moneyText(t.cost, t.unpriced_models);
+    return el("tr", { dataset: { sessionId: s.session_id } },
+      el("td", {}, el("a", { href: sessionHref(s.session_id), text: s.session_id })),
+      el("td", {}, ...s.user_ids.flatMap((u, i) => [i ? ", " : "", el("a", { href: userHref(u), text: u })])),
+      el("td", { class: "nowrap", text: fmtTime(s.last_time) }),
+      el("td", { class: "num", text: fmtNum(t.runs) }), el("td", { class: "num", text: fmtNum(t.llm_calls) }),
+      el("td", { class: "num", text: fmtNum(t.input_tokens + t.output_tokens) }),
+      el("td", { class: "num", "data-col": "cost", text: money.text, title: money.title }));
+  }));
+  if (!body.sessions.length) tbody.append(el("tr", {}, el("td", { colspan: 7, class: "muted", text: "No sessions in this window: agent runs started with a session_id show here." })));
+  contrail.aiSessions = body.sessions.length;
+}
+
+async function loadUsers() {
+  const body = await getJSON("/ai/users", { lookback: lookback(), limit: 50 });
+  const tbody = $("ai-users-table").querySelector("tbody");
+  tbody.replaceChildren(...body.users.map((u) => {
+    const money = moneyText(u.cost);
+    return el("tr", { dataset: { userId: u.user_id } }, el("td", {}, el("a", { href: userHref(u.user_id), text: u.user_id })),
+      el("td", { class: "num", text: fmtNum(u.calls) }), el("td", { class: "num", text: fmtNum(u.input_tokens + u.output_tokens) }),
+      el("td", { class: "num", "data-col": "cost", text: money.text }));
+  }));
+  if (!body.users.length) tbody.append(el("tr", {}, el("td", { colspan: 4, class: "muted", text: "No LLM calls with a user in this window." })));
+  contrail.aiUsers = body.users.length;
+}
+
+$("ai-find").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const id = $("find-id").value.trim();
+  if (!id) return;
+  window.location.assign($("find-kind").value === "user" ? userHref(id) : sessionHref(id));
+});
+
 async function refresh() {
   showError($("ai-error"), null);
   history.replaceState(null, "", `/ai?lookback=${encodeURIComponent(lookback())}`);
   const fetched = await Promise.allSettled([fetchTraces()]);
   if (fetched[0].status === "rejected") agentTraces = [];
   renderTraces();
-  const results = [...fetched, ...await Promise.allSettled([loadUsage(), agentTraces.length ? showSteps(agentTraces[0].trace_id) : null])];
+  const results = [...fetched, ...await Promise.allSettled([loadUsage(), agentTraces.length ? showSteps(agentTraces[0].trace_id) : null,
+    loadSessions(), loadUsers()])];
   const failed = results.find((r) => r.status === "rejected");
   if (failed) showError($("ai-error"), failed.reason);
   if (!agentTraces.length) {

@@ -76,6 +76,23 @@ function section(title, ...content) {
   return body.length ? el("section", { class: "detail-section" }, el("h3", { text: title }), ...body) : null;
 }
 
+const LLM_OPERATIONS = new Set(["chat", "text_completion", "generate_content", "embeddings", "completion"]);
+
+/** Links from an AI span to the LLM call viewer and to its session and user pages (null for other spans). */
+function aiLinks(s) {
+  const a = s.attributes || {};
+  const llm = a["gen_ai.usage.input_tokens"] !== undefined || a["gen_ai.usage.output_tokens"] !== undefined
+    || LLM_OPERATIONS.has(a["gen_ai.operation.name"]) || a["openinference.span.kind"] === "LLM";
+  const session = a["session.id"], user = a["user.id"];
+  if (!llm && !session && !user) return null;
+  const sep = (items) => items.flatMap((item, i) => (i ? [" · ", item] : [item]));
+  return el("p", { class: "ai-links" }, ...sep([
+    llm ? el("a", { href: `/ai/llm/${traceId}/${s.span_id}`, id: "open-llm-call", text: "Open in the LLM call viewer" }) : null,
+    session ? el("a", { href: `/ai/sessions/${encodeURIComponent(session)}`, text: `Session ${session}` }) : null,
+    user ? el("a", { href: `/ai/users/${encodeURIComponent(user)}`, text: `User ${user}` }) : null,
+  ].filter(Boolean)));
+}
+
 function renderDetail(node) {
   const s = node.span;
   const panel = $("span-detail");
@@ -94,6 +111,7 @@ function renderDetail(node) {
   const parent = node.parent
     ? el("p", {}, "Parent: ", el("a", { href: traceHref(traceId, node.parent.id), "data-span": node.parent.id, text: `${node.parent.span.service} · ${node.parent.span.name}` }))
     : s.parent_span_id ? el("p", { class: "text-warn", text: `Parent ${s.parent_span_id} was never received.` }) : null;
+  const ai = aiLinks(s);
   const warnings = node.warnings.map((w) => el("p", { class: "text-warn" }, el("span", { class: "badge badge-warn", text: w.code }), " ", w.message || ""));
 
   const exceptions = [];
@@ -127,7 +145,7 @@ function renderDetail(node) {
   }
 
   const body = $("detail-body");
-  fill(body, [facts, parent, ...warnings,
+  fill(body, [facts, parent, ai, ...warnings,
     section("Exception", exceptions),
     section("Attributes", kvTable("span attributes", s.attributes) || el("p", { class: "muted", text: "none" })),
     section("Events", events.length ? el("ol", { class: "events" }, events) : null),

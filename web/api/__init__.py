@@ -22,6 +22,8 @@ BLUEPRINTS = [
     "web.api.services:bp",
     "web.api.dependencies:bp",
     "web.api.stats:bp",
+    "web.api.heatmap:bp",
+    "web.api.tail:bp",
     "web.api.metrics:bp",
     "web.api.ai:bp",
     "web.api.jaeger:bp",

@@ -1,0 +1,177 @@
+"""The latency heat map and the live tail on the search page, in headless Chromium against a real collector."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+import redis
+import requests
+
+from tests.support.servers import wait_until
+from tracer.codec import encode_spans
+
+from .conftest import SCREENSHOTS, ConsoleWatch, running_stack, screenshot
+
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
+
+MINUTE_NS = 60 * 10**9
+HEAT_SERVICE, HEAT_OPERATION = "shop", "GET /cart"
+
+
+def root_span(trace_id: str, service: str, operation: str, start_ns: int, duration_ns: int, error: bool) -> dict:
+    return {"trace_id": trace_id, "span_id": os.urandom(8).hex(), "parent_span_id": None, "name": operation,
+            "kind": "server", "start_ns": start_ns, "end_ns": start_ns + duration_ns,
+            "status_code": "error" if error else "unset", "service": service, "resource": {"service.name": service},
+            "attributes": {}, "events": [], "links": []}
+
+
+def publish(redis_url: str, spans: list[dict]) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.xadd("contrail:spans", encode_spans(spans))
+    finally:
+        client.close()
+
+
+class Stack:
+    def __init__(self, base_url: str, redis_url: str, truth: list[dict]):
+        self.base_url, self.redis_url, self.truth = base_url, redis_url, truth
+
+    def api(self, path: str, **params):
+        response = requests.get(f"{self.base_url}/api/v1{path}", params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+
+@pytest.fixture(scope="module")
+def stack(chromium, tmp_path_factory):
+    """Redis, a collector and the web app, with 80 one-span traces of known start, duration and status."""
+    workdir = tmp_path_factory.mktemp("heatmap-stack")
+    with running_stack(workdir) as (base_url, redis_url, _, collector, log_path):
+        rng = random.Random(11)
+        now = time.time_ns()
+        truth, spans = [], []
+        for i in range(80):
+            trace_id = os.urandom(16).hex()
+            service, operation = (HEAT_SERVICE, HEAT_OPERATION) if i % 4 else ("other", "GET /x")
+            start = now - 50 * MINUTE_NS + rng.randrange(45 * MINUTE_NS)
+            duration = int(10 ** rng.uniform(6, 9.3))  # 1 ms .. 2 s
+            error = rng.random() < 0.25
+            spans.append(root_span(trace_id, service, operation, start, duration, error))
+            truth.append({"trace_id": trace_id, "service": service, "operation": operation, "start_ns": start,
+                          "duration_ns": duration, "error": error})
+        publish(redis_url, spans)
+        stack = Stack(base_url, redis_url, truth)
+
+        def collected():
+            assert collector.poll() is None, log_path.read_text()
+            return stack.api("/traces", lookback="1h", limit=1)["total"] >= len(truth)
+
+        wait_until(collected, timeout=90, interval=0.5, message="the collector to finalize the seeded traces")
+        yield stack
+
+
+@pytest.fixture
+def page(chromium, stack):
+    context = chromium.new_context(viewport={"width": 1440, "height": 1100}, base_url=stack.base_url, bypass_csp=True)
+    page = context.new_page()
+    page.set_default_timeout(20000)
+    page.console = ConsoleWatch(page)
+    yield page
+    context.close()
+
+
+def test_heat_map_selection_lists_exactly_the_traces_of_the_region(page, stack):
+    query = {"lookback": "1h", "service": HEAT_SERVICE, "operation": HEAT_OPERATION}
+    page.goto(f"/?lookback=1h&service={HEAT_SERVICE}&operation={HEAT_OPERATION.replace(' ', '%20')}")
+    page.wait_for_function("window.__contrail && window.__contrail.heatmapCells > 0")
+    heatmap = stack.api("/stats/heatmap", **query)
+    cols, rows = heatmap["columns"], heatmap["rows"]
+    mine = [t for t in stack.truth if t["service"] == HEAT_SERVICE]
+    # what the page draws is what the API counts, and every seeded trace is in it
+    assert page.locator("#heatmap rect.hm-cell").count() == len(heatmap["cells"])
+    assert heatmap["count"] == len(mine) and heatmap["error_count"] == sum(t["error"] for t in mine)
+    assert page.locator("#heatmap rect.hm-error").count() == sum(1 for c in heatmap["cells"] if c[3])
+
+    # drag from the lower-left to the upper-right of a region: the middle columns, the middle duration rows
+    c0, c1 = len(cols) // 4, 3 * len(cols) // 4
+    r0, r1 = rows[len(rows) // 4]["row"], rows[3 * len(rows) // 4]["row"]
+
+    def centre(col: int, row: int):
+        index = next(i for i, r in enumerate(rows) if r["row"] == row)
+        box = page.locator("#heatmap svg").bounding_box()
+        plot_w, plot_h = box["width"] - 64 - 8, box["height"] - 6 - 22
+        cw, rh = plot_w / len(cols), plot_h / len(rows)
+        return box["x"] + 64 + (col + 0.5) * cw, box["y"] + 6 + plot_h - (index + 0.5) * rh
+
+    page.locator("#heatmap-panel").scroll_into_view_if_needed()
+    page.mouse.move(*centre(c0, r0))
+    page.mouse.down()
+    page.mouse.move(*centre((c0 + c1) // 2, r1), steps=4)
+    page.mouse.move(*centre(c1, r1), steps=4)
+    page.mouse.up()
+    page.wait_for_function("window.__contrail.selectionReady === true")
+
+    low = next(r for r in rows if r["row"] == r0)["min_ns"]
+    high = next(r for r in rows if r["row"] == r1)["max_ns"]
+    start, end = cols[c0]["start_ns"], cols[c1]["end_ns"]
+    expected = {t["trace_id"] for t in mine if start <= t["start_ns"] < end and low <= t["duration_ns"] <= high}
+    assert expected, "the region should hold some of the seeded traces"
+    listed = {r.get_attribute("data-trace-id") for r in page.locator("#selection-body tr[data-trace-id]").all()}
+    assert listed == expected
+    assert set(page.evaluate("window.__contrail.selectionIds")) == expected
+    counted = sum(n for c, r, n, _ in heatmap["cells"] if c0 <= c <= c1 and r0 <= r <= r1)
+    assert counted == len(expected)
+    assert page.locator("#selection-title").inner_text().startswith(f"{len(expected)} trace")
+    failing = {t["trace_id"] for t in mine if t["trace_id"] in expected and t["error"]}
+    assert {r.get_attribute("data-trace-id") for r in page.locator("#selection-body tr.row-error").all()} == failing
+    screenshot(page, "heatmap")
+    page.locator("#heatmap-panel").screenshot(path=str(SCREENSHOTS / "heatmap-panel.png"))
+
+    # "Search with these bounds" runs the trace search over the same region
+    page.click("#selection-apply")
+    page.wait_for_url("**min_duration=**")
+    page.wait_for_function("window.__contrail.searchResults !== undefined")
+    page.wait_for_function(f"document.querySelectorAll('#results-body tr[data-trace-id]').length >= {len(expected)}")
+    page.console.assert_clean()
+
+
+def test_live_tail_shows_a_trace_published_during_the_test_and_pauses(page, stack):
+    page.goto(f"/?lookback=1h&service={HEAT_SERVICE}")
+    page.wait_for_function("window.__contrail && window.__contrail.searchResults !== undefined")
+    page.click("#tail-toggle")
+    page.wait_for_function("window.__contrail.tailPolls >= 1")
+    assert page.locator("#tail-toggle").get_attribute("aria-pressed") == "true"
+    before = set(page.evaluate("window.__contrail.tailIds"))
+
+    now = time.time_ns()
+    fresh, elsewhere = os.urandom(16).hex(), os.urandom(16).hex()
+    publish(stack.redis_url, [root_span(fresh, HEAT_SERVICE, "POST /checkout", now, 12_000_000, True),
+                              root_span(elsewhere, "other", "GET /x", now, 5_000_000, False)])
+    page.wait_for_selector(f'#tail-body tr[data-trace-id="{fresh}"]')
+    assert fresh not in before
+    row = page.locator(f'#tail-body tr[data-trace-id="{fresh}"]')
+    assert "row-error" in row.get_attribute("class") and "POST /checkout" in row.inner_text()
+    assert page.locator("#tail-body tr").first.get_attribute("data-trace-id") == fresh  # newest on top
+    # the service filter applies: the other service's trace, finalized with it, is not shown
+    wait_until(lambda: stack.api(f"/traces/{elsewhere}"), timeout=30, message="the other trace to be stored")
+    assert page.locator(f'#tail-body tr[data-trace-id="{elsewhere}"]').count() == 0
+    screenshot(page, "livetail")
+
+    # paused: a trace finalized meanwhile stays out until the tail resumes
+    page.click("#tail-toggle")
+    assert page.locator("#tail-toggle").inner_text() == "Resume"
+    polls = page.evaluate("window.__contrail.tailPolls")
+    later = os.urandom(16).hex()
+    publish(stack.redis_url, [root_span(later, HEAT_SERVICE, "GET /cart", time.time_ns(), 3_000_000, False)])
+    wait_until(lambda: any(t["trace_id"] == later for t in stack.api("/traces/tail", service=HEAT_SERVICE,
+                                                                          limit=50)["traces"]),
+               timeout=30, interval=0.3, message="the later trace to be finalized")
+    assert page.evaluate("window.__contrail.tailPolls") == polls
+    assert page.locator(f'#tail-body tr[data-trace-id="{later}"]').count() == 0
+    page.click("#tail-toggle")
+    page.wait_for_selector(f'#tail-body tr[data-trace-id="{later}"]')
+    page.console.assert_clean()

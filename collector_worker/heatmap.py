@@ -9,6 +9,7 @@ into a trace search that finds exactly the traces it counted.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -29,7 +30,7 @@ def auto_step(window_s: float) -> int:
     for step in AUTO_STEPS:
         if window_s / step <= AUTO_COLUMNS:
             return step
-    return AUTO_STEPS[-1]
+    return 86400 * math.ceil(window_s / AUTO_COLUMNS / 86400)  # whole days
 
 
 def _first_ns_of_bin(b: int) -> int:

@@ -22,8 +22,11 @@ MAX_COLUMNS = 1440
 def latency_heatmap():
     scope = params.choice("scope", heatmap.SCOPES, "trace")
     service, operation = params.text("service"), params.text("operation")
-    start_ns, end_ns, step_s = params.series_window(DEFAULT_LOOKBACK_S, MAX_COLUMNS)
-    if not request.args.get("step"):  # no step asked for: one that draws the window in a readable number of columns
+    if request.args.get("step"):
+        start_ns, end_ns, step_s = params.series_window(DEFAULT_LOOKBACK_S, MAX_COLUMNS)
+    else:  # no step asked for: one that draws the window in a readable number of columns
+        start_ns, end_ns = params.closed_range(*params.time_range(default_lookback_s=DEFAULT_LOOKBACK_S),
+                                               DEFAULT_LOOKBACK_S)
         step_s = heatmap.auto_step((end_ns - start_ns) / 1e9)
     with current_resources().engine().connect() as conn:
         result = heatmap.latency_heatmap(conn, scope=scope, service=service, operation=operation,

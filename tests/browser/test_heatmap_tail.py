@@ -63,6 +63,17 @@ def stack(chromium, tmp_path_factory):
             spans.append(root_span(trace_id, service, operation, start, duration, error))
             truth.append({"trace_id": trace_id, "service": service, "operation": operation, "start_ns": start,
                           "duration_ns": duration, "error": error})
+        for i in range(6):  # calls to another service, one of them an LLM call: the report's dependency map and AI cost
+            trace_id, root_id = os.urandom(16).hex(), os.urandom(8).hex()
+            start = now - 20 * MINUTE_NS + i * MINUTE_NS
+            root = {**root_span(trace_id, "assistant", "POST /ask", start, 400_000_000, False), "span_id": root_id}
+            call = {**root_span(trace_id, "llm-gateway", "chat gpt-4o-mini", start + 1_000_000, 300_000_000, i == 0),
+                    "parent_span_id": root_id, "kind": "client",
+                    "attributes": {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+                                   "gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 300}}
+            spans += [root, call]
+            truth.append({"trace_id": trace_id, "service": "assistant", "operation": "POST /ask", "start_ns": start,
+                          "duration_ns": 400_000_000, "error": i == 0})
         publish(redis_url, spans)
         stack = Stack(base_url, redis_url, truth)
 
@@ -137,6 +148,42 @@ def test_heat_map_selection_lists_exactly_the_traces_of_the_region(page, stack):
     page.wait_for_function("window.__contrail.searchResults !== undefined")
     page.wait_for_function(f"document.querySelectorAll('#results-body tr[data-trace-id]').length >= {len(expected)}")
     page.console.assert_clean()
+
+
+def test_downloaded_report_opens_offline_with_its_charts(page, stack, chromium, tmp_path):
+    page.goto("/services?lookback=24h")
+    page.wait_for_function("window.__contrail && window.__contrail.servicesReady")
+    with page.expect_download() as download:
+        page.click("#download-report")
+    path = tmp_path / "report.html"
+    download.value.save_as(str(path))
+    page.console.assert_clean()
+
+    # open it with the network switched off, recording every request the page makes
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, offline=True)
+    try:
+        offline = context.new_page()
+        console = ConsoleWatch(offline)
+        requests_made: list[str] = []
+        offline.on("request", lambda request: requests_made.append(request.url))
+        offline.goto(path.as_uri())
+        offline.wait_for_load_state("load")
+        assert requests_made == [path.as_uri()]  # the file itself, nothing else
+        assert offline.locator("script, link[rel=stylesheet], img, iframe").count() == 0
+        for chart in ("throughput", "latency", "heatmap", "dependencies", "cost", "tokens"):
+            assert offline.locator(f'svg[data-chart="{chart}"]').count() == 1, chart
+        assert offline.locator('svg[data-chart="heatmap"] rect.cell').count() >= 10
+        assert offline.locator('svg[data-chart="throughput"] rect').count() >= 5
+        assert offline.locator('svg[data-chart="dependencies"] line.edge').count() == 1  # assistant -> llm-gateway
+        cards = offline.locator("#red .card b").all_inner_texts()
+        assert cards[0] == f"{len(stack.truth):,}"  # every seeded trace started within the day
+        assert "gpt-4o-mini" in offline.locator("#ai").inner_text()
+        example = next(t for t in stack.truth if t["service"] == "assistant" and t["error"])
+        assert example["trace_id"] in offline.locator("#failing").inner_html()  # a failing trace as an example
+        offline.screenshot(path=str(SCREENSHOTS / "report.png"), full_page=False)
+        console.assert_clean()
+    finally:
+        context.close()
 
 
 def test_live_tail_shows_a_trace_published_during_the_test_and_pauses(page, stack):

@@ -24,6 +24,7 @@ BLUEPRINTS = [
     "web.api.stats:bp",
     "web.api.heatmap:bp",
     "web.api.tail:bp",
+    "web.api.report:bp",
     "web.api.metrics:bp",
     "web.api.ai:bp",
     "web.api.jaeger:bp",

@@ -1,6 +1,6 @@
 // Services page: RED charts per service/operation (rate, errors, p50/p95/p99 over time)
 // and the live service map from the collector's dependency edges.
-import { getJSON, listServices, listOperations, el, fmtNum, fmtPct, showError, plotTheme, plotText, plotlyReady,
+import { getJSON, getText, listServices, listOperations, el, fmtNum, fmtPct, showError, plotTheme, plotText, plotlyReady,
   autoRefresh, contrail, loadBottlenecks, hintBadges, fmtWindow } from "./api.js";
 import { drawServiceMap } from "./servicemap.js";
 
@@ -140,6 +140,28 @@ async function init() {
   await refresh();
 }
 
+/** "Download report": the period report of the chosen lookback, fetched with the API token, saved as a file. */
+async function downloadReport() {
+  const button = $("download-report");
+  button.disabled = true;
+  const lookback = form.elements.lookback.value || "24h";
+  try {
+    const page = await getText("/report", { lookback });
+    const link = el("a", { href: URL.createObjectURL(new Blob([page], { type: "text/html" })),
+      download: `contrail-report-${lookback}-${new Date().toISOString().slice(0, 16).replace(/[-:T]/g, "")}.html` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+    contrail.reportDownloaded = page.length;
+  } catch (error) {
+    showError($("services-error"), error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+$("download-report").addEventListener("click", downloadReport);
 form.addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
 form.elements.service.addEventListener("change", () => fillOperations(""));
 window.addEventListener("contrail:theme", () => refresh());

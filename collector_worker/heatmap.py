@@ -22,13 +22,20 @@ from .storage import heatmap as store
 ROW_BINS = 20  # bins per row: GAMMA**20 ~ 1.49, so a row spans about +49 %
 AUTO_STEPS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 7 * 86400)
 AUTO_COLUMNS = 96  # an automatic step gives at most this many columns
+HOURLY_FROM_S = 12 * 3600
 SCOPES = ("trace", "span")
 
 
 def auto_step(window_s: float) -> int:
-    """The smallest of ``AUTO_STEPS`` that draws ``window_s`` in at most ``AUTO_COLUMNS`` columns."""
+    """The smallest of ``AUTO_STEPS`` that draws ``window_s`` in at most ``AUTO_COLUMNS`` columns.
+
+    Windows of ``HOURLY_FROM_S`` (12 h) or more get whole hours at least, so they read the hourly rollup:
+    a day of minute rows is 60 times the rows to sum for a picture barely finer.
+    """
     for step in AUTO_STEPS:
-        if window_s / step <= AUTO_COLUMNS:
+        if window_s >= HOURLY_FROM_S and step < 3600:
+            continue
+        if window_s / step <= AUTO_COLUMNS + 0.01:  # "24h" ending now is a hair longer than 24 h when measured
             return step
     return 86400 * math.ceil(window_s / AUTO_COLUMNS / 86400)  # whole days
 

@@ -86,9 +86,9 @@ def _examples(conn: Connection, start_ns: int, end_ns: int, op: dict[str, Any], 
 def _operations(conn: Connection, start_ns: int, end_ns: int, step_s: int) -> tuple[list, list]:
     """The slowest operations (by p95) and the most failing (by error count), each with example traces."""
     ops = stats.query_stats(conn, start_ns=start_ns, end_ns=end_ns, step_s=step_s, scope="span")["operations"]
-    slowest = sorted(ops, key=lambda o: (-o["p95_ms"], o["service"], o["operation"]))[:TOP_OPERATIONS]
-    failing = sorted((o for o in ops if o["error_count"]),
-                     key=lambda o: (-o["error_count"], -o["error_rate"], o["service"], o["operation"]))[:TOP_OPERATIONS]
+    slowest = [dict(o) for o in sorted(ops, key=lambda o: (-o["p95_ms"], o["service"], o["operation"]))[:TOP_OPERATIONS]]
+    failing = [dict(o) for o in sorted((o for o in ops if o["error_count"]), key=lambda o: (
+        -o["error_count"], -o["error_rate"], o["service"], o["operation"]))[:TOP_OPERATIONS]]  # copies: own examples
     for op in slowest:
         op["examples"] = _examples(conn, start_ns, end_ns, op, sort="duration_desc")
     for op in failing:

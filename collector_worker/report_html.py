@@ -69,7 +69,7 @@ def _time(seconds: int, step_s: int) -> str:
 
 
 def _svg(width: int, height: int, body: Iterable[str], label: str, chart: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}" role="img" '
+    return (f'<svg width="100%" viewBox="0 0 {width} {height}" role="img" '
             f'aria-label="{_e(label)}" data-chart="{_e(chart)}">' + "".join(body) + "</svg>")
 
 

@@ -307,7 +307,7 @@ PATHS.update({
                    {"enum": ["trace", "span"], "default": "trace"}),
             _param("service", "Only this service (the root service for scope=trace)."),
             _param("operation", "Only this operation (the root operation for scope=trace)."),
-            _param("step", "Column width, whole minutes: 60s, 5m, 1h (default: at most 96 columns)."),
+            _param("step", "Column width, whole minutes: 60s, 5m, 1h (default: at most 96 columns; whole hours from 12 h windows)."),
             *TIME_PARAMS], 400),
     "/api/v1/stats/heatmap/traces": _get(
         "The traces a trace-scope heat map counted in a region", "TraceList", [
@@ -321,6 +321,10 @@ PATHS.update({
                                              "default": "start_desc"}),
             _param("limit", "Page size, 1..1000.", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}),
             _param("cursor", "next_cursor of the previous page (same sort).")], 400),
+    "/api/v1/report": _get(
+        "The period report: one self-contained HTML file (RED summary, heat map, slowest and failing operations, "
+        "dependency map, bottleneck hints, AI usage and cost), as an attachment", None,
+        [*TIME_PARAMS], 400, ok_content={"text/html": {"schema": STR}}),
     "/api/v1/traces/tail": _get(
         "Live tail: traces finalized after the cursor (oldest first), with the search filters", "TailPage", [
             *[p for p in SEARCH_PARAMS if p["name"] not in ("sort", "limit", "cursor")],

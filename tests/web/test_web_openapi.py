@@ -47,7 +47,7 @@ def test_the_document_is_valid_and_served(client):
         jsonschema.Draft202012Validator.check_schema(schema)
     for rule in client.application.url_map.iter_rules():
         if rule.endpoint.split(".")[0] in ("traces", "services", "dependencies", "stats", "health", "otlp", "zipkin",
-                                             "ai", "metrics", "heatmap", "tail"):
+                                             "ai", "metrics", "heatmap", "tail", "report"):
             template = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
             assert template in SPEC["paths"], f"route {rule.rule} is missing from the OpenAPI document"
 
@@ -71,6 +71,7 @@ def test_every_route_conforms(client, dataset):
         "/api/v1/stats/heatmap?lookback=7d", "/api/v1/stats/heatmap?scope=span&service=retrieval&step=1m",
         f"/api/v1/stats/heatmap/traces?start={dataset.base_ns}&end={dataset.base_ns + 10**10}",
         "/api/v1/traces/tail?lookback=1h", "/api/v1/traces/tail?cursor=x", "/api/v1/stats/heatmap?step=1s",
+        "/api/v1/report?lookback=1h", "/api/v1/report?lookback=1s",
         "/api/v1/traces?limit=0", "/api/v1/traces/nope", f"/api/v1/traces/{'1' * 32}",
     ]
     for path in paths:

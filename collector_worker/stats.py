@@ -34,6 +34,7 @@ GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
 _LOG_GAMMA = math.log(GAMMA)
 RESOLUTIONS = (60, 3600)
 ERROR_SCOPE_PREFIX = "e:"
+GROUP_BY = ("operation", "service")
 PERCENTILES = (("p50_ms", 0.50), ("p90_ms", 0.90), ("p95_ms", 0.95), ("p99_ms", 0.99))
 
 
@@ -311,12 +312,17 @@ def _ms(ns: float) -> float:
 
 def query_stats(conn: Connection, service: str | None = None, operation: str | None = None,
                 start_ns: int | None = None, end_ns: int | None = None, step_s: int = 60,
-                scope: str = "span") -> dict[str, Any]:
+                scope: str = "span", group_by: str = "operation") -> dict[str, Any]:
     """RED statistics per (service, operation) over a window, plus a time series per step.
 
     Steps of whole hours read the hourly rollup; otherwise minute rows are
     merged into steps of ``step_s`` seconds (rounded down to whole minutes).
+    ``group_by="service"`` merges the operations of each service (histograms
+    add, so its percentiles stay exact); the operation is then ``""``.
     """
+    if group_by not in GROUP_BY:
+        raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
+    per_service = group_by == "service"
     end_ns = time.time_ns() if end_ns is None else int(end_ns)
     start_ns = end_ns - 3600 * 1_000_000_000 if start_ns is None else int(start_ns)
     step_s = max(60, int(step_s or 60))
@@ -340,6 +346,8 @@ def query_stats(conn: Connection, service: str | None = None, operation: str | N
     series: dict[tuple[str, str], dict[int, list[int]]] = defaultdict(dict)
     for svc, op, bucket, count, errors, total, mx in conn.execute(where(st, select(
             st.c.service, st.c.operation, st.c.bucket, st.c.count, st.c.error_count, st.c.total_ns, st.c.max_ns))):
+        if per_service:
+            op = ""
         t = totals.setdefault((svc, op), [0, 0, 0, 0])
         t[0] += count
         t[1] += errors
@@ -356,6 +364,8 @@ def query_stats(conn: Connection, service: str | None = None, operation: str | N
             sh.c.service, sh.c.operation, sh.c.bucket, sh.c.bin, sh.c.count))):
         if count <= 0:
             continue
+        if per_service:
+            op = ""
         hists[(svc, op)].add_bin(b, count)
         point_hists[(svc, op, bucket - bucket % step_s)].add_bin(b, count)
 

@@ -224,6 +224,8 @@ PATHS: dict[str, Any] = {
     "/api/v1/stats": _get("Statistics per operation and their time series", "Stats", [
         _param("service", "Only this service."), _param("operation", "Only this operation."),
         _param("scope", "span: every span; trace: per trace root.", {"enum": ["span", "trace"], "default": "span"}),
+        _param("group_by", "operation: a row per service and operation; service: the operations of each service "
+               "merged (operation is \"\").", {"enum": ["operation", "service"], "default": "operation"}),
         _param("step", "Series step, whole minutes: 60s, 5m, 1h."), *TIME_PARAMS], 400, 503),
     "/api/v1/metrics": _get("Application metric names with their kind, unit, services and attribute values",
                             "MetricList", TIME_PARAMS, 400, 503),

@@ -187,3 +187,20 @@ def test_tail_hands_out_each_finalized_trace_once_with_filters(client, database_
     windowed = get(client, "/api/v1/traces/tail", window="150s")  # later started 1-2 minutes ago, first 4-5
     assert {t["trace_id"] for t in windowed["traces"]} == {t["trace_id"] for t in later}
     assert first
+
+
+def test_stats_grouped_by_service_merge_the_operations_histograms(client, dataset):
+    by_op = get(client, "/api/v1/stats", lookback="1h")
+    by_service = get(client, "/api/v1/stats", lookback="1h", group_by="service")
+    assert by_service["group_by"] == "service"
+    services = {row["service"]: row for row in by_service["operations"]}
+    assert set(services) == {row["service"] for row in by_op["operations"]}
+    for name, row in services.items():
+        ops = [o for o in by_op["operations"] if o["service"] == name]
+        assert row["operation"] == "" and row["count"] == sum(o["count"] for o in ops)
+        assert row["error_count"] == sum(o["error_count"] for o in ops)
+    # retrieval: search 200 ms and 100 ms, rerank 50 ms -> the merged median is the 100 ms call (within 1 %)
+    assert services["retrieval"]["p50_ms"] == pytest.approx(100.0, rel=0.01)
+    assert services["retrieval"]["max_ms"] == pytest.approx(200.0, rel=0.01)
+    assert {s["service"] for s in by_service["series"]} == set(services)
+    assert client.get("/api/v1/stats?group_by=host").status_code == 400

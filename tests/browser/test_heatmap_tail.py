@@ -74,6 +74,13 @@ def stack(chromium, tmp_path_factory):
             spans += [root, call]
             truth.append({"trace_id": trace_id, "service": "assistant", "operation": "POST /ask", "start_ns": start,
                           "duration_ns": 400_000_000, "error": i == 0})
+        for i in range(8):  # a batch service with many operations (more lines than a chart shows), and old traffic
+            trace_id = os.urandom(16).hex()
+            service, operation = ("archive", "GET /old") if i == 7 else ("batch", f"job-{i}")
+            start = now - (40 if i == 7 else 10) * MINUTE_NS + i * 1_000_000_000
+            spans.append(root_span(trace_id, service, operation, start, (i + 1) * 3_000_000, False))
+            truth.append({"trace_id": trace_id, "service": service, "operation": operation, "start_ns": start,
+                          "duration_ns": (i + 1) * 3_000_000, "error": False})
         publish(redis_url, spans)
         stack = Stack(base_url, redis_url, truth)
 
@@ -173,7 +180,7 @@ def test_downloaded_report_opens_offline_with_its_charts(page, stack, chromium, 
         for chart in ("throughput", "latency", "heatmap", "dependencies", "cost", "tokens"):
             assert offline.locator(f'svg[data-chart="{chart}"]').count() == 1, chart
         assert offline.locator('svg[data-chart="heatmap"] rect.cell').count() >= 10
-        assert offline.locator('svg[data-chart="throughput"] rect').count() >= 5
+        assert offline.locator('svg[data-chart="throughput"] rect').count() >= 2  # hourly bars over a day
         assert offline.locator('svg[data-chart="dependencies"] line.edge').count() == 1  # assistant -> llm-gateway
         cards = offline.locator("#red .card b").all_inner_texts()
         assert cards[0] == f"{len(stack.truth):,}"  # every seeded trace started within the day
@@ -184,6 +191,55 @@ def test_downloaded_report_opens_offline_with_its_charts(page, stack, chromium, 
         console.assert_clean()
     finally:
         context.close()
+
+
+def test_red_charts_top_operations_others_shared_legend_hover_and_empty_state(page, stack):
+    page.goto("/services?lookback=1h&top=5")
+    page.wait_for_function("window.__contrail && window.__contrail.servicesReady && window.__contrail.chartSeries")
+    operations = {(s["service"], s["operation"]) for s in stack.api("/stats", lookback="1h")["series"]}
+    assert len(operations) > 5 and {(t["service"], t["operation"]) for t in stack.truth} <= operations
+    labels = page.evaluate("window.__contrail.chartLabels")
+    assert len(labels) == 6 and labels[-1] == f"others ({len(operations) - 5})"
+    legend = page.locator("#chart-legend button")
+    assert legend.count() == 6
+    assert page.locator("#chart-rate .legendtext").count() == 0  # no legend inside the charts
+    # the five busiest are named: shop's cart (60 traces) and the other service's (20) lead
+    assert labels[0] == f"{HEAT_SERVICE} · {HEAT_OPERATION}" and labels[1] == "other · GET /x"
+    assert page.evaluate("document.getElementById('chart-rate').data.length") == 6
+    assert "others" not in page.evaluate("document.getElementById('chart-latency').data.map(t => t.meta).join()")
+
+    # one click in the legend hides the series in all three charts
+    key = legend.nth(1).get_attribute("data-key")
+    legend.nth(1).click()
+    assert legend.nth(1).get_attribute("aria-pressed") == "false"
+    for chart in ("chart-rate", "chart-errors", "chart-latency"):
+        states = page.evaluate(f"document.getElementById('{chart}').data.filter(t => t.meta === {key!r}).map(t => t.visible)")
+        assert states and all(state == "legendonly" for state in states), chart
+
+    # hovering the rate chart shows the same moment in the other two
+    plot = page.locator("#chart-rate .nsewdrag").first
+    plot.scroll_into_view_if_needed()
+    box = plot.bounding_box()
+    for fraction in (0.97, 0.9, 0.8, 0.7):
+        page.mouse.move(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
+        if page.evaluate("window.__contrail.sharedHover || 0"):
+            break
+    page.wait_for_function("window.__contrail.sharedHover >= 1")
+    page.wait_for_function("document.querySelector('#chart-latency .hoverlayer').childElementCount > 0")
+    screenshot(page, "services-charts")
+
+    # per service: the lines are services
+    page.select_option("#s-group", "service")
+    page.click("#services-form button[type=submit]")
+    page.wait_for_function("window.__contrail.chartLabels && window.__contrail.chartLabels.includes('batch')")
+    assert "batch · job-0" not in page.evaluate("window.__contrail.chartLabels")
+
+    # a selection without data says so instead of drawing empty axes
+    page.goto("/services?lookback=15m&service=archive")
+    page.wait_for_function("window.__contrail && window.__contrail.servicesReady")
+    for chart in ("chart-rate", "chart-errors", "chart-latency"):
+        assert "No requests for this selection" in page.locator(f"#{chart}").inner_text()
+    page.console.assert_clean()
 
 
 def test_live_tail_shows_a_trace_published_during_the_test_and_pauses(page, stack):

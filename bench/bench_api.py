@@ -90,7 +90,7 @@ def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
     with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
-    return {"big_trace_id": big_id, "seconds": round(time.perf_counter() - started, 1),
+    return {"big_trace_id": big_id, "end_ns": now + 10 * SECOND, "seconds": round(time.perf_counter() - started, 1),
             "stored_seconds": round(stored_s, 1), "spans": traces * 10 + big_trace_spans}
 
 
@@ -100,10 +100,12 @@ def reseeded(database_url: str) -> dict:
 
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        big_id, spans = conn.execute(text(
-            "SELECT trace_id, (SELECT SUM(span_count) FROM traces) FROM traces ORDER BY span_count DESC LIMIT 1")).one()
+        big_id, spans, finalized = conn.execute(text(
+            "SELECT trace_id, (SELECT SUM(span_count) FROM traces), finalized_ns FROM traces "
+            "ORDER BY span_count DESC LIMIT 1")).one()
     engine.dispose()
-    return {"big_trace_id": big_id, "seconds": 0.0, "stored_seconds": 0.0, "spans": int(spans), "reused": True}
+    return {"big_trace_id": big_id, "end_ns": int(finalized), "seconds": 0.0, "stored_seconds": 0.0,
+            "spans": int(spans), "reused": True}
 
 
 def p(values, q):
@@ -128,18 +130,24 @@ def bench_search(client, rounds: int) -> dict:
             "per_filter_p95_ms": {q or "(none)": round(p(v, 0.95), 2) for q, v in timings.items()}}
 
 
-def bench_heatmap(client, rounds: int) -> dict:
-    """The heat map over 24 h (the search page's and a per-operation one) and a live-tail poll, p95 each."""
-    mix = {"heatmap 24h": "/api/v1/stats/heatmap?lookback=24h",
-           "heatmap 24h service": "/api/v1/stats/heatmap?lookback=24h&service=gateway",
-           "heatmap 24h span operation": "/api/v1/stats/heatmap?lookback=24h&scope=span&service=billing&operation=charge",
-           "heatmap 24h 15m steps": "/api/v1/stats/heatmap?lookback=24h&step=15m",
-           "heatmap 1h (search page default)": "/api/v1/stats/heatmap?lookback=1h",
-           "heatmap 7d": "/api/v1/stats/heatmap?lookback=7d",
+def bench_heatmap(client, rounds: int, end_ns: int) -> dict:
+    """The heat map over 24 h (the search page's and a per-operation one) and a live-tail poll, p95 each.
+
+    Windows end at ``end_ns``, when the seeding finished (so a ``--reuse`` run reads the same data); the
+    live tail looks back as far as the last 15 minutes of the seeded hour.
+    """
+    end = f"&end={end_ns}"
+    window = f"window={max(900, int((time.time_ns() - end_ns) / 1e9) + 900)}s"
+    mix = {"heatmap 24h": "/api/v1/stats/heatmap?lookback=24h" + end,
+           "heatmap 24h service": "/api/v1/stats/heatmap?lookback=24h&service=gateway" + end,
+           "heatmap 24h span operation": "/api/v1/stats/heatmap?lookback=24h&scope=span&service=billing&operation=charge" + end,
+           "heatmap 24h 15m steps": "/api/v1/stats/heatmap?lookback=24h&step=15m" + end,
+           "heatmap 1h (search page default)": "/api/v1/stats/heatmap?lookback=1h" + end,
+           "heatmap 7d": "/api/v1/stats/heatmap?lookback=7d" + end,
            "heatmap region traces": None,
-           "tail first poll": "/api/v1/traces/tail",
+           "tail first poll": "/api/v1/traces/tail?" + window,
            "tail poll with cursor": None,
-           "tail poll service filter": "/api/v1/traces/tail?service=billing&status=error"}
+           "tail poll service filter": f"/api/v1/traces/tail?service=billing&status=error&{window}"}
     heat = client.get(mix["heatmap 24h 15m steps"]).get_json()
     busiest = max(heat["cells"], key=lambda cell: cell[2])
     column = heat["columns"][busiest[0]]
@@ -147,7 +155,7 @@ def bench_heatmap(client, rounds: int) -> dict:
     mix["heatmap region traces"] = (f"/api/v1/stats/heatmap/traces?start={column['start_ns']}&end={column['end_ns']}"
                                     f"&min_duration={row['min_ns']}ns&max_duration={row['max_ns']}ns&limit=100")
     cursor = client.get(mix["tail first poll"]).get_json()["cursor"]
-    mix["tail poll with cursor"] = f"/api/v1/traces/tail?cursor={cursor}"
+    mix["tail poll with cursor"] = f"/api/v1/traces/tail?cursor={cursor}&{window}"
     timings: dict[str, list[float]] = {name: [] for name in mix}
     for _ in range(rounds):
         for name, url in mix.items():
@@ -263,7 +271,7 @@ def main() -> None:
                 "stored_spans": seeded["spans"], "seed_seconds": seeded["seconds"],
                 "search": bench_search(client, args.rounds),
                 "search_baseline_bare_sql": bench_baseline_query(url, args.rounds * 5),
-                "heatmap_and_tail": bench_heatmap(client, args.rounds),
+                "heatmap_and_tail": bench_heatmap(client, args.rounds, seeded["end_ns"]),
                 "big_trace": bench_big_trace(client, seeded["big_trace_id"]),
                 "otlp": bench_otlp(client, redis_server.url),
             }

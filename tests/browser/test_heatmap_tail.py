@@ -147,7 +147,6 @@ def test_heat_map_selection_lists_exactly_the_traces_of_the_region(page, stack):
     failing = {t["trace_id"] for t in mine if t["trace_id"] in expected and t["error"]}
     assert {r.get_attribute("data-trace-id") for r in page.locator("#selection-body tr.row-error").all()} == failing
     screenshot(page, "heatmap")
-    page.locator("#heatmap-panel").screenshot(path=str(SCREENSHOTS / "heatmap-panel.png"))
 
     # "Search with these bounds" runs the trace search over the same region
     page.click("#selection-apply")
@@ -262,6 +261,7 @@ def test_live_tail_shows_a_trace_published_during_the_test_and_pauses(page, stac
     # the service filter applies: the other service's trace, finalized with it, is not shown
     wait_until(lambda: stack.api(f"/traces/{elsewhere}"), timeout=30, message="the other trace to be stored")
     assert page.locator(f'#tail-body tr[data-trace-id="{elsewhere}"]').count() == 0
+    page.locator("#tail-panel").scroll_into_view_if_needed()
     screenshot(page, "livetail")
 
     # paused: a trace finalized meanwhile stays out until the tail resumes
@@ -278,3 +278,25 @@ def test_live_tail_shows_a_trace_published_during_the_test_and_pauses(page, stac
     page.click("#tail-toggle")
     page.wait_for_selector(f'#tail-body tr[data-trace-id="{later}"]')
     page.console.assert_clean()
+
+
+def test_doc_images_are_screenshots_of_these_views(stack):
+    """docs/dashboard.md shows these views; CONTRAIL_UPDATE_DOC_IMAGES=1 refreshes the images from this run's."""
+    import shutil
+    import struct
+
+    from tests.conftest import ROOT
+
+    refresh = os.environ.get("CONTRAIL_UPDATE_DOC_IMAGES") == "1"
+    for name in ("heatmap", "livetail", "report", "services-charts"):
+        target = ROOT / "docs" / "images" / f"dashboard-{name}.png"
+        if refresh:
+            source = SCREENSHOTS / f"{name}.png"
+            if not source.exists():
+                pytest.fail(f"{source} missing: run this module's tests in the same run to produce the screenshots")
+            shutil.copyfile(source, target)
+        data = target.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", target
+        width, height = struct.unpack(">II", data[16:24])
+        assert width >= 1000 and height >= 600, (target, width, height)
+        assert len(data) < 400_000, target

@@ -79,7 +79,7 @@ export function drawHeatmap(box, data, { onSelect, emptyText = "No traces in thi
   });
   const colEvery = Math.max(1, Math.ceil(60 / cw));
   cols.forEach((col, c) => {
-    if (c % colEvery) return;
+    if (c % colEvery || x(c) > width - 34) return;  // no label cut off at the right edge
     const label = svg("text", { x: x(c), y: height - 6 });
     label.textContent = timeLabel(col.start_ns, data.step_s);
     axis.append(label);

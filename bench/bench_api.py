@@ -134,10 +134,10 @@ def bench_heatmap(client, rounds: int, end_ns: int) -> dict:
     """The heat map over 24 h (the search page's and a per-operation one) and a live-tail poll, p95 each.
 
     Windows end at ``end_ns``, when the seeding finished (so a ``--reuse`` run reads the same data); the
-    live tail looks back as far as the last 15 minutes of the seeded hour.
+    live tail looks back as far as its default window (5 minutes) before the seeding ended.
     """
     end = f"&end={end_ns}"
-    window = f"window={max(900, int((time.time_ns() - end_ns) / 1e9) + 900)}s"
+    window = f"window={max(300, int((time.time_ns() - end_ns) / 1e9) + 300)}s"
     mix = {"heatmap 24h": "/api/v1/stats/heatmap?lookback=24h" + end,
            "heatmap 24h service": "/api/v1/stats/heatmap?lookback=24h&service=gateway" + end,
            "heatmap 24h span operation": "/api/v1/stats/heatmap?lookback=24h&scope=span&service=billing&operation=charge" + end,

@@ -330,7 +330,7 @@ PATHS.update({
     "/api/v1/traces/tail": _get(
         "Live tail: traces finalized after the cursor (oldest first), with the search filters", "TailPage", [
             *[p for p in SEARCH_PARAMS if p["name"] not in ("sort", "limit", "cursor")],
-            _param("window", "Only traces that started within this long before now: 30s..24h (default 15m)."),
+            _param("window", "Only traces that started within this long before now, up to 24h (default 5m)."),
             _param("limit", "Traces per answer, 1..200.", {"type": "integer", "minimum": 1, "maximum": 200,
                                                            "default": 50}),
             _param("cursor", "cursor of the previous answer; without it, the newest traces.")], 400),

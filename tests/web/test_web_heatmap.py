@@ -162,7 +162,7 @@ def test_bad_parameters_are_400_naming_the_parameter(client, path, query, parame
 
 def test_tail_hands_out_each_finalized_trace_once_with_filters(client, database_url):
     now = time.time_ns()
-    first = seeded_traces(database_url, now - 5 * MINUTE_NS, n=6, now=True, spread_ns=MINUTE_NS)
+    first = seeded_traces(database_url, now - 4 * MINUTE_NS, n=6, now=True, spread_ns=MINUTE_NS)
     opening = get(client, "/api/v1/traces/tail", limit=4)
     assert len(opening["traces"]) == 4 and opening["more"] is False
     finalized = [t["finalized_ns"] for t in opening["traces"]]
@@ -184,7 +184,7 @@ def test_tail_hands_out_each_finalized_trace_once_with_filters(client, database_
     assert page["more"] is True and rest["more"] is False
     assert {t["trace_id"] for t in page["traces"] + rest["traces"]} == {t["trace_id"] for t in later}
     # traces that started before the window are not tailed
-    windowed = get(client, "/api/v1/traces/tail", window="150s")  # later started 1-2 minutes ago, first 4-5
+    windowed = get(client, "/api/v1/traces/tail", window="150s")  # later started 1-2 minutes ago, first 3-4
     assert {t["trace_id"] for t in windowed["traces"]} == {t["trace_id"] for t in later}
     assert first
 

@@ -20,7 +20,7 @@ from .traces import trace_query_from_request
 
 bp = Blueprint("tail", __name__, url_prefix="/api/v1")
 
-DEFAULT_WINDOW_S = 900.0
+DEFAULT_WINDOW_S = 300.0
 MAX_WINDOW_S = 86400.0
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200

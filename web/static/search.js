@@ -155,6 +155,7 @@ async function runSearch({ push = false, resetPaging = true } = {}) {
   if (cursors[pageIndex]) apiQuery.cursor = cursors[pageIndex];
   showError($("search-error"), null);
   $("search-submit").disabled = true;
+  if (resetPaging) loadHeatmap(query);  // in parallel with the search; paging does not change it
   try {
     const result = await getJSON("/traces", apiQuery);
     const traces = result.traces || [];
@@ -169,7 +170,6 @@ async function runSearch({ push = false, resetPaging = true } = {}) {
     renderTable(traces);
     updateSortHeaders(query.sort);
     await drawScatter(traces);
-    loadHeatmap(query);
     tail.reset();
     contrail.searchResults = traces.length;
     contrail.searchTotal = total;

@@ -148,6 +148,31 @@ def test_heat_map_selection_lists_exactly_the_traces_of_the_region(page, stack):
     assert {r.get_attribute("data-trace-id") for r in page.locator("#selection-body tr.row-error").all()} == failing
     screenshot(page, "heatmap")
 
+    # the keyboard selects too: from the bottom-left cell, arrows to the busiest cell, Shift+arrows one more
+    # column to the right and one row up, Enter
+    busiest = max(heatmap["cells"], key=lambda cell: (cell[2], -cell[0]))
+    row_index = next(i for i, r in enumerate(rows) if r["row"] == busiest[1])
+    target_col, target_row = min(busiest[0], len(cols) - 2), min(row_index, len(rows) - 2)
+    page.click("#selection-clear")
+    page.focus("#heatmap svg")
+    for _ in range(len(cols) + len(rows)):  # to the bottom-left corner first
+        page.keyboard.press("ArrowLeft")
+        page.keyboard.press("ArrowDown")
+    for _ in range(target_col):
+        page.keyboard.press("ArrowRight")
+    for _ in range(target_row):
+        page.keyboard.press("ArrowUp")
+    page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("Shift+ArrowUp")
+    page.evaluate("window.__contrail.selectionReady = false")
+    page.keyboard.press("Enter")
+    page.wait_for_function("window.__contrail.selectionReady === true")
+    start, end = cols[target_col]["start_ns"], cols[target_col + 1]["end_ns"]
+    low, high = rows[target_row]["min_ns"], rows[target_row + 1]["max_ns"]
+    expected = {t["trace_id"] for t in mine if start <= t["start_ns"] < end and low <= t["duration_ns"] <= high}
+    assert expected
+    assert set(page.evaluate("window.__contrail.selectionIds")) == expected
+
     # "Search with these bounds" runs the trace search over the same region
     page.click("#selection-apply")
     page.wait_for_url("**min_duration=**")

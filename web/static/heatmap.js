@@ -47,8 +47,10 @@ export function drawHeatmap(box, data, { onSelect, emptyText = "No traces in thi
   const plotW = width - MARGIN.l - MARGIN.r, plotH = height - MARGIN.t - MARGIN.b;
   const cw = plotW / cols.length, rh = plotH / rows.length;
   const rowIndex = new Map(rows.map((r, i) => [r.row, i]));
-  const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", class: "heatmap-svg",
-    "aria-label": `Latency heat map: ${fmtNum(data.count)} traces, ${fmtNum(data.error_count)} with errors; drag to select` });
+  const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "application", class: "heatmap-svg",
+    tabindex: 0, "aria-roledescription": "heat map",
+    "aria-label": `Latency heat map: ${fmtNum(data.count)} traces, ${fmtNum(data.error_count)} with errors. ` +
+      "Drag to select, or use the arrow keys (Shift extends) and Enter." });
   const y = (i) => MARGIN.t + plotH - (i + 1) * rh;  // row 0 (fastest) at the bottom
   const x = (c) => MARGIN.l + c * cw;
   const grid = svg("g", { class: "heatmap-cells" });
@@ -86,8 +88,10 @@ export function drawHeatmap(box, data, { onSelect, emptyText = "No traces in thi
   });
   root.append(axis);
   const band = svg("rect", { class: "heatmap-selection", visibility: "hidden" });
-  root.append(band);
-  box.append(root);
+  const cursor = svg("rect", { class: "heatmap-cursor", visibility: "hidden", width: cw, height: rh });
+  root.append(band, cursor);
+  const spoken = el("p", { class: "sr-only", "aria-live": "polite" });
+  box.append(root, spoken);
 
   // selection: pointer down on a cell, drag, release
   const cellAt = (event) => {
@@ -116,9 +120,42 @@ export function drawHeatmap(box, data, { onSelect, emptyText = "No traces in thi
     box.dataset.selection = JSON.stringify(selection);
     if (onSelect) onSelect(selection);
   };
+  // keyboard: arrows move a cursor cell, Shift+arrows stretch the region from where it started, Enter selects
+  let at = [0, 0], from = null;
+  const describe = ([c, i]) => {
+    const hit = byKey.get(`${c}:${i}`) || [0, 0];
+    return `${cols[c].time}, ${fmtMs(rows[i].min_ms)}–${fmtMs(rows[i].max_ms)}: ${fmtNum(hit[0])} traces` +
+      (hit[1] ? `, ${fmtNum(hit[1])} with errors` : "");
+  };
+  const moveCursor = () => {
+    cursor.setAttribute("x", x(at[0])); cursor.setAttribute("y", y(at[1])); cursor.setAttribute("visibility", "visible");
+    if (from) showBand(from, at); else band.setAttribute("visibility", "hidden");
+    spoken.textContent = describe(at);
+  };
+  root.addEventListener("focus", moveCursor);
+  root.addEventListener("blur", () => cursor.setAttribute("visibility", "hidden"));
+  root.addEventListener("keydown", (event) => {
+    const step = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, 1], ArrowDown: [0, -1] }[event.key];
+    if (step) {
+      if (event.shiftKey && !from) from = [...at];
+      if (!event.shiftKey) from = null;
+      at = [Math.min(cols.length - 1, Math.max(0, at[0] + step[0])), Math.min(rows.length - 1, Math.max(0, at[1] + step[1]))];
+      moveCursor();
+      event.preventDefault();
+    } else if (event.key === "Enter" || event.key === " ") {
+      finish(showBand(from || at, at));
+      from = null;
+      event.preventDefault();
+    } else if (event.key === "Escape") {
+      from = null;
+      band.setAttribute("visibility", "hidden");
+    }
+  });
   root.addEventListener("pointerdown", (event) => {
     if (event.button !== 0) return;
     anchor = cellAt(event);
+    at = [...anchor];
+    from = null;
     root.setPointerCapture?.(event.pointerId);
     showBand(anchor, anchor);
     event.preventDefault();
@@ -126,8 +163,10 @@ export function drawHeatmap(box, data, { onSelect, emptyText = "No traces in thi
   root.addEventListener("pointermove", (event) => { if (anchor) showBand(anchor, cellAt(event)); });
   root.addEventListener("pointerup", (event) => {
     if (!anchor) return;
-    const region = showBand(anchor, cellAt(event));
+    at = cellAt(event);
+    const region = showBand(anchor, at);
     anchor = null;
+    cursor.setAttribute("x", x(at[0])); cursor.setAttribute("y", y(at[1]));
     finish(region);
   });
 }

@@ -335,4 +335,6 @@ def _step_text(seconds: int) -> str:
         return f"{seconds // 86400} d"
     if seconds % 3600 == 0:
         return f"{seconds // 3600} h"
+    if seconds > 3600:
+        return f"{seconds / 3600:.1f} h"
     return f"{seconds // 60} min"

@@ -258,6 +258,18 @@ def test_red_charts_top_operations_others_shared_legend_hover_and_empty_state(pa
     page.wait_for_function("window.__contrail.chartLabels && window.__contrail.chartLabels.includes('batch')")
     assert "batch · job-0" not in page.evaluate("window.__contrail.chartLabels")
 
+    # one operation's span heat map: its counts are the operation's spans; a selection links to the search
+    page.goto(f"/services?lookback=1h&service={HEAT_SERVICE}&operation={HEAT_OPERATION.replace(' ', '%20')}")
+    page.wait_for_function("window.__contrail && window.__contrail.opHeatmapCells > 0")
+    spans = stack.api("/stats/heatmap", lookback="1h", scope="span", service=HEAT_SERVICE, operation=HEAT_OPERATION)
+    assert spans["count"] == sum(1 for t in stack.truth if t["service"] == HEAT_SERVICE and t["operation"] == HEAT_OPERATION)
+    assert page.locator("#op-heatmap rect.hm-cell").count() == len(spans["cells"])
+    page.locator("#op-heatmap-panel").scroll_into_view_if_needed()
+    page.locator("#op-heatmap rect.hm-cell").first.click()
+    link = page.locator("#op-heatmap-selection a")
+    href = link.get_attribute("href")
+    assert f"service={HEAT_SERVICE}" in href and "min_duration=" in href and "start=" in href
+
     # a selection without data says so instead of drawing empty axes
     page.goto("/services?lookback=15m&service=archive")
     page.wait_for_function("window.__contrail && window.__contrail.servicesReady")

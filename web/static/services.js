@@ -183,8 +183,9 @@ async function drawOperationHeatmap(query) {
         const search = new URLSearchParams({ service: query.service, start: new Date(sel.start_ns / 1e6).toISOString().slice(0, 19) + "Z",
           end: new Date(sel.end_ns / 1e6 - 1).toISOString().slice(0, 19) + "Z" });
         if (query.operation) search.set("operation", query.operation);
+        if (sel.min_ns > 0) search.set("min_duration", `${sel.min_ns}ns`);  // a trace lasts at least as long as its spans
         fill(box, `${fmtNum(sel.count)} span${sel.count === 1 ? "" : "s"} of ${fmtMs(sel.min_ms)}–${fmtMs(sel.max_ms)} selected (${fmtNum(sel.errors)} failed). `,
-          el("a", { href: `/?${search}`, text: "Find the traces holding this operation in that time" }));
+          el("a", { href: `/?${search}`, text: "Find traces that started then, hold this operation and last at least as long" }));
         box.hidden = false;
       },
     });

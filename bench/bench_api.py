@@ -6,6 +6,8 @@ through the Flask app (routing, validation, query, JSON):
 
 * trace search p95 over a mix of filters (budget: < 100 ms),
 * fetching the 10k-span trace (budget: < 1 s; and against json.dumps of the response body),
+* the latency heat map over 24 h, whole and per service / operation, and a live-tail poll
+  (the same budget as search: p95 < 100 ms),
 * OTLP receiver spans/s (protobuf, 512 spans per request) into a real Redis,
   against bare XADDs of the same spans already encoded (ratio).
 
@@ -36,6 +38,7 @@ SECOND = 1_000_000_000
 def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
     """Store the spans through the real write path (``store_spans``) and finalize every trace."""
     from collector_worker import finalizer
+    from collector_worker.finalizer import on_spans_stored
     from collector_worker.storage import open_engine
     from collector_worker.storage.writer import store_spans
     from tracer.settings import Settings
@@ -49,7 +52,7 @@ def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
 
     def flush():
         with engine.begin() as conn:
-            store_spans(conn, chunk, now)
+            on_spans_stored(conn, store_spans(conn, chunk, now))  # span statistics, as the consumer writes them
         chunk.clear()
 
     def add_trace(trace_id: str, n: int, t0: int) -> None:
@@ -87,8 +90,22 @@ def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
     with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
-    return {"big_trace_id": big_id, "seconds": round(time.perf_counter() - started, 1),
+    return {"big_trace_id": big_id, "end_ns": now + 10 * SECOND, "seconds": round(time.perf_counter() - started, 1),
             "stored_seconds": round(stored_s, 1), "spans": traces * 10 + big_trace_spans}
+
+
+def reseeded(database_url: str) -> dict:
+    """What :func:`seed` answered, read back from a database it seeded before (``--reuse``)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        big_id, spans, finalized = conn.execute(text(
+            "SELECT trace_id, (SELECT SUM(span_count) FROM traces), finalized_ns FROM traces "
+            "ORDER BY span_count DESC LIMIT 1")).one()
+    engine.dispose()
+    return {"big_trace_id": big_id, "end_ns": int(finalized), "seconds": 0.0, "stored_seconds": 0.0,
+            "spans": int(spans), "reused": True}
 
 
 def p(values, q):
@@ -111,6 +128,45 @@ def bench_search(client, rounds: int) -> dict:
     return {"queries": len(everything), "p50_ms": round(p(everything, 0.5), 2),
             "p95_ms": round(p(everything, 0.95), 2), "max_ms": round(max(everything), 2),
             "per_filter_p95_ms": {q or "(none)": round(p(v, 0.95), 2) for q, v in timings.items()}}
+
+
+def bench_heatmap(client, rounds: int, end_ns: int) -> dict:
+    """The heat map over 24 h (the search page's and a per-operation one) and a live-tail poll, p95 each.
+
+    Windows end at ``end_ns``, when the seeding finished (so a ``--reuse`` run reads the same data); the
+    live tail looks back as far as its default window (5 minutes) before the seeding ended.
+    """
+    end = f"&end={end_ns}"
+    window = f"window={max(300, int((time.time_ns() - end_ns) / 1e9) + 300)}s"
+    mix = {"heatmap 24h": "/api/v1/stats/heatmap?lookback=24h" + end,
+           "heatmap 24h service": "/api/v1/stats/heatmap?lookback=24h&service=gateway" + end,
+           "heatmap 24h span operation": "/api/v1/stats/heatmap?lookback=24h&scope=span&service=billing&operation=charge" + end,
+           "heatmap 24h 15m steps": "/api/v1/stats/heatmap?lookback=24h&step=15m" + end,
+           "heatmap 1h (search page default)": "/api/v1/stats/heatmap?lookback=1h" + end,
+           "heatmap 7d": "/api/v1/stats/heatmap?lookback=7d" + end,
+           "heatmap region traces": None,
+           "tail first poll": "/api/v1/traces/tail?" + window,
+           "tail poll with cursor": None,
+           "tail poll service filter": f"/api/v1/traces/tail?service=billing&status=error&{window}"}
+    heat = client.get(mix["heatmap 24h 15m steps"]).get_json()
+    busiest = max(heat["cells"], key=lambda cell: cell[2])
+    column = heat["columns"][busiest[0]]
+    row = next(r for r in heat["rows"] if r["row"] == busiest[1])
+    mix["heatmap region traces"] = (f"/api/v1/stats/heatmap/traces?start={column['start_ns']}&end={column['end_ns']}"
+                                    f"&min_duration={row['min_ns']}ns&max_duration={row['max_ns']}ns&limit=100")
+    cursor = client.get(mix["tail first poll"]).get_json()["cursor"]
+    mix["tail poll with cursor"] = f"/api/v1/traces/tail?cursor={cursor}&{window}"
+    timings: dict[str, list[float]] = {name: [] for name in mix}
+    for _ in range(rounds):
+        for name, url in mix.items():
+            t = time.perf_counter()
+            response = client.get(url)
+            timings[name].append((time.perf_counter() - t) * 1000)
+            assert response.status_code == 200, (url, response.get_json())
+    return {"cells_24h": len(heat["cells"]), "columns_24h": len(heat["columns"]), "rows_24h": len(heat["rows"]),
+            "traces_counted_24h": heat["count"],
+            "p95_ms": {name: round(p(values, 0.95), 2) for name, values in timings.items()},
+            "max_p95_ms": round(max(p(values, 0.95) for values in timings.values()), 2)}
 
 
 def bench_big_trace(client, trace_id: str, rounds: int = 5) -> dict:
@@ -190,14 +246,19 @@ def main() -> None:
     parser.add_argument("--big-trace-spans", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "api.json"))
+    parser.add_argument("--reuse", metavar="PATH", help="SQLite file seeded by an earlier run (seeded here if missing, "
+                        "kept afterwards): measure again without seeding again")
     args = parser.parse_args()
 
     from tests.support.servers import RedisServer
     from web import create_app
 
     with tempfile.TemporaryDirectory(prefix="contrail-bench-api-") as tmp:
-        url = f"sqlite:///{tmp}/bench.db"
-        seeded = seed(url, args.traces, args.big_trace_spans)
+        url = f"sqlite:///{args.reuse or tmp + '/bench.db'}"
+        if args.reuse and Path(args.reuse).exists():
+            seeded = reseeded(url)
+        else:
+            seeded = seed(url, args.traces, args.big_trace_spans)
         print(f"seeded {seeded['spans']} spans in {seeded['seconds']}s", flush=True)
         redis_server = RedisServer.launch()
         try:
@@ -210,6 +271,7 @@ def main() -> None:
                 "stored_spans": seeded["spans"], "seed_seconds": seeded["seconds"],
                 "search": bench_search(client, args.rounds),
                 "search_baseline_bare_sql": bench_baseline_query(url, args.rounds * 5),
+                "heatmap_and_tail": bench_heatmap(client, args.rounds, seeded["end_ns"]),
                 "big_trace": bench_big_trace(client, seeded["big_trace_id"]),
                 "otlp": bench_otlp(client, redis_server.url),
             }
@@ -217,7 +279,8 @@ def main() -> None:
         finally:
             redis_server.destroy()
     results["budgets"] = {"search_p95_under_100ms": results["search"]["p95_ms"] < 100,
-                          "big_trace_under_1s": results["big_trace"]["median_ms"] < 1000}
+                          "big_trace_under_1s": results["big_trace"]["median_ms"] < 1000,
+                          "heatmap_and_tail_p95_under_100ms": results["heatmap_and_tail"]["max_p95_ms"] < 100}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -10,6 +10,10 @@ within 1 % of the exact value.
 Rows are kept per minute (resolution 60) and per hour (3600, the rollup read
 for long windows), written with additive upserts so several collectors can
 write the same bucket concurrently.
+
+Failed samples are also counted into a histogram of their own, under the scope
+``e:<scope>`` (:func:`error_scope`), so the latency heat map can tell which
+durations the errors had; the stats rows of that scope are never written.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ RELATIVE_ACCURACY = 0.01
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
 _LOG_GAMMA = math.log(GAMMA)
 RESOLUTIONS = (60, 3600)
+ERROR_SCOPE_PREFIX = "e:"
+GROUP_BY = ("operation", "service")
 PERCENTILES = (("p50_ms", 0.50), ("p90_ms", 0.90), ("p95_ms", 0.95), ("p99_ms", 0.99))
+
+
+def error_scope(scope: str) -> str:
+    """The histogram scope that counts only the failed samples of ``scope`` (``span`` -> ``e:span``)."""
+    return ERROR_SCOPE_PREFIX + scope
 
 
 def bin_for(duration_ns: float) -> int:
@@ -124,6 +135,8 @@ class Accumulator:
             if weight > 0 and duration_ns > row[3]:
                 row[3] = duration_ns
             self.hist[key + (b,)] += weight
+            if error:
+                self.hist[(error_scope(scope),) + key[1:] + (b,)] += weight
 
     def add_spans(self, scope: str, spans: Iterable[Mapping[str, Any]]) -> None:
         """Count many spans at once: the same rows as :meth:`add` per span, with the per-span work done once.
@@ -133,6 +146,7 @@ class Accumulator:
         """
         minutes: dict[tuple, list[int]] = {}
         bins: dict[tuple, int] = defaultdict(int)
+        error_bins: dict[tuple, int] = defaultdict(int)
         log, ceil, log_gamma = math.log, math.ceil, _LOG_GAMMA
         for s in spans:
             start = int(s["start_ns"])
@@ -149,6 +163,7 @@ class Accumulator:
             row[0] += 1
             if s.get("status_code") == "error":
                 row[1] += 1
+                error_bins[key + (b,)] += 1
             row[2] += duration
             if duration > row[3]:
                 row[3] = duration
@@ -166,10 +181,11 @@ class Accumulator:
                 row[2] += total
                 if longest > row[3]:
                     row[3] = longest
-        for (service, operation, minute, b), count in bins.items():
-            service, operation = service[:255], operation[:512]
-            for resolution in RESOLUTIONS:
-                hist[(scope, resolution, minute - minute % resolution, service, operation, b)] += count
+        for hist_scope, counted in ((scope, bins), (error_scope(scope), error_bins)):
+            for (service, operation, minute, b), count in counted.items():
+                service, operation = service[:255], operation[:512]
+                for resolution in RESOLUTIONS:
+                    hist[(hist_scope, resolution, minute - minute % resolution, service, operation, b)] += count
 
     def flush(self, conn: Connection) -> None:
         """Write everything gathered as additive upserts (sorted, so concurrent writers lock in one order)."""
@@ -296,12 +312,17 @@ def _ms(ns: float) -> float:
 
 def query_stats(conn: Connection, service: str | None = None, operation: str | None = None,
                 start_ns: int | None = None, end_ns: int | None = None, step_s: int = 60,
-                scope: str = "span") -> dict[str, Any]:
+                scope: str = "span", group_by: str = "operation") -> dict[str, Any]:
     """RED statistics per (service, operation) over a window, plus a time series per step.
 
     Steps of whole hours read the hourly rollup; otherwise minute rows are
     merged into steps of ``step_s`` seconds (rounded down to whole minutes).
+    ``group_by="service"`` merges the operations of each service (histograms
+    add, so its percentiles stay exact); the operation is then ``""``.
     """
+    if group_by not in GROUP_BY:
+        raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
+    per_service = group_by == "service"
     end_ns = time.time_ns() if end_ns is None else int(end_ns)
     start_ns = end_ns - 3600 * 1_000_000_000 if start_ns is None else int(start_ns)
     step_s = max(60, int(step_s or 60))
@@ -325,6 +346,8 @@ def query_stats(conn: Connection, service: str | None = None, operation: str | N
     series: dict[tuple[str, str], dict[int, list[int]]] = defaultdict(dict)
     for svc, op, bucket, count, errors, total, mx in conn.execute(where(st, select(
             st.c.service, st.c.operation, st.c.bucket, st.c.count, st.c.error_count, st.c.total_ns, st.c.max_ns))):
+        if per_service:
+            op = ""
         t = totals.setdefault((svc, op), [0, 0, 0, 0])
         t[0] += count
         t[1] += errors
@@ -341,6 +364,8 @@ def query_stats(conn: Connection, service: str | None = None, operation: str | N
             sh.c.service, sh.c.operation, sh.c.bucket, sh.c.bin, sh.c.count))):
         if count <= 0:
             continue
+        if per_service:
+            op = ""
         hists[(svc, op)].add_bin(b, count)
         point_hists[(svc, op, bucket - bucket % step_s)].add_bin(b, count)
 

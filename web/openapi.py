@@ -313,6 +313,8 @@ PATHS: dict[str, Any] = {
     "/api/v1/stats": _get("Statistics per operation and their time series", "Stats", [
         _param("service", "Only this service."), _param("operation", "Only this operation."),
         _param("scope", "span: every span; trace: per trace root.", {"enum": ["span", "trace"], "default": "span"}),
+        _param("group_by", "operation: a row per service and operation; service: the operations of each service "
+               "merged (operation is \"\").", {"enum": ["operation", "service"], "default": "operation"}),
         _param("step", "Series step, whole minutes: 60s, 5m, 1h."), *TIME_PARAMS], 400, 503),
     "/api/v1/metrics": _get("Application metric names with their kind, unit, services and attribute values",
                             "MetricList", TIME_PARAMS, 400, 503),
@@ -373,6 +375,56 @@ PATHS: dict[str, Any] = {
                     "content": {"application/json": {"schema": OBJ}}},
             **_responses(None, 400, 401, 403, 413, 415, 503)}}},
 }
+
+
+# The latency heat map and the live tail.
+SCHEMAS.update({
+    "Heatmap": _obj({
+        "scope": {"enum": ["trace", "span"]}, "service": NULLABLE_STR, "operation": NULLABLE_STR,
+        "start_ns": INT, "end_ns": INT, "step_s": INT, "resolution": {"enum": [60, 3600]},
+        "columns": {"type": "array", "items": _obj({"start_ns": INT, "end_ns": INT, "time": STR})},
+        "rows": {"type": "array", "items": _obj({"row": INT, "min_ns": INT, "max_ns": INT, "min_ms": NUM,
+                                                 "max_ms": NUM})},
+        "cells": {"type": "array", "items": {"type": "array", "items": INT, "minItems": 4, "maxItems": 4},
+                  "description": "[column index, row, count, error count] of each non-empty cell"},
+        "count": INT, "error_count": INT, "max_cell": INT}),
+    "TailPage": _obj({"traces": {"type": "array", "items": {"allOf": [_ref("TraceSummary"),
+                                                                      _obj({"finalized_ns": INT})]}},
+                      "cursor": STR, "more": {"type": "boolean"}}),
+})
+PATHS.update({
+    "/api/v1/stats/heatmap": _get(
+        "Latency heat map: counts per time column and duration row, from the stored histograms", "Heatmap", [
+            _param("scope", "trace: traces by root service/operation; span: spans of each service/operation.",
+                   {"enum": ["trace", "span"], "default": "trace"}),
+            _param("service", "Only this service (the root service for scope=trace)."),
+            _param("operation", "Only this operation (the root operation for scope=trace)."),
+            _param("step", "Column width, whole minutes: 60s, 5m, 1h (default: at most 96 columns; whole hours from 12 h windows)."),
+            *TIME_PARAMS], 400),
+    "/api/v1/stats/heatmap/traces": _get(
+        "The traces a trace-scope heat map counted in a region", "TraceList", [
+            _param("start", "Region start (inclusive): ISO-8601 or unix ns.", required=True),
+            _param("end", "Region end (exclusive): ISO-8601 or unix ns.", required=True),
+            _param("min_duration", "Shortest duration (inclusive): the row's min_ns as 123ns, or 250ms."),
+            _param("max_duration", "Longest duration (inclusive)."),
+            _param("service", "Root service."), _param("operation", "Root operation."),
+            _param("status", "error: traces with an error span; ok: without.", {"enum": ["error", "ok"]}),
+            _param("sort", "Result order.", {"enum": ["start_desc", "start_asc", "duration_desc", "duration_asc"],
+                                             "default": "start_desc"}),
+            _param("limit", "Page size, 1..1000.", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}),
+            _param("cursor", "next_cursor of the previous page (same sort).")], 400),
+    "/api/v1/report": _get(
+        "The period report: one self-contained HTML file (RED summary, heat map, slowest and failing operations, "
+        "dependency map, bottleneck hints, AI usage and cost), as an attachment", None,
+        [*TIME_PARAMS], 400, ok_content={"text/html": {"schema": STR}}),
+    "/api/v1/traces/tail": _get(
+        "Live tail: traces finalized after the cursor (oldest first), with the search filters", "TailPage", [
+            *[p for p in SEARCH_PARAMS if p["name"] not in ("sort", "limit", "cursor")],
+            _param("window", "Only traces that started within this long before now, up to 24h (default 5m)."),
+            _param("limit", "Traces per answer, 1..200.", {"type": "integer", "minimum": 1, "maximum": 200,
+                                                           "default": 50}),
+            _param("cursor", "cursor of the previous answer; without it, the newest traces.")], 400),
+})
 
 
 @lru_cache(maxsize=1)

@@ -186,8 +186,9 @@ def test_services_show_hostile_names_as_text(page, hostile):
     page.goto("/services?lookback=1h")
     until(page, "window.__contrail && window.__contrail.servicesReady")
     for chart in ("chart-rate", "chart-errors", "chart-latency"):
-        until(page, f"document.getElementById('{chart}').data && document.querySelector('#{chart} .legendtext')")
-    legend = " ".join(page.locator("#chart-rate .legendtext").all_text_contents())
+        until(page, f"document.getElementById('{chart}').data && document.getElementById('{chart}').data.length")
+    until(page, "document.querySelector('#chart-legend button')")  # one legend for the three charts, below them
+    legend = " ".join(page.locator("#chart-legend").all_text_contents())
     assert SERVICE_A in legend or SERVICE_B in legend, legend
     until(page, "document.querySelectorAll('#service-map .map-node').length >= 2")
     assert SERVICE_B in page.locator("#ops-table").inner_text()

@@ -16,7 +16,9 @@ SPEC = spec()
 
 
 def route_of(path: str) -> str:
-    """The spec path template matching a concrete path."""
+    """The spec path template matching a concrete path (a literal path before a template: /traces/tail)."""
+    if path in SPEC["paths"]:
+        return path
     for template in SPEC["paths"]:
         pattern = "^" + re.sub(r"\{[^}]+\}", "[^/]+", template) + "$"
         if re.match(pattern, path) and not (template.endswith("{trace_id}") and path.endswith("/compare")):
@@ -45,7 +47,7 @@ def test_the_document_is_valid_and_served(client):
         jsonschema.Draft202012Validator.check_schema(schema)
     for rule in client.application.url_map.iter_rules():
         if rule.endpoint.split(".")[0] in ("traces", "services", "dependencies", "stats", "health", "otlp", "zipkin",
-                                             "ai", "metrics"):
+                                             "ai", "metrics", "heatmap", "tail", "report"):
             template = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
             assert template in SPEC["paths"], f"route {rule.rule} is missing from the OpenAPI document"
 
@@ -66,6 +68,10 @@ def test_every_route_conforms(client, dataset):
         "/api/v1/metrics", "/api/v1/metrics/llm_requests_total?lookback=1h&step=5m&model=gpt",
         "/api/v1/metrics/x?step=7s",
         "/healthz", "/readyz", "/metrics",
+        "/api/v1/stats/heatmap?lookback=7d", "/api/v1/stats/heatmap?scope=span&service=retrieval&step=1m",
+        f"/api/v1/stats/heatmap/traces?start={dataset.base_ns}&end={dataset.base_ns + 10**10}",
+        "/api/v1/traces/tail?lookback=1h", "/api/v1/traces/tail?cursor=x", "/api/v1/stats/heatmap?step=1s",
+        "/api/v1/report?lookback=1h", "/api/v1/report?lookback=1s",
         "/api/v1/traces?limit=0", "/api/v1/traces/nope", f"/api/v1/traces/{'1' * 32}",
     ]
     for path in paths:
@@ -92,6 +98,10 @@ PARAMS = {
     "/api/v1/ai/usage": ["group_by", "step", "start", "end", "lookback"],
     "/api/v1/ai/bottlenecks": ["recent", "baseline", "limit", "at"],
     "/api/v1/metrics": ["start", "end", "lookback"],
+    "/api/v1/stats/heatmap": ["scope", "service", "operation", "step", "start", "end", "lookback"],
+    "/api/v1/stats/heatmap/traces": ["start", "end", "min_duration", "max_duration", "service", "status", "sort",
+                                     "limit", "cursor"],
+    "/api/v1/traces/tail": ["service", "status", "min_duration", "tag", "lookback", "window", "limit", "cursor"],
     "/api/v1/metrics/llm_requests_total": ["service", "step", "start", "end", "lookback", "model", "model"],
 }
 

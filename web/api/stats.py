@@ -19,6 +19,7 @@ def stats():
     service = params.text("service")
     operation = params.text("operation")
     scope = params.choice("scope", ("span", "trace"), "span")
+    group_by = params.choice("group_by", ("operation", "service"), "operation")
     start_ns, end_ns, step_s = params.series_window(DEFAULT_LOOKBACK_S, MAX_POINTS)
     try:
         from collector_worker.stats import query_stats
@@ -28,6 +29,6 @@ def stats():
         raise ApiError(503, "statistics are not available in this installation") from None
     with current_resources().engine().connect() as conn:
         result = query_stats(conn, service=service, operation=operation, start_ns=start_ns, end_ns=end_ns,
-                             step_s=step_s, scope=scope)
-    return jsonify({"start_ns": start_ns, "end_ns": end_ns, "step_s": step_s, "scope": scope,
+                             step_s=step_s, scope=scope, group_by=group_by)
+    return jsonify({"start_ns": start_ns, "end_ns": end_ns, "step_s": step_s, "scope": scope, "group_by": group_by,
                     "operations": list(result.get("operations", [])), "series": list(result.get("series", []))})

@@ -2,6 +2,8 @@
 // plot (time × duration, errors marked, click to open) and a sortable, paged table.
 import { getJSON, listServices, listOperations, el, clear, fmtMs, fmtTime, fmtNum, showError, traceHref,
   plotTheme, plotText, plotlyReady, autoRefresh, contrail, fill, loadBottlenecks, hintBadges, fmtWindow } from "./api.js";
+import { drawHeatmap, heatmapLegend } from "./heatmap.js";
+import { createLiveTail } from "./livetail.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("search-form");
@@ -153,6 +155,7 @@ async function runSearch({ push = false, resetPaging = true } = {}) {
   if (cursors[pageIndex]) apiQuery.cursor = cursors[pageIndex];
   showError($("search-error"), null);
   $("search-submit").disabled = true;
+  if (resetPaging) loadHeatmap(query);  // in parallel with the search; paging does not change it
   try {
     const result = await getJSON("/traces", apiQuery);
     const traces = result.traces || [];
@@ -167,6 +170,7 @@ async function runSearch({ push = false, resetPaging = true } = {}) {
     renderTable(traces);
     updateSortHeaders(query.sort);
     await drawScatter(traces);
+    tail.reset();
     contrail.searchResults = traces.length;
     contrail.searchTotal = total;
   } catch (error) {
@@ -182,6 +186,96 @@ function updateCompareButton() {
   button.disabled = selected.size !== 2;
   button.textContent = `Compare selected (${selected.size}/2)`;
 }
+
+// ----------------------------------------------------------------- latency heat map
+
+let heatmapQuery = {};
+let lastHeatmap = null;
+
+/** The heat map follows the form's service, operation and time range; it counts traces by their root. */
+async function loadHeatmap(query) {
+  heatmapQuery = {};
+  for (const name of ["service", "operation", "lookback", "start", "end"]) if (query[name]) heatmapQuery[name] = query[name];
+  if (!heatmapQuery.lookback && !heatmapQuery.start && !heatmapQuery.end) heatmapQuery.lookback = "1h";
+  const scope = [heatmapQuery.service, heatmapQuery.operation].filter(Boolean).join(" · ");
+  $("heatmap-scope").textContent = scope ? `(traces starting at ${scope})` : "(all traces)";
+  showError($("heatmap-error"), null);
+  try {
+    const data = await getJSON("/stats/heatmap", heatmapQuery);
+    lastHeatmap = data;
+    renderHeatmap(data);
+  } catch (error) {
+    showError($("heatmap-error"), error);
+  }
+}
+
+function renderHeatmap(data) {
+  drawHeatmap($("heatmap"), data, {
+    onSelect: listSelection,
+    emptyText: heatmapQuery.service ? "No traces start at this service/operation in this window." : "No traces in this window.",
+  });
+  fill($("heatmap-legend"), data.cells.length ? heatmapLegend(data.max_cell) : null);
+  contrail.heatmapCells = data.cells.length;
+}
+
+let lastSelection = null;
+async function listSelection(selection) {
+  lastSelection = selection;
+  const params = { start: selection.start_ns, end: selection.end_ns, min_duration: `${selection.min_ns}ns`,
+    max_duration: `${selection.max_ns}ns`, service: heatmapQuery.service, operation: heatmapQuery.operation, limit: 100 };
+  contrail.selectionReady = false;
+  const panel = $("heatmap-selection");
+  panel.hidden = false;
+  try {
+    const answer = await getJSON("/stats/heatmap/traces", params);
+    const traces = answer.traces || [];
+    const range = `${fmtTime(null, selection.start_ns).slice(0, 16)}–${fmtTime(null, selection.end_ns).slice(11, 16)} UTC, ` +
+      `${fmtMs(selection.min_ms)}–${fmtMs(selection.max_ms)}`;
+    $("selection-title").textContent = `${fmtNum(answer.total)}${answer.total_capped ? "+" : ""} trace${answer.total === 1 ? "" : "s"} in the selection (${range})` +
+      (traces.length < answer.total ? `, ${fmtNum(traces.length)} shown` : "");
+    const body = $("selection-body");
+    fill(body, traces.length ? traces.map((t) => el("tr", { class: t.error_count ? "row-error" : "", dataset: { traceId: t.trace_id } },
+      el("td", {}, el("a", { href: traceHref(t.trace_id), class: "trace-link", text: fmtTime(t.start_time, t.start_ns) })),
+      el("td", {}, el("strong", { text: t.root_service || "?" }), " ", el("span", { text: t.root_operation || "" })),
+      el("td", { class: "num", text: fmtMs(t.duration_ms) }),
+      el("td", { class: "num", text: fmtNum(t.span_count) }),
+      el("td", { class: t.error_count ? "num text-err" : "num", text: fmtNum(t.error_count) })))
+      : el("tr", {}, el("td", { colspan: 5, class: "muted", text: "No stored traces here (tail sampling may have dropped them)." })));
+    contrail.selectionIds = traces.map((t) => t.trace_id);
+    contrail.selectionReady = true;
+  } catch (error) {
+    showError($("heatmap-error"), error);
+  }
+}
+
+$("selection-clear").addEventListener("click", () => {
+  $("heatmap-selection").hidden = true;
+  lastSelection = null;
+  if (lastHeatmap) renderHeatmap(lastHeatmap);
+});
+$("selection-apply").addEventListener("click", () => {
+  if (!lastSelection) return;
+  const iso = (ns) => new Date(ns / 1e6).toISOString().slice(0, 19);
+  form.elements.lookback.value = "";
+  form.elements.start.value = iso(lastSelection.start_ns);
+  form.elements.end.value = iso(lastSelection.end_ns - 1e6);
+  form.elements.min_duration.value = `${lastSelection.min_ns}ns`;
+  form.elements.max_duration.value = `${lastSelection.max_ns}ns`;
+  toggleRange();
+  runSearch({ push: true });
+});
+
+// ----------------------------------------------------------------- live tail
+
+/** The search filters the live tail applies (its own window replaces the time range). */
+function tailFilters() {
+  const query = formQuery();
+  for (const name of ["lookback", "start", "end", "sort", "limit"]) delete query[name];
+  return query;
+}
+
+const tail = createLiveTail({ body: $("tail-body"), status: $("tail-status"), button: $("tail-toggle"),
+  errorBox: $("tail-error"), filters: tailFilters });
 
 // ----------------------------------------------------------------- bottleneck hints
 
@@ -238,9 +332,12 @@ $("compare-selected").addEventListener("click", () => {
   window.location.href = `/compare?a=${encodeURIComponent(older)}&b=${encodeURIComponent(newer)}`;
 });
 window.addEventListener("popstate", () => { fillForm(new URLSearchParams(window.location.search)); runSearch(); });
-window.addEventListener("contrail:theme", () => lastTraces.length && drawScatter(lastTraces));
+window.addEventListener("contrail:theme", () => { if (lastTraces.length) drawScatter(lastTraces); });
+let resizeTimer = null;
+window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(() => lastHeatmap && renderHeatmap(lastHeatmap), 150); });
 
 fillForm(new URLSearchParams(window.location.search));
+if (new URLSearchParams(window.location.search).get("live") === "1") tail.start();
 autoRefresh($("auto-refresh"), () => { runSearch({ resetPaging: false }); showHintSummary(); });
 loadServices().then(() => runSearch());
 showHintSummary();

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-import redis
+from tracer.redis_client import connect
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -76,8 +76,8 @@ class StreamHealthCollector:
             from collector_worker.consumer import stream_health
 
             settings = self.app.extensions["contrail.settings"]
-            client = redis.Redis.from_url(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S,
-                                          socket_connect_timeout=SCRAPE_TIMEOUT_S)
+            client = connect(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S,
+                             socket_connect_timeout=SCRAPE_TIMEOUT_S)
             try:
                 health = stream_health(client, settings)
             finally:
@@ -103,8 +103,7 @@ class StreamHealthCollector:
         """The tracers' and collectors' self-reports (tracer.reporting), read at scrape time."""
         from tracer.reporting import COLLECTOR_COUNTERS, read_reports, summarize
 
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S,
-                                      socket_connect_timeout=SCRAPE_TIMEOUT_S)
+        client = connect(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S, socket_connect_timeout=SCRAPE_TIMEOUT_S)
         try:
             services = summarize(read_reports(client, settings.stream))["services"]
             collectors = read_reports(client, settings.stream, kind="collectors")

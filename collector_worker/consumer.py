@@ -31,7 +31,7 @@ from tracer import shards
 from tracer.codec import REASON_CHARS, CodecError, decode_entry, encode_rejected
 from tracer.limits import SpanLimits
 from tracer.metrics_codec import decode_metrics, is_metrics_entry
-from tracer.redis_client import connect
+from tracer.redis_client import connect, is_cluster
 from tracer.settings import Settings
 
 from . import finalizer
@@ -164,7 +164,8 @@ def trim_bound(client: redis.Redis, stream: str) -> str | None:
     for group in groups:
         pipe.xpending(stream, group["name"])
     replies = pipe.execute()
-    snapshot, summaries = replies[0], replies[1:]
+    snapshot = [{_text(k): v for k, v in group.items()} for group in replies[0]]  # a cluster MULTI: bytes keys
+    summaries = [_pending_summary(summary) for summary in replies[1:]]
     if len(snapshot) != len(groups):
         return None  # a group came or went meanwhile; try again next time
     bounds = []
@@ -176,6 +177,13 @@ def trim_bound(client: redis.Redis, stream: str) -> str | None:
                 bound = oldest
         bounds.append(bound)
     return min(bounds, key=_id_key)
+
+
+def _pending_summary(summary: Any) -> dict[str, Any]:
+    """XPENDING's summary as a mapping (a cluster client's MULTI returns the raw reply list)."""
+    if isinstance(summary, (list, tuple)):
+        return {"pending": int(summary[0] or 0), "min": summary[1], "max": summary[2]}
+    return summary
 
 
 def trim_stream(client: redis.Redis, settings: Settings) -> int:
@@ -261,6 +269,8 @@ def stream_shard_health(redis_client: Any, settings: Settings) -> dict[str, Any]
         "stream": settings.stream, "stream_length": 0, "pending": 0, "lag": 0, "consumers": [], "dead_letters": 0,
         "last_entry_id": None, "oldest_pending_idle_ms": 0, "group_exists": False,
     }
+    if is_cluster(redis_client):  # where the shard lives
+        health["node"] = redis_client.get_node_from_key(settings.stream).name
     pipe = redis_client.pipeline(transaction=False)
     pipe.xlen(settings.stream)
     pipe.xlen(settings.dead_stream)

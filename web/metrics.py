@@ -24,6 +24,7 @@ STREAM_GAUGES = {
     "dead_letters": "Entries in the dead-letter stream.",
     "consumers": "Consumers in the collectors' group.",
 }
+SHARD_GAUGES = ("stream_length", "pending", "lag", "dead_letters")  # also per stream, labelled stream="<name>"
 TRACER_GAUGES = {  # per service, summed over the processes' reports (tracer.reporting)
     "instances": "Processes of the service that reported in the last day.",
     "spans_exported": "Spans the service's processes exported to the stream.",
@@ -97,6 +98,12 @@ class StreamHealthCollector:
                 gauge = GaugeMetricFamily(f"contrail_stream_{key}", help_text)
                 gauge.add_metric([], float(value))
                 yield gauge
+        for key in SHARD_GAUGES:
+            gauge = GaugeMetricFamily(f"contrail_stream_shard_{key}", f"{STREAM_GAUGES[key]} Per stream shard.",
+                                      labels=["stream"])
+            for shard in health.get("shards") or ():
+                gauge.add_metric([shard["stream"]], float(shard[key]))
+            yield gauge
 
 
     def _reported(self, settings):

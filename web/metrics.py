@@ -24,7 +24,8 @@ STREAM_GAUGES = {
     "dead_letters": "Entries in the dead-letter stream.",
     "consumers": "Consumers in the collectors' group.",
 }
-SHARD_GAUGES = ("stream_length", "pending", "lag", "dead_letters")  # also per stream, labelled stream="<name>"
+# Also per stream shard, labelled stream="<name>": contrail_stream_shard_length, _pending, _lag, _dead_letters.
+SHARD_GAUGES = ("stream_length", "pending", "lag", "dead_letters")
 TRACER_GAUGES = {  # per service, summed over the processes' reports (tracer.reporting)
     "instances": "Processes of the service that reported in the last day.",
     "spans_exported": "Spans the service's processes exported to the stream.",
@@ -99,7 +100,8 @@ class StreamHealthCollector:
                 gauge.add_metric([], float(value))
                 yield gauge
         for key in SHARD_GAUGES:
-            gauge = GaugeMetricFamily(f"contrail_stream_shard_{key}", f"{STREAM_GAUGES[key]} Per stream shard.",
+            gauge = GaugeMetricFamily(f"contrail_stream_shard_{key.removeprefix('stream_')}",
+                                      f"{STREAM_GAUGES[key]} Per stream shard.",
                                       labels=["stream"])
             for shard in health.get("shards") or ():
                 gauge.add_metric([shard["stream"]], float(shard[key]))

@@ -286,3 +286,38 @@ def test_trim_and_consumer_pruning_work_on_every_shard(redis_cluster_url):
             assert prune_consumers(client, each, idle_ms=0) == ["idle"]  # "reader" holds an entry: kept
     finally:
         client.close()
+
+
+def test_doctor_and_metrics_show_every_shard(redis_cluster_url, sqlite_url):
+    from collector_worker.doctor import check_redis, check_stream
+
+    settings = cluster_settings(redis_cluster_url, database_url=sqlite_url)
+    client = connect(settings.redis_url)
+    try:
+        for number, each in enumerate(shard_settings(settings)):
+            ensure_group(client, each)
+            for i in range(number + 1):  # shard i holds i + 1 entries, none read yet
+                client.xadd(each.stream, {"n": str(i)})
+        client.xadd(shard_settings(settings)[2].dead_stream, {"reason": "test"})
+    finally:
+        client.close()
+    checks, doctor_client = check_redis(settings)
+    assert checks[0].status == "OK", checks[0]
+    by_name = {check.name: check for check in check_stream(doctor_client, settings)}
+    doctor_client.close()
+    assert by_name["stream"].detail.startswith("contrail:spans: 6 entries")
+    shown = by_name["shards"].detail
+    for i in range(SHARDS):
+        assert f"contrail:spans:{{{i}}} on 127.0.0.1:" in shown and f"{i + 1} entries, 0 pending, lag {i + 1}" in shown
+    assert "contrail:spans:{2}:dead" in by_name["dead letters"].detail
+
+    app = create_app({"DATABASE_URL": sqlite_url, "REDIS_URL": redis_cluster_url, "TESTING": True}, settings=settings)
+    try:
+        text = app.test_client().get("/metrics").get_data(as_text=True)
+    finally:
+        app.extensions["contrail.resources"].close()
+    assert "contrail_stream_stream_length 6.0" in text and "contrail_stream_lag 6.0" in text
+    for i in range(SHARDS):
+        assert f'contrail_stream_shard_length{{stream="contrail:spans:{{{i}}}"}} {i + 1}.0' in text
+        assert f'contrail_stream_shard_lag{{stream="contrail:spans:{{{i}}}"}} {i + 1}.0' in text
+    assert 'contrail_stream_shard_dead_letters{stream="contrail:spans:{2}"} 1.0' in text

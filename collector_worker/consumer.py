@@ -878,10 +878,20 @@ def prepare_partitions(engine: Engine) -> None:
         log.warning("preparing day partitions failed, finalizers will make them: %s", _short(exc))
 
 
-def open_redis(settings: Settings) -> Any:
-    """The collector's Redis client (single server or cluster, see tracer.redis_client)."""
-    return connect(settings.redis_url, socket_timeout=max(10.0, settings.block + 5), socket_connect_timeout=5,
-                   health_check_interval=30)
+def open_redis(settings: Settings, stop: threading.Event) -> Any:
+    """The collector's Redis client (single server or cluster, see tracer.redis_client). A cluster client
+    reaches a node as it is made: while none answers this retries with back-off; None once ``stop`` is set."""
+    backoff = 0.0
+    while not stop.is_set():
+        try:
+            return connect(settings.redis_url, socket_timeout=max(10.0, settings.block + 5),
+                           socket_connect_timeout=5, health_check_interval=30)
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            _count("redis_errors")
+            backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
+            log.error("redis unreachable (%s); retrying in %.1fs", _short(exc), backoff)
+            stop.wait(backoff)
+    return None
 
 
 def shard_consumers(settings: Settings, engine: Engine, client: Any, name: str) -> list[StreamConsumer]:
@@ -916,7 +926,11 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
     pricing.configure(settings.price_table)  # LLM cost is computed at ingest: load the configured table first
     own_engine = engine is None
     engine = engine or open_engine(settings.resolved_database_url)
-    client = redis_client or open_redis(settings)
+    client = redis_client or open_redis(settings, stop)
+    if client is None:  # stopped before Redis answered
+        if own_engine:
+            engine.dispose()
+        return
     name = settings.resolved_consumer_name
     consumers = shard_consumers(settings, engine, client, name)
     consumer = consumers[0]  # finalizing, retention and the caches are the process's; the first one keeps them
@@ -1002,7 +1016,8 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
                 backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
                 log.error("redis error: %s; retrying in %.1fs", _short(exc), backoff)
                 stop.wait(backoff)
-            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
+                    redis.exceptions.RedisClusterException) as exc:
                 _count("redis_errors")
                 backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
                 log.error("redis unreachable (%s); retrying in %.1fs", _short(exc), backoff)

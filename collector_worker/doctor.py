@@ -53,7 +53,7 @@ def check_redis(settings: Settings) -> tuple[list[Check], Any]:
         client = connect(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
         before = time.time()
         client.ping()
-    except (redis.RedisError, ValueError, OSError) as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException, ValueError, OSError) as exc:
         return [Check("redis", FAIL, f"cannot reach Redis at {shown}: {_first_line(exc)}",
                       "start Redis (contrail up starts one) or set CONTRAIL_REDIS_URL / --redis-url")], None
     checks = [Check("redis", OK, f"reachable at {shown} ({(time.time() - before) * 1000:.1f} ms round trip)")]

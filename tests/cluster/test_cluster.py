@@ -321,3 +321,33 @@ def test_doctor_and_metrics_show_every_shard(redis_cluster_url, sqlite_url):
         assert f'contrail_stream_shard_length{{stream="contrail:spans:{{{i}}}"}} {i + 1}.0' in text
         assert f'contrail_stream_shard_lag{{stream="contrail:spans:{{{i}}}"}} {i + 1}.0' in text
     assert 'contrail_stream_shard_dead_letters{stream="contrail:spans:{2}"} 1.0' in text
+
+
+def test_an_unreachable_cluster_is_a_failed_check_and_a_collector_waits_for_it(sqlite_url):
+    import threading
+
+    from collector_worker.consumer import consumer_stats, run_consumer
+    from collector_worker.doctor import check_redis
+    from tests.support.servers import free_cluster_port
+
+    url = f"redis+cluster://127.0.0.1:{free_cluster_port()}"
+    settings = cluster_settings(url, database_url=sqlite_url, block=0.1)
+    checks, client = check_redis(settings)
+    assert client is None and checks[0].status == "FAIL" and "cannot reach Redis" in checks[0].detail
+
+    stop, errors = threading.Event(), []
+    before = consumer_stats()["redis_errors"]
+
+    def run() -> None:
+        try:
+            run_consumer(settings, stop_event=stop)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_until(lambda: consumer_stats()["redis_errors"] - before >= 2, timeout=30, message="retries counted")
+    assert thread.is_alive() and not errors  # still waiting for Redis, not crashed
+    stop.set()
+    thread.join(30)
+    assert not thread.is_alive() and not errors

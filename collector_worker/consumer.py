@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import weakref
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -339,10 +340,19 @@ class StreamConsumer:
         self.ahead = finalizer.ClaimAhead()
         self.limits = SpanLimits.from_settings(settings)  # what admit_span cuts every span to
         # Sends stored spans (or, forward_mode=kept, the finalizer's kept spans) on to an OTLP endpoint.
+        self.keyed_by_stream = False  # set when the collector reads several streams (see entry_key)
         self.forwarder = forwarding.start(settings, engine) if shared is None else None
         if shared is not None:
             self.recent, self.ahead, self.limits, self.forwarder = (shared.recent, shared.ahead, shared.limits,
                                                                     shared.forwarder)
+
+    def entry_key(self, entry: Entry) -> str:
+        """What marks an entry as stored where its id alone would not do: entry ids are unique within one
+        stream only, so with several streams (shards) the id is prefixed with a checksum of the stream's
+        name (short enough for metric_entries' 64 characters whatever the name)."""
+        if not self.keyed_by_stream:
+            return entry.id
+        return f"{zlib.crc32(self.settings.stream.encode()):08x}/{entry.id}"
 
     # ----------------------------------------------------------------- reading
     def read_new(self, wait: bool = True, block_s: float | None = None) -> list[Entry]:
@@ -521,7 +531,7 @@ class StreamConsumer:
             if not entry.metrics:
                 continue
             try:
-                stored = metrics_store.store_entry(self.engine, entry.id, entry.metrics)
+                stored = metrics_store.store_entry(self.engine, self.entry_key(entry), entry.metrics)
             except _TRANSIENT as exc:
                 _count("db_errors")
                 raise StorageUnavailable(_short(exc)) from exc
@@ -899,7 +909,10 @@ def shard_consumers(settings: Settings, engine: Engine, client: Any, name: str) 
     first one's recent spans, finalizer leases and forwarder serve them all."""
     each = shard_settings(settings)
     first = StreamConsumer(each[0], engine, client, name)
-    return [first] + [StreamConsumer(one, engine, client, name, shared=first) for one in each[1:]]
+    consumers = [first] + [StreamConsumer(one, engine, client, name, shared=first) for one in each[1:]]
+    for consumer in consumers:
+        consumer.keyed_by_stream = len(consumers) > 1
+    return consumers
 
 
 def read_round(consumers: list[StreamConsumer], turn: int) -> int:

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from collector_worker.consumer import ensure_group, prune_consumers, shard_settings, stream_health, trim_stream
+from collector_worker.metrics_store import list_metrics
 from collector_worker.storage import open_engine
 from tests.support.servers import stop_process, wait_until
 from tests.support.stored import span_rows
@@ -260,11 +261,14 @@ def test_two_tracers_and_the_receiver_through_two_collectors_one_killed(redis_cl
         assert {(r["trace_id"], r["span_id"]) for r in rows} == expected  # nothing lost
         health = stream_health(client, settings)
         assert [s["stream"] for s in health["shards"]] == shards.shard_streams(settings)
-        assert all(s["stream_length"] > 0 and s["group_exists"] and s["node"] for s in health["shards"])
+        assert all(s["last_entry_id"] and s["group_exists"] and s["node"] for s in health["shards"])  # all used
         assert health["pending"] == 0 and health["lag"] == 0 and health["dead_letters"] == 0
         assert survivor.poll() is None, run.log("survivor")
         wait_until(lambda: json.loads(client.hget("contrail:spans:collectors", "survivor"))["claimed"] > 0,
                    timeout=30, message="the survivor reporting the entries it claimed")
+        with engine.connect() as conn:  # the tracers' metric entries came through the shards too
+            [counter] = [m for m in list_metrics(conn, 0) if m["name"] == "cluster_requests_total"]
+        assert counter["services"] == ["service-0", "service-1"] and counter["series"] == 4
     finally:
         run.stop_all()
         engine.dispose()

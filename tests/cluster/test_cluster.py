@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from collector_worker.consumer import ensure_group, prune_consumers, shard_settings, stream_health, trim_stream
 from collector_worker.metrics_store import list_metrics
 from collector_worker.storage import open_engine
-from tests.support.servers import stop_process, wait_until
+from tests.support.servers import wait_until
 from tests.support.stored import span_rows
 from tracer import shards
 from tracer.codec import decode_entry

@@ -13,11 +13,13 @@ acknowledged, so nothing unread is ever trimmed.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
 import time
 import weakref
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +28,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 
+from tracer import shards
 from tracer.codec import REASON_CHARS, CodecError, decode_entry, encode_rejected
 from tracer.limits import SpanLimits
 from tracer.metrics_codec import decode_metrics, is_metrics_entry
+from tracer.redis_client import connect, is_cluster
 from tracer.settings import Settings
 
 from . import finalizer
@@ -161,7 +165,8 @@ def trim_bound(client: redis.Redis, stream: str) -> str | None:
     for group in groups:
         pipe.xpending(stream, group["name"])
     replies = pipe.execute()
-    snapshot, summaries = replies[0], replies[1:]
+    snapshot = [{_text(k): v for k, v in group.items()} for group in replies[0]]  # a cluster MULTI: bytes keys
+    summaries = [_pending_summary(summary) for summary in replies[1:]]
     if len(snapshot) != len(groups):
         return None  # a group came or went meanwhile; try again next time
     bounds = []
@@ -173,6 +178,13 @@ def trim_bound(client: redis.Redis, stream: str) -> str | None:
                 bound = oldest
         bounds.append(bound)
     return min(bounds, key=_id_key)
+
+
+def _pending_summary(summary: Any) -> dict[str, Any]:
+    """XPENDING's summary as a mapping (a cluster client's MULTI returns the raw reply list)."""
+    if isinstance(summary, (list, tuple)):
+        return {"pending": int(summary[0] or 0), "min": summary[1], "max": summary[2]}
+    return summary
 
 
 def trim_stream(client: redis.Redis, settings: Settings) -> int:
@@ -224,17 +236,42 @@ def prune_consumers(client: redis.Redis, settings: Settings, idle_ms: int = STAL
     return names
 
 
-def stream_health(redis_client: redis.Redis, settings: Settings) -> dict[str, Any]:
-    """Backlog of the span stream, for ``contrail doctor`` and ``/metrics``.
+def stream_health(redis_client: Any, settings: Settings) -> dict[str, Any]:
+    """Backlog of the span stream, for ``contrail doctor`` and ``/metrics``: totals over every stream the
+    collectors read, and each one's own figures under ``shards`` (one item when the stream is not sharded).
 
     ``lag`` is the number of entries not yet delivered to the group. Redis 7
     reports it exactly; on older servers it is estimated as stream length
     minus pending entries (exact right after a trim, an upper bound otherwise).
     """
+    each = [stream_shard_health(redis_client, shard) for shard in shard_settings(settings)]
+    if len(each) == 1:
+        return {**each[0], "shards": [dict(each[0])]}
+    consumers: dict[str, dict[str, Any]] = {}
+    for health in each:
+        for c in health["consumers"]:
+            known = consumers.setdefault(c["name"], {"name": c["name"], "pending": 0, "idle_ms": c["idle_ms"]})
+            known["pending"] += c["pending"]
+            known["idle_ms"] = min(known["idle_ms"], c["idle_ms"])
+    last_ids = [h["last_entry_id"] for h in each if h["last_entry_id"]]
+    return {
+        "stream_length": sum(h["stream_length"] for h in each), "pending": sum(h["pending"] for h in each),
+        "lag": sum(h["lag"] for h in each), "consumers": list(consumers.values()),
+        "dead_letters": sum(h["dead_letters"] for h in each),
+        "last_entry_id": max(last_ids, key=_id_key) if last_ids else None,
+        "oldest_pending_idle_ms": max(h["oldest_pending_idle_ms"] for h in each),
+        "group_exists": all(h["group_exists"] for h in each), "shards": each,
+    }
+
+
+def stream_shard_health(redis_client: Any, settings: Settings) -> dict[str, Any]:
+    """Length, pending entries, lag, consumers and dead letters of the one stream ``settings.stream``."""
     health: dict[str, Any] = {
-        "stream_length": 0, "pending": 0, "lag": 0, "consumers": [], "dead_letters": 0,
+        "stream": settings.stream, "stream_length": 0, "pending": 0, "lag": 0, "consumers": [], "dead_letters": 0,
         "last_entry_id": None, "oldest_pending_idle_ms": 0, "group_exists": False,
     }
+    if is_cluster(redis_client):  # where the shard lives
+        health["node"] = redis_client.get_node_from_key(settings.stream).name
     pipe = redis_client.pipeline(transaction=False)
     pipe.xlen(settings.stream)
     pipe.xlen(settings.dead_stream)
@@ -272,13 +309,25 @@ def stream_health(redis_client: redis.Redis, settings: Settings) -> dict[str, An
     return health
 
 
+def shard_settings(settings: Settings) -> list[Settings]:
+    """One copy of ``settings`` per stream the collectors read, its ``stream`` set to that stream (so its
+    ``dead_stream`` is that stream's dead letters); the first is shard 0 (see tracer.shards)."""
+    streams = shards.consumed_streams(settings)
+    if streams == [settings.stream]:
+        return [settings]
+    return [dataclasses.replace(settings, stream=stream) for stream in streams]
+
+
 # --------------------------------------------------------------------------- the consumer
 
 
 class StreamConsumer:
     """One collector's consumer in the group: the state its loop carries between reads."""
 
-    def __init__(self, settings: Settings, engine: Engine, client: redis.Redis, name: str):
+    def __init__(self, settings: Settings, engine: Engine, client: redis.Redis, name: str,
+                 shared: "StreamConsumer | None" = None):
+        """``shared``: the consumer of this collector's first stream, whose caches and forwarder this one
+        (of another shard) uses too, so the process keeps one of each (see :func:`shard_consumers`)."""
         self.settings = settings
         self.engine = engine
         self.redis = client
@@ -291,12 +340,25 @@ class StreamConsumer:
         self.ahead = finalizer.ClaimAhead()
         self.limits = SpanLimits.from_settings(settings)  # what admit_span cuts every span to
         # Sends stored spans (or, forward_mode=kept, the finalizer's kept spans) on to an OTLP endpoint.
-        self.forwarder = forwarding.start(settings, engine)
+        self.keyed_by_stream = False  # set when the collector reads several streams (see entry_key)
+        self.forwarder = forwarding.start(settings, engine) if shared is None else None
+        if shared is not None:
+            self.recent, self.ahead, self.limits, self.forwarder = (shared.recent, shared.ahead, shared.limits,
+                                                                    shared.forwarder)
+
+    def entry_key(self, entry: Entry) -> str:
+        """What marks an entry as stored where its id alone would not do: entry ids are unique within one
+        stream only, so with several streams (shards) the id is prefixed with a checksum of the stream's
+        name (short enough for metric_entries' 64 characters whatever the name)."""
+        if not self.keyed_by_stream:
+            return entry.id
+        return f"{zlib.crc32(self.settings.stream.encode()):08x}/{entry.id}"
 
     # ----------------------------------------------------------------- reading
-    def read_new(self, wait: bool = True) -> list[Entry]:
-        """Entries never delivered to the group; ``wait=False`` returns at once when there are none."""
-        block = max(1, int(self.settings.block * 1000)) if wait else None
+    def read_new(self, wait: bool = True, block_s: float | None = None) -> list[Entry]:
+        """Entries never delivered to the group; ``wait=False`` returns at once when there are none, else
+        it waits up to ``block_s`` (default: the ``block`` setting)."""
+        block = max(1, int((self.settings.block if block_s is None else block_s) * 1000)) if wait else None
         reply = self.redis.xreadgroup(self.settings.consumer_group, self.name, {self.settings.stream: ">"},
                                       count=self.settings.read_count, block=block)
         return [Entry(_text(entry_id), fields) for _, entries in reply or () for entry_id, fields in entries]
@@ -469,7 +531,7 @@ class StreamConsumer:
             if not entry.metrics:
                 continue
             try:
-                stored = metrics_store.store_entry(self.engine, entry.id, entry.metrics)
+                stored = metrics_store.store_entry(self.engine, self.entry_key(entry), entry.metrics)
             except _TRANSIENT as exc:
                 _count("db_errors")
                 raise StorageUnavailable(_short(exc)) from exc
@@ -826,24 +888,74 @@ def prepare_partitions(engine: Engine) -> None:
         log.warning("preparing day partitions failed, finalizers will make them: %s", _short(exc))
 
 
+def open_redis(settings: Settings, stop: threading.Event) -> Any:
+    """The collector's Redis client (single server or cluster, see tracer.redis_client). A cluster client
+    reaches a node as it is made: while none answers this retries with back-off; None once ``stop`` is set."""
+    backoff = 0.0
+    while not stop.is_set():
+        try:
+            return connect(settings.redis_url, socket_timeout=max(10.0, settings.block + 5),
+                           socket_connect_timeout=5, health_check_interval=30)
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            _count("redis_errors")
+            backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
+            log.error("redis unreachable (%s); retrying in %.1fs", _short(exc), backoff)
+            stop.wait(backoff)
+    return None
+
+
+def shard_consumers(settings: Settings, engine: Engine, client: Any, name: str) -> list[StreamConsumer]:
+    """One consumer per stream the collector reads (see :func:`shard_settings`), all under ``name``; the
+    first one's recent spans, finalizer leases and forwarder serve them all."""
+    each = shard_settings(settings)
+    first = StreamConsumer(each[0], engine, client, name)
+    consumers = [first] + [StreamConsumer(one, engine, client, name, shared=first) for one in each[1:]]
+    for consumer in consumers:
+        consumer.keyed_by_stream = len(consumers) > 1
+    return consumers
+
+
+def read_round(consumers: list[StreamConsumer], turn: int) -> int:
+    """Read and process new entries of every stream once; when none has any, wait on one of them (the
+    ``turn``-th, in rotation) for a share of ``block``. The number of entries processed."""
+    got = 0
+    for consumer in consumers:
+        entries = consumer.read_new(wait=False)
+        consumer.process(entries, read_ahead=True)
+        got += len(entries)
+    if got:
+        return got
+    consumer = consumers[turn % len(consumers)]
+    entries = consumer.read_new(block_s=consumer.settings.block / len(consumers))
+    consumer.process(entries, read_ahead=True)
+    return len(entries)
+
+
 def run_consumer(settings: Settings, stop_event: threading.Event | None = None, engine: Engine | None = None,
-                 redis_client: redis.Redis | None = None) -> None:
-    """Consume the span stream until ``stop_event`` is set; finish the batch in hand, then finalize once more."""
+                 redis_client: Any = None) -> None:
+    """Consume the span stream (every shard of it) until ``stop_event`` is set; finish the batch in hand, then
+    finalize once more."""
     stop = stop_event or threading.Event()
     pricing.configure(settings.price_table)  # LLM cost is computed at ingest: load the configured table first
     own_engine = engine is None
     engine = engine or open_engine(settings.resolved_database_url)
-    client = redis_client or redis.Redis.from_url(settings.redis_url, socket_timeout=max(10.0, settings.block + 5),
-                                                  socket_connect_timeout=5, health_check_interval=30)
+    client = redis_client or open_redis(settings, stop)
+    if client is None:  # stopped before Redis answered
+        if own_engine:
+            engine.dispose()
+        return
     name = settings.resolved_consumer_name
-    consumer = StreamConsumer(settings, engine, client, name)
-    log.info("collector %s consuming %s as group %s", name, settings.stream, settings.consumer_group)
+    consumers = shard_consumers(settings, engine, client, name)
+    consumer = consumers[0]  # finalizing, retention and the caches are the process's; the first one keeps them
+    log.info("collector %s consuming %s as group %s", name, ", ".join(c.settings.stream for c in consumers),
+             settings.consumer_group)
     consumer.release_own_leases()
     prepare_partitions(engine)
 
     backoff = 0.0
     ready = False
     recovered = False
+    turn = 0
     now = time.monotonic()
     next_claim = next_trim = next_report = next_prune = now
     next_unfreeze = now + GC_UNFREEZE_EVERY
@@ -859,36 +971,42 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
     try:
         while not stop.is_set():
             try:
-                if consumer.held:  # a batch the database refused to take: retry it before reading more
-                    consumer.process(consumer.held)
+                for each in consumers:
+                    if each.held:  # a batch the database refused to take: retry it before reading more
+                        each.process(each.held)
                 if not ready:
-                    ensure_group(client, settings)
+                    for each in consumers:
+                        ensure_group(client, each.settings)
                     ready = True
                 if not recovered:  # our own unacknowledged entries first (restart under the same name)
-                    while not stop.is_set():
-                        own = consumer.read_own_pending()
-                        if not own:
-                            break
-                        consumer.process(own)
+                    for each in consumers:
+                        while not stop.is_set():
+                            own = each.read_own_pending()
+                            if not own:
+                                break
+                            each.process(own)
                     recovered = True
                 now = time.monotonic()
                 if now >= next_claim:
-                    consumer.claim_stale()
+                    for each in consumers:
+                        each.claim_stale()
                     next_claim = now + max(0.5, min(settings.claim_idle / 2, 10.0))
-                entries = consumer.read_new()
-                consumer.process(entries, read_ahead=True)
+                got = read_round(consumers, turn)
+                turn += 1
                 now = time.monotonic()
-                if entries:
+                if got:
                     if now >= next_unfreeze:
                         gc.unfreeze()
                         gc.collect()
                         next_unfreeze = now + GC_UNFREEZE_EVERY
                     gc.freeze()
                 if now >= next_trim:
-                    trim_stream(client, settings)
+                    for each in consumers:
+                        trim_stream(client, each.settings)
                     next_trim = now + TRIM_EVERY
                 if now >= next_prune:
-                    prune_consumers(client, settings)
+                    for each in consumers:
+                        prune_consumers(client, each.settings)
                     next_prune = now + PRUNE_EVERY
                 if now >= next_retention:
                     consumer.maybe_start_retention()
@@ -900,7 +1018,7 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
             except StorageUnavailable as exc:
                 backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
                 log.error("database unavailable (%s); %d entries stay pending, retrying in %.1fs",
-                          _short(exc), len(consumer.held), backoff)
+                          _short(exc), sum(len(each.held) for each in consumers), backoff)
                 stop.wait(backoff)
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
@@ -911,7 +1029,8 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
                 backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
                 log.error("redis error: %s; retrying in %.1fs", _short(exc), backoff)
                 stop.wait(backoff)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
+                    redis.exceptions.RedisClusterException) as exc:
                 _count("redis_errors")
                 backoff = min(MAX_BACKOFF, backoff * 2 or 0.5)
                 log.error("redis unreachable (%s); retrying in %.1fs", _short(exc), backoff)

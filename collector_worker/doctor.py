@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from tracer.redis_client import connect
 from tracer.settings import Settings, effective_settings, mask_url
 
 from .output import console, emit_json, missing_sqlite_file
@@ -49,10 +50,10 @@ def check_redis(settings: Settings) -> tuple[list[Check], Any]:
 
     shown = mask_url(settings.redis_url)
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+        client = connect(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
         before = time.time()
         client.ping()
-    except (redis.RedisError, ValueError, OSError) as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException, ValueError, OSError) as exc:
         return [Check("redis", FAIL, f"cannot reach Redis at {shown}: {_first_line(exc)}",
                       "start Redis (contrail up starts one) or set CONTRAIL_REDIS_URL / --redis-url")], None
     checks = [Check("redis", OK, f"reachable at {shown} ({(time.time() - before) * 1000:.1f} ms round trip)")]
@@ -103,6 +104,8 @@ def check_stream(client, settings: Settings) -> list[Check]:
         return [Check("stream", FAIL, f"cannot read {settings.stream}: {_first_line(exc)}",
                       f"check that {settings.stream} is a stream (TYPE {settings.stream})")]
     checks = [Check("stream", OK, f"{settings.stream}: {health['stream_length']} entries retained")]
+    if len(health["shards"]) > 1 or health["shards"][0].get("node"):
+        checks.append(_shards_check(health["shards"]))
     if not health.get("group_exists"):
         checks.append(Check("consumer group", WARN, f"group {settings.consumer_group} does not exist yet; "
                             f"{health['lag']} entries wait", "start a collector: contrail collector (or contrail up)"))
@@ -137,11 +140,23 @@ def check_stream(client, settings: Settings) -> list[Check]:
     return checks + [_dead_letters(health, settings)]
 
 
+def _shards_check(shards: list[dict]) -> Check:
+    """One line per stream shard: its length, pending entries, lag and dead letters."""
+    lines = [f"{s['stream']}{' on ' + s['node'] if s.get('node') else ''}: {s['stream_length']} entries, "
+             f"{s['pending']} pending, lag {s['lag']}, {s['dead_letters']} dead" for s in shards]
+    missing = [s["stream"] for s in shards if not s["group_exists"]]
+    if missing:
+        return Check("shards", WARN, f"{len(shards)} streams; no consumer group yet on {', '.join(missing)}; "
+                     + "; ".join(lines), "start a collector with the same CONTRAIL_STREAM_SHARDS")
+    return Check("shards", OK, f"{len(shards)} streams: " + "; ".join(lines))
+
+
 def _dead_letters(health: dict, settings: Settings) -> Check:
     dead = health["dead_letters"]
     if dead:
-        return Check("dead letters", WARN, f"{dead} entries in {settings.dead_stream}",
-                     f"inspect reasons with: redis-cli XRANGE {settings.dead_stream} - + COUNT 10 "
+        where = [s["stream"] + ":dead" for s in health.get("shards", ()) if s["dead_letters"]] or [settings.dead_stream]
+        return Check("dead letters", WARN, f"{dead} entries in {', '.join(where)}",
+                     f"inspect reasons with: redis-cli XRANGE {where[0]} - + COUNT 10 "
                      "(usually a producer on an incompatible version); delete once understood")
     return Check("dead letters", OK, "none")
 

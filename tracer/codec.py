@@ -9,6 +9,10 @@ this version does not know is refused with that reason)::
     n     number of spans in the batch
     data  the encoded batch
 
+With sharded streams (``stream_shards`` > 1) producers add ``route``, the
+trace id the entry's spans were grouped by, which picks its shard (see
+:mod:`tracer.shards`); decoders ignore it.
+
 The batch is ``{"resources": [[service, {attrs}], ...], "spans": [row, ...]}``
 where each row is positional (compact and fast to encode)::
 

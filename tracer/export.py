@@ -21,13 +21,13 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Sequence
 
-import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
-from . import codec, reporting
+from . import codec, reporting, shards
+from .redis_client import connect
 from .settings import Settings
 from .spool import DiskSpool
 
@@ -131,31 +131,38 @@ def _public_row(span: Any, resources: list, resource_index: dict) -> list:
 
 
 class RedisStreamExporter:
-    """Pushes encoded entries to the span stream; raises when Redis is unreachable."""
+    """Pushes encoded entries to the span stream (each to its shard); raises when Redis is unreachable."""
 
     def __init__(self, settings: Settings):
         self.url = settings.redis_url
         self.stream = settings.stream
+        self.shards = settings.stream_shards if shards.is_sharded(settings) else 0  # 0: the one plain stream
         self.timeout = settings.export_timeout
-        self._client: redis.Redis | None = None
+        self._client: Any = None
 
-    def client(self) -> redis.Redis:
+    def client(self) -> Any:
         if self._client is None:
-            self._client = redis.Redis.from_url(
+            self._client = connect(
                 self.url, socket_timeout=self.timeout, socket_connect_timeout=min(self.timeout, 2.0),
                 retry=Retry(NoBackoff(), 0),  # the exporter has its own backoff and spool
             )
         return self._client
 
+    def stream_of(self, fields: dict) -> str:
+        """The stream (shard) an entry goes to (see tracer.shards)."""
+        if not self.shards:
+            return self.stream
+        return shards.shard_stream(self.stream, shards.entry_shard(fields, self.shards))
+
     def push(self, entries: Sequence[dict]) -> None:
         client = self.client()
         try:
             if len(entries) == 1:
-                client.xadd(self.stream, entries[0])
+                client.xadd(self.stream_of(entries[0]), entries[0])
                 return
             pipe = client.pipeline(transaction=False)
             for fields in entries:
-                pipe.xadd(self.stream, fields)
+                pipe.xadd(self.stream_of(fields), fields)
             pipe.execute()
         except Exception:
             self.reset()  # drop a half-broken connection; the next attempt reconnects
@@ -353,14 +360,19 @@ class ContrailSpanProcessor(SpanProcessor):
             self._run_deferred()
             queue = self._queue
             entries: list[tuple[dict, int]] = []
+            sharded = self.settings.stream_shards
             while queue:
-                count = min(len(queue), self._batch_size)
+                count = min(len(queue), self._batch_size * sharded)
                 batch = [queue.popleft() for _ in range(count)]
-                try:
-                    entries.append((encode_spans(batch, self._pid_override), count))
-                except Exception as exc:
-                    self.spans_dropped += count
-                    self._note_error(exc)
+                for part in (self._by_shard(batch) if sharded > 1 else (batch,)):
+                    try:
+                        fields = encode_spans(part, self._pid_override)
+                        if sharded > 1:
+                            shards.routed(fields, part[0].context.trace_id)
+                        entries.append((fields, len(part)))
+                    except Exception as exc:
+                        self.spans_dropped += len(part)
+                        self._note_error(exc)
                 if len(entries) >= ENTRIES_PER_PUSH:
                     self._deliver(entries)
                     entries = []
@@ -368,6 +380,14 @@ class ContrailSpanProcessor(SpanProcessor):
                 self._deliver(entries)
             for waiter in waiters:
                 waiter.set()
+
+    def _by_shard(self, batch: list) -> list[list]:
+        """``batch`` split by the shard of each span's trace, in batches of at most ``max_export_batch_size``."""
+        count, size = self.settings.stream_shards, self._batch_size
+        groups: list[list] = [[] for _ in range(count)]
+        for span in batch:
+            groups[shards.trace_shard(span.context.trace_id, count)].append(span)
+        return [group[i:i + size] for group in groups for i in range(0, len(group), size)]
 
     def _deliver(self, entries: list[tuple[dict, int]]) -> None:
         if time.monotonic() < self._retry_at:

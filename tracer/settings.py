@@ -162,9 +162,15 @@ class Settings:
         "CONTRAIL_ENABLED", _bool, "false makes every tracer call a no-op.",
         ("OTEL_SDK_DISABLED", lambda v: not _bool(v)), ("JAEGER_ENABLE_TRACING", _bool)))
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=_opt(
-        "CONTRAIL_REDIS_URL", str, "Redis server holding the span stream."))
+        "CONTRAIL_REDIS_URL", str, "Redis server holding the span stream; redis+cluster://host:port[,host:port...] "
+        "(rediss+cluster:// with TLS) uses a Redis Cluster."))
     stream: str = field(default=STREAM_DEFAULT, metadata=_opt(
         "CONTRAIL_STREAM", str, "Name of the span stream; the dead-letter stream is '<stream>:dead'."))
+    stream_shards: int = field(default=1, metadata=_opt(
+        "CONTRAIL_STREAM_SHARDS", _positive_int, "Stream shards spans are spread over by trace id: above 1 the "
+        "streams are '<stream>:{0}' .. '<stream>:{N-1}' (hash tags: each shard on one Redis Cluster node), each with "
+        "its consumer group and dead-letter stream '<stream>:{i}:dead'. Tracers, receivers and collectors must "
+        "agree; collectors also drain the unsharded stream."))
     sample_rate: float = field(default=1.0, metadata=_opt(
         "CONTRAIL_SAMPLE_RATE", _ratio, "Head sampling ratio for new traces (parent-based).",
         ("OTEL_TRACES_SAMPLER_ARG", _ratio)))

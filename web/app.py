@@ -16,6 +16,7 @@ import redis
 from flask import Flask
 from sqlalchemy.engine import Engine
 
+from tracer.redis_client import connect
 from tracer.settings import Settings
 
 log = logging.getLogger("contrail.web")
@@ -50,8 +51,7 @@ class Resources:
         with self._lock:
             self._check_fork()
             if self._redis is None:
-                self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2.0,
-                                                   socket_connect_timeout=2.0)
+                self._redis = connect(self.settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
             return self._redis
 
     def close(self) -> None:

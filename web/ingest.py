@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tracer import shards
 from tracer.codec import encode_spans
 from tracer.limits import Cut
 
@@ -23,12 +24,27 @@ class StreamUnavailable(RuntimeError):
 
 
 def publish(spans: list[dict[str, Any]]) -> None:
-    """XADD the spans as batches of ``max_export_batch_size``, one stream entry per batch."""
+    """XADD the spans as batches of ``max_export_batch_size``, one stream entry per batch.
+
+    With sharded streams the spans are grouped by the shard of their trace id first, so a trace's spans
+    go to one shard (see :mod:`tracer.shards`).
+    """
     settings = current_settings()
-    size = settings.max_export_batch_size
+    size, count = settings.max_export_batch_size, settings.stream_shards
     pipe = current_resources().redis().pipeline(transaction=False)
-    for i in range(0, len(spans), size):
-        pipe.xadd(settings.stream, encode_spans(spans[i:i + size]))
+    if count <= 1:
+        stream = shards.shard_streams(settings)[0]
+        for i in range(0, len(spans), size):
+            pipe.xadd(stream, encode_spans(spans[i:i + size]))
+    else:
+        groups: list[list[dict[str, Any]]] = [[] for _ in range(count)]
+        for span in spans:
+            groups[shards.trace_shard(span["trace_id"], count)].append(span)
+        for index, group in enumerate(groups):
+            for i in range(0, len(group), size):
+                part = group[i:i + size]
+                pipe.xadd(shards.shard_stream(settings.stream, index),
+                          shards.routed(encode_spans(part), part[0]["trace_id"]))
     pipe.execute()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-import redis
+from tracer.redis_client import connect
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -24,6 +24,8 @@ STREAM_GAUGES = {
     "dead_letters": "Entries in the dead-letter stream.",
     "consumers": "Consumers in the collectors' group.",
 }
+# Also per stream shard, labelled stream="<name>": contrail_stream_shard_length, _pending, _lag, _dead_letters.
+SHARD_GAUGES = ("stream_length", "pending", "lag", "dead_letters")
 TRACER_GAUGES = {  # per service, summed over the processes' reports (tracer.reporting)
     "instances": "Processes of the service that reported in the last day.",
     "spans_exported": "Spans the service's processes exported to the stream.",
@@ -76,8 +78,8 @@ class StreamHealthCollector:
             from collector_worker.consumer import stream_health
 
             settings = self.app.extensions["contrail.settings"]
-            client = redis.Redis.from_url(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S,
-                                          socket_connect_timeout=SCRAPE_TIMEOUT_S)
+            client = connect(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S,
+                             socket_connect_timeout=SCRAPE_TIMEOUT_S)
             try:
                 health = stream_health(client, settings)
             finally:
@@ -97,14 +99,20 @@ class StreamHealthCollector:
                 gauge = GaugeMetricFamily(f"contrail_stream_{key}", help_text)
                 gauge.add_metric([], float(value))
                 yield gauge
+        for key in SHARD_GAUGES:
+            gauge = GaugeMetricFamily(f"contrail_stream_shard_{key.removeprefix('stream_')}",
+                                      f"{STREAM_GAUGES[key]} Per stream shard.",
+                                      labels=["stream"])
+            for shard in health.get("shards") or ():
+                gauge.add_metric([shard["stream"]], float(shard[key]))
+            yield gauge
 
 
     def _reported(self, settings):
         """The tracers' and collectors' self-reports (tracer.reporting), read at scrape time."""
         from tracer.reporting import COLLECTOR_COUNTERS, read_reports, summarize
 
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S,
-                                      socket_connect_timeout=SCRAPE_TIMEOUT_S)
+        client = connect(settings.redis_url, socket_timeout=SCRAPE_TIMEOUT_S, socket_connect_timeout=SCRAPE_TIMEOUT_S)
         try:
             services = summarize(read_reports(client, settings.stream))["services"]
             collectors = read_reports(client, settings.stream, kind="collectors")

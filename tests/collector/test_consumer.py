@@ -357,3 +357,42 @@ def test_stopped_consumers_holding_nothing_are_pruned(client, redis_url, sqlite_
     names = {c["name"].decode() for c in client.xinfo_consumers(stream, group)}
     assert names == {"stopped-busy", settings.resolved_consumer_name, "recent"}
     assert client.xpending(stream, group)["pending"] == 1  # the busy one's entry is still there to claim
+
+
+def test_sharded_collector_reads_every_shard_and_the_unsharded_stream(client, redis_url, sqlite_url, sqlite_engine):
+    """On a single Redis with three shards: entries of each shard, and of a producer still writing the unsharded
+    stream, are all stored, acknowledged and finalized; a dead letter lands beside its own shard."""
+    settings = settings_for(redis_url, sqlite_url, stream_shards=3)
+    for index in range(3):
+        publish(client, make_batches(2), stream=f"contrail:spans:{{{index}}}")
+    publish(client, make_batches(2), stream="contrail:spans")
+    client.xadd("contrail:spans:{1}", {b"v": b"1", b"enc": b"msgpack", b"n": b"1", b"data": b"\xc1"})
+    with RunningConsumer(settings, sqlite_engine):
+        wait_until(lambda: span_count(sqlite_engine) == 4 * 100, timeout=60, message="every stream stored")
+        wait_until(lambda: trace_count(sqlite_engine) == 4 * 10, timeout=60, message="every trace finalized")
+        wait_until(lambda: client.xlen("contrail:spans:{1}:dead") == 1, message="the dead letter of shard 1")
+    health = stream_health(client, settings)
+    assert [s["stream"] for s in health["shards"]] == ["contrail:spans:{0}", "contrail:spans:{1}",
+                                                       "contrail:spans:{2}", "contrail:spans"]
+    assert health["pending"] == health["lag"] == 0 and health["dead_letters"] == 1
+    assert health["stream_length"] == sum(s["stream_length"] for s in health["shards"])
+    assert client.xlen("contrail:spans:dead") == 0
+
+
+def test_metric_entries_of_two_shards_with_the_same_id_are_both_stored(client, redis_url, sqlite_url, sqlite_engine):
+    """Entry ids are unique per stream only: two shards (two cluster nodes, one clock) can hand out the same id."""
+    from collector_worker.metrics_store import list_metrics
+    from tracer.metrics_codec import encode_metrics
+
+    settings = settings_for(redis_url, sqlite_url, stream_shards=2)
+    now = time.time_ns()
+    for index, name in enumerate(("shard_zero_total", "shard_one_total")):
+        fields = encode_metrics([[name, "counter", "", "", 0, {}, now, 1.0, []]], [("svc", {})])
+        client.xadd(f"contrail:spans:{{{index}}}", fields, id="1-1")
+    with RunningConsumer(settings, sqlite_engine):
+        wait_until(lambda: all(client.xpending(f"contrail:spans:{{{i}}}", settings.consumer_group)["pending"] == 0
+                               and client.xinfo_groups(f"contrail:spans:{{{i}}}")[0]["last-delivered-id"] == b"1-1"
+                               for i in range(2)), message="both entries acknowledged")
+    with sqlite_engine.connect() as conn:
+        names = {item["name"] for item in list_metrics(conn, now - 3600 * 10**9)}
+    assert names == {"shard_zero_total", "shard_one_total"}

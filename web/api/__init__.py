@@ -23,6 +23,7 @@ BLUEPRINTS = [
     "web.api.dependencies:bp",
     "web.api.stats:bp",
     "web.api.metrics:bp",
+    "web.api.profiles:bp",
     "web.api.ai:bp",
     "web.api.jaeger:bp",
 ]

@@ -22,6 +22,7 @@ COMMANDS = {
     "services": ("collector_worker.read_commands:services", "List services and their operations."),
     "stats": ("collector_worker.read_commands:stats", "Latency and error statistics per operation."),
     "deps": ("collector_worker.read_commands:deps", "Service dependency edges."),
+    "profile": ("collector_worker.profile_commands:profile", "Merged sampling profiles of an operation."),
     "db": ("collector_worker.db_commands:db", "Show or upgrade the trace database's schema revision."),
     "doctor": ("collector_worker.doctor:doctor", "Check Redis, the database and the collectors' backlog."),
     "demo": ("web.demo.cli:demo", "Send demo traffic to a running stack."),

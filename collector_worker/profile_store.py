@@ -15,7 +15,7 @@ import zlib
 from collections import defaultdict
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from tracer.profile_codec import decode_profiles
 
@@ -100,28 +100,24 @@ def top_functions(stacks: Iterable[tuple[str, int]], limit: int = TOP_FUNCTIONS)
              "total_pct": round(100.0 * total[f] / all_samples, 2) if all_samples else 0.0} for f in ranked]
 
 
-def of_trace(engine: Engine, trace_id: str, span_id: str | None = None) -> list[dict[str, Any]]:
+def of_trace(conn: Connection, trace_id: str, span_id: str | None = None) -> list[dict[str, Any]]:
     """Each profile of a trace (of one span) with its flame graph and top functions."""
-    with engine.connect() as conn:
-        rows = sql.of_trace(conn, trace_id, span_id)
     return [{**_summary(row), **{k: v for k, v in merge([row]).items() if k in ("stacks", "functions")}}
-            for row in rows]
+            for row in sql.of_trace(conn, trace_id, span_id)]
 
 
-def aggregate(engine: Engine, since_ns: int, until_ns: int, operation: str | None = None,
+def aggregate(conn: Connection, since_ns: int, until_ns: int, operation: str | None = None,
               service: str | None = None, limit: int = 1000) -> dict[str, Any]:
     """The profiles of an operation (and/or service) in a window merged into one flame graph; the latest
     ``limit`` profiles count."""
-    with engine.connect() as conn:
-        rows = sql.matching(conn, since_ns, until_ns, operation, service, limit)
+    rows = sql.matching(conn, since_ns, until_ns, operation, service, limit)
     merged = merge(rows)
     merged["traces"] = sorted({row.trace_id for row in rows})[:20]
     return merged
 
 
-def hot_functions(engine: Engine, since_ns: int, until_ns: int, operation: str, service: str | None = None,
+def hot_functions(conn: Connection, since_ns: int, until_ns: int, operation: str, service: str | None = None,
                   limit: int = 200) -> list[dict[str, Any]]:
     """The top functions of an operation's recent profiles (for bottleneck hints)."""
-    with engine.connect() as conn:
-        rows = sql.matching(conn, since_ns, until_ns, operation, service, limit)
+    rows = sql.matching(conn, since_ns, until_ns, operation, service, limit)
     return merge(rows)["functions"] if rows else []

@@ -64,7 +64,31 @@ def test_a_profiled_spans_flame_graph_names_the_function_that_burned_its_time(st
     assert merged["functions"][0]["function"].startswith(HOT)
     assert sum(s["samples"] for s in merged["stacks"]) + merged["dropped"] == merged["samples"]
 
+    report_shows_the_hot_function(stack_env["CONTRAIL_DATABASE_URL"])
+
     for path in (f"/api/v1/traces/{trace_id}/profiles", f"/api/v1/traces/{trace_id}/profiles?span_id={span_id}",
                  "/api/v1/profiles?operation=POST%20/login", "/api/v1/profiles?lookback=nonsense",
                  "/api/v1/traces/xyz/profiles"):
         check_conforms(path, client.get(path))
+
+
+def report_shows_the_hot_function(database_url: str) -> None:
+    """``contrail profile report`` merges the same profiles: table, JSON and folded stacks."""
+    from click.testing import CliRunner
+
+    from collector_worker.cli import cli
+
+    runner = CliRunner()
+    base = ["profile", "report", "--last", "1h", "--operation", "POST /login", "--database-url", database_url]
+    text = runner.invoke(cli, base, catch_exceptions=False)
+    assert text.exit_code == 0, text.output
+    assert text.output.startswith("2 profiles, ")
+    rows = [line for line in text.output.splitlines() if "(e2e/profile_app.py:" in line]
+    assert rows[0].split()[0] == "hash_passwords", text.output
+    merged = json.loads(runner.invoke(cli, [*base, "--json"], catch_exceptions=False).output)
+    assert merged["profiles"] == 2 and merged["functions"][0]["function"].startswith(HOT)
+    folded = runner.invoke(cli, [*base, "--folded"], catch_exceptions=False).output.splitlines()
+    assert [line.rsplit(" ", 1)[0] for line in folded] == [s["stack"] for s in merged["stacks"]]
+    assert sum(int(line.rsplit(" ", 1)[1]) for line in folded) == sum(s["samples"] for s in merged["stacks"])
+    nothing = runner.invoke(cli, ["profile", "report", "--operation", "GET /nothing", "--database-url", database_url])
+    assert nothing.exit_code == 1 and "no profiles of operation 'GET /nothing'" in nothing.output

@@ -34,7 +34,9 @@ def _store():
 def trace_profiles(trace_id: str):
     trace_id = params.trace_id("trace_id", trace_id)
     span_id = params.span_id("span_id", request.args["span_id"]) if request.args.get("span_id") else None
-    profiles = _store().of_trace(current_resources().engine(), trace_id, span_id)
+    store = _store()
+    with current_resources().engine().connect() as conn:
+        profiles = store.of_trace(conn, trace_id, span_id)
     return jsonify({"trace_id": trace_id, "profiles": profiles})
 
 
@@ -45,5 +47,7 @@ def aggregate():
     limit = params.integer("limit", 1000, minimum=1, maximum=MAX_PROFILES)
     start_ns, end_ns = params.closed_range(*params.time_range(default_lookback_s=DEFAULT_LOOKBACK_S),
                                            DEFAULT_LOOKBACK_S)
-    merged = _store().aggregate(current_resources().engine(), start_ns, end_ns, operation, service, limit)
+    store = _store()
+    with current_resources().engine().connect() as conn:
+        merged = store.aggregate(conn, start_ns, end_ns, operation, service, limit)
     return jsonify({"operation": operation, "service": service, "start_ns": start_ns, "end_ns": end_ns, **merged})

@@ -315,8 +315,10 @@ def decode_payload(fields: Mapping[Any, Any], max_decompressed: int = MAX_DECOMP
 
 
 def _decode_entry(fields: Mapping[Any, Any], max_decompressed: int) -> DecodedEntry:
-    if entry_kind(fields) != "spans":
-        raise CodecError("entry holds metrics, not spans: read it with tracer.metrics_codec")
+    kind = entry_kind(fields)
+    if kind != "spans":
+        reader = {"metrics": "tracer.metrics_codec", "profiles": "tracer.profile_codec"}[kind]
+        raise CodecError(f"entry holds {kind}, not spans: read it with {reader}")
     payload, expected = decode_payload(fields, max_decompressed)
     if not isinstance(payload, dict) or not isinstance(payload.get("spans"), list):
         raise CodecError("batch is not a mapping with a 'spans' list")

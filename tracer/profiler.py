@@ -93,13 +93,13 @@ class Capture:
         self.samples = 0
         self.dropped = 0
         self.thread_id = threading.get_ident()
-        self.last = 0.0  # time.monotonic() of the previous sample
+        self.last = time.monotonic()  # of the previous sample
         self.kept: Any = None  # frames whose ids are anchors, kept alive so that no other frame takes their id
 
     def add(self, frame: Any, now: float) -> None:
-        """Count the stack of ``frame`` for the intervals passed since this profile's previous sample (one for the
-        first), so code that holds the interpreter lock, which delays the sampler, is not undercounted."""
-        weight = max(1, round((now - self.last) / self.interval)) if self.samples else 1
+        """Count the stack of ``frame`` for the intervals passed since this profile's previous sample (or its
+        start), so code that holds the interpreter lock, which delays the sampler, is not undercounted."""
+        weight = max(1, round((now - self.last) / self.interval))
         self.last = now
         self.samples += weight
         stack = fold(frame, self.anchors, self.skip_anchor)
@@ -373,6 +373,8 @@ class SlowSpanProfiler(SpanProcessor):
                     continue
                 for entry in reversed(spans):
                     if entry.start_ns <= cutoff:
+                        if not entry.capture.samples:  # the first look past the threshold counts once
+                            entry.capture.last = now - self.interval
                         entry.capture.add(frame, now)
                         break
 

@@ -185,7 +185,7 @@ def test_profiles_are_spooled_while_redis_is_down_and_replayed_later(make_manage
     down = make_manager(redis_url=f"redis://127.0.0.1:{free_port()}/0", spool_dir=spool, export_timeout=0.5)
     with down.span("offline"):
         with down.profile("offline"):
-            spin(0.05)
+            spin(0.2)
     assert down.flush(2) is False
     info = down.get_tracer_info()
     assert (info["profiles_spooled"], info["profiles_exported"], info["profiles_dropped"]) == (1, 0, 0)

@@ -85,14 +85,14 @@ class Capture:
                  "interval", "stacks", "samples", "dropped", "span", "thread_id", "kept", "last")
 
     def __init__(self, trace_id: str, span_id: str, operation: str | None, name: str, mode: str, anchors: Any,
-                 interval: float, skip_anchor: bool = False, span: Any = None) -> None:
+                 interval: float, skip_anchor: bool = False, span: Any = None, thread_id: int | None = None) -> None:
         self.trace_id, self.span_id, self.operation, self.name, self.mode = trace_id, span_id, operation, name, mode
         self.anchors, self.skip_anchor, self.interval, self.span = anchors, skip_anchor, interval, span
         self.start_ns = time.time_ns()
         self.stacks: dict[str, int] = {}
         self.samples = 0
         self.dropped = 0
-        self.thread_id = threading.get_ident()
+        self.thread_id = threading.get_ident() if thread_id is None else thread_id
         self.last = time.monotonic()  # of the previous sample
         self.kept: Any = None  # frames whose ids are anchors, kept alive so that no other frame takes their id
 
@@ -288,23 +288,22 @@ class ProfileScope:
 
 # --------------------------------------------------------------------------- continuous (slow spans)
 
-_SKIPPED_MODULES = ("opentelemetry", "tracer.", "contextlib")
-
-
 class _OpenSpan:
-    __slots__ = ("capture", "start_ns", "thread_id")
+    __slots__ = ("context", "name", "start_ns", "thread_id", "frame", "capture")
 
-    def __init__(self, capture: Capture, start_ns: int, thread_id: int) -> None:
-        self.capture, self.start_ns, self.thread_id = capture, start_ns, thread_id
+    def __init__(self, context: Any, name: str, start_ns: int, thread_id: int, frame: Any) -> None:
+        self.context, self.name, self.start_ns, self.thread_id, self.frame = context, name, start_ns, thread_id, frame
+        self.capture: Capture | None = None
 
 
 class SlowSpanProfiler(SpanProcessor):
     """Samples, at a low rate, the stacks of spans open longer than ``threshold`` seconds; exports them at end.
 
-    ``on_start`` notes the span, its thread and the frames that started it (a set of frame ids, the
-    frames kept alive until the span ends so no id is reused); a sample's stack is cut at the deepest of
-    those frames still on the stack, so a span started in a hook that has returned (a Celery signal)
-    still shows the code that ran under it.
+    ``on_start`` only notes the span, its thread and the frame that called it. A sample's stack is cut at
+    the deepest frame of that frame's chain still on the stack (the frames of OpenTelemetry and Contrail
+    that started the span have returned by then), so a span started in a hook that has returned (a Celery signal) still shows the code
+    that ran under it. The chain's frame ids are gathered by the sampler thread, at the span's first
+    sample; the kept frame keeps the chain alive so no id is reused meanwhile.
     """
 
     def __init__(self, threshold: float, interval: float, sampler_of: Callable[[], Sampler],
@@ -322,25 +321,14 @@ class SlowSpanProfiler(SpanProcessor):
         context = span.get_span_context()
         if not context.trace_flags.sampled:
             return
-        frames, kept = set(), []
-        frame = sys._getframe(1)
-        depth = 0
-        while frame is not None and depth < MAX_WALK:
-            if not frame.f_globals.get("__name__", "").startswith(_SKIPPED_MODULES):
-                frames.add(id(frame))
-                kept.append(frame)
-            frame = frame.f_back
-            depth += 1
-        capture = Capture(format(context.trace_id, "032x"), format(context.span_id, "016x"), span.name, span.name,
-                          "slow", frozenset(frames), self.interval)
-        capture.kept = kept
         thread_id = threading.get_ident()
-        entry = _OpenSpan(capture, span.start_time or time.time_ns(), thread_id)
+        entry = _OpenSpan(context, span.name, span.start_time or time.time_ns(), thread_id, sys._getframe(1))
         with self.lock:
             self.by_thread.setdefault(thread_id, []).append(entry)
             self.by_span[context.span_id] = entry
             self.open += 1
-        if self.open == 1:
+            first = self.open == 1
+        if first:
             self._sampler_of().wake_for_slow_spans()
 
     def on_end(self, span: Any) -> None:
@@ -357,11 +345,26 @@ class SlowSpanProfiler(SpanProcessor):
                     pass
                 if not spans:
                     del self.by_thread[entry.thread_id]
+        entry.frame = None
         capture = entry.capture
-        capture.kept = None  # the start frames may go
-        if capture.samples:
+        if capture is not None and capture.samples:
+            capture.kept = None  # the start frames may go
             capture.start_ns = entry.start_ns
             self._exporter_of().submit(capture.row(span.end_time or time.time_ns()))
+
+    def _capture(self, entry: _OpenSpan, now: float) -> Capture:
+        anchors, frame, depth = set(), entry.frame, 0
+        while frame is not None and depth < MAX_WALK:
+            anchors.add(id(frame))
+            frame = frame.f_back
+            depth += 1
+        context = entry.context
+        capture = Capture(format(context.trace_id, "032x"), format(context.span_id, "016x"), entry.name, entry.name,
+                          "slow", frozenset(anchors), self.interval, thread_id=entry.thread_id)
+        capture.kept = entry.frame
+        capture.last = now - self.interval  # the first look past the threshold counts once
+        entry.capture = capture
+        return capture
 
     def sample(self, frames: dict[int, Any], now: float) -> None:
         """One look at every thread with an open span (the sampler thread, every ``interval``)."""
@@ -373,9 +376,7 @@ class SlowSpanProfiler(SpanProcessor):
                     continue
                 for entry in reversed(spans):
                     if entry.start_ns <= cutoff:
-                        if not entry.capture.samples:  # the first look past the threshold counts once
-                            entry.capture.last = now - self.interval
-                        entry.capture.add(frame, now)
+                        (entry.capture or self._capture(entry, now)).add(frame, now)
                         break
 
     def shutdown(self) -> None:

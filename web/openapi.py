@@ -145,7 +145,12 @@ SCHEMAS: dict[str, Any] = {
                      {"start_time": NULLABLE_STR, "end_time": NULLABLE_STR, "resolution_s": INT}),
     "Bottlenecks": _obj({"at": STR, "at_ns": INT, "recent_s": INT, "baseline_s": INT,
                          "bottlenecks": {"type": "array", "items": _obj({
-                             "service": STR, "operation": STR, "flag": {"enum": ["slower", "more_errors"]}})}}),
+                             "service": STR, "operation": STR, "flag": {"enum": ["slower", "more_errors"]},
+                             "likely_cause": NULLABLE_STR,
+                             "causes": {"type": "array", "items": _obj({
+                                 "kind": {"enum": ["queue_wait", "llm_call", "child", "self_time", "hot_function",
+                                                   "error"]},
+                                 "share": {"type": ["number", "null"]}, "text": STR})}})}}),
 }
 
 

@@ -152,7 +152,8 @@ def explain(conn: Connection, hint: dict[str, Any], start_ns: int, end_ns: int) 
         where = "itself" if (err_service, err_name) == (service, operation) else f"in {err_service} · {err_name}"
         causes.insert(0, {"kind": "error", "service": err_service, "operation": err_name, "error": error,
                           "count": count, "share": None,
-                          "text": f"fails with {error} {where} ({count} of the slowest recent traces' spans)"})
+                          "text": f"fails with {error} {where} ({count}× in its {len(found)} slowest recent "
+                                  f"traces)"})
     return causes
 
 

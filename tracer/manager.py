@@ -314,7 +314,7 @@ class TracingManager:
                 if self._profile_exporter is None:
                     from .profile_export import ProfileExporter
 
-                    self._profile_exporter = ProfileExporter(self.settings)
+                    self._profile_exporter = ProfileExporter(self.settings, enabled=self._processor is not None)
         return self._profile_exporter
 
     # ------------------------------------------------------------ lifecycle

@@ -4,7 +4,8 @@ The thread that finishes a profile only appends its row to a bounded deque (full
 dropped and counted). A daemon thread, started with the first profile, encodes up to
 ``PROFILES_PER_ENTRY`` rows per entry and pushes them to the span stream; while Redis is unreachable
 the entries go to a disk spool of their own (``<spool_dir>/profiles``) and are replayed first at the
-next export that reaches Redis, as metrics are.
+next export that reaches Redis, as metrics are. A tracer without the redis exporter has no stream to send
+profiles to: they are counted as dropped.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ EXPORT_DELAY = 1.0  # seconds the export thread waits for more profiles before i
 class ProfileExporter:
     """Ships finished profiles; ``submit`` never blocks and never raises."""
 
-    def __init__(self, settings: Settings, stream: Any = None, spool: DiskSpool | None = None) -> None:
+    def __init__(self, settings: Settings, stream: Any = None, spool: DiskSpool | None = None,
+                 enabled: bool = True) -> None:
+        self.enabled = enabled  # False: no span stream to send to (no redis exporter); profiles are counted, dropped
+        self.profiles_exported = 0
+        self.profiles_dropped = 0  # queue full, not encodable, or no stream
+        self.export_errors = 0
+        self.last_export_error: str | None = None
+        if not enabled:
+            self.spool = None
+            return
         if stream is None:
             from .export import RedisStreamExporter
 
@@ -42,16 +52,15 @@ class ProfileExporter:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._stopped = False
-        self.profiles_exported = 0
-        self.profiles_dropped = 0  # queue full or not encodable
-        self.export_errors = 0
-        self.last_export_error: str | None = None
 
     def _resource(self) -> tuple[str, dict]:
         return (self.settings.service_name, {"service.name": self.settings.service_name,
                                              "host.name": socket.gethostname(), "process.pid": os.getpid()})
 
     def submit(self, row: list[Any]) -> None:
+        if not self.enabled:
+            self.profiles_dropped += 1
+            return
         if self._pid != os.getpid():  # forked: the parent's thread and locks are not ours
             self._pid, self._thread = os.getpid(), None
             self._cond, self._send_lock = threading.Condition(), threading.Lock()
@@ -117,9 +126,11 @@ class ProfileExporter:
         self.last_export_error = f"{type(exc).__name__}: {exc}"
 
     def flush(self) -> bool:
-        return self.send() and not self.spool.pending()
+        return self.enabled and self.send() and not self.spool.pending()
 
     def shutdown(self) -> None:
+        if not self.enabled:
+            return
         self.send()
         self._stopped = True
         with self._cond:
@@ -131,7 +142,8 @@ class ProfileExporter:
             pass
 
     def info(self) -> dict[str, Any]:
+        spool = self.spool
         return {"profiles_exported": self.profiles_exported,
-                "profiles_dropped": self.profiles_dropped + self.spool.spans_dropped,
-                "profiles_spooled": self.spool.spans_spooled, "profile_export_errors": self.export_errors,
+                "profiles_dropped": self.profiles_dropped + (spool.spans_dropped if spool else 0),
+                "profiles_spooled": spool.spans_spooled if spool else 0, "profile_export_errors": self.export_errors,
                 "last_profile_export_error": self.last_export_error}

@@ -233,23 +233,25 @@ class ProfileScope:
         if not span.is_recording():
             own = self.manager.span(name)
             span = own.__enter__()
-        context = span.get_span_context()
-        capture = Capture(format(context.trace_id, "032x"), format(context.span_id, "016x"),
-                          getattr(span, "name", None), name, "explicit", anchor,
-                          self.manager.profiler().interval, skip_anchor, span)
-        self.manager.profiler().register(capture)
+        capture = None
+        if span.is_recording():  # a trace sampled out is not profiled either: its profile would belong to nothing
+            context = span.get_span_context()
+            capture = Capture(format(context.trace_id, "032x"), format(context.span_id, "016x"),
+                              getattr(span, "name", None), name, "explicit", anchor,
+                              self.manager.profiler().interval, skip_anchor, span)
+            self.manager.profiler().register(capture)
         self._open.append((capture, own))
         return span
 
     def _finish(self, exc: BaseException | None) -> None:
         capture, own = self._open.pop()
-        profiler = self.manager.profiler()
-        profiler.unregister(capture)
-        span = capture.span
-        if span.is_recording():
-            span.set_attribute("contrail.profile", capture.name)
-            span.set_attribute("contrail.profile.samples", capture.samples)
-        self.manager.profile_exporter().submit(capture.row(time.time_ns()))
+        if capture is not None:
+            self.manager.profiler().unregister(capture)
+            span = capture.span
+            if span.is_recording():
+                span.set_attribute("contrail.profile", capture.name)
+                span.set_attribute("contrail.profile.samples", capture.samples)
+            self.manager.profile_exporter().submit(capture.row(time.time_ns()))
         if own is not None:
             own.__exit__(type(exc) if exc is not None else None, exc, None)
 

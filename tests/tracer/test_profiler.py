@@ -208,3 +208,21 @@ def test_the_sampler_thread_is_one_per_manager_and_sleeps_without_profiles(make_
     time.sleep(0.1)
     assert sampler.samples_taken == taken  # idle: waiting, not sampling
     assert sum(1 for t in threading.enumerate() if t is sampler._thread) == 1
+
+
+def test_a_trace_sampled_out_is_not_profiled_and_without_the_redis_exporter_profiles_are_counted_dropped(
+        make_manager, redis_url, tmp_path):
+    sampled_out = make_manager(sample_rate=0.0)
+    with sampled_out.span("dropped by sampling"):
+        with sampled_out.profile("nothing"):
+            spin(0.02)
+    assert sampled_out._profile_sampler is None and sampled_out._profile_exporter is None
+
+    console_only = make_manager(exporters="file", export_file=str(tmp_path / "spans.jsonl"))
+    with console_only.span("no stream"):
+        with console_only.profile("lost"):
+            spin(0.02)
+    assert console_only.flush(5) is False
+    info = console_only.get_tracer_info()
+    assert (info["profiles_dropped"], info["profiles_exported"], info["profiles_spooled"]) == (1, 0, 0)
+    assert stream_profiles(redis_url) == []

@@ -429,7 +429,7 @@ def test_doc_images_are_dashboard_screenshots(stack):
     source = ROOT / "artifacts" / "screenshots"
     refresh = os.environ.get("CONTRAIL_UPDATE_DOC_IMAGES") == "1"
     for name, doc_name in (("search", "search"), ("trace", "trace"), ("services-overview", "services"), ("ai", "ai"),
-                           ("metrics", "metrics"), ("profile", "profile")):
+                           ("metrics", "metrics"), ("profile", "profile"), ("operation", "operation")):
         target = DOC_IMAGES / f"dashboard-{doc_name}.png"
         if refresh:
             path = source / f"{name}.png"

@@ -23,7 +23,7 @@ def render_invoice(lines: int) -> bytes:
 
 
 def fetch_customer() -> None:
-    time.sleep(0.03)
+    time.sleep(0.1)
 
 
 def build_invoice() -> None:
@@ -37,7 +37,8 @@ def build_invoice() -> None:
 def profile_stack(chromium, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("profile-stack")
     with running_stack(workdir) as (base_url, redis_url, _, collector, log_path):
-        tracing = TracingManager(service_name="billing", redis_url=redis_url, spool_dir=str(workdir / "spool"))
+        tracing = TracingManager(service_name="billing", redis_url=redis_url, spool_dir=str(workdir / "spool"),
+                                 system_metrics=True, metrics_interval=1)
         with tracing.span("POST /invoice"):
             with tracing.span("build invoice") as span:
                 with tracing.profile("invoice"):
@@ -51,9 +52,11 @@ def profile_stack(chromium, tmp_path_factory):
             assert collector.poll() is None, log_path.read_text()
             if requests.get(f"{base_url}/api/v1/traces/{trace_id}", timeout=10).status_code != 200:
                 return False
-            return requests.get(f"{base_url}/api/v1/traces/{trace_id}/profiles", timeout=10).json()["profiles"]
+            rss = requests.get(f"{base_url}/api/v1/metrics/process.memory.rss?service=billing", timeout=10).json()
+            profiles = requests.get(f"{base_url}/api/v1/traces/{trace_id}/profiles", timeout=10).json()["profiles"]
+            return profiles and rss["points"]
 
-        wait_until(stored, timeout=60, message="the collector to store the trace and its profile")
+        wait_until(stored, timeout=60, message="the collector to store the trace, its profile and system metrics")
         yield base_url, trace_id, span_id
 
 
@@ -99,4 +102,24 @@ def test_the_flame_graph_of_a_profiled_span_names_the_function_that_burned_its_t
     assert float(zoomed.get_attribute("width")) >= float(width) - 1
     page.locator("#profile-reset").click()
     assert page.locator('#code-flame .cf-frame[data-name^="fetch_customer ("]').count() == 1
+    profile_page.console.assert_clean()
+
+
+def test_the_services_page_shows_an_operations_latency_cpu_and_merged_flame_graph_together(profile_page):
+    page = profile_page
+    page.goto("/services?service=billing&operation=build%20invoice&lookback=1h")
+    page.wait_for_function("window.__contrail && window.__contrail.servicesReady")
+    assert page.evaluate("window.__contrail.operationProfiles") == 1
+    assert page.locator("#profile-panel").is_visible()
+    assert page.locator("#op-profile-summary").inner_text().startswith("1 profile, ")
+    assert page.locator("#op-functions tbody tr").first.locator("code").inner_text() == "render_invoice"
+    assert page.locator('#op-flame .cf-frame[data-name^="render_invoice ("]').count() >= 1
+    assert page.locator("#system-charts").is_visible() and page.locator("#chart-latency").is_visible()
+    page.locator("#profile-panel").scroll_into_view_if_needed()
+    screenshot(page, "operation")
+
+    page.goto("/services?service=billing&operation=POST%20%2Finvoice&lookback=1h")  # no profile of its own
+    page.wait_for_function("window.__contrail && window.__contrail.servicesReady")
+    assert page.evaluate("window.__contrail.operationProfiles") == 0
+    assert page.locator("#profile-panel").is_hidden()
     profile_page.console.assert_clean()

@@ -3,6 +3,7 @@
 import { getJSON, listServices, listOperations, el, fmtNum, fmtPct, showError, plotTheme, plotText, plotlyReady,
   autoRefresh, contrail, loadBottlenecks, hintBadges, fmtWindow } from "./api.js";
 import { drawServiceMap } from "./servicemap.js";
+import { createCodeFlame, renderTopFunctions } from "./codeflame.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("services-form");
@@ -108,6 +109,20 @@ async function drawSystem(query) {
   contrail.systemMetrics = { service, points };
 }
 
+// The chosen operation's profiles merged into one flame graph (GET /profiles), when it has any.
+async function drawProfile(query) {
+  const panel = $("profile-panel");
+  if (!query.service || !query.operation) { panel.hidden = true; contrail.operationProfiles = null; return; }
+  const merged = await getJSON("/profiles", { service: query.service, operation: query.operation, lookback: query.lookback || "1h" });
+  contrail.operationProfiles = merged.profiles;
+  panel.hidden = merged.profiles === 0;
+  if (!merged.profiles) return;
+  $("op-profile-summary").textContent = `${fmtNum(merged.profiles)} profile${merged.profiles === 1 ? "" : "s"}, ${fmtNum(merged.samples)} samples` +
+    (merged.dropped ? ` (${fmtNum(merged.dropped)} left out by the size bound)` : "");
+  createCodeFlame($("op-flame"), merged.stacks);
+  renderTopFunctions($("op-functions").querySelector("tbody"), merged.functions);
+}
+
 const hintKey = (service, operation) => `${service}\u0000${operation}`;
 
 function renderOperations(operations, hints) {
@@ -173,6 +188,7 @@ async function refresh() {
   } else showError($("services-error"), deps.reason);
   try {
     await drawSystem(query);
+    await drawProfile(query);
   } catch (error) { showError($("services-error"), error); }
   contrail.servicesReady = true;
 }

@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 from opentelemetry import trace
@@ -314,6 +315,14 @@ class SlowSpanProfiler(SpanProcessor):
         self.interval = interval
         self._sampler_of = sampler_of
         self._exporter_of = exporter_of
+        self._after_fork()
+        if hasattr(os, "register_at_fork"):  # a weak reference: the hook must not keep the processor alive
+            after_fork = weakref.WeakMethod(self._after_fork)
+            os.register_at_fork(after_in_child=lambda: (after_fork() or (lambda: None))())
+
+    def _after_fork(self) -> None:
+        """A forked child starts with no open spans: the parent's are the parent's to end (and a lock the parent
+        held at the fork would never be released here)."""
         self.lock = threading.Lock()
         self.by_thread: dict[int, list[_OpenSpan]] = {}
         self.by_span: dict[int, _OpenSpan] = {}

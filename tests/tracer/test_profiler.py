@@ -226,3 +226,27 @@ def test_a_trace_sampled_out_is_not_profiled_and_without_the_redis_exporter_prof
     info = console_only.get_tracer_info()
     assert (info["profiles_dropped"], info["profiles_exported"], info["profiles_spooled"]) == (1, 0, 0)
     assert stream_profiles(redis_url) == []
+
+
+def test_a_forked_child_profiles_on_its_own_and_forgets_the_parents_open_spans(make_manager, redis_url):
+    import os
+
+    from tests.tracer.tracer_helpers import in_forked_child
+
+    tracing = make_manager(profile_slow_threshold="50ms", profile_slow_interval="10ms")
+    with tracing.profile("parent"):
+        spin(0.05)
+    with tracing.span("open at the fork"):
+        def child():
+            assert tracing._slow_spans.open == 0  # the parent's open span is not the child's
+            with tracing.span("child work"):
+                with tracing.profile("child"):
+                    spin(0.2)
+        pid = in_forked_child(tracing, child)
+    assert tracing.flush(10)
+    profiles = stream_profiles(redis_url)
+    by_name = {(p["name"], p["mode"]): p for p in profiles}
+    assert by_name[("child", "explicit")]["resource"]["process.pid"] == pid
+    assert by_name[("child", "explicit")]["samples"] >= 20
+    assert by_name[("child work", "slow")]["resource"]["process.pid"] == pid
+    assert by_name[("parent", "explicit")]["resource"]["process.pid"] == os.getpid()

@@ -143,7 +143,7 @@ class Sampler:
         if self._thread is None or self._pid != os.getpid():  # a forked child has no sampler thread
             if self._pid != os.getpid():
                 self._pid = os.getpid()
-                self.lock = threading.Lock()
+                self.lock, self._wake = threading.Lock(), threading.Event()
                 self.captures = {thread: captures for thread, captures in self.captures.items()
                                  if thread == threading.get_ident()}
             self._thread = threading.Thread(target=self._run, name="contrail-profiler", daemon=True)
@@ -211,23 +211,34 @@ class ProfileScope:
     def __init__(self, manager: Any, name: str | None) -> None:
         self.manager = manager
         self.name = name
-        self._open: list[tuple[Capture, Any]] = []
+        self._local = threading.local()  # the profiles this scope has open, per thread (one scope, many threads)
+
+    def _stack(self) -> list:
+        stack = getattr(self._local, "open", None)
+        if stack is None:
+            stack = self._local.open = []
+        return stack
 
     def __enter__(self) -> Any:
-        return self._start(sys._getframe(1), False)
+        token = self._start(sys._getframe(1), False)
+        self._stack().append(token)
+        return token[2]
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self._finish(exc)
+        self._finish(self._stack().pop(), exc)
         return False
 
     async def __aenter__(self) -> Any:
-        return self._start(sys._getframe(1), False)
+        token = self._start(sys._getframe(1), False)
+        self._stack().append(token)
+        return token[2]
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
-        self._finish(exc)
+        self._finish(self._stack().pop(), exc)
         return False
 
-    def _start(self, anchor: Any, skip_anchor: bool, name: str | None = None) -> Any:
+    def _start(self, anchor: Any, skip_anchor: bool, name: str | None = None) -> tuple[Any, Any, Any]:
+        """Start profiling; the token (capture or None, own span scope or None, span) goes to :meth:`_finish`."""
         name = name or self.name or "profile"
         span = trace.get_current_span()
         own = None
@@ -241,11 +252,10 @@ class ProfileScope:
                               getattr(span, "name", None), name, "explicit", anchor,
                               self.manager.profiler().interval, skip_anchor, span)
             self.manager.profiler().register(capture)
-        self._open.append((capture, own))
-        return span
+        return capture, own, span
 
-    def _finish(self, exc: BaseException | None) -> None:
-        capture, own = self._open.pop()
+    def _finish(self, token: tuple[Any, Any, Any], exc: BaseException | None) -> None:
+        capture, own, _ = token
         if capture is not None:
             self.manager.profiler().unregister(capture)
             span = capture.span
@@ -262,7 +272,7 @@ class ProfileScope:
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                scope._start(sys._getframe(0), True, name)
+                token = scope._start(sys._getframe(0), True, name)
                 error = None
                 try:
                     return await func(*args, **kwargs)
@@ -270,13 +280,13 @@ class ProfileScope:
                     error = exc
                     raise
                 finally:
-                    scope._finish(error)
+                    scope._finish(token, error)
 
             return async_wrapper
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            scope._start(sys._getframe(0), True, name)
+            token = scope._start(sys._getframe(0), True, name)
             error = None
             try:
                 return func(*args, **kwargs)
@@ -284,7 +294,7 @@ class ProfileScope:
                 error = exc
                 raise
             finally:
-                scope._finish(error)
+                scope._finish(token, error)
 
         return wrapper
 

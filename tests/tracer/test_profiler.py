@@ -250,3 +250,28 @@ def test_a_forked_child_profiles_on_its_own_and_forgets_the_parents_open_spans(m
     assert by_name[("child", "explicit")]["samples"] >= 20
     assert by_name[("child work", "slow")]["resource"]["process.pid"] == pid
     assert by_name[("parent", "explicit")]["resource"]["process.pid"] == os.getpid()
+
+
+def test_one_profiled_function_called_from_several_threads_at_once_keeps_each_calls_profile_apart(
+        make_manager, redis_url):
+    tracing = make_manager()
+    started = threading.Barrier(4)
+
+    @tracing.profile("work")
+    def work(seconds):
+        started.wait(5)
+        spin(seconds)
+
+    with tracing.span("requests"):
+        threads = [threading.Thread(target=work, args=(0.1 + 0.05 * i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert tracing.flush(10)
+    profiles = stream_profiles(redis_url)
+    assert len(profiles) == 4 and len({p["span_id"] for p in profiles}) == 4  # each call its own span
+    durations = sorted((p["end_ns"] - p["start_ns"]) / 1e9 for p in profiles)
+    assert durations == pytest.approx([0.1, 0.15, 0.2, 0.25], abs=0.08)
+    for profile in profiles:
+        assert leaf_samples(profile, "spin") > 0

@@ -252,26 +252,39 @@ def test_a_forked_child_profiles_on_its_own_and_forgets_the_parents_open_spans(m
     assert by_name[("parent", "explicit")]["resource"]["process.pid"] == os.getpid()
 
 
-def test_one_profiled_function_called_from_several_threads_at_once_keeps_each_calls_profile_apart(
+def test_one_profiled_function_called_from_two_threads_at_once_keeps_each_calls_profile_apart(
         make_manager, redis_url):
     tracing = make_manager()
-    started = threading.Barrier(4)
+    first_in, second_in, first_left = threading.Event(), threading.Event(), threading.Event()
 
     @tracing.profile("work")
-    def work(seconds):
-        started.wait(5)
-        spin(seconds)
+    def work(role):
+        if role == "first":  # enters first, leaves first, while the second call is still running
+            first_in.set()
+            assert second_in.wait(5)
+            spin(0.02)
+        else:
+            assert first_in.wait(5)
+            second_in.set()
+            assert first_left.wait(5)
+            spin(0.15)
 
-    with tracing.span("requests"):
-        threads = [threading.Thread(target=work, args=(0.1 + 0.05 * i,)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    def first():
+        work("first")
+        first_left.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=work, args=("second",))]
+    threads[0].start()
+    assert first_in.wait(5)  # the second call starts while the first is inside
+    threads[1].start()
+    for thread in threads:
+        thread.join()
     assert tracing.flush(10)
-    profiles = stream_profiles(redis_url)
-    assert len(profiles) == 4 and len({p["span_id"] for p in profiles}) == 4  # each call its own span
-    durations = sorted((p["end_ns"] - p["start_ns"]) / 1e9 for p in profiles)
-    assert durations == pytest.approx([0.1, 0.15, 0.2, 0.25], abs=0.08)
+    profiles = sorted(stream_profiles(redis_url), key=lambda p: p["start_ns"])
+    spans = {s["span_id"]: s for s in stream_spans(redis_url)}
+    assert len(profiles) == 2 and len(spans) == 2 and {p["span_id"] for p in profiles} == set(spans)
+    first_call, second_call = profiles
+    assert (second_call["end_ns"] - first_call["end_ns"]) / 1e9 >= 0.14  # each call's profile ends with it
+    assert leaf_samples(second_call, "spin") > 0
     for profile in profiles:
-        assert leaf_samples(profile, "spin") > 0
+        assert spans[profile["span_id"]]["end_ns"] >= profile["end_ns"]

@@ -135,6 +135,7 @@ class Sampler:
         self.captures: dict[int, list[Capture]] = {}
         self.lock = threading.Lock()
         self._wake = threading.Event()
+        self._idle = False  # the thread waits for work: a new profile wakes it
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self.samples_taken = 0
@@ -153,7 +154,8 @@ class Sampler:
         self._ensure_thread()
         with self.lock:
             self.captures.setdefault(capture.thread_id, []).append(capture)
-        self._wake.set()
+        if self._idle:
+            self._wake.set()
 
     def unregister(self, capture: Capture) -> None:
         with self.lock:
@@ -168,21 +170,26 @@ class Sampler:
 
     def wake_for_slow_spans(self) -> None:
         self._ensure_thread()
-        self._wake.set()
+        if self._idle:
+            self._wake.set()
 
     def _run(self) -> None:
-        """Sample every ``interval`` while explicit profiles run, every slow-span interval otherwise; a new
-        profile wakes the thread at once."""
+        """Sample every ``interval`` while explicit profiles run, every slow-span interval otherwise; idle (no
+        hook, no polling) while neither runs. Woken by new work, the thread still waits a whole interval before
+        its first sample: sampling at once would hit every short profiled call that wakes it and count it as
+        a whole interval."""
         me = threading.get_ident()
         last_slow = time.monotonic()
         while True:
             slow = self.slow
             if not self.captures and (slow is None or not slow.open):
-                self._wake.wait()
+                self._idle = True
+                if not self.captures and (slow is None or not slow.open):  # work that came meanwhile wakes no one
+                    self._wake.wait()
                 self._wake.clear()
+                self._idle = False
                 continue
-            if self._wake.wait(self.interval if self.captures else slow.interval):
-                self._wake.clear()
+            time.sleep(self.interval if self.captures else slow.interval)
             try:
                 frames = sys._current_frames()
                 now = time.monotonic()

@@ -288,3 +288,27 @@ def test_one_profiled_function_called_from_two_threads_at_once_keeps_each_calls_
     assert leaf_samples(second_call, "spin") > 0
     for profile in profiles:
         assert spans[profile["span_id"]]["end_ns"] >= profile["end_ns"]
+
+
+def test_short_profiled_calls_inside_a_longer_profile_do_not_inflate_either_count(make_manager, redis_url):
+    tracing = make_manager()
+
+    @tracing.profile("tiny")
+    def tiny():
+        spin(0.0002)
+
+    with tracing.span("loop"):
+        with tracing.profile("outer"):
+            started = time.perf_counter()
+            for _ in range(200):  # each call registers a profile while "outer" is being sampled
+                tiny()
+                time.sleep(0.002)
+            elapsed = time.perf_counter() - started
+    assert tracing.flush(10)
+    profiles = stream_profiles(redis_url)
+    outer = next(p for p in profiles if p["name"] == "outer")
+    inner = [p for p in profiles if p["name"] == "tiny"]
+    assert len(inner) == 200
+    expected = elapsed / 0.005  # samples of 5 ms in the outer profile's time
+    assert 0.5 * expected <= outer["samples"] <= 1.5 * expected, (outer["samples"], expected)
+    assert sum(p["samples"] for p in inner) <= 0.5 * expected  # the tiny calls are a small part of it

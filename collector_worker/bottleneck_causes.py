@@ -22,9 +22,9 @@ from sqlalchemy.engine import Connection
 from . import profile_store
 from .storage.queries import TraceQuery, get_trace, search_traces
 
-TRACES_READ = 5
+TRACES_READ = 3
 SPANS_READ = 2000
-HINTS_EXPLAINED = 20
+HINTS_EXPLAINED = 10
 MIN_SHARE = 0.05  # causes below this share of the operation's time are not worth naming
 LLM_ATTRIBUTE = "gen_ai.request.model"
 WAIT_ATTRIBUTE = "celery.queue_wait_ms"

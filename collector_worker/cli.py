@@ -23,6 +23,7 @@ COMMANDS = {
     "stats": ("collector_worker.read_commands:stats", "Latency and error statistics per operation."),
     "deps": ("collector_worker.read_commands:deps", "Service dependency edges."),
     "report": ("collector_worker.period_report:report", "Write a self-contained HTML report of a period."),
+    "profile": ("collector_worker.profile_commands:profile", "Merged sampling profiles of an operation."),
     "db": ("collector_worker.db_commands:db", "Show or upgrade the trace database's schema revision."),
     "doctor": ("collector_worker.doctor:doctor", "Check Redis, the database and the collectors' backlog."),
     "demo": ("web.demo.cli:demo", "Send demo traffic to a running stack."),

@@ -32,11 +32,12 @@ from tracer import shards
 from tracer.codec import REASON_CHARS, CodecError, decode_entry, encode_rejected
 from tracer.limits import SpanLimits
 from tracer.metrics_codec import decode_metrics, is_metrics_entry
+from tracer.profile_codec import is_profiles_entry
 from tracer.redis_client import connect, is_cluster
 from tracer.settings import Settings
 
 from . import finalizer
-from . import forwarding, metrics_store, pricing, reports, sampling, validation
+from . import forwarding, metrics_store, pricing, profile_store, reports, sampling, validation
 from .recent_spans import RecentSpans
 from .storage.engine import open_engine
 from .storage.writer import dropped_over_limit, prepare_spans, store_spans, take_write_lock, write_lock
@@ -73,7 +74,7 @@ RETENTION_BATCH = 2000
 
 _COUNTER_NAMES = ("entries_read", "spans_stored", "duplicates_skipped", "spans_rejected", "dead_lettered",
                   "claimed", "acked", "db_errors", "redis_errors", "trimmed", "finalized", "retention_runs",
-                  "metric_points_stored", "metric_points_rejected")
+                  "metric_points_stored", "metric_points_rejected", "profiles_stored")
 _counters = dict.fromkeys(_COUNTER_NAMES, 0)
 _counters_lock = threading.Lock()
 
@@ -111,6 +112,7 @@ class Entry:
     reject_reasons: list[str] = field(default_factory=list)
     resources: list[Any] = field(default_factory=list)  # the entry's raw resources, for its rejected rows
     metrics: list[dict[str, Any]] = field(default_factory=list)  # the points of a kind=metrics entry
+    profiles: list[dict[str, Any]] = field(default_factory=list)  # the profiles of a kind=profiles entry
 
 
 def _text(value: Any) -> str:
@@ -498,6 +500,9 @@ class StreamConsumer:
             if is_metrics_entry(entry.fields):
                 self._read_metrics(entry)
                 return
+            if is_profiles_entry(entry.fields):
+                entry.profiles, entry.dead_reason = profile_store.read_entry(entry.fields)
+                return
             decoded = decode_entry(entry.fields)
         except CodecError as exc:
             entry.dead_reason = str(exc)
@@ -528,16 +533,22 @@ class StreamConsumer:
     def _store_metrics(self, entries: list[Entry]) -> None:
         """Store each metrics entry in its own transaction; acknowledged after, dead-lettered if refused."""
         for entry in entries:
-            if not entry.metrics:
+            if not entry.metrics and not entry.profiles:
                 continue
             try:
+                if entry.profiles:  # a kind=profiles entry: stored with its traces (profile_store)
+                    _count("profiles_stored", profile_store.store_entry(self.engine, entry.profiles))
+                    entry.profiles = []
+                    continue
                 stored = metrics_store.store_entry(self.engine, self.entry_key(entry), entry.metrics)
             except _TRANSIENT as exc:
                 _count("db_errors")
                 raise StorageUnavailable(_short(exc)) from exc
             except Exception as exc:  # refused for what it holds: this entry alone is dead-lettered
                 _count("db_errors")
-                entry.dead_reason = f"storage refused the metric points: {type(exc).__name__}: {_short(exc)}"
+                what = "profiles" if entry.profiles else "metric points"
+                entry.dead_reason = f"storage refused the {what}: {type(exc).__name__}: {_short(exc)}"
+                entry.profiles = []
             else:
                 _count("metric_points_stored" if stored else "duplicates_skipped", len(entry.metrics))
             entry.metrics = []

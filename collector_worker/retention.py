@@ -5,7 +5,8 @@ the cutoff (storage/partitions.py: PostgreSQL drops the day's partitions, SQLite
 deletes its trace-number range; never trace by trace), so a trace is kept up to
 one day longer than the retention period. Then staging spans and pending rows
 of traces never finalized, then statistics and metrics buckets that ended
-before the cutoff (and the record of metric stream entries stored before it),
+before the cutoff (and the record of metric stream entries stored before it), and
+profiles that started before it,
 in batches that are each a short transaction so ingest and finalization, which
 write the same tables, never wait long behind a cleanup.
 """
@@ -66,7 +67,7 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
     t, s, p = schema.traces, schema.spans, schema.pending_traces
     deleted = {name: 0 for name in ("traces", "spans", "trace_blocks", "pending_traces",
                                     "dropped_traces", "stats", "stats_histogram", "dependencies", "llm_usage",
-                                    "metric_points", "metric_histogram", "metric_entries")}
+                                    "metric_points", "metric_histogram", "metric_entries", "profiles")}
 
     bucket_conditions = [(table, table.c.bucket + table.c[res] <= cutoff_s) for table, res in _bucket_tables()]
     estimate = (_count(engine, t, _expired(t, cutoff_ns)) + _count(engine, s, s.c.start_ns < cutoff_ns)
@@ -93,9 +94,9 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
         advance(n["spans"] + n["traces"])
 
     # 2. spans and pending rows of traces never finalized; 3. statistics buckets that ended before the cutoff
-    d, m = schema.dropped_traces, schema.metric_entries
+    d, m, f = schema.dropped_traces, schema.metric_entries, schema.profiles
     plan = [(s, s.c.start_ns < cutoff_ns), (p, p.c.last_seen_ns < cutoff_ns), (d, d.c.start_ns < cutoff_ns),
-            (m, m.c.stored_ns < cutoff_ns)] + bucket_conditions
+            (m, m.c.stored_ns < cutoff_ns), (f, f.c.start_ns < cutoff_ns)] + bucket_conditions
     for table, condition in plan:
         while True:
             with engine.begin() as conn:
@@ -125,7 +126,8 @@ def count_expired(engine: Engine, cutoff_ns: int) -> dict[str, int]:
               (s, (s.c.start_ns < cutoff_ns) | s.c.trace_id.in_(expired_ids)),
               (schema.trace_blocks, _expired(schema.trace_blocks, cutoff_ns)),
               (p, p.c.last_seen_ns < cutoff_ns), (d, d.c.start_ns < cutoff_ns),
-              (schema.metric_entries, schema.metric_entries.c.stored_ns < cutoff_ns)]
+              (schema.metric_entries, schema.metric_entries.c.stored_ns < cutoff_ns),
+              (schema.profiles, schema.profiles.c.start_ns < cutoff_ns)]
     checks += [(table, table.c.bucket + table.c[res] <= cutoff_s) for table, res in _bucket_tables()]
     counted = {table.name: _count(engine, table, condition) for table, condition in checks}
     with engine.connect() as conn:  # spans in the expired traces' blocks, besides their staging rows

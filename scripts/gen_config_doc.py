@@ -101,13 +101,15 @@ with their password masked.
 def duration_fields() -> set[str]:
     """Settings parsed as durations, so their defaults are shown with a unit."""
     return {f.name for f in dataclasses.fields(Settings)
-            if f.metadata["option"].parse.__name__ in ("_seconds", "_millis_as_seconds")}
+            if f.metadata["option"].parse.__name__ in ("_seconds", "_positive_seconds", "_millis_as_seconds")}
 
 
 def show_seconds(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"`{int(seconds // size)}{unit}`"
+    if 0 < seconds < 1:
+        return f"`{seconds * 1000:g}ms`"
     return f"`{seconds:g}s`"
 
 

@@ -1,7 +1,8 @@
 """The wire format between tracers and collectors: one stream entry per batch.
 
 A span entry has four fields (a metrics entry adds ``kind=metrics``, see
-:mod:`tracer.metrics_codec`; an entry without ``kind`` holds spans, and a kind
+:mod:`tracer.metrics_codec`, a profiles entry ``kind=profiles``, see
+:mod:`tracer.profile_codec`; an entry without ``kind`` holds spans, and a kind
 this version does not know is refused with that reason)::
 
     v     format version (b"1")
@@ -41,7 +42,7 @@ FORMAT_VERSION = 1
 ENCODINGS = ("msgpack", "msgpack+zlib", "json")
 KINDS = ("internal", "server", "client", "producer", "consumer")
 STATUS_CODES = ("unset", "ok", "error")
-ENTRY_KINDS = ("spans", "metrics")  # the ``kind`` field; absent means spans
+ENTRY_KINDS = ("spans", "metrics", "profiles")  # the ``kind`` field; absent means spans
 COMPRESS_ABOVE = 64 * 1024  # bytes of msgpack after which zlib pays for itself
 # Most bytes a msgpack+zlib entry may inflate to; beyond it the entry is refused (a compression bomb: 1 GB of
 # zeros compresses to 1 MB). A full batch of 512 spans at the default attribute limits is far below it.
@@ -257,7 +258,8 @@ def _inflate(data: bytes, limit: int) -> bytes:
 
 
 def entry_kind(fields: Mapping[Any, Any]) -> str:
-    """What an entry carries: ``"spans"`` (no ``kind`` field, as every entry before metrics) or ``"metrics"``.
+    """What an entry carries: ``"spans"`` (no ``kind`` field, as every entry before metrics), ``"metrics"`` or
+    ``"profiles"``.
 
     Raises :class:`CodecError` for any other kind, so a kind this collector does not know is dead-lettered
     with that reason instead of being read as spans.
@@ -317,8 +319,10 @@ def decode_payload(fields: Mapping[Any, Any], max_decompressed: int = MAX_DECOMP
 
 
 def _decode_entry(fields: Mapping[Any, Any], max_decompressed: int) -> DecodedEntry:
-    if entry_kind(fields) != "spans":
-        raise CodecError("entry holds metrics, not spans: read it with tracer.metrics_codec")
+    kind = entry_kind(fields)
+    if kind != "spans":
+        reader = {"metrics": "tracer.metrics_codec", "profiles": "tracer.profile_codec"}[kind]
+        raise CodecError(f"entry holds {kind}, not spans: read it with {reader}")
     payload, expected = decode_payload(fields, max_decompressed)
     if not isinstance(payload, dict) or not isinstance(payload.get("spans"), list):
         raise CodecError("batch is not a mapping with a 'spans' list")

@@ -85,6 +85,9 @@ class TracingManager:
         self._sampler: CountingSampler | None = None
         self._metrics: Any = None
         self._metrics_lock = threading.Lock()
+        self._profile_sampler: Any = None
+        self._profile_exporter: Any = None
+        self._slow_spans: Any = None
         if not self.enabled:
             self.tracer_provider: trace.TracerProvider = trace.NoOpTracerProvider()
             self.tracer: trace.Tracer = trace.NoOpTracer()
@@ -119,6 +122,13 @@ class TracingManager:
             from .system_metrics import observe_process
 
             observe_process(self.metrics)
+        if self.settings.profile_slow_threshold > 0:
+            from .profiler import SlowSpanProfiler
+
+            self._slow_spans = SlowSpanProfiler(self.settings.profile_slow_threshold,
+                                                self.settings.profile_slow_interval, self.profiler,
+                                                self.profile_exporter)
+            self.tracer_provider.add_span_processor(self._slow_spans)
 
     def _add_exporters(self, jaeger: str | None) -> None:
         """console / file / otlp (and the original API's Jaeger), each behind its own batch processor."""
@@ -275,6 +285,38 @@ class TracingManager:
         """The same object as :attr:`metrics`."""
         return self.metrics
 
+    # ------------------------------------------------------------ profiles
+    def profile(self, name: str | Callable | None = None) -> Any:
+        """Decorator or context manager: a sampling profile of the code, attached to the current span (see
+        :mod:`tracer.profiler`). Usable bare (``@tracing.profile``) or named (``tracing.profile("load")``)."""
+        if callable(name):
+            return self.profile()(name)
+        if not self.enabled:
+            return decorators.NOOP_SCOPE
+        from .profiler import ProfileScope
+
+        return ProfileScope(self, name)
+
+    def profiler(self) -> Any:
+        """This process's stack sampler (:class:`tracer.profiler.Sampler`), made on first use."""
+        if self._profile_sampler is None:
+            with self._metrics_lock:
+                if self._profile_sampler is None:
+                    from .profiler import Sampler
+
+                    self._profile_sampler = Sampler(self.settings.profile_interval, self._slow_spans)
+        return self._profile_sampler
+
+    def profile_exporter(self) -> Any:
+        """The exporter of finished profiles (:class:`tracer.profile_export.ProfileExporter`), made on first use."""
+        if self._profile_exporter is None:
+            with self._metrics_lock:
+                if self._profile_exporter is None:
+                    from .profile_export import ProfileExporter
+
+                    self._profile_exporter = ProfileExporter(self.settings, enabled=self._processor is not None)
+        return self._profile_exporter
+
     # ------------------------------------------------------------ lifecycle
     def get_tracer_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -295,6 +337,8 @@ class TracingManager:
             info["spans_sampled_out"] = self._sampler.dropped
         if self._metrics is not None:
             info.update(self._metrics.info())
+        if self._profile_exporter is not None:
+            info.update(self._profile_exporter.info())
         return info
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -302,6 +346,8 @@ class TracingManager:
         flushed = all([processor.force_flush(int(timeout * 1000)) for processor in self._exporters.values()])
         if self._metrics is not None:
             flushed = self._metrics.flush(timeout) and flushed
+        if self._profile_exporter is not None:
+            flushed = self._profile_exporter.flush() and flushed
         if self._processor is None:
             return flushed
         return self._processor.force_flush(timeout * 1000.0) and flushed
@@ -315,6 +361,8 @@ class TracingManager:
             self._log_handler = None
         if self._metrics is not None:
             self._metrics.shutdown(timeout)
+        if self._profile_exporter is not None:
+            self._profile_exporter.shutdown()
         if self._processor is None and not self._exporters:
             return
         if self._processor is not None:

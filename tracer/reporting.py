@@ -24,7 +24,9 @@ COUNTERS = ("spans_started", "spans_exported", "spans_dropped", "spans_dropped_q
             "spans_dropped_spool_full", "spans_dropped_spool_error", "spans_sampled_out", "spans_spooled",
             "spool_records_corrupt", "export_errors",
             # application metrics (tracer.metrics): attribute sets past the cardinality limit, points lost
-            "metric_series_dropped", "metric_points_dropped")
+            "metric_series_dropped", "metric_points_dropped",
+            # profiles (tracer.profiler): finished profiles lost (queue or spool full, not encodable)
+            "profiles_dropped")
 STALE_AFTER_S = 24 * 3600  # reports older than this are pruned by readers
 
 
@@ -39,6 +41,8 @@ COLLECTOR_COUNTERS = ("entries_read", "spans_stored", "duplicates_skipped", "spa
                       "trace_spans_dropped",
                       # application metrics (collector_worker.metrics_store)
                       "metric_points_stored", "metric_points_rejected",
+                      # profiles (collector_worker.profile_store)
+                      "profiles_stored",
                       # forwarding to an OTLP endpoint (collector_worker.forwarding)
                       "forwarded_spans", "forward_dropped", "forward_errors")
 

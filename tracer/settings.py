@@ -59,6 +59,13 @@ def _seconds(value: Any) -> float:
     return parse_duration(value)
 
 
+def _positive_seconds(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {value!r}: must be more than 0")
+    return seconds
+
+
 def _millis_as_seconds(value: Any) -> float:
     """OTEL_BSP_* durations are plain milliseconds."""
     return parse_duration(value, default_unit="ms")
@@ -248,6 +255,15 @@ class Settings:
     system_metrics: bool = field(default=False, metadata=_opt(
         "CONTRAIL_SYSTEM_METRICS", _bool, "Also record this process's CPU, memory (RSS), GC, threads, open "
         "file descriptors, disk and network I/O as metrics (needs psutil: the 'system' extra)."))
+    profile_interval: float = field(default=0.005, metadata=_opt(
+        "CONTRAIL_PROFILE_INTERVAL", _positive_seconds, "How often tracing.profile samples the stack of the code it "
+        "profiles (a sampler thread, only while a profile runs)."))
+    profile_slow_threshold: float = field(default=0.0, metadata=_opt(
+        "CONTRAIL_PROFILE_SLOW_THRESHOLD", _seconds, "Continuous profiling: the stacks of spans running longer than "
+        "this are sampled every profile_slow_interval and stored as the span's profile; 0 (the default) is off."))
+    profile_slow_interval: float = field(default=0.05, metadata=_opt(
+        "CONTRAIL_PROFILE_SLOW_INTERVAL", _positive_seconds, "How often continuous profiling samples the stacks of "
+        "spans slower than profile_slow_threshold (a low rate: 20 per second by default)."))
 
     # --- ingest limits (collector and receivers; OpenTelemetry's span limits as the reference) ---------
     span_event_count_limit: int = field(default=128, metadata=_opt(

@@ -39,6 +39,7 @@ TRACER_GAUGES = {  # per service, summed over the processes' reports (tracer.rep
     "export_errors": "Failed exports to Redis.",
     "metric_series_dropped": "Measurements dropped because their instrument had reached its cardinality limit.",
     "metric_points_dropped": "Metric points lost (not encodable, spool full or unwritable).",
+    "profiles_dropped": "Profiles lost (export queue full, spool full or unwritable, not encodable).",
 }
 
 

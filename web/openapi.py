@@ -143,6 +143,18 @@ SCHEMAS: dict[str, Any] = {
         "description": NULLABLE_STR, "services": {"type": "array", "items": STR},
         "attributes": {"type": "object", "additionalProperties": {"type": "array", "items": STR}},
         "series": INT})}}),
+    "FlameGraph": _obj({
+        "stacks": {"type": "array", "items": _obj({"stack": STR, "samples": INT})},
+        "functions": {"type": "array", "items": _obj({
+            "function": STR, "self_samples": INT, "total_samples": INT, "self_pct": NUM, "total_pct": NUM})}}),
+    "TraceProfiles": _obj({"trace_id": TRACE_ID, "profiles": {"type": "array", "items": {"allOf": [
+        _ref("FlameGraph"), _obj({
+            "trace_id": TRACE_ID, "span_id": SPAN_ID, "name": STR, "mode": {"enum": ["explicit", "slow"]},
+            "service": STR, "operation": NULLABLE_STR, "start_ns": INT, "duration_ms": NUM, "interval_ms": NUM,
+            "samples": INT, "dropped": INT})]}}}),
+    "ProfileAggregate": {"allOf": [_ref("FlameGraph"), _obj({
+        "operation": NULLABLE_STR, "service": NULLABLE_STR, "start_ns": INT, "end_ns": INT, "profiles": INT,
+        "samples": INT, "dropped": INT, "traces": {"type": "array", "items": TRACE_ID}})]},
     "MetricPoints": _obj({
         "name": STR, "kind": {"enum": ["counter", "gauge", "histogram", None]}, "unit": NULLABLE_STR,
         "service": NULLABLE_STR, "filters": {"type": "object", "additionalProperties": STR},
@@ -188,7 +200,12 @@ SCHEMAS: dict[str, Any] = {
     **AI_SESSION_SCHEMAS,
     "Bottlenecks": _obj({"at": STR, "at_ns": INT, "recent_s": INT, "baseline_s": INT,
                          "bottlenecks": {"type": "array", "items": _obj({
-                             "service": STR, "operation": STR, "flag": {"enum": ["slower", "more_errors"]}})}}),
+                             "service": STR, "operation": STR, "flag": {"enum": ["slower", "more_errors"]},
+                             "likely_cause": NULLABLE_STR,
+                             "causes": {"type": "array", "items": _obj({
+                                 "kind": {"enum": ["queue_wait", "llm_call", "child", "self_time", "hot_function",
+                                                   "error"]},
+                                 "share": {"type": ["number", "null"]}, "text": STR})}})}}),
 }
 
 
@@ -323,6 +340,17 @@ PATHS: dict[str, Any] = {
         "p50/p95/p99 (histograms); any other query parameter filters by that attribute", "MetricPoints", [
             _param("name", "Metric name.", where="path"), _param("service", "Only this service."),
             _param("step", "Point step, whole minutes: 60s, 5m, 1h (hourly rollups for whole hours)."),
+            *TIME_PARAMS], 400, 503),
+    "/api/v1/traces/{trace_id}/profiles": _get(
+        "The sampling profiles of a trace's spans, each with its flame graph (folded stacks, root first) and top "
+        "functions", "TraceProfiles",
+        [TRACE_ID_PARAM, _param("span_id", "Only the profiles of this span.")], 400),
+    "/api/v1/profiles": _get(
+        "The profiles of an operation and/or service in a window merged into one flame graph and a top-functions "
+        "table (self and total samples)", "ProfileAggregate", [
+            _param("operation", "Only profiles of spans of this operation."), _param("service", "Only this service."),
+            _param("limit", "The latest this many profiles count, 1..5000.",
+                   {"type": "integer", "minimum": 1, "maximum": 5000, "default": 1000}),
             *TIME_PARAMS], 400, 503),
     "/api/v1/status": _get("Collector health for the dashboard", "Status", [
         _param("storage", "true adds storage statistics (rows counted on each call: slow on a large database).",

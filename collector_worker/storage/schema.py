@@ -296,3 +296,26 @@ metric_entries = Table(
     Column("stored_ns", BigInteger, nullable=False),
     Index("ix_metric_entries_stored", "stored_ns"),
 )
+
+# Sampling profiles of spans (tracer.profiler): one row per span, profile name and mode (explicit | slow).
+# ``stacks`` is zlib-compressed JSON ``[[folded_stack, samples], ...]``, most samples first; rows are written
+# once (a redelivered entry changes nothing) and removed by retention by ``start_ns``.
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("trace_id", String(32), primary_key=True),
+    Column("span_id", String(16), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("mode", String(16), primary_key=True),
+    Column("service", String(255), nullable=False),
+    Column("operation", String(255), nullable=True),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("interval_ns", BigInteger, nullable=False),
+    Column("samples", BigInteger, nullable=False),
+    Column("dropped", BigInteger, nullable=False),
+    Column("stacks", LargeBinary, nullable=False),
+    Index("ix_profiles_operation", "operation", "start_ns"),
+    Index("ix_profiles_service", "service", "start_ns"),
+    Index("ix_profiles_start", "start_ns"),
+)

@@ -20,7 +20,7 @@ WIPED_TABLES = (
     schema.trace_operations, schema.trace_tags, schema.trace_tag_numbers, schema.trace_blocks, schema.traces,
     schema.spans, schema.pending_traces, schema.dropped_traces,
     schema.stats, schema.stats_histogram, schema.dependencies, schema.llm_usage,
-    schema.metric_points, schema.metric_histogram, schema.metric_entries,
+    schema.metric_points, schema.metric_histogram, schema.metric_entries, schema.profiles,
 )
 
 

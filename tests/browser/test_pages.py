@@ -396,6 +396,12 @@ def test_bottleneck_hints_on_services_and_search(page, stack):
     row = page.locator(f'#ops-table tbody tr[data-service="billing"][data-operation="{traffic.FAILING_OPERATION}"]')
     assert row.locator('.hint-flag[data-flag="more_errors"]').inner_text() == "more errors error rate 0.0 % → 50.0 %"
     assert page.locator('#ops-table tbody tr[data-service="gateway"] .hint-flag').count() == 0
+    # and its likely cause, as the API names it: the slower root's own code, the failing child's error
+    assert slower["likely_cause"].startswith("its own code (self time) takes ")
+    assert failing["likely_cause"].startswith("fails with ")
+    for hint in (slower, failing):
+        row = page.locator(f'#ops-table tbody tr[data-service="billing"][data-operation="{hint["operation"]}"]')
+        assert row.locator(".hint-cause").inner_text() == f"likely: {hint['likely_cause']}"
     screenshot(page, "services-overview")
 
     # a hint opens its operation in the charts
@@ -423,7 +429,7 @@ def test_doc_images_are_dashboard_screenshots(stack):
     source = ROOT / "artifacts" / "screenshots"
     refresh = os.environ.get("CONTRAIL_UPDATE_DOC_IMAGES") == "1"
     for name, doc_name in (("search", "search"), ("trace", "trace"), ("services-overview", "services"), ("ai", "ai"),
-                           ("metrics", "metrics")):
+                           ("metrics", "metrics"), ("profile", "profile"), ("operation", "operation")):
         target = DOC_IMAGES / f"dashboard-{doc_name}.png"
         if refresh:
             path = source / f"{name}.png"

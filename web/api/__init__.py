@@ -26,6 +26,7 @@ BLUEPRINTS = [
     "web.api.tail:bp",
     "web.api.report:bp",
     "web.api.metrics:bp",
+    "web.api.profiles:bp",
     "web.api.ai:bp",
     "web.api.ai_sessions:bp",
     "web.api.jaeger:bp",

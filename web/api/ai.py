@@ -229,9 +229,11 @@ def bottlenecks():
         import time
 
         now_ns = time.time_ns()
+    from collector_worker.bottleneck_causes import add_causes
     from collector_worker.bottlenecks import find_bottlenecks
 
     with current_resources().engine().connect() as conn:
         hints = find_bottlenecks(conn, now_ns, recent_s=recent_s, baseline_s=baseline_s, limit=limit)
+        add_causes(conn, hints, now_ns, recent_s)
     return jsonify({"at": iso_time(now_ns), "at_ns": now_ns, "recent_s": recent_s, "baseline_s": baseline_s,
                     "bottlenecks": hints})

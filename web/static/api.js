@@ -263,7 +263,8 @@ export function fmtWindow(seconds) {
   return `${Math.round(seconds / 60)} min`;
 }
 
-/** The badge(s) of a hint, with the reason as text (not only colour). */
+/** The badge(s) of a hint, with the reason as text (not only colour), then its likely cause (every cause found
+ * in the tooltip). */
 export function hintBadges(hint) {
   const trend = hint.trend === "rising" ? " ↗" : hint.trend === "falling" ? " ↘" : "";
   return hintReasons(hint).map((r) => el("span", {
@@ -271,5 +272,7 @@ export function hintBadges(hint) {
     title: `${r.flag === "slower" ? "Slower than its baseline" : "Fails more often than its baseline"}` +
       `: ${r.text}, ${fmtNum(hint.recent_calls)} recent calls vs ${fmtNum(hint.baseline_calls)} in the baseline` +
       (trend ? `, trend ${hint.trend}` : ""),
-  }, el("strong", { text: r.flag === "slower" ? "slower" : "more errors" }), ` ${r.text}${trend}`));
+  }, el("strong", { text: r.flag === "slower" ? "slower" : "more errors" }), ` ${r.text}${trend}`))
+    .concat(hint.likely_cause ? [el("span", { class: "hint-cause", title: (hint.causes || []).map((c) => c.text).join("\n") },
+      el("span", { class: "muted", text: "likely: " }), hint.likely_cause)] : []);
 }

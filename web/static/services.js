@@ -4,6 +4,7 @@ import { getJSON, getText, listServices, listOperations, el, fill, fmtMs, fmtNum
   autoRefresh, contrail, loadBottlenecks, hintBadges, fmtWindow } from "./api.js";
 import { drawServiceMap } from "./servicemap.js";
 import { drawHeatmap, heatmapLegend } from "./heatmap.js";
+import { createCodeFlame, renderTopFunctions } from "./codeflame.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("services-form");
@@ -196,6 +197,66 @@ async function drawOperationHeatmap(query) {
   }
 }
 
+// System metrics of the chosen service's processes (tracer.system_metrics): gauges per minute (hourly for a
+// week), the mean over its processes' exported values and the highest.
+const SYSTEM = [["process.cpu.utilization", "chart-cpu", 100, "%"], ["process.memory.rss", "chart-rss", 1e-6, "MB"],
+  ["process.threads", "chart-threads", 1, "threads"], ["process.open_file_descriptors", "chart-threads", 1, "open files"]];
+
+async function drawSystem(query) {
+  const service = query.service;
+  const empty = $("system-empty");
+  if (!service) {
+    $("system-charts").hidden = true;
+    empty.hidden = false;
+    empty.textContent = "Pick a service to see its processes' CPU, memory, threads and open files.";
+    contrail.systemMetrics = null;
+    return;
+  }
+  const step = query.step || (query.lookback === "7d" ? "1h" : "1m");
+  const answers = await Promise.allSettled(SYSTEM.map(([name]) =>
+    getJSON(`/metrics/${encodeURIComponent(name)}`, { service, lookback: query.lookback || "1h", step })));
+  const Plotly = await plotlyReady();
+  const byChart = new Map();
+  let points = 0;
+  answers.forEach((answer, i) => {
+    const [name, chart, scale, label] = SYSTEM[i];
+    const traces = byChart.get(chart) || [];
+    byChart.set(chart, traces);
+    if (answer.status !== "fulfilled") return;
+    const pts = answer.value.points || [];
+    points += pts.length;
+    if (!pts.length) return;
+    const x = pts.map((p) => p.time);
+    traces.push({ type: "scatter", mode: "lines+markers", name: `${label} (mean)`, x, y: pts.map((p) => p.mean * scale) });
+    if (chart !== "chart-threads") {
+      traces.push({ type: "scatter", mode: "lines", name: `${label} (max)`, line: { dash: "dot" }, x, y: pts.map((p) => p.max * scale) });
+    }
+    contrail[`system_${name}`] = pts.length;
+  });
+  empty.hidden = points > 0;
+  $("system-charts").hidden = points === 0;
+  if (!points) {
+    empty.textContent = `No system metrics from ${service} in this window: its tracers record them with CONTRAIL_SYSTEM_METRICS=true.`;
+  } else {
+    for (const [chart, traces] of byChart) await lineChart(Plotly, $(chart), traces, "");
+  }
+  contrail.systemMetrics = { service, points };
+}
+
+// The chosen operation's profiles merged into one flame graph (GET /profiles), when it has any.
+async function drawProfile(query) {
+  const panel = $("profile-panel");
+  if (!query.service || !query.operation) { panel.hidden = true; contrail.operationProfiles = null; return; }
+  const merged = await getJSON("/profiles", { service: query.service, operation: query.operation, lookback: query.lookback || "1h" });
+  contrail.operationProfiles = merged.profiles;
+  panel.hidden = merged.profiles === 0;
+  if (!merged.profiles) return;
+  $("op-profile-summary").textContent = `${fmtNum(merged.profiles)} profile${merged.profiles === 1 ? "" : "s"}, ${fmtNum(merged.samples)} samples` +
+    (merged.dropped ? ` (${fmtNum(merged.dropped)} left out by the size bound)` : "");
+  createCodeFlame($("op-flame"), merged.stacks);
+  renderTopFunctions($("op-functions").querySelector("tbody"), merged.functions);
+}
+
 const hintKey = (service, operation) => `${service}\u0000${operation}`;
 
 function renderOperations(operations, hints) {
@@ -261,6 +322,10 @@ async function refresh() {
     });
     contrail.serviceMap = drawn;
   } else showError($("services-error"), deps.reason);
+  try {
+    await drawSystem(query);
+    await drawProfile(query);
+  } catch (error) { showError($("services-error"), error); }
   contrail.servicesReady = true;
 }
 

@@ -4,6 +4,7 @@ import { getJSON, getText, el, clear, fill, fmtMs, fmtTime, fmtNum, showError, t
 import { buildModel, operationStats } from "./tracemodel.js";
 import { createWaterfall, renderTicks } from "./waterfall.js";
 import { createFlameGraph } from "./flamegraph.js";
+import { createCodeFlame, renderTopFunctions } from "./codeflame.js";
 
 const page = document.querySelector(".trace-page");
 const traceId = page.dataset.traceId;
@@ -12,6 +13,8 @@ const startedAt = performance.now();
 
 let model = null, waterfall = null, flame = null;
 let backlinksFrom = [];  // spans of other traces that link into this one
+let profiles = [];  // sampling profiles of this trace's spans (tracing.profile, slow-span mode)
+let codeFlame = null;
 
 function summaryItem(label, value, cls = "") {
   return [el("dt", { text: label }), el("dd", { class: cls, text: value })];
@@ -151,6 +154,9 @@ function renderDetail(node) {
     section("Events", events.length ? el("ol", { class: "events" }, events) : null),
     section("Links", links.length ? el("ul", { class: "links" }, links) : null),
     section("Linked from", backlinks.length ? el("ul", { class: "links" }, backlinks) : null),
+    section("Code profile", profiles.map((p, index) => p.span_id !== s.span_id ? null : el("p", { class: "profile-link" },
+      el("button", { type: "button", class: "btn btn-small", text: `Flame graph: ${p.name}`, onclick: () => showProfile(index) }),
+      p.functions?.length ? [" hottest: ", el("code", { text: p.functions[0].function })] : null))),
     section("Resource", kvTable("resource attributes", s.resource)),
   ]);
   contrail.selectedSpanId = s.span_id;
@@ -175,7 +181,7 @@ $("detail-close").addEventListener("click", () => { $("span-detail").hidden = tr
 
 // ----------------------------------------------------------------- tabs
 
-const tabs = ["waterfall", "flame", "stats"];
+const tabs = ["waterfall", "flame", "stats", "profile"];
 function showTab(name) {
   for (const tab of tabs) {
     const button = $(`tab-${tab}`);
@@ -197,6 +203,7 @@ function showTab(name) {
     flame.draw();
   }
   if (name === "stats") renderStats();
+  if (name === "profile") renderProfile();
   if (name === "waterfall") waterfall?.render();
 }
 for (const tab of tabs) {
@@ -205,11 +212,56 @@ for (const tab of tabs) {
   button.addEventListener("keydown", (event) => {
     const step = event.key === "ArrowRight" ? 1 : event.key === "ArrowLeft" ? -1 : 0;
     if (!step) return;
-    const next = tabs[(tabs.indexOf(tab) + step + tabs.length) % tabs.length];
+    const shown = tabs.filter((t) => !$(`tab-${t}`).hidden);
+    const next = shown[(shown.indexOf(tab) + step + shown.length) % shown.length];
     showTab(next); $(`tab-${next}`).focus(); event.preventDefault();
   });
 }
 $("flame-reset").addEventListener("click", () => flame?.reset());
+
+// ----------------------------------------------------------------- code profiles
+
+function profileLabel(p) {
+  const node = model.byId.get(p.span_id);
+  const where = node ? `${node.span.service} · ${node.span.name}` : p.operation || p.span_id;
+  return `${where} — ${p.name}${p.mode === "slow" ? " (slow span)" : ""}, ${fmtNum(p.samples)} samples`;
+}
+
+function renderProfile() {
+  const index = Number($("profile-select").value || 0);
+  const p = profiles[index];
+  if (!p) return;
+  $("profile-summary").textContent = `${fmtMs(p.duration_ms)} profiled every ${fmtMs(p.interval_ms)}` +
+    (p.dropped ? `; ${fmtNum(p.dropped)} samples left out (profile size bound)` : "");
+  codeFlame = createCodeFlame($("code-flame"), p.stacks, {
+    onFocus: (node) => { contrail.codeFlameZoom = node.name; },
+  });
+  renderTopFunctions($("profile-functions").querySelector("tbody"), p.functions);
+  contrail.profileShown = p.span_id;
+}
+
+function showProfile(index) {
+  $("profile-select").value = String(index);
+  showTab("profile");
+  $("tab-profile").focus();
+}
+
+$("profile-select").addEventListener("change", renderProfile);
+$("profile-reset").addEventListener("click", () => codeFlame?.reset());
+
+async function loadProfiles() {
+  try {
+    profiles = (await getJSON(`/traces/${traceId}/profiles`)).profiles || [];
+  } catch (_) { profiles = []; }
+  fill($("profile-select"), profiles.map((p, index) => el("option", { value: String(index), text: profileLabel(p) })));
+  $("tab-profile").hidden = profiles.length === 0;
+  if (profiles.length && contrail.selectedSpanId) renderDetail(model.byId.get(contrail.selectedSpanId));
+  if (profiles.length && new URLSearchParams(window.location.search).get("view") === "profile") {
+    const wanted = profiles.findIndex((p) => p.span_id === contrail.selectedSpanId);
+    showProfile(Math.max(0, wanted));
+  }
+  contrail.profilesReady = true;
+}
 
 // ----------------------------------------------------------------- statistics view
 
@@ -325,6 +377,7 @@ async function load() {
   const wanted = new URLSearchParams(window.location.search).get("span");
   if (wanted && model.byId.has(wanted)) selectSpan(model.byId.get(wanted), { reveal: true });
   contrail.traceReady = true;
+  await loadProfiles();
   try {
     backlinksFrom = (await getJSON(`/traces/${traceId}/backlinks`)).linked_from || [];
     if (backlinksFrom.length && contrail.selectedSpanId) renderDetail(model.byId.get(contrail.selectedSpanId));

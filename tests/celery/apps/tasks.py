@@ -89,6 +89,27 @@ def sleeper(seconds):
     time.sleep(seconds)
 
 
+def crunch_numbers(seconds):
+    """Burns CPU for ``seconds``: the function a profile of the tasks below must name."""
+    total, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        total += sum(range(100))
+    return total
+
+
+@app.task
+@tracing.profile("render")
+def render_report(seconds):
+    """A profiled task: the profile belongs to the task's run span."""
+    return crunch_numbers(seconds)
+
+
+@app.task
+def crunch(seconds):
+    """An unprofiled CPU-bound task (the slow-span mode samples it when its worker has it on)."""
+    return crunch_numbers(seconds)
+
+
 @app.task
 def pipeline():
     """The end-to-end flow: one subtask retries once, one fails."""

@@ -1,4 +1,4 @@
-"""HotSpans (tracer/celery_spans.py) must build exactly the spans ``Tracer.start_span`` builds.
+"""HotSpans (tracer/celery/hot_spans.py) must build exactly the spans ``Tracer.start_span`` builds.
 
 The SDK's random id generator and HotSpans' own draws come from the same
 ``random`` module, so seeding it before each path makes both produce the same
@@ -25,8 +25,9 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, T
 
 from tests.tracer.tracer_helpers import stream_spans
 from tracer import celery as celery_tracing
-from tracer import celery_spans
-from tracer.celery_spans import HotSpans, describe
+from tracer import otel_internals
+from tracer.celery.hot_spans import HotSpans
+from tracer.otel_internals import SpanFactory, describe
 from tracer.manager import TracingManager
 
 START = 1_700_000_000_000_000_000
@@ -87,7 +88,7 @@ def test_hot_spans_are_used_with_the_sdk_and_sampler_tracing_manager_sets_up(mak
     manager = make_manager()
     hot = HotSpans(manager.tracer)
     assert hot.usable and hot._counting is manager._sampler
-    assert hot._noop_end is not None
+    assert hot.factory._noop_end is not None
 
 
 @pytest.mark.parametrize("sample_rate", [1.0, 0.0, 0.5])
@@ -151,13 +152,13 @@ def test_span_objects_made_ahead_by_prepare_are_the_same_spans(make_manager):
     hot = HotSpans(manager.tracer)
     hot.prepare()
     hot.prepare()  # one is kept ready, not more
-    assert len(hot._spares) == 1
-    spare = hot._spares[0]
+    assert len(hot.factory._spares) == 1
+    spare = hot.factory._spares[0]
     random.seed(3)
     span = hot.start_span("run add", remote(0x01), SpanKind.CONSUMER, None, START)
     random.seed(3)
     plain = manager.tracer.start_span("run add", context=remote(0x01), kind=SpanKind.CONSUMER, start_time=START)
-    assert span is spare and hot._spares == []
+    assert span is spare and hot.factory._spares == []
     assert describe(span) == describe(plain)
     other = hot.start_span("run add", remote(0x01), SpanKind.CONSUMER, None, START)  # none ready: made now
     assert other is not span and other._attributes is not span._attributes and other._lock is not span._lock
@@ -187,7 +188,7 @@ def test_the_event_given_is_recorded_right_after_start(make_manager, monkeypatch
 
 def test_an_unexpected_sdk_shape_means_start_span(make_manager, monkeypatch):
     manager = make_manager()
-    monkeypatch.setattr(celery_spans, "_PER_SPAN", celery_spans._PER_SPAN | {"_new_field"})
+    monkeypatch.setattr(otel_internals, "_PER_SPAN", otel_internals._PER_SPAN | {"_new_field"})
     hot = HotSpans(manager.tracer)
     assert not hot.usable
     span = hot.start_span("run add", remote(0x01), SpanKind.CONSUMER, None, START)
@@ -214,7 +215,7 @@ def run_round_trip(manager, use_hot: bool, monkeypatch, outer=None):
         return x + y
 
     if not use_hot:
-        monkeypatch.setattr(celery_spans.HotSpans, "_prepare", lambda self: False)
+        monkeypatch.setattr(SpanFactory, "_prepare", lambda self: False)
     tracing = celery_tracing.instrument_celery(manager, app)
     tracing._hot = None
     headers: dict = {}

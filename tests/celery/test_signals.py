@@ -48,7 +48,7 @@ def test_send_task_by_name_unregistered_in_sender_ends_span_and_detaches(tasks, 
         assert result.get(timeout=20) == 2
     assert not trace.get_current_span().get_span_context().is_valid
     tracing_state = tasks.tracing.instrument_celery()
-    assert result.id not in tracing_state.publishing._items
+    assert result.id not in tracing_state.publishing.spans
     tasks.tracing.flush(5)
     spans = wait_for_spans(spans_client, hex_trace(root), count(f"run {ADD}", 1))
     publish = one(spans, f"publish {ADD}")

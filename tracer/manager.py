@@ -23,15 +23,10 @@ from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, Span, SpanContex
 from . import decorators, propagation
 from .sampling import CountingSampler, ratio_sampler
 from .settings import Settings, mask_url
+from .version import VERSION
 
 logger = logging.getLogger(__name__)
 
-try:
-    from importlib.metadata import version as _dist_version
-
-    VERSION = _dist_version("contrail-tracing")
-except Exception:  # running from a source tree
-    VERSION = "0.0.0"
 
 
 def _parent_context(parent: Any) -> context_api.Context | None:

@@ -215,9 +215,11 @@ def run_round_trip(manager, use_hot: bool, monkeypatch, outer=None):
         return x + y
 
     if not use_hot:
-        monkeypatch.setattr(SpanFactory, "_prepare", lambda self: False)
+        force_public_api(monkeypatch)
     tracing = celery_tracing.instrument_celery(manager, app)
     tracing._hot = None
+    celery_tracing.tracing._HOT_BY_TRACER.pop(manager.tracer, None)  # made again, with or without the SDK's
+    assert tracing.hot_spans().usable is (use_hot and manager.enabled)
     headers: dict = {}
 
     def capture(**kwargs):
@@ -241,8 +243,19 @@ def run_round_trip(manager, use_hot: bool, monkeypatch, outer=None):
             otel_context.detach(token)
         signals.after_task_publish.disconnect(capture)
         celery_tracing.uninstrument_celery(manager)
-        monkeypatch.undo()
     return caller, headers
+
+
+def force_public_api(monkeypatch):
+    """Every shortcut of tracer/otel_internals.py off: what an SDK of another shape gets (undo() restores)."""
+    monkeypatch.setattr(SpanFactory, "_prepare", lambda self: False)
+    monkeypatch.setattr(otel_internals, "DIRECT_SPAN_CONTEXT", False)
+    monkeypatch.setattr(otel_internals, "SPAN_FIELDS", False)
+    monkeypatch.setattr(otel_internals, "READ_DIRECT", False)
+    monkeypatch.setattr(otel_internals, "span_fields", otel_internals._read_public)
+    monkeypatch.setattr(otel_internals, "context_with_span", otel_internals._context_with_span_public)
+    monkeypatch.setattr(otel_internals, "current_span", otel_internals._current_span_public)
+    monkeypatch.setattr(otel_internals, "has_baggage", otel_internals._has_baggage_public)
 
 
 def normalised(spans):
@@ -264,7 +277,7 @@ def normalised(spans):
 
 
 @pytest.mark.parametrize("outer", ["none", "tracestate+baggage"])
-def test_handlers_record_the_same_spans_with_and_without_hot_spans(make_manager, redis_url, monkeypatch, outer):
+def test_handlers_record_the_same_spans_with_and_without_sdk_internals(make_manager, redis_url, monkeypatch, outer):
     manager = make_manager()
     recorded, sent = {}, {}
     context = None
@@ -273,7 +286,8 @@ def test_handlers_record_the_same_spans_with_and_without_hot_spans(make_manager,
     for use_hot in (False, True):
         caller, headers = run_round_trip(manager, use_hot, monkeypatch, context)
         sent[use_hot] = {k: headers.get(k) for k in ("tracestate", "baggage")}
-        assert manager.flush(10)
+        assert manager.flush(10)  # exported through the public accessors too, when use_hot is False
+        monkeypatch.undo()
         spans = [s for s in stream_spans(redis_url) if s["trace_id"] == format(
             caller.get_span_context().trace_id, "032x")]
         assert sorted(s["name"] for s in spans) == ["caller", "publish tests.hot.add", "run tests.hot.add",

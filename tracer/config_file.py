@@ -82,10 +82,11 @@ def read_config(env: Mapping[str, str], groups: Mapping[str, Any],
     else:
         table = document
         prefix = "["
-    return ConfigFile(path, _settings_in(table, path, prefix))
+    return ConfigFile(path, _settings_in(table, path, prefix, groups))
 
 
-def _settings_in(table: Mapping[str, Any], path: str, prefix: str) -> dict[str, tuple[Any, str]]:
+def _settings_in(table: Mapping[str, Any], path: str, prefix: str,
+                 groups: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
     allowed = allowed_sections(groups)
     values: dict[str, tuple[Any, str]] = {}
     for section, body in table.items():

@@ -24,6 +24,8 @@ SIGNAL_NAMES = (
 
 _registry: dict[int, "CeleryTracing"] = {}
 _registry_lock = threading.Lock()
+# one HotSpans per tracer: instrumenting again, or another manager on the same tracer, reuses its span template
+_HOT_BY_TRACER: "weakref.WeakKeyDictionary[Any, HotSpans]" = weakref.WeakKeyDictionary()
 
 
 def instrument_celery(manager: Any, app: Any = None) -> "CeleryTracing":
@@ -77,7 +79,6 @@ class CeleryTracing(PublishHandlers, RunHandlers, WorkerHandlers):
         """Starts the publish and run spans (see tracer.celery.hot_spans); made once per tracer and process."""
         hot, tracer = self._hot, self.manager.tracer
         if hot is None or hot.tracer is not tracer:
-            # kept per tracer: instrumenting again (or another manager on it) reuses the template
             try:
                 hot = _HOT_BY_TRACER.get(tracer)
             except TypeError:  # a tracer that cannot be weakly referenced: one per CeleryTracing
@@ -123,5 +124,3 @@ class CeleryTracing(PublishHandlers, RunHandlers, WorkerHandlers):
         """Tracing must never break a task or a publish: log and carry on."""
         logger.warning("contrail: %s handler failed: %s: %s", what, type(exc).__name__, exc)
 
-
-_HOT_BY_TRACER: "weakref.WeakKeyDictionary[Any, HotSpans]" = weakref.WeakKeyDictionary()

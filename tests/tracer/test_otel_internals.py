@@ -11,7 +11,7 @@ own source, so an SDK upgrade that adds one is covered too.
 from __future__ import annotations
 
 import ast
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,11 +33,13 @@ OWN = {"tracer/export.py": {"_after_fork"}}  # ContrailSpanProcessor._after_fork
 
 
 def _library_roots() -> list[Path]:
+    """The installed libraries' source directories (every one of a namespace package like opentelemetry)."""
     roots = []
     for name in LIBRARIES:
-        spec = importlib.util.find_spec(name)
-        for location in (spec.submodule_search_locations or []) if spec else []:
-            roots.append(Path(location))
+        for entry in sys.path:
+            candidate = Path(entry or ".") / name
+            if candidate.is_dir() and candidate not in roots:
+                roots.append(candidate)
     return roots
 
 

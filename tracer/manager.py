@@ -28,7 +28,6 @@ from .version import VERSION
 logger = logging.getLogger(__name__)
 
 
-
 def _parent_context(parent: Any) -> context_api.Context | None:
     if parent is None:
         return None

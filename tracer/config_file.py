@@ -49,11 +49,8 @@ def find_config_file(env: Mapping[str, str], cwd: str | None = None) -> tuple[st
     return None
 
 
-def allowed_sections() -> dict[str, frozenset[str]]:
-    """Setting name -> the sections it may appear in."""
-    from .settings import setting_groups
-
-    groups = setting_groups()
+def allowed_sections(groups: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+    """Setting name -> the sections it may appear in, from the settings' groups (``settings.setting_groups()``)."""
     allowed: dict[str, frozenset[str]] = {}
     for name in groups["tracer"]:
         allowed[name] = frozenset(SECTIONS)
@@ -65,7 +62,8 @@ def allowed_sections() -> dict[str, frozenset[str]]:
     return allowed
 
 
-def read_config(env: Mapping[str, str], cwd: str | None = None) -> ConfigFile | None:
+def read_config(env: Mapping[str, str], groups: Mapping[str, Any],
+                cwd: str | None = None) -> ConfigFile | None:
     """The settings in the config file, validated; None when there is no file (or no [tool.contrail])."""
     found = find_config_file(env, cwd)
     if found is None:
@@ -84,11 +82,12 @@ def read_config(env: Mapping[str, str], cwd: str | None = None) -> ConfigFile | 
     else:
         table = document
         prefix = "["
-    return ConfigFile(path, _settings_in(table, path, prefix))
+    return ConfigFile(path, _settings_in(table, path, prefix, groups))
 
 
-def _settings_in(table: Mapping[str, Any], path: str, prefix: str) -> dict[str, tuple[Any, str]]:
-    allowed = allowed_sections()
+def _settings_in(table: Mapping[str, Any], path: str, prefix: str,
+                 groups: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
+    allowed = allowed_sections(groups)
     values: dict[str, tuple[Any, str]] = {}
     for section, body in table.items():
         if section not in SECTIONS or not isinstance(body, Mapping):

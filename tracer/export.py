@@ -26,7 +26,7 @@ from redis.retry import Retry
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
-from . import codec, reporting, shards
+from . import codec, otel_internals, reporting, shards
 from .redis_client import connect
 from .settings import Settings
 from .spool import DiskSpool
@@ -50,11 +50,7 @@ BACKOFF_MAX = 2.0
 # --------------------------------------------------------------------------- conversion
 
 
-def _attributes(value: Any) -> dict:
-    inner = getattr(value, "_dict", None)  # BoundedAttributes keeps a plain dict; frozen once the span ended
-    if inner is not None:
-        return inner
-    return dict(value) if value else {}
+_attributes = otel_internals.attribute_dict  # BoundedAttributes keeps a plain dict; frozen once the span ended
 
 
 def _events(events: Sequence[Any]) -> list:
@@ -74,10 +70,11 @@ def encode_spans(spans: Sequence[ReadableSpan], pid_override: int | None = None,
     rows = []
     append = rows.append
     kinds, statuses = KIND_NAMES, STATUS_NAMES
+    read = otel_internals.span_fields
     for span in spans:
         try:
-            ctx = span._context
-            resource = span._resource
+            (ctx, parent, resource, status, scope, name, kind, start_time, end_time, attributes, events,
+             links) = read(span)
             index = resource_index.get(id(resource))
             if index is None:
                 index = resource_index[id(resource)] = len(resources)
@@ -85,23 +82,20 @@ def encode_spans(spans: Sequence[ReadableSpan], pid_override: int | None = None,
                 if pid_override is not None and "process.pid" in attrs:
                     attrs["process.pid"] = pid_override
                 resources.append((str(attrs.get("service.name", "unknown_service")), attrs))
-            parent = span._parent
-            status = span._status
-            scope = span._instrumentation_scope
             append([
                 format(ctx.trace_id, "032x"),
                 format(ctx.span_id, "016x"),
                 format(parent.span_id, "016x") if parent is not None else None,
-                span._name,
-                kinds.get(span._kind, "internal"),
-                span._start_time,
-                span._end_time,
+                name,
+                kinds.get(kind, "internal"),
+                start_time,
+                end_time,
                 statuses.get(status.status_code, "unset"),
                 status.description,
                 index,
-                _attributes(span._attributes),
-                _events(span._events) if span._events else [],
-                _links(span._links) if span._links else [],
+                _attributes(attributes),
+                _events(events) if events else [],
+                _links(links) if links else [],
                 scope.name if scope is not None else None,
             ])
         except AttributeError:  # not an SDK span: go through the public interface

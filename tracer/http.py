@@ -15,6 +15,7 @@ propagator unless ``OTEL_PROPAGATORS`` chooses another.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any
 
 SEMCONV_ENV = "OTEL_SEMCONV_STABILITY_OPT_IN"
@@ -41,27 +42,33 @@ def _ensure_w3c_propagator() -> None:
     propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()]))
 
 
+# the apps instrument_flask instrumented (the instrumentor's own flag on the app is private to it)
+_instrumented_apps: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
 def instrument_flask(manager: Any, app: Any, excluded_urls: str | None = None) -> Any:
     """Give every request to ``app`` a SERVER span from ``manager``; returns ``app``.
 
     Calling it twice on the same app changes nothing. ``excluded_urls`` is the
     OpenTelemetry comma-separated regex list (e.g. ``"healthz,metrics"``).
     """
-    if not getattr(manager, "enabled", True) or getattr(app, "_is_instrumented_by_opentelemetry", False):
+    if not getattr(manager, "enabled", True) or app in _instrumented_apps:
         return app
     _prefer_stable_http_conventions()
     _ensure_w3c_propagator()
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
     FlaskInstrumentor.instrument_app(app, tracer_provider=manager.tracer_provider, excluded_urls=excluded_urls)
+    _instrumented_apps.add(app)
     return app
 
 
 def uninstrument_flask(app: Any) -> None:
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
-    if getattr(app, "_is_instrumented_by_opentelemetry", False):
+    if app in _instrumented_apps:
         FlaskInstrumentor.uninstrument_app(app)
+        _instrumented_apps.discard(app)
 
 
 def instrument_requests(manager: Any) -> None:

@@ -18,39 +18,14 @@ from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult, TraceIdRatioBased
 from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, Span, SpanContext, SpanKind
-from opentelemetry.util.types import Attributes
 
 from . import decorators, propagation
+from .sampling import CountingSampler, ratio_sampler
 from .settings import Settings, mask_url
+from .version import VERSION
 
 logger = logging.getLogger(__name__)
-
-try:
-    from importlib.metadata import version as _dist_version
-
-    VERSION = _dist_version("contrail-tracing")
-except Exception:  # running from a source tree
-    VERSION = "0.0.0"
-
-
-class CountingSampler(Sampler):
-    """Delegates to ``inner`` and counts the spans it decides not to record."""
-
-    def __init__(self, inner: Sampler):
-        self.inner = inner
-        self.dropped = 0
-
-    def should_sample(self, parent_context, trace_id, name, kind=None, attributes: Attributes = None,
-                      links=None, trace_state=None) -> SamplingResult:
-        result = self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-        if result.decision is Decision.DROP:
-            self.dropped += 1
-        return result
-
-    def get_description(self) -> str:
-        return f"Counting{{{self.inner.get_description()}}}"
 
 
 def _parent_context(parent: Any) -> context_api.Context | None:
@@ -99,7 +74,7 @@ class TracingManager:
             "host.name": socket.gethostname(),
             "process.pid": os.getpid(),
         })
-        self._sampler = CountingSampler(ParentBased(TraceIdRatioBased(self.settings.sample_rate)))
+        self._sampler = ratio_sampler(self.settings.sample_rate)
         self.tracer_provider = TracerProvider(
             sampler=self._sampler, resource=resource,
             span_limits=SpanLimits(max_attribute_length=self._limit),
@@ -141,6 +116,14 @@ class TracingManager:
 
     def __repr__(self) -> str:
         return f"<TracingManager service={self.service_name!r} enabled={self.enabled}>"
+
+    @property
+    def span_processor(self) -> Any:
+        """The processor shipping spans to the Redis stream (None when disabled or not exporting there).
+
+        Integrations hand it work a span's end can wait for (``defer``): it runs on the export thread.
+        """
+        return self._processor
 
     # ------------------------------------------------------------ explicit spans
     def start_span(self, operation_name: str, parent_span: Any = None, tags: Mapping[str, Any] | None = None,

@@ -320,7 +320,7 @@ class MetricsCollector:
     """The instruments of one process (``tracing.metrics``); one per :class:`tracer.TracingManager`."""
 
     def __init__(self, settings: Settings, resource: Any, exporter: StreamMetricExporter | None = None) -> None:
-        from .manager import VERSION
+        from .version import VERSION
 
         self.settings = settings
         self.exporter = exporter if exporter is not None else StreamMetricExporter(settings)

@@ -9,14 +9,18 @@ read simply has no parent.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+import re
+from typing import Any, Iterable, Mapping
 
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from . import otel_internals
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +121,53 @@ def extract(carrier: Any) -> Context | None:
 def carrier_fields(carrier: Any) -> Iterable[str]:
     """The propagation fields present in ``carrier`` (for diagnostics)."""
     return [f for f in FIELDS if GETTER.get(carrier, f)]
+
+
+# --------------------------------------------------------------------------- the common traceparent, directly
+
+# The plain version-00 traceparent every Contrail publisher writes; anything else takes the propagator.
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_FLAGS = {f"{flags:02x}": TraceFlags(flags) for flags in range(4)}  # sampled, and W3C level 2's random-id bit
+
+
+def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    """A version-00 ``traceparent`` value, formatted as OpenTelemetry's TraceContext propagator does."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+
+
+def parse_traceparent(value: str) -> SpanContext | None:
+    """The remote span context of a plain version-00 ``traceparent``; None when it is not one.
+
+    The tracer's one traceparent parser, for the messages its own publishers
+    wrote (what :func:`format_traceparent` makes); :func:`extract` reads
+    everything else. All-zero ids parse, into a span context that is not
+    valid (the caller treats it as garbage).
+    """
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None:
+        return None
+    trace_hex, span_hex, flags_hex = match.groups()
+    flags = _FLAGS.get(flags_hex) or TraceFlags(int(flags_hex, 16))
+    return otel_internals.span_context(int(trace_hex, 16), int(span_hex, 16), True, flags)
+
+
+def extract_parent(carrier: Mapping[str, Any]) -> tuple[Context | None, SpanContext | None]:
+    """``(context, its span's SpanContext)`` from a dict-like ``carrier``, or ``(None, None)``.
+
+    A plain version-00 traceparent without tracestate or baggage is parsed by
+    :func:`parse_traceparent`; everything else goes through :func:`extract`,
+    which gives the same answer more slowly.
+    """
+    value = carrier.get("traceparent")
+    if not value:
+        return None, None
+    if isinstance(value, str) and not carrier.get("tracestate") and not carrier.get("baggage"):
+        remote = parse_traceparent(value)
+        if remote is not None:
+            if not remote.is_valid:
+                return None, None
+            return trace.set_span_in_context(NonRecordingSpan(remote), Context()), remote
+    context = extract(carrier)
+    if context is None:
+        return None, None
+    return context, trace.get_current_span(context).get_span_context()

@@ -384,7 +384,7 @@ class Settings:
         unknown = set(overrides) - names
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        config = read_config(env)
+        config = read_config(env, setting_groups())
         for f in dataclasses.fields(cls):
             option: Option = f.metadata["option"]
             given = overrides.get(f.name)

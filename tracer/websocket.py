@@ -20,7 +20,7 @@ a normal end, not an error. Flask is imported only when a handler runs::
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -28,9 +28,6 @@ from opentelemetry.trace import SpanKind
 
 from . import propagation
 from .decorators import mark_error
-
-if TYPE_CHECKING:
-    from .manager import TracingManager
 
 MESSAGE_MODES = ("events", "spans")
 _CLOSED_NAMES = ("ConnectionClosed", "ConnectionClosedOK", "WebSocketDisconnect")
@@ -113,7 +110,7 @@ class TracedWebSocket:
         self._message_span = self._token = None
 
 
-def trace_websocket(tracing: "TracingManager", name: str | None = None, messages: str = "events") -> Callable:
+def trace_websocket(tracing: Any, name: str | None = None, messages: str = "events") -> Callable:
     """Decorator for a WebSocket handler ``handler(ws, *args, **kwargs)``; see the module docstring."""
     if messages not in MESSAGE_MODES:
         raise ValueError(f"messages must be one of {', '.join(MESSAGE_MODES)}, not {messages!r}")

@@ -10,11 +10,13 @@ import logging
 
 import pytest
 from celery.app.task import Context
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from tests.tracer.tracer_helpers import by_name, stream_spans
 from tracer import celery as celery_tracing
-from tracer import celery_spans
+from tracer import otel_internals, propagation
+from tracer.celery import carrier, messages, worker
 from tracer.manager import TracingManager
 
 ATTRS = {
@@ -43,7 +45,7 @@ def exported(manager, redis_url):
 def test_own_attributes_are_exported_exactly_as_set_attributes_would(manager, redis_url):
     fast = manager.tracer.start_span("fast", kind=SpanKind.CONSUMER)
     fast.set_attribute("celery.state", "STARTED")  # set before: re-set by the shortcut, as the SDK would
-    celery_tracing._set_own_attributes(fast, {**ATTRS, "celery.state": "SUCCESS"})
+    otel_internals.set_own_attributes(fast, {**ATTRS, "celery.state": "SUCCESS"})
     fast.end()
     plain = manager.tracer.start_span("plain", kind=SpanKind.CONSUMER)
     plain.set_attribute("celery.state", "STARTED")
@@ -61,18 +63,18 @@ def test_the_sdk_internals_the_shortcuts_use_are_there(manager):
     span = manager.tracer.start_span("live")
     assert type(span._attributes._dict) is dict and span._attributes._immutable is False
     assert span._attributes.max_value_len == 12 and isinstance(span._attributes.maxlen, int)
-    assert callable(span._add_event) and celery_tracing._SdkEvent is not None
+    assert callable(span._add_event) and otel_internals.SdkEvent is not None
     span.end()
 
 
 def test_own_attributes_fall_back_to_the_sdk_for_anything_unusual(manager, redis_url, caplog):
     odd = manager.tracer.start_span("odd")
-    celery_tracing._set_own_attributes(odd, {"celery.tags": ("a", "b"), "celery.retries": 1})  # a sequence
+    otel_internals.set_own_attributes(odd, {"celery.tags": ("a", "b"), "celery.retries": 1})  # a sequence
     odd.end()
     with caplog.at_level(logging.WARNING, logger="opentelemetry.sdk.trace"):
-        celery_tracing._set_own_attributes(odd, {"celery.state": "LATE"})  # ended: ignored with the SDK's warning
+        otel_internals.set_own_attributes(odd, {"celery.state": "LATE"})  # ended: ignored with the SDK's warning
     assert "ended span" in caplog.text
-    celery_tracing._set_own_attributes(celery_tracing.trace.INVALID_SPAN, {"celery.state": "X"})  # no-op span
+    otel_internals.set_own_attributes(trace.INVALID_SPAN, {"celery.state": "X"})  # no-op span
     spans = exported(manager, redis_url)
     assert spans["odd"]["attributes"] == {"celery.tags": ["a", "b"], "celery.retries": 1}
 
@@ -80,9 +82,9 @@ def test_own_attributes_fall_back_to_the_sdk_for_anything_unusual(manager, redis
 def test_own_event_is_exported_exactly_as_add_event_would(manager, redis_url):
     event = {"celery.queue_wait_ms": 2.25, "celery.published_ns": 1_700_000_000_000_000_000}
     fast = manager.tracer.start_span("fast")
-    celery_tracing._add_own_event(fast, "celery.dequeued", dict(event), 1_700_000_000_000_000_123)
+    otel_internals.add_own_event(fast, "celery.dequeued", dict(event), 1_700_000_000_000_000_123)
     fast.end()
-    celery_tracing._add_own_event(fast, "celery.late", dict(event), 5)  # ended: not recorded, like add_event
+    otel_internals.add_own_event(fast, "celery.late", dict(event), 5)  # ended: not recorded, like add_event
     plain = manager.tracer.start_span("plain")
     plain.add_event("celery.dequeued", dict(event), timestamp=1_700_000_000_000_000_123)
     plain.end()
@@ -96,7 +98,7 @@ def general_carrier(request):
     """What _carrier answers without its shortcut for task requests (nested headers, then attributes)."""
     found = {}
     nested = getattr(request, "headers", None)
-    for key in celery_tracing.CARRIER_KEYS:
+    for key in carrier.CARRIER_KEYS:
         if isinstance(nested, dict) and nested.get(key) is not None:
             found[key] = nested[key]
         elif getattr(request, key, None) is not None:
@@ -118,7 +120,7 @@ def general_carrier(request):
 ])
 def test_carrier_of_a_task_request_matches_the_general_path(message):
     request = Context(message)
-    assert celery_tracing._carrier(request) == general_carrier(request)
+    assert carrier.request_carrier(request) == general_carrier(request)
 
 
 @pytest.mark.parametrize("message", [
@@ -130,15 +132,15 @@ def test_carrier_of_a_task_request_matches_the_general_path(message):
 def test_ids_of_a_task_request_match_attribute_lookups(message):
     request = Context(message)
     expected = {}
-    for attr, key in celery_tracing._ID_ATTRIBUTES:
+    for attr, key in messages.ID_ATTRIBUTES:
         if getattr(request, key, None):
             expected[attr] = str(getattr(request, key))
     try:
         expected["celery.retries"] = int(request.retries)
     except (TypeError, ValueError):
         pass
-    assert celery_tracing._ids(request, celery_tracing._get_attr) == expected
-    assert celery_tracing._ids(dict(message), celery_tracing._get_mapping) == {
+    assert messages.ids(request, messages.get_attr) == expected
+    assert messages.ids(dict(message), messages.get_mapping) == {
         k: v for k, v in expected.items() if k != "celery.retries" or "retries" in message}
 
 
@@ -152,7 +154,7 @@ def test_task_success_is_not_a_signal_of_its_own():
     ("solo", True), ("threads", True), ("eventlet", True), ("gevent", True), ("prefork", False),
     ("processes", False), ("celery.concurrency.solo:TaskPool", True), ("myapp.pools:Custom", False), (None, False)])
 def test_pools_that_run_tasks_in_the_workers_process(pool, in_process):
-    assert celery_tracing._runs_tasks_in_process(pool) is in_process
+    assert worker.runs_tasks_in_process(pool) is in_process
 
 
 def test_pool_classes_are_recognised_without_their_aliases():
@@ -162,15 +164,15 @@ def test_pool_classes_are_recognised_without_their_aliases():
     class OwnSolo(Solo):
         pass
 
-    assert celery_tracing._runs_tasks_in_process(OwnSolo)
-    assert not celery_tracing._runs_tasks_in_process(Prefork)
+    assert worker.runs_tasks_in_process(OwnSolo)
+    assert not worker.runs_tasks_in_process(Prefork)
 
 
 def test_in_process_worker_drops_the_request_copy_a_prefork_worker_keeps(manager, monkeypatch):
     """worker_init: a solo worker disconnects task_received (nothing can die apart from it); prefork keeps it."""
     from celery import signals
 
-    monkeypatch.setattr(celery_tracing, "_tasks_run_in_process", False)  # restored after: process-wide
+    monkeypatch.setitem(worker._pool, "tasks_run_in_process", False)  # restored after: process-wide
 
     class WorkController:  # what worker_init hands over: the worker, with its pool class
         def __init__(self, pool_cls):
@@ -204,8 +206,8 @@ def test_parsed_traceparent_is_the_span_context_the_api_builds(value):
     """The run path builds SpanContext tuples directly (no Python __new__): the same objects, validity included."""
     from opentelemetry.trace import SpanContext, TraceFlags
 
-    assert celery_spans.DIRECT_SPAN_CONTEXT  # with the pinned API; otherwise the constructor is used
-    parsed = celery_tracing._parse_traceparent(value)
+    assert otel_internals.DIRECT_SPAN_CONTEXT  # with the pinned API; otherwise the constructor is used
+    parsed = propagation.parse_traceparent(value)
     _, trace_hex, span_hex, flags_hex = value.split("-")
     built = SpanContext(int(trace_hex, 16), int(span_hex, 16), is_remote=True, trace_flags=TraceFlags(int(flags_hex, 16)))
     assert type(parsed) is SpanContext and tuple(parsed) == tuple(built)

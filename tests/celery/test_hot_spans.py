@@ -1,4 +1,4 @@
-"""HotSpans (tracer/celery_spans.py) must build exactly the spans ``Tracer.start_span`` builds.
+"""HotSpans (tracer/celery/hot_spans.py) must build exactly the spans ``Tracer.start_span`` builds.
 
 The SDK's random id generator and HotSpans' own draws come from the same
 ``random`` module, so seeding it before each path makes both produce the same
@@ -25,8 +25,9 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, T
 
 from tests.tracer.tracer_helpers import stream_spans
 from tracer import celery as celery_tracing
-from tracer import celery_spans
-from tracer.celery_spans import HotSpans, describe
+from tracer import otel_internals
+from tracer.celery.hot_spans import HotSpans
+from tracer.otel_internals import SpanFactory, describe
 from tracer.manager import TracingManager
 
 START = 1_700_000_000_000_000_000
@@ -87,7 +88,7 @@ def test_hot_spans_are_used_with_the_sdk_and_sampler_tracing_manager_sets_up(mak
     manager = make_manager()
     hot = HotSpans(manager.tracer)
     assert hot.usable and hot._counting is manager._sampler
-    assert hot._noop_end is not None
+    assert hot.factory._noop_end is not None
 
 
 @pytest.mark.parametrize("sample_rate", [1.0, 0.0, 0.5])
@@ -151,13 +152,13 @@ def test_span_objects_made_ahead_by_prepare_are_the_same_spans(make_manager):
     hot = HotSpans(manager.tracer)
     hot.prepare()
     hot.prepare()  # one is kept ready, not more
-    assert len(hot._spares) == 1
-    spare = hot._spares[0]
+    assert len(hot.factory._spares) == 1
+    spare = hot.factory._spares[0]
     random.seed(3)
     span = hot.start_span("run add", remote(0x01), SpanKind.CONSUMER, None, START)
     random.seed(3)
     plain = manager.tracer.start_span("run add", context=remote(0x01), kind=SpanKind.CONSUMER, start_time=START)
-    assert span is spare and hot._spares == []
+    assert span is spare and hot.factory._spares == []
     assert describe(span) == describe(plain)
     other = hot.start_span("run add", remote(0x01), SpanKind.CONSUMER, None, START)  # none ready: made now
     assert other is not span and other._attributes is not span._attributes and other._lock is not span._lock
@@ -187,7 +188,7 @@ def test_the_event_given_is_recorded_right_after_start(make_manager, monkeypatch
 
 def test_an_unexpected_sdk_shape_means_start_span(make_manager, monkeypatch):
     manager = make_manager()
-    monkeypatch.setattr(celery_spans, "_PER_SPAN", celery_spans._PER_SPAN | {"_new_field"})
+    monkeypatch.setattr(otel_internals, "_PER_SPAN", otel_internals._PER_SPAN | {"_new_field"})
     hot = HotSpans(manager.tracer)
     assert not hot.usable
     span = hot.start_span("run add", remote(0x01), SpanKind.CONSUMER, None, START)
@@ -214,9 +215,11 @@ def run_round_trip(manager, use_hot: bool, monkeypatch, outer=None):
         return x + y
 
     if not use_hot:
-        monkeypatch.setattr(celery_spans.HotSpans, "_prepare", lambda self: False)
+        force_public_api(monkeypatch)
     tracing = celery_tracing.instrument_celery(manager, app)
     tracing._hot = None
+    celery_tracing.tracing._HOT_BY_TRACER.pop(manager.tracer, None)  # made again, with or without the SDK's
+    assert tracing.hot_spans().usable is (use_hot and manager.enabled)
     headers: dict = {}
 
     def capture(**kwargs):
@@ -240,8 +243,19 @@ def run_round_trip(manager, use_hot: bool, monkeypatch, outer=None):
             otel_context.detach(token)
         signals.after_task_publish.disconnect(capture)
         celery_tracing.uninstrument_celery(manager)
-        monkeypatch.undo()
     return caller, headers
+
+
+def force_public_api(monkeypatch):
+    """Every shortcut of tracer/otel_internals.py off: what an SDK of another shape gets (undo() restores)."""
+    monkeypatch.setattr(SpanFactory, "_prepare", lambda self: False)
+    monkeypatch.setattr(otel_internals, "DIRECT_SPAN_CONTEXT", False)
+    monkeypatch.setattr(otel_internals, "SPAN_FIELDS", False)
+    monkeypatch.setattr(otel_internals, "READ_DIRECT", False)
+    monkeypatch.setattr(otel_internals, "span_fields", otel_internals._read_public)
+    monkeypatch.setattr(otel_internals, "context_with_span", otel_internals._context_with_span_public)
+    monkeypatch.setattr(otel_internals, "current_span", otel_internals._current_span_public)
+    monkeypatch.setattr(otel_internals, "has_baggage", otel_internals._has_baggage_public)
 
 
 def normalised(spans):
@@ -263,7 +277,7 @@ def normalised(spans):
 
 
 @pytest.mark.parametrize("outer", ["none", "tracestate+baggage"])
-def test_handlers_record_the_same_spans_with_and_without_hot_spans(make_manager, redis_url, monkeypatch, outer):
+def test_handlers_record_the_same_spans_with_and_without_sdk_internals(make_manager, redis_url, monkeypatch, outer):
     manager = make_manager()
     recorded, sent = {}, {}
     context = None
@@ -272,7 +286,8 @@ def test_handlers_record_the_same_spans_with_and_without_hot_spans(make_manager,
     for use_hot in (False, True):
         caller, headers = run_round_trip(manager, use_hot, monkeypatch, context)
         sent[use_hot] = {k: headers.get(k) for k in ("tracestate", "baggage")}
-        assert manager.flush(10)
+        assert manager.flush(10)  # exported through the public accessors too, when use_hot is False
+        monkeypatch.undo()
         spans = [s for s in stream_spans(redis_url) if s["trace_id"] == format(
             caller.get_span_context().trace_id, "032x")]
         assert sorted(s["name"] for s in spans) == ["caller", "publish tests.hot.add", "run tests.hot.add",

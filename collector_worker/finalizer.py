@@ -35,7 +35,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from . import dependencies, sampling, stats
 from .assembler import assemble
 from .recent_spans import RecentSpans
-from .storage import block_dictionary, block_store, blocks, partitions, schema, search_keys
+from .storage import block_dictionary, block_store, blocks, partitions, schema, search_keys, staging
 from .storage.writer import take_write_lock, write_lock
 
 log = logging.getLogger(__name__)
@@ -495,10 +495,6 @@ def _prepare(engine: Engine, settings: Any, claimed: list[tuple[str, int]], now_
     return batch
 
 
-# Staging columns read back for assembly and the block (``writer.SPAN_COLUMNS`` without duration).
-_SPAN_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns",
-                 "status_code", "attributes", "resource", "status_message", "events", "links", "scope",
-                 "received_ns")
 _PREVIOUS_COLUMNS = ("trace_id", "root_service", "root_operation", "start_ns", "duration_ns", "error_count",
                      "version", "trace_no")
 _TRACE_COLUMNS = ("trace_id", "root_span_id", "root_service", "root_operation", "start_ns", "end_ns",
@@ -525,25 +521,6 @@ def _rows(conn: Connection, sql: str, params: tuple) -> list[tuple]:
         return cursor.fetchall()
     finally:
         cursor.close()
-
-
-def _load_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Staging rows of every claimed trace, a few IN-list queries for the whole batch; attributes parsed once."""
-    by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    columns = ",".join(_SPAN_COLUMNS)
-    loads = _loads
-    for chunk in _chunks(trace_ids):
-        sql = f"SELECT {columns} FROM {schema.spans.name} WHERE trace_id IN {_in_list(conn, len(chunk))}"
-        for row in _rows(conn, sql, tuple(chunk)):
-            span = dict(zip(_SPAN_COLUMNS, row))
-            try:
-                attributes = loads(row[9] or "{}")
-            except ValueError:
-                attributes = {}
-            span["attributes"] = attributes if type(attributes) is dict else {}
-            span["depth"] = None
-            by_trace[row[0]].append(span)  # resource stays JSON text; the assembler parses it lazily
-    return by_trace
 
 
 def _load_previous(conn: Connection, trace_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -574,38 +551,28 @@ def _trace_row(trace_id: str, s: dict[str, Any], version: int, now_ns: int) -> t
     )
 
 
-def _span_counts(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for chunk in _chunks(trace_ids):
-        sql = (f"SELECT trace_id, count(*) FROM {schema.spans.name} WHERE trace_id IN {_in_list(conn, len(chunk))} "
-               f"GROUP BY trace_id")
-        counts.update((r[0], int(r[1])) for r in _rows(conn, sql, tuple(chunk)))
-    return counts
-
-
 def prepare_batch(conn: Connection, settings: Any, claimed: list[tuple[str, int]], now_ns: int,
                   recent: RecentSpans | None = None) -> "FinalizedBatch":
-    """Read the claimed traces (from ``recent`` where exact, else the database) and assemble them.
+    """Read the claimed traces (staged rows from ``recent`` where held, else the database) and assemble them.
 
-    A trace finalized before is its block's spans merged with its staging rows (a span id already in
-    the block keeps the block's copy, so a redelivered span never appears twice).
+    Which rows are staged is read first (keys only); a held row is used when its key is among them, the
+    others are read back. A trace finalized before is its block's spans merged with its staged spans (a
+    span id already in the block keeps the block's copy, so a redelivered span never appears twice).
     """
     trace_ids = sorted(t for t, _ in claimed)
     previous = _load_previous(conn, trace_ids)
-    staged: dict[str, list[dict[str, Any]]] = {}
+    staged_keys = staging.keys(conn, trace_ids)
+    held = recent.take(trace_ids) if recent is not None else {}
+    missing = {(t, b) for t, rows in staged_keys.items() for b in rows if b not in held.get(t, ())}
     if recent is not None:
-        held = recent.take(trace_ids)
-        candidates = [t for t in trace_ids if t in held and t not in previous]
-        if candidates:
-            counts = _span_counts(conn, candidates)
-            for trace_id in candidates:
-                if counts.get(trace_id) == len(held[trace_id]):
-                    staged[trace_id] = held[trace_id]
-        recent.hits += len(staged)
-        recent.misses += len(trace_ids) - len(staged)
-    missing = [t for t in trace_ids if t not in staged]
-    if missing:
-        staged.update(_load_spans(conn, missing))
+        misses = len({t for t, _ in missing})
+        recent.hits += len(staged_keys) - misses
+        recent.misses += misses
+    read_back = staging.read(conn, sorted({t for t, _ in missing}), wanted=missing) if missing else {}
+    staged: dict[str, list[dict[str, Any]]] = {}
+    for trace_id, rows in staged_keys.items():
+        mine, theirs = held.get(trace_id, {}), read_back.get(trace_id, {})
+        staged[trace_id] = [span for b in sorted(rows) for span in (mine[b] if b in mine else theirs.get(b, ()))]
     old_blocks = block_store.read_blocks(conn, [int(p["trace_no"]) for p in previous.values()
                                                  if p.get("trace_no") is not None])
     spans_by_trace: dict[str, list[dict[str, Any]]] = {}
@@ -614,13 +581,13 @@ def prepare_batch(conn: Connection, settings: Any, claimed: list[tuple[str, int]
         old = previous.get(trace_id)
         data = old_blocks.get(int(old["trace_no"])) if old is not None and old.get("trace_no") is not None else None
         if data is None:
-            spans_by_trace[trace_id] = staged.get(trace_id, [])
+            spans_by_trace[trace_id] = blocks.merge((), staged.get(trace_id, ()))
             continue
         old_spans = blocks.decode(data)
         old_postings[trace_id] = block_store.postings_of(conn, old_spans)
-        spans_by_trace[trace_id] = blocks.merge(old_spans, staged.get(trace_id, []))
+        spans_by_trace[trace_id] = blocks.merge(old_spans, staged.get(trace_id, ()))
     batch = assemble_batch(settings, claimed, trace_ids, spans_by_trace, previous, now_ns)
-    batch.staged = [(t, s["span_id"]) for t in trace_ids if t not in batch.kept for s in staged.get(t, ())]
+    batch.staged = [(t, b) for t in trace_ids if t not in batch.kept for b in staged_keys.get(t, ())]
     batch.old_postings = old_postings
     batch.old_numbers = {t: int(p["trace_no"]) for t, p in previous.items() if p.get("trace_no") is not None}
     batch.dictionary = block_dictionary.for_encoding(conn)
@@ -791,12 +758,12 @@ def _write(conn: Connection, batch: FinalizedBatch) -> None:
     """Replace the finalizer's rows of the batch; only traces finalized before have rows to delete.
 
     Old postings are deleted by their exact keys (kept in the old block), the old block and summary by
-    trace number; staging rows by the exact (trace, span) keys merged into the new blocks, so a span
+    trace number; staged rows by the exact (trace, batch) keys merged into the new blocks, so a row
     staged after the batch was read stays staged for the next pass.
     """
     block_store.delete_finalized(conn, [(no, batch.old_postings.get(t)) for t, no in batch.old_numbers.items()])
     _delete_traces(conn, (schema.traces,), batch.replaced)
-    _delete_traces(conn, (schema.spans,), batch.dropped)
+    staging.delete_traces(conn, batch.dropped)
     block_store.delete_staged(conn, batch.staged)
     if not batch.trace_rows:
         return

@@ -1,6 +1,6 @@
 """The staging area: spans stored but not yet merged into their trace's block.
 
-One ``spans`` row per trace per stored batch (``trace_id``, ``batch_id``),
+One ``spans`` row per trace per stream entry (``trace_id``, ``batch_id``),
 holding that trace's spans of the batch as one msgpack value (the decoded span
 dicts as they are), their span ids packed 8 bytes each, their count, earliest
 start, receive time and whether any of them links elsewhere. Ingest writes a
@@ -10,8 +10,9 @@ of a trace not finalized yet (or of spans arrived since) unpack its rows.
 
 A row per span cost more to build, insert, index, read back and delete than
 everything else a span costs the collector; a row per trace and batch makes
-those steps per trace. ``batch_id`` is derived from the row's span ids, so the
-same spans staged again (a redelivered entry) hit the same key.
+those steps per trace. ``batch_id`` is a digest of the entry id and the row's
+span ids, so an entry staged again (redelivered, or taken over by another
+collector while the first still stores it) hits the same key.
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ def unpack(data: bytes) -> list[dict[str, Any]]:
     return msgpack.unpackb(bytes(data), raw=False, strict_map_key=False)
 
 
-def batch_id(span_ids: bytes) -> str:
-    """The row key of a trace's spans in a batch: a digest of their span ids (same spans, same key)."""
+def batch_id(span_ids: bytes, source: str = "") -> str:
+    """The row key of a trace's spans from one source (a stream entry id, or "" when not from an entry): a
+    digest of the source and the span ids. The same entry stored again, by this collector or by another at
+    the same moment, gives the same key, so the insert's conflict leaves its spans stored once."""
+    if source:
+        return hashlib.blake2b(source.encode() + b"|" + span_ids, digest_size=16).hexdigest()
     return hashlib.blake2b(span_ids, digest_size=16).hexdigest()
 
 
@@ -68,10 +73,10 @@ def ids_of(span_ids: bytes) -> list[str]:
     return [hexed[i:i + 16] for i in range(0, len(hexed), 16)]
 
 
-def row(trace_id: str, spans: list[dict[str, Any]], received_ns: int) -> tuple:
-    """The ``spans`` row of one trace's new spans of a batch, in ``ROW_COLUMNS`` order."""
+def row(trace_id: str, spans: list[dict[str, Any]], received_ns: int, source: str = "") -> tuple:
+    """The ``spans`` row of one trace's new spans from ``source``, in ``ROW_COLUMNS`` order."""
     ids = packed_ids(spans)
-    return (trace_id, batch_id(ids), min([s["start_ns"] for s in spans]), len(spans),
+    return (trace_id, batch_id(ids, source), min([s["start_ns"] for s in spans]), len(spans),
             any(s.get("links") for s in spans), received_ns, ids, pack(spans))
 
 

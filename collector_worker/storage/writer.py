@@ -1,6 +1,6 @@
 """Idempotent span writes: the only way spans enter storage.
 
-Spans enter the ``spans`` staging table one row per trace per stored batch
+Spans enter the ``spans`` staging table one row per trace per stream entry
 (``staging.py``). Spans already stored (staged by an earlier batch, or already
 compacted into their trace's block) are left out before the insert, and a
 row's key is a digest of its span ids, so a redelivered stream entry changes
@@ -201,27 +201,29 @@ def normalised_span(span: dict[str, Any], resource: Any = None) -> dict[str, Any
 
 
 class PreparedSpans:
-    """A batch of decoded spans grouped by trace and made ready to stage (no database needed).
+    """A batch of decoded spans grouped by trace and source and made ready to stage (no database needed).
 
     ``by_key`` maps (trace_id, span_id) to the decoded span (the first copy wins within a batch);
-    ``keys`` are those keys sorted; ``groups`` maps each trace to its staged span dicts.
+    ``keys`` are those keys sorted; ``groups`` maps (trace_id, source) to the staged span dicts, the
+    source being the span's stream entry id (``sources``, parallel to the spans) or "".
     """
 
     __slots__ = ("keys", "by_key", "groups", "received_ns")
 
-    def __init__(self, spans_in: list[dict[str, Any]], received_ns: int) -> None:
+    def __init__(self, spans_in: list[dict[str, Any]], received_ns: int, sources: list[str] | None = None) -> None:
         by_key: dict[tuple[str, str], dict[str, Any]] = {}
-        groups: dict[str, list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         resources: dict[int, Any] = {}
-        for span in spans_in:
+        for index, span in enumerate(spans_in):
             key = (span["trace_id"], span["span_id"])
             if key in by_key:
                 continue
             by_key[key] = span
             staged = staged_span(span, resources)
-            found = groups.get(key[0])
+            group = (key[0], sources[index] if sources is not None else "")
+            found = groups.get(group)
             if found is None:
-                groups[key[0]] = [staged]
+                groups[group] = [staged]
             else:
                 found.append(staged)
         self.keys = sorted(by_key)
@@ -230,9 +232,11 @@ class PreparedSpans:
         self.received_ns = received_ns
 
 
-def prepare_spans(spans_in: list[dict[str, Any]], received_ns: int) -> PreparedSpans:
-    """Group and normalise a batch ahead of :func:`store_spans` (outside any lock or transaction)."""
-    return PreparedSpans(spans_in, received_ns)
+def prepare_spans(spans_in: list[dict[str, Any]], received_ns: int,
+                  sources: list[str] | None = None) -> PreparedSpans:
+    """Group and normalise a batch ahead of :func:`store_spans` (outside any lock or transaction);
+    ``sources``: the stream entry id of each span."""
+    return PreparedSpans(spans_in, received_ns, sources)
 
 
 _statements: dict[tuple[str, int], str] = {}
@@ -273,7 +277,7 @@ def _within_limit(spans: list[dict[str, Any]], stored: int, limit: int) -> list[
 
 def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: int,
                 prepared: PreparedSpans | None = None, stored_rows: list | None = None,
-                trace_span_limit: int | None = None) -> list[dict[str, Any]]:
+                trace_span_limit: int | None = None, sources: list[str] | None = None) -> list[dict[str, Any]]:
     """Stage spans that are not stored yet; return exactly those newly stored (the decoded spans given).
 
     Runs inside the caller's transaction. Spans already staged are found first, then spans already in a
@@ -281,8 +285,10 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
     are seen in one or the other, never in neither. Rows are written in key order so concurrent collectors
     on PostgreSQL take locks in the same order.
 
-    ``prepared`` (from :func:`prepare_spans` over the same spans and ``received_ns``) skips grouping
-    here. ``stored_rows``, when given, receives ``(trace_id, batch_id, spans, packed_bytes)`` for every
+    ``sources`` gives each span's stream entry id: a row holds one trace's spans of one entry, keyed by
+    both, so the same entry stored by two collectors at once is stored once (the second insert waits for
+    the first and conflicts). ``prepared`` (from :func:`prepare_spans` over the same spans, ``received_ns``
+    and sources) skips grouping here. ``stored_rows``, when given, receives ``(trace_id, batch_id, spans, packed_bytes)`` for every
     row staged (``spans`` as staged, ``received_ns`` set), for the recent-span cache.
 
     ``trace_span_limit``, when given, caps the spans stored per trace: new spans of a trace beyond it (the
@@ -293,20 +299,24 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
     if conn.dialect.name not in ("sqlite", "postgresql"):
         raise RuntimeError(f"unsupported database backend {conn.dialect.name!r} (use SQLite or PostgreSQL)")
     if prepared is None or prepared.received_ns != received_ns:
-        prepared = PreparedSpans(spans_in, received_ns)
-    trace_ids = sorted(prepared.groups)
+        prepared = PreparedSpans(spans_in, received_ns, sources)
+    trace_ids = sorted({trace_id for trace_id, _ in prepared.groups})
     staged = staging.staged_ids(conn, trace_ids)
     compacted = stored_span_ids(conn, trace_ids)
-    rows, spans_of = [], {}
-    for trace_id in trace_ids:
-        group = prepared.groups[trace_id]
+    rows, spans_of, held = [], {}, {}
+    for trace_id, source in sorted(prepared.groups):
+        group = prepared.groups[(trace_id, source)]
         have, done = staged.get(trace_id), compacted.get(trace_id)
         if have or done:
             group = [s for s in group if not ((have and s["span_id"] in have) or (done and s["span_id"] in done))]
         if trace_span_limit is not None:
-            group = _within_limit(group, len(have or ()) + len(done or ()), trace_span_limit)
+            stored = held.get(trace_id)
+            if stored is None:
+                stored = len(have or ()) + len(done or ())
+            group = _within_limit(group, stored, trace_span_limit)
+            held[trace_id] = stored + len(group)
         if group:
-            row = staging.row(trace_id, group, received_ns)
+            row = staging.row(trace_id, group, received_ns, source)
             rows.append(row)
             spans_of[(trace_id, row[1])] = (group, len(row[-1]))
     inserted = staging.insert(conn, rows)

@@ -9,7 +9,7 @@ import json
 import msgpack
 import pytest
 
-from collector_worker import assembler, dependencies, finalizer
+from collector_worker import assembler, dependencies, finalizer, write_pipeline
 from collector_worker.storage import staging
 from collector_worker.storage.writer import normalised_span, prepare_spans
 from tracer.codec import CodecError, _decode_row, decode_entry, encode_batch
@@ -134,7 +134,7 @@ def test_held_spans_assemble_as_read_back():
     spans.append({**spans[0], "span_id": "f" * 16, "resource": {"host.name": b"h"}})  # host that JSON changes
     spans.append({**spans[0], "span_id": "e" * 16, "resource": {"host.id": 1.5}})
     spans.append({**spans[0], "span_id": "d" * 16, "parent_span_id": "1" * 16, "depth": 3})
-    held = prepare_spans(spans, 1).groups[T]
+    held = prepare_spans(spans, 1).groups[(T, "")]
     for span in held:
         span["received_ns"] = 1
     back = staging.unpack(staging.row(T, held, 1)[-1])
@@ -294,7 +294,7 @@ def test_write_pipeline_gives_the_rows_of_finalizing_in_one_thread(sqlite_engine
     recent.add(rows)
     written: list = []
     ahead = finalizer.ClaimAhead()
-    pipeline = finalizer.WritePipeline(engine, Settings(quiet_period=0.0), "c1", recent, ahead,
+    pipeline = write_pipeline.WritePipeline(engine, Settings(quiet_period=0.0), "c1", recent, ahead,
                                        on_written=written.append)
     try:
         handed = []

@@ -76,7 +76,7 @@ def test_recent_spans_give_the_rows_reading_back_gives(engine):
 def held_rows(spans):
     """What ``store_spans`` hands the cache for ``spans`` staged as one batch: a row per trace."""
     out = []
-    for trace_id, group in prepare_spans(spans, BASE).groups.items():
+    for (trace_id, _), group in prepare_spans(spans, BASE).groups.items():
         row = staging.row(trace_id, group, BASE)
         out.append((trace_id, row[1], group, len(row[-1])))
     return out

@@ -164,3 +164,16 @@ def test_staging_rows_are_deleted_by_key_without_scanning_the_staging_table(sqli
             plan = " ".join(row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}"))
             assert "SCAN spans" not in plan, plan
     assert [s["span_id"] for s in staged(sqlite_engine)] == [spans[3]["span_id"]]
+
+
+def test_a_row_per_trace_and_entry_and_spans_stored_from_another_entry_are_left_out(engine):
+    """The same entry stored again hits its own key; a span another entry already staged is not staged twice."""
+    trace = os.urandom(16).hex()
+    a, b, c = (make_span(trace, sid) for sid in random_ids(3))
+    with engine.begin() as conn:
+        assert len(store_spans(conn, [a, b], 1, sources=["1-0", "1-0"])) == 2
+    with engine.begin() as conn:
+        assert store_spans(conn, [a, b], 2, sources=["1-0", "1-0"]) == []
+        assert [s["span_id"] for s in store_spans(conn, [b, c], 3, sources=["2-0", "2-0"])] == [c["span_id"]]
+    assert sorted(s["span_id"] for s in staged(engine)) == sorted(s["span_id"] for s in (a, b, c))
+    assert count(engine, schema.spans) == 2  # one row per trace and entry

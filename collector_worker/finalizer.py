@@ -42,6 +42,8 @@ from .storage.writer import take_write_lock, write_lock
 log = logging.getLogger(__name__)
 
 
+RECENT_STALE_NS = 5 * 1_000_000_000  # held spans received this long before a batch's oldest are dropped
+
 _counters = {"finalized": 0, "refinalized": 0, "failed": 0, "late_dropped": 0, "leases_lost": 0}
 
 
@@ -232,7 +234,9 @@ def prepare_batch(conn: Connection, settings: Any, claimed: list[tuple[str, int]
     trace_ids = sorted(t for t, _ in claimed)
     previous = finalized.load_previous(conn, trace_ids)
     staged_keys = staging.keys(conn, trace_ids)
-    held = recent.take(trace_ids) if recent is not None else {}
+    # Leases go oldest pending first: what is held from well before the oldest of this batch was finalized by
+    # another collector (or is pending again later) and would only take the cache's room.
+    held = recent.take(trace_ids, min(seen for _, seen in claimed) - RECENT_STALE_NS) if recent is not None else {}
     missing = {(t, b) for t, rows in staged_keys.items() for b in rows if b not in held.get(t, ())}
     if recent is not None:
         misses = len({t for t, _ in missing})

@@ -82,24 +82,41 @@ def held_rows(spans):
     return out
 
 
-def test_recent_spans_forget_the_oldest_traces_beyond_the_limit():
+def test_recent_spans_beyond_the_limit_are_not_held_and_the_oldest_stay():
+    """Finalizers take the oldest traces first: under a backlog those are the ones worth holding."""
     recent = finalizer.RecentSpans(limit=20)
     recent.add(held_rows([s for n in range(5) for s in trace_spans(n, "a", 0, 8)]))
-    assert len(recent) <= 20
+    assert len(recent) <= 20 and recent.forgotten == 24
     held = recent.take([f"{n:032x}" for n in range(5)])
-    assert sorted(held) == [f"{n:032x}" for n in (3, 4)]
+    assert sorted(held) == [f"{n:032x}" for n in (0, 1)]
     assert all(sum(map(len, v.values())) == 8 for v in held.values()) and len(recent) == 0
 
 
-def test_recent_spans_forget_the_oldest_traces_beyond_the_memory_bound():
+def test_recent_spans_beyond_the_memory_bound_are_not_held():
     rows = held_rows([s for n in range(5) for s in trace_spans(n, "a", 0, 8)])
     per_trace = recent_spans.estimated_bytes(8, rows[0][3])
     recent = finalizer.RecentSpans(max_bytes=2 * per_trace + 100)
     recent.add(rows)
     assert recent.bytes <= 2 * per_trace + 100 and recent.forgotten == 24
     held = recent.take([f"{n:032x}" for n in range(5)])
-    assert sorted(held) == [f"{n:032x}" for n in (3, 4)]
+    assert sorted(held) == [f"{n:032x}" for n in (0, 1)]
     assert (len(recent), recent.bytes) == (0, 0)
+
+
+def test_taking_a_batch_drops_what_was_received_well_before_it():
+    """Held traces from before the oldest of a finalizer's batch were finalized elsewhere: they make room."""
+    recent = finalizer.RecentSpans()
+    old, new = held_rows(trace_spans(0, "a", 0, 4)), held_rows(trace_spans(1, "a", 0, 4))
+    for row in old:
+        for span in row[2]:
+            span["received_ns"] = BASE - 10 * S
+    for row in new:
+        for span in row[2]:
+            span["received_ns"] = BASE
+    recent.add(old + new)
+    assert recent.take([f"{2:032x}"], before_ns=BASE - S) == {}
+    assert (len(recent), recent.forgotten) == (4, 4)
+    assert list(recent.take([f"{1:032x}"])) == [f"{1:032x}"] and recent.bytes == 0
 
 
 def test_the_memory_estimate_grows_with_what_a_span_holds():

@@ -158,6 +158,18 @@ def _plain(mapping: Any) -> bool:
         and _STR_ONLY.issuperset(map(type, mapping))
 
 
+def _plain_items(items: Any, first: str, second: str, second_type: type) -> bool:
+    """Events (name, time_ns, attributes) or links (trace_id, span_id, attributes) as the codec decodes them,
+    with plain attributes: JSON keeps them as they are."""
+    if type(items) is not list:
+        return False
+    for item in items:
+        if not (type(item) is dict and len(item) == 3 and type(item.get(first)) is str
+                and type(item.get(second)) is second_type and _plain(item.get("attributes"))):
+            return False
+    return True
+
+
 def staged_span(span: dict[str, Any], resources: dict[int, Any]) -> dict[str, Any]:
     """The span as staged: the decoded dict itself in the usual case, else :func:`normalised_span`.
 
@@ -173,7 +185,9 @@ def staged_span(span: dict[str, Any], resources: dict[int, Any]) -> dict[str, An
     if (type(service) is str and service and len(service) <= 255 and "\x00" not in service
             and type(name) is str and len(name) <= 512 and "\x00" not in name
             and (scope is None or (type(scope) is str and len(scope) <= 255 and "\x00" not in scope))
-            and _plain(attributes) and get("events") == [] and get("links") == [] and found[1] is resource
+            and _plain(attributes) and found[1] is resource
+            and ((events := get("events")) == [] or _plain_items(events, "name", "time_ns", int))
+            and ((links := get("links")) == [] or _plain_items(links, "trace_id", "span_id", str))
             and type(get("kind")) is str and get("kind") and type(get("status_code")) is str and get("status_code")
             and ((message := get("status_message")) is None or (type(message) is str and message
                                                                  and "\x00" not in message))

@@ -21,6 +21,7 @@ import contextlib
 import json
 import threading
 import weakref
+import zlib
 from typing import Any, Iterable
 
 from sqlalchemy.engine import Connection, Engine
@@ -289,6 +290,24 @@ def _within_limit(spans: list[dict[str, Any]], stored: int, limit: int) -> list[
     return [s for s in spans if id(s) in keep]
 
 
+TRACE_LOCK_SPACE = 742018  # the first key of the advisory locks ingest takes per trace (PostgreSQL)
+
+
+def _lock_traces(conn: Connection, trace_ids: list[str]) -> None:
+    """Take a transaction advisory lock per trace, in one order, before looking for spans already stored.
+
+    Two collectors storing the same span from two different entries at once (a tracer's spool replayed, a
+    claimed entry) would otherwise each miss the other's uncommitted row and both stage it, counting its
+    statistics twice. With the lock the second waits for the first to commit, and its next statement
+    (READ COMMITTED) sees the span staged. Different traces whose ids share a key only wait for each other.
+    """
+    keys = sorted({zlib.crc32(trace_id.encode("utf-8", "replace")) - 2**31 for trace_id in trace_ids})
+    for chunk in _chunks(keys, 10000):
+        conn.exec_driver_sql("SELECT count(pg_advisory_xact_lock(%s, k)) FROM "
+                             "(SELECT unnest(%s::integer[]) AS k ORDER BY k) AS keys",
+                             (TRACE_LOCK_SPACE, list(chunk)))
+
+
 def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: int,
                 prepared: PreparedSpans | None = None, stored_rows: list | None = None,
                 trace_span_limit: int | None = None, sources: list[str] | None = None) -> list[dict[str, Any]]:
@@ -315,6 +334,8 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
     if prepared is None or prepared.received_ns != received_ns:
         prepared = PreparedSpans(spans_in, received_ns, sources)
     trace_ids = sorted({trace_id for trace_id, _ in prepared.groups})
+    if conn.dialect.name == "postgresql":
+        _lock_traces(conn, trace_ids)
     staged = staging.staged_ids(conn, trace_ids)
     compacted = stored_span_ids(conn, trace_ids)
     rows, spans_of, held = [], {}, {}

@@ -37,7 +37,7 @@ from tracer.redis_client import connect, is_cluster
 from tracer.settings import Settings
 
 from . import finalizer
-from . import forwarding, metrics_store, pricing, profile_store, reports, sampling, validation
+from . import forwarding, metrics_store, pricing, profile_store, reports, sampling, validation, write_pipeline
 from .recent_spans import RecentSpans
 from .storage.engine import open_engine
 from .storage.writer import dropped_over_limit, prepare_spans, store_spans, take_write_lock, write_lock
@@ -615,13 +615,14 @@ class StreamConsumer:
     def _store_together(self, batch: list[Entry], read_ahead: Any = None) -> None:
         spans = [span for entry in batch for span in entry.spans]
         received_ns = time.time_ns()
-        parts = [self._prepare(spans, received_ns)]  # rows and statistics built before the write lock
+        parts = [self._prepare(batch, received_ns)]  # grouped and statistics computed before the write lock
 
-        def read_on() -> None:  # the finalizer thread is writing: read, decode and build the next entries
+        def read_on() -> None:  # the finalizer thread is writing: read, decode and group the next entries
             nonlocal spans
-            more = [span for entry in read_ahead() for span in entry.spans]
+            entries = read_ahead()
+            more = [span for entry in entries for span in entry.spans]
             if more:
-                parts.append(self._prepare(more, time.time_ns()))
+                parts.append(self._prepare(entries, time.time_ns()))
                 spans = spans + more
 
         lock = write_lock(self.engine)
@@ -649,9 +650,12 @@ class StreamConsumer:
             log.info("skipped %d spans already stored (redelivered entries)", len(spans) - len(new))
 
     @staticmethod
-    def _prepare(spans: list[dict[str, Any]], received_ns: int) -> tuple:
-        """Rows of the spans, and the statistics they add if all are new (both need no database)."""
-        prepared = prepare_spans(spans, received_ns)
+    def _prepare(entries: list[Entry], received_ns: int) -> tuple:
+        """The entries' spans grouped by trace and entry for staging, and the statistics they add if all are
+        new (both need no database)."""
+        spans = [span for entry in entries for span in entry.spans]
+        sources = [entry.id for entry in entries for _ in entry.spans]
+        prepared = prepare_spans(spans, received_ns, sources)
         return spans, received_ns, prepared, finalizer.SpanFigures([prepared.by_key[k] for k in prepared.keys])
 
     def _acknowledge(self, entries: list[Entry]) -> None:
@@ -702,7 +706,7 @@ class StreamConsumer:
                 "deliveries": str(entry.deliveries), "dead_ns": str(time.time_ns())}
 
     # ----------------------------------------------------------------- periodic work
-    def finalize(self, pipeline: "finalizer.WritePipeline | None" = None) -> int:
+    def finalize(self, pipeline: "write_pipeline.WritePipeline | None" = None) -> int:
         """One finalize pass; with ``pipeline`` the batch's write is handed over (counted once committed)."""
         try:
             if pipeline is not None:
@@ -719,11 +723,11 @@ class StreamConsumer:
             _count("finalized", done)
         return done
 
-    def write_pipeline(self) -> "finalizer.WritePipeline | None":
+    def write_pipeline(self) -> "write_pipeline.WritePipeline | None":
         """On SQLite, a pipeline writing finalized batches beside the finalizer thread's assembly."""
         if self.engine.dialect.name != "sqlite":
             return None
-        return finalizer.WritePipeline(self.engine, self.settings, self.name, self.recent, self.ahead,
+        return write_pipeline.WritePipeline(self.engine, self.settings, self.name, self.recent, self.ahead,
                                        on_written=lambda n: _count("finalized", n))
 
     def release_ahead(self) -> None:
@@ -776,7 +780,7 @@ class FinalizerThread(threading.Thread):
     """Finalizes quiet traces beside the stream loop, so reading, storing and acknowledging never wait for it.
 
     On SQLite each batch's write runs on a thread of its own while this one
-    assembles the next (:class:`finalizer.WritePipeline`).
+    assembles the next (:class:`write_pipeline.WritePipeline`).
     A pass that filled a whole batch (or leased a whole next batch, see
     :class:`finalizer.ClaimAhead`) is followed by the next at once; after a
     partial one it waits :data:`FINALIZE_PARTIAL_WAIT`; after an empty one it
@@ -879,11 +883,11 @@ def _short(exc: BaseException | None) -> str:
     return message[:300]
 
 
-def _report(client: redis.Redis, settings: Settings) -> None:
+def _report(client: redis.Redis, settings: Settings, recent: RecentSpans | None = None) -> None:
     """This collector's counters next to the stream (collector_worker.reports), for the web app and doctor."""
     reports.write_collector_report(client, settings, reports.build_collector_report(
         {**consumer_stats(), **validation.counters(), "trace_spans_dropped": dropped_over_limit["spans"],
-         **forwarding.counters()},
+         **forwarding.counters(), **(recent.counters() if recent is not None else {})},
         finalizer.counters(), sampling.counters()))
 
 
@@ -1023,7 +1027,7 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
                     consumer.maybe_start_retention()
                     next_retention = now + settings.retention_interval
                 if settings.report_interval > 0 and now >= next_report:
-                    _report(client, settings)
+                    _report(client, settings, consumer.recent)
                     next_report = now + settings.report_interval
                 backoff = 0.0
             except StorageUnavailable as exc:
@@ -1058,7 +1062,7 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
         log.info("collector %s stopped: %s", name, consumer_stats())
         if settings.report_interval > 0:
             try:
-                _report(client, settings)
+                _report(client, settings, consumer.recent)
             except redis.RedisError:
                 pass
     finally:

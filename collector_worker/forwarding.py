@@ -26,7 +26,6 @@ import queue
 import threading
 import time
 import weakref
-from collections import defaultdict
 from typing import Any
 
 import requests
@@ -88,11 +87,9 @@ def on_finalized(conn: Any, batch: Any) -> None:
     forwarder = _kept.get(conn.engine)
     if forwarder is None or not batch.blocks:
         return
-    merged: dict[str, set[str]] = defaultdict(set)  # kept trace -> span ids moved from staging into its block
-    for trace_id, span_id in batch.staged:
-        if trace_id in batch.blocks:
-            merged[trace_id].add(span_id)
-    jobs = [(batch.blocks[trace_id], span_ids) for trace_id, span_ids in merged.items()]
+    # kept trace -> span ids moved from staging into its block by this batch
+    jobs = [(batch.blocks[trace_id], set(span_ids)) for trace_id, span_ids in batch.moved.items()
+            if span_ids and trace_id in batch.blocks]
     if jobs:
         event.listen(conn, "commit", lambda _conn: forwarder.put_blocks(jobs), once=True)
 

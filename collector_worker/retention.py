@@ -19,7 +19,7 @@ from typing import Any, Callable
 from sqlalchemy import delete, func, literal_column, select
 from sqlalchemy.engine import Connection, Engine
 
-from .storage import partitions, schema
+from .storage import partitions, schema, staging
 
 Progress = Callable[[int, int], None]
 
@@ -51,8 +51,10 @@ def _expired(traces, cutoff_ns: int):
 
 
 def _count(engine: Engine, table, condition) -> int:
+    """Rows of ``table`` matching ``condition``; for staging, the spans those rows hold."""
+    what = func.coalesce(func.sum(table.c.span_count), 0) if table is schema.spans else func.count()
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(table).where(condition)).scalar_one())
+        return int(conn.execute(select(what).select_from(table).where(condition)).scalar_one())
 
 
 def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
@@ -100,11 +102,14 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
     for table, condition in plan:
         while True:
             with engine.begin() as conn:
-                n = _delete_some(conn, table, condition, batch_size)
+                if table is s:  # staging: a row holds a trace's spans of one batch; spans are counted
+                    rows, n = staging.delete_older(conn, cutoff_ns, batch_size)
+                else:
+                    rows = n = _delete_some(conn, table, condition, batch_size)
             deleted[table.name] += n
             if n:
                 advance(n)
-            if n < batch_size:
+            if rows < batch_size:
                 break
     if progress is not None and state["done"] == 0:
         progress(0, 0)

@@ -44,7 +44,10 @@ COLLECTOR_COUNTERS = ("entries_read", "spans_stored", "duplicates_skipped", "spa
                       # profiles (collector_worker.profile_store)
                       "profiles_stored",
                       # forwarding to an OTLP endpoint (collector_worker.forwarding)
-                      "forwarded_spans", "forward_dropped", "forward_errors")
+                      "forwarded_spans", "forward_dropped", "forward_errors",
+                      # the recent-span cache (collector_worker.recent_spans): traces finalized from memory alone,
+                      # traces read back from staging, spans forgotten for the cache's bounds
+                      "recent_spans_hits", "recent_spans_misses", "recent_spans_forgotten")
 
 
 def reports_key(stream: str, kind: str = "tracers") -> str:

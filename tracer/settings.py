@@ -304,7 +304,7 @@ class Settings:
         "CONTRAIL_QUIET_PERIOD", _seconds, "A trace is finalized after this long without new spans."))
     recent_spans_memory: int = field(default=64 * 1024 * 1024, metadata=_opt(
         "CONTRAIL_RECENT_SPANS_MEMORY", parse_size, "Memory (estimated) a collector process keeps spans it just "
-        "stored in, so finalizing their traces needs no read back; beyond it the oldest are read back instead. "
+        "stored in, so finalizing their traces needs no read back; spans stored beyond it are read back instead. "
         "0 turns the cache off."))
     retention: float = field(default=7 * 86400.0, metadata=_opt(
         "CONTRAIL_RETENTION", _seconds, "Data older than this is deleted (e.g. 7d)."))

@@ -9,17 +9,13 @@ recorded are what gets removed (retention removes whole days: partitions.py).
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Iterable
 
 from sqlalchemy.engine import Connection
 
-from . import block_dictionary, blocks, schema, search_keys
+from . import block_dictionary, blocks, schema, search_keys, staging
 
 _CHUNK = 500
-_STAGING_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns",
-                    "duration_ns", "status_code", "status_message", "attributes", "events", "links", "resource",
-                    "scope", "received_ns", "depth", "self_time_ns", "critical_path")
 
 
 def _mark(conn: Connection) -> str:
@@ -58,14 +54,8 @@ def trace_numbers(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
 
 
 def staged_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Staging rows of ``trace_ids`` as row dicts (JSON columns as text), by trace."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    columns = ",".join(_STAGING_COLUMNS)
-    for chunk in _chunks(sorted(set(trace_ids))):
-        for row in conn.exec_driver_sql(
-                f"SELECT {columns} FROM {schema.spans.name} WHERE trace_id IN {_in(conn, len(chunk))}", tuple(chunk)):
-            out.setdefault(row[0], []).append(dict(zip(_STAGING_COLUMNS, row)))
-    return out
+    """Staged spans of ``trace_ids`` as row dicts (see ``staging.as_row``), by trace."""
+    return staging.rows_of(conn, trace_ids)
 
 
 def trace_blocks(conn: Connection, trace_ids: list[str]) -> dict[str, bytes]:
@@ -160,22 +150,8 @@ def delete_finalized(conn: Connection, traces: list[tuple[int, Any]]) -> None:
 
 
 def delete_staged(conn: Connection, keys: list[tuple[str, str]]) -> None:
-    """Delete staging rows by exact (trace_id, span_id).
-
-    The trace ids are listed too: SQLite plans ``(trace_id, span_id) IN (VALUES …)`` alone as a scan
-    of the whole staging table (a batch would cost as much as the backlog is large), with them as a
-    search of the key index. One statement per chunk, not one per row: the interpreter lock is
-    released once per statement, so the ingest thread does not take it between rows.
-    """
-    if not keys:
-        return
-    m = _mark(conn)
-    for chunk in _chunks(sorted(keys), 2000):
-        trace_ids = sorted({trace_id for trace_id, _ in chunk})
-        rows = ",".join([f"({m},{m})"] * len(chunk))
-        conn.exec_driver_sql(f"DELETE FROM {schema.spans.name} WHERE trace_id IN {_in(conn, len(trace_ids))} "
-                             f"AND (trace_id, span_id) IN (VALUES {rows})",
-                             (*trace_ids, *itertools.chain.from_iterable(chunk)))
+    """Delete staged rows by exact (trace_id, batch_id) (the rows a finalizer merged into blocks)."""
+    staging.delete(conn, keys)
 
 
 def all_spans(conn: Connection) -> list[dict[str, Any]]:
@@ -183,9 +159,7 @@ def all_spans(conn: Connection) -> list[dict[str, Any]]:
 
     Staging first, then blocks (see :func:`trace_spans`). For checks and small exports, not for search.
     """
-    columns = ",".join(_STAGING_COLUMNS)
-    staged = [dict(zip(_STAGING_COLUMNS, row))
-              for row in conn.exec_driver_sql(f"SELECT {columns} FROM {schema.spans.name}")]
+    staged = staging.all_rows(conn)
     found = [bytes(data) for (data,) in conn.exec_driver_sql(
         f"SELECT data FROM {schema.trace_blocks.name} ORDER BY trace_no")]
     block_dictionary.load(conn, found)

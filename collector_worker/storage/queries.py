@@ -522,7 +522,7 @@ def find_linking_traces(conn: Connection, trace_id: str, limit: int = 100) -> li
     candidates = list(conn.execute(later).scalars()) + list(conn.execute(earlier).scalars())
     staged = conn.execute(
         select(s.c.trace_id).where(s.c.start_ns.between(start - BACKLINK_WINDOW_NS, start + BACKLINK_WINDOW_NS))
-        .where(s.c.links != "[]").where(s.c.trace_id != trace_id).limit(BACKLINK_SCAN_LIMIT)).scalars()
+        .where(s.c.linked).where(s.c.trace_id != trace_id).limit(BACKLINK_SCAN_LIMIT)).scalars()
     candidates = sorted(set(candidates) | set(staged))
     spans = [span for found in block_store.trace_spans(conn, candidates).values() for span in found
              if span["links"] and span["links"] != "[]"]
@@ -654,4 +654,4 @@ def trace_exists(conn: Connection, trace_id: str) -> bool:
     """Whether any span of ``trace_id`` is stored (in its block or staged)."""
     t, s = schema.traces, schema.spans
     return conn.execute(select(t.c.trace_no).where(t.c.trace_id == trace_id)).first() is not None \
-        or conn.execute(select(s.c.span_id).where(s.c.trace_id == trace_id).limit(1)).first() is not None
+        or conn.execute(select(s.c.batch_id).where(s.c.trace_id == trace_id).limit(1)).first() is not None

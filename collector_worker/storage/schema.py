@@ -31,33 +31,21 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-# Staging: one row per span of a trace not finalized since the span arrived. The finalizer merges a
-# trace's staging rows into its block and deletes them in the same transaction, so after finalization
-# this table is (nearly) empty. Its key makes ingest idempotent until then.
+# Staging: one row per trace per stored batch (staging.py), holding that trace's spans of the batch as one
+# msgpack value until the finalizer merges them into the trace's block and deletes the row in the same
+# transaction; after finalization this table is (nearly) empty. ``batch_id`` is a digest of the row's span
+# ids, so the same spans staged again hit the same key; ingest leaves out spans already staged or in a block.
 spans = Table(
     "spans",
     metadata,
     Column("trace_id", String(32), primary_key=True),
-    Column("span_id", String(16), primary_key=True),
-    Column("parent_span_id", String(16), nullable=True),
-    Column("service", String(255), nullable=False),
-    Column("name", String(512), nullable=False),
-    Column("kind", String(16), nullable=False),
-    Column("start_ns", BigInteger, nullable=False),
-    Column("end_ns", BigInteger, nullable=False),
-    Column("duration_ns", BigInteger, nullable=False),
-    Column("status_code", String(8), nullable=False),  # unset | ok | error
-    Column("status_message", Text, nullable=True),
-    Column("attributes", Text, nullable=False, default="{}"),  # JSON object
-    Column("events", Text, nullable=False, default="[]"),  # JSON [{name, time_ns, attributes}]
-    Column("links", Text, nullable=False, default="[]"),  # JSON [{trace_id, span_id, attributes}]
-    Column("resource", Text, nullable=False, default="{}"),  # JSON object
-    Column("scope", String(255), nullable=True),
+    Column("batch_id", String(32), primary_key=True),
+    Column("start_ns", BigInteger, nullable=False),  # earliest start of the row's spans
+    Column("span_count", Integer, nullable=False),
+    Column("linked", Boolean, nullable=False, default=False),  # some span of the row has links
     Column("received_ns", BigInteger, nullable=False),
-    # Unused since assembly results live in the blocks; kept so staging rows keep their v2 shape.
-    Column("depth", Integer, nullable=True),
-    Column("self_time_ns", BigInteger, nullable=True),
-    Column("critical_path", Boolean, nullable=False, default=False),
+    Column("span_ids", LargeBinary, nullable=False),  # 8 bytes per span, in the order of ``data``
+    Column("data", LargeBinary, nullable=False),  # msgpack list of the decoded span dicts
     Index("ix_spans_start", "start_ns"),
 )
 

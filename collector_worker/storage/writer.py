@@ -1,44 +1,36 @@
 """Idempotent span writes: the only way spans enter storage.
 
-Spans enter the ``spans`` staging table; a span already compacted into its
-trace's block (a redelivery after finalization) is left out. Spans are inserted with ``ON CONFLICT (trace_id, span_id) DO NOTHING ...
-RETURNING`` so a redelivered stream entry changes nothing, and the caller
-learns exactly which spans are new (statistics must count each span once).
-Every trace that received a new span is marked in ``pending_traces`` for the
-finalizer.
+Spans enter the ``spans`` staging table one row per trace per stream entry
+(``staging.py``). Spans already stored (staged by an earlier batch, or already
+compacted into their trace's block) are left out before the insert, and a
+row's key is a digest of its span ids, so a redelivered stream entry changes
+nothing and the caller learns exactly which spans are new (statistics must
+count each span once). Every trace that received a new span is marked in
+``pending_traces`` for the finalizer.
 
 On SQLite one process runs ingest and finalization in two threads over one
 database with a single writer; :func:`write_lock` serializes their write
 transactions inside the process, so neither has to wait in SQLite's busy
 handler (which sleeps) nor fails to upgrade a read into a write. Work that needs
-no database (building rows, assembling traces) is done before taking it.
+no database (grouping and packing spans, assembling traces) is done before taking it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import threading
 import weakref
+import zlib
 from typing import Any, Iterable
 
 from sqlalchemy.engine import Connection, Engine
 
-from .block_store import delete_staged, stored_span_ids
-from .schema import pending_traces, spans, traces
+from . import staging
+from .block_store import stored_span_ids
+from .schema import pending_traces
 
 INT64_MAX = 2**63 - 1
-
-# Columns written on ingest, in insert order; the assembly columns are left to the finalizer.
-SPAN_COLUMNS = (
-    "trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns", "duration_ns",
-    "status_code", "status_message", "attributes", "events", "links", "resource", "scope", "received_ns",
-    "critical_path",
-)
-# Rows per INSERT statement: SQLite allows 32766 bound parameters, PostgreSQL 65535.
-_ROWS_PER_STATEMENT = {"sqlite": 32766 // len(SPAN_COLUMNS), "postgresql": 65535 // len(SPAN_COLUMNS)}
-
 
 _write_locks: "weakref.WeakKeyDictionary[Engine, threading.RLock]" = weakref.WeakKeyDictionary()
 _write_locks_guard = threading.Lock()
@@ -145,71 +137,131 @@ def invalid_reason(span: dict[str, Any]) -> str | None:
     return None
 
 
-def _resource_json(resource: Any, cache: dict) -> str:
-    """Resources repeat across a batch (one per service process): encode each once."""
-    if not resource:
-        return "{}"
+
+_PLAIN_VALUES = frozenset((str, int, float, bool))
+_STR_ONLY = frozenset((str,))
+_loads = json.loads
+
+
+def _json_value(value: Any, empty: Any) -> Any:
+    """``value`` as storing it as JSON and reading it back gives it (bytes as text, odd objects as strings)."""
+    if not value:
+        return empty
     try:
-        key = tuple(resource.items())
-        cached = cache.get(key)
-    except (TypeError, AttributeError):  # unhashable values
-        return to_json(resource)
-    if cached is None:
-        cached = cache[key] = to_json(resource)
-    return cached
+        found = _loads(to_json(value))
+    except ValueError:
+        return empty
+    return found if type(found) is type(empty) else empty
 
 
-def row_values(span: dict[str, Any], received_ns: int, resource_cache: dict | None = None) -> tuple:
-    """The ``spans`` row for one decoded span, in ``SPAN_COLUMNS`` order (the hot path of ingest)."""
+def _plain(mapping: Any) -> bool:
+    return type(mapping) is dict and _PLAIN_VALUES.issuperset(map(type, mapping.values())) \
+        and _STR_ONLY.issuperset(map(type, mapping))
+
+
+def _plain_items(items: Any, first: str, second: str, second_type: type) -> bool:
+    """Events (name, time_ns, attributes) or links (trace_id, span_id, attributes) as the codec decodes them,
+    with plain attributes: JSON keeps them as they are."""
+    if type(items) is not list:
+        return False
+    for item in items:
+        if not (type(item) is dict and len(item) == 3 and type(item.get(first)) is str
+                and type(item.get(second)) is second_type and _plain(item.get("attributes"))):
+            return False
+    return True
+
+
+def staged_span(span: dict[str, Any], resources: dict[int, Any]) -> dict[str, Any]:
+    """The span as staged: the decoded dict itself in the usual case, else :func:`normalised_span`.
+
+    ``resources`` caches the staged resource of each resource identity (an entry's spans share theirs).
+    """
     get = span.get
-    start, end = span["start_ns"], span["end_ns"]
-    status_message = get("status_message")
-    return (
-        span["trace_id"], span["span_id"], get("parent_span_id"),
-        _text(get("service") or "unknown_service", 255), _text(span["name"], 512), get("kind") or "internal",
-        start, end, end - start, get("status_code") or "unset",
-        _text(status_message) if status_message else None,
-        to_json(get("attributes")), to_json(get("events") or []), to_json(get("links") or []),
-        to_json(get("resource")) if resource_cache is None else _resource_json(get("resource"), resource_cache),
-        _text(get("scope"), 255), received_ns, False,
-    )
+    service, name, scope, attributes = get("service"), get("name"), get("scope"), get("attributes")
+    resource = get("resource")
+    rid = id(resource)
+    found = resources.get(rid)
+    if found is None:  # the resource object is held too, so its id is not reused meanwhile
+        found = resources[rid] = (resource, resource if _plain(resource) else _json_value(resource, {}))
+    if (type(service) is str and service and len(service) <= 255 and "\x00" not in service
+            and type(name) is str and len(name) <= 512 and "\x00" not in name
+            and (scope is None or (type(scope) is str and len(scope) <= 255 and "\x00" not in scope))
+            and _plain(attributes) and found[1] is resource
+            and ((events := get("events")) == [] or _plain_items(events, "name", "time_ns", int))
+            and ((links := get("links")) == [] or _plain_items(links, "trace_id", "span_id", str))
+            and type(get("kind")) is str and get("kind") and type(get("status_code")) is str and get("status_code")
+            and ((message := get("status_message")) is None or (type(message) is str and message
+                                                                 and "\x00" not in message))
+            and "depth" not in span):
+        return span
+    return normalised_span(span, found[1])
 
 
-def span_row(span: dict[str, Any], received_ns: int) -> dict[str, Any]:
-    """The ``spans`` row for one decoded span, as a mapping of column to value."""
-    return dict(zip(SPAN_COLUMNS, row_values(span, received_ns)))
+def normalised_span(span: dict[str, Any], resource: Any = None) -> dict[str, Any]:
+    """A copy of the span cut to v2's column sizes (service and scope 255, name 512 characters), NUL
+    replaced in them, defaults filled in, and attributes, events, links and resource (``resource`` when
+    given) holding what JSON would hold: what every reader of a staged span gets back."""
+    get = span.get
+    service, message = get("service"), get("status_message")
+    return {
+        "trace_id": span["trace_id"], "span_id": span["span_id"], "parent_span_id": get("parent_span_id"),
+        "name": _text(get("name"), 512) or "", "kind": get("kind") or "internal", "start_ns": span["start_ns"],
+        "end_ns": span["end_ns"], "status_code": get("status_code") or "unset",
+        "status_message": _text(message) if message else None,
+        "service": _text(service or "unknown_service", 255),
+        "resource": _json_value(get("resource"), {}) if resource is None else resource,
+        "attributes": _json_value(get("attributes"), {}), "events": _json_value(get("events"), []),
+        "links": _json_value(get("links"), []), "scope": _text(get("scope"), 255),
+    }
 
 
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+class PreparedSpans:
+    """A batch of decoded spans grouped by trace and source and made ready to stage (no database needed).
+
+    ``by_key`` maps (trace_id, span_id) to the decoded span (the first copy wins within a batch);
+    ``keys`` are those keys sorted; ``groups`` maps (trace_id, source) to the staged span dicts, the
+    source being the span's stream entry id (``sources``, parallel to the spans) or "".
+    """
+
+    __slots__ = ("keys", "by_key", "groups", "received_ns")
+
+    def __init__(self, spans_in: list[dict[str, Any]], received_ns: int, sources: list[str] | None = None) -> None:
+        by_key: dict[tuple[str, str], dict[str, Any]] = {}
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        resources: dict[int, Any] = {}
+        for index, span in enumerate(spans_in):
+            key = (span["trace_id"], span["span_id"])
+            if key in by_key:
+                continue
+            by_key[key] = span
+            staged = staged_span(span, resources)
+            group = (key[0], sources[index] if sources is not None else "")
+            found = groups.get(group)
+            if found is None:
+                groups[group] = [staged]
+            else:
+                found.append(staged)
+        self.keys = sorted(by_key)
+        self.by_key = by_key
+        self.groups = groups
+        self.received_ns = received_ns
 
 
-_statements: dict[tuple[str, str, int], str] = {}
+def prepare_spans(spans_in: list[dict[str, Any]], received_ns: int,
+                  sources: list[str] | None = None) -> PreparedSpans:
+    """Group and normalise a batch ahead of :func:`store_spans` (outside any lock or transaction);
+    ``sources``: the stream entry id of each span."""
+    return PreparedSpans(spans_in, received_ns, sources)
 
 
-def _placeholder(conn: Connection) -> str:
-    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
-
-
-def _span_insert_sql(conn: Connection, rows: int) -> str:
-    """Multi-row insert text, the same on SQLite and PostgreSQL; cached per row count."""
-    key = ("spans", conn.dialect.name, rows)
-    sql = _statements.get(key)
-    if sql is None:
-        mark = _placeholder(conn)
-        row = "(" + ",".join([mark] * len(SPAN_COLUMNS)) + ")"
-        sql = (f"INSERT INTO {spans.name} ({','.join(SPAN_COLUMNS)}) VALUES " + ",".join([row] * rows)
-               + " ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id")
-        _statements[key] = sql
-    return sql
+_statements: dict[tuple[str, int], str] = {}
 
 
 def _pending_upsert_sql(conn: Connection, rows: int) -> str:
-    key = ("pending", conn.dialect.name, rows)
+    key = (conn.dialect.name, rows)
     sql = _statements.get(key)
     if sql is None:
-        mark = _placeholder(conn)
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         sql = (f"INSERT INTO {pending_traces.name} (trace_id, first_seen_ns, last_seen_ns) VALUES "
                + ",".join([f"({mark},{mark},{mark})"] * rows)
                + " ON CONFLICT (trace_id) DO UPDATE SET last_seen_ns = excluded.last_seen_ns")
@@ -217,173 +269,109 @@ def _pending_upsert_sql(conn: Connection, rows: int) -> str:
     return sql
 
 
-class PreparedSpans:
-    """Rows of a batch of decoded spans, built before the write transaction (no database needed)."""
-
-    __slots__ = ("keys", "by_key", "rows", "received_ns")
-
-    def __init__(self, spans_in: list[dict[str, Any]], received_ns: int) -> None:
-        by_key: dict[tuple[str, str], dict[str, Any]] = {}
-        for span in spans_in:
-            by_key.setdefault((span["trace_id"], span["span_id"]), span)  # first copy wins within a batch
-        self.keys = sorted(by_key)
-        self.by_key = by_key
-        self.received_ns = received_ns
-        self.rows = _rows_of([by_key[key] for key in self.keys], received_ns)
-
-
-def _rows_of(spans_in: list[dict[str, Any]], received_ns: int) -> list[tuple]:
-    """``row_values`` of every span, in order (the same tuples; the usual span is built inline).
-
-    Decoded spans of one stream entry share their resource mapping (``tracer.codec``), so its JSON is
-    looked up by identity first; every span stays referenced by ``spans_in`` during the call, so an
-    identity is not reused meanwhile.
-    """
-    resource_cache: dict = {}
-    by_identity: dict[int, str] = {}
-    encode = _fast_encode
-    rows = []
-    append = rows.append
-    for span in spans_in:
-        get = span.get
-        service, name, scope, attributes = get("service"), get("name"), get("scope"), get("attributes")
-        events, links, resource = get("events"), get("links"), get("resource")
-        if (type(service) is str and service and len(service) <= 255 and "\x00" not in service
-                and type(name) is str and len(name) <= 512 and "\x00" not in name
-                and (scope is None or (type(scope) is str and len(scope) <= 255 and "\x00" not in scope))
-                and type(attributes) is dict):
-            resource_json = by_identity.get(id(resource))
-            if resource_json is None:
-                resource_json = by_identity[id(resource)] = _resource_json(resource, resource_cache)
-            if attributes:
-                try:
-                    attributes_json = encode(attributes)
-                except (TypeError, ValueError, RecursionError):
-                    attributes_json = to_json(attributes)
-            else:
-                attributes_json = "{}"
-            status_message = get("status_message")
-            start, end = span["start_ns"], span["end_ns"]
-            append((span["trace_id"], span["span_id"], get("parent_span_id"), service, name,
-                    get("kind") or "internal", start, end, end - start, get("status_code") or "unset",
-                    _text(status_message) if status_message else None, attributes_json,
-                    to_json(events) if events else "[]", to_json(links) if links else "[]", resource_json, scope,
-                    received_ns, False))
-        else:
-            append(row_values(span, received_ns, resource_cache))
-    return rows
-
-
-def prepare_spans(spans_in: list[dict[str, Any]], received_ns: int) -> PreparedSpans:
-    """Build the ``spans`` rows of a batch ahead of :func:`store_spans` (outside any lock or transaction)."""
-    return PreparedSpans(spans_in, received_ns)
-
-
-def _not_compacted(conn: Connection, inserted: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """``inserted`` without redelivered spans that are already in their trace's block (whose staging rows
-    the finalizer deleted); those rows are deleted again. Checked after the insert: a finalizer that
-    committed meanwhile had to delete the staging row first, so its block is visible by now."""
-    compacted = stored_span_ids(conn, sorted({trace_id for trace_id, _ in inserted}))
-    if not compacted:
-        return inserted
-    again = [key for key in inserted if key[1] in compacted.get(key[0], ())]
-    delete_staged(conn, again)
-    return [key for key in inserted if key[1] not in compacted.get(key[0], ())]
-
-
-def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: int,
-                prepared: PreparedSpans | None = None, stored_rows: list | None = None,
-                trace_span_limit: int | None = None) -> list[dict[str, Any]]:
-    """Insert spans that are not stored yet; return exactly those newly inserted.
-
-    Runs inside the caller's transaction. The statements are written as plain
-    multi-row SQL (identical on SQLite and PostgreSQL) because building them
-    through the expression layer costs more than the database work at the
-    ingest rates a collector must sustain. Rows are written in key order so
-    concurrent collectors on PostgreSQL take row locks in the same order and
-    cannot deadlock each other.
-
-    ``prepared`` (from :func:`prepare_spans` over the same spans and
-    ``received_ns``) skips building the rows here. ``stored_rows``, when given,
-    receives ``(row, span)`` for every newly inserted span: the row as stored
-    (``SPAN_COLUMNS`` order) and the decoded span it came from.
-
-    ``trace_span_limit``, when given, caps the spans stored per trace: new spans
-    of a trace beyond it are taken out again (:func:`over_trace_limit`) and are
-    neither returned nor counted; ``dropped_over_limit`` counts them.
-    """
-    if not spans_in:
-        return []
-    if conn.dialect.name not in _ROWS_PER_STATEMENT:
-        raise RuntimeError(f"unsupported database backend {conn.dialect.name!r} (use SQLite or PostgreSQL)")
-    if prepared is None or prepared.received_ns != received_ns:
-        prepared = PreparedSpans(spans_in, received_ns)
-    keys, by_key, rows = prepared.keys, prepared.by_key, prepared.rows
-    inserted: list[tuple[str, str]] = []
-    step = _ROWS_PER_STATEMENT[conn.dialect.name]
-    for start in range(0, len(rows), step):
-        chunk = rows[start:start + step]
-        result = conn.exec_driver_sql(_span_insert_sql(conn, len(chunk)), tuple(itertools.chain.from_iterable(chunk)))
-        inserted.extend(tuple(row) for row in result.fetchall())
-    if not inserted:
-        return []
-    inserted = _not_compacted(conn, inserted)
-    if not inserted:
-        return []
-    if trace_span_limit is not None:
-        inserted = over_trace_limit(conn, inserted, by_key, trace_span_limit)
-        if not inserted:
-            return []
-
-    trace_ids = sorted({trace_id for trace_id, _ in inserted})
-    for chunk in _chunks(trace_ids, 10000):
-        params = []
-        for trace_id in chunk:
-            params.extend((trace_id, received_ns, received_ns))
-        conn.exec_driver_sql(_pending_upsert_sql(conn, len(chunk)), tuple(params))
-    if len(inserted) == len(keys):  # the usual case: every span was new
-        if stored_rows is not None:
-            stored_rows.extend(zip(rows, (by_key[key] for key in keys)))
-        return [by_key[key] for key in keys]
-    new_keys = set(inserted)
-    if stored_rows is not None:
-        stored_rows.extend((row, by_key[key]) for key, row in zip(keys, rows) if key in new_keys)
-    return [by_key[key] for key in keys if key in new_keys]
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 _dropped_lock = threading.Lock()
 dropped_over_limit = {"spans": 0}  # spans of traces past trace_span_limit, in this process
 
 
-def over_trace_limit(conn: Connection, inserted: list[tuple[str, str]], by_key: dict,
-                     limit: int) -> list[tuple[str, str]]:
-    """``inserted`` without the spans that took their trace past ``limit`` spans; those are deleted again.
-
-    A trace's spans are its staging rows (one grouped count over their key) and
-    those in its block (the summary's span count); the usual case finds none over. Of a trace's new spans, the latest starting ones
-    go (what was stored before stays).
-    """
-    p = _placeholder(conn)
-    counts: dict[str, int] = {}
-    trace_ids = sorted({trace_id for trace_id, _ in inserted})
-    for chunk in _chunks(trace_ids, 1000):
-        marks = ",".join([p] * len(chunk))
-        sql = f"SELECT trace_id, count(*) FROM {spans.name} WHERE trace_id IN ({marks}) GROUP BY trace_id"
-        counts.update((row[0], int(row[1])) for row in conn.exec_driver_sql(sql, tuple(chunk)))
-        sql = f"SELECT trace_id, span_count FROM {traces.name} WHERE trace_id IN ({marks})"  # in the block
-        for trace_id, in_block in conn.exec_driver_sql(sql, tuple(chunk)):
-            counts[trace_id] = counts.get(trace_id, 0) + int(in_block)
-    over = {trace_id: count - limit for trace_id, count in counts.items() if count > limit}
-    if not over:
-        return inserted
-    drop: set[tuple[str, str]] = set()
-    for trace_id, excess in over.items():
-        new = sorted((key for key in inserted if key[0] == trace_id),
-                     key=lambda key: (by_key[key]["start_ns"], key[1]))
-        drop.update(new[len(new) - min(excess, len(new)):])
-    for chunk in _chunks(sorted(drop), 1000):
-        conn.exec_driver_sql(f"DELETE FROM {spans.name} WHERE " + " OR ".join(
-            [f"(trace_id = {p} AND span_id = {p})"] * len(chunk)), tuple(itertools.chain.from_iterable(chunk)))
+def _within_limit(spans: list[dict[str, Any]], stored: int, limit: int) -> list[dict[str, Any]]:
+    """The new spans of a trace holding ``stored`` spans that keep it within ``limit``: the earliest starting."""
+    room = max(0, limit - stored)
+    if len(spans) <= room:
+        return spans
+    kept = sorted(spans, key=lambda s: (s["start_ns"], s["span_id"]))[:room]
     with _dropped_lock:
-        dropped_over_limit["spans"] += len(drop)
-    return [key for key in inserted if key not in drop]
+        dropped_over_limit["spans"] += len(spans) - room
+    keep = {id(s) for s in kept}
+    return [s for s in spans if id(s) in keep]
+
+
+TRACE_LOCK_SPACE = 742018  # the first key of the advisory locks ingest takes per trace (PostgreSQL)
+
+
+def _lock_traces(conn: Connection, trace_ids: list[str]) -> None:
+    """Take a transaction advisory lock per trace, in one order, before looking for spans already stored.
+
+    Two collectors storing the same span from two different entries at once (a tracer's spool replayed, a
+    claimed entry) would otherwise each miss the other's uncommitted row and both stage it, counting its
+    statistics twice. With the lock the second waits for the first to commit, and its next statement
+    (READ COMMITTED) sees the span staged. Different traces whose ids share a key only wait for each other.
+    """
+    keys = sorted({zlib.crc32(trace_id.encode("utf-8", "replace")) - 2**31 for trace_id in trace_ids})
+    for chunk in _chunks(keys, 10000):
+        conn.exec_driver_sql("SELECT count(pg_advisory_xact_lock(%s, k)) FROM "
+                             "(SELECT unnest(%s::integer[]) AS k ORDER BY k) AS keys",
+                             (TRACE_LOCK_SPACE, list(chunk)))
+
+
+def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: int,
+                prepared: PreparedSpans | None = None, stored_rows: list | None = None,
+                trace_span_limit: int | None = None, sources: list[str] | None = None) -> list[dict[str, Any]]:
+    """Stage spans that are not stored yet; return exactly those newly stored (the decoded spans given).
+
+    Runs inside the caller's transaction. Spans already staged are found first, then spans already in a
+    block: a finalizer committing between the two reads moved them from staging into a block, so they
+    are seen in one or the other, never in neither. Rows are written in key order so concurrent collectors
+    on PostgreSQL take locks in the same order.
+
+    ``sources`` gives each span's stream entry id: a row holds one trace's spans of one entry, keyed by
+    both, so the same entry stored by two collectors at once is stored once (the second insert waits for
+    the first and conflicts). ``prepared`` (from :func:`prepare_spans` over the same spans, ``received_ns``
+    and sources) skips grouping here. ``stored_rows``, when given, receives ``(trace_id, batch_id, spans, packed_bytes)`` for every
+    row staged (``spans`` as staged, ``received_ns`` set), for the recent-span cache.
+
+    ``trace_span_limit``, when given, caps the spans stored per trace: new spans of a trace beyond it (the
+    latest starting) are left out, neither returned nor counted; ``dropped_over_limit`` counts them.
+    """
+    if not spans_in:
+        return []
+    if conn.dialect.name not in ("sqlite", "postgresql"):
+        raise RuntimeError(f"unsupported database backend {conn.dialect.name!r} (use SQLite or PostgreSQL)")
+    if prepared is None or prepared.received_ns != received_ns:
+        prepared = PreparedSpans(spans_in, received_ns, sources)
+    trace_ids = sorted({trace_id for trace_id, _ in prepared.groups})
+    if conn.dialect.name == "postgresql":
+        _lock_traces(conn, trace_ids)
+    staged = staging.staged_ids(conn, trace_ids)
+    compacted = stored_span_ids(conn, trace_ids)
+    rows, spans_of, held = [], {}, {}
+    for trace_id, source in sorted(prepared.groups):
+        group = prepared.groups[(trace_id, source)]
+        have, done = staged.get(trace_id), compacted.get(trace_id)
+        if have or done:
+            group = [s for s in group if not ((have and s["span_id"] in have) or (done and s["span_id"] in done))]
+        if trace_span_limit is not None:
+            stored = held.get(trace_id)
+            if stored is None:
+                stored = len(have or ()) + len(done or ())
+            group = _within_limit(group, stored, trace_span_limit)
+            held[trace_id] = stored + len(group)
+        if group:
+            row = staging.row(trace_id, group, received_ns, source)
+            rows.append(row)
+            spans_of[(trace_id, row[1])] = (group, len(row[-1]))
+    inserted = staging.insert(conn, rows)
+    if not inserted:
+        return []
+    new_traces = sorted({trace_id for trace_id, _ in inserted})
+    for chunk in _chunks(new_traces, 10000):
+        params = []
+        for trace_id in chunk:
+            params.extend((trace_id, received_ns, received_ns))
+        conn.exec_driver_sql(_pending_upsert_sql(conn, len(chunk)), tuple(params))
+    new: list[dict[str, Any]] = []
+    by_key = prepared.by_key
+    for key in sorted(inserted):
+        group, size = spans_of[key]
+        for span in group:
+            span["received_ns"] = received_ns
+            new.append(by_key[(key[0], span["span_id"])])
+        if stored_rows is not None:
+            stored_rows.append((key[0], key[1], group, size))
+    if len(new) == len(prepared.keys):  # the usual case: every span was new; the caller's order
+        return [by_key[key] for key in prepared.keys]
+    return new

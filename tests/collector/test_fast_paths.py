@@ -1,6 +1,6 @@
 """The collector's fast paths give exactly what the general code gives: the codec's inline row decoding
-against ``_decode_row`` row by row, the writer's inline row building against ``row_values``, and the spans
-``RecentSpans`` holds as they are against the rows read back from the database."""
+against ``_decode_row`` row by row, the writer's staging of decoded spans as they are against
+``normalised_span``, and the spans ``RecentSpans`` holds against the staged rows read back from the database."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import json
 import msgpack
 import pytest
 
-from collector_worker import assembler, dependencies, finalizer, recent_spans
-from collector_worker.storage.writer import _rows_of, prepare_spans, row_values
+from collector_worker import assembler, dependencies, finalizer, write_pipeline
+from collector_worker.storage import staging
+from collector_worker.storage.writer import normalised_span, prepare_spans
 from tracer.codec import CodecError, _decode_row, decode_entry, encode_batch
 
 T, T2 = "ab" * 16, "cd" * 16
@@ -115,20 +116,17 @@ def odd_spans():
     return out
 
 
-def test_inline_rows_equal_row_values():
+def test_spans_staged_as_they_are_equal_the_normalised_copy():
     spans = odd_spans()
-    assert _rows_of(spans, 123) == [row_values(s, 123) for s in spans]
     prepared = prepare_spans(spans + spans[:3], 123)  # duplicates: the first copy wins
-    assert prepared.rows == [row_values(prepared.by_key[k], 123) for k in prepared.keys]
-
-
-def loaded(row_):
-    """A span as finalizer._load_spans reads it back from the stored row."""
-    span = dict(zip(finalizer._SPAN_COLUMNS, (row_[0], row_[1], row_[2], row_[3], row_[4], row_[5], row_[6],
-                                              row_[7], row_[9], row_[11], row_[14], None, None, False)))
-    attributes = json.loads(row_[11])
-    span["attributes"] = attributes if type(attributes) is dict else {}
-    return span
+    staged = [s for group in prepared.groups.values() for s in group]
+    assert [(s["trace_id"], s["span_id"]) for s in staged] == [(s["trace_id"], s["span_id"]) for s in spans]
+    as_is = sum(a is b for a, b in zip(staged, spans))
+    assert 0 < as_is < len(spans)  # the usual span is staged as it is, the odd ones as a copy
+    for got, span in zip(staged, spans):
+        assert got == normalised_span(span) or got is span and got == {**normalised_span(span), **{
+            k: v for k, v in span.items() if k not in normalised_span(span)}}
+        assert staging.unpack(staging.pack([got])) == [got]  # what is read back is what was staged
 
 
 def test_held_spans_assemble_as_read_back():
@@ -136,19 +134,18 @@ def test_held_spans_assemble_as_read_back():
     spans.append({**spans[0], "span_id": "f" * 16, "resource": {"host.name": b"h"}})  # host that JSON changes
     spans.append({**spans[0], "span_id": "e" * 16, "resource": {"host.id": 1.5}})
     spans.append({**spans[0], "span_id": "d" * 16, "parent_span_id": "1" * 16, "depth": 3})
-    rows = [row_values(s, 1) for s in spans]
-    held = recent_spans.held_spans(list(zip(rows, spans)))
-    back = [loaded(r) for r in rows]
-    assert sum(h is s for h, s in zip(held, spans)) >= len(spans) // 2  # the usual span is held as it is
-    for h, b in zip(held, back):
-        for key in ("trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns",
-                    "status_code", "attributes"):
-            assert h[key] == b[key], key
-        assert assembler._host(h) == assembler._host(b)
+    held = prepare_spans(spans, 1).groups[(T, "")]
+    for span in held:
+        span["received_ns"] = 1
+    back = staging.unpack(staging.row(T, held, 1)[-1])
+    for span in back:
+        span["received_ns"] = 1
+    assert back == held
     x, y = assembler.assemble(held), assembler.assemble(back)
     assert (x.summary, x.depth, x.self_time_ns, x.critical_path, x.operations, x.tags) == \
         (y.summary, y.depth, y.self_time_ns, y.critical_path, y.operations, y.tags)
     assert dependencies.trace_edges(held) == dependencies.trace_edges(back)
+    assert all("depth" not in s for s in held)  # a staged span is never taken for an assembled one
 
 
 # --------------------------------------------------------------------------- leasing the next batch ahead
@@ -297,7 +294,7 @@ def test_write_pipeline_gives_the_rows_of_finalizing_in_one_thread(sqlite_engine
     recent.add(rows)
     written: list = []
     ahead = finalizer.ClaimAhead()
-    pipeline = finalizer.WritePipeline(engine, Settings(quiet_period=0.0), "c1", recent, ahead,
+    pipeline = write_pipeline.WritePipeline(engine, Settings(quiet_period=0.0), "c1", recent, ahead,
                                        on_written=written.append)
     try:
         handed = []

@@ -10,7 +10,7 @@ import pytest
 
 from sqlalchemy import func, select
 
-from collector_worker import finalizer
+from collector_worker import finalizer, write_pipeline
 from collector_worker.stats import Histogram, bin_for
 from collector_worker.storage import schema
 from collector_worker.storage.writer import store_spans
@@ -274,7 +274,7 @@ def test_the_sqlite_write_thread_checks_its_leases_too(sqlite_engine, monkeypatc
     a, b = _two_refinalized_traces(engine)
     taken = _stolen_meanwhile(monkeypatch, engine, lambda: time.time_ns() + finalizer.LEASE_NS + 1)
     written: list = []
-    pipeline = finalizer.WritePipeline(engine, settings(), "c1", None, finalizer.ClaimAhead(),
+    pipeline = write_pipeline.WritePipeline(engine, settings(), "c1", None, finalizer.ClaimAhead(),
                                        on_written=written.append)
     try:
         while pipeline.step():

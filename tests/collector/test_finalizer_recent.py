@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from collector_worker import finalizer, recent_spans
 from collector_worker.consumer import Checkpointer, FinalizerThread, StreamConsumer
-from collector_worker.storage import open_engine, schema
+from collector_worker.storage import open_engine, schema, staging
 from collector_worker.storage.writer import prepare_spans, store_spans, write_lock
 from tests.collector.test_finalizer_batch import BASE, S, snapshot, trace_spans
 from tracer.settings import Settings
@@ -60,7 +60,8 @@ def test_recent_spans_give_the_rows_reading_back_gives(engine):
 
     ingest(engine, odd_values([s for n in range(N) for s in trace_spans(n, "a", 5, 8)]), BASE + 6 * S, recent)
     assert finalize_all(engine, BASE + 20 * S, recent) == N
-    assert recent.hits == N - len(other)  # finalized before: never taken from memory
+    # Late spans of traces finalized before come from memory too (merged with the block): no read back.
+    assert (recent.hits, recent.misses) == (2 * N - len(other), len(other))
     # "b": the same traces whole, read back from the database.
     ingest(engine, odd_values([s for n in range(N) for s in trace_spans(n, "b")]), BASE + 6 * S)
     assert finalize_all(engine, BASE + 20 * S) == N
@@ -72,35 +73,57 @@ def test_recent_spans_give_the_rows_reading_back_gives(engine):
     assert any(t[1] == "raw" and t[2] == tag_hash("ab") for t in a["tags"])
 
 
-def test_recent_spans_forget_the_oldest_traces_beyond_the_limit():
+def held_rows(spans):
+    """What ``store_spans`` hands the cache for ``spans`` staged as one batch: a row per trace."""
+    out = []
+    for (trace_id, _), group in prepare_spans(spans, BASE).groups.items():
+        row = staging.row(trace_id, group, BASE)
+        out.append((trace_id, row[1], group, len(row[-1])))
+    return out
+
+
+def test_recent_spans_beyond_the_limit_are_not_held_and_the_oldest_stay():
+    """Finalizers take the oldest traces first: under a backlog those are the ones worth holding."""
     recent = finalizer.RecentSpans(limit=20)
-    rows = []
-    for n in range(5):
-        for s in trace_spans(n, "a", 0, 8):
-            rows.append((prepare_spans([s], BASE).rows[0], s))
-    recent.add(rows)
-    assert len(recent) <= 20
+    recent.add(held_rows([s for n in range(5) for s in trace_spans(n, "a", 0, 8)]))
+    assert len(recent) <= 20 and recent.forgotten == 24
     held = recent.take([f"{n:032x}" for n in range(5)])
-    assert sorted(held) == [f"{n:032x}" for n in (3, 4)]
-    assert all(len(v) == 8 for v in held.values()) and len(recent) == 0
+    assert sorted(held) == [f"{n:032x}" for n in (0, 1)]
+    assert all(sum(map(len, v.values())) == 8 for v in held.values()) and len(recent) == 0
 
 
-def test_recent_spans_forget_the_oldest_traces_beyond_the_memory_bound():
-    rows = [(prepare_spans([s], BASE).rows[0], s) for n in range(5) for s in trace_spans(n, "a", 0, 8)]
-    per_trace = sum(recent_spans.estimated_bytes(row) for row, _ in rows[:8])
+def test_recent_spans_beyond_the_memory_bound_are_not_held():
+    rows = held_rows([s for n in range(5) for s in trace_spans(n, "a", 0, 8)])
+    per_trace = recent_spans.estimated_bytes(8, rows[0][3])
     recent = finalizer.RecentSpans(max_bytes=2 * per_trace + 100)
     recent.add(rows)
     assert recent.bytes <= 2 * per_trace + 100 and recent.forgotten == 24
     held = recent.take([f"{n:032x}" for n in range(5)])
-    assert sorted(held) == [f"{n:032x}" for n in (3, 4)]
+    assert sorted(held) == [f"{n:032x}" for n in (0, 1)]
     assert (len(recent), recent.bytes) == (0, 0)
+
+
+def test_taking_a_batch_drops_what_was_received_well_before_it():
+    """Held traces from before the oldest of a finalizer's batch were finalized elsewhere: they make room."""
+    recent = finalizer.RecentSpans()
+    old, new = held_rows(trace_spans(0, "a", 0, 4)), held_rows(trace_spans(1, "a", 0, 4))
+    for row in old:
+        for span in row[2]:
+            span["received_ns"] = BASE - 10 * S
+    for row in new:
+        for span in row[2]:
+            span["received_ns"] = BASE
+    recent.add(old + new)
+    assert recent.take([f"{2:032x}"], before_ns=BASE - S) == {}
+    assert (len(recent), recent.forgotten) == (4, 4)
+    assert list(recent.take([f"{1:032x}"])) == [f"{1:032x}"] and recent.bytes == 0
 
 
 def test_the_memory_estimate_grows_with_what_a_span_holds():
     small, large = trace_spans(0, "a", 0, 2)
     large["attributes"] = {f"key.{i}": "v" * 1000 for i in range(20)}
-    rows = prepare_spans([small, large], BASE).rows
-    assert recent_spans.estimated_bytes(rows[1]) > recent_spans.estimated_bytes(rows[0]) + 20 * 1000
+    sizes = [len(staging.row(s["trace_id"], [s], BASE)[-1]) for s in (small, large)]
+    assert recent_spans.estimated_bytes(1, sizes[1]) > recent_spans.estimated_bytes(1, sizes[0]) + 20 * 1000
 
 
 def test_collector_setting_bounds_the_memory_of_recent_spans(engine):

@@ -27,11 +27,12 @@ import pytest
 from sqlalchemy import create_engine, event, func, select
 
 from collector_worker import dependencies, finalizer
+from collector_worker.storage import leases as lease_store
 from collector_worker.consumer import Entry, StreamConsumer, consumer_stats, ensure_group
 from collector_worker.stats import bucket_of
 from collector_worker.storage import open_engine, schema
 from collector_worker.storage import block_store
-from collector_worker.storage.writer import span_row
+from collector_worker.storage import staging
 from tests.support.stored import span_rows
 from tests.collector.test_consumer import RunningConsumer, publish, settings_for
 from tests.collector.test_faults import Collectors, pending
@@ -420,7 +421,10 @@ def test_restart_under_the_same_name_takes_back_its_own_leases(client, redis_url
             conn.execute(table.delete())
         conn.execute(schema.stats.delete().where(schema.stats.c.scope == "trace"))
         conn.execute(schema.stats_histogram.delete().where(schema.stats_histogram.c.scope == "trace"))
-        conn.execute(schema.spans.insert(), [span_row(s, s["received_ns"]) for s in stored])  # staged again
+        by_trace: dict = {}
+        for s in stored:  # staged again, as ingest stages them (no assembly results)
+            by_trace.setdefault((s["trace_id"], s["received_ns"]), []).append({k: s[k] for k in staging.SPAN_FIELDS})
+        staging.insert(conn, [staging.row(t, spans, received) for (t, received), spans in by_trace.items()])
         conn.execute(schema.pending_traces.insert(), [
             {"trace_id": t, "first_seen_ns": now - 10**10, "last_seen_ns": now - 10**10, "claimed_by": "same-name",
              "claimed_until_ns": now + 3600 * 10**9} for t in workload.traces])
@@ -455,7 +459,7 @@ def test_locked_database_loses_and_double_counts_nothing(client, redis_url, sqli
 
     Leases last an hour here: a lease a failed write (or its failed give-back) abandoned would never be
     finalized during the test, so finishing at all shows none was."""
-    monkeypatch.setattr(finalizer, "LEASE_NS", 3600 * 10**9)
+    monkeypatch.setattr(lease_store, "LEASE_NS", 3600 * 10**9)
     engine = _short_timeout_engine(sqlite_url, 0.2)
     path = sqlite_url.removeprefix("sqlite:///")
     workload = Workload(rng)

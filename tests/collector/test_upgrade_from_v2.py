@@ -44,8 +44,9 @@ def test_every_trace_of_a_v2_database_is_found_after_the_upgrade(database_url):
             assert schema_status(conn).state == "current"
             assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == head_revision()
             assert conn.execute(text("SELECT version FROM contrail_schema")).scalar() == LEGACY_FENCE
-            for table, count in rows_before.items():
-                assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == count, table
+            for table, count in rows_before.items():  # staging holds a row per trace and batch since revision 0008
+                what = "sum(span_count)" if table == "spans" else "count(*)"
+                assert conn.execute(text(f"SELECT {what} FROM {table}")).scalar() == count, table
             searched = _found(conn)
             for trace_id, want in expected.items():
                 trace = get_trace(conn, trace_id)

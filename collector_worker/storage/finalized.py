@@ -1,0 +1,168 @@
+"""The finalizer's reads and writes of finalized traces, as plain SQL for the driver.
+
+Identical text on SQLite and PostgreSQL, positional parameters, multi-row
+VALUES (or executemany) for row sets: one claimed batch of up to a thousand
+traces becomes a handful of statements, where the expression layer's per-row
+parameter handling would cost more than the database work. What a batch
+writes (summaries, blocks, postings, tombstones) is computed before the write
+transaction (``collector_worker.finalizer``); this module only stores it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any, Iterable
+
+from sqlalchemy.engine import Connection
+
+from . import block_store, partitions, schema, staging
+
+_IN_CHUNK = 1000
+
+
+def _chunks(items: list, size: int = _IN_CHUNK) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _mark(conn: Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _in_list(conn: Connection, n: int) -> str:
+    return "(" + ",".join([_mark(conn)] * n) + ")"
+
+
+_PREVIOUS_COLUMNS = ("trace_id", "root_service", "root_operation", "start_ns", "duration_ns", "error_count",
+                     "version", "trace_no")
+_TRACE_COLUMNS = ("trace_id", "root_span_id", "root_service", "root_operation", "start_ns", "end_ns",
+                  "duration_ns", "span_count", "error_count", "services", "service_count", "incomplete",
+                  "clock_skew_ns", "warnings", "finalized_ns", "version")
+_OPERATION_COLUMNS = ("service_id", "trace_no", "operation_id", "error")
+_TOMBSTONE_COLUMNS = ("trace_id", "start_ns", "dropped_ns")
+_TAG_COLUMNS = ("key_id", "value_hash", "trace_no")
+_NUMBER_COLUMNS = ("key_id", "value_num", "trace_no")
+_dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def load_previous(conn: Connection, trace_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The current ``traces`` rows of the batch (re-finalizations): what must be subtracted and replaced.
+
+    A trace tail sampling dropped before has no row but a tombstone: ``{"dropped": True}``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    columns = ",".join(_PREVIOUS_COLUMNS)
+    for chunk in _chunks(trace_ids):
+        in_list = _in_list(conn, len(chunk))
+        sql = f"SELECT {columns} FROM {schema.traces.name} WHERE trace_id IN {in_list}"
+        for row in conn.exec_driver_sql(sql, tuple(chunk)):
+            out[row[0]] = dict(zip(_PREVIOUS_COLUMNS, row))
+        sql = f"SELECT trace_id FROM {schema.dropped_traces.name} WHERE trace_id IN {in_list}"
+        for row in conn.exec_driver_sql(sql, tuple(chunk)):
+            out.setdefault(row[0], {"dropped": True})
+    return out
+
+
+def trace_row(trace_id: str, s: dict[str, Any], version: int, now_ns: int) -> tuple:
+    """The ``traces`` row of an assembly summary, in ``_TRACE_COLUMNS`` order."""
+    return (
+        trace_id, s["root_span_id"], s["root_service"][:255], s["root_operation"][:512], s["start_ns"],
+        s["end_ns"], s["duration_ns"], s["span_count"], s["error_count"], _dumps(s["services"]),
+        s["service_count"], bool(s["incomplete"]), int(s["clock_skew_ns"]), _dumps(s["warnings"]), now_ns,
+        version,
+    )
+
+
+_MAX_SQLITE_PARAMS = 32766
+_MAX_PARAMS = {"sqlite": 32766, "postgresql": 65535}
+_sql_cache: dict[tuple, str] = {}
+
+
+def _values_sql(head: str, width: int, rows: int, tail: str = "", mark: str = "?") -> str:
+    """``head`` followed by ``rows`` rows of ``width`` parameters, cached."""
+    key = (head, width, rows, tail, mark)
+    sql = _sql_cache.get(key)
+    if sql is None:
+        row = "(" + ",".join([mark] * width) + ")"
+        sql = _sql_cache[key] = head + ",".join([row] * rows) + tail
+    return sql
+
+
+def _multi_row(conn: Connection, head: str, width: int, rows: list[tuple], tail: str = "") -> list:
+    """Run ``head VALUES-rows tail`` over ``rows`` in as few statements as the parameter limit allows.
+
+    One statement per few thousand rows instead of one step per row: less
+    binding overhead, and the interpreter lock is released once per statement
+    rather than once per row, which keeps the ingest thread from waiting on it.
+    Returns the rows the statements return (when ``tail`` has RETURNING).
+    """
+    step = _MAX_PARAMS.get(conn.dialect.name, _MAX_SQLITE_PARAMS) // width
+    returned: list = []
+    for i in range(0, len(rows), step):
+        chunk = rows[i:i + step]
+        result = conn.exec_driver_sql(_values_sql(head, width, len(chunk), tail, _mark(conn)),
+                                      tuple(itertools.chain.from_iterable(chunk)))
+        if result.returns_rows:
+            returned.extend(result.fetchall())
+    return returned
+
+
+def _insert_many(conn: Connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    if not rows:
+        return
+    cols = ",".join(f'"{c}"' for c in columns)
+    if conn.dialect.name == "sqlite":
+        _multi_row(conn, f"INSERT INTO {table.name} ({cols}) VALUES ", len(columns), rows)
+        return
+    m = _mark(conn)
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) VALUES ({','.join([m] * len(columns))})", rows)
+
+
+def _delete_traces(conn: Connection, tables, trace_ids: list[str]) -> None:
+    for chunk in _chunks(trace_ids):
+        in_list = _in_list(conn, len(chunk))
+        for table in tables:
+            conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE trace_id IN {in_list}", tuple(chunk))
+
+
+def write_batch(conn: Connection, batch: Any) -> None:
+    """Replace the finalizer's rows of the batch; only traces finalized before have rows to delete.
+
+    Old postings are deleted by their exact keys (kept in the old block), the old block and summary by
+    trace number; staged rows by the exact (trace, batch) keys merged into the new blocks, so a row
+    staged after the batch was read stays staged for the next pass.
+    """
+    block_store.delete_finalized(conn, [(no, batch.old_postings.get(t)) for t, no in batch.old_numbers.items()])
+    _delete_traces(conn, (schema.traces,), batch.replaced)
+    staging.delete_traces(conn, batch.dropped)
+    block_store.delete_staged(conn, batch.staged)
+    if not batch.trace_rows:
+        return
+    numbered = partitions.allocate(conn, [row[4] for row in batch.trace_rows])  # row[4]: start_ns
+    partitions.ensure_days(conn, {partitions.day_of_no(no) for no in numbered})
+    cols = ",".join(f'"{c}"' for c in (*_TRACE_COLUMNS, "trace_no"))
+    _multi_row(conn, f"INSERT INTO {schema.traces.name} ({cols}) VALUES ", len(_TRACE_COLUMNS) + 1,
+               [(*row, no) for row, no in zip(batch.trace_rows, numbered)])
+    numbers = {row[0]: no for row, no in zip(batch.trace_rows, numbered)}
+    order = sorted(numbers, key=numbers.get)
+    _insert_many(conn, schema.trace_blocks, ("trace_no", "data"), [(numbers[t], batch.blocks[t]) for t in order])
+    ops, tags, nums = [], [], []
+    for trace_id in order:
+        no = numbers[trace_id]
+        posted_ops, posted_tags, posted_nums = batch.postings[trace_id]
+        ops.extend((s, no, o, bool(e)) for s, o, e in posted_ops)
+        tags.extend((k, h, no) for k, h in posted_tags)
+        nums.extend((k, n, no) for k, n in posted_nums)
+    # Key order: each index is filled front to back (fewer pages touched), and concurrent writers lock alike.
+    ops.sort()
+    tags.sort()
+    nums.sort()
+    _insert_many(conn, schema.trace_operations, _OPERATION_COLUMNS, ops)
+    _insert_many(conn, schema.trace_tags, _TAG_COLUMNS, tags)
+    _insert_many(conn, schema.trace_tag_numbers, _NUMBER_COLUMNS, nums)
+
+
+def write_tombstones(conn: Connection, tombstones: list[tuple]) -> None:
+    """Record traces tail sampling dropped: (trace_id, start_ns, dropped_ns)."""
+    _insert_many(conn, schema.dropped_traces, _TOMBSTONE_COLUMNS, tombstones)

@@ -35,7 +35,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from . import dependencies, forwarding, sampling, stats
 from .assembler import assemble
 from .recent_spans import RecentSpans
-from .storage import block_dictionary, block_store, blocks, partitions, schema, search_keys
+from .storage import block_dictionary, block_store, blocks, partitions, periods, schema, search_keys
 from .storage.writer import take_write_lock, write_lock
 
 log = logging.getLogger(__name__)
@@ -552,12 +552,10 @@ def _load_previous(conn: Connection, trace_ids: list[str]) -> dict[str, dict[str
     A trace tail sampling dropped before has no row but a tombstone: ``{"dropped": True}``.
     """
     out: dict[str, dict[str, Any]] = {}
-    columns = ",".join(_PREVIOUS_COLUMNS)
+    for trace_id, row in block_store.trace_rows(conn, trace_ids, _PREVIOUS_COLUMNS).items():
+        out[trace_id] = dict(row)  # from whichever day part holds it (SQLite: the main file or a period file)
     for chunk in _chunks(trace_ids):
         in_list = _in_list(conn, len(chunk))
-        sql = f"SELECT {columns} FROM {schema.traces.name} WHERE trace_id IN {in_list}"
-        for row in conn.exec_driver_sql(sql, tuple(chunk)):
-            out[row[0]] = dict(zip(_PREVIOUS_COLUMNS, row))
         sql = f"SELECT trace_id FROM {schema.dropped_traces.name} WHERE trace_id IN {in_list}"
         for row in conn.exec_driver_sql(sql, tuple(chunk)):
             out.setdefault(row[0], {"dropped": True})
@@ -796,6 +794,7 @@ def _write(conn: Connection, batch: FinalizedBatch) -> None:
     staged after the batch was read stays staged for the next pass.
     """
     block_store.delete_finalized(conn, [(no, batch.old_postings.get(t)) for t, no in batch.old_numbers.items()])
+    periods.retire(conn, batch.old_numbers.values())  # SQLite: hide old copies sealed into period files
     _delete_traces(conn, (schema.traces,), batch.replaced)
     _delete_traces(conn, (schema.spans,), batch.dropped)
     block_store.delete_staged(conn, batch.staged)

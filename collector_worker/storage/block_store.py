@@ -12,9 +12,10 @@ from __future__ import annotations
 import itertools
 from typing import Any, Iterable
 
+from sqlalchemy import select, union_all
 from sqlalchemy.engine import Connection
 
-from . import block_dictionary, blocks, schema, search_keys
+from . import block_dictionary, blocks, partitions, periods, schema, search_keys
 
 _CHUNK = 500
 _STAGING_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "name", "kind", "start_ns", "end_ns",
@@ -36,25 +37,37 @@ def _chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
 
 
 def read_blocks(conn: Connection, trace_nos: list[int]) -> dict[int, bytes]:
-    """The block of each trace number that has one."""
+    """The block of each trace number that has one (in whichever part holds it)."""
     out: dict[int, bytes] = {}
     for chunk in _chunks(sorted(set(trace_nos))):
-        for no, data in conn.exec_driver_sql(
-                f"SELECT trace_no, data FROM {schema.trace_blocks.name} WHERE trace_no IN {_in(conn, len(chunk))}",
-                tuple(chunk)):
+        found = periods.union(conn, schema.trace_blocks, lambda b: [b.c.trace_no, b.c.data],
+                              lambda b: [b.c.trace_no.in_(chunk)], days=_days_of(chunk))
+        for no, data in conn.execute(found):
             out[int(no)] = bytes(data)
     block_dictionary.load(conn, out.values())
     return out
 
 
+def _days_of(trace_nos: list[int]) -> tuple[int, int]:
+    return partitions.day_of_no(min(trace_nos)), partitions.day_of_no(max(trace_nos))
+
+
+def trace_rows(conn: Connection, trace_ids: list[str], columns: Iterable[str] | None = None) -> dict[str, Any]:
+    """The ``traces`` row (a mapping of ``columns``, all by default) of each finalized trace among
+    ``trace_ids``, from whichever part holds it."""
+    names = list(columns) if columns is not None else [c.name for c in schema.traces.columns]
+    out: dict[str, Any] = {}
+    for chunk in _chunks(sorted(set(trace_ids))):
+        found = periods.union(conn, schema.traces, lambda t: [t.c[n] for n in names],
+                              lambda t: [t.c.trace_id.in_(chunk)])
+        for row in conn.execute(found).mappings():
+            out[row["trace_id"]] = row
+    return out
+
+
 def trace_numbers(conn: Connection, trace_ids: list[str]) -> dict[str, int]:
     """The trace number of each finalized trace among ``trace_ids``."""
-    out: dict[str, int] = {}
-    for chunk in _chunks(sorted(set(trace_ids))):
-        out.update((t, int(no)) for t, no in conn.exec_driver_sql(
-            f"SELECT trace_id, trace_no FROM {schema.traces.name} WHERE trace_id IN {_in(conn, len(chunk))}",
-            tuple(chunk)))
-    return out
+    return {t: int(row["trace_no"]) for t, row in trace_rows(conn, trace_ids, ("trace_id", "trace_no")).items()}
 
 
 def staged_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -69,14 +82,19 @@ def staged_spans(conn: Connection, trace_ids: list[str]) -> dict[str, list[dict[
 
 
 def trace_blocks(conn: Connection, trace_ids: list[str]) -> dict[str, bytes]:
-    """The block of each finalized trace among ``trace_ids``: summary and block in one statement, so a
-    re-finalization committing meanwhile (new number, old block deleted) is seen whole or not at all."""
+    """The block of each finalized trace among ``trace_ids``: summary and block joined in one statement
+    (per part), so a re-finalization committing meanwhile (new number, old block deleted) is seen whole or
+    not at all."""
     out: dict[str, bytes] = {}
-    t, b = schema.traces.name, schema.trace_blocks.name
     for chunk in _chunks(sorted(set(trace_ids))):
-        out.update((trace_id, bytes(data)) for trace_id, data in conn.exec_driver_sql(
-            f"SELECT {t}.trace_id, {b}.data FROM {t} JOIN {b} ON {b}.trace_no = {t}.trace_no "
-            f"WHERE {t}.trace_id IN {_in(conn, len(chunk))}", tuple(chunk)))
+        arms = []
+        for part in periods.parts(conn):
+            t, b = part.table(schema.traces), part.table(schema.trace_blocks)
+            visible = part.visible(t.c.trace_no)
+            arms.append(select(t.c.trace_id, b.c.data).join_from(t, b, b.c.trace_no == t.c.trace_no)
+                        .where(t.c.trace_id.in_(chunk), *([visible] if visible is not None else [])))
+        found = arms[0] if len(arms) == 1 else union_all(*arms)
+        out.update((trace_id, bytes(data)) for trace_id, data in conn.execute(found))
     block_dictionary.load(conn, out.values())
     return out
 
@@ -186,8 +204,8 @@ def all_spans(conn: Connection) -> list[dict[str, Any]]:
     columns = ",".join(_STAGING_COLUMNS)
     staged = [dict(zip(_STAGING_COLUMNS, row))
               for row in conn.exec_driver_sql(f"SELECT {columns} FROM {schema.spans.name}")]
-    found = [bytes(data) for (data,) in conn.exec_driver_sql(
-        f"SELECT data FROM {schema.trace_blocks.name} ORDER BY trace_no")]
+    every = periods.union(conn, schema.trace_blocks, lambda b: [b.c.trace_no, b.c.data]).subquery()
+    found = [bytes(data) for (data,) in conn.execute(select(every.c.data).order_by(every.c.trace_no))]
     block_dictionary.load(conn, found)
     out: list[dict[str, Any]] = []
     for data in found:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from sqlalchemy import Integer, and_, cast, exists, false, func, or_, select
+from sqlalchemy import Integer, and_, cast, exists, func, or_, select, union_all
 from sqlalchemy.engine import Connection
 
 from tracer.codec import KINDS
 
-from . import block_store, blocks, schema, search_keys
+from . import block_store, blocks, partitions, periods, schema, search_keys
 
 SORTS = ("start_desc", "start_asc", "duration_desc", "duration_asc")
 TAG_OPS = ("=", ">", "<")
@@ -221,9 +221,32 @@ def decode_cursor(cursor: str, sort: str) -> tuple[int, str]:
     return value, trace_id
 
 
-def _filters(conn: Connection, q: TraceQuery) -> list[Any]:
-    """WHERE conditions on ``traces`` for ``q``; names the database has never seen match nothing."""
-    t, o, g, n = schema.traces, schema.trace_operations, schema.trace_tags, schema.trace_tag_numbers
+def _names(conn: Connection, q: TraceQuery) -> tuple[list[tuple[str, str, str]], dict[str, int] | None]:
+    """The query's tag filters (span kind included) and the ids of every name it needs; None when the
+    database has never seen one of them (nothing can match)."""
+    tags = list(q.tags)
+    if q.kind:
+        if q.kind not in KINDS:
+            raise QueryError("kind", f"unknown span kind {q.kind!r}: use one of {', '.join(KINDS)}")
+        tags.append((search_keys.SPAN_KIND_KEY, "=", q.kind))  # span kinds are posted as tags
+    wanted = [name for name in (q.service, q.operation, *q.services) if name]
+    wanted += [key for key, _, _ in tags]
+    ids = search_keys.lookup(conn, wanted) if wanted else {}
+    if any(name not in ids for name in wanted):
+        return tags, None
+    for key, op, value in tags:
+        if op != "=":
+            try:
+                float(value)
+            except ValueError:
+                raise QueryError("tag", f"tag {key}{op}{value}: a comparison needs a number") from None
+    return tags, ids
+
+
+def _filters(q: TraceQuery, part: periods.Part, tags: list[tuple[str, str, str]], ids: dict[str, int]) -> list[Any]:
+    """WHERE conditions on ``part``'s ``traces`` for ``q``, its postings read from the same part."""
+    t, o = part.table(schema.traces), part.table(schema.trace_operations)
+    g, n = part.table(schema.trace_tags), part.table(schema.trace_tag_numbers)
     where: list[Any] = []
     if q.start_ns is not None:
         where.append(t.c.start_ns >= q.start_ns)
@@ -237,16 +260,6 @@ def _filters(conn: Connection, q: TraceQuery) -> list[Any]:
         where.append(t.c.error_count > 0)
     elif q.status == "ok":
         where.append(t.c.error_count == 0)
-    tags = list(q.tags)
-    if q.kind:
-        if q.kind not in KINDS:
-            raise QueryError("kind", f"unknown span kind {q.kind!r}: use one of {', '.join(KINDS)}")
-        tags.append((search_keys.SPAN_KIND_KEY, "=", q.kind))  # span kinds are posted as tags
-    wanted = [name for name in (q.service, q.operation, *q.services) if name]
-    wanted += [key for key, _, _ in tags]
-    ids = search_keys.lookup(conn, wanted) if wanted else {}
-    if any(name not in ids for name in wanted):
-        return [false()]
     if q.service or q.operation:
         cond = [o.c.trace_no == t.c.trace_no]
         if q.service:
@@ -262,13 +275,19 @@ def _filters(conn: Connection, q: TraceQuery) -> list[Any]:
             where.append(t.c.trace_no.in_(select(g.c.trace_no).where(
                 g.c.key_id == ids[key], g.c.value_hash == search_keys.tag_hash(value))))
             continue
-        try:
-            number = float(value)
-        except ValueError:
-            raise QueryError("tag", f"tag {key}{op}{value}: a comparison needs a number") from None
+        number = float(value)
         compare = n.c.value_num > number if op == ">" else n.c.value_num < number
         where.append(t.c.trace_no.in_(select(n.c.trace_no).where(n.c.key_id == ids[key], compare)))
+    visible = part.visible(t.c.trace_no)
+    if visible is not None:
+        where.append(visible)
     return where
+
+
+def _window_days(q: TraceQuery) -> tuple[int | None, int | None]:
+    """The days a trace matching ``q``'s time window can be numbered in (its start's day)."""
+    return (None if q.start_ns is None else partitions.day_of(max(0, q.start_ns)),
+            None if q.end_ns is None else partitions.day_of(max(0, q.end_ns)))
 
 
 def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
@@ -277,34 +296,48 @@ def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
     Paging is by keyset: ``next_cursor`` holds the sort value and trace id of
     the page's last row, so pages stay stable while new traces arrive.
     ``total`` counts all matches (ignoring the cursor) up to ``TOTAL_CAP``.
+    Each part (the main tables, a SQLite period file) is searched with its own postings, as one UNION
+    ALL whose arms SQLite merges in sort order.
     """
     if q.sort not in SORTS:
         raise QueryError("sort", f"unknown sort {q.sort!r}: use one of {', '.join(SORTS)}")
     if not 1 <= q.limit <= MAX_LIMIT:
         raise QueryError("limit", f"limit must be between 1 and {MAX_LIMIT}")
-    t = schema.traces
-    where = _filters(conn, q)
-    column = t.c.duration_ns if q.sort.startswith("duration") else t.c.start_ns
+    cursor = decode_cursor(q.cursor, q.sort) if q.cursor else None
+    tags, ids = _names(conn, q)
+    by_duration = q.sort.startswith("duration")
     descending = q.sort.endswith("desc")
-    page_where = list(where)
-    if q.cursor:
-        value, trace_id = decode_cursor(q.cursor, q.sort)
-        if descending:
-            page_where.append(or_(column < value, and_(column == value, t.c.trace_id < trace_id)))
-        else:
-            page_where.append(or_(column > value, and_(column == value, t.c.trace_id > trace_id)))
-    order = [column.desc(), t.c.trace_id.desc()] if descending else [column.asc(), t.c.trace_id.asc()]
-    rows = conn.execute(
-        select(t).where(*page_where).order_by(*order).limit(q.limit + 1)
-    ).mappings().all()
+    pages, counts = [], []
+    if ids is not None:
+        for part in periods.parts(conn):
+            if not part.holds_days(*_window_days(q)):
+                continue
+            t = part.table(schema.traces)
+            where = _filters(q, part, tags, ids)
+            column = t.c.duration_ns if by_duration else t.c.start_ns
+            page_where = list(where)
+            if cursor is not None:
+                value, trace_id = cursor
+                if descending:
+                    page_where.append(or_(column < value, and_(column == value, t.c.trace_id < trace_id)))
+                else:
+                    page_where.append(or_(column > value, and_(column == value, t.c.trace_id > trace_id)))
+            pages.append(select(*t.c).where(*page_where))
+            counts.append(select(t.c.trace_id).where(*where))
+    if not pages:
+        return {"traces": [], "total": 0, "total_capped": False, "next_cursor": None}
+    found = (pages[0] if len(pages) == 1 else union_all(*pages)).subquery()
+    column = found.c.duration_ns if by_duration else found.c.start_ns
+    order = [column.desc(), found.c.trace_id.desc()] if descending else [column.asc(), found.c.trace_id.asc()]
+    rows = conn.execute(select(found).order_by(*order).limit(q.limit + 1)).mappings().all()
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     next_cursor = None
     if more and rows:
         last = rows[-1]
-        next_cursor = encode_cursor(q.sort, last["duration_ns"] if column is t.c.duration_ns else last["start_ns"],
+        next_cursor = encode_cursor(q.sort, last["duration_ns"] if by_duration else last["start_ns"],
                                     last["trace_id"])
-    counted = select(t.c.trace_id).where(*where).limit(TOTAL_CAP + 1).subquery()
+    counted = (counts[0] if len(counts) == 1 else union_all(*counts)).limit(TOTAL_CAP + 1).subquery()
     total = int(conn.execute(select(func.count()).select_from(counted)).scalar_one())
     return {
         "traces": [summary_from_row(r) for r in rows],
@@ -453,7 +486,7 @@ def get_trace(conn: Connection, trace_id: str, offset: int = 0,
 
 
 def _trace_row(conn: Connection, trace_id: str) -> Mapping[str, Any] | None:
-    return conn.execute(select(schema.traces).where(schema.traces.c.trace_id == trace_id)).mappings().first()
+    return block_store.trace_rows(conn, [trace_id]).get(trace_id)
 
 
 def _stored_warnings(trace_row: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -508,18 +541,24 @@ def find_linking_traces(conn: Connection, trace_id: str, limit: int = 100) -> li
     ``BACKLINK_TRACE_LIMIT`` nearest in start time (half before, half after), plus spans still staged
     there (at most ``BACKLINK_SCAN_LIMIT``), which covers fan-in and batch consumers of the same flow.
     """
-    t, s = schema.traces, schema.spans
-    start = conn.execute(select(t.c.start_ns).where(t.c.trace_id == trace_id)).scalar()
+    s = schema.spans
+    row = _trace_row(conn, trace_id)
+    start = None if row is None else row["start_ns"]
     if start is None:
         start = conn.execute(select(func.min(s.c.start_ns)).where(s.c.trace_id == trace_id)).scalar()
     if start is None:
         return []
     half = BACKLINK_TRACE_LIMIT // 2
-    later = select(t.c.trace_id).where(t.c.start_ns.between(start, start + BACKLINK_WINDOW_NS),
-                                       t.c.trace_id != trace_id).order_by(t.c.start_ns).limit(half)
-    earlier = select(t.c.trace_id).where(t.c.start_ns.between(start - BACKLINK_WINDOW_NS, start - 1)) \
-        .order_by(t.c.start_ns.desc()).limit(half)
-    candidates = list(conn.execute(later).scalars()) + list(conn.execute(earlier).scalars())
+
+    def nearest(lo: int, hi: int, descending: bool) -> list[str]:
+        found = periods.union(conn, schema.traces, lambda t: [t.c.trace_id, t.c.start_ns],
+                              lambda t: [t.c.start_ns.between(lo, hi), t.c.trace_id != trace_id],
+                              days=(partitions.day_of(max(0, lo)), partitions.day_of(max(0, hi)))).subquery()
+        order = found.c.start_ns.desc() if descending else found.c.start_ns
+        return list(conn.execute(select(found.c.trace_id).order_by(order).limit(half)).scalars())
+
+    candidates = nearest(start, start + BACKLINK_WINDOW_NS, False) + \
+        nearest(start - BACKLINK_WINDOW_NS, start - 1, True)
     staged = conn.execute(
         select(s.c.trace_id).where(s.c.start_ns.between(start - BACKLINK_WINDOW_NS, start + BACKLINK_WINDOW_NS))
         .where(s.c.links != "[]").where(s.c.trace_id != trace_id).limit(BACKLINK_SCAN_LIMIT)).scalars()
@@ -544,7 +583,7 @@ def find_linking_traces(conn: Connection, trace_id: str, limit: int = 100) -> li
 
 def list_services(conn: Connection) -> list[dict[str, Any]]:
     """Every service seen in finalized traces, with its operation and trace counts."""
-    o = schema.trace_operations
+    o = _postings(conn, lambda t: [t.c.service_id, t.c.operation_id, t.c.trace_no])
     rows = conn.execute(
         select(o.c.service_id, func.count(func.distinct(o.c.operation_id)), func.count(func.distinct(o.c.trace_no)))
         .group_by(o.c.service_id)
@@ -557,13 +596,12 @@ def list_services(conn: Connection) -> list[dict[str, Any]]:
 
 def list_operations(conn: Connection, service: str) -> list[dict[str, Any]]:
     """Operations of ``service``: name, how many traces contain it, how many with an error there."""
-    o = schema.trace_operations
     sid = search_keys.lookup(conn, [service]).get(service)
     if sid is None:
         return []
+    o = _postings(conn, lambda t: [t.c.operation_id, t.c.error], lambda t: [t.c.service_id == sid])
     rows = conn.execute(
-        select(o.c.operation_id, func.count(), func.sum(cast(o.c.error, Integer)))
-        .where(o.c.service_id == sid).group_by(o.c.operation_id)
+        select(o.c.operation_id, func.count(), func.sum(cast(o.c.error, Integer))).group_by(o.c.operation_id)
     ).all()
     names = search_keys.names_of(conn, [r[0] for r in rows])
     out = [{"name": names[oid], "count": int(count), "error_count": int(errors or 0)}
@@ -571,15 +609,22 @@ def list_operations(conn: Connection, service: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda item: item["name"])
 
 
+def _postings(conn: Connection, columns, where=None):
+    """``trace_operations`` of every part (rows readers see) as one subquery."""
+    return periods.union(conn, schema.trace_operations, columns, where).subquery()
+
+
 def service_exists(conn: Connection, service: str) -> bool:
-    o = schema.trace_operations
     sid = search_keys.lookup(conn, [service]).get(service)
-    return sid is not None and \
-        conn.execute(select(o.c.trace_no).where(o.c.service_id == sid).limit(1)).first() is not None
+    if sid is None:
+        return False
+    o = _postings(conn, lambda t: [t.c.trace_no], lambda t: [t.c.service_id == sid])
+    return conn.execute(select(o.c.trace_no).limit(1)).first() is not None
 
 
 def last_finalized_ns(conn: Connection) -> int | None:
-    return conn.execute(select(func.max(schema.traces.c.finalized_ns))).scalar()
+    latest = periods.union(conn, schema.traces, lambda t: [func.max(t.c.finalized_ns).label("finalized_ns")])
+    return conn.execute(select(func.max(latest.subquery().c.finalized_ns))).scalar()
 
 
 # --------------------------------------------------------------------------- derived views
@@ -652,6 +697,6 @@ def compare_traces(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]
 
 def trace_exists(conn: Connection, trace_id: str) -> bool:
     """Whether any span of ``trace_id`` is stored (in its block or staged)."""
-    t, s = schema.traces, schema.spans
-    return conn.execute(select(t.c.trace_no).where(t.c.trace_id == trace_id)).first() is not None \
+    s = schema.spans
+    return _trace_row(conn, trace_id) is not None \
         or conn.execute(select(s.c.span_id).where(s.c.trace_id == trace_id).limit(1)).first() is not None

@@ -2,7 +2,8 @@
 
 Names and block dictionaries stay: they hold no trace data, ids in them never change, and running
 processes cache them. Each table is emptied in a transaction of its own, so the progress shown is
-real and a failure leaves the tables already emptied empty and the rest whole.
+real and a failure leaves the tables already emptied empty and the rest whole. On SQLite the period
+files of sealed days (storage/periods.py) go first, each unpublished and deleted whole.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Callable
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from . import schema
+from . import periods, schema
 from .engine import is_postgres
+from .usage import _rows
 
 # Postings and blocks before the traces they belong to; every table that holds trace data.
 WIPED_TABLES = (
@@ -27,7 +29,7 @@ WIPED_TABLES = (
 def count_all(engine: Engine) -> dict[str, int]:
     """Rows of every table :func:`wipe_all` empties (what ``--dry-run`` prints)."""
     with engine.connect() as conn:
-        return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one()) for t in WIPED_TABLES}
+        return {t.name: _rows(conn, t) for t in WIPED_TABLES}
 
 
 def wipe_all(engine: Engine, progress: Callable[[int, int, str], None] | None = None) -> dict[str, int]:
@@ -37,9 +39,22 @@ def wipe_all(engine: Engine, progress: Callable[[int, int, str], None] | None = 
     included); SQLite deletes.
     """
     counts: dict[str, int] = {}
+    with engine.connect() as conn:
+        sealed = periods.published(conn)
+        sealed_counts = {t.name: _rows(conn, t) - int(conn.execute(select(func.count()).select_from(t)
+                                                                       .where(*_not_covered(conn, t))).scalar_one())
+                         for t in WIPED_TABLES if t.name in periods.TABLES} if sealed else {}
+    for period in sealed:
+        periods.drop_period(engine, period)
+    if sealed:
+        engine.dispose()  # this process lets go of the deleted files
     for done, table in enumerate(WIPED_TABLES, start=1):
         with engine.begin() as conn:
-            counts[table.name] = int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+            counts[table.name] = int(conn.execute(select(func.count()).select_from(table)
+                                                  .where(*_not_covered(conn, table))).scalar_one()) \
+                + sealed_counts.get(table.name, 0)
+            if table.name in periods.TABLES:
+                periods.forget_superseded(conn)
             if is_postgres(conn):
                 conn.exec_driver_sql(f"TRUNCATE TABLE {table.name}")
             else:
@@ -47,3 +62,12 @@ def wipe_all(engine: Engine, progress: Callable[[int, int, str], None] | None = 
         if progress is not None:
             progress(done, len(WIPED_TABLES), table.name)
     return counts
+
+
+def _not_covered(conn, table) -> list:
+    """Conditions for the rows of ``table`` readers see in the main tables (all of them off the finalized
+    tables and on PostgreSQL)."""
+    if table.name not in periods.TABLES:
+        return []
+    visible = periods.parts(conn)[0].visible(table.c.trace_no)
+    return [] if visible is None else [visible]

@@ -9,7 +9,11 @@ through the Flask app (routing, validation, query, JSON):
 * OTLP receiver spans/s (protobuf, 512 spans per request) into a real Redis,
   against bare XADDs of the same spans already encoded (ratio).
 
-Usage: python bench/bench_api.py [--traces 100000] [--out bench/results/api.json]
+``--days N`` spreads the traces' start times over the last N days instead of the last hour; on SQLite
+the closed days are then sealed into period files (storage/periods.py) before measuring, so search reads
+the main file and N period files, as a week's retention does.
+
+Usage: python bench/bench_api.py [--traces 100000] [--days 1] [--out bench/results/api.json]
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ OPERATIONS = ["GET /items", "POST /orders", "charge", "reserve", "query", "chat"
 SECOND = 1_000_000_000
 
 
-def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
+def seed(database_url: str, traces: int, big_trace_spans: int, days: int = 1) -> dict:
     """Store the spans through the real write path (``store_spans``) and finalize every trace."""
     from collector_worker import finalizer
     from collector_worker.storage import open_engine
@@ -43,7 +47,8 @@ def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
     engine = open_engine(database_url)
     rng = random.Random(7)
     now = time.time_ns()
-    start0 = now - 3600 * SECOND
+    span_ns = 3600 * SECOND if days <= 1 else days * 86400 * SECOND
+    start0 = now - span_ns
     started = time.perf_counter()
     chunk: list[dict] = []
 
@@ -74,7 +79,7 @@ def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
                           "events": [], "links": [], "resource": {"service.name": service}})
 
     for i in range(traces):
-        add_trace(os.urandom(16).hex(), 10, start0 + i * (3600 * SECOND // traces))
+        add_trace(os.urandom(16).hex(), 10, start0 + i * (span_ns // traces))
         if len(chunk) >= 50_000:
             flush()
     big_id = os.urandom(16).hex()
@@ -84,11 +89,33 @@ def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
     settings = Settings(quiet_period=1.0)
     while finalizer.finalize_ready(engine, settings, "bench", now_ns=now + 10 * SECOND):
         pass
+    sealed = seal_closed_days(engine, now) if days > 1 else None
     with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
-    return {"big_trace_id": big_id, "seconds": round(time.perf_counter() - started, 1),
+    return {"big_trace_id": big_id, "sealed": sealed, "seconds": round(time.perf_counter() - started, 1),
             "stored_seconds": round(stored_s, 1), "spans": traces * 10 + big_trace_spans}
+
+
+def seal_closed_days(engine, now: int) -> dict:
+    """Seal every closed day into its period file and purge the main file's copies (retention passes, run
+    with the clock moved on by the purge delay each time)."""
+    from collector_worker.storage import periods
+
+    week = 7 * 86400 * SECOND
+    totals = {"sealed_traces": 0, "purged_traces": 0, "passes": 0}
+    started = time.perf_counter()
+    while True:
+        now += periods.PURGE_DELAY_NS
+        done = periods.seal(engine, now, week)
+        totals["passes"] += 1
+        totals["sealed_traces"] += done["sealed_traces"]
+        totals["purged_traces"] += done["purged_traces"]
+        if not done["sealed_traces"] and not done["purged_traces"]:
+            break
+    totals["seconds"] = round(time.perf_counter() - started, 1)
+    totals["period_files"] = len(periods.file_sizes(engine))
+    return totals
 
 
 def p(values, q):
@@ -189,6 +216,7 @@ def main() -> None:
     parser.add_argument("--traces", type=int, default=100_000)
     parser.add_argument("--big-trace-spans", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--days", type=int, default=1, help="spread the traces over this many days (sealed)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "api.json"))
     args = parser.parse_args()
 
@@ -197,7 +225,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="contrail-bench-api-") as tmp:
         url = f"sqlite:///{tmp}/bench.db"
-        seeded = seed(url, args.traces, args.big_trace_spans)
+        seeded = seed(url, args.traces, args.big_trace_spans, args.days)
         print(f"seeded {seeded['spans']} spans in {seeded['seconds']}s", flush=True)
         redis_server = RedisServer.launch()
         try:
@@ -207,7 +235,8 @@ def main() -> None:
             results = {
                 "machine": {"python": platform.python_version(), "platform": platform.platform(),
                             "cpus": os.cpu_count()},
-                "stored_spans": seeded["spans"], "seed_seconds": seeded["seconds"],
+                "stored_spans": seeded["spans"], "seed_seconds": seeded["seconds"], "days": args.days,
+                "sealed": seeded["sealed"],
                 "search": bench_search(client, args.rounds),
                 "search_baseline_bare_sql": bench_baseline_query(url, args.rounds * 5),
                 "big_trace": bench_big_trace(client, seeded["big_trace_id"]),

@@ -59,6 +59,7 @@ PERIODS = "sealed_periods"
 SUPERSEDED = "superseded_traces"
 TABLES = ("traces", "trace_blocks", "trace_operations", "trace_tags", "trace_tag_numbers")
 _SEALING = "contrail_sealing"  # the alias a period file is attached under while it is written
+SEALING_PREFIX = _SEALING
 _INFO_KEY = "contrail_periods"
 
 

@@ -347,6 +347,38 @@ def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
     }
 
 
+def tagged_trace_ids(conn: Connection, tags: Mapping[str, str], any_keys: list[str], start_ns: int | None,
+                     end_ns: int | None, limit: int) -> list[str]:
+    """Ids of the newest traces holding every ``tags`` key=value (or, with no tags, any value of one of
+    ``any_keys``), starting within the window; the AI pages' filters."""
+    ids = search_keys.lookup(conn, [*tags, *any_keys])
+    if any(key not in ids for key in tags) or not tags and not ids:
+        return []
+    arms = []
+    for part in periods.parts(conn):
+        if not part.holds_days(*_window_days(TraceQuery(start_ns=start_ns, end_ns=end_ns))):
+            continue
+        t, g = part.table(schema.traces), part.table(schema.trace_tags)
+        where = [t.c.trace_no.in_(select(g.c.trace_no).where(g.c.key_id == ids[key],
+                                                            g.c.value_hash == search_keys.tag_hash(value)))
+                 for key, value in tags.items()]
+        if not tags:
+            where.append(t.c.trace_no.in_(select(g.c.trace_no).where(g.c.key_id.in_(sorted(ids.values())))))
+        if start_ns is not None:
+            where.append(t.c.start_ns >= start_ns)
+        if end_ns is not None:
+            where.append(t.c.start_ns <= end_ns)
+        visible = part.visible(t.c.trace_no)
+        if visible is not None:
+            where.append(visible)
+        arms.append(select(t.c.trace_id, t.c.start_ns).where(*where))
+    if not arms:
+        return []
+    found = (arms[0] if len(arms) == 1 else union_all(*arms)).subquery()
+    return list(conn.execute(select(found.c.trace_id).order_by(found.c.start_ns.desc(), found.c.trace_id)
+                             .limit(limit)).scalars())
+
+
 # --------------------------------------------------------------------------- one trace
 
 

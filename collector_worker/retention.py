@@ -18,7 +18,7 @@ from typing import Any, Callable
 from sqlalchemy import delete, func, literal_column, select, union_all
 from sqlalchemy.engine import Connection, Engine
 
-from .storage import partitions, periods, schema
+from .storage import partitions, periods, schema, vacuum
 
 Progress = Callable[[int, int], None]
 
@@ -116,6 +116,7 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
                 advance(n)
             if n < batch_size:
                 break
+    vacuum.vacuum_staging(engine)  # PostgreSQL: the drained staging rows' pages come back
     if progress is not None and state["done"] == 0:
         progress(0, 0)
     return deleted

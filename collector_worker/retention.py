@@ -98,8 +98,6 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
         for name in ("spans", "traces", "trace_blocks"):
             deleted[name] += n[name]
         advance(n["spans"] + n["traces"])
-    if sealed:
-        engine.dispose()  # this process's pooled connections let go of the deleted files: the space is free now
     # SQLite: days that ended since the last pass are sealed into period files (not counted as deleted)
     periods.seal(engine, now_ns, retention_ns=max(0, now_ns - int(cutoff_ns)), cutoff_ns=cutoff_ns)
 

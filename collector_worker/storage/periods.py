@@ -53,7 +53,7 @@ DAY_NS = 86_400 * 1_000_000_000
 SEAL_GRACE_NS = 3600 * 1_000_000_000  # a day is sealed an hour after it ended: most late spans are in by then
 PURGE_DELAY_NS = 600 * 1_000_000_000  # copied rows stay in the main file this long after the seal
 LEASE_NS = 3600 * 1_000_000_000
-PURGE_CHUNK = 2000  # traces (or postings) deleted from the main file per transaction
+PURGE_CHUNK = 1000  # traces (or postings) deleted from the main file per transaction
 LAYOUT = "sealed_layout"
 PERIODS = "sealed_periods"
 SUPERSEDED = "superseded_traces"
@@ -558,9 +558,7 @@ def count_period(engine: Engine, period: Period) -> dict[str, int]:
             traces, spans = conn.exec_driver_sql(
                 f"SELECT count(*), coalesce(sum(span_count), 0) FROM {_SEALING}.traces "
                 f"WHERE {_visible_in_file(_SEALING)}").one()
-            blocks = conn.exec_driver_sql(
-                f"SELECT count(*) FROM {_SEALING}.trace_blocks JOIN {_SEALING}.traces USING (trace_no) "
-                f"WHERE {_visible_in_file(_SEALING)}").scalar_one()
+            blocks = traces  # every trace is sealed with its block (counting them would read every block page)
         finally:
             conn.rollback()
             conn.exec_driver_sql(f"DETACH DATABASE {_SEALING}")

@@ -46,8 +46,6 @@ def wipe_all(engine: Engine, progress: Callable[[int, int, str], None] | None = 
                          for t in WIPED_TABLES if t.name in periods.TABLES} if sealed else {}
     for period in sealed:
         periods.drop_period(engine, period)
-    if sealed:
-        engine.dispose()  # this process lets go of the deleted files
     for done, table in enumerate(WIPED_TABLES, start=1):
         with engine.begin() as conn:
             counts[table.name] = int(conn.execute(select(func.count()).select_from(table)

@@ -288,12 +288,13 @@ def retire(conn: Connection, old_numbers: Iterable[int]) -> None:
     A number the current watermark publishes from a period file goes into ``superseded_traces``; one still
     read from the main file needs nothing (its row is deleted there). A no-op on PostgreSQL.
     """
-    numbers = [(int(n),) * 3 for n in old_numbers]
+    numbers = [(int(n),) * 5 for n in old_numbers]
     if not numbers or conn.dialect.name != "sqlite":
         return
-    conn.exec_driver_sql(
+    conn.exec_driver_sql(  # published, or being copied by a seal in progress (its watermark to be)
         f"INSERT OR IGNORE INTO {SUPERSEDED} (trace_no) SELECT ? FROM {LAYOUT} WHERE id = 1 "
-        f"AND ? < ((sealed_through + 1) << {DAY_SHIFT}) AND (? & {SEQ_MASK}) <= sealed_seq", numbers)
+        f"AND ((? < ((sealed_through + 1) << {DAY_SHIFT}) AND (? & {SEQ_MASK}) <= sealed_seq) "
+        f"OR (? < ((sealing_through + 1) << {DAY_SHIFT}) AND (? & {SEQ_MASK}) <= sealing_seq))", numbers)
 
 
 def seal(engine: Engine, now_ns: int, retention_ns: int, cutoff_ns: int | None = None,
@@ -345,9 +346,9 @@ def _seal_closed_days(engine: Engine, directory: Path, now_ns: int, retention_ns
         seq = int(conn.exec_driver_sql("SELECT last FROM trace_sequence").scalar() or 0)
         if through < 0 or (through == old_through and seq == old_seq):
             return 0
+        periods = listed_periods(conn)
         days = [int(d) for (d,) in _rows(conn, f"SELECT DISTINCT trace_no >> {DAY_SHIFT} FROM main.traces "
                                                f"WHERE {_fresh(through, seq, old_through, old_seq, first_kept)}")]
-        periods = listed_periods(conn)
     targets: dict[Period, list[int]] = {}
     length = period_length(retention_ns)
     for day in sorted(days):
@@ -361,20 +362,17 @@ def _seal_closed_days(engine: Engine, directory: Path, now_ns: int, retention_ns
             break
         targets.setdefault(period, []).append(day)
     fresh = _fresh(through, seq, old_through, old_seq, first_kept)
+    with _write_lock(engine), engine.begin() as conn:  # from now on the finalizer records what it replaces ...
+        conn.exec_driver_sql(f"UPDATE {LAYOUT} SET sealing_through = ?, sealing_seq = ? WHERE id = 1", (through, seq))
+    # ... and the copy reads after that, so a row replaced earlier is not copied
     copied: list[int] = []
     if targets:
         directory.mkdir(mode=0o700, exist_ok=True)
     for period, period_days in targets.items():
         copied += _copy_into(engine, directory / period.file, [d for d in period_days if d <= through], fresh,
                              (old_through, old_seq))
+    # A copied row re-finalized meanwhile is in superseded_traces already (retire() saw the sealing watermark).
     with _write_lock(engine), engine.begin() as conn:
-        for i in range(0, len(copied), 500):  # copies of rows re-finalized since they were read: hidden
-            chunk = copied[i:i + 500]
-            present = {int(n) for (n,) in _rows(
-                conn, f"SELECT trace_no FROM main.traces WHERE trace_no IN ({','.join('?' * len(chunk))})", tuple(chunk))}
-            gone = [(n,) for n in chunk if n not in present]
-            if gone:
-                conn.exec_driver_sql(f"INSERT OR IGNORE INTO {SUPERSEDED} (trace_no) VALUES (?)", gone)
         for period in targets:
             conn.exec_driver_sql(f"INSERT OR IGNORE INTO {PERIODS} (first_day, last_day, file) VALUES (?, ?, ?)",
                                  (period.first_day, period.last_day, period.file))
@@ -498,7 +496,6 @@ def _remove_superseded(engine: Engine, directory: Path) -> int:
     if not numbers:
         return 0
     removed = 0
-    done: list[int] = []
     for period in periods:
         mine = [n for n in numbers if period.first_day <= n >> DAY_SHIFT <= period.last_day]
         path = directory / period.file
@@ -507,23 +504,25 @@ def _remove_superseded(engine: Engine, directory: Path) -> int:
         with engine.connect() as conn:
             conn.exec_driver_sql(f"ATTACH DATABASE ? AS {_SEALING}", (str(path),))
             conn.commit()
-            try:
-                for i in range(0, len(mine), 500):
-                    chunk = mine[i:i + 500]
-                    marks = ",".join("?" * len(chunk))
-                    for name in TABLES:
-                        n = conn.exec_driver_sql(f"DELETE FROM {_SEALING}.{name} WHERE trace_no IN ({marks})",
-                                                 tuple(chunk)).rowcount
-                        if name == "traces":
-                            removed += n or 0
+            try:  # one pass over each table (the postings are keyed by name first, not by trace number)
+                conn.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS contrail_gone (trace_no INTEGER PRIMARY KEY)")
+                conn.exec_driver_sql("DELETE FROM temp.contrail_gone")
+                conn.exec_driver_sql("INSERT OR IGNORE INTO temp.contrail_gone (trace_no) VALUES (?)",
+                                     [(n,) for n in mine])
+                for name in TABLES:
+                    n = conn.exec_driver_sql(f"DELETE FROM {_SEALING}.{name} WHERE trace_no IN "
+                                             f"(SELECT trace_no FROM temp.contrail_gone)").rowcount
+                    if name == "traces":
+                        removed += n or 0
+                conn.exec_driver_sql("DELETE FROM temp.contrail_gone")
                 conn.commit()
-                done.extend(mine)
             finally:
                 conn.rollback()
                 conn.exec_driver_sql(f"DETACH DATABASE {_SEALING}")
                 conn.commit()
-    for i in range(0, len(done), 500):
-        chunk = done[i:i + 500]
+    # Every copy is gone now; a number of no period (replaced before it was sealed, or of a dropped day) had none.
+    for i in range(0, len(numbers), 500):
+        chunk = numbers[i:i + 500]
         with _write_lock(engine), engine.begin() as conn:
             conn.exec_driver_sql(f"DELETE FROM {SUPERSEDED} WHERE trace_no IN ({','.join('?' * len(chunk))})",
                                  tuple(chunk))

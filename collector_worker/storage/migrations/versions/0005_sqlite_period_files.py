@@ -31,11 +31,13 @@ def upgrade() -> None:
         sa.Column("sealed_seq", sa.BigInteger, nullable=False),
         sa.Column("sealed_ns", sa.BigInteger, nullable=False),
         sa.Column("purged", sa.Boolean, nullable=False),  # the main file's copies of the last seal are deleted
+        sa.Column("sealing_through", sa.BigInteger, nullable=False),  # the watermark a seal in progress copies to
+        sa.Column("sealing_seq", sa.BigInteger, nullable=False),
         sa.Column("lease_by", sa.String(255), nullable=True),
         sa.Column("lease_until_ns", sa.BigInteger, nullable=True),
     )
-    op.execute("INSERT INTO sealed_layout (id, version, sealed_through, sealed_seq, sealed_ns, purged) "
-               "VALUES (1, 0, -1, 0, 0, 1)")
+    op.execute("INSERT INTO sealed_layout (id, version, sealed_through, sealed_seq, sealed_ns, purged, "
+               "sealing_through, sealing_seq) VALUES (1, 0, -1, 0, 0, 1, -1, 0)")
     op.create_table(
         "sealed_periods",
         sa.Column("first_day", sa.BigInteger, primary_key=True, autoincrement=False),

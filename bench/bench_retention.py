@@ -131,7 +131,7 @@ def copy_day(engine, day: int, copies: int) -> None:
             conn.exec_driver_sql(f"INSERT INTO traces (trace_no, trace_id, {', '.join(columns)}) "
                                  f"SELECT trace_no + {shift}, {new_id}, {', '.join(columns)} FROM traces "
                                  f"WHERE trace_no >= {lo} AND trace_no < {hi} AND trace_no < {lo + (1 << 24)}")
-            for table in (schema.trace_blocks, schema.trace_operations, schema.trace_tags, schema.trace_tag_numbers):
+            for table in schema.finalized_tables(engine.dialect.name)[1:]:
                 cols = [c.name for c in table.columns]
                 picked = ", ".join(f"trace_no + {shift}" if c == "trace_no" else c for c in cols)
                 conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT {picked} FROM {table.name} "

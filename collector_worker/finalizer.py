@@ -504,10 +504,7 @@ _PREVIOUS_COLUMNS = ("trace_id", "root_service", "root_operation", "start_ns", "
 _TRACE_COLUMNS = ("trace_id", "root_span_id", "root_service", "root_operation", "start_ns", "end_ns",
                   "duration_ns", "span_count", "error_count", "services", "service_count", "incomplete",
                   "clock_skew_ns", "warnings", "finalized_ns", "version")
-_OPERATION_COLUMNS = ("service_id", "trace_no", "operation_id", "error")
 _TOMBSTONE_COLUMNS = ("trace_id", "start_ns", "dropped_ns")
-_TAG_COLUMNS = ("key_id", "value_hash", "trace_no")
-_NUMBER_COLUMNS = ("key_id", "value_num", "trace_no")
 
 _loads = json.loads
 _dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
@@ -808,20 +805,7 @@ def _write(conn: Connection, batch: FinalizedBatch) -> None:
     numbers = {row[0]: no for row, no in zip(batch.trace_rows, numbered)}
     order = sorted(numbers, key=numbers.get)
     _insert_many(conn, schema.trace_blocks, ("trace_no", "data"), [(numbers[t], batch.blocks[t]) for t in order])
-    ops, tags, nums = [], [], []
-    for trace_id in order:
-        no = numbers[trace_id]
-        posted_ops, posted_tags, posted_nums = batch.postings[trace_id]
-        ops.extend((s, no, o, bool(e)) for s, o, e in posted_ops)
-        tags.extend((k, h, no) for k, h in posted_tags)
-        nums.extend((k, n, no) for k, n in posted_nums)
-    # Key order: each index is filled front to back (fewer pages touched), and concurrent writers lock alike.
-    ops.sort()
-    tags.sort()
-    nums.sort()
-    _insert_many(conn, schema.trace_operations, _OPERATION_COLUMNS, ops)
-    _insert_many(conn, schema.trace_tags, _TAG_COLUMNS, tags)
-    _insert_many(conn, schema.trace_tag_numbers, _NUMBER_COLUMNS, nums)
+    block_store.insert_postings(conn, [(numbers[t], batch.postings[t]) for t in order])
 
 
 class LeaseLost(Exception):

@@ -151,14 +151,63 @@ def postings_of(conn: Connection, spans: list[dict[str, Any]]) -> list[list] | N
         return None
 
 
+def insert_postings(conn: Connection, numbered: list[tuple[int, list[list]]]) -> None:
+    """Write the search postings of new trace numbers, ``(trace_no, [ops, tags, numbers])`` each.
+
+    SQLite: a row per posting in ``trace_operations``, ``trace_tags`` and ``trace_tag_numbers``, in key order
+    (each index is filled front to back, and concurrent writers lock alike). PostgreSQL: one
+    ``trace_search_keys`` row of arrays per trace, and the numbers.
+    """
+    ops, tags, nums = [], [], []
+    for no, (posted_ops, posted_tags, posted_nums) in numbered:
+        ops.extend((s, no, o, bool(e)) for s, o, e in posted_ops)
+        tags.extend((k, h, no) for k, h in posted_tags)
+        nums.extend((k, n, no) for k, n in posted_nums)
+    nums.sort()
+    if conn.dialect.name == "postgresql":
+        rows = [(no, *search_keys.search_arrays(posted)) for no, posted in sorted(numbered)]
+        if rows:
+            conn.exec_driver_sql(f"INSERT INTO {schema.trace_search_keys.name} (trace_no, tag_keys, op_keys, error_ops) "
+                                 f"VALUES (%s, %s, %s, %s)", rows)
+        _insert(conn, schema.trace_tag_numbers, ("key_id", "value_num", "trace_no"), nums)
+        return
+    ops.sort()
+    tags.sort()
+    _insert(conn, schema.trace_operations, ("service_id", "trace_no", "operation_id", "error"), ops)
+    _insert(conn, schema.trace_tags, ("key_id", "value_hash", "trace_no"), tags)
+    _insert(conn, schema.trace_tag_numbers, ("key_id", "value_num", "trace_no"), nums)
+
+
+_MAX_SQLITE_PARAMS = 32766
+
+
+def _insert(conn: Connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """Many rows: multi-row INSERTs on SQLite (one statement per few thousand rows releases the interpreter
+    lock once, not per row), executemany on PostgreSQL."""
+    if not rows:
+        return
+    names = ",".join(f'"{c}"' for c in columns)
+    m = _mark(conn)
+    row = "(" + ",".join([m] * len(columns)) + ")"
+    if conn.dialect.name != "sqlite":
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES {row}", rows)
+        return
+    step = _MAX_SQLITE_PARAMS // len(columns)
+    for i in range(0, len(rows), step):
+        chunk = rows[i:i + step]
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES " + ",".join([row] * len(chunk)),
+                             tuple(itertools.chain.from_iterable(chunk)))
+
+
 def delete_finalized(conn: Connection, traces: list[tuple[int, Any]]) -> None:
     """Delete the blocks and search postings of ``(trace_no, postings)`` (postings from :func:`postings_of`).
 
-    The ``traces`` rows themselves are the caller's to delete.
+    The ``traces`` rows themselves are the caller's to delete. PostgreSQL's array row goes by trace number.
     """
     if not traces:
         return
     m = _mark(conn)
+    postgres = conn.dialect.name == "postgresql"
     ops, tags, nums = [], [], []
     for no, posted in traces:
         if not posted:
@@ -166,15 +215,18 @@ def delete_finalized(conn: Connection, traces: list[tuple[int, Any]]) -> None:
         ops.extend((s, no, o) for s, o, _ in posted[0])
         tags.extend((k, h, no) for k, h in posted[1])
         nums.extend((k, n, no) for k, n in posted[2])
-    for table, columns, rows in ((schema.trace_operations, ("service_id", "trace_no", "operation_id"), ops),
-                                 (schema.trace_tags, ("key_id", "value_hash", "trace_no"), tags),
-                                 (schema.trace_tag_numbers, ("key_id", "value_num", "trace_no"), nums)):
+    plan = [(schema.trace_tag_numbers, ("key_id", "value_num", "trace_no"), nums)]
+    if not postgres:
+        plan += [(schema.trace_operations, ("service_id", "trace_no", "operation_id"), ops),
+                 (schema.trace_tags, ("key_id", "value_hash", "trace_no"), tags)]
+    for table, columns, rows in plan:
         if rows:
             where = " AND ".join(f"{c} = {m}" for c in columns)
             conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE {where}", sorted(rows))
     for chunk in _chunks(sorted(no for no, _ in traces)):
-        conn.exec_driver_sql(f"DELETE FROM {schema.trace_blocks.name} WHERE trace_no IN {_in(conn, len(chunk))}",
-                             tuple(chunk))
+        tables = (schema.trace_blocks, schema.trace_search_keys) if postgres else (schema.trace_blocks,)
+        for table in tables:
+            conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE trace_no IN {_in(conn, len(chunk))}", tuple(chunk))
 
 
 def delete_staged(conn: Connection, keys: list[tuple[str, str]]) -> None:

@@ -30,8 +30,7 @@ from . import periods, schema
 DAY_SHIFT = 40  # a sequence of 2**40 numbers: a trillion traces before it would reach the day bits
 DAY_NS = 86_400 * 1_000_000_000
 SEQUENCE = "trace_no_seq"  # PostgreSQL sequence; SQLite keeps its counter in the trace_sequence table
-PARTITIONED = (schema.traces, schema.trace_blocks, schema.trace_operations, schema.trace_tags,
-               schema.trace_tag_numbers)
+PARTITIONED = schema.finalized_tables("postgresql")  # the tables partitioned by day (PostgreSQL)
 AHEAD_DAYS = 2  # partitions made ahead of today
 
 
@@ -173,7 +172,7 @@ def delete_day(conn: Connection, day: int) -> dict[str, int]:
     counted["spans"] += conn.exec_driver_sql(
         "DELETE FROM spans WHERE trace_id IN (SELECT trace_id FROM traces WHERE trace_no >= ? AND trace_no < ?)",
         (lo, hi)).rowcount or 0
-    for table in reversed(PARTITIONED):
+    for table in reversed(schema.finalized_tables("sqlite")):
         conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE trace_no >= ? AND trace_no < ?", (lo, hi))
     return counted
 

@@ -85,6 +85,7 @@ class Period:
 
 
 EMPTY = Layout(version=-1, sealed_through=-1, sealed_seq=0, periods=())
+POSTGRES = Layout(version=-2, sealed_through=-1, sealed_seq=0, periods=())
 
 
 # --------------------------------------------------------------------------- where period files live
@@ -218,6 +219,11 @@ class Part:
     def table(self, table: Table) -> Table:
         return _table_in(table, self.schema)
 
+    @property
+    def postgres(self) -> bool:
+        """PostgreSQL's one part: its search postings are arrays (``trace_search_keys``)."""
+        return self.layout is POSTGRES
+
     def holds_days(self, first_day: int | None, last_day: int | None) -> bool:
         """Whether rows of a day in ``[first_day, last_day]`` (None: open) can be here."""
         if self.first_day is None:
@@ -245,7 +251,7 @@ def _table_in(table: Table, schema_name: str | None) -> Table:
 def parts(conn: Connection) -> list[Part]:
     """The main tables and the attached period files of ``conn`` (just the tables on PostgreSQL)."""
     if conn.dialect.name != "sqlite":
-        return [Part(None, None, None, EMPTY)]
+        return [Part(None, None, None, POSTGRES)]
     layout = layout_of(conn)
     return [Part(None, None, None, layout)] + [Part(p.alias, p.first_day, p.last_day, layout)
                                                for p in reversed(layout.periods)]

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from sqlalchemy import Integer, and_, cast, exists, func, or_, select, union_all
+from sqlalchemy import BigInteger, Integer, and_, cast, exists, func, or_, select, union_all
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from tracer.codec import KINDS
@@ -26,6 +27,7 @@ from . import block_store, blocks, partitions, periods, schema, search_keys
 SORTS = ("start_desc", "start_asc", "duration_desc", "duration_asc")
 TAG_OPS = ("=", ">", "<")
 MAX_LIMIT = 1000
+_OP_MASK = (1 << 32) - 1
 TOTAL_CAP = 1_000  # search counts matches up to this many; beyond it "total_capped" is true
 BACKLINK_WINDOW_NS = 3600 * 10**9  # linking spans are looked for within an hour of the trace
 BACKLINK_SCAN_LIMIT = 50_000  # staged spans with links scanned at most per backlink lookup
@@ -260,20 +262,27 @@ def _filters(q: TraceQuery, part: periods.Part, tags: list[tuple[str, str, str]]
         where.append(t.c.error_count > 0)
     elif q.status == "ok":
         where.append(t.c.error_count == 0)
-    if q.service or q.operation:
-        cond = [o.c.trace_no == t.c.trace_no]
-        if q.service:
-            cond.append(o.c.service_id == ids[q.service])
-        if q.operation:
-            cond.append(o.c.operation_id == ids[q.operation])
-        where.append(exists().where(and_(*cond)))
-    for name in q.services:
-        if name != q.service:
-            where.append(exists().where(and_(o.c.trace_no == t.c.trace_no, o.c.service_id == ids[name])))
+    if part.postgres:  # one probe of the GIN-indexed arrays for every equality filter (see _array_filter)
+        found = _array_filter(q, tags, ids)
+        if found is not None:
+            where.append(t.c.trace_no.in_(found))
+    else:
+        if q.service or q.operation:
+            cond = [o.c.trace_no == t.c.trace_no]
+            if q.service:
+                cond.append(o.c.service_id == ids[q.service])
+            if q.operation:
+                cond.append(o.c.operation_id == ids[q.operation])
+            where.append(exists().where(and_(*cond)))
+        for name in q.services:
+            if name != q.service:
+                where.append(exists().where(and_(o.c.trace_no == t.c.trace_no, o.c.service_id == ids[name])))
+        for key, op, value in tags:
+            if op == "=":  # usually selective: drive the search from the (key, value) postings
+                where.append(t.c.trace_no.in_(select(g.c.trace_no).where(
+                    g.c.key_id == ids[key], g.c.value_hash == search_keys.tag_hash(value))))
     for key, op, value in tags:
-        if op == "=":  # usually selective: drive the search from the (key, value) postings
-            where.append(t.c.trace_no.in_(select(g.c.trace_no).where(
-                g.c.key_id == ids[key], g.c.value_hash == search_keys.tag_hash(value))))
+        if op == "=":
             continue
         number = float(value)
         compare = n.c.value_num > number if op == ">" else n.c.value_num < number
@@ -282,6 +291,26 @@ def _filters(q: TraceQuery, part: periods.Part, tags: list[tuple[str, str, str]]
     if visible is not None:
         where.append(visible)
     return where
+
+
+def _keys(values) -> Any:
+    return cast(sorted(set(values)), ARRAY(BigInteger))
+
+
+def _array_filter(q: TraceQuery, tags: list[tuple[str, str, str]], ids: dict[str, int]) -> Any | None:
+    """PostgreSQL: trace numbers whose ``trace_search_keys`` arrays hold every service / operation / tag
+    equality the query asks for (None when it asks for none)."""
+    k = schema.trace_search_keys
+    ops = [search_keys.op_key(ids[name]) for name in q.services]
+    if q.service or q.operation:
+        ops.append(search_keys.op_key(ids[q.service] if q.service else 0, ids[q.operation] if q.operation else 0))
+    tag_keys = [search_keys.tag_key(ids[key], search_keys.tag_hash(value)) for key, op, value in tags if op == "="]
+    conditions = []
+    if ops:
+        conditions.append(k.c.op_keys.contains(_keys(ops)))
+    if tag_keys:
+        conditions.append(k.c.tag_keys.contains(_keys(tag_keys)))
+    return select(k.c.trace_no).where(*conditions) if conditions else None
 
 
 def _window_days(q: TraceQuery) -> tuple[int | None, int | None]:
@@ -358,12 +387,20 @@ def tagged_trace_ids(conn: Connection, tags: Mapping[str, str], any_keys: list[s
     for part in periods.parts(conn):
         if not part.holds_days(*_window_days(TraceQuery(start_ns=start_ns, end_ns=end_ns))):
             continue
-        t, g = part.table(schema.traces), part.table(schema.trace_tags)
-        where = [t.c.trace_no.in_(select(g.c.trace_no).where(g.c.key_id == ids[key],
-                                                            g.c.value_hash == search_keys.tag_hash(value)))
-                 for key, value in tags.items()]
-        if not tags:
-            where.append(t.c.trace_no.in_(select(g.c.trace_no).where(g.c.key_id.in_(sorted(ids.values())))))
+        t = part.table(schema.traces)
+        if part.postgres:
+            k = schema.trace_search_keys
+            wanted = (k.c.tag_keys.contains(_keys(search_keys.tag_key(ids[key], search_keys.tag_hash(value))
+                                                  for key, value in tags.items())) if tags else
+                      k.c.tag_keys.overlap(_keys(search_keys.tag_key_marker(i) for i in ids.values())))
+            where = [t.c.trace_no.in_(select(k.c.trace_no).where(wanted))]
+        else:
+            g = part.table(schema.trace_tags)
+            where = [t.c.trace_no.in_(select(g.c.trace_no).where(g.c.key_id == ids[key],
+                                                                g.c.value_hash == search_keys.tag_hash(value)))
+                     for key, value in tags.items()]
+            if not tags:
+                where.append(t.c.trace_no.in_(select(g.c.trace_no).where(g.c.key_id.in_(sorted(ids.values())))))
         if start_ns is not None:
             where.append(t.c.start_ns >= start_ns)
         if end_ns is not None:
@@ -615,11 +652,17 @@ def find_linking_traces(conn: Connection, trace_id: str, limit: int = 100) -> li
 
 def list_services(conn: Connection) -> list[dict[str, Any]]:
     """Every service seen in finalized traces, with its operation and trace counts."""
-    o = _postings(conn, lambda t: [t.c.service_id, t.c.operation_id, t.c.trace_no])
-    rows = conn.execute(
-        select(o.c.service_id, func.count(func.distinct(o.c.operation_id)), func.count(func.distinct(o.c.trace_no)))
-        .group_by(o.c.service_id)
-    ).all()
+    if conn.dialect.name == "postgresql":
+        rows = conn.exec_driver_sql(
+            f"SELECT x >> {search_keys.OP_SHIFT}, count(DISTINCT x & {_OP_MASK}), count(DISTINCT trace_no) "
+            f"FROM {schema.trace_search_keys.name}, unnest(op_keys) AS x "
+            f"WHERE x >> {search_keys.OP_SHIFT} > 0 AND x & {_OP_MASK} > 0 GROUP BY 1").all()
+    else:
+        o = _postings(conn, lambda t: [t.c.service_id, t.c.operation_id, t.c.trace_no])
+        rows = conn.execute(
+            select(o.c.service_id, func.count(func.distinct(o.c.operation_id)),
+                   func.count(func.distinct(o.c.trace_no))).group_by(o.c.service_id)
+        ).all()
     names = search_keys.names_of(conn, [r[0] for r in rows])
     out = [{"name": names[sid], "operation_count": int(ops), "trace_count": int(traces)}
            for sid, ops, traces in rows if sid in names]
@@ -631,10 +674,16 @@ def list_operations(conn: Connection, service: str) -> list[dict[str, Any]]:
     sid = search_keys.lookup(conn, [service]).get(service)
     if sid is None:
         return []
-    o = _postings(conn, lambda t: [t.c.operation_id, t.c.error], lambda t: [t.c.service_id == sid])
-    rows = conn.execute(
-        select(o.c.operation_id, func.count(), func.sum(cast(o.c.error, Integer))).group_by(o.c.operation_id)
-    ).all()
+    if conn.dialect.name == "postgresql":
+        rows = conn.exec_driver_sql(
+            f"SELECT x & {_OP_MASK}, count(*), sum(CASE WHEN x = ANY(error_ops) THEN 1 ELSE 0 END) "
+            f"FROM {schema.trace_search_keys.name}, unnest(op_keys) AS x "
+            f"WHERE x >> {search_keys.OP_SHIFT} = %(sid)s AND x & {_OP_MASK} > 0 GROUP BY 1", {"sid": sid}).all()
+    else:
+        o = _postings(conn, lambda t: [t.c.operation_id, t.c.error], lambda t: [t.c.service_id == sid])
+        rows = conn.execute(
+            select(o.c.operation_id, func.count(), func.sum(cast(o.c.error, Integer))).group_by(o.c.operation_id)
+        ).all()
     names = search_keys.names_of(conn, [r[0] for r in rows])
     out = [{"name": names[oid], "count": int(count), "error_count": int(errors or 0)}
            for oid, count, errors in rows if oid in names]
@@ -650,6 +699,10 @@ def service_exists(conn: Connection, service: str) -> bool:
     sid = search_keys.lookup(conn, [service]).get(service)
     if sid is None:
         return False
+    if conn.dialect.name == "postgresql":
+        k = schema.trace_search_keys
+        return conn.execute(select(k.c.trace_no).where(k.c.op_keys.contains(_keys([search_keys.op_key(sid)])))
+                            .limit(1)).first() is not None
     o = _postings(conn, lambda t: [t.c.trace_no], lambda t: [t.c.service_id == sid])
     return conn.execute(select(o.c.trace_no).limit(1)).first() is not None
 

@@ -19,8 +19,8 @@ from sqlalchemy.exc import DBAPIError
 from . import periods, schema
 from .engine import is_postgres
 
-TABLES = tuple(t for t in schema.metadata.sorted_tables if t is not schema.schema_version)
-FINALIZED = {"traces", "trace_blocks", "trace_operations", "trace_tags", "trace_tag_numbers"}
+TABLES = tuple(t for t in schema.metadata.sorted_tables if t is not schema.schema_version)  # of both backends
+FINALIZED = {"traces", "trace_blocks", "trace_operations", "trace_tags", "trace_tag_numbers", "trace_search_keys"}
 
 
 def _sqlite_bytes(conn: Connection) -> dict[str, int] | None:
@@ -70,7 +70,8 @@ def storage_usage(conn: Connection) -> dict[str, Any]:
     postgres = is_postgres(conn)
     per_table = None if postgres else _sqlite_bytes(conn)
     tables = []
-    for table in TABLES:
+    present = set(schema.tables_of(conn.dialect.name))
+    for table in (t for t in TABLES if t in present):
         row: dict[str, Any] = {"name": table.name, "rows": _rows(conn, table)}
         if postgres:
             row["bytes"] = _postgres_bytes(conn, table.name)

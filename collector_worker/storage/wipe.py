@@ -17,19 +17,26 @@ from . import periods, schema
 from .engine import is_postgres
 from .usage import _rows
 
-# Postings and blocks before the traces they belong to; every table that holds trace data.
+# Postings and blocks before the traces they belong to; every table that holds trace data (a backend has
+# either trace_operations and trace_tags or trace_search_keys: wiped_tables()).
 WIPED_TABLES = (
-    schema.trace_operations, schema.trace_tags, schema.trace_tag_numbers, schema.trace_blocks, schema.traces,
-    schema.spans, schema.pending_traces, schema.dropped_traces,
+    schema.trace_operations, schema.trace_tags, schema.trace_search_keys, schema.trace_tag_numbers,
+    schema.trace_blocks, schema.traces, schema.spans, schema.pending_traces, schema.dropped_traces,
     schema.stats, schema.stats_histogram, schema.dependencies, schema.llm_usage,
     schema.metric_points, schema.metric_histogram, schema.metric_entries,
 )
 
 
+def wiped_tables(engine) -> tuple:
+    """:data:`WIPED_TABLES` that ``engine``'s backend has."""
+    present = set(schema.tables_of(engine.dialect.name))
+    return tuple(t for t in WIPED_TABLES if t in present)
+
+
 def count_all(engine: Engine) -> dict[str, int]:
     """Rows of every table :func:`wipe_all` empties (what ``--dry-run`` prints)."""
     with engine.connect() as conn:
-        return {t.name: _rows(conn, t) for t in WIPED_TABLES}
+        return {t.name: _rows(conn, t) for t in wiped_tables(engine)}
 
 
 def wipe_all(engine: Engine, progress: Callable[[int, int, str], None] | None = None) -> dict[str, int]:
@@ -43,10 +50,11 @@ def wipe_all(engine: Engine, progress: Callable[[int, int, str], None] | None = 
         sealed = periods.published(conn)
         sealed_counts = {t.name: _rows(conn, t) - int(conn.execute(select(func.count()).select_from(t)
                                                                        .where(*_not_covered(conn, t))).scalar_one())
-                         for t in WIPED_TABLES if t.name in periods.TABLES} if sealed else {}
+                         for t in wiped_tables(engine) if t.name in periods.TABLES} if sealed else {}
     for period in sealed:
         periods.drop_period(engine, period)
-    for done, table in enumerate(WIPED_TABLES, start=1):
+    tables = wiped_tables(engine)
+    for done, table in enumerate(tables, start=1):
         with engine.begin() as conn:
             counts[table.name] = int(conn.execute(select(func.count()).select_from(table)
                                                   .where(*_not_covered(conn, table))).scalar_one()) \
@@ -58,7 +66,7 @@ def wipe_all(engine: Engine, progress: Callable[[int, int, str], None] | None = 
             else:
                 conn.exec_driver_sql(f"DELETE FROM {table.name}")
         if progress is not None:
-            progress(done, len(WIPED_TABLES), table.name)
+            progress(done, len(tables), table.name)
     return counts
 
 

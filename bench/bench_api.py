@@ -13,7 +13,9 @@ through the Flask app (routing, validation, query, JSON):
 the closed days are then sealed into period files (storage/periods.py) before measuring, so search reads
 the main file and N period files, as a week's retention does.
 
-Usage: python bench/bench_api.py [--traces 100000] [--days 1] [--out bench/results/api.json]
+``--postgres`` seeds and searches a PostgreSQL database of its own instead of SQLite.
+
+Usage: python bench/bench_api.py [--traces 100000] [--days 1] [--postgres] [--out bench/results/api.json]
 """
 
 from __future__ import annotations
@@ -217,14 +219,20 @@ def main() -> None:
     parser.add_argument("--big-trace-spans", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--days", type=int, default=1, help="spread the traces over this many days (sealed)")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL (a database of its own) instead of SQLite")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "api.json"))
     args = parser.parse_args()
 
     from tests.support.servers import RedisServer
     from web import create_app
 
+    drop = None
     with tempfile.TemporaryDirectory(prefix="contrail-bench-api-") as tmp:
         url = f"sqlite:///{tmp}/bench.db"
+        if args.postgres:
+            from tests.support.servers import create_postgres_database
+
+            url, drop = create_postgres_database("contrail_bench_api")
         seeded = seed(url, args.traces, args.big_trace_spans, args.days)
         print(f"seeded {seeded['spans']} spans in {seeded['seconds']}s", flush=True)
         redis_server = RedisServer.launch()
@@ -235,6 +243,7 @@ def main() -> None:
             results = {
                 "machine": {"python": platform.python_version(), "platform": platform.platform(),
                             "cpus": os.cpu_count()},
+                "database": "postgresql" if args.postgres else "sqlite",
                 "stored_spans": seeded["spans"], "seed_seconds": seeded["seconds"], "days": args.days,
                 "sealed": seeded["sealed"],
                 "search": bench_search(client, args.rounds),
@@ -245,6 +254,8 @@ def main() -> None:
             app.extensions["contrail.resources"].close()
         finally:
             redis_server.destroy()
+            if drop is not None:
+                drop()
     results["budgets"] = {"search_p95_under_100ms": results["search"]["p95_ms"] < 100,
                           "big_trace_under_1s": results["big_trace"]["median_ms"] < 1000}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

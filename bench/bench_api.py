@@ -91,11 +91,10 @@ def seed(database_url: str, traces: int, big_trace_spans: int, days: int = 1) ->
     settings = Settings(quiet_period=1.0)
     while finalizer.finalize_ready(engine, settings, "bench", now_ns=now + 10 * SECOND):
         pass
-    sealed = seal_closed_days(engine, now) if days > 1 else None
     with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
-    return {"big_trace_id": big_id, "sealed": sealed, "seconds": round(time.perf_counter() - started, 1),
+    return {"big_trace_id": big_id, "now": now, "seconds": round(time.perf_counter() - started, 1),
             "stored_seconds": round(stored_s, 1), "spans": traces * 10 + big_trace_spans}
 
 
@@ -118,6 +117,24 @@ def seal_closed_days(engine, now: int) -> dict:
     totals["seconds"] = round(time.perf_counter() - started, 1)
     totals["period_files"] = len(periods.file_sizes(engine))
     return totals
+
+
+def search_before_and_after_sealing(client, url: str, now: int, args) -> dict:
+    """Search timings; with ``--days`` on SQLite, first with every day in the main file, then with the closed
+    days sealed into period files, the two measured back to back (the layout's cost against the same load)."""
+    if args.days <= 1 or args.postgres:
+        return {"search": bench_search(client, args.rounds)}
+    from collector_worker.storage import open_engine
+
+    unsealed = bench_search(client, args.rounds)
+    engine = open_engine(url)
+    try:
+        sealed = seal_closed_days(engine, now)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+    finally:
+        engine.dispose()
+    return {"search_all_days_in_the_main_file": unsealed, "sealed": sealed, "search": bench_search(client, args.rounds)}
 
 
 def p(values, q):
@@ -245,8 +262,8 @@ def main() -> None:
                             "cpus": os.cpu_count()},
                 "database": "postgresql" if args.postgres else "sqlite",
                 "stored_spans": seeded["spans"], "seed_seconds": seeded["seconds"], "days": args.days,
-                "sealed": seeded["sealed"],
-                "search": bench_search(client, args.rounds),
+
+                **search_before_and_after_sealing(client, url, seeded["now"], args),
                 "search_baseline_bare_sql": bench_baseline_query(url, args.rounds * 5),
                 "big_trace": bench_big_trace(client, seeded["big_trace_id"]),
                 "otlp": bench_otlp(client, redis_server.url),

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from collector_worker.retention import run_retention
-from collector_worker.storage import block_store, partitions, periods, queries
+from collector_worker.storage import ai_traces, block_store, partitions, periods, queries
 from tests.collector.test_finalizer import BASE, S, finalize_all, ingest, make_span, sid, tid
 
 DAY = 86400 * S
@@ -80,6 +80,9 @@ def answers(engine):
         fetched = {t: queries.get_trace(conn, t) for t in every}
         out.append(queries.tagged_trace_ids(conn, {"http.status_code": "500"}, [], None, None, 100))  # AI pages
         out.append(queries.tagged_trace_ids(conn, {}, ["user.id"], BASE - 2 * DAY, None, 100))
+        out.append(ai_traces.traces_with_key(conn, "user.id", BASE - 3 * DAY, None, None, 100,
+                                             tags=[("http.status_code", "500")], exclude=[tid(1)[-3:]]))  # sessions
+        out.append(ai_traces.trace_rows(conn, every[:5]))
         out.append([queries.list_services(conn), queries.list_operations(conn, "db"), queries.last_finalized_ns(conn),
                     queries.service_exists(conn, "api"), queries.trace_exists(conn, every[-1])])
     return out, {t: (f["summary"], [s["span_id"] for s in f["spans"]]) for t, f in fetched.items()}
@@ -267,4 +270,5 @@ def test_postgres_array_postings_answer_every_search_as_sqlite_posting_tables_do
     assert postgres_answers == sqlite_answers
     searched = [pages for pages in sqlite_answers[0][:len(QUERIES)]]
     assert all(pages[0][0] for pages in searched)  # every query matched something
-    assert sqlite_answers[0][len(QUERIES) + 2][0][0]["name"] == "api"  # list_services
+    assert sqlite_answers[0][len(QUERIES) + 4][0][0]["name"] == "api"  # list_services
+    assert sqlite_answers[0][len(QUERIES) + 2]  # AI sessions: traces with a key, a tag, values excluded

@@ -57,8 +57,12 @@ def upgrade() -> None:
           coalesce((SELECT array_agg(DISTINCT (o.service_id::bigint << 32) | o.operation_id)
                     FROM trace_operations o WHERE o.trace_no = t.trace_no AND o.error), '{{}}')
         FROM traces t""")
-    op.execute("CREATE INDEX ix_search_tags ON trace_search_keys USING gin (tag_keys)")
-    op.execute("CREATE INDEX ix_search_ops ON trace_search_keys USING gin (op_keys)")
+    # A small pending list: GIN's fast update buffers inserts there (4 MB by default, whose pages stay with
+    # the index once merged: 40 B/span in a day of 110k spans); 256 kB keeps the buffering and its cost.
+    op.execute("CREATE INDEX ix_search_tags ON trace_search_keys USING gin (tag_keys) "
+               "WITH (gin_pending_list_limit = 256)")
+    op.execute("CREATE INDEX ix_search_ops ON trace_search_keys USING gin (op_keys) "
+               "WITH (gin_pending_list_limit = 256)")
     op.execute("DROP TABLE trace_tags")
     op.execute("DROP TABLE trace_operations")
 

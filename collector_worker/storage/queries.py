@@ -254,14 +254,19 @@ def _filters(q: TraceQuery, part: periods.Part, tags: list[tuple[str, str, str]]
         where.append(t.c.start_ns >= q.start_ns)
     if q.end_ns is not None:
         where.append(t.c.start_ns <= q.end_ns)
+    # In a period file's arm (a day's part, searched for one page) the duration and error filters are
+    # written "column + 0": SQLite then walks the sort column's index and stops at the page's end instead
+    # of reading every matching row of the file through the filter's index and sorting them all.
+    duration = t.c.duration_ns if part.schema is None or q.sort.startswith("duration") else t.c.duration_ns + 0
+    errors = t.c.error_count if part.schema is None else t.c.error_count + 0
     if q.min_duration_ns is not None:
-        where.append(t.c.duration_ns >= q.min_duration_ns)
+        where.append(duration >= q.min_duration_ns)
     if q.max_duration_ns is not None:
-        where.append(t.c.duration_ns <= q.max_duration_ns)
+        where.append(duration <= q.max_duration_ns)
     if q.status == "error":
-        where.append(t.c.error_count > 0)
+        where.append(errors > 0)
     elif q.status == "ok":
-        where.append(t.c.error_count == 0)
+        where.append(errors == 0)
     if part.postgres:  # one probe of the GIN-indexed arrays for every equality filter (see _array_filter)
         found = _array_filter(q, tags, ids)
         if found is not None:
@@ -351,11 +356,14 @@ def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
                     page_where.append(or_(column < value, and_(column == value, t.c.trace_id < trace_id)))
                 else:
                     page_where.append(or_(column > value, and_(column == value, t.c.trace_id > trace_id)))
-            pages.append(select(*t.c).where(*page_where))
+            order = [column.desc(), t.c.trace_id.desc()] if descending else [column.asc(), t.c.trace_id.asc()]
+            pages.append(select(t).where(*page_where).order_by(*order).limit(q.limit + 1))
             counts.append(select(t.c.trace_id).where(*where))
     if not pages:
         return {"traces": [], "total": 0, "total_capped": False, "next_cursor": None}
-    found = (pages[0] if len(pages) == 1 else union_all(*pages)).subquery()
+    # Each part's own page first (its ORDER BY ... LIMIT lets SQLite walk the sort index and stop), then the
+    # parts' pages merged: the same rows as one sorted scan over every part.
+    found = (pages[0] if len(pages) == 1 else union_all(*(select(page.subquery()) for page in pages))).subquery()
     column = found.c.duration_ns if by_duration else found.c.start_ns
     order = [column.desc(), found.c.trace_id.desc()] if descending else [column.asc(), found.c.trace_id.asc()]
     rows = conn.execute(select(found).order_by(*order).limit(q.limit + 1)).mappings().all()

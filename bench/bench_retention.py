@@ -118,6 +118,16 @@ class Transactions:
                 for target, found in sorted(self.seconds.items())}
 
 
+def postgres_size(url: str) -> dict:
+    engine = open_engine(url, migrate=False)
+    try:
+        with engine.connect() as conn:
+            return {"database_bytes": int(conn.exec_driver_sql("SELECT pg_database_size(current_database())")
+                                          .scalar_one())}
+    finally:
+        engine.dispose()
+
+
 def copy_day(engine, day: int, copies: int) -> None:
     """Add ``copies`` copies of ``day``'s finalized rows to the same day, each with numbers and trace ids of its own."""
     lo, hi = partitions.first_no(day), partitions.first_no(day + 1)

@@ -210,6 +210,15 @@ class Part:
         through, seq = self.layout.sealed_through, self.layout.sealed_seq
         if through < 0:
             return None
+        key = (self.schema, through, seq, trace_no)
+        found = _visible_cache.get(key)
+        if found is None:
+            if len(_visible_cache) > 4096:
+                _visible_cache.clear()
+            found = _visible_cache[key] = self._visible(trace_no, through, seq)
+        return found
+
+    def _visible(self, trace_no, through: int, seq: int) -> Any:
         sealed_below = (through + 1) << DAY_SHIFT
         if self.schema is None:
             return or_(trace_no >= sealed_below, trace_no.op("&")(SEQ_MASK) > seq)
@@ -233,6 +242,7 @@ class Part:
         return (first_day is None or self.last_day >= first_day) and (last_day is None or self.first_day <= last_day)
 
 
+_visible_cache: dict[tuple, Any] = {}  # conditions are immutable: built once per part, watermark and column
 _superseded = Table(SUPERSEDED, MetaData(), schema.Column("trace_no", schema.BigInteger, primary_key=True),
                     schema="main")
 _tables: dict[tuple[str, str | None], Table] = {}

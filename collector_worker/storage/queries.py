@@ -356,14 +356,12 @@ def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
                     page_where.append(or_(column < value, and_(column == value, t.c.trace_id < trace_id)))
                 else:
                     page_where.append(or_(column > value, and_(column == value, t.c.trace_id > trace_id)))
-            order = [column.desc(), t.c.trace_id.desc()] if descending else [column.asc(), t.c.trace_id.asc()]
-            pages.append(select(t).where(*page_where).order_by(*order).limit(q.limit + 1))
+            pages.append(select(t).where(*page_where))
             counts.append(select(t.c.trace_id).where(*where))
     if not pages:
         return {"traces": [], "total": 0, "total_capped": False, "next_cursor": None}
-    # Each part's own page first (its ORDER BY ... LIMIT lets SQLite walk the sort index and stop), then the
-    # parts' pages merged: the same rows as one sorted scan over every part.
-    found = (pages[0] if len(pages) == 1 else union_all(*(select(page.subquery()) for page in pages))).subquery()
+    # SQLite merges the parts' arms in sort order, each walking its sort index, and stops at the page's end.
+    found = (pages[0] if len(pages) == 1 else union_all(*pages)).subquery()
     column = found.c.duration_ns if by_duration else found.c.start_ns
     order = [column.desc(), found.c.trace_id.desc()] if descending else [column.asc(), found.c.trace_id.asc()]
     rows = conn.execute(select(found).order_by(*order).limit(q.limit + 1)).mappings().all()

@@ -140,9 +140,11 @@ def _read_periods(cursor: sqlite3.Cursor) -> tuple[Period, ...]:
 
 
 def on_checkout(directory: Path) -> Callable:
-    """A pool ``checkout`` listener attaching the published period files (re-read when the layout changed)."""
+    """A listener for each new Connection attaching the published period files (re-read when the layout
+    changed since this DBAPI connection last looked)."""
 
-    def checkout(dbapi_connection, record, _proxy) -> None:
+    def checkout(conn: Connection) -> None:
+        dbapi_connection, record = conn.connection.dbapi_connection, conn.connection
         cursor = dbapi_connection.cursor()
         try:
             try:
@@ -177,12 +179,16 @@ def on_checkout(directory: Path) -> Callable:
 
 
 def install(engine: Engine) -> None:
-    """Attach period files on every checkout of ``engine``'s connections (file-backed SQLite only)."""
+    """Attach period files whenever a Connection of ``engine`` is opened (file-backed SQLite only).
+
+    On ``engine_connect`` rather than the pool's ``checkout``: other parts add checkout listeners while
+    threads already check connections out, which the pool's listener list does not survive.
+    """
     from sqlalchemy import event
 
     directory = periods_dir(engine.url.database) if engine.dialect.name == "sqlite" else None
     if directory is not None:
-        event.listen(engine, "checkout", on_checkout(directory))
+        event.listen(engine, "engine_connect", on_checkout(directory))
 
 
 def layout_of(conn: Connection) -> Layout:

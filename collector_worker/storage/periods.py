@@ -23,8 +23,8 @@ the main-file transaction that publishes it and is idempotent, so a crash at any
 point leaves either the old or the new layout visible, never a mix. One sealer
 at a time holds a lease in ``sealed_layout``.
 
-Each pooled connection attaches the published period files when it is checked
-out (:func:`on_checkout`, at most :func:`max_attached`); readers build one
+Each pooled connection attaches the published period files whenever a Connection
+is opened on it (:func:`on_checkout`, at most :func:`max_attached`); readers build one
 query arm per part (:func:`parts`), each with the visibility condition of its
 part.
 """

@@ -11,7 +11,13 @@ through the Flask app (routing, validation, query, JSON):
 * OTLP receiver spans/s (protobuf, 512 spans per request) into a real Redis,
   against bare XADDs of the same spans already encoded (ratio).
 
-Usage: python bench/bench_api.py [--traces 100000] [--out bench/results/api.json]
+``--days N`` spreads the traces' start times over the last N days instead of the last hour; on SQLite
+the closed days are then sealed into period files (storage/periods.py) before measuring, so search reads
+the main file and N period files, as a week's retention does.
+
+``--postgres`` seeds and searches a PostgreSQL database of its own instead of SQLite.
+
+Usage: python bench/bench_api.py [--traces 100000] [--days 1] [--postgres] [--out bench/results/api.json]
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ OPERATIONS = ["GET /items", "POST /orders", "charge", "reserve", "query", "chat"
 SECOND = 1_000_000_000
 
 
-def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
+def seed(database_url: str, traces: int, big_trace_spans: int, days: int = 1) -> dict:
     """Store the spans through the real write path (``store_spans``) and finalize every trace."""
     from collector_worker import finalizer
     from collector_worker.finalizer import on_spans_stored
@@ -46,7 +52,8 @@ def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
     engine = open_engine(database_url)
     rng = random.Random(7)
     now = time.time_ns()
-    start0 = now - 3600 * SECOND
+    span_ns = 3600 * SECOND if days <= 1 else days * 86400 * SECOND
+    start0 = now - span_ns
     started = time.perf_counter()
     chunk: list[dict] = []
 
@@ -77,7 +84,7 @@ def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
                           "events": [], "links": [], "resource": {"service.name": service}})
 
     for i in range(traces):
-        add_trace(os.urandom(16).hex(), 10, start0 + i * (3600 * SECOND // traces))
+        add_trace(os.urandom(16).hex(), 10, start0 + i * (span_ns // traces))
         if len(chunk) >= 50_000:
             flush()
     big_id = os.urandom(16).hex()
@@ -90,7 +97,7 @@ def seed(database_url: str, traces: int, big_trace_spans: int) -> dict:
     with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
     engine.dispose()
-    return {"big_trace_id": big_id, "end_ns": now + 10 * SECOND, "seconds": round(time.perf_counter() - started, 1),
+    return {"big_trace_id": big_id, "now": now, "end_ns": now + 10 * SECOND, "seconds": round(time.perf_counter() - started, 1),
             "stored_seconds": round(stored_s, 1), "spans": traces * 10 + big_trace_spans}
 
 
@@ -104,8 +111,47 @@ def reseeded(database_url: str) -> dict:
             "SELECT trace_id, (SELECT SUM(span_count) FROM traces), finalized_ns FROM traces "
             "ORDER BY span_count DESC LIMIT 1")).one()
     engine.dispose()
-    return {"big_trace_id": big_id, "end_ns": int(finalized), "seconds": 0.0, "stored_seconds": 0.0,
+    return {"big_trace_id": big_id, "now": int(finalized), "end_ns": int(finalized), "seconds": 0.0, "stored_seconds": 0.0,
             "spans": int(spans), "reused": True}
+
+
+def seal_closed_days(engine, now: int) -> dict:
+    """Seal every closed day into its period file and purge the main file's copies (retention passes, run
+    with the clock moved on by the purge delay each time)."""
+    from collector_worker.storage import periods
+
+    week = 7 * 86400 * SECOND
+    totals = {"sealed_traces": 0, "purged_traces": 0, "passes": 0}
+    started = time.perf_counter()
+    while True:
+        now += periods.PURGE_DELAY_NS
+        done = periods.seal(engine, now, week)
+        totals["passes"] += 1
+        totals["sealed_traces"] += done["sealed_traces"]
+        totals["purged_traces"] += done["purged_traces"]
+        if not done["sealed_traces"] and not done["purged_traces"]:
+            break
+    totals["seconds"] = round(time.perf_counter() - started, 1)
+    totals["period_files"] = len(periods.file_sizes(engine))
+    return totals
+
+
+def search_before_and_after_sealing(client, url: str, now: int, args) -> dict:
+    """Search timings; with ``--days`` on SQLite, first with every day in the main file, then with the closed
+    days sealed into period files, the two measured back to back (the layout's cost against the same load)."""
+    if args.days <= 1 or args.postgres:
+        return {"search": bench_search(client, args.rounds)}
+    from collector_worker.storage import open_engine
+
+    unsealed = bench_search(client, args.rounds)
+    engine = open_engine(url)
+    try:
+        sealed = seal_closed_days(engine, now)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+    finally:
+        engine.dispose()
+    return {"search_all_days_in_the_main_file": unsealed, "sealed": sealed, "search": bench_search(client, args.rounds)}
 
 
 def p(values, q):
@@ -245,6 +291,8 @@ def main() -> None:
     parser.add_argument("--traces", type=int, default=100_000)
     parser.add_argument("--big-trace-spans", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--days", type=int, default=1, help="spread the traces over this many days (sealed)")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL (a database of its own) instead of SQLite")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "api.json"))
     parser.add_argument("--reuse", metavar="PATH", help="SQLite file seeded by an earlier run (seeded here if missing, "
                         "kept afterwards): measure again without seeding again")
@@ -253,12 +301,17 @@ def main() -> None:
     from tests.support.servers import RedisServer
     from web import create_app
 
+    drop = None
     with tempfile.TemporaryDirectory(prefix="contrail-bench-api-") as tmp:
         url = f"sqlite:///{args.reuse or tmp + '/bench.db'}"
-        if args.reuse and Path(args.reuse).exists():
+        if args.postgres:
+            from tests.support.servers import create_postgres_database
+
+            url, drop = create_postgres_database("contrail_bench_api")
+        if args.reuse and not args.postgres and Path(args.reuse).exists():
             seeded = reseeded(url)
         else:
-            seeded = seed(url, args.traces, args.big_trace_spans)
+            seeded = seed(url, args.traces, args.big_trace_spans, args.days)
         print(f"seeded {seeded['spans']} spans in {seeded['seconds']}s", flush=True)
         redis_server = RedisServer.launch()
         try:
@@ -268,8 +321,10 @@ def main() -> None:
             results = {
                 "machine": {"python": platform.python_version(), "platform": platform.platform(),
                             "cpus": os.cpu_count()},
-                "stored_spans": seeded["spans"], "seed_seconds": seeded["seconds"],
-                "search": bench_search(client, args.rounds),
+                "database": "postgresql" if args.postgres else "sqlite",
+                "stored_spans": seeded["spans"], "seed_seconds": seeded["seconds"], "days": args.days,
+
+                **search_before_and_after_sealing(client, url, seeded["now"], args),
                 "search_baseline_bare_sql": bench_baseline_query(url, args.rounds * 5),
                 "heatmap_and_tail": bench_heatmap(client, args.rounds, seeded["end_ns"]),
                 "big_trace": bench_big_trace(client, seeded["big_trace_id"]),
@@ -278,6 +333,8 @@ def main() -> None:
             app.extensions["contrail.resources"].close()
         finally:
             redis_server.destroy()
+            if drop is not None:
+                drop()
     results["budgets"] = {"search_p95_under_100ms": results["search"]["p95_ms"] < 100,
                           "big_trace_under_1s": results["big_trace"]["median_ms"] < 1000,
                           "heatmap_and_tail_p95_under_100ms": results["heatmap_and_tail"]["max_p95_ms"] < 100}

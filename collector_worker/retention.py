@@ -16,10 +16,10 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from sqlalchemy import delete, func, literal_column, select
+from sqlalchemy import delete, func, literal_column, select, union_all
 from sqlalchemy.engine import Connection, Engine
 
-from .storage import partitions, schema, staging
+from .storage import partitions, periods, schema, staging, vacuum
 
 Progress = Callable[[int, int], None]
 
@@ -50,11 +50,15 @@ def _expired(traces, cutoff_ns: int):
     return traces.c.trace_no < partitions.first_no(partitions.day_of(cutoff_ns))
 
 
+def _measure(table):
+    """What counts in ``table``: rows, except staging, where a row holds a trace's spans of one batch."""
+    return func.coalesce(func.sum(table.c.span_count), 0) if table is schema.spans else func.count()
+
+
 def _count(engine: Engine, table, condition) -> int:
     """Rows of ``table`` matching ``condition``; for staging, the spans those rows hold."""
-    what = func.coalesce(func.sum(table.c.span_count), 0) if table is schema.spans else func.count()
     with engine.connect() as conn:
-        return int(conn.execute(select(what).select_from(table).where(condition)).scalar_one())
+        return int(conn.execute(select(_measure(table)).select_from(table).where(condition)).scalar_one())
 
 
 def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
@@ -85,15 +89,24 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
 
     # 1. finalized traces a day at a time, each day whole once it ended before the cutoff (PostgreSQL
     #    drops its partitions, SQLite deletes its trace-number range); days ahead are prepared meanwhile
+    now_ns = time.time_ns()
     with engine.begin() as conn:
-        partitions.prepare_days(conn, time.time_ns())
+        partitions.prepare_days(conn, now_ns)
         days = partitions.expired_days(conn, cutoff_ns)
+        sealed = periods.expired_periods(conn, cutoff_ns) if periods.published(conn) else []
     for day in days:
         with engine.begin() as conn:
             n = partitions.delete_day(conn, day)
         for name in ("spans", "traces", "trace_blocks"):
             deleted[name] += n[name]
         advance(n["spans"] + n["traces"])
+    for period in sealed:  # SQLite: a sealed period goes with its file
+        n = periods.drop_period(engine, period)
+        for name in ("spans", "traces", "trace_blocks"):
+            deleted[name] += n[name]
+        advance(n["spans"] + n["traces"])
+    # SQLite: days that ended since the last pass are sealed into period files (not counted as deleted)
+    periods.seal(engine, now_ns, retention_ns=max(0, now_ns - int(cutoff_ns)), cutoff_ns=cutoff_ns)
 
     # 2. spans and pending rows of traces never finalized; 3. statistics buckets that ended before the cutoff
     d, m, f = schema.dropped_traces, schema.metric_entries, schema.profiles
@@ -111,6 +124,7 @@ def run_retention(engine: Engine, cutoff_ns: int, batch_size: int = 5000,
                 advance(n)
             if rows < batch_size:
                 break
+    vacuum.vacuum_staging(engine)  # PostgreSQL: the drained staging rows' pages come back
     if progress is not None and state["done"] == 0:
         progress(0, 0)
     return deleted
@@ -124,21 +138,39 @@ def count_expired(engine: Engine, cutoff_ns: int) -> dict[str, int]:
     rows, and statistics buckets that ended before the cutoff.
     """
     cutoff_s = int(cutoff_ns) // 1_000_000_000
-    t, s, p, d = schema.traces, schema.spans, schema.pending_traces, schema.dropped_traces
-    expired = _expired(t, cutoff_ns)
-    expired_ids = select(t.c.trace_id).where(expired)
-    checks = [(t, expired),
-              (s, (s.c.start_ns < cutoff_ns) | s.c.trace_id.in_(expired_ids)),
-              (schema.trace_blocks, _expired(schema.trace_blocks, cutoff_ns)),
-              (p, p.c.last_seen_ns < cutoff_ns), (d, d.c.start_ns < cutoff_ns),
-              (schema.metric_entries, schema.metric_entries.c.stored_ns < cutoff_ns),
-              (schema.profiles, schema.profiles.c.start_ns < cutoff_ns)]
-    checks += [(table, table.c.bucket + table.c[res] <= cutoff_s) for table, res in _bucket_tables()]
-    counted = {table.name: _count(engine, table, condition) for table, condition in checks}
-    with engine.connect() as conn:  # spans in the expired traces' blocks, besides their staging rows
-        counted["spans"] += int(conn.execute(select(func.coalesce(func.sum(t.c.span_count), 0))
-                                             .where(expired)).scalar_one())
+    s, p, d = schema.spans, schema.pending_traces, schema.dropped_traces
+    with engine.connect() as conn:
+        expired = _expired_traces(conn, cutoff_ns)
+        checks = [(s, (s.c.start_ns < cutoff_ns) | s.c.trace_id.in_(select(expired.c.trace_id))),
+                  (p, p.c.last_seen_ns < cutoff_ns), (d, d.c.start_ns < cutoff_ns),
+                  (schema.metric_entries, schema.metric_entries.c.stored_ns < cutoff_ns),
+                  (schema.profiles, schema.profiles.c.start_ns < cutoff_ns)]
+        checks += [(table, table.c.bucket + table.c[res] <= cutoff_s) for table, res in _bucket_tables()]
+        counted = {table.name: int(conn.execute(select(_measure(table)).select_from(table).where(condition))
+                                   .scalar_one()) for table, condition in checks}
+        traces, spans, blocks = conn.execute(select(func.count(), func.coalesce(func.sum(expired.c.span_count), 0),
+                                                    func.coalesce(func.sum(expired.c.blocks), 0))).one()
+    counted["traces"], counted["trace_blocks"] = int(traces), int(blocks)
+    counted["spans"] += int(spans)  # spans in the expired traces' blocks, besides their staging rows
     return counted
+
+
+def _expired_traces(conn: Connection, cutoff_ns: int):
+    """(trace_id, span_count, blocks) of the finalized traces retention removes at ``cutoff_ns``: those of the
+    days that ended before it, in the main tables, and (SQLite) every trace of a period file that expired whole."""
+    dropped = {p.alias for p in periods.expired_periods(conn, cutoff_ns)} if periods.published(conn) else set()
+    arms = []
+    for part in periods.parts(conn):
+        if part.schema is not None and part.schema not in dropped:
+            continue
+        t, b = part.table(schema.traces), part.table(schema.trace_blocks)
+        where = [_expired(t, cutoff_ns)] if part.schema is None else []
+        visible = part.visible(t.c.trace_no)
+        if visible is not None:
+            where.append(visible)
+        has_block = select(func.count()).where(b.c.trace_no == t.c.trace_no).scalar_subquery()
+        arms.append(select(t.c.trace_id, t.c.span_count, has_block.label("blocks")).where(*where))
+    return (arms[0] if len(arms) == 1 else union_all(*arms)).subquery()
 
 
 def cutoff_for(retention_s: float, now_ns: int) -> int:

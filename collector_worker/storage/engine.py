@@ -40,6 +40,9 @@ def open_engine(url: str, *, migrate: bool = True) -> Engine:
         from .migrations import migrate as run_migrations
 
         run_migrations(engine)
+    from .periods import install
+
+    install(engine)  # SQLite: attach the period files of sealed days on checkout
     return engine
 
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from sqlalchemy.engine import Connection
 
-from . import block_store, partitions, schema, staging
+from . import block_store, partitions, periods, schema, staging
 
 _IN_CHUNK = 1000
 
@@ -39,10 +39,7 @@ _PREVIOUS_COLUMNS = ("trace_id", "root_service", "root_operation", "start_ns", "
 _TRACE_COLUMNS = ("trace_id", "root_span_id", "root_service", "root_operation", "start_ns", "end_ns",
                   "duration_ns", "span_count", "error_count", "services", "service_count", "incomplete",
                   "clock_skew_ns", "warnings", "finalized_ns", "version")
-_OPERATION_COLUMNS = ("service_id", "trace_no", "operation_id", "error")
 _TOMBSTONE_COLUMNS = ("trace_id", "start_ns", "dropped_ns")
-_TAG_COLUMNS = ("key_id", "value_hash", "trace_no")
-_NUMBER_COLUMNS = ("key_id", "value_num", "trace_no")
 _dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
@@ -52,12 +49,10 @@ def load_previous(conn: Connection, trace_ids: list[str]) -> dict[str, dict[str,
     A trace tail sampling dropped before has no row but a tombstone: ``{"dropped": True}``.
     """
     out: dict[str, dict[str, Any]] = {}
-    columns = ",".join(_PREVIOUS_COLUMNS)
+    for trace_id, row in block_store.trace_rows(conn, trace_ids, _PREVIOUS_COLUMNS).items():
+        out[trace_id] = dict(row)  # from whichever day part holds it (SQLite: the main file or a period file)
     for chunk in _chunks(trace_ids):
         in_list = _in_list(conn, len(chunk))
-        sql = f"SELECT {columns} FROM {schema.traces.name} WHERE trace_id IN {in_list}"
-        for row in conn.exec_driver_sql(sql, tuple(chunk)):
-            out[row[0]] = dict(zip(_PREVIOUS_COLUMNS, row))
         sql = f"SELECT trace_id FROM {schema.dropped_traces.name} WHERE trace_id IN {in_list}"
         for row in conn.exec_driver_sql(sql, tuple(chunk)):
             out.setdefault(row[0], {"dropped": True})
@@ -134,6 +129,7 @@ def write_batch(conn: Connection, batch: Any) -> None:
     staged after the batch was read stays staged for the next pass.
     """
     block_store.delete_finalized(conn, [(no, batch.old_postings.get(t)) for t, no in batch.old_numbers.items()])
+    periods.retire(conn, batch.old_numbers.values())  # SQLite: hide old copies sealed into period files
     _delete_traces(conn, (schema.traces,), batch.replaced)
     staging.delete_traces(conn, batch.dropped)
     block_store.delete_staged(conn, batch.staged)
@@ -147,20 +143,7 @@ def write_batch(conn: Connection, batch: Any) -> None:
     numbers = {row[0]: no for row, no in zip(batch.trace_rows, numbered)}
     order = sorted(numbers, key=numbers.get)
     _insert_many(conn, schema.trace_blocks, ("trace_no", "data"), [(numbers[t], batch.blocks[t]) for t in order])
-    ops, tags, nums = [], [], []
-    for trace_id in order:
-        no = numbers[trace_id]
-        posted_ops, posted_tags, posted_nums = batch.postings[trace_id]
-        ops.extend((s, no, o, bool(e)) for s, o, e in posted_ops)
-        tags.extend((k, h, no) for k, h in posted_tags)
-        nums.extend((k, n, no) for k, n in posted_nums)
-    # Key order: each index is filled front to back (fewer pages touched), and concurrent writers lock alike.
-    ops.sort()
-    tags.sort()
-    nums.sort()
-    _insert_many(conn, schema.trace_operations, _OPERATION_COLUMNS, ops)
-    _insert_many(conn, schema.trace_tags, _TAG_COLUMNS, tags)
-    _insert_many(conn, schema.trace_tag_numbers, _NUMBER_COLUMNS, nums)
+    block_store.insert_postings(conn, [(numbers[t], batch.postings[t]) for t in order])
 
 
 def write_tombstones(conn: Connection, tombstones: list[tuple]) -> None:

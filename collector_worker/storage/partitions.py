@@ -12,9 +12,10 @@ ahead (:func:`prepare_days`, from yesterday to two days on; the collector calls
 it on start and on every retention pass) and on demand for a trace of another
 day (:func:`ensure_days`, in the finalizer's write transaction).
 
-On SQLite the tables are plain; a day is deleted by trace-number range
-(:func:`delete_days`), a rowid range for ``traces`` and ``trace_blocks`` and
-one scan per posting table, with no trace re-assembled.
+On SQLite the finalizer writes into plain tables of the main database file;
+once a day has ended it is sealed into a period file of its own, which
+retention drops by deleting the file (periods.py). A day not sealed yet is
+deleted from the main file by trace-number range (:func:`delete_day`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from typing import Iterable
 
 from sqlalchemy.engine import Connection
 
-from . import schema
+from . import periods, schema
 
 DAY_SHIFT = 40  # a sequence of 2**40 numbers: a trillion traces before it would reach the day bits
 DAY_NS = 86_400 * 1_000_000_000
 SEQUENCE = "trace_no_seq"  # PostgreSQL sequence; SQLite keeps its counter in the trace_sequence table
-PARTITIONED = (schema.traces, schema.trace_blocks, schema.trace_operations, schema.trace_tags,
-               schema.trace_tag_numbers)
+PARTITIONED = schema.finalized_tables("postgresql")  # the tables partitioned by day (PostgreSQL)
 AHEAD_DAYS = 2  # partitions made ahead of today
 
 
@@ -124,22 +124,41 @@ def stored_days(conn: Connection) -> list[int]:
     return found
 
 
+def _not_sealed(conn: Connection) -> str:
+    """SQL (SQLite): a main-file row no period file publishes (copies awaiting their purge are left out)."""
+    if _is_postgres(conn) or not periods.published(conn) and not _sealed_ever(conn):
+        return ""
+    return (f" AND NOT (trace_no < ((SELECT sealed_through FROM {periods.LAYOUT} WHERE id = 1) + 1) << {DAY_SHIFT} "
+            f"AND (trace_no & {periods.SEQ_MASK}) <= (SELECT sealed_seq FROM {periods.LAYOUT} WHERE id = 1))")
+
+
+def _sealed_ever(conn: Connection) -> bool:
+    try:
+        return int(conn.exec_driver_sql(f"SELECT sealed_through FROM {periods.LAYOUT} WHERE id = 1").scalar()) >= 0
+    except Exception:  # before the migration that made the table
+        conn.rollback()
+        return False
+
+
 def count_day(conn: Connection, day: int) -> dict[str, int]:
-    """Traces, blocks and spans (the traces' span counts) stored for ``day``."""
+    """Traces, blocks and spans (the traces' span counts) stored for ``day`` in the main tables (on SQLite,
+    those not published from a period file)."""
     lo, hi = first_no(day), first_no(day + 1)
     m = "%s" if _is_postgres(conn) else "?"
+    visible = _not_sealed(conn)
     traces, spans = conn.exec_driver_sql(
-        f"SELECT count(*), coalesce(sum(span_count), 0) FROM traces WHERE trace_no >= {m} AND trace_no < {m}",
-        (lo, hi)).one()
-    blocks = conn.exec_driver_sql(f"SELECT count(*) FROM trace_blocks WHERE trace_no >= {m} AND trace_no < {m}",
-                                  (lo, hi)).scalar_one()
+        f"SELECT count(*), coalesce(sum(span_count), 0) FROM traces WHERE trace_no >= {m} AND trace_no < {m}"
+        f"{visible}", (lo, hi)).one()
+    blocks = conn.exec_driver_sql(f"SELECT count(*) FROM trace_blocks WHERE trace_no >= {m} AND trace_no < {m}"
+                                  f"{visible}", (lo, hi)).scalar_one()
     return {"traces": int(traces), "trace_blocks": int(blocks), "spans": int(spans)}
 
 
 def delete_day(conn: Connection, day: int) -> dict[str, int]:
     """Delete every finalized trace of ``day`` (with the staging rows of those traces); rows per table.
 
-    PostgreSQL drops the day's partitions; SQLite deletes the day's trace-number range.
+    PostgreSQL drops the day's partitions; SQLite deletes the day's trace-number range from the main file
+    (a day sealed into a period file goes with its file: :func:`periods.drop_period`).
     """
     counted = count_day(conn, day)
     lo, hi = first_no(day), first_no(day + 1)
@@ -153,7 +172,7 @@ def delete_day(conn: Connection, day: int) -> dict[str, int]:
     counted["spans"] += conn.exec_driver_sql(
         "DELETE FROM spans WHERE trace_id IN (SELECT trace_id FROM traces WHERE trace_no >= ? AND trace_no < ?)",
         (lo, hi)).rowcount or 0
-    for table in reversed(PARTITIONED):
+    for table in reversed(schema.finalized_tables("sqlite")):
         conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE trace_no >= ? AND trace_no < ?", (lo, hi))
     return counted
 

@@ -16,16 +16,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from sqlalchemy import Integer, and_, cast, exists, false, func, or_, select
+from sqlalchemy import BigInteger, Integer, and_, cast, exists, func, or_, select, union_all
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from tracer.codec import KINDS
 
-from . import block_store, blocks, schema, search_keys
+from . import block_store, blocks, partitions, periods, schema, search_keys
 
 SORTS = ("start_desc", "start_asc", "duration_desc", "duration_asc")
 TAG_OPS = ("=", ">", "<")
 MAX_LIMIT = 1000
+_OP_MASK = (1 << 32) - 1
 TOTAL_CAP = 1_000  # search counts matches up to this many; beyond it "total_capped" is true
 BACKLINK_WINDOW_NS = 3600 * 10**9  # linking spans are looked for within an hour of the trace
 BACKLINK_SCAN_LIMIT = 50_000  # staged spans with links scanned at most per backlink lookup
@@ -221,22 +223,9 @@ def decode_cursor(cursor: str, sort: str) -> tuple[int, str]:
     return value, trace_id
 
 
-def _filters(conn: Connection, q: TraceQuery) -> list[Any]:
-    """WHERE conditions on ``traces`` for ``q``; names the database has never seen match nothing."""
-    t, o, g, n = schema.traces, schema.trace_operations, schema.trace_tags, schema.trace_tag_numbers
-    where: list[Any] = []
-    if q.start_ns is not None:
-        where.append(t.c.start_ns >= q.start_ns)
-    if q.end_ns is not None:
-        where.append(t.c.start_ns <= q.end_ns)
-    if q.min_duration_ns is not None:
-        where.append(t.c.duration_ns >= q.min_duration_ns)
-    if q.max_duration_ns is not None:
-        where.append(t.c.duration_ns <= q.max_duration_ns)
-    if q.status == "error":
-        where.append(t.c.error_count > 0)
-    elif q.status == "ok":
-        where.append(t.c.error_count == 0)
+def _names(conn: Connection, q: TraceQuery) -> tuple[list[tuple[str, str, str]], dict[str, int] | None]:
+    """The query's tag filters (span kind included) and the ids of every name it needs; None when the
+    database has never seen one of them (nothing can match)."""
     tags = list(q.tags)
     if q.kind:
         if q.kind not in KINDS:
@@ -246,29 +235,93 @@ def _filters(conn: Connection, q: TraceQuery) -> list[Any]:
     wanted += [key for key, _, _ in tags]
     ids = search_keys.lookup(conn, wanted) if wanted else {}
     if any(name not in ids for name in wanted):
-        return [false()]
-    if q.service or q.operation:
-        cond = [o.c.trace_no == t.c.trace_no]
-        if q.service:
-            cond.append(o.c.service_id == ids[q.service])
-        if q.operation:
-            cond.append(o.c.operation_id == ids[q.operation])
-        where.append(exists().where(and_(*cond)))
-    for name in q.services:
-        if name != q.service:
-            where.append(exists().where(and_(o.c.trace_no == t.c.trace_no, o.c.service_id == ids[name])))
+        return tags, None
     for key, op, value in tags:
-        if op == "=":  # usually selective: drive the search from the (key, value) postings
-            where.append(t.c.trace_no.in_(select(g.c.trace_no).where(
-                g.c.key_id == ids[key], g.c.value_hash == search_keys.tag_hash(value))))
+        if op != "=":
+            try:
+                float(value)
+            except ValueError:
+                raise QueryError("tag", f"tag {key}{op}{value}: a comparison needs a number") from None
+    return tags, ids
+
+
+def _filters(q: TraceQuery, part: periods.Part, tags: list[tuple[str, str, str]], ids: dict[str, int]) -> list[Any]:
+    """WHERE conditions on ``part``'s ``traces`` for ``q``, its postings read from the same part."""
+    t, o = part.table(schema.traces), part.table(schema.trace_operations)
+    g, n = part.table(schema.trace_tags), part.table(schema.trace_tag_numbers)
+    where: list[Any] = []
+    if q.start_ns is not None:
+        where.append(t.c.start_ns >= q.start_ns)
+    if q.end_ns is not None:
+        where.append(t.c.start_ns <= q.end_ns)
+    # In a period file's arm (a day's part, searched for one page) the duration and error filters are
+    # written "column + 0": SQLite then walks the sort column's index and stops at the page's end instead
+    # of reading every matching row of the file through the filter's index and sorting them all.
+    duration = t.c.duration_ns if part.schema is None or q.sort.startswith("duration") else t.c.duration_ns + 0
+    errors = t.c.error_count if part.schema is None else t.c.error_count + 0
+    if q.min_duration_ns is not None:
+        where.append(duration >= q.min_duration_ns)
+    if q.max_duration_ns is not None:
+        where.append(duration <= q.max_duration_ns)
+    if q.status == "error":
+        where.append(errors > 0)
+    elif q.status == "ok":
+        where.append(errors == 0)
+    if part.postgres:  # one probe of the GIN-indexed arrays for every equality filter (see _array_filter)
+        found = _array_filter(q, tags, ids)
+        if found is not None:
+            where.append(t.c.trace_no.in_(found))
+    else:
+        if q.service or q.operation:
+            cond = [o.c.trace_no == t.c.trace_no]
+            if q.service:
+                cond.append(o.c.service_id == ids[q.service])
+            if q.operation:
+                cond.append(o.c.operation_id == ids[q.operation])
+            where.append(exists().where(and_(*cond)))
+        for name in q.services:
+            if name != q.service:
+                where.append(exists().where(and_(o.c.trace_no == t.c.trace_no, o.c.service_id == ids[name])))
+        for key, op, value in tags:
+            if op == "=":  # usually selective: drive the search from the (key, value) postings
+                where.append(t.c.trace_no.in_(select(g.c.trace_no).where(
+                    g.c.key_id == ids[key], g.c.value_hash == search_keys.tag_hash(value))))
+    for key, op, value in tags:
+        if op == "=":
             continue
-        try:
-            number = float(value)
-        except ValueError:
-            raise QueryError("tag", f"tag {key}{op}{value}: a comparison needs a number") from None
+        number = float(value)
         compare = n.c.value_num > number if op == ">" else n.c.value_num < number
         where.append(t.c.trace_no.in_(select(n.c.trace_no).where(n.c.key_id == ids[key], compare)))
+    visible = part.visible(t.c.trace_no)
+    if visible is not None:
+        where.append(visible)
     return where
+
+
+def _keys(values) -> Any:
+    return cast(sorted(set(values)), ARRAY(BigInteger))
+
+
+def _array_filter(q: TraceQuery, tags: list[tuple[str, str, str]], ids: dict[str, int]) -> Any | None:
+    """PostgreSQL: trace numbers whose ``trace_search_keys`` arrays hold every service / operation / tag
+    equality the query asks for (None when it asks for none)."""
+    k = schema.trace_search_keys
+    ops = [search_keys.op_key(ids[name]) for name in q.services]
+    if q.service or q.operation:
+        ops.append(search_keys.op_key(ids[q.service] if q.service else 0, ids[q.operation] if q.operation else 0))
+    tag_keys = [search_keys.tag_key(ids[key], search_keys.tag_hash(value)) for key, op, value in tags if op == "="]
+    conditions = []
+    if ops:
+        conditions.append(k.c.op_keys.contains(_keys(ops)))
+    if tag_keys:
+        conditions.append(k.c.tag_keys.contains(_keys(tag_keys)))
+    return select(k.c.trace_no).where(*conditions) if conditions else None
+
+
+def _window_days(q: TraceQuery) -> tuple[int | None, int | None]:
+    """The days a trace matching ``q``'s time window can be numbered in (its start's day)."""
+    return (None if q.start_ns is None else partitions.day_of(max(0, q.start_ns)),
+            None if q.end_ns is None else partitions.day_of(max(0, q.end_ns)))
 
 
 def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
@@ -277,34 +330,49 @@ def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
     Paging is by keyset: ``next_cursor`` holds the sort value and trace id of
     the page's last row, so pages stay stable while new traces arrive.
     ``total`` counts all matches (ignoring the cursor) up to ``TOTAL_CAP``.
+    Each part (the main tables, a SQLite period file) is searched with its own postings, as one UNION
+    ALL whose arms SQLite merges in sort order.
     """
     if q.sort not in SORTS:
         raise QueryError("sort", f"unknown sort {q.sort!r}: use one of {', '.join(SORTS)}")
     if not 1 <= q.limit <= MAX_LIMIT:
         raise QueryError("limit", f"limit must be between 1 and {MAX_LIMIT}")
-    t = schema.traces
-    where = _filters(conn, q)
-    column = t.c.duration_ns if q.sort.startswith("duration") else t.c.start_ns
+    cursor = decode_cursor(q.cursor, q.sort) if q.cursor else None
+    tags, ids = _names(conn, q)
+    by_duration = q.sort.startswith("duration")
     descending = q.sort.endswith("desc")
-    page_where = list(where)
-    if q.cursor:
-        value, trace_id = decode_cursor(q.cursor, q.sort)
-        if descending:
-            page_where.append(or_(column < value, and_(column == value, t.c.trace_id < trace_id)))
-        else:
-            page_where.append(or_(column > value, and_(column == value, t.c.trace_id > trace_id)))
-    order = [column.desc(), t.c.trace_id.desc()] if descending else [column.asc(), t.c.trace_id.asc()]
-    rows = conn.execute(
-        select(t).where(*page_where).order_by(*order).limit(q.limit + 1)
-    ).mappings().all()
+    pages, counts = [], []
+    if ids is not None:
+        for part in periods.parts(conn):
+            if not part.holds_days(*_window_days(q)):
+                continue
+            t = part.table(schema.traces)
+            where = _filters(q, part, tags, ids)
+            column = t.c.duration_ns if by_duration else t.c.start_ns
+            page_where = list(where)
+            if cursor is not None:
+                value, trace_id = cursor
+                if descending:
+                    page_where.append(or_(column < value, and_(column == value, t.c.trace_id < trace_id)))
+                else:
+                    page_where.append(or_(column > value, and_(column == value, t.c.trace_id > trace_id)))
+            pages.append(select(t).where(*page_where))
+            counts.append(select(t.c.trace_id).where(*where))
+    if not pages:
+        return {"traces": [], "total": 0, "total_capped": False, "next_cursor": None}
+    # SQLite merges the parts' arms in sort order, each walking its sort index, and stops at the page's end.
+    found = (pages[0] if len(pages) == 1 else union_all(*pages)).subquery()
+    column = found.c.duration_ns if by_duration else found.c.start_ns
+    order = [column.desc(), found.c.trace_id.desc()] if descending else [column.asc(), found.c.trace_id.asc()]
+    rows = conn.execute(select(found).order_by(*order).limit(q.limit + 1)).mappings().all()
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     next_cursor = None
     if more and rows:
         last = rows[-1]
-        next_cursor = encode_cursor(q.sort, last["duration_ns"] if column is t.c.duration_ns else last["start_ns"],
+        next_cursor = encode_cursor(q.sort, last["duration_ns"] if by_duration else last["start_ns"],
                                     last["trace_id"])
-    counted = select(t.c.trace_id).where(*where).limit(TOTAL_CAP + 1).subquery()
+    counted = (counts[0] if len(counts) == 1 else union_all(*counts)).limit(TOTAL_CAP + 1).subquery()
     total = int(conn.execute(select(func.count()).select_from(counted)).scalar_one())
     return {
         "traces": [summary_from_row(r) for r in rows],
@@ -312,6 +380,46 @@ def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
         "total_capped": total > TOTAL_CAP,
         "next_cursor": next_cursor,
     }
+
+
+def tagged_trace_ids(conn: Connection, tags: Mapping[str, str], any_keys: list[str], start_ns: int | None,
+                     end_ns: int | None, limit: int) -> list[str]:
+    """Ids of the newest traces holding every ``tags`` key=value (or, with no tags, any value of one of
+    ``any_keys``), starting within the window; the AI pages' filters."""
+    ids = search_keys.lookup(conn, [*tags, *any_keys])
+    if any(key not in ids for key in tags) or not tags and not ids:
+        return []
+    arms = []
+    for part in periods.parts(conn):
+        if not part.holds_days(*_window_days(TraceQuery(start_ns=start_ns, end_ns=end_ns))):
+            continue
+        t = part.table(schema.traces)
+        if part.postgres:
+            k = schema.trace_search_keys
+            wanted = (k.c.tag_keys.contains(_keys(search_keys.tag_key(ids[key], search_keys.tag_hash(value))
+                                                  for key, value in tags.items())) if tags else
+                      k.c.tag_keys.overlap(_keys(search_keys.tag_key_marker(i) for i in ids.values())))
+            where = [t.c.trace_no.in_(select(k.c.trace_no).where(wanted))]
+        else:
+            g = part.table(schema.trace_tags)
+            where = [t.c.trace_no.in_(select(g.c.trace_no).where(g.c.key_id == ids[key],
+                                                                g.c.value_hash == search_keys.tag_hash(value)))
+                     for key, value in tags.items()]
+            if not tags:
+                where.append(t.c.trace_no.in_(select(g.c.trace_no).where(g.c.key_id.in_(sorted(ids.values())))))
+        if start_ns is not None:
+            where.append(t.c.start_ns >= start_ns)
+        if end_ns is not None:
+            where.append(t.c.start_ns <= end_ns)
+        visible = part.visible(t.c.trace_no)
+        if visible is not None:
+            where.append(visible)
+        arms.append(select(t.c.trace_id, t.c.start_ns).where(*where))
+    if not arms:
+        return []
+    found = (arms[0] if len(arms) == 1 else union_all(*arms)).subquery()
+    return list(conn.execute(select(found.c.trace_id).order_by(found.c.start_ns.desc(), found.c.trace_id)
+                             .limit(limit)).scalars())
 
 
 # --------------------------------------------------------------------------- one trace
@@ -453,7 +561,7 @@ def get_trace(conn: Connection, trace_id: str, offset: int = 0,
 
 
 def _trace_row(conn: Connection, trace_id: str) -> Mapping[str, Any] | None:
-    return conn.execute(select(schema.traces).where(schema.traces.c.trace_id == trace_id)).mappings().first()
+    return block_store.trace_rows(conn, [trace_id]).get(trace_id)
 
 
 def _stored_warnings(trace_row: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -508,18 +616,24 @@ def find_linking_traces(conn: Connection, trace_id: str, limit: int = 100) -> li
     ``BACKLINK_TRACE_LIMIT`` nearest in start time (half before, half after), plus spans still staged
     there (at most ``BACKLINK_SCAN_LIMIT``), which covers fan-in and batch consumers of the same flow.
     """
-    t, s = schema.traces, schema.spans
-    start = conn.execute(select(t.c.start_ns).where(t.c.trace_id == trace_id)).scalar()
+    s = schema.spans
+    row = _trace_row(conn, trace_id)
+    start = None if row is None else row["start_ns"]
     if start is None:
         start = conn.execute(select(func.min(s.c.start_ns)).where(s.c.trace_id == trace_id)).scalar()
     if start is None:
         return []
     half = BACKLINK_TRACE_LIMIT // 2
-    later = select(t.c.trace_id).where(t.c.start_ns.between(start, start + BACKLINK_WINDOW_NS),
-                                       t.c.trace_id != trace_id).order_by(t.c.start_ns).limit(half)
-    earlier = select(t.c.trace_id).where(t.c.start_ns.between(start - BACKLINK_WINDOW_NS, start - 1)) \
-        .order_by(t.c.start_ns.desc()).limit(half)
-    candidates = list(conn.execute(later).scalars()) + list(conn.execute(earlier).scalars())
+
+    def nearest(lo: int, hi: int, descending: bool) -> list[str]:
+        found = periods.union(conn, schema.traces, lambda t: [t.c.trace_id, t.c.start_ns],
+                              lambda t: [t.c.start_ns.between(lo, hi), t.c.trace_id != trace_id],
+                              days=(partitions.day_of(max(0, lo)), partitions.day_of(max(0, hi)))).subquery()
+        order = found.c.start_ns.desc() if descending else found.c.start_ns
+        return list(conn.execute(select(found.c.trace_id).order_by(order).limit(half)).scalars())
+
+    candidates = nearest(start, start + BACKLINK_WINDOW_NS, False) + \
+        nearest(start - BACKLINK_WINDOW_NS, start - 1, True)
     staged = conn.execute(
         select(s.c.trace_id).where(s.c.start_ns.between(start - BACKLINK_WINDOW_NS, start + BACKLINK_WINDOW_NS))
         .where(s.c.linked).where(s.c.trace_id != trace_id).limit(BACKLINK_SCAN_LIMIT)).scalars()
@@ -544,11 +658,17 @@ def find_linking_traces(conn: Connection, trace_id: str, limit: int = 100) -> li
 
 def list_services(conn: Connection) -> list[dict[str, Any]]:
     """Every service seen in finalized traces, with its operation and trace counts."""
-    o = schema.trace_operations
-    rows = conn.execute(
-        select(o.c.service_id, func.count(func.distinct(o.c.operation_id)), func.count(func.distinct(o.c.trace_no)))
-        .group_by(o.c.service_id)
-    ).all()
+    if conn.dialect.name == "postgresql":
+        rows = conn.exec_driver_sql(
+            f"SELECT x >> {search_keys.OP_SHIFT}, count(DISTINCT x & {_OP_MASK}), count(DISTINCT trace_no) "
+            f"FROM {schema.trace_search_keys.name}, unnest(op_keys) AS x "
+            f"WHERE x >> {search_keys.OP_SHIFT} > 0 AND x & {_OP_MASK} > 0 GROUP BY 1").all()
+    else:
+        o = _postings(conn, lambda t: [t.c.service_id, t.c.operation_id, t.c.trace_no])
+        rows = conn.execute(
+            select(o.c.service_id, func.count(func.distinct(o.c.operation_id)),
+                   func.count(func.distinct(o.c.trace_no))).group_by(o.c.service_id)
+        ).all()
     names = search_keys.names_of(conn, [r[0] for r in rows])
     out = [{"name": names[sid], "operation_count": int(ops), "trace_count": int(traces)}
            for sid, ops, traces in rows if sid in names]
@@ -557,29 +677,45 @@ def list_services(conn: Connection) -> list[dict[str, Any]]:
 
 def list_operations(conn: Connection, service: str) -> list[dict[str, Any]]:
     """Operations of ``service``: name, how many traces contain it, how many with an error there."""
-    o = schema.trace_operations
     sid = search_keys.lookup(conn, [service]).get(service)
     if sid is None:
         return []
-    rows = conn.execute(
-        select(o.c.operation_id, func.count(), func.sum(cast(o.c.error, Integer)))
-        .where(o.c.service_id == sid).group_by(o.c.operation_id)
-    ).all()
+    if conn.dialect.name == "postgresql":
+        rows = conn.exec_driver_sql(
+            f"SELECT x & {_OP_MASK}, count(*), sum(CASE WHEN x = ANY(error_ops) THEN 1 ELSE 0 END) "
+            f"FROM {schema.trace_search_keys.name}, unnest(op_keys) AS x "
+            f"WHERE x >> {search_keys.OP_SHIFT} = %(sid)s AND x & {_OP_MASK} > 0 GROUP BY 1", {"sid": sid}).all()
+    else:
+        o = _postings(conn, lambda t: [t.c.operation_id, t.c.error], lambda t: [t.c.service_id == sid])
+        rows = conn.execute(
+            select(o.c.operation_id, func.count(), func.sum(cast(o.c.error, Integer))).group_by(o.c.operation_id)
+        ).all()
     names = search_keys.names_of(conn, [r[0] for r in rows])
     out = [{"name": names[oid], "count": int(count), "error_count": int(errors or 0)}
            for oid, count, errors in rows if oid in names]
     return sorted(out, key=lambda item: item["name"])
 
 
+def _postings(conn: Connection, columns, where=None):
+    """``trace_operations`` of every part (rows readers see) as one subquery."""
+    return periods.union(conn, schema.trace_operations, columns, where).subquery()
+
+
 def service_exists(conn: Connection, service: str) -> bool:
-    o = schema.trace_operations
     sid = search_keys.lookup(conn, [service]).get(service)
-    return sid is not None and \
-        conn.execute(select(o.c.trace_no).where(o.c.service_id == sid).limit(1)).first() is not None
+    if sid is None:
+        return False
+    if conn.dialect.name == "postgresql":
+        k = schema.trace_search_keys
+        return conn.execute(select(k.c.trace_no).where(k.c.op_keys.contains(_keys([search_keys.op_key(sid)])))
+                            .limit(1)).first() is not None
+    o = _postings(conn, lambda t: [t.c.trace_no], lambda t: [t.c.service_id == sid])
+    return conn.execute(select(o.c.trace_no).limit(1)).first() is not None
 
 
 def last_finalized_ns(conn: Connection) -> int | None:
-    return conn.execute(select(func.max(schema.traces.c.finalized_ns))).scalar()
+    latest = periods.union(conn, schema.traces, lambda t: [func.max(t.c.finalized_ns).label("finalized_ns")])
+    return conn.execute(select(func.max(latest.subquery().c.finalized_ns))).scalar()
 
 
 # --------------------------------------------------------------------------- derived views
@@ -652,6 +788,6 @@ def compare_traces(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]
 
 def trace_exists(conn: Connection, trace_id: str) -> bool:
     """Whether any span of ``trace_id`` is stored (in its block or staged)."""
-    t, s = schema.traces, schema.spans
-    return conn.execute(select(t.c.trace_no).where(t.c.trace_id == trace_id)).first() is not None \
+    s = schema.spans
+    return _trace_row(conn, trace_id) is not None \
         or conn.execute(select(s.c.batch_id).where(s.c.trace_id == trace_id).limit(1)).first() is not None

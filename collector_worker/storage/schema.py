@@ -1,4 +1,5 @@
-"""The database schema, in SQLAlchemy Core, identical on SQLite and PostgreSQL.
+"""The database schema, in SQLAlchemy Core, the same on SQLite and PostgreSQL but for the search postings
+(``trace_operations`` and ``trace_tags`` on SQLite, ``trace_search_keys`` on PostgreSQL: :func:`finalized_tables`).
 
 Times are unix nanoseconds (BigInteger); statistics buckets are unix seconds
 at the start of the bucket. JSON-valued columns hold compact JSON text so
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 metadata = MetaData()
 
@@ -142,6 +144,18 @@ trace_tags = Table(
     Column("value_hash", BigInteger, primary_key=True, autoincrement=False),
     Column("trace_no", _TRACE_NO, primary_key=True, autoincrement=False),
     sqlite_with_rowid=False,
+)
+
+# PostgreSQL only (revision 0006), in place of trace_operations and trace_tags there: a trace's operation and
+# tag postings as arrays of packed keys (search_keys.search_arrays), one row per trace, GIN-indexed. A row per
+# posting costs PostgreSQL 28 bytes of tuple header and line pointer besides its index entry.
+trace_search_keys = Table(
+    "trace_search_keys",
+    metadata,
+    Column("trace_no", BigInteger, primary_key=True, autoincrement=False),
+    Column("tag_keys", ARRAY(BigInteger), nullable=False),
+    Column("op_keys", ARRAY(BigInteger), nullable=False),
+    Column("error_ops", ARRAY(BigInteger), nullable=False),
 )
 
 # Numeric attribute values of a trace's spans: tag range search (key>number, key<number).
@@ -307,3 +321,16 @@ profiles = Table(
     Index("ix_profiles_service", "service", "start_ns"),
     Index("ix_profiles_start", "start_ns"),
 )
+
+
+def finalized_tables(dialect_name: str) -> tuple[Table, ...]:
+    """The tables of finalized traces on a backend, summaries first: what day partitions hold."""
+    if dialect_name == "postgresql":
+        return traces, trace_blocks, trace_search_keys, trace_tag_numbers
+    return traces, trace_blocks, trace_operations, trace_tags, trace_tag_numbers
+
+
+def tables_of(dialect_name: str) -> tuple[Table, ...]:
+    """Every table of ``metadata`` the backend has."""
+    absent = {trace_search_keys} if dialect_name != "postgresql" else {trace_operations, trace_tags}
+    return tuple(t for t in metadata.sorted_tables if t not in absent)

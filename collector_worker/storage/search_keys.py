@@ -117,3 +117,41 @@ def names_in(operations, tags) -> set[str]:
 def search_tags(assembly) -> list[tuple[str, str, float | None]]:
     """The tags an assembly is posted under: its span attributes and its span kinds (under ``SPAN_KIND_KEY``)."""
     return [*assembly.tags, *((SPAN_KIND_KEY, kind, None) for kind in assembly.kinds)]
+
+
+# PostgreSQL keeps a trace's tag and operation postings as arrays of 64-bit keys in one row
+# (``trace_search_keys``, GIN-indexed) instead of a row per posting: a heap row costs 28 bytes of
+# header and line pointer whatever it holds. The keys pack the name id and the value:
+TAG_VALUE_BITS = 40  # a tag key: key id in the high 24 bits, the value hash's low 40 bits
+TAG_VALUE_MASK = (1 << TAG_VALUE_BITS) - 1
+OP_SHIFT = 32  # an operation key: service id << 32 | operation id; a service alone: service id << 32;
+# an operation alone (any service): its id (service 0, ids start at 1)
+
+
+def tag_key(key_id: int, value_hash: int) -> int:
+    """The array key of a tag posting (a false match needs two values of one key to collide in 40 bits)."""
+    return _signed((int(key_id) << TAG_VALUE_BITS) | (int(value_hash) & TAG_VALUE_MASK))
+
+
+def tag_key_marker(key_id: int) -> int:
+    """The array key saying a trace has some value of ``key_id`` (value bits 0)."""
+    return _signed(int(key_id) << TAG_VALUE_BITS)
+
+
+def op_key(service_id: int, operation_id: int = 0) -> int:
+    return (int(service_id) << OP_SHIFT) | int(operation_id)
+
+
+def _signed(value: int) -> int:
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def search_arrays(posted: list[list]) -> tuple[list[int], list[int], list[int]]:
+    """A trace's postings ``[ops, tags, numbers]`` as the arrays of ``trace_search_keys``:
+    (tag keys with a marker per key, operation keys with service and operation markers, error operations)."""
+    ops, tags, _ = posted
+    tag_keys = {tag_key(k, h) for k, h in tags} | {tag_key_marker(k) for k, _ in tags}
+    op_keys = {op_key(s, o) for s, o, _ in ops} | {op_key(s) for s, _, _ in ops} | {op_key(0, o) for _, o, _ in ops}
+    errors = {op_key(s, o) for s, o, e in ops if e}
+    return sorted(tag_keys), sorted(op_keys), sorted(errors)

@@ -7,13 +7,11 @@ import math
 from typing import Any
 
 from flask import Blueprint, jsonify
-from sqlalchemy import and_, desc, func, select
 
 from collector_worker import pricing
 from collector_worker.llm_usage import GROUP_BY, llm_call_of, query_usage
+from collector_worker.storage import block_store, queries
 from collector_worker.storage.queries import iso_time
-from collector_worker.storage import block_store, search_keys
-from collector_worker.storage.schema import trace_tags, traces
 
 from .. import params
 from ..app import current_resources, current_settings
@@ -45,28 +43,8 @@ def _prices() -> pricing.PriceTable:
 def _matching_trace_ids(conn, filters: dict[str, str], start_ns: int | None, end_ns: int | None,
                         limit: int) -> list[str]:
     """Newest traces that have AI spans and every requested user/session/agent tag."""
-    t, g = traces.c, trace_tags.c
-    keys = list(filters) or ["gen_ai.operation.name", "gen_ai.agent.name", "llm.model_name"]
-    ids = search_keys.lookup(conn, keys)
-    conditions = []
-    if filters:
-        if any(key not in ids for key in filters):
-            return []
-        for key, value in filters.items():
-            conditions.append(t.trace_no.in_(select(g.trace_no).where(
-                and_(g.key_id == ids[key], g.value_hash == search_keys.tag_hash(value)))))
-    else:
-        if not ids:
-            return []
-        conditions.append(t.trace_no.in_(select(g.trace_no).where(g.key_id.in_(sorted(ids.values())))))
-    if start_ns is not None:
-        conditions.append(t.start_ns >= start_ns)
-    if end_ns is not None:
-        conditions.append(t.start_ns <= end_ns)
-    rows = conn.execute(
-        select(t.trace_id).where(and_(*conditions)).order_by(desc(t.start_ns), t.trace_id).limit(limit)
-    ).all()
-    return [row[0] for row in rows]
+    keys = [] if filters else ["gen_ai.operation.name", "gen_ai.agent.name", "llm.model_name"]
+    return queries.tagged_trace_ids(conn, filters, keys, start_ns, end_ns, limit)
 
 
 def _json(text: Any, default: Any) -> Any:
@@ -171,9 +149,9 @@ def agent_traces():
                     attrs = _json(span["attributes"], {})
                     if isinstance(attrs, dict) and any(key.startswith(AI_MARKERS) for key in attrs):
                         by_trace[trace_id].append({key: span[key] for key in _AI_SPAN_FIELDS} | {"attributes": attrs})
-            for row in conn.execute(select(traces.c.trace_id, traces.c.start_ns, traces.c.duration_ns,
-                                           traces.c.error_count).where(traces.c.trace_id.in_(ids))).mappings():
-                trace_rows[row["trace_id"]] = dict(row)
+            for trace_id, row in block_store.trace_rows(conn, ids, ("trace_id", "start_ns", "duration_ns",
+                                                                    "error_count")).items():
+                trace_rows[trace_id] = dict(row)
     items = [summarize_agent_trace(trace_id, by_trace[trace_id], trace_rows.get(trace_id), prices)
              for trace_id in ids if by_trace[trace_id]]
     items.sort(key=lambda item: (-item["start_ns"], item["trace_id"]))

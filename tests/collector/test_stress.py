@@ -229,8 +229,10 @@ def check_invariants(engine, workload: Workload) -> None:
     got_trace = _nonzero({r[1:5]: list(r[5:]) for r in stats_rows if r[0] == "trace"})
     assert got_trace == dict(want_trace), _diff(got_trace, want_trace)
 
-    # Histograms hold as many samples as the rows they belong to.
+    # Histograms hold as many samples as the rows they belong to; error histograms ("e:" scopes) as many as
+    # their rows' errors.
     counts = {r[:5]: r[5] for r in stats_rows}
+    counts.update({("e:" + r[0], *r[1:5]): r[6] for r in stats_rows})
     bad_hist = [r for r in hist_rows if r[5] != counts.get(r[:5], 0)]
     assert not bad_hist, bad_hist[:5]
 
@@ -420,7 +422,7 @@ def test_restart_under_the_same_name_takes_back_its_own_leases(client, redis_url
                       schema.trace_tag_numbers, schema.dependencies):
             conn.execute(table.delete())
         conn.execute(schema.stats.delete().where(schema.stats.c.scope == "trace"))
-        conn.execute(schema.stats_histogram.delete().where(schema.stats_histogram.c.scope == "trace"))
+        conn.execute(schema.stats_histogram.delete().where(schema.stats_histogram.c.scope.in_(("trace", "e:trace"))))
         by_trace: dict = {}
         for s in stored:  # staged again, as ingest stages them (no assembly results)
             by_trace.setdefault((s["trace_id"], s["received_ns"]), []).append({k: s[k] for k in staging.SPAN_FIELDS})

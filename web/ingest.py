@@ -13,7 +13,7 @@ from tracer import shards
 from tracer.codec import encode_spans
 from tracer.limits import Cut
 
-from .app import current_resources, current_settings
+from .resources import current_resources, current_settings
 from .metrics import current_metrics
 
 MAX_REASONS = 5  # distinct rejection reasons quoted in a partial-success message

@@ -20,7 +20,7 @@ from flask import Blueprint, jsonify, request
 
 from tracer.limits import Cut, SpanLimits, limit_span
 
-from .app import current_settings
+from .resources import current_settings
 from .errors import ApiError
 from .ingest import StreamUnavailable, accept
 from .metrics import current_metrics

@@ -16,7 +16,7 @@ from collector_worker.storage import block_store, search_keys
 from collector_worker.storage.schema import trace_tags, traces
 
 from .. import params
-from ..app import current_resources, current_settings
+from ..resources import current_resources, current_settings
 from ..errors import ApiError, bad_parameter
 
 bp = Blueprint("ai", __name__, url_prefix="/api/v1/ai")

@@ -26,7 +26,7 @@ from collector_worker.storage.queries import (QueryError, TraceQuery, decode_cur
                                               search_traces, span_to_api)
 
 from .. import params
-from ..app import current_resources
+from ..resources import current_resources
 from ..errors import bad_parameter, not_found
 from .ai import AI_MARKERS, _AI_SPAN_FIELDS, _default_step, _json, _prices, summarize_agent_trace
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from .. import params
-from ..app import current_resources
+from ..resources import current_resources
 from ..errors import ApiError
 
 bp = Blueprint("dependencies", __name__, url_prefix="/api/v1")

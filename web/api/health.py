@@ -11,7 +11,7 @@ from sqlalchemy import text
 from collector_worker.storage import queries
 from collector_worker.storage.usage import storage_usage
 
-from ..app import current_resources, current_settings
+from ..resources import current_resources, current_settings
 from .. import params
 from ..errors import ApiError
 

@@ -9,7 +9,7 @@ from collector_worker.storage import heatmap as heatmap_store
 from collector_worker.storage.queries import MAX_LIMIT, QueryError
 
 from .. import params
-from ..app import current_resources
+from ..resources import current_resources
 from ..errors import bad_parameter
 
 bp = Blueprint("heatmap", __name__, url_prefix="/api/v1")

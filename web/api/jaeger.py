@@ -20,7 +20,7 @@ from collector_worker.storage import queries
 from collector_worker.storage.queries import QueryError, TraceQuery
 
 from .. import params
-from ..app import current_resources
+from ..resources import current_resources
 from ..errors import ApiError, bad_parameter
 from ..json_provider import finite
 

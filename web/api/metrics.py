@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from .. import params
-from ..app import current_resources
+from ..resources import current_resources
 from ..errors import ApiError, bad_parameter
 
 bp = Blueprint("metrics", __name__, url_prefix="/api/v1")

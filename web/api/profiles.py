@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from .. import params
-from ..app import current_resources
+from ..resources import current_resources
 from ..errors import ApiError
 
 bp = Blueprint("profiles", __name__, url_prefix="/api/v1")

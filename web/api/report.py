@@ -10,7 +10,7 @@ from collector_worker.period_report import gather_report
 from collector_worker.report_html import render_report
 
 from .. import params
-from ..app import current_resources
+from ..resources import current_resources
 from ..errors import bad_parameter
 
 bp = Blueprint("report", __name__, url_prefix="/api/v1")

@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify
 from collector_worker.storage import queries
 
 from .. import params
-from ..app import current_resources
+from ..resources import current_resources
 from ..errors import not_found
 
 bp = Blueprint("services", __name__, url_prefix="/api/v1")

@@ -14,7 +14,7 @@ from collector_worker.storage import tail
 from collector_worker.storage.queries import QueryError
 
 from .. import params
-from ..app import current_resources
+from ..resources import current_resources
 from ..errors import bad_parameter
 from .traces import trace_query_from_request
 

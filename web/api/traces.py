@@ -9,7 +9,7 @@ from collector_worker.storage.queries import QueryError, TraceQuery
 from tracer.codec import KINDS
 
 from .. import params
-from ..app import current_resources
+from ..resources import current_resources
 from ..errors import bad_parameter, not_found
 from ..gc_pause import paused_gc
 from ..json_provider import finite

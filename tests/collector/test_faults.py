@@ -15,7 +15,7 @@ import redis
 from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
-from collector_worker.cli import cli
+from contrail_cli.main import cli
 from collector_worker.storage import block_store, open_engine, schema
 from collector_worker.storage.writer import store_spans
 from tests.collector.test_consumer import make_batches, make_trace, publish

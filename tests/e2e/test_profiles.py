@@ -76,7 +76,7 @@ def report_shows_the_hot_function(database_url: str) -> None:
     """``contrail profile report`` merges the same profiles: table, JSON and folded stacks."""
     from click.testing import CliRunner
 
-    from collector_worker.cli import cli
+    from contrail_cli.main import cli
 
     runner = CliRunner()
     base = ["profile", "report", "--last", "1h", "--operation", "POST /login", "--database-url", database_url]

@@ -16,10 +16,10 @@ from collector_worker.storage import block_store, search_keys
 from collector_worker.storage.schema import trace_tags, traces
 
 from .. import params
-from ..resources import current_resources, current_settings
 from ..errors import ApiError, bad_parameter
+from ..resources import current_resources, current_settings
 
-bp = Blueprint("ai", __name__, url_prefix="/api/v1/ai")
+bp = Blueprint("ai", __name__)
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 200

@@ -15,7 +15,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.support.servers import free_port, wait_until
-from tests.web.test_web_otlp import finished_spans, stream_spans
+from tests.web.test_otlp import finished_spans, stream_spans
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent.parent
 

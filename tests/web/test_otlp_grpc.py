@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.support.servers import free_port, wait_until
-from tests.web.test_web_otlp import check_converted, finished_spans, stream_spans
+from tests.web.test_otlp import check_converted, finished_spans, stream_spans
 from tracer.settings import Settings
 from web import create_app
 from web.otlp_grpc import start_grpc_server

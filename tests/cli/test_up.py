@@ -43,7 +43,17 @@ def clean_env(**extra: str) -> dict:
 
 
 def stop(process: subprocess.Popen) -> None:
+    """Kill a stack left running by a failed test: its children too (each runs in a process group of its own)."""
     if process.poll() is None:
+        try:
+            descendants = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        for child in descendants:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
 

@@ -236,7 +236,7 @@ def bench_otlp(client, redis_url: str, requests_n: int = 40) -> dict:
     import redis
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from tracer.codec import encode_spans
+    from tracer.codec import encode_span_dicts
     from web.otlp import convert_request
 
     message = ExportTraceServiceRequest()
@@ -265,7 +265,7 @@ def bench_otlp(client, redis_url: str, requests_n: int = 40) -> dict:
     spans = convert_request(message)[0]
     t = time.perf_counter()
     for _ in range(requests_n):  # baseline: the same spans, already converted, encoded and XADDed bare
-        client_redis.xadd("bench:bare", encode_spans(spans))
+        client_redis.xadd("bench:bare", encode_span_dicts(spans))
     bare = requests_n * 512 / (time.perf_counter() - t)
     return {"spans_per_s": round(receiver), "bare_encode_xadd_spans_per_s": round(bare),
             "ratio_vs_bare": round(receiver / bare, 3)}

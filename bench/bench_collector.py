@@ -58,7 +58,7 @@ from tests.support.servers import (  # noqa: E402
     stop_process,
     wait_until,
 )
-from tracer.codec import decode_entry, encode_spans  # noqa: E402
+from tracer.codec import decode_entry, encode_span_dicts  # noqa: E402
 from tracer.settings import Settings  # noqa: E402
 
 STREAM, GROUP = "contrail:spans", "contrail-collectors"
@@ -95,10 +95,10 @@ def make_entries(total_spans: int) -> list[dict[bytes, bytes]]:
                 "links": [],
             })
             if len(batch) == SPANS_PER_ENTRY:
-                entries.append(encode_spans(batch))
+                entries.append(encode_span_dicts(batch))
                 batch = []
     if batch:
-        entries.append(encode_spans(batch))
+        entries.append(encode_span_dicts(batch))
     return entries
 
 

@@ -47,7 +47,7 @@ from tests.support.servers import (  # noqa: E402
     wait_until,
 )
 from tracer import shards  # noqa: E402
-from tracer.codec import decode_entry, encode_spans  # noqa: E402
+from tracer.codec import decode_entry, encode_span_dicts  # noqa: E402
 from tracer.redis_client import connect  # noqa: E402
 from tracer.settings import Settings  # noqa: E402
 
@@ -67,7 +67,7 @@ def routed_entries(entries: list[dict], settings: Settings) -> list[tuple[str, d
     for group in groups:
         for i in range(0, len(group), SPANS_PER_ENTRY):
             part = group[i:i + SPANS_PER_ENTRY]
-            fields = shards.routed(encode_spans(part), part[0]["trace_id"])
+            fields = shards.routed(encode_span_dicts(part), part[0]["trace_id"])
             out.append((shards.entry_stream(settings, fields), fields))
     return out
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_collector import SERVICES, SPANS_PER_ENTRY, finalize_all, make_entries, store_all  # noqa: E402
 from collector_worker.storage import open_engine, queries  # noqa: E402
-from tracer.codec import decode_entry, encode_spans  # noqa: E402
+from tracer.codec import decode_entry, encode_span_dicts  # noqa: E402
 
 BIG_TRACE_SPANS = 10_000
 # The staging area the finalizer drains (tables and their indexes, as SQLite and PostgreSQL name them).
@@ -91,7 +91,7 @@ def decoded_spans(total_spans: int, big_spans: int) -> tuple[list[dict], str | N
         big = big_trace(big_spans, time.time_ns() - 4_000_000_000)
         big_id = big[0]["trace_id"]
         for i in range(0, len(big), SPANS_PER_ENTRY):
-            spans.extend(decode_entry(encode_spans(big[i:i + SPANS_PER_ENTRY])).spans)
+            spans.extend(decode_entry(encode_span_dicts(big[i:i + SPANS_PER_ENTRY])).spans)
     return spans, big_id
 
 

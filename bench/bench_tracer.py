@@ -39,7 +39,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from tests.support.servers import RedisServer  # noqa: E402
 from tracer import TracingManager  # noqa: E402
-from tracer.export import ENTRIES_PER_PUSH, ContrailSpanProcessor, RedisStreamExporter, encode_spans  # noqa: E402
+from tracer.export import ENTRIES_PER_PUSH, ContrailSpanProcessor, RedisStreamExporter, encode_sdk_spans  # noqa: E402
 from tracer.settings import Settings  # noqa: E402
 
 ATTRIBUTES = {"http.request.method": "GET", "http.route": "/orders/<id>", "order.id": 42,
@@ -160,14 +160,14 @@ def bench_throughput(server: RedisServer, spool_dir: str) -> dict:
     client = server.client()
 
     start = time.perf_counter()
-    entries = [encode_spans(spans[i:i + batch]) for i in range(0, len(spans), batch)]
+    entries = [encode_sdk_spans(spans[i:i + batch]) for i in range(0, len(spans), batch)]
     encode_s = time.perf_counter() - start
 
     client.delete(settings.stream)
     exporter = RedisStreamExporter(settings)
     start = time.perf_counter()
     for i in range(0, len(spans), batch * ENTRIES_PER_PUSH):
-        group = [encode_spans(spans[j:j + batch]) for j in range(i, min(i + batch * ENTRIES_PER_PUSH, len(spans)),
+        group = [encode_sdk_spans(spans[j:j + batch]) for j in range(i, min(i + batch * ENTRIES_PER_PUSH, len(spans)),
                                                                      batch)]
         exporter.push(group)
     push_s = time.perf_counter() - start

@@ -1,6 +1,6 @@
 """Spans of the demo system, as its tracers export them, for the storage benchmark's ``--demo`` run.
 
-Runs the demo's real processes (web/demo: the gateway and retrieval services
+Runs the demo's real processes (contrail_demo: the gateway and retrieval services
 under gunicorn, the Celery retrieval worker) with their TracingManagers
 exporting to a private Redis, asks the gateway ``questions`` questions (the
 load generator's questions and users), stops the services so their tracers
@@ -39,8 +39,8 @@ def capture(questions: int, record_content: bool) -> list[dict]:
 
     from tests.support.servers import RedisServer, free_port, wait_until
     from tracer.codec import decode_entry
-    from web.demo import demo_specs
-    from web.demo.loadgen import ask, make_request
+    from contrail_cli.up import demo_specs
+    from contrail_demo.loadgen import ask, make_request
 
     server = RedisServer.launch()
     children: list[subprocess.Popen] = []

@@ -2,7 +2,7 @@
 
 import sys
 
-from .cli import main
-
 if __name__ == "__main__":  # not when multiprocessing's spawn re-imports this module in a child
-    main(["collector", *sys.argv[1:]])
+    from .commands import collector
+
+    sys.exit(collector.main(args=sys.argv[1:], prog_name="contrail collector"))

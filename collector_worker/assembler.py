@@ -352,7 +352,8 @@ def _operations(spans: list[Mapping[str, Any]]) -> tuple[dict[tuple[str, str], b
     return ops, errors
 
 
-def _attributes(span: Mapping[str, Any]) -> Mapping[str, Any]:
+def span_attributes(span: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A span's attributes as a mapping, whether decoded already or still JSON text (a stored row); {} if unreadable."""
     attrs = span.get("attributes")
     if type(attrs) is dict:  # the usual case, decoded once by the caller: skip the ABC checks
         return attrs
@@ -385,7 +386,7 @@ def _tags(spans: list[Mapping[str, Any]]) -> list[tuple[str, str, float | None]]
     for s in spans:
         attrs = s.get("attributes")
         if type(attrs) is not dict:
-            attrs = _attributes(s)
+            attrs = span_attributes(s)
         for key, value in attrs.items():
             if type(value) is str:  # most attributes: skip the general conversion
                 if len(value) > MAX_TAG_LENGTH:

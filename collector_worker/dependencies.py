@@ -7,29 +7,17 @@ time) and now, so counts stay exact however many late spans arrive.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any, Iterable, Mapping
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from .assembler import span_attributes
 from .stats import RESOLUTIONS, bucket_of, sum_of, upsert_rows
 from .storage import schema
 
 EdgeKey = tuple[int, int, str, str, str]  # (resolution, bucket, caller, callee, kind)
-
-
-def _attributes(span: Mapping[str, Any]) -> Mapping[str, Any]:
-    attrs = span.get("attributes")
-    if type(attrs) is dict:  # the usual case, decoded once by the caller: skip the ABC checks
-        return attrs
-    if isinstance(attrs, str):
-        try:
-            attrs = json.loads(attrs)
-        except ValueError:
-            return {}
-    return attrs if isinstance(attrs, Mapping) else {}
 
 
 _MESSAGING, _RPC, _HTTP = 1, 2, 4
@@ -75,7 +63,7 @@ def _kind_of(pk: Any, ck: Any, flags: int) -> str:
 
 def edge_kind(parent: Mapping[str, Any], child: Mapping[str, Any]) -> str:
     """http, messaging, rpc or other, from span kinds and semantic-convention attributes."""
-    flags = _prefix_flags(_attributes(parent)) | _prefix_flags(_attributes(child))
+    flags = _prefix_flags(span_attributes(parent)) | _prefix_flags(span_attributes(child))
     return _kind_of(parent.get("kind"), child.get("kind"), flags)
 
 
@@ -109,10 +97,10 @@ def _add_edges(spans: Iterable[Mapping[str, Any]], into: dict[EdgeKey, list[int]
             continue
         pf = flags.get(pid)
         if pf is None:
-            pf = flags[pid] = _prefix_flags(_attributes(parent))
+            pf = flags[pid] = _prefix_flags(span_attributes(parent))
         cf = flags.get(child_id)
         if cf is None:
-            cf = flags[child_id] = _prefix_flags(_attributes(child))
+            cf = flags[child_id] = _prefix_flags(span_attributes(child))
         kind = _kind_of(pget("kind"), cget("kind"), pf | cf)
         start = int(child["start_ns"])
         duration = int(child["end_ns"]) - start

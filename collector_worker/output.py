@@ -2,7 +2,7 @@
 
 Colour and terminal widths only when stdout is a terminal, so piped output is
 plain text a script can parse; ``--json`` gives the same data as the API.
-Errors go to stderr as one line and exit with status 1 (``EXIT_ERROR``);
+Errors go to stderr as one line and exit with status 1;
 bad arguments are click usage errors with status 2.
 """
 

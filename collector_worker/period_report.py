@@ -96,11 +96,9 @@ def _operations(conn: Connection, start_ns: int, end_ns: int, step_s: int) -> tu
     return slowest, failing
 
 
-def _ai_usage(conn: Connection, start_ns: int, end_ns: int, step_s: int) -> dict[str, Any] | None:
-    try:
-        from . import llm_usage
-    except ModuleNotFoundError:
-        return None
+def _ai_usage(conn: Connection, start_ns: int, end_ns: int, step_s: int) -> dict[str, Any]:
+    from . import llm_usage
+
     by_model = llm_usage.query_usage(conn, start_ns, end_ns, group_by="model", step_s=step_s)
     by_agent = llm_usage.query_usage(conn, start_ns, end_ns, group_by="agent", step_s=step_s)
     return {"totals": by_model["totals"], "models": by_model["groups"], "agents": by_agent["groups"],

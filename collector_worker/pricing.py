@@ -33,7 +33,7 @@ EXAMPLE_PRICES: dict[str, dict[str, float]] = {
     "claude-3-5-sonnet": {"input": 0.003, "output": 0.015, "cached_input": 0.0003},
     "claude-3-5-haiku": {"input": 0.0008, "output": 0.004, "cached_input": 0.00008},
     "text-embedding-3-small": {"input": 0.00002, "output": 0.0, "cached_input": 0.00002},
-    # EXAMPLE price of the demo's stand-in model (web/demo/model.py, ``contrail demo``), so the demo's AI page
+    # EXAMPLE price of the demo's stand-in model (contrail_demo/model.py, ``contrail demo``), so the demo's AI page
     # shows cost out of the box. No provider sells this model; the figure is made up.
     "contrail-standin-1": {"input": 0.0002, "output": 0.0008, "cached_input": 0.0001},
 }

@@ -66,7 +66,7 @@ def _span(**over):
 @pytest.mark.parametrize("encoding", ["msgpack", "msgpack+zlib", "json"])
 def test_round_trip(encoding):
     spans = [_span(), _span(span_id="12" * 8, parent_span_id="cd" * 8, service="billing", resource={})]
-    fields = codec.encode_spans(spans, encoding=encoding)
+    fields = codec.encode_span_dicts(spans, encoding=encoding)
     assert fields[b"n"] == b"2" and fields[b"v"] == b"1"
     decoded = codec.decode_entry(fields)
     assert decoded.rejected == []
@@ -74,7 +74,7 @@ def test_round_trip(encoding):
 
 
 def test_bad_rows_are_rejected_individually():
-    fields = codec.encode_spans([_span(), _span(span_id="XYZ"), _span(span_id="34" * 8, end_ns=1)])
+    fields = codec.encode_span_dicts([_span(), _span(span_id="XYZ"), _span(span_id="34" * 8, end_ns=1)])
     decoded = codec.decode_entry(fields)
     assert [s["span_id"] for s in decoded.spans] == ["cd" * 8]
     assert [i for i, _ in decoded.rejected] == [1, 2]

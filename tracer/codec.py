@@ -123,7 +123,7 @@ def encode_payload(payload: Any, count: int, encoding: str = "msgpack") -> dict[
             b"data": data}
 
 
-def encode_spans(spans: Iterable[Mapping[str, Any]], encoding: str = "msgpack") -> dict[bytes, bytes]:
+def encode_span_dicts(spans: Iterable[Mapping[str, Any]], encoding: str = "msgpack") -> dict[bytes, bytes]:
     """Encode span dicts (the shape :func:`decode_entry` returns); used by tests and the OTLP receiver."""
     resources: list[tuple[str, Mapping[str, Any]]] = []
     index: dict[Any, int] = {}

@@ -62,7 +62,7 @@ def _links(links: Sequence[Any]) -> list:
             for link in links]
 
 
-def encode_spans(spans: Sequence[ReadableSpan], pid_override: int | None = None,
+def encode_sdk_spans(spans: Sequence[ReadableSpan], pid_override: int | None = None,
                  encoding: str = "msgpack") -> dict[bytes, bytes]:
     """Encode finished SDK spans as the fields of one stream entry (see :mod:`tracer.codec`)."""
     resources: list[tuple[str, dict]] = []
@@ -360,7 +360,7 @@ class ContrailSpanProcessor(SpanProcessor):
                 batch = [queue.popleft() for _ in range(count)]
                 for part in (self._by_shard(batch) if sharded > 1 else (batch,)):
                     try:
-                        fields = encode_spans(part, self._pid_override)
+                        fields = encode_sdk_spans(part, self._pid_override)
                         if sharded > 1:
                             shards.routed(fields, part[0].context.trace_id)
                         entries.append((fields, len(part)))

@@ -1,66 +1,19 @@
 """The Flask app factory: API blueprints, OTLP receiver, auth, metrics, JSON errors.
 
-Database engine and Redis client are created lazily, once per process, so
-the app is safe to build before gunicorn forks its workers: a worker that
-finds resources made by another process makes its own.
+The per-process resources (database engine, Redis client) and their accessors
+live in :mod:`web.resources`, which the blueprints import; this module only
+assembles the app.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 from typing import Any, Mapping
 
-import redis
 from flask import Flask
-from sqlalchemy.engine import Engine
 
-from tracer.redis_client import connect
 from tracer.settings import Settings
 
-log = logging.getLogger("contrail.web")
-
-
-class Resources:
-    """Per-process database engine and Redis client for one app."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._engine: Engine | None = None
-        self._redis: redis.Redis | None = None
-
-    def _check_fork(self) -> None:
-        if self._pid != os.getpid():
-            if self._engine is not None:
-                self._engine.dispose(close=False)  # the parent's connections stay the parent's
-            self._engine, self._redis, self._pid = None, None, os.getpid()
-
-    def engine(self) -> Engine:
-        with self._lock:
-            self._check_fork()
-            if self._engine is None:
-                from collector_worker.storage import open_engine
-
-                self._engine = open_engine(self.settings.resolved_database_url)
-            return self._engine
-
-    def redis(self) -> redis.Redis:
-        with self._lock:
-            self._check_fork()
-            if self._redis is None:
-                self._redis = connect(self.settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
-            return self._redis
-
-    def close(self) -> None:
-        with self._lock:
-            if self._engine is not None and self._pid == os.getpid():
-                self._engine.dispose()
-            if self._redis is not None and self._pid == os.getpid():
-                self._redis.close()
-            self._engine = self._redis = None
+from .resources import Resources
 
 
 def create_app(config: Mapping[str, Any] | None = None, settings: Settings | None = None) -> Flask:
@@ -113,15 +66,3 @@ def create_app(config: Mapping[str, Any] | None = None, settings: Settings | Non
     app.register_blueprint(dashboard_bp)
 
     return app
-
-
-def current_settings() -> Settings:
-    from flask import current_app
-
-    return current_app.extensions["contrail.settings"]
-
-
-def current_resources() -> Resources:
-    from flask import current_app
-
-    return current_app.extensions["contrail.resources"]

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from tracer import shards
-from tracer.codec import encode_spans
+from tracer.codec import encode_span_dicts
 from tracer.limits import Cut
 
-from .app import current_resources, current_settings
 from .metrics import current_metrics
+from .resources import current_resources, current_settings
 
 MAX_REASONS = 5  # distinct rejection reasons quoted in a partial-success message
 
@@ -35,7 +35,7 @@ def publish(spans: list[dict[str, Any]]) -> None:
     if count <= 1:
         stream = shards.shard_streams(settings)[0]
         for i in range(0, len(spans), size):
-            pipe.xadd(stream, encode_spans(spans[i:i + size]))
+            pipe.xadd(stream, encode_span_dicts(spans[i:i + size]))
     else:
         groups: list[list[dict[str, Any]]] = [[] for _ in range(count)]
         for span in spans:
@@ -44,7 +44,7 @@ def publish(spans: list[dict[str, Any]]) -> None:
             for i in range(0, len(group), size):
                 part = group[i:i + size]
                 pipe.xadd(shards.shard_stream(settings.stream, index),
-                          shards.routed(encode_spans(part), part[0]["trace_id"]))
+                          shards.routed(encode_span_dicts(part), part[0]["trace_id"]))
     pipe.execute()
 
 

@@ -25,11 +25,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from tracer.limits import Cut, SpanLimits, limit_attributes, limit_span, mark_cut
 
-from .app import current_settings
 from .body import read_request_body
 from .errors import ApiError
 from .ingest import StreamUnavailable, accept
 from .metrics import current_metrics
+from .resources import current_settings
 
 bp = Blueprint("otlp", __name__)
 

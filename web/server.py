@@ -7,7 +7,10 @@ network is trusted.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
+from contextlib import closing
 
 import click
 
@@ -21,6 +24,29 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def bind_error(host: str, port: int) -> str | None:
+    """Why the web app could not listen on ``host:port`` (a listener already there), or None.
+
+    SO_REUSEADDR as gunicorn sets it, so connections of a just-stopped server
+    (TIME_WAIT) do not count as "in use".
+    """
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                                 flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        return f"{exc.strerror or exc}: check --host / CONTRAIL_WEB_HOST"
+    with closing(socket.socket(family, kind, proto)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"{exc.strerror}: another Contrail or another program is using it; "
+                        "choose another port with --port or CONTRAIL_WEB_PORT")
+            return f"{exc.strerror or exc}: check --host / CONTRAIL_WEB_HOST"
+    return None
 
 
 def build_gunicorn_app(app, bind: str, workers: int, timeout: int = 60, threads: int = 4):
@@ -104,8 +130,6 @@ def web(host, port, workers, threads, database_url, redis_url, insecure):
     elif not has_token:
         click.echo("no CONTRAIL_API_TOKEN set: the API is open to local users only (loopback bind).", err=True)
     if settings.otlp_grpc_port:
-        from .stack import bind_error
-
         problem = bind_error(settings.web_host, settings.otlp_grpc_port)
         if problem:
             click.echo(f"the OTLP/gRPC receiver cannot listen on {settings.web_host}:{settings.otlp_grpc_port}: "

@@ -20,11 +20,11 @@ from flask import Blueprint, jsonify, request
 
 from tracer.limits import Cut, SpanLimits, limit_span
 
-from .app import current_settings
 from .errors import ApiError
 from .ingest import StreamUnavailable, accept
 from .metrics import current_metrics
 from .otlp import OUTCOMES, RejectedSpan, read_body
+from .resources import current_settings
 
 bp = Blueprint("zipkin", __name__)
 

@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from collector_worker.finalizer import finalize_ready, on_spans_stored
 from collector_worker.storage.writer import store_spans
 from tracer import codec
-from tracer.export import encode_spans
+from tracer.export import encode_sdk_spans
 from tracer.manager import TracingManager
 from tracer.settings import Settings
 
@@ -27,7 +27,7 @@ class CapturingManager:
         """Finished spans encoded as a stream entry and decoded again, as the collector sees them."""
         finished = list(self.memory.get_finished_spans())
         self.memory.clear()
-        decoded = codec.decode_entry(encode_spans(finished))
+        decoded = codec.decode_entry(encode_sdk_spans(finished))
         assert not decoded.rejected
         return decoded.spans
 

@@ -10,7 +10,7 @@ import pytest
 from collector_worker import profile_store
 from collector_worker.storage import open_engine
 from tests.web.seed import new_span_id, new_trace_id, span, store
-from tests.web.test_web_openapi import check_conforms
+from tests.web.test_openapi import check_conforms
 from tracer.settings import Settings
 
 MS = 1_000_000

@@ -193,7 +193,7 @@ def test_ai_session_routes_are_documented_conform_and_never_fail_on_fuzzed_param
 
     from hypothesis import HealthCheck, given, settings, strategies as st
 
-    from tests.web.test_web_openapi import SPEC, VALUES, check_conforms
+    from tests.web.test_openapi import SPEC, VALUES, check_conforms
 
     engine, client, agent = stack
     recording = CapturingManager("agent-svc", agent.manager.settings.redis_url, agent.manager.settings.data_dir,

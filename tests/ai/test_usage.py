@@ -185,7 +185,7 @@ def test_usage_rows_survive_finalization(engine, agent):
 
 
 def test_demo_model_has_an_example_price_and_unpriced_models_get_a_hint(engine):
-    from web.demo.model import MODEL_NAME
+    from contrail_demo.model import MODEL_NAME
 
     pricing.set_price_table(None)
     assert pricing.current_table().is_priced(MODEL_NAME)  # the demo's AI page shows a cost, not "unpriced"

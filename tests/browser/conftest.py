@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -88,7 +87,7 @@ def running_stack(workdir: Path):
     database_url = f"sqlite:///{workdir / 'contrail.db'}"
     env = {**os.environ, "CONTRAIL_REDIS_URL": redis_server.url, "CONTRAIL_DATABASE_URL": database_url,
            "CONTRAIL_QUIET_PERIOD": "0.5s", "CONTRAIL_DATA_DIR": str(workdir), "PYTHONPATH": str(ROOT)}
-    command = [shutil.which("contrail", path=str(Path(sys.executable).parent)) or "contrail", "collector"]
+    command = [sys.executable, "-m", "contrail_cli", "collector"]
     log_path = workdir / "collector.log"
     log = open(log_path, "wb")
     collector = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(workdir))

@@ -11,7 +11,7 @@ import redis
 import requests
 
 from tests.support.servers import wait_until
-from tracer.codec import encode_spans
+from tracer.codec import encode_span_dicts
 
 from .conftest import SCREENSHOTS, ConsoleWatch, running_stack, screenshot
 
@@ -31,7 +31,7 @@ def root_span(trace_id: str, service: str, operation: str, start_ns: int, durati
 def publish(redis_url: str, spans: list[dict]) -> None:
     client = redis.Redis.from_url(redis_url)
     try:
-        client.xadd("contrail:spans", encode_spans(spans))
+        client.xadd("contrail:spans", encode_span_dicts(spans))
     finally:
         client.close()
 

@@ -15,7 +15,7 @@ import redis
 from opentelemetry import context as context_api
 
 from tracer import TracingManager
-from tracer.codec import encode_spans
+from tracer.codec import encode_span_dicts
 
 SERVICES = ("gateway", "inventory", "worker")
 BIG_TRACE_SPANS = 10_000
@@ -124,7 +124,7 @@ def produce_big_trace(redis_url: str, stream: str = "contrail:spans", spans: int
     client = redis.Redis.from_url(redis_url)
     try:
         for first in range(0, spans, batch):
-            client.xadd(stream, encode_spans(rows[first:first + batch]))
+            client.xadd(stream, encode_span_dicts(rows[first:first + batch]))
     finally:
         client.close()
     return trace_id
@@ -165,7 +165,7 @@ def produce_bottleneck_history(redis_url: str, stream: str = "contrail:spans", c
                                   error=slow and i % 2 == 0, kind="client"))
     client = redis.Redis.from_url(redis_url)
     try:
-        client.xadd(stream, encode_spans(rows))
+        client.xadd(stream, encode_span_dicts(rows))
     finally:
         client.close()
 
@@ -193,7 +193,7 @@ def produce_odd_trace(redis_url: str, linked_trace_id: str, stream: str = "contr
     ]
     client = redis.Redis.from_url(redis_url)
     try:
-        client.xadd(stream, encode_spans(rows))
+        client.xadd(stream, encode_span_dicts(rows))
     finally:
         client.close()
     return trace_id

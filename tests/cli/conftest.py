@@ -7,7 +7,7 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from collector_worker.cli import cli
+from contrail_cli.main import cli
 from tests.support.servers import wait_until
 from tracer.settings import Settings
 

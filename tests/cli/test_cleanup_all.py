@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from collector_worker.cli import cli
+from contrail_cli.main import cli
 from collector_worker.storage import open_engine
 from collector_worker.storage.wipe import count_all
 from tests.web.seed import standard_dataset, store

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.support.servers import free_port
-from web.demo.model import StandInModel, count_tokens
+from contrail_demo.model import StandInModel, count_tokens
 
 
 def test_stand_in_model_is_deterministic_and_caches_repeated_prompts():
@@ -30,7 +30,7 @@ def test_stand_in_model_is_deterministic_and_caches_repeated_prompts():
 @pytest.fixture
 def gateway(redis_url, monkeypatch):
     monkeypatch.setenv("CONTRAIL_REDIS_URL", redis_url)
-    from web.demo.gateway import create_app
+    from contrail_demo.gateway import create_app
 
     app = create_app(retrieval=f"http://127.0.0.1:{free_port()}")  # nothing listens there
     yield app.test_client()
@@ -70,7 +70,7 @@ def test_demo_command_rejects_bad_counts(run_cli):
 
 
 def test_demo_url_is_read_from_the_data_dir(run_cli, tmp_path, monkeypatch):
-    from web.demo.cli import DEMO_URL_FILE, default_api_url
+    from contrail_demo.cli import DEMO_URL_FILE, default_api_url
 
     monkeypatch.delenv("DEMO_GATEWAY_URL", raising=False)
     monkeypatch.setenv("CONTRAIL_DATA_DIR", str(tmp_path))

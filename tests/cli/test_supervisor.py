@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.support.servers import wait_until
-from web.stack import ChildSpec, Supervisor, redis_port, with_db_number
+from contrail_cli.up import ChildSpec, Supervisor, redis_port, with_db_number
 
 
 def _python(code: str) -> list[str]:
@@ -129,7 +129,7 @@ def test_broker_url_uses_another_database_of_the_same_redis():
 
 
 def test_second_up_on_a_locked_data_dir_is_refused(tmp_path):
-    from collector_worker.cli import cli
+    from contrail_cli.main import cli
 
     with open(tmp_path / "up.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -140,7 +140,7 @@ def test_second_up_on_a_locked_data_dir_is_refused(tmp_path):
 
 
 def test_up_rejects_bad_port_as_usage_error(tmp_path):
-    from collector_worker.cli import cli
+    from contrail_cli.main import cli
 
     result = CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path), "--port", "0"])
     assert result.exit_code == 2

@@ -15,7 +15,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.support.servers import free_port, wait_until
-from tests.web.test_web_otlp import finished_spans, stream_spans
+from tests.web.test_otlp import finished_spans, stream_spans
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent.parent
 
@@ -23,7 +23,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent.parent
 def start_up(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str]]:
     """Run `contrail up` with its output collected; ``process.reader`` ends at end of output."""
     lines: list[str] = []
-    process = subprocess.Popen([sys.executable, "-m", "collector_worker.cli", "up", *args], env=env, cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "contrail_cli", "up", *args], env=env, cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
     def read():
@@ -43,7 +43,17 @@ def clean_env(**extra: str) -> dict:
 
 
 def stop(process: subprocess.Popen) -> None:
+    """Kill a stack left running by a failed test: its children too (each runs in a process group of its own)."""
     if process.poll() is None:
+        try:
+            descendants = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        for child in descendants:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
 
@@ -64,7 +74,7 @@ def test_up_uses_an_external_redis_and_stops_on_sigterm(redis_url, tmp_path):
         children = psutil.Process(process.pid).children(recursive=True)
         commands = [" ".join(c.cmdline()) for c in children]
         assert not any("redis-server" in c for c in commands)
-        assert sum(c.endswith("collector_worker.cli collector") for c in commands) == 2, output
+        assert sum(c.endswith("contrail_cli collector") for c in commands) == 2, output
         assert any("collector.2 |" in line for line in lines)  # each collector's output is prefixed
         assert f"OTLP/gRPC to 127.0.0.1:{grpc_port}" in output
         exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{grpc_port}", insecure=True, timeout=10)
@@ -112,7 +122,7 @@ def test_children_of_a_killed_up_keep_the_data_directory_locked(redis_url, tmp_p
         children = psutil.Process(process.pid).children(recursive=True)
         process.kill()  # the supervisor alone: its children live in sessions of their own
         process.wait(10)
-        second = subprocess.run([sys.executable, "-m", "collector_worker.cli", "up", "--data-dir", data,
+        second = subprocess.run([sys.executable, "-m", "contrail_cli", "up", "--data-dir", data,
                                  "--port", str(free_port())], env=env, cwd=ROOT, capture_output=True, text=True,
                                 timeout=60)
         assert second.returncode == 1, second.stdout + second.stderr
@@ -133,7 +143,7 @@ def test_a_web_port_already_taken_stops_up_before_anything_starts(redis_url, tmp
 
     from click.testing import CliRunner
 
-    from collector_worker.cli import cli
+    from contrail_cli.main import cli
 
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
@@ -151,7 +161,7 @@ def test_a_web_port_already_taken_stops_up_before_anything_starts(redis_url, tmp
 def test_up_refuses_a_network_bind_without_a_token_before_starting_anything(tmp_path):
     from click.testing import CliRunner
 
-    from collector_worker.cli import cli
+    from contrail_cli.main import cli
 
     result = CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path / "data"), "--host", "0.0.0.0"],
                                 env={"CONTRAIL_API_TOKEN": "", "CONTRAIL_READ_TOKEN": "", "CONTRAIL_INGEST_TOKEN": ""})

@@ -40,7 +40,7 @@ class Stack:
     def __init__(self, data_dir, port: int, env: dict):
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "collector_worker.cli", "up", "--data-dir", str(data_dir), "--port", str(port),
+            [sys.executable, "-m", "contrail_cli", "up", "--data-dir", str(data_dir), "--port", str(port),
              "--demo"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -133,13 +133,13 @@ def test_up_demo_serves_cross_service_traces_stops_cleanly_and_restarts(tmp_path
         assert "invoke_agent research-agent" in names
 
         # `contrail demo` finds the gateway of this data directory by itself.
-        demo = subprocess.run([sys.executable, "-m", "collector_worker.cli", "demo", "--requests", "3", "--json"],
+        demo = subprocess.run([sys.executable, "-m", "contrail_cli", "demo", "--requests", "3", "--json"],
                               env={**stack_env, "CONTRAIL_DATA_DIR": str(data_dir)}, cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
         assert demo.returncode == 0, demo.stderr
         assert json.loads(demo.stdout)["ok"] == 3
         # So does `contrail doctor`: it checks this stack's Redis, not whatever listens on 6379.
-        doctor = subprocess.run([sys.executable, "-m", "collector_worker.cli", "doctor", "--json"],
+        doctor = subprocess.run([sys.executable, "-m", "contrail_cli", "doctor", "--json"],
                                 env={**stack_env, "CONTRAIL_DATA_DIR": str(data_dir)}, cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)
         checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
@@ -155,7 +155,7 @@ def test_up_demo_serves_cross_service_traces_stops_cleanly_and_restarts(tmp_path
 
         children = first.descendants()
         names_running = " ".join(" ".join(c.cmdline()) for c in alive(children))
-        for part in ("redis-server", "collector", "gunicorn", "celery", "web.demo.loadgen"):
+        for part in ("redis-server", "collector", "gunicorn", "celery", "contrail_demo.loadgen"):
             assert part in names_running, part
         # the demo's simulated vector-db timeouts are traced as errors but not logged as worker tracebacks
         assert "raised unexpected: TimeoutError" not in first.output

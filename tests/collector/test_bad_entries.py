@@ -10,7 +10,7 @@ import pytest
 from tests.collector.ingest_checks import collector_counters, dead_letters, dead_lettered_rows, stored_span_ids
 from tests.collector.test_consumer import make_trace, publish
 from tests.collector.test_faults import STREAM, pending, sqlite_collectors  # noqa: F401 - the fixture
-from tracer.codec import encode_spans
+from tracer.codec import encode_span_dicts
 
 REPORTING = {"CONTRAIL_REPORT_INTERVAL": "200ms"}
 
@@ -48,7 +48,7 @@ def test_encoding_that_is_not_utf8_is_dead_lettered_and_the_collector_lives(
 def test_infinite_event_time_costs_only_its_span(client, sqlite_collectors, sqlite_engine, encoding):
     spans = make_trace(5)
     spans[2]["events"] = [{"name": "boom", "time_ns": float("inf"), "attributes": {}}]
-    fields = encode_spans(spans, encoding)
+    fields = encode_span_dicts(spans, encoding)
     good_ids, after = neighbours(client)
     bad = client.xadd(STREAM, fields).decode()
     publish(client, [after])
@@ -80,7 +80,7 @@ def test_a_span_the_database_refuses_costs_only_itself(client, sqlite_collectors
     spans = make_trace(10)
     spans[4]["name"] = "bad \ud800 name"
     good_ids, after = neighbours(client)
-    bad = client.xadd(STREAM, encode_spans(spans, "json")).decode()
+    bad = client.xadd(STREAM, encode_span_dicts(spans, "json")).decode()
     publish(client, [after])
     collector = sqlite_collectors.start(**REPORTING)
     settle(sqlite_collectors, collector, client, sqlite_engine, spans=109, letters=1)
@@ -98,7 +98,7 @@ def test_a_span_the_database_refuses_costs_only_itself(client, sqlite_collectors
 
 def test_infinite_float_in_msgpack_span_times_is_rejected_alone(client, sqlite_collectors, sqlite_engine):
     spans = make_trace(3)
-    payload = msgpack.unpackb(encode_spans(spans)[b"data"])
+    payload = msgpack.unpackb(encode_span_dicts(spans)[b"data"])
     payload["spans"][1][6] = float("inf")  # end_ns
     bad = client.xadd(STREAM, {"v": "1", "enc": "msgpack", "n": "3", "data": msgpack.packb(payload)}).decode()
     collector = sqlite_collectors.start()

@@ -15,7 +15,7 @@ from collector_worker import consumer as consumer_module
 from collector_worker.consumer import StreamConsumer, ensure_group, run_consumer, stream_health, trim_stream
 from collector_worker.storage import block_store, open_engine, queries, schema
 from tests.support.servers import wait_until
-from tracer.codec import decode_entry, encode_batch, encode_spans, span_row
+from tracer.codec import decode_entry, encode_batch, encode_span_dicts, span_row
 from tracer.settings import Settings
 
 def make_trace(spans: int = 10, service: str = "orders") -> list[dict]:
@@ -38,7 +38,7 @@ def make_batches(entries: int, traces_per_entry: int = 5, spans_per_trace: int =
 def publish(client: redis.Redis, batches: list[list[dict]], stream: str = "contrail:spans") -> list[str]:
     pipe = client.pipeline(transaction=False)
     for batch in batches:
-        pipe.xadd(stream, encode_spans(batch))
+        pipe.xadd(stream, encode_span_dicts(batch))
     return [i.decode() for i in pipe.execute()]
 
 

@@ -15,12 +15,12 @@ import redis
 from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
-from collector_worker.cli import cli
+from contrail_cli.main import cli
 from collector_worker.storage import block_store, open_engine, schema
 from collector_worker.storage.writer import store_spans
 from tests.collector.test_consumer import make_batches, make_trace, publish
 from tests.support.servers import free_port, wait_until
-from tracer.codec import encode_spans
+from tracer.codec import encode_span_dicts
 
 ROOT = Path(__file__).resolve().parents[2]
 STREAM, GROUP = "contrail:spans", "contrail-collectors"
@@ -194,7 +194,7 @@ def test_three_collectors_on_postgres_two_killed_every_span_once(client, tmp_pat
     try:
         pipe = client.pipeline(transaction=False)
         for _ in range(200):
-            pipe.xadd(STREAM, encode_spans([s for _ in range(50) for s in make_trace(10)]))
+            pipe.xadd(STREAM, encode_span_dicts([s for _ in range(50) for s in make_trace(10)]))
         pipe.execute()
         workers = [collectors.start(CONTRAIL_READ_COUNT="4") for _ in range(3)]
         wait_until(lambda: span_total(engine) >= 15_000, timeout=120, interval=0.05, message="collectors storing")

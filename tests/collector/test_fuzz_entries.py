@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from tests.collector.ingest_checks import dead_letters, dead_lettered_rows, peak_rss_bytes, stored_span_ids
 from tests.collector.test_consumer import make_trace, publish
 from tests.collector.test_faults import STREAM, pending, sqlite_collectors  # noqa: F401 - the fixture
-from tracer.codec import MAX_DECOMPRESSED_BYTES, CodecError, decode_entry, encode_spans
+from tracer.codec import MAX_DECOMPRESSED_BYTES, CodecError, decode_entry, encode_span_dicts
 
 MEMORY_BOUND = 300 * 1024 * 1024  # peak resident memory a collector may reach on any of these entries
 PROCESS_EXAMPLES = max(3, settings.default.max_examples // 10)  # batches sent to the real collector
@@ -70,7 +70,7 @@ def mutated_entries(draw) -> tuple[dict, set[str]]:
     """A valid entry with one row value (or one event time) replaced; and the span ids left intact."""
     spans = draw(valid_spans())
     encoding = draw(st.sampled_from(["json", "msgpack", "msgpack+zlib"]))
-    payload = json.loads(json.dumps(msgpack.unpackb(encode_spans(spans)[b"data"])))
+    payload = json.loads(json.dumps(msgpack.unpackb(encode_span_dicts(spans)[b"data"])))
     rows = payload["spans"]
     hit = draw(st.integers(min_value=0, max_value=len(rows) - 1))
     where = draw(st.sampled_from(["field", "event time", "row", "resource index"]))
@@ -108,7 +108,7 @@ RANDOM_ENTRIES = st.dictionaries(
 @st.composite
 def header_mutations(draw) -> dict:
     """A valid entry with one of its header fields (or its data) replaced or dropped, or a field added."""
-    fields = dict(encode_spans(draw(valid_spans()), draw(st.sampled_from(["json", "msgpack", "msgpack+zlib"]))))
+    fields = dict(encode_span_dicts(draw(valid_spans()), draw(st.sampled_from(["json", "msgpack", "msgpack+zlib"]))))
     key = draw(st.sampled_from([b"v", b"enc", b"n", b"data", b"\xff\xfe"]))
     change = draw(st.sampled_from(["replace", "drop", "truncate"]))
     if change == "drop":

@@ -112,7 +112,7 @@ def test_bad_metrics_entry_is_dead_lettered_with_its_reason_and_neighbours_store
                              RESOURCES)
     unknown_kind = dict(encode_metrics([counter_row(1)], RESOURCES))
     unknown_kind[b"kind"] = b"logs"
-    entries = [bad_row, unknown_kind, encode_metrics([counter_row(2)], RESOURCES), codec.encode_spans(make_trace(3))]
+    entries = [bad_row, unknown_kind, encode_metrics([counter_row(2)], RESOURCES), codec.encode_span_dicts(make_trace(3))]
     stored_points(client, settings, sqlite_engine, entries)
     letters = {fields[b"reason"].decode() for _, fields in client.xrange(settings.dead_stream)}
     assert letters == {"metric row 1: counter increase must not be negative, not -3.0",

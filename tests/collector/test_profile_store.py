@@ -70,7 +70,7 @@ def test_a_bad_profile_row_dead_letters_its_entry_with_the_reason_and_the_rest_i
                            profile_row("0" * 16, [("a", 1)])], RESOURCES)
     garbage = dict(bad)
     garbage[b"data"] = b"\xc1 not msgpack"
-    stored_points(client, settings, sqlite_engine, [bad, garbage, codec.encode_spans(make_trace(2))])
+    stored_points(client, settings, sqlite_engine, [bad, garbage, codec.encode_span_dicts(make_trace(2))])
     letters = sorted(fields[b"reason"].decode() for _, fields in client.xrange(settings.dead_stream))
     assert len(letters) == 2
     assert letters[1] == ("profile row 1: stack count must be a count (integer >= 0), not -1; "

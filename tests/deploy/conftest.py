@@ -11,7 +11,7 @@ import click
 import pytest
 import yaml
 
-from collector_worker.cli import COMMANDS, cli
+from contrail_cli.main import COMMANDS, cli
 from tracer.settings import Settings, documented_options
 
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -34,6 +34,17 @@ def test_copied_sources_exist():
             assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
 
 
+def test_every_package_of_the_wheel_is_copied():
+    """The image builds its wheel from the copied sources: a package left out would be missing from the image."""
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in patterns}
+    copied = {source.rstrip("/") for word, rest in instructions() if word == "COPY" and "--from" not in rest
+              for source in rest.split()[:-1]}
+    assert packages <= copied, f"Dockerfile does not copy {sorted(packages - copied)}"
+
+
 def test_multi_stage_slim_non_root():
     stages = [rest for word, rest in instructions() if word == "FROM"]
     assert len(stages) >= 2

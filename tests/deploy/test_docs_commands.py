@@ -8,7 +8,7 @@ import shlex
 import click
 import pytest
 
-from collector_worker.cli import cli
+from contrail_cli.main import cli
 from tests.deploy.conftest import ROOT, setting_variables
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "deploy").rglob("*.md"))]

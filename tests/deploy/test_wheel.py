@@ -13,7 +13,7 @@ import pytest
 
 from tests.deploy.conftest import ROOT
 
-PACKAGES = ("tracer", "collector_worker", "web")
+PACKAGES = ("tracer", "collector_worker", "web", "contrail_cli", "contrail_demo")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_wheel_holds_every_package_file(wheel):
     assert not missing, f"the wheel leaves out {missing}"
     assert any(n.startswith("web/templates/") for n in names) and any(n.startswith("web/static/") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "contrail = collector_worker.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "contrail = contrail_cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_installed_wheel_serves_the_dashboard(wheel, tmp_path):
@@ -56,8 +56,8 @@ def test_installed_wheel_serves_the_dashboard(wheel, tmp_path):
                              str(wheel)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     script = f"""
-import web, tracer, collector_worker
-for module in (web, tracer, collector_worker):
+import web, tracer, collector_worker, contrail_cli, contrail_demo
+for module in (web, tracer, collector_worker, contrail_cli, contrail_demo):
     assert module.__file__.startswith({str(target)!r}), module.__file__
 from tracer.settings import Settings
 from web import create_app

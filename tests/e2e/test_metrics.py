@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.servers import wait_until
-from tests.web.test_web_openapi import check_conforms
+from tests.web.test_openapi import check_conforms
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.support.servers import wait_until
-from tests.web.test_web_openapi import check_conforms
+from tests.web.test_openapi import check_conforms
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -76,7 +76,7 @@ def report_shows_the_hot_function(database_url: str) -> None:
     """``contrail profile report`` merges the same profiles: table, JSON and folded stacks."""
     from click.testing import CliRunner
 
-    from collector_worker.cli import cli
+    from contrail_cli.main import cli
 
     runner = CliRunner()
     base = ["profile", "report", "--last", "1h", "--operation", "POST /login", "--database-url", database_url]

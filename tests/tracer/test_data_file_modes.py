@@ -11,7 +11,7 @@ import redis
 from collector_worker.storage.engine import open_engine
 from tests.support.servers import free_port, wait_until
 from tracer.spool import DiskSpool
-from web.stack import Supervisor, redis_spec
+from contrail_cli.up import Supervisor, redis_spec
 
 
 def mode(path) -> int:

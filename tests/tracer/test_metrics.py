@@ -118,7 +118,7 @@ def test_a_forked_child_exports_its_own_points_and_system_metrics(make_manager, 
 
     def in_child():
         orders.increment(5)
-    from tracer_helpers import in_forked_child
+    from tests.tracer.tracer_helpers import in_forked_child
 
     pid = in_forked_child(tracing, in_child)
     points = metric_points(redis_url)

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 
 from tracer import codec, otel_internals, propagation
-from tracer.export import encode_spans
+from tracer.export import encode_sdk_spans
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PACKAGES = ("tracer", "collector_worker", "web")
@@ -141,10 +141,10 @@ def _finished_spans():
 
 def test_export_reads_the_same_rows_through_the_public_accessors(monkeypatch):
     spans = _finished_spans()
-    direct = codec.decode_entry(encode_spans(spans)).spans
+    direct = codec.decode_entry(encode_sdk_spans(spans)).spans
     monkeypatch.setattr(otel_internals, "READ_DIRECT", False)
     monkeypatch.setattr(otel_internals, "span_fields", otel_internals._read_public)
-    public = codec.decode_entry(encode_spans(spans)).spans
+    public = codec.decode_entry(encode_sdk_spans(spans)).spans
     assert public == direct
     assert [s["name"] for s in direct] == ["child", "root"] and direct[1]["attributes"] == {"a": 1, "b": "x"}
 

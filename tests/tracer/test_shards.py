@@ -8,7 +8,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from tracer import shards
-from tracer.codec import encode_spans
+from tracer.codec import encode_span_dicts
 from tracer.export import RedisStreamExporter
 from tracer.metrics_codec import encode_metrics
 from tracer.redis_client import connect, is_cluster_url
@@ -35,7 +35,7 @@ def test_entries_go_to_the_shard_of_their_route_and_unrouted_ones_spread():
     exporter = RedisStreamExporter(settings)
     for _ in range(20):
         trace_id = os.urandom(16).hex()
-        fields = shards.routed(encode_spans([span(trace_id), span(trace_id)]), trace_id)
+        fields = shards.routed(encode_span_dicts([span(trace_id), span(trace_id)]), trace_id)
         assert exporter.stream_of(fields) == shards.trace_stream(settings, trace_id) == \
             f"contrail:spans:{{{shards.trace_shard(trace_id, 4)}}}"
     metric_entries = [encode_metrics([["m", "gauge", "", "", 0, {"n": i}, 1, 1.0, []]], [("svc", {})])

@@ -86,7 +86,7 @@ def gunicorn_web(tmp_path, redis_url):
         environ = {**os.environ, "CONTRAIL_DATA_DIR": str(tmp_path), "CONTRAIL_API_TOKEN": "",
                    "HOME": str(tmp_path), "CONTRAIL_STREAM": f"contrail:web:{tmp_path.name}", **env}
         process = subprocess.Popen(
-            [sys.executable, "-m", "collector_worker.cli", "web", "--port", str(port), *args,
+            [sys.executable, "-m", "contrail_cli", "web", "--port", str(port), *args,
              "--database-url", environ.get("CONTRAIL_DATABASE_URL", f"sqlite:///{tmp_path / 'web.db'}"),
              "--redis-url", redis_url],
             env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -113,7 +113,7 @@ def collector_process(tmp_path, redis_url):
            "CONTRAIL_DATABASE_URL": f"sqlite:///{tmp_path / 'collected.db'}", "CONTRAIL_DATA_DIR": str(tmp_path),
            "CONTRAIL_QUIET_PERIOD": "0.2s", "CONTRAIL_BLOCK": "0.2s",
            "CONTRAIL_CONSUMER_GROUP": f"tests-{tmp_path.name}"}
-    process = subprocess.Popen([sys.executable, "-m", "collector_worker.cli", "collector"], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "contrail_cli", "collector"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     yield env["CONTRAIL_DATABASE_URL"]
     stop_process(process)

@@ -1,50 +1,23 @@
 """API blueprints, one per resource, mounted under ``/api/v1`` (and the Jaeger-compatible one under ``/jaeger``).
 
-``BLUEPRINTS`` lists ``"module:attribute"`` strings; a module that does not
-exist yet (an optional part not installed) is skipped with a warning, any
-other import error is a bug and raises.
+The prefix is given here, at registration, so each blueprint names only its
+own paths.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
-
 from flask import Flask
-
-log = logging.getLogger("contrail.web")
 
 API_PREFIX = "/api/v1"
 
-BLUEPRINTS = [
-    "web.api.health:bp",
-    "web.api.traces:bp",
-    "web.api.services:bp",
-    "web.api.dependencies:bp",
-    "web.api.stats:bp",
-    "web.api.heatmap:bp",
-    "web.api.tail:bp",
-    "web.api.report:bp",
-    "web.api.metrics:bp",
-    "web.api.profiles:bp",
-    "web.api.ai:bp",
-    "web.api.ai_sessions:bp",
-    "web.api.jaeger:bp",
-]
 
+def register_blueprints(app: Flask) -> None:
+    from . import (ai, ai_sessions, dependencies, health, heatmap, jaeger, metrics, profiles, report, services,
+                   stats, tail, traces)
 
-def register_blueprints(app: Flask) -> list[str]:
-    """Register every available blueprint of ``BLUEPRINTS``; return the ones registered."""
-    registered = []
-    for target in BLUEPRINTS:
-        module_name, attribute = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            log.warning("API module %s is not available; its routes are not served", module_name)
-            continue
-        app.register_blueprint(getattr(module, attribute))
-        registered.append(target)
-    return registered
+    app.register_blueprint(health.bp)  # /healthz, /readyz, and /api/v1 status paths of its own
+    for module in (traces, services, dependencies, stats, heatmap, tail, report, metrics, profiles):
+        app.register_blueprint(module.bp, url_prefix=API_PREFIX)
+    for module in (ai, ai_sessions):
+        app.register_blueprint(module.bp, url_prefix=f"{API_PREFIX}/ai")
+    app.register_blueprint(jaeger.bp, url_prefix="/jaeger/api")

@@ -14,10 +14,10 @@ from collector_worker.storage import block_store, queries
 from collector_worker.storage.queries import iso_time
 
 from .. import params
-from ..app import current_resources, current_settings
 from ..errors import ApiError, bad_parameter
+from ..resources import current_resources, current_settings
 
-bp = Blueprint("ai", __name__, url_prefix="/api/v1/ai")
+bp = Blueprint("ai", __name__)
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 200

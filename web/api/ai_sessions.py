@@ -26,11 +26,11 @@ from collector_worker.storage.queries import (QueryError, TraceQuery, decode_cur
                                               search_traces, span_to_api)
 
 from .. import params
-from ..app import current_resources
 from ..errors import bad_parameter, not_found
+from ..resources import current_resources
 from .ai import AI_MARKERS, _AI_SPAN_FIELDS, _default_step, _json, _prices, summarize_agent_trace
 
-bp = Blueprint("ai_sessions", __name__, url_prefix="/api/v1/ai")
+bp = Blueprint("ai_sessions", __name__)
 
 SESSION_KEY, USER_KEY, AGENT_KEY = "session.id", "user.id", "gen_ai.agent.name"
 MAX_ID = 255

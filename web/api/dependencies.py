@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from .. import params
-from ..app import current_resources
-from ..errors import ApiError
+from collector_worker.dependencies import query_dependencies
 
-bp = Blueprint("dependencies", __name__, url_prefix="/api/v1")
+from .. import params
+from ..resources import current_resources
+
+bp = Blueprint("dependencies", __name__)
 
 DEFAULT_LOOKBACK_S = 3600.0
 
@@ -17,12 +18,6 @@ DEFAULT_LOOKBACK_S = 3600.0
 def dependencies():
     start_ns, end_ns = params.time_range(default_lookback_s=DEFAULT_LOOKBACK_S)
     start_ns, end_ns = params.closed_range(start_ns, end_ns, DEFAULT_LOOKBACK_S)
-    try:
-        from collector_worker.dependencies import query_dependencies
-    except ModuleNotFoundError as exc:
-        if exc.name != "collector_worker.dependencies":
-            raise
-        raise ApiError(503, "service dependencies are not available in this installation") from None
     with current_resources().engine().connect() as conn:
         edges = query_dependencies(conn, start_ns, end_ns)
     return jsonify({"start_ns": start_ns, "end_ns": end_ns, "dependencies": list(edges)})

@@ -11,9 +11,9 @@ from sqlalchemy import text
 from collector_worker.storage import queries
 from collector_worker.storage.usage import storage_usage
 
-from ..app import current_resources, current_settings
 from .. import params
 from ..errors import ApiError
+from ..resources import current_resources, current_settings
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger("contrail.web")
@@ -63,13 +63,9 @@ def readyz():
 
 
 def stream_health_or_error() -> dict:
-    """stream_health from the consumer module, or {"error": ...} when it cannot be read."""
-    try:
-        from collector_worker.consumer import stream_health
-    except ModuleNotFoundError as exc:
-        if exc.name != "collector_worker.consumer":
-            raise
-        return {"error": "collector_worker.consumer is not installed"}
+    """stream_health from the consumer module, or {"error": ...} when Redis cannot be read."""
+    from collector_worker.consumer import stream_health  # here: the consumer pulls the whole write path in
+
     try:
         return dict(stream_health(current_resources().redis(), current_settings()))
     except Exception as exc:  # Redis down: report it, do not fail the page

@@ -9,10 +9,10 @@ from collector_worker.storage import heatmap as heatmap_store
 from collector_worker.storage.queries import MAX_LIMIT, QueryError
 
 from .. import params
-from ..app import current_resources
 from ..errors import bad_parameter
+from ..resources import current_resources
 
-bp = Blueprint("heatmap", __name__, url_prefix="/api/v1")
+bp = Blueprint("heatmap", __name__)
 
 DEFAULT_LOOKBACK_S = 3600.0
 MAX_COLUMNS = 1440

@@ -20,11 +20,11 @@ from collector_worker.storage import queries
 from collector_worker.storage.queries import QueryError, TraceQuery
 
 from .. import params
-from ..app import current_resources
 from ..errors import ApiError, bad_parameter
 from ..json_provider import finite
+from ..resources import current_resources
 
-bp = Blueprint("jaeger", __name__, url_prefix="/jaeger/api")
+bp = Blueprint("jaeger", __name__)
 
 DEFAULT_LIMIT = 20
 MAX_TRACES = 100  # full traces per search answer (each up to queries.TRACE_PAGE_SPANS spans)

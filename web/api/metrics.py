@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from .. import params
-from ..app import current_resources
-from ..errors import ApiError, bad_parameter
+from collector_worker import metrics_store
 
-bp = Blueprint("metrics", __name__, url_prefix="/api/v1")
+from .. import params
+from ..errors import bad_parameter
+from ..resources import current_resources
+
+bp = Blueprint("metrics", __name__)
 
 DEFAULT_LOOKBACK_S = 3600.0
 LISTING_LOOKBACK_S = 7 * 86400.0
@@ -21,23 +23,12 @@ MAX_FILTERS = 20
 RESERVED = frozenset({"service", "step", "start", "end", "lookback"})
 
 
-def _store():
-    try:
-        from collector_worker import metrics_store
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("collector_worker", "collector_worker.metrics_store"):
-            raise
-        raise ApiError(503, "metrics are not available in this installation") from None
-    return metrics_store
-
-
 @bp.get("/metrics")
 def metric_names():
     start_ns, end_ns = params.time_range(default_lookback_s=LISTING_LOOKBACK_S)
     start_ns, end_ns = params.closed_range(start_ns, end_ns, LISTING_LOOKBACK_S)
-    store = _store()
     with current_resources().engine().connect() as conn:
-        metrics = store.list_metrics(conn, start_ns)
+        metrics = metrics_store.list_metrics(conn, start_ns)
     return jsonify({"start_ns": start_ns, "end_ns": end_ns, "metrics": metrics})
 
 
@@ -62,7 +53,6 @@ def metric_points(name: str):
     service = params.text("service")
     start_ns, end_ns, step_s = params.series_window(DEFAULT_LOOKBACK_S, MAX_POINTS)
     filters = _filters()
-    store = _store()
     with current_resources().engine().connect() as conn:
-        result = store.query_metric(conn, name, start_ns, end_ns, step_s, service=service, filters=filters)
+        result = metrics_store.query_metric(conn, name, start_ns, end_ns, step_s, service=service, filters=filters)
     return jsonify(result)

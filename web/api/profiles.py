@@ -10,33 +10,23 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from .. import params
-from ..app import current_resources
-from ..errors import ApiError
+from collector_worker import profile_store
 
-bp = Blueprint("profiles", __name__, url_prefix="/api/v1")
+from .. import params
+from ..resources import current_resources
+
+bp = Blueprint("profiles", __name__)
 
 DEFAULT_LOOKBACK_S = 3600.0
 MAX_PROFILES = 5000
-
-
-def _store():
-    try:
-        from collector_worker import profile_store
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("collector_worker", "collector_worker.profile_store"):
-            raise
-        raise ApiError(503, "profiles are not available in this installation") from None
-    return profile_store
 
 
 @bp.get("/traces/<trace_id>/profiles")
 def trace_profiles(trace_id: str):
     trace_id = params.trace_id("trace_id", trace_id)
     span_id = params.span_id("span_id", request.args["span_id"]) if request.args.get("span_id") else None
-    store = _store()
     with current_resources().engine().connect() as conn:
-        profiles = store.of_trace(conn, trace_id, span_id)
+        profiles = profile_store.of_trace(conn, trace_id, span_id)
     return jsonify({"trace_id": trace_id, "profiles": profiles})
 
 
@@ -47,7 +37,6 @@ def aggregate():
     limit = params.integer("limit", 1000, minimum=1, maximum=MAX_PROFILES)
     start_ns, end_ns = params.closed_range(*params.time_range(default_lookback_s=DEFAULT_LOOKBACK_S),
                                            DEFAULT_LOOKBACK_S)
-    store = _store()
     with current_resources().engine().connect() as conn:
-        merged = store.aggregate(conn, start_ns, end_ns, operation, service, limit)
+        merged = profile_store.aggregate(conn, start_ns, end_ns, operation, service, limit)
     return jsonify({"operation": operation, "service": service, "start_ns": start_ns, "end_ns": end_ns, **merged})

@@ -10,10 +10,10 @@ from collector_worker.period_report import gather_report
 from collector_worker.report_html import render_report
 
 from .. import params
-from ..app import current_resources
 from ..errors import bad_parameter
+from ..resources import current_resources
 
-bp = Blueprint("report", __name__, url_prefix="/api/v1")
+bp = Blueprint("report", __name__)
 
 DEFAULT_LOOKBACK_S = 86400.0
 MAX_WINDOW_NS = 366 * 86400 * 10**9

@@ -7,10 +7,10 @@ from flask import Blueprint, jsonify
 from collector_worker.storage import queries
 
 from .. import params
-from ..app import current_resources
 from ..errors import not_found
+from ..resources import current_resources
 
-bp = Blueprint("services", __name__, url_prefix="/api/v1")
+bp = Blueprint("services", __name__)
 
 
 @bp.get("/services")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from .. import params
-from ..app import current_resources
-from ..errors import ApiError
+from collector_worker.stats import query_stats
 
-bp = Blueprint("stats", __name__, url_prefix="/api/v1")
+from .. import params
+from ..resources import current_resources
+
+bp = Blueprint("stats", __name__)
 
 DEFAULT_LOOKBACK_S = 3600.0
 MAX_POINTS = 10_000
@@ -21,12 +22,6 @@ def stats():
     scope = params.choice("scope", ("span", "trace"), "span")
     group_by = params.choice("group_by", ("operation", "service"), "operation")
     start_ns, end_ns, step_s = params.series_window(DEFAULT_LOOKBACK_S, MAX_POINTS)
-    try:
-        from collector_worker.stats import query_stats
-    except ModuleNotFoundError as exc:
-        if exc.name != "collector_worker.stats":
-            raise
-        raise ApiError(503, "statistics are not available in this installation") from None
     with current_resources().engine().connect() as conn:
         result = query_stats(conn, service=service, operation=operation, start_ns=start_ns, end_ns=end_ns,
                              step_s=step_s, scope=scope, group_by=group_by)

@@ -14,11 +14,11 @@ from collector_worker.storage import tail
 from collector_worker.storage.queries import QueryError
 
 from .. import params
-from ..app import current_resources
 from ..errors import bad_parameter
+from ..resources import current_resources
 from .traces import trace_query_from_request
 
-bp = Blueprint("tail", __name__, url_prefix="/api/v1")
+bp = Blueprint("tail", __name__)
 
 DEFAULT_WINDOW_S = 300.0
 MAX_WINDOW_S = 86400.0

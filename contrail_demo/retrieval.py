@@ -6,8 +6,8 @@ search goes through a deliberately slow "vector-db" dependency; a seeded
 random source makes a share of searches fail transiently (retried by Celery),
 a few time out for good (the tool fails, the answer goes on without it).
 
-Run the HTTP side with gunicorn (``web.demo.retrieval:create_app()``) and the
-workers with ``celery -A web.demo.retrieval:celery_app worker --queues retrieval``
+Run the HTTP side with gunicorn (``contrail_demo.retrieval:create_app()``) and the
+workers with ``celery -A contrail_demo.retrieval:celery_app worker --queues retrieval``
 (and ``--queues rerank``).
 """
 
@@ -171,7 +171,7 @@ def retrieve(question: str, top_k: int = 3) -> dict:
 
 
 def create_app():
-    """The retrieval HTTP service (gunicorn: ``web.demo.retrieval:create_app()``)."""
+    """The retrieval HTTP service (gunicorn: ``contrail_demo.retrieval:create_app()``)."""
     from flask import Flask, jsonify, request
 
     app = Flask("contrail-demo-retrieval")

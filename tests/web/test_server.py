@@ -34,7 +34,7 @@ def test_serves_with_gunicorn(tmp_path, redis_url):
     home.mkdir()
     env = {**os.environ, "CONTRAIL_DATA_DIR": str(tmp_path), "CONTRAIL_API_TOKEN": "", "HOME": str(home)}
     process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from collector_worker.cli import main; main(sys.argv[1:])", "web", "--port", str(port), "--workers", "2",
+        [sys.executable, "-c", "import sys; from contrail_cli.main import main; main(sys.argv[1:])", "web", "--port", str(port), "--workers", "2",
          "--database-url", f"sqlite:///{tmp_path / 'web.db'}", "--redis-url", redis_url],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -59,7 +59,7 @@ def test_slow_clients_do_not_stop_one_worker_from_answering(tmp_path, redis_url)
     port = free_port()
     env = {**os.environ, "CONTRAIL_DATA_DIR": str(tmp_path), "CONTRAIL_API_TOKEN": "", "HOME": str(tmp_path)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "collector_worker.cli", "web", "--port", str(port), "--workers", "1",
+        [sys.executable, "-m", "contrail_cli", "web", "--port", str(port), "--workers", "1",
          "--database-url", f"sqlite:///{tmp_path / 'web.db'}", "--redis-url", redis_url],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     slow = []

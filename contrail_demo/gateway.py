@@ -1,4 +1,4 @@
-"""The demo's API gateway: an AI agent answering questions (gunicorn: ``web.demo.gateway:create_app()``).
+"""The demo's API gateway: an AI agent answering questions (gunicorn: ``contrail_demo.gateway:create_app()``).
 
 ``POST /ask {"question": "...", "user_id": "u-1", "session_id": "s-1"?}`` runs
 one agent run: a planning phase, retrieval over HTTP from the retrieval

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from tracer_helpers import in_forked_child, stream_spans
+from tests.tracer.tracer_helpers import in_forked_child, stream_spans
 
 
 def _ender(seen: list):

@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.support.servers import free_port, wait_until
-from tests.web.test_web_otlp import check_converted, finished_spans, stream_spans
+from tests.web.test_otlp import check_converted, finished_spans, stream_spans
 from tracer.settings import Settings
 from web import create_app
 from web.otlp_grpc import start_grpc_server
@@ -158,7 +158,7 @@ def test_contrail_web_refuses_a_grpc_port_in_use(tmp_path, redis_url):
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "collector_worker.cli", "web", "--port", str(free_port()),
+            [sys.executable, "-m", "contrail_cli", "web", "--port", str(free_port()),
              "--redis-url", redis_url, "--database-url", f"sqlite:///{tmp_path / 'x.db'}"],
             env={**__import__("os").environ, "CONTRAIL_OTLP_GRPC_PORT": str(port), "HOME": str(tmp_path)},
             capture_output=True, text=True, timeout=60)

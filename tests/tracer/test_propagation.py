@@ -10,7 +10,7 @@ from opentelemetry import context as context_api
 
 from tracer import propagation
 
-from tracer_helpers import by_name, stream_spans
+from tests.tracer.tracer_helpers import by_name, stream_spans
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

@@ -9,7 +9,7 @@ from opentelemetry.trace import get_current_span
 
 from tracer.decorators import redact_query, safe_repr
 
-from tracer_helpers import by_name, stream_spans
+from tests.tracer.tracer_helpers import by_name, stream_spans
 
 
 def test_sync_function_records_arguments_redacted_and_truncated(make_manager, redis_url):

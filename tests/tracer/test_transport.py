@@ -13,7 +13,7 @@ import pytest
 from tests.support.servers import free_port, wait_until
 from tracer.spool import DiskSpool
 
-from tracer_helpers import in_forked_child, stream_entries, stream_spans
+from tests.tracer.tracer_helpers import in_forked_child, stream_entries, stream_spans
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

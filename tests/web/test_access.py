@@ -9,7 +9,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.support.servers import free_port
-from tests.web.test_web_otlp import finished_spans
+from tests.web.test_otlp import finished_spans
 
 TOKENS = {"API_TOKEN": "admin-secret", "READ_TOKEN": "reader-secret", "INGEST_TOKEN": "ingest-secret"}
 

@@ -14,7 +14,7 @@ from py_zipkin import Kind
 from py_zipkin.encoding import Encoding, Span, create_endpoint, get_encoder
 
 from tests.support.servers import wait_until
-from tests.web.test_web_otlp import finished_spans, stream_spans
+from tests.web.test_otlp import finished_spans, stream_spans
 from web import create_app
 
 pytestmark = pytest.mark.xdist_group("web-otlp")

@@ -15,7 +15,7 @@ import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.support.servers import wait_until
-from tests.web.test_web_otlp import stream_spans
+from tests.web.test_otlp import stream_spans
 
 TRACE_ID = bytes.fromhex("5b8efff798038103d269b633813fc60c")
 SPAN_ID = bytes.fromhex("eee19b7ec3c1b174")

@@ -8,7 +8,7 @@ from opentelemetry.trace import INVALID_SPAN, SpanKind
 
 from tracer import TracingManager, get_current_span
 
-from tracer_helpers import by_name, stream_entries, stream_spans
+from tests.tracer.tracer_helpers import by_name, stream_entries, stream_spans
 
 
 def test_start_finish_span_arrives_with_ids_parent_service_attributes(make_manager, redis_url):

@@ -8,7 +8,7 @@ from opentelemetry.trace import INVALID_SPAN
 
 from tracer import TracingManager
 
-from tracer_helpers import stream_spans
+from tests.tracer.tracer_helpers import stream_spans
 
 
 def test_disabled_manager_is_a_noop(tmp_path):

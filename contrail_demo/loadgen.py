@@ -1,6 +1,6 @@
 """The demo's load generator: one question to the gateway every 1-2 seconds, until stopped.
 
-    python -m web.demo.loadgen --api-url http://127.0.0.1:8000
+    python -m contrail_demo.loadgen --api-url http://127.0.0.1:8000
 
 Questions come from a fixed list picked by a seeded random source, so they
 repeat (the stand-in model's prompt cache hits) and a run is reproducible.

@@ -122,7 +122,7 @@ def _one_by_one(engine: Engine, settings: Any, consumer_name: str, claimed: list
     done = 0
     for index, lease in enumerate(claimed):
         try:
-            batch = _prepare(engine, settings, [lease], time.time_ns(), None)
+            batch = read_and_assemble(engine, settings, [lease], time.time_ns(), None)
             with write_lock(engine), engine.begin() as conn:
                 batch.write(conn, consumer_name)
             done += 1
@@ -176,13 +176,13 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
     taken = [claimed]
     kept = None  # leases held ahead past this call, once known
     try:
-        batches = [_prepare(engine, settings, claimed, now_ns, recent)]
+        batches = [read_and_assemble(engine, settings, claimed, now_ns, recent)]
 
         def assemble_next() -> None:  # the ingest thread is writing: assemble the next held batch meanwhile
             spare = ahead.take(now_ns)
             if spare:
                 taken.append(spare)
-                batches.append(_prepare(engine, settings, spare, now_ns, recent))
+                batches.append(read_and_assemble(engine, settings, spare, now_ns, recent))
 
         lock = write_lock(engine)
         take_write_lock(lock, assemble_next if ahead is not None and ahead.claimed else None)
@@ -213,8 +213,9 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
     return sum(len(part) for part in taken)
 
 
-def _prepare(engine: Engine, settings: Any, claimed: list[tuple[str, int]], now_ns: int,
-             recent: RecentSpans | None) -> "FinalizedBatch":
+def read_and_assemble(engine: Engine, settings: Any, claimed: list[tuple[str, int]], now_ns: int,
+                      recent: RecentSpans | None) -> "FinalizedBatch":
+    """Read the claimed traces and assemble them on a connection of its own (no write transaction held)."""
     with engine.connect() as conn:
         batch = prepare_batch(conn, settings, claimed, now_ns, recent)
         conn.rollback()  # end the read transaction before writing on another connection

@@ -53,7 +53,7 @@ class WritePipeline:
         if not claimed:
             return 0
         try:
-            batch = finalizer._prepare(self.engine, self.settings, claimed, now_ns, self.recent)
+            batch = finalizer.read_and_assemble(self.engine, self.settings, claimed, now_ns, self.recent)
         except Exception:
             leases.give_back(self.engine, self.name, claimed, leased_ns, self.ahead, self._lock)
             raise

@@ -295,7 +295,7 @@ def _state(conn: Connection) -> dict[str, Any]:
 
 
 def _write_lock(engine: Engine) -> Any:
-    from .writer import write_lock  # the process's SQLite writers take turns (ingest, finalizer, this)
+    from .write_lock import write_lock  # the process's SQLite writers take turns (ingest, finalizer, this)
 
     return write_lock(engine)
 

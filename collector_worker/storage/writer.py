@@ -17,54 +17,19 @@ no database (grouping and packing spans, assembling traces) is done before takin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
-import weakref
 import zlib
 from typing import Any, Iterable
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from . import staging
 from .block_store import stored_span_ids
+from .write_lock import take_write_lock, write_lock  # noqa: F401 (callers import them from here too)
 from .schema import pending_traces
 
 INT64_MAX = 2**63 - 1
-
-_write_locks: "weakref.WeakKeyDictionary[Engine, threading.RLock]" = weakref.WeakKeyDictionary()
-_write_locks_guard = threading.Lock()
-
-
-def write_lock(engine: Engine) -> Any:
-    """A context manager held around write transactions of this process on ``engine``.
-
-    SQLite: one lock per engine, so the ingest and finalizer threads take turns
-    at the database's single write lock. Other databases take row locks of
-    their own: nothing is held.
-    """
-    if engine.dialect.name != "sqlite":
-        return contextlib.nullcontext()
-    with _write_locks_guard:
-        lock = _write_locks.get(engine)
-        if lock is None:
-            lock = _write_locks[engine] = threading.RLock()
-    return lock
-
-
-def take_write_lock(lock: Any, meanwhile: Any = None) -> None:
-    """Enter ``lock`` (from :func:`write_lock`); if another thread holds it, call ``meanwhile()`` first.
-
-    The caller does useful work (reads on, assembles the next batch) while the
-    other writer finishes instead of waiting idle, then waits. Leave with
-    ``lock.__exit__(None, None, None)``.
-    """
-    if meanwhile is None or not hasattr(lock, "acquire"):  # nothing to do meanwhile, or no lock at all
-        lock.__enter__()
-    elif not lock.acquire(blocking=False):
-        meanwhile()
-        lock.acquire()
-
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):

@@ -231,7 +231,7 @@ def _two_refinalized_traces(engine):
 def _stolen_meanwhile(monkeypatch, engine, later_ns):
     """Make the first finalize pass outlive its leases: while it assembles, collector c2 takes over the oldest
     trace (its lease ran out) and finalizes it. Returns what c2 took."""
-    prepare, taken = finalizer._prepare, []
+    prepare, taken = finalizer.read_and_assemble, []
 
     def slow_prepare(engine_, settings_, claimed, now_ns, recent):
         batch = prepare(engine_, settings_, claimed, now_ns, recent)
@@ -243,7 +243,7 @@ def _stolen_meanwhile(monkeypatch, engine, later_ns):
                 theirs.write(conn, "c2")
         return batch
 
-    monkeypatch.setattr(finalizer, "_prepare", slow_prepare)
+    monkeypatch.setattr(finalizer, "read_and_assemble", slow_prepare)
     return taken
 
 
@@ -289,7 +289,7 @@ def test_a_write_without_the_leases_writes_nothing(engine):
     ingest(engine, [make_span(tid(310), sid(1), None, 0, 10)])
     now = BASE + 5 * S
     claimed = finalizer.claim(engine, "c1", now, now - 2 * S)
-    batch = finalizer._prepare(engine, settings(), claimed, now, None)
+    batch = finalizer.read_and_assemble(engine, settings(), claimed, now, None)
     finalizer.release(engine, "c1", [t for t, _ in claimed])  # e.g. given back by an earlier failure
     with pytest.raises(finalizer.LeaseLost) as lost, engine.begin() as conn:
         batch.write(conn, "c1")

@@ -298,6 +298,15 @@ def _filters(q: TraceQuery, part: periods.Part, tags: list[tuple[str, str, str]]
     return where
 
 
+def main_part_filters(conn: Connection, q: TraceQuery) -> list[Any] | None:
+    """WHERE conditions for ``q`` on the main ``traces`` table (where traces finalized lately live); None
+    when the database has never seen a name ``q`` asks for, so nothing can match."""
+    tags, ids = _names(conn, q)
+    if ids is None:
+        return None
+    return _filters(q, periods.parts(conn)[0], tags, ids)
+
+
 def _keys(values) -> Any:
     return cast(sorted(set(values)), ARRAY(BigInteger))
 

@@ -18,7 +18,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.engine import Connection
 
 from . import schema
-from .queries import QueryError, TraceQuery, _filters, summary_from_row
+from .queries import QueryError, TraceQuery, main_part_filters, summary_from_row
 
 
 def encode_tail_cursor(finalized_ns: int, trace_id: str) -> str:
@@ -46,9 +46,13 @@ def finalized_since(conn: Connection, q: TraceQuery, *, since_start_ns: int, cur
     Each summary carries ``finalized_ns``.
     """
     t = schema.traces
-    where = [*_filters(conn, q), t.c.start_ns >= since_start_ns]
-    if cursor:
-        after_ns, after_id = decode_tail_cursor(cursor)
+    after = decode_tail_cursor(cursor) if cursor else None  # a bad cursor is the caller's error, whatever matches
+    filters = main_part_filters(conn, q)
+    if filters is None:  # a name never seen: nothing matches yet
+        return {"traces": [], "cursor": cursor or encode_tail_cursor(0, ""), "more": False}
+    where = [*filters, t.c.start_ns >= since_start_ns]
+    if after is not None:
+        after_ns, after_id = after
         where.append(or_(t.c.finalized_ns > after_ns, and_(t.c.finalized_ns == after_ns, t.c.trace_id > after_id)))
         rows = conn.execute(select(t).where(*where).order_by(t.c.finalized_ns.asc(), t.c.trace_id.asc())
                             .limit(limit + 1)).mappings().all()

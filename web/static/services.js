@@ -202,6 +202,12 @@ async function drawOperationHeatmap(query) {
 const SYSTEM = [["process.cpu.utilization", "chart-cpu", 100, "%"], ["process.memory.rss", "chart-rss", 1e-6, "MB"],
   ["process.threads", "chart-threads", 1, "threads"], ["process.open_file_descriptors", "chart-threads", 1, "open files"]];
 
+/** A system-metrics chart: a few series (mean and max of one process metric), so a legend of its own. */
+function systemChart(Plotly, div, traces) {
+  const layout = layoutFor("", { showlegend: true, legend: { orientation: "h", y: -0.25, font: { size: 10 } } });
+  return Plotly.react(div, traces, layout, { displayModeBar: false, responsive: true });
+}
+
 async function drawSystem(query) {
   const service = query.service;
   const empty = $("system-empty");
@@ -238,7 +244,7 @@ async function drawSystem(query) {
   if (!points) {
     empty.textContent = `No system metrics from ${service} in this window: its tracers record them with CONTRAIL_SYSTEM_METRICS=true.`;
   } else {
-    for (const [chart, traces] of byChart) await lineChart(Plotly, $(chart), traces, "");
+    for (const [chart, traces] of byChart) await systemChart(Plotly, $(chart), traces);
   }
   contrail.systemMetrics = { service, points };
 }

@@ -16,21 +16,13 @@ from sqlalchemy import select, union_all
 from sqlalchemy.engine import Connection
 
 from . import block_dictionary, blocks, partitions, periods, schema, search_keys, staging
+from .sql_text import chunks, in_list as _in, mark as _mark
 
 _CHUNK = 500
 
 
-def _mark(conn: Connection) -> str:
-    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
-
-
-def _in(conn: Connection, n: int) -> str:
-    return "(" + ",".join([_mark(conn)] * n) + ")"
-
-
 def _chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+    return chunks(items, size)
 
 
 def read_blocks(conn: Connection, trace_nos: list[int]) -> dict[int, bytes]:

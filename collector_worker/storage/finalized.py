@@ -17,21 +17,13 @@ from typing import Any, Iterable
 from sqlalchemy.engine import Connection
 
 from . import block_store, partitions, periods, schema, staging
+from .sql_text import chunks, in_list as _in_list, mark as _mark
 
 _IN_CHUNK = 1000
 
 
 def _chunks(items: list, size: int = _IN_CHUNK) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def _mark(conn: Connection) -> str:
-    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
-
-
-def _in_list(conn: Connection, n: int) -> str:
-    return "(" + ",".join([_mark(conn)] * n) + ")"
+    return chunks(items, size)
 
 
 _PREVIOUS_COLUMNS = ("trace_id", "root_service", "root_operation", "start_ns", "duration_ns", "error_count",

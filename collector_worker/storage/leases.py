@@ -20,22 +20,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import schema
 from .writer import write_lock
+from .sql_text import chunks, in_list as _in_list, mark as _mark
 
 LEASE_NS = 60 * 1_000_000_000  # a claim older than this belongs to a collector that died
 _IN_CHUNK = 1000
 
 
 def _chunks(items: list, size: int = _IN_CHUNK) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def _mark(conn: Connection) -> str:
-    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
-
-
-def _in_list(conn: Connection, n: int) -> str:
-    return "(" + ",".join([_mark(conn)] * n) + ")"
+    return chunks(items, size)
 
 
 def claim(engine: Engine, consumer_name: str, now_ns: int, quiet_cutoff_ns: int,

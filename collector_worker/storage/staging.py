@@ -25,6 +25,7 @@ import msgpack
 from sqlalchemy.engine import Connection
 
 from .schema import spans as _table
+from .sql_text import chunks, in_list as _in, mark as _mark
 
 TABLE = _table.name
 _CHUNK = 500
@@ -80,17 +81,8 @@ def row(trace_id: str, spans: list[dict[str, Any]], received_ns: int, source: st
             any(s.get("links") for s in spans), received_ns, ids, pack(spans))
 
 
-def _mark(conn: Connection) -> str:
-    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
-
-
-def _in(conn: Connection, n: int) -> str:
-    return "(" + ",".join([_mark(conn)] * n) + ")"
-
-
 def _chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+    return chunks(items, size)
 
 
 _statements: dict[tuple, str] = {}

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from . import codec
+from . import codec, row_entries
 from .codec import CodecError
 
 KIND = "metrics"
@@ -51,10 +51,7 @@ class DecodedMetrics:
 def encode_metrics(rows: Sequence[Sequence[Any]], resources: Sequence[tuple[str, Mapping[str, Any]]],
                    encoding: str = "msgpack") -> dict[bytes, bytes]:
     """Rows and their resources as the fields of one ``kind=metrics`` stream entry."""
-    fields = codec.encode_payload({"resources": [[service, dict(attrs)] for service, attrs in resources],
-                                   "metrics": list(rows)}, len(rows), encoding)
-    fields[b"kind"] = KIND.encode()
-    return fields
+    return row_entries.encode_rows(KIND, "metrics", rows, resources, encoding)
 
 
 def is_metrics_entry(fields: Mapping[Any, Any]) -> bool:
@@ -65,34 +62,9 @@ def is_metrics_entry(fields: Mapping[Any, Any]) -> bool:
 def decode_metrics(fields: Mapping[Any, Any],
                    max_decompressed: int = codec.MAX_DECOMPRESSED_BYTES) -> DecodedMetrics:
     """Decode a ``kind=metrics`` entry; raises :class:`CodecError` (and nothing else) when it is unreadable."""
-    try:
-        return _decode(fields, max_decompressed)
-    except CodecError:
-        raise
-    except Exception as exc:  # whatever an entry holds, it fails alone and with a reason
-        raise CodecError(codec.cut(f"unreadable metrics entry: {type(exc).__name__}: {exc}")) from None
-
-
-def _decode(fields: Mapping[Any, Any], max_decompressed: int) -> DecodedMetrics:
-    if not is_metrics_entry(fields):
-        raise CodecError("entry holds spans, not metrics")
-    payload, expected = codec.decode_payload(fields, max_decompressed)
-    if not isinstance(payload, dict) or not isinstance(payload.get("metrics"), list):
-        raise CodecError("metrics batch is not a mapping with a 'metrics' list")
-    resources = payload.get("resources") or []
-    if not isinstance(resources, list):
-        raise CodecError("batch 'resources' is not a list")
-    rows = payload["metrics"]
-    if expected is not None and expected != len(rows):
-        raise CodecError(f"point count mismatch: header says {expected}, batch holds {len(rows)}")
-    decoded = DecodedMetrics()
-    for index, row in enumerate(rows):
-        try:
-            decoded.points.append(_decode_row(row, resources))
-        except Exception as exc:  # a row holding anything at all is rejected alone
-            decoded.rejected.append((index, codec.cut(str(exc) if isinstance(exc, CodecError)
-                                                      else f"{type(exc).__name__}: {exc}")))
-    return decoded
+    rows, rejected = row_entries.decode_rows(fields, KIND, "metrics", _decode_row, max_decompressed,
+                                             wrong_kind="entry holds spans, not metrics", unit="point")
+    return DecodedMetrics(points=rows, rejected=rejected)
 
 
 def _number(value: Any, what: str) -> float:

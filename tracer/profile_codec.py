@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from . import codec
+from . import codec, row_entries
 from .codec import CodecError
 
 KIND = "profiles"
@@ -50,10 +50,7 @@ class DecodedProfiles:
 def encode_profiles(rows: Sequence[Sequence[Any]], resources: Sequence[tuple[str, Mapping[str, Any]]],
                     encoding: str = "msgpack") -> dict[bytes, bytes]:
     """Rows and their resources as the fields of one ``kind=profiles`` stream entry."""
-    fields = codec.encode_payload({"resources": [[service, dict(attrs)] for service, attrs in resources],
-                                   "profiles": list(rows)}, len(rows), encoding)
-    fields[b"kind"] = KIND.encode()
-    return fields
+    return row_entries.encode_rows(KIND, "profiles", rows, resources, encoding)
 
 
 def is_profiles_entry(fields: Mapping[Any, Any]) -> bool:
@@ -64,34 +61,9 @@ def is_profiles_entry(fields: Mapping[Any, Any]) -> bool:
 def decode_profiles(fields: Mapping[Any, Any],
                     max_decompressed: int = codec.MAX_DECOMPRESSED_BYTES) -> DecodedProfiles:
     """Decode a ``kind=profiles`` entry; raises :class:`CodecError` (and nothing else) when it is unreadable."""
-    try:
-        return _decode(fields, max_decompressed)
-    except CodecError:
-        raise
-    except Exception as exc:  # whatever an entry holds, it fails alone and with a reason
-        raise CodecError(codec.cut(f"unreadable profiles entry: {type(exc).__name__}: {exc}")) from None
-
-
-def _decode(fields: Mapping[Any, Any], max_decompressed: int) -> DecodedProfiles:
-    if not is_profiles_entry(fields):
-        raise CodecError("entry does not hold profiles")
-    payload, expected = codec.decode_payload(fields, max_decompressed)
-    if not isinstance(payload, dict) or not isinstance(payload.get("profiles"), list):
-        raise CodecError("profiles batch is not a mapping with a 'profiles' list")
-    resources = payload.get("resources") or []
-    if not isinstance(resources, list):
-        raise CodecError("batch 'resources' is not a list")
-    rows = payload["profiles"]
-    if expected is not None and expected != len(rows):
-        raise CodecError(f"profile count mismatch: header says {expected}, batch holds {len(rows)}")
-    decoded = DecodedProfiles()
-    for index, row in enumerate(rows):
-        try:
-            decoded.profiles.append(_decode_row(row, resources))
-        except Exception as exc:  # a row holding anything at all is rejected alone
-            decoded.rejected.append((index, codec.cut(str(exc) if isinstance(exc, CodecError)
-                                                      else f"{type(exc).__name__}: {exc}")))
-    return decoded
+    rows, rejected = row_entries.decode_rows(fields, KIND, "profiles", _decode_row, max_decompressed,
+                                             wrong_kind="entry does not hold profiles", unit="profile")
+    return DecodedProfiles(profiles=rows, rejected=rejected)
 
 
 def _count(value: Any, what: str) -> int:

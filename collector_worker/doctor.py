@@ -200,7 +200,7 @@ def check_database(settings: Settings) -> list[Check]:
         return [Check("database", FAIL, f"no database file at {missing}",
                       "start the stack (contrail up) or a collector, or point --database-url at the right file")]
     try:
-        engine = open_engine(url, migrate=False)
+        engine = open_engine(url, migrate=False, pool_size=settings.db_pool_size)
         try:
             with engine.connect() as conn:
                 status = schema_status(conn)

@@ -44,6 +44,8 @@ from tracer.private_files import make_private_dir
 from tracer.settings import Settings, mask_url
 from web.server import bind_error, is_loopback
 
+from .embedded_redis import REDIS_PORT_FILE, redis_ping, remember_redis_port, remembered_redis_port
+
 PREFIX_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta",
                   "bright_green", "bright_yellow", "bright_blue")
 
@@ -300,22 +302,17 @@ def redis_port(data_dir: Path) -> tuple[int, str | None]:
     Returns the port and a note when the remembered port had to be replaced
     (the data lives in the AOF files, so it is found again on any port).
     """
-    from collector_worker.doctor import REDIS_PORT_FILE  # `contrail doctor` finds this Redis by the same file
-
-    port_file = data_dir / REDIS_PORT_FILE
     note = None
-    if port_file.exists():
-        try:
-            remembered = int(port_file.read_text().strip())
-        except ValueError:
-            remembered = 0
+    remembered = remembered_redis_port(data_dir)
+    if (data_dir / REDIS_PORT_FILE).exists():
         if remembered and port_is_free(remembered):
             return remembered, None
-        note = f"port {remembered} from {port_file} is in use; the embedded Redis moves to a new port"
+        note = (f"port {remembered or 0} from {data_dir / REDIS_PORT_FILE} is in use; "
+                "the embedded Redis moves to a new port")
     port = free_port()
     while port == 6379:  # leave the conventional port to a system Redis
         port = free_port()
-    port_file.write_text(f"{port}\n")
+    remember_redis_port(data_dir, port)
     return port, note
 
 
@@ -334,16 +331,6 @@ def with_db_number(url: str, db: int) -> str:
     if parts.scheme == "unix":
         return url.split("?")[0] + f"?db={db}"
     return urlunsplit(parts._replace(path=f"/{db}"))
-
-
-def redis_ping(url: str) -> bool:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        return bool(client.ping())
-    finally:
-        client.close()
 
 
 def http_ok(url: str) -> bool:

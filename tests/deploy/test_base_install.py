@@ -24,6 +24,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 EXTRAS_ONLY = ("celery", "flask", "sqlalchemy", "alembic", "gunicorn", "psycopg", "rich", "grpc", "zstandard")
 
 EXPORT_ONE_SPAN = """
+import sys
+
 from tracer import TracingManager
 
 tracing = TracingManager(service_name="base-only")

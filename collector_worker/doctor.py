@@ -290,14 +290,13 @@ def doctor_command(local_redis: LocalRedis | None = None) -> click.Command:
 def run_doctor(redis_url: str | None, database_url: str | None, as_json: bool, show_settings: bool,
                local_redis: LocalRedis | None = None) -> None:
     import dataclasses
-    import os
 
     try:
         settings, sources = Settings.load_with_sources(redis_url=redis_url, database_url=database_url)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     found = None
-    if local_redis is not None and not redis_url and not os.environ.get("CONTRAIL_REDIS_URL"):
+    if local_redis is not None and sources.get("redis_url") == "default":
         # Nothing configured: check the Redis `contrail up` runs for this data directory, the one
         # its collectors read, rather than whatever may listen on the default port.
         found = local_redis(settings.data_dir)

@@ -148,6 +148,11 @@ def test_without_a_redis_url_doctor_checks_the_redis_of_contrail_up(run_cli, red
     remember_redis_port(data, urlsplit(redis_url).port)
     result = run_cli("doctor", "--json", "--redis-url", "redis://127.0.0.1:1/0", "--database-url", sqlite_url, env=env)
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in checks_of(result)["redis"]["detail"]
+    # So does one from the config file: only an unconfigured URL means the Redis of contrail up.
+    config = tmp_path / "contrail.toml"
+    config.write_text('[collector]\nredis_url = "redis://127.0.0.1:1/0"\n')
+    result = run_cli("doctor", "--json", "--database-url", sqlite_url, env={**env, "CONTRAIL_CONFIG": str(config)})
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in checks_of(result)["redis"]["detail"]
     # The port `contrail up` picks for a fresh data directory is the one read back.
     fresh = tmp_path / "fresh"
     fresh.mkdir()

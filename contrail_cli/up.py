@@ -424,7 +424,7 @@ def stack_plan(settings: Settings, data_dir: Path, host: str, port: int, redis_u
 def up(data_dir, host, port, collectors, demo, max_restarts, insecure):
     """Run Redis, collectors and the web app (and with --demo the demo system) on this machine."""
     try:
-        settings = Settings.load(data_dir=data_dir, web_host=host, web_port=port)
+        settings, sources = Settings.load_with_sources(data_dir=data_dir, web_host=host, web_port=port)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -455,7 +455,8 @@ def up(data_dir, host, port, collectors, demo, max_restarts, insecure):
     supervisor = Supervisor(max_restarts=max_restarts, inherit_fds=(lock.fileno(),))
     previous = {sig: signal.signal(sig, supervisor.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = _run_stack(supervisor, settings, data, collectors, demo, insecure)
+        redis_given = None if sources["redis_url"] == "default" else sources["redis_url"]
+        code = _run_stack(supervisor, settings, data, collectors, demo, insecure, redis_given)
     finally:
         supervisor.stop_all()
         for sig, handler in previous.items():
@@ -518,12 +519,14 @@ def _prepare_sqlite(supervisor: Supervisor, url: str) -> bool:
 
 
 def _run_stack(supervisor: Supervisor, settings: Settings, data: Path, collectors: int, demo: bool,
-               insecure: bool = False) -> int:
-    """Start everything in order, waiting for readiness; return the exit code."""
-    external = os.environ.get("CONTRAIL_REDIS_URL")
-    if external:
-        redis_url = external
-        supervisor.say(f"using Redis at {mask_url(redis_url)} (CONTRAIL_REDIS_URL)")
+               insecure: bool = False, redis_given: str | None = None) -> int:
+    """Start everything in order, waiting for readiness; return the exit code.
+
+    ``redis_given`` names where a configured Redis URL came from (env, file, ...); None starts the embedded one.
+    """
+    if redis_given:
+        redis_url = settings.redis_url
+        supervisor.say(f"using Redis at {mask_url(redis_url)} ({redis_given})")
     else:
         port, note = redis_port(data)
         if note:
@@ -549,7 +552,7 @@ def _run_stack(supervisor: Supervisor, settings: Settings, data: Path, collector
     if settings.otlp_grpc_port:
         receivers += f", OTLP/gRPC to {shown_host}:{settings.otlp_grpc_port}"
     receivers += f", Zipkin to {base}/api/v2/spans"
-    if not external:
+    if not redis_given:
         # A traced service's default is redis://127.0.0.1:6379/0, which is not this Redis.
         supervisor.say(f"send spans here: export CONTRAIL_REDIS_URL={redis_url} in your traced services, "
                        f"or {receivers}")

@@ -233,10 +233,10 @@ def bench_big_trace(client, trace_id: str, rounds: int = 5) -> dict:
 
 
 def bench_otlp(client, redis_url: str, requests_n: int = 40) -> dict:
-    import redis
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     from tracer.codec import encode_span_dicts
+    from tracer.redis_client import connect
     from web.otlp import convert_request
 
     message = ExportTraceServiceRequest()
@@ -261,7 +261,7 @@ def bench_otlp(client, redis_url: str, requests_n: int = 40) -> dict:
         response = client.post("/v1/traces", data=body, content_type="application/x-protobuf")
         assert response.status_code == 200
     receiver = requests_n * 512 / (time.perf_counter() - t)
-    client_redis = redis.Redis.from_url(redis_url)
+    client_redis = connect(redis_url)
     spans = convert_request(message)[0]
     t = time.perf_counter()
     for _ in range(requests_n):  # baseline: the same spans, already converted, encoded and XADDed bare

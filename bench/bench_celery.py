@@ -201,9 +201,9 @@ def run_once(server: RedisServer, round_trips: int, aa: bool, two_workers: bool 
             worker.stop()
         spans_in_stream = 0
         try:
-            import redis
+            from tracer.redis_client import connect
 
-            client = redis.Redis(port=server.port, db=3)
+            client = connect(f"redis://127.0.0.1:{server.port}/3")
             spans_in_stream = sum(int(f[b"n"]) for _, f in client.xrange("contrail:spans"))
             client.delete("contrail:spans")  # the next run counts its own
             client.close()

@@ -59,6 +59,7 @@ from tests.support.servers import (  # noqa: E402
     wait_until,
 )
 from tracer.codec import decode_entry, encode_span_dicts  # noqa: E402
+from tracer.redis_client import connect  # noqa: E402
 from tracer.settings import Settings  # noqa: E402
 
 STREAM, GROUP = "contrail:spans", "contrail-collectors"
@@ -197,7 +198,7 @@ def run_collectors(redis_url: str, database_url: str, entries, total_spans: int,
 
     ``backlog``: publish everything first, then start the collectors (a drained backlog).
     """
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     client.flushall()
     if backlog:
         client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)

@@ -34,11 +34,11 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 
 def capture(questions: int, record_content: bool) -> list[dict]:
     """Decoded spans of ``questions`` demo questions, in stream order."""
-    import redis
     import requests
 
     from tests.support.servers import RedisServer, free_port, wait_until
     from tracer.codec import decode_entry
+    from tracer.redis_client import connect
     from contrail_cli.up import demo_specs
     from contrail_demo.loadgen import ask, make_request
 
@@ -80,7 +80,7 @@ def capture(questions: int, record_content: bool) -> list[dict]:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
     try:
-        client = redis.Redis.from_url(server.url)
+        client = connect(server.url)
         spans: list[dict] = []
         for _, fields in client.xrange("contrail:spans"):
             spans.extend(decode_entry(fields).spans)

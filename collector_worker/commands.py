@@ -70,7 +70,7 @@ def _run_one(overrides: dict[str, Any], log_level: str, parent_pid: int | None =
         threading.Thread(target=_watch_parent, args=(parent_pid, stop), name="contrail-parent-watch",
                          daemon=True).start()
     try:
-        engine = open_engine(settings.resolved_database_url)
+        engine = open_engine(settings.resolved_database_url, pool_size=settings.db_pool_size)
     except (SQLAlchemyError, OSError) as exc:
         log.error("cannot open the database %s: %s", mask_url(settings.resolved_database_url),
                   str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
@@ -208,7 +208,7 @@ def cleanup(retention: float | None, database_url: str | None, batch_size: int, 
         _wipe_everything(url, dry_run, yes, console)
         return
     try:
-        engine = open_engine(url)
+        engine = open_engine(url, pool_size=settings.db_pool_size)
         if dry_run:
             counts = count_expired(engine, cutoff_ns)
             verb = "would delete"

@@ -953,7 +953,7 @@ def run_consumer(settings: Settings, stop_event: threading.Event | None = None, 
     stop = stop_event or threading.Event()
     pricing.configure(settings.price_table)  # LLM cost is computed at ingest: load the configured table first
     own_engine = engine is None
-    engine = engine or open_engine(settings.resolved_database_url)
+    engine = engine or open_engine(settings.resolved_database_url, pool_size=settings.db_pool_size)
     client = redis_client or open_redis(settings, stop)
     if client is None:  # stopped before Redis answered
         if own_engine:

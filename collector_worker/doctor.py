@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -200,7 +200,7 @@ def check_database(settings: Settings) -> list[Check]:
         return [Check("database", FAIL, f"no database file at {missing}",
                       "start the stack (contrail up) or a collector, or point --database-url at the right file")]
     try:
-        engine = open_engine(url, migrate=False)
+        engine = open_engine(url, migrate=False, pool_size=settings.db_pool_size)
         try:
             with engine.connect() as conn:
                 status = schema_status(conn)
@@ -249,30 +249,6 @@ def storage_check(usage: dict) -> Check:
     return Check("storage", OK, "\n".join(lines))
 
 
-REDIS_PORT_FILE = "redis.port"  # where `contrail up` remembers its embedded Redis's port, in the data directory
-
-
-def embedded_redis_url(data_dir: str) -> str | None:
-    """The URL of the Redis ``contrail up`` runs for ``data_dir``, if it is running (answers PING)."""
-    import os
-
-    import redis
-
-    try:
-        with open(os.path.join(data_dir, REDIS_PORT_FILE)) as f:
-            port = int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        return url if client.ping() else None
-    except (redis.RedisError, OSError):
-        return None
-    finally:
-        client.close()
-
-
 def run_checks(settings: Settings) -> list[Check]:
     checks, client = check_redis(settings)
     if client is not None:
@@ -288,34 +264,48 @@ def run_checks(settings: Settings) -> list[Check]:
 STYLES = {OK: "green", WARN: "yellow", FAIL: "bold red"}
 
 
-@click.command()
-@click.option("--redis-url", default=None,
-              help="Redis holding the span stream [CONTRAIL_REDIS_URL; default: the Redis `contrail up` runs "
-                   "for the data directory when it is running, else redis://127.0.0.1:6379/0].")
-@click.option("--database-url", default=None, help="SQLAlchemy URL of the trace database [CONTRAIL_DATABASE_URL].")
-@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-@click.option("--settings", "show_settings", is_flag=True,
-              help="Also list every effective setting and where it came from (kwarg, env, file or default).")
-def doctor(redis_url, database_url, as_json, show_settings):
-    """Check Redis, the database and the collectors' backlog; exit 1 if anything fails."""
+# A finder of a local Redis to check when none is configured: data directory -> (URL, where it was found) or
+# None. `contrail up` (contrail_cli) supplies the one that finds the Redis it runs; this package knows no more.
+LocalRedis = Callable[[str], "tuple[str, str] | None"]
+
+
+def doctor_command(local_redis: LocalRedis | None = None) -> click.Command:
+    """The ``contrail doctor`` command; with ``local_redis``, an unconfigured Redis URL means that Redis."""
+
+    @click.command()
+    @click.option("--redis-url", default=None,
+                  help="Redis holding the span stream [CONTRAIL_REDIS_URL; default: the Redis `contrail up` runs "
+                       "for the data directory when it is running, else redis://127.0.0.1:6379/0].")
+    @click.option("--database-url", default=None, help="SQLAlchemy URL of the trace database [CONTRAIL_DATABASE_URL].")
+    @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+    @click.option("--settings", "show_settings", is_flag=True,
+                  help="Also list every effective setting and where it came from (kwarg, env, file or default).")
+    def doctor(redis_url, database_url, as_json, show_settings):
+        """Check Redis, the database and the collectors' backlog; exit 1 if anything fails."""
+        run_doctor(redis_url, database_url, as_json, show_settings, local_redis)
+
+    return doctor
+
+
+def run_doctor(redis_url: str | None, database_url: str | None, as_json: bool, show_settings: bool,
+               local_redis: LocalRedis | None = None) -> None:
     import dataclasses
-    import os
 
     try:
         settings, sources = Settings.load_with_sources(redis_url=redis_url, database_url=database_url)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    embedded = None
-    if not redis_url and not os.environ.get("CONTRAIL_REDIS_URL"):
+    found = None
+    if local_redis is not None and sources.get("redis_url") == "default":
         # Nothing configured: check the Redis `contrail up` runs for this data directory, the one
         # its collectors read, rather than whatever may listen on the default port.
-        embedded = embedded_redis_url(settings.data_dir)
-        if embedded:
-            settings = dataclasses.replace(settings, redis_url=embedded)
-            sources["redis_url"] = f"contrail up ({settings.data_dir}/{REDIS_PORT_FILE})"
+        found = local_redis(settings.data_dir)
+        if found:
+            settings = dataclasses.replace(settings, redis_url=found[0])
+            sources["redis_url"] = f"contrail up ({found[1]})"
     checks = run_checks(settings)
-    if embedded and checks and checks[0].name == "redis" and checks[0].status == OK:
-        checks[0].detail += f" — the Redis of contrail up (from {settings.data_dir}/{REDIS_PORT_FILE})"
+    if found and checks and checks[0].name == "redis" and checks[0].status == OK:
+        checks[0].detail += f" — the Redis of contrail up (from {found[1]})"
     failed = any(c.status == FAIL for c in checks)
     shown = effective_settings(settings, sources) if show_settings else None
     if as_json:

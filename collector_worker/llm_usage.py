@@ -179,14 +179,15 @@ def _resolution_for(step_s: int) -> int:
 
 
 def query_usage(conn: Connection, start_ns: int, end_ns: int, group_by: str = "model", step_s: int = 3600,
-                where: Mapping[str, str] | None = None) -> dict:
+                where: Mapping[str, str] | None = None, prices: pricing.PriceTable | None = None) -> dict:
     """Token and cost totals between two times, per group and as a time series.
 
     ``group_by`` is one of model, user, agent, service; ``step_s`` (a multiple
     of 60) is the width of a series point. Buckets overlapping the window are
     counted whole (minute or hour granularity). ``where`` keeps only rows whose
     group columns (same names as ``group_by``) equal the given values, e.g.
-    ``{"user": "u1"}`` for one user's usage.
+    ``{"user": "u1"}`` for one user's usage. ``prices`` (default: the process's
+    configured table) tells which models have a price.
     """
     if group_by not in GROUP_BY:
         raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
@@ -225,7 +226,7 @@ def query_usage(conn: Connection, start_ns: int, end_ns: int, group_by: str = "m
             totals[name] += entry[name]
         series[key].append({"time": _iso(int(bucket)), "bucket_s": int(bucket), **_public(entry)})
 
-    table = pricing.current_table()
+    table = prices or pricing.current_table()
     unpriced = sorted(k for k in groups if group_by == "model" and k and not table.is_priced(k))
     hint = {"price_hint": pricing.UNPRICED_HINT} if unpriced else {}
     ordered = sorted(groups.items(), key=lambda kv: (-kv[1]["cost"], -kv[1]["input_tokens"], kv[0]))

@@ -18,6 +18,7 @@ import click
 from sqlalchemy.engine import Connection
 
 from . import heatmap, stats
+from .pricing import PriceTable
 from .storage import heatmap as heatmap_store
 from .storage import queries
 
@@ -96,18 +97,18 @@ def _operations(conn: Connection, start_ns: int, end_ns: int, step_s: int) -> tu
     return slowest, failing
 
 
-def _ai_usage(conn: Connection, start_ns: int, end_ns: int, step_s: int) -> dict[str, Any]:
+def _ai_usage(conn: Connection, start_ns: int, end_ns: int, step_s: int, prices: PriceTable | None) -> dict[str, Any]:
     from . import llm_usage
 
-    by_model = llm_usage.query_usage(conn, start_ns, end_ns, group_by="model", step_s=step_s)
-    by_agent = llm_usage.query_usage(conn, start_ns, end_ns, group_by="agent", step_s=step_s)
+    by_model = llm_usage.query_usage(conn, start_ns, end_ns, group_by="model", step_s=step_s, prices=prices)
+    by_agent = llm_usage.query_usage(conn, start_ns, end_ns, group_by="agent", step_s=step_s, prices=prices)
     return {"totals": by_model["totals"], "models": by_model["groups"], "agents": by_agent["groups"],
             "series": by_model["series"], "unpriced_models": by_model["unpriced_models"],
             "price_source": by_model["price_source"]}
 
 
-def gather_report(conn: Connection, start_ns: int, end_ns: int) -> dict[str, Any]:
-    """Everything the report shows for ``[start_ns, end_ns)``."""
+def gather_report(conn: Connection, start_ns: int, end_ns: int, prices: PriceTable | None = None) -> dict[str, Any]:
+    """Everything the report shows for ``[start_ns, end_ns)``; ``prices`` is the configured price table."""
     from .bottlenecks import find_bottlenecks
     from .dependencies import query_dependencies
 
@@ -127,7 +128,7 @@ def gather_report(conn: Connection, start_ns: int, end_ns: int) -> dict[str, Any
         "slowest": slowest, "failing": failing,
         "dependencies": query_dependencies(conn, start_ns, end_ns),
         "bottlenecks": hints, "bottleneck_windows": {"recent_s": recent_s, "baseline_s": max(60, window_s - recent_s)},
-        "ai": _ai_usage(conn, start_ns, end_ns, step_s),
+        "ai": _ai_usage(conn, start_ns, end_ns, step_s, prices),
     }
 
 
@@ -145,9 +146,11 @@ def gather_report(conn: Connection, start_ns: int, end_ns: int) -> dict[str, Any
 def report(last, output, link_base, database_url):
     """Write one self-contained HTML report of the period: RED summary, slowest and failing operations,
     dependency map, bottleneck hints, AI usage and cost (opens without a network)."""
+    from tracer.settings import Settings
     from tracer.units import parse_duration
 
-    from .output import console, resolve_database_url, run_query
+    from .output import console, fail, run_query
+    from .pricing import PriceTableError, configure
     from .report_html import render_report
 
     try:
@@ -158,7 +161,12 @@ def report(last, output, link_base, database_url):
         raise click.BadParameter("must be between 1m and 366d", param_hint="--last")
     end_ns = time.time_ns()
     start_ns = end_ns - int(seconds * 1e9)
-    data = run_query(resolve_database_url(database_url), lambda conn: gather_report(conn, start_ns, end_ns))
+    try:
+        settings = Settings.load(database_url=database_url)
+        prices = configure(settings.price_table)
+    except (ValueError, PriceTableError) as exc:
+        raise fail(f"bad configuration: {exc}") from None
+    data = run_query(settings.resolved_database_url, lambda conn: gather_report(conn, start_ns, end_ns, prices))
     page = render_report(data, link_base=link_base)
     if output == "-":
         click.echo(page, nl=False)

@@ -18,12 +18,11 @@ zero is never mistaken for "free".
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-# EXAMPLE list prices (USD per 1k tokens). Override with CONTRAIL_PRICE_TABLE.
+# EXAMPLE list prices (USD per 1k tokens). Override with the price_table setting (CONTRAIL_PRICE_TABLE).
 EXAMPLE_PRICES: dict[str, dict[str, float]] = {
     "gpt-4o": {"input": 0.0025, "output": 0.01, "cached_input": 0.00125},
     "gpt-4o-mini": {"input": 0.00015, "output": 0.0006, "cached_input": 0.000075},
@@ -127,11 +126,12 @@ _current: PriceTable | None = None
 
 
 def current_table() -> PriceTable:
-    """The process-wide table, loaded once from CONTRAIL_PRICE_TABLE."""
+    """The process-wide table: the one :func:`configure` loaded from the ``price_table`` setting, else the
+    example table. Nothing here reads the environment: the settings object is the only source."""
     global _current
     with _lock:
         if _current is None:
-            _current = load_price_table(os.environ.get("CONTRAIL_PRICE_TABLE") or None)
+            _current = load_price_table(None)
         return _current
 
 
@@ -156,8 +156,10 @@ def unpriced_models() -> list[str]:
 def configure(path: str | None) -> PriceTable:
     """Use the table at ``path`` (the ``price_table`` setting) unless it is already loaded.
 
-    Processes built from a Settings object call this once at start, so a table
-    given as a keyword setting (not only through the environment) is honoured.
+    Every process built from a Settings object calls this before it prices
+    anything (the collector at start, the web app and ``contrail report``
+    before a query), so a table given as a keyword, in the environment or in
+    the config file is honoured alike.
     """
     wanted = path or "example"
     with _lock:

@@ -26,7 +26,7 @@ COMMANDS = {
     "report": ("collector_worker.period_report:report", "Write a self-contained HTML report of a period."),
     "profile": ("collector_worker.profile_commands:profile", "Merged sampling profiles of an operation."),
     "db": ("collector_worker.db_commands:db", "Show or upgrade the trace database's schema revision."),
-    "doctor": ("collector_worker.doctor:doctor", "Check Redis, the database and the collectors' backlog."),
+    "doctor": ("contrail_cli.doctor:doctor", "Check Redis, the database and the collectors' backlog."),
     "demo": ("contrail_demo.cli:demo", "Send demo traffic to a running stack."),
 }
 

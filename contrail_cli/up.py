@@ -44,6 +44,8 @@ from tracer.private_files import make_private_dir
 from tracer.settings import Settings, mask_url
 from web.server import bind_error, is_loopback
 
+from .embedded_redis import REDIS_PORT_FILE, redis_ping, remember_redis_port, remembered_redis_port
+
 PREFIX_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta",
                   "bright_green", "bright_yellow", "bright_blue")
 
@@ -300,22 +302,17 @@ def redis_port(data_dir: Path) -> tuple[int, str | None]:
     Returns the port and a note when the remembered port had to be replaced
     (the data lives in the AOF files, so it is found again on any port).
     """
-    from collector_worker.doctor import REDIS_PORT_FILE  # `contrail doctor` finds this Redis by the same file
-
-    port_file = data_dir / REDIS_PORT_FILE
     note = None
-    if port_file.exists():
-        try:
-            remembered = int(port_file.read_text().strip())
-        except ValueError:
-            remembered = 0
+    remembered = remembered_redis_port(data_dir)
+    if (data_dir / REDIS_PORT_FILE).exists():
         if remembered and port_is_free(remembered):
             return remembered, None
-        note = f"port {remembered} from {port_file} is in use; the embedded Redis moves to a new port"
+        note = (f"port {remembered or 0} from {data_dir / REDIS_PORT_FILE} is in use; "
+                "the embedded Redis moves to a new port")
     port = free_port()
     while port == 6379:  # leave the conventional port to a system Redis
         port = free_port()
-    port_file.write_text(f"{port}\n")
+    remember_redis_port(data_dir, port)
     return port, note
 
 
@@ -334,16 +331,6 @@ def with_db_number(url: str, db: int) -> str:
     if parts.scheme == "unix":
         return url.split("?")[0] + f"?db={db}"
     return urlunsplit(parts._replace(path=f"/{db}"))
-
-
-def redis_ping(url: str) -> bool:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        return bool(client.ping())
-    finally:
-        client.close()
 
 
 def http_ok(url: str) -> bool:
@@ -437,7 +424,7 @@ def stack_plan(settings: Settings, data_dir: Path, host: str, port: int, redis_u
 def up(data_dir, host, port, collectors, demo, max_restarts, insecure):
     """Run Redis, collectors and the web app (and with --demo the demo system) on this machine."""
     try:
-        settings = Settings.load(data_dir=data_dir, web_host=host, web_port=port)
+        settings, sources = Settings.load_with_sources(data_dir=data_dir, web_host=host, web_port=port)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -468,7 +455,8 @@ def up(data_dir, host, port, collectors, demo, max_restarts, insecure):
     supervisor = Supervisor(max_restarts=max_restarts, inherit_fds=(lock.fileno(),))
     previous = {sig: signal.signal(sig, supervisor.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = _run_stack(supervisor, settings, data, collectors, demo, insecure)
+        redis_given = None if sources["redis_url"] == "default" else sources["redis_url"]
+        code = _run_stack(supervisor, settings, data, collectors, demo, insecure, redis_given)
     finally:
         supervisor.stop_all()
         for sig, handler in previous.items():
@@ -531,12 +519,14 @@ def _prepare_sqlite(supervisor: Supervisor, url: str) -> bool:
 
 
 def _run_stack(supervisor: Supervisor, settings: Settings, data: Path, collectors: int, demo: bool,
-               insecure: bool = False) -> int:
-    """Start everything in order, waiting for readiness; return the exit code."""
-    external = os.environ.get("CONTRAIL_REDIS_URL")
-    if external:
-        redis_url = external
-        supervisor.say(f"using Redis at {mask_url(redis_url)} (CONTRAIL_REDIS_URL)")
+               insecure: bool = False, redis_given: str | None = None) -> int:
+    """Start everything in order, waiting for readiness; return the exit code.
+
+    ``redis_given`` names where a configured Redis URL came from (env, file, ...); None starts the embedded one.
+    """
+    if redis_given:
+        redis_url = settings.redis_url
+        supervisor.say(f"using Redis at {mask_url(redis_url)} ({redis_given})")
     else:
         port, note = redis_port(data)
         if note:
@@ -562,7 +552,7 @@ def _run_stack(supervisor: Supervisor, settings: Settings, data: Path, collector
     if settings.otlp_grpc_port:
         receivers += f", OTLP/gRPC to {shown_host}:{settings.otlp_grpc_port}"
     receivers += f", Zipkin to {base}/api/v2/spans"
-    if not external:
+    if not redis_given:
         # A traced service's default is redis://127.0.0.1:6379/0, which is not this Redis.
         supervisor.say(f"send spans here: export CONTRAIL_REDIS_URL={redis_url} in your traced services, "
                        f"or {receivers}")

@@ -28,17 +28,23 @@ def test_bad_values_name_their_source():
         Settings.load(env={}, nonsense=1)
 
 
-def test_postgres_pool_size_is_a_documented_setting(monkeypatch):
+@pytest.mark.postgres
+def test_postgres_pool_size_comes_from_the_settings_object(postgres_url):
+    """The pool size is the settings' ``db_pool_size`` (keyword or CONTRAIL_DB_POOL), not a second look at the
+    environment: a keyword setting is honoured by every engine built from a settings object."""
     from collector_worker.storage.engine import open_engine
+    from web.resources import Resources
 
-    url = "postgresql+psycopg://contrail@127.0.0.1:1/contrail"  # never connected: the pool is built lazily
-    monkeypatch.setenv("CONTRAIL_DB_POOL", "7")
-    assert open_engine(url, migrate=False).pool.size() == 7
-    monkeypatch.setenv("CONTRAIL_DB_POOL", "0")
+    unreached = "postgresql+psycopg://contrail@127.0.0.1:1/contrail"  # never connected: the pool is built lazily
+    assert open_engine(unreached, migrate=False, pool_size=7).pool.size() == 7
+    assert open_engine(unreached, migrate=False).pool.size() == Settings.load(env={}).db_pool_size == 5
+    url = postgres_url
+    keyword = Settings.load(env={}, database_url=url, db_pool_size=9)
+    assert Resources(keyword).engine().pool.size() == 9
+    from_env = Settings.load(env={"CONTRAIL_DB_POOL": "3", "CONTRAIL_DATABASE_URL": url})
+    assert Resources(from_env).engine().pool.size() == 3
     with pytest.raises(ValueError, match="CONTRAIL_DB_POOL"):
-        open_engine(url, migrate=False)
-    monkeypatch.delenv("CONTRAIL_DB_POOL")
-    assert open_engine(url, migrate=False).pool.size() == Settings.load(env={}).db_pool_size == 5
+        Settings.load(env={"CONTRAIL_DB_POOL": "0"})
 
 
 def test_durations_and_masking():

@@ -41,7 +41,8 @@ class Resources:
             if self._engine is None:
                 from collector_worker.storage import open_engine
 
-                self._engine = open_engine(self.settings.resolved_database_url)
+                self._engine = open_engine(self.settings.resolved_database_url,
+                                           pool_size=self.settings.db_pool_size)
             return self._engine
 
     def redis(self) -> redis.Redis:

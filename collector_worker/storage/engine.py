@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import os
+from dataclasses import fields
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 
 from tracer.private_files import create_private_file, make_private_dir
+from tracer.settings import Settings
+
+DEFAULT_POOL_SIZE: int = next(f.default for f in fields(Settings) if f.name == "db_pool_size")
 
 
-def open_engine(url: str, *, migrate: bool = True) -> Engine:
+def open_engine(url: str, *, migrate: bool = True, pool_size: int | None = None) -> Engine:
     """Create an engine for ``url`` and bring its schema up to date.
+
+    ``pool_size`` is the PostgreSQL connection pool's size: processes built from
+    a settings object pass its ``db_pool_size`` (``CONTRAIL_DB_POOL``); None
+    means that setting's default. SQLite ignores it.
 
     SQLite gets WAL journaling and a busy timeout so the web app can read while
     a collector writes. A database file it creates is 0600 in a 0700 directory
@@ -35,7 +42,7 @@ def open_engine(url: str, *, migrate: bool = True) -> Engine:
             cursor.execute("PRAGMA foreign_keys=OFF")
             cursor.close()
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=_pool_size())
+        engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size or DEFAULT_POOL_SIZE)
     if migrate:
         from .migrations import migrate as run_migrations
 
@@ -44,13 +51,6 @@ def open_engine(url: str, *, migrate: bool = True) -> Engine:
 
     install(engine)  # SQLite: attach the period files of sealed days on checkout
     return engine
-
-
-def _pool_size() -> int:
-    """``CONTRAIL_DB_POOL``, parsed and checked like every setting (a bad value names the variable)."""
-    from tracer.settings import Settings
-
-    return Settings.load({"CONTRAIL_DB_POOL": os.environ.get("CONTRAIL_DB_POOL", "")}).db_pool_size
 
 
 def is_postgres(engine: Engine) -> bool:

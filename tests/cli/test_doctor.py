@@ -123,24 +123,38 @@ def test_schema_newer_than_this_version_fails(run_cli, redis_url, sqlite_url):
 
 
 def test_without_a_redis_url_doctor_checks_the_redis_of_contrail_up(run_cli, redis_url, sqlite_url, tmp_path):
-    """`contrail up` keeps its Redis on a port of its own (never 6379); doctor finds it by <data dir>/redis.port."""
+    """`contrail up` keeps its Redis on a port of its own (never 6379) and remembers it where doctor looks:
+    both go through contrail_cli.embedded_redis, the one place that knows the file."""
     from urllib.parse import urlsplit
+
+    from contrail_cli.embedded_redis import REDIS_PORT_FILE, remember_redis_port, remembered_redis_port
+    from contrail_cli.up import redis_port
 
     data = tmp_path / "data"
     data.mkdir()
-    (data / "redis.port").write_text(f"{urlsplit(redis_url).port}\n")
+    remember_redis_port(data, urlsplit(redis_url).port)
     env = {"CONTRAIL_DATA_DIR": str(data), "CONTRAIL_REDIS_URL": None}
     result = run_cli("doctor", "--json", "--database-url", sqlite_url, env=env)
     detail = checks_of(result)["redis"]["detail"]
     assert detail.startswith(f"reachable at redis://127.0.0.1:{urlsplit(redis_url).port}/0")
-    assert "the Redis of contrail up" in detail
+    assert f"the Redis of contrail up (from {data / REDIS_PORT_FILE})" in detail
 
     # That Redis not running (a stale port file): the configured default is checked, as before.
-    (data / "redis.port").write_text("1\n")
+    remember_redis_port(data, 1)
     result = run_cli("doctor", "--json", "--database-url", sqlite_url,
                      env={**env, "CONTRAIL_REDIS_URL": None})
     assert "127.0.0.1:1/" not in checks_of(result)["redis"]["detail"]
     # An explicit URL always wins.
-    (data / "redis.port").write_text(f"{urlsplit(redis_url).port}\n")
+    remember_redis_port(data, urlsplit(redis_url).port)
     result = run_cli("doctor", "--json", "--redis-url", "redis://127.0.0.1:1/0", "--database-url", sqlite_url, env=env)
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in checks_of(result)["redis"]["detail"]
+    # So does one from the config file: only an unconfigured URL means the Redis of contrail up.
+    config = tmp_path / "contrail.toml"
+    config.write_text('[collector]\nredis_url = "redis://127.0.0.1:1/0"\n')
+    result = run_cli("doctor", "--json", "--database-url", sqlite_url, env={**env, "CONTRAIL_CONFIG": str(config)})
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in checks_of(result)["redis"]["detail"]
+    # The port `contrail up` picks for a fresh data directory is the one read back.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    port, _ = redis_port(fresh)
+    assert port != 6379 and remembered_redis_port(fresh) == port

@@ -99,3 +99,25 @@ def test_report_download_from_the_api(web_client, sqlite_url):
     for query, parameter in (("lookback=10s", "lookback"), ("lookback=400d", "lookback"), ("start=x", "start")):
         bad = web_client.get(f"/api/v1/report?{query}")
         assert bad.status_code == 400 and bad.get_json()["error"]["parameter"] == parameter
+
+
+def test_report_prices_with_the_configured_table(run_cli, sqlite_url, tmp_path, monkeypatch):
+    """The price table comes from the settings (here the config file), not from a look at the environment:
+    the report lists gpt-4o as unpriced against a table that has only another model, and names that table."""
+    seed_day(sqlite_url)
+    table = tmp_path / "prices.json"
+    table.write_text('{"house-model": {"input": 0.001, "output": 0.002}}')
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "contrail.toml").write_text(f'[collector]\nprice_table = "{table}"\n')
+    out = tmp_path / "report.html"
+    result = run_cli("report", "--last", "24h", "-o", str(out), "--database-url", sqlite_url,
+                     env={"CONTRAIL_PRICE_TABLE": None})
+    assert result.exit_code == 0, result.output
+    text = " ".join(Page(out.read_text(encoding="utf-8")).text)
+    assert "Without a price: gpt-4o" in text and str(table) in text
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    result = run_cli("report", "--last", "24h", "-o", str(out), "--database-url", sqlite_url,
+                     env={"CONTRAIL_PRICE_TABLE": str(broken)})
+    assert result.exit_code == 1 and str(broken) in result.stderr and "invalid JSON" in result.stderr

@@ -91,6 +91,22 @@ def test_up_uses_an_external_redis_and_stops_on_sigterm(redis_url, tmp_path):
 
 
 @pytest.mark.slow
+def test_up_uses_the_redis_of_the_config_file(redis_url, tmp_path):
+    """A Redis URL from the config file is as configured as one from the environment: no embedded Redis."""
+    config = tmp_path / "contrail.toml"
+    config.write_text(f'[collector]\nredis_url = "{redis_url}"\n')
+    process, lines = start_up(["--data-dir", str(tmp_path / "data"), "--port", str(free_port())],
+                              clean_env(CONTRAIL_CONFIG=str(config)))
+    try:
+        wait_until(lambda: any("Redis ready" in line for line in lines) or process.poll() is not None,
+                   timeout=60, interval=0.3, message="Redis to be ready")
+        output = "\n".join(lines)
+        assert f"using Redis at {redis_url} (file {config}" in output, output
+        assert not (tmp_path / "data" / "redis.port").exists()
+    finally:
+        stop(process)
+
+
 def test_a_child_that_keeps_failing_is_reported_and_stops_the_stack(redis_url, tmp_path):
     bad_db = "postgresql+psycopg://contrail@127.0.0.1:1/contrail"
     process, lines = start_up(["--data-dir", str(tmp_path / "data"), "--port", str(free_port()),

@@ -182,7 +182,7 @@ def usage():
         raise bad_parameter("step", f"step is too small for this range (at most {MAX_POINTS} points)")
     prices = _prices()
     with current_resources().engine().connect() as conn:
-        result = query_usage(conn, start_ns, end_ns, group_by=group_by, step_s=step_s)
+        result = query_usage(conn, start_ns, end_ns, group_by=group_by, step_s=step_s, prices=prices)
     result["start_time"], result["end_time"] = iso_time(start_ns), iso_time(end_ns)
     result["price_source"] = prices.source
     return jsonify(result)

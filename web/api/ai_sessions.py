@@ -256,7 +256,7 @@ def users():
     prices = _prices()
     step_s = _default_step(max(1.0, (end_ns - start_ns) / 1e9))
     with current_resources().engine().connect() as conn:
-        usage = query_usage(conn, start_ns, end_ns, group_by="user", step_s=step_s)
+        usage = query_usage(conn, start_ns, end_ns, group_by="user", step_s=step_s, prices=prices)
     last_seen = {s["key"]: s["points"][-1]["time"] for s in usage["series"] if s["points"]}
     groups = [g for g in usage["groups"] if g["key"]]
     total = len(groups)
@@ -283,7 +283,8 @@ def user(user_id: str):
         raise bad_parameter("step", "step is too small for this range (at most 2000 points)")
     prices = _prices()
     with current_resources().engine().connect() as conn:
-        usage = query_usage(conn, start_ns, end_ns, group_by="model", step_s=step_s, where={"user": user_id})
+        usage = query_usage(conn, start_ns, end_ns, group_by="model", step_s=step_s, where={"user": user_id},
+                            prices=prices)
         runs = _search(conn, TraceQuery(tags=[(USER_KEY, "=", user_id)], limit=1, start_ns=start_ns, end_ns=end_ns))
         if not usage["groups"] and not runs["total"]:
             ever = _search(conn, TraceQuery(tags=[(USER_KEY, "=", user_id)], limit=1))

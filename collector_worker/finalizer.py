@@ -21,7 +21,6 @@ passes in ``leases``, the SQLite write thread in ``write_pipeline``.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections import defaultdict
@@ -30,7 +29,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from . import dependencies, forwarding, sampling, stats
+from . import dependencies, forwarding, llm_usage, sampling, stats
 from .assembler import assemble
 from .leases import MAX_TRACES_PER_CALL, ClaimAhead, give_back, lease_batch
 from .recent_spans import RecentSpans
@@ -56,15 +55,6 @@ def counters() -> dict[str, int]:
 # --------------------------------------------------------------------------- ingest side
 
 
-def _llm_usage_module():
-    try:
-        return importlib.import_module("collector_worker.llm_usage")
-    except ModuleNotFoundError as exc:
-        if exc.name != "collector_worker.llm_usage":
-            raise
-        return None
-
-
 def on_spans_stored(conn: Connection, new_spans: list[dict]) -> None:
     """Count newly stored spans into span statistics and LLM usage (inside the ingest transaction)."""
     if not new_spans:
@@ -80,18 +70,17 @@ class SpanFigures:
     it calls :func:`on_spans_stored` with the spans that were.
     """
 
-    __slots__ = ("acc", "usage", "module")
+    __slots__ = ("acc", "usage")
 
     def __init__(self, spans: list[dict]) -> None:
         self.acc = stats.Accumulator()
         self.acc.add_spans("span", spans)
-        self.module = _llm_usage_module()
-        self.usage = self.module.aggregate_usage(spans) if self.module is not None and spans else []
+        self.usage = llm_usage.aggregate_usage(spans) if spans else []
 
     def write(self, conn: Connection) -> None:
         self.acc.flush(conn)
         if self.usage:
-            self.module.write_usage(conn, self.usage)
+            llm_usage.write_usage(conn, self.usage)
 
 
 # --------------------------------------------------------------------------- finalizer side

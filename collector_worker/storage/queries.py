@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from tracer.codec import KINDS
 
 from . import block_store, blocks, partitions, periods, schema, search_keys
+from .. import assembler
 
 SORTS = ("start_desc", "start_asc", "duration_desc", "duration_asc")
 TAG_OPS = ("=", ">", "<")
@@ -440,18 +441,11 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def _assemble_on_the_fly(spans: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict], int, Any] | None:
+def _assemble_on_the_fly(spans: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict], int, Any]:
     """depth / self time / critical path for spans the finalizer has not assembled yet.
 
-    Returns ({span_id: assembled span}, warnings, clock skew ns, summary), or None when
-    the assembler is not installed.
+    Returns ({span_id: assembled span}, warnings, clock skew ns, summary).
     """
-    try:
-        from collector_worker import assembler
-    except ModuleNotFoundError as exc:
-        if exc.name != "collector_worker.assembler":
-            raise
-        return None
     codec_spans = [
         {**s, "attributes": _json(s.get("attributes"), {}), "events": _json(s.get("events"), []),
          "links": _json(s.get("links"), []), "resource": _json(s.get("resource"), {})}

@@ -149,18 +149,29 @@ class ConsoleWatch:
         assert self.errors == [], "browser console errors:\n" + "\n".join(self.errors)
 
 
+@contextlib.contextmanager
+def watched_page(chromium, base_url: str, height: int = 900, timeout_ms: int = 15000, clipboard: bool = False):
+    """A page of a fresh browser context on ``base_url`` whose console errors are collected (``page.console``).
+
+    bypass_csp: Playwright's wait_for_function evaluates its string with eval, which the dashboard's
+    Content-Security-Policy forbids; test_security.py drives the pages with the policy enforced.
+    """
+    context = chromium.new_context(viewport={"width": 1440, "height": height}, base_url=base_url, bypass_csp=True)
+    if clipboard:
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
+    page = context.new_page()
+    page.set_default_timeout(timeout_ms)
+    page.console = ConsoleWatch(page)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
 @pytest.fixture
 def page(chromium, stack):
-    # bypass_csp: Playwright's wait_for_function evaluates its string with eval, which the dashboard's
-    # Content-Security-Policy forbids; test_security.py drives the pages with the policy enforced.
-    context = chromium.new_context(viewport={"width": 1440, "height": 900}, base_url=stack.base_url,
-                                   bypass_csp=True)
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.base_url)
-    page = context.new_page()
-    page.set_default_timeout(15000)
-    page.console = ConsoleWatch(page)
-    yield page
-    context.close()
+    with watched_page(chromium, stack.base_url, clipboard=True) as page:
+        yield page
 
 
 def screenshot(page, name: str) -> Path:

@@ -13,7 +13,7 @@ import requests
 from tests.support.servers import wait_until
 from tracer.codec import encode_span_dicts
 
-from .conftest import SCREENSHOTS, ConsoleWatch, running_stack, screenshot
+from .conftest import SCREENSHOTS, ConsoleWatch, running_stack, screenshot, watched_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
@@ -94,12 +94,8 @@ def stack(chromium, tmp_path_factory):
 
 @pytest.fixture
 def page(chromium, stack):
-    context = chromium.new_context(viewport={"width": 1440, "height": 1100}, base_url=stack.base_url, bypass_csp=True)
-    page = context.new_page()
-    page.set_default_timeout(20000)
-    page.console = ConsoleWatch(page)
-    yield page
-    context.close()
+    with watched_page(chromium, stack.base_url, height=1100, timeout_ms=20000) as page:
+        yield page
 
 
 def test_heat_map_selection_lists_exactly_the_traces_of_the_region(page, stack):

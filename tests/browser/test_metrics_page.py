@@ -8,7 +8,7 @@ import pytest
 from tests.support.servers import wait_until
 from tracer import TracingManager
 
-from .conftest import ConsoleWatch, running_stack, screenshot
+from .conftest import running_stack, screenshot, watched_page
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,8 @@ def metrics_stack(chromium, tmp_path_factory):
 
 @pytest.fixture
 def metrics_page(chromium, metrics_stack):
-    context = chromium.new_context(viewport={"width": 1440, "height": 900}, base_url=metrics_stack[0],
-                                   bypass_csp=True)
-    page = context.new_page()
-    page.set_default_timeout(15000)
-    page.console = ConsoleWatch(page)
-    yield page
-    context.close()
+    with watched_page(chromium, metrics_stack[0]) as page:
+        yield page
 
 
 def test_metrics_page_charts_a_histogram_and_its_exemplars_open_the_trace(metrics_page, metrics_stack):

@@ -12,7 +12,7 @@ import requests
 from tests.support.servers import wait_until
 from tracer import TracingManager
 
-from .conftest import ConsoleWatch, running_stack, screenshot
+from .conftest import running_stack, screenshot, watched_page
 
 
 def render_invoice(lines: int) -> bytes:
@@ -62,13 +62,8 @@ def profile_stack(chromium, tmp_path_factory):
 
 @pytest.fixture
 def profile_page(chromium, profile_stack):
-    context = chromium.new_context(viewport={"width": 1440, "height": 900}, base_url=profile_stack[0],
-                                   bypass_csp=True)
-    page = context.new_page()
-    page.set_default_timeout(15000)
-    page.console = ConsoleWatch(page)
-    yield page
-    context.close()
+    with watched_page(chromium, profile_stack[0]) as page:
+        yield page
 
 
 def test_the_flame_graph_of_a_profiled_span_names_the_function_that_burned_its_time(profile_page, profile_stack):

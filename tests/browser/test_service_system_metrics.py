@@ -9,7 +9,7 @@ import requests
 from tests.support.servers import wait_until
 from tracer import TracingManager
 
-from .conftest import ConsoleWatch, running_stack, screenshot
+from .conftest import running_stack, screenshot, watched_page
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +40,8 @@ def system_stack(chromium, tmp_path_factory):
 
 @pytest.fixture
 def services_page(chromium, system_stack):
-    context = chromium.new_context(viewport={"width": 1440, "height": 1400}, base_url=system_stack,
-                                   bypass_csp=True)
-    page = context.new_page()
-    page.set_default_timeout(15000)
-    page.console = ConsoleWatch(page)
-    yield page
-    context.close()
+    with watched_page(chromium, system_stack, height=1400) as page:
+        yield page
 
 
 def test_the_services_page_charts_a_services_cpu_and_memory_beside_its_red_charts(services_page, system_stack):

@@ -7,24 +7,9 @@ import time
 import pytest
 
 from collector_worker import pricing, stats
-from collector_worker.storage import open_engine
-from tests.ai.pipeline import CapturingManager, finalize, ingest
+from tests.ai.pipeline import finalize, ingest
 from tests.ai.test_usage import expected_cost, run_agent
 from tracer.settings import Settings
-
-
-@pytest.fixture
-def stack(database_url, redis_url, data_dir):
-    pricing.set_price_table(None)
-    engine = open_engine(database_url)
-    from web import create_app
-
-    app = create_app(settings=Settings.load(env={}, database_url=database_url, data_dir=str(data_dir),
-                                            redis_url=redis_url))
-    capturing = CapturingManager("agent-svc", redis_url, data_dir)
-    yield engine, app.test_client(), capturing
-    capturing.close()
-    engine.dispose()
 
 
 def test_agent_traces_endpoint(stack):

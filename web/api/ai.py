@@ -168,11 +168,9 @@ def _default_step(span_s: float) -> int:
     return int(math.ceil(step / 3600.0)) * 3600 if step > 3600 else step
 
 
-@bp.get("/usage")
-def usage():
-    group_by = params.choice("group_by", tuple(GROUP_BY), "model")
-    start_ns, end_ns = params.time_range(default_lookback_s=DEFAULT_USAGE_LOOKBACK_S)
-    start_ns, end_ns = params.closed_range(start_ns, end_ns, DEFAULT_USAGE_LOOKBACK_S)
+def usage_step_s(start_ns: int, end_ns: int) -> int:
+    """The ``step`` parameter of a usage series over ``[start_ns, end_ns]`` in seconds (whole minutes, at
+    most MAX_POINTS points; a step fitting the range when absent)."""
     step_ns = params.duration_ns("step", default_unit="s")
     span_s = max(1.0, (end_ns - start_ns) / 1e9)
     step_s = _default_step(span_s) if step_ns is None else int(step_ns // 1_000_000_000)
@@ -180,6 +178,15 @@ def usage():
         raise bad_parameter("step", "step must be a whole number of minutes (60s, 5m, 1h)")
     if span_s / step_s > MAX_POINTS:
         raise bad_parameter("step", f"step is too small for this range (at most {MAX_POINTS} points)")
+    return step_s
+
+
+@bp.get("/usage")
+def usage():
+    group_by = params.choice("group_by", tuple(GROUP_BY), "model")
+    start_ns, end_ns = params.time_range(default_lookback_s=DEFAULT_USAGE_LOOKBACK_S)
+    start_ns, end_ns = params.closed_range(start_ns, end_ns, DEFAULT_USAGE_LOOKBACK_S)
+    step_s = usage_step_s(start_ns, end_ns)
     prices = _prices()
     with current_resources().engine().connect() as conn:
         result = query_usage(conn, start_ns, end_ns, group_by=group_by, step_s=step_s, prices=prices)

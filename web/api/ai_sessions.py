@@ -28,7 +28,7 @@ from collector_worker.storage.queries import (QueryError, TraceQuery, decode_cur
 from .. import params
 from ..errors import bad_parameter, not_found
 from ..resources import current_resources
-from .ai import AI_MARKERS, _AI_SPAN_FIELDS, _default_step, _json, _prices, summarize_agent_trace
+from .ai import AI_MARKERS, _AI_SPAN_FIELDS, _default_step, _json, _prices, summarize_agent_trace, usage_step_s
 
 bp = Blueprint("ai_sessions", __name__)
 
@@ -274,13 +274,7 @@ def user(user_id: str):
     user_id = _identifier("user_id", user_id)
     start_ns, end_ns = params.time_range(default_lookback_s=DEFAULT_LOOKBACK_S)
     start_ns, end_ns = params.closed_range(start_ns, end_ns, DEFAULT_LOOKBACK_S)
-    step_ns = params.duration_ns("step", default_unit="s")
-    span_s = max(1.0, (end_ns - start_ns) / 1e9)
-    step_s = _default_step(span_s) if step_ns is None else int(step_ns // 1_000_000_000)
-    if step_s < 60 or step_s % 60:
-        raise bad_parameter("step", "step must be a whole number of minutes (60s, 5m, 1h)")
-    if span_s / step_s > 2000:
-        raise bad_parameter("step", "step is too small for this range (at most 2000 points)")
+    step_s = usage_step_s(start_ns, end_ns)
     prices = _prices()
     with current_resources().engine().connect() as conn:
         usage = query_usage(conn, start_ns, end_ns, group_by="model", step_s=step_s, where={"user": user_id},

@@ -79,6 +79,19 @@ def fold(frame: Any, anchors: Any, skip_anchor: bool = False) -> str:
     return ";".join(labels) or OUTSIDE
 
 
+
+def _discard(by_thread: dict[int, list], thread_id: int, item: Any) -> None:
+    """Take ``item`` out of its thread's list, and the list out of ``by_thread`` once it is empty."""
+    items = by_thread.get(thread_id)
+    if items is None:
+        return
+    try:
+        items.remove(item)
+    except ValueError:
+        pass
+    if not items:
+        del by_thread[thread_id]
+
 class Capture:
     """The stack counts of one profile in progress; added to only by the sampler thread."""
 
@@ -159,14 +172,7 @@ class Sampler:
 
     def unregister(self, capture: Capture) -> None:
         with self.lock:
-            captures = self.captures.get(capture.thread_id)
-            if captures is not None:
-                try:
-                    captures.remove(capture)
-                except ValueError:
-                    pass
-                if not captures:
-                    del self.captures[capture.thread_id]
+            _discard(self.captures, capture.thread_id, capture)
 
     def wake_for_slow_spans(self) -> None:
         self._ensure_thread()
@@ -365,14 +371,7 @@ class SlowSpanProfiler(SpanProcessor):
             if entry is None:
                 return
             self.open -= 1
-            spans = self.by_thread.get(entry.thread_id)
-            if spans is not None:
-                try:
-                    spans.remove(entry)
-                except ValueError:
-                    pass
-                if not spans:
-                    del self.by_thread[entry.thread_id]
+            _discard(self.by_thread, entry.thread_id, entry)
         entry.frame = None
         capture = entry.capture
         if capture is not None and capture.samples:

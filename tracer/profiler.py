@@ -79,7 +79,6 @@ def fold(frame: Any, anchors: Any, skip_anchor: bool = False) -> str:
     return ";".join(labels) or OUTSIDE
 
 
-
 def _discard(by_thread: dict[int, list], thread_id: int, item: Any) -> None:
     """Take ``item`` out of its thread's list, and the list out of ``by_thread`` once it is empty."""
     items = by_thread.get(thread_id)
@@ -91,6 +90,7 @@ def _discard(by_thread: dict[int, list], thread_id: int, item: Any) -> None:
         pass
     if not items:
         del by_thread[thread_id]
+
 
 class Capture:
     """The stack counts of one profile in progress; added to only by the sampler thread."""

@@ -6,7 +6,7 @@ Celery queue before they ran (``celery.queue_wait_ms``), time in LLM calls below
 (``gen_ai.request.model``), time in each child operation, and their own self time; the recent
 profiles of the operation (collector_worker.profile_store) name its hot function. A hint flagged for
 errors also gets the error seen most where failures start (a failing span, itself or below the
-operation, none of whose children failed). Each cause carries its
+operation, none of whose children failed), read from its slowest recent failing traces. Each cause carries its
 ``share`` of the operation's time, from publish to end for a Celery task (of its profile samples for a
 hot function), most first; the hint's
 ``likely_cause`` is the first as a sentence.
@@ -73,29 +73,50 @@ def _error_of(span: dict) -> str | None:
     return span.get("status_message") or "error status"
 
 
+def _operation_spans(conn: Connection, summaries: list[dict], service: str, operation: str):
+    """``(span, children by parent id)`` for each span of the operation in the listed traces."""
+    for summary in summaries:
+        trace = get_trace(conn, summary["trace_id"], limit=SPANS_READ)
+        if trace is None:
+            continue
+        children: dict[str, list[dict]] = defaultdict(list)
+        for span in trace["spans"]:
+            if span.get("parent_span_id"):
+                children[span["parent_span_id"]].append(span)
+        for span in trace["spans"]:
+            if span["service"] == service and span["name"] == operation:
+                yield span, children
+
+
+def _errors(conn: Connection, hint: dict[str, Any], start_ns: int, end_ns: int) -> tuple[Counter, int]:
+    """Where failures start in the slowest recent failing traces of the operation: failing spans, the operation's
+    own or below it, none of whose children failed. Failing traces are searched for themselves: the slowest
+    traces of an operation that fails fast are often its successes."""
+    service, operation = hint["service"], hint["operation"]
+    failing = search_traces(conn, TraceQuery(service=service, operation=operation, status="error", start_ns=start_ns,
+                                             end_ns=end_ns, sort="duration_desc", limit=TRACES_READ))["traces"]
+    errors: Counter = Counter()
+    for span, children in _operation_spans(conn, failing, service, operation):
+        for failed in [span, *_subtree(span["span_id"], children)]:
+            error = _error_of(failed)
+            if error and not any(_error_of(c) for c in children.get(failed["span_id"], ())):
+                errors[(failed["service"], failed["name"], error)] += 1
+    return errors, len(failing)
+
+
 def explain(conn: Connection, hint: dict[str, Any], start_ns: int, end_ns: int) -> list[dict[str, Any]]:
     """Causes of one hint, most time first."""
     service, operation = hint["service"], hint["operation"]
     found = search_traces(conn, TraceQuery(service=service, operation=operation, start_ns=start_ns, end_ns=end_ns,
                                            sort="duration_desc", limit=TRACES_READ))["traces"]
+    errors, failing = _errors(conn, hint, start_ns, end_ns) if "more_errors" in (hint.get("flags") or ()) else (
+        Counter(), 0)
     op_ms = self_ms = wait_ms = llm_ms = 0.0
     spans_seen = 0
     child_ms: dict[tuple[str, str], float] = defaultdict(float)
     child_count: Counter = Counter()
     models: Counter = Counter()
-    errors: Counter = Counter()
-    for summary in found:
-        trace = get_trace(conn, summary["trace_id"], limit=SPANS_READ)
-        if trace is None:
-            continue
-        spans = trace["spans"]
-        children: dict[str, list[dict]] = defaultdict(list)
-        for span in spans:
-            if span.get("parent_span_id"):
-                children[span["parent_span_id"]].append(span)
-        for span in spans:
-            if span["service"] != service or span["name"] != operation:
-                continue
+    for span, children in _operation_spans(conn, found, service, operation):
             spans_seen += 1
             op_ms += float(span.get("duration_ms") or 0.0)
             self_ms += float(span.get("self_time_ms") or 0.0)
@@ -109,11 +130,6 @@ def explain(conn: Connection, hint: dict[str, Any], start_ns: int, end_ns: int) 
                 key = (child["service"], child["name"])
                 child_ms[key] += float(child.get("duration_ms") or 0.0)
                 child_count[key] += 1
-            if "more_errors" in (hint.get("flags") or ()):  # where failures start: failing spans with no failing child
-                for failed in [span, *_subtree(span["span_id"], children)]:
-                    error = _error_of(failed)
-                    if error and not any(_error_of(c) for c in children.get(failed["span_id"], ())):
-                        errors[(failed["service"], failed["name"], error)] += 1
     causes: list[dict[str, Any]] = []
     if spans_seen and op_ms > 0:
         whole = op_ms + wait_ms  # shares are of the time from publish (a Celery task's) or start to end
@@ -152,8 +168,8 @@ def explain(conn: Connection, hint: dict[str, Any], start_ns: int, end_ns: int) 
         where = "itself" if (err_service, err_name) == (service, operation) else f"in {err_service} · {err_name}"
         causes.insert(0, {"kind": "error", "service": err_service, "operation": err_name, "error": error,
                           "count": count, "share": None,
-                          "text": f"fails with {error} {where} ({count}× in its {len(found)} slowest recent "
-                                  f"traces)"})
+                          "text": f"fails with {error} {where} ({count}× in its {failing} slowest failing "
+                                  f"recent traces)"})
     return causes
 
 

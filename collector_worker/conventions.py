@@ -49,6 +49,8 @@ _PARAMETERS = {"temperature": "temperature", "max_tokens": "max_tokens", "max_co
                "top_p": "top_p", "top_k": "top_k", "seed": "seed", "frequency_penalty": "frequency_penalty",
                "presence_penalty": "presence_penalty", "stop": "stop_sequences", "n": "choice.count"}
 _NUMBERED = re.compile(r"(\d+)\.(.+)")
+# JSON keys whose values are secrets (the tracer's key=value rule, for parsed JSON).
+_SECRET_NAME = re.compile(r"(?i)password|passwd|pwd|secret|token|api[_-]?key|access[_-]?token")
 
 
 class MessageKeys(NamedTuple):
@@ -72,8 +74,6 @@ OPENINFERENCE_MESSAGE = MessageKeys(
 OPENLLMETRY_MESSAGE = MessageKeys(
     role="role", content="content", tool_call_id="tool_call_id", tool_calls="tool_calls.", call_id="id",
     call_name="name", call_arguments="arguments", finish_reason="finish_reason")
-# JSON keys whose values are secrets (the tracer's key=value rule, for parsed JSON).
-_SECRET_NAME = re.compile(r"(?i)password|passwd|pwd|secret|token|api[_-]?key|access[_-]?token")
 
 
 def map_ai_conventions(span: dict[str, Any], value_limit: int) -> None:

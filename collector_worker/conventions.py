@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from tracer.ai import TRUNCATION_MARK, redact
 
@@ -51,6 +51,29 @@ _PARAMETERS = {"temperature": "temperature", "max_tokens": "max_tokens", "max_co
 _NUMBERED = re.compile(r"(\d+)\.(.+)")
 # JSON keys whose values are secrets (the tracer's key=value rule, for parsed JSON).
 _SECRET_NAME = re.compile(r"(?i)password|passwd|pwd|secret|token|api[_-]?key|access[_-]?token")
+
+
+class MessageKeys(NamedTuple):
+    """Where a convention keeps the fields of one flattened message (the keys below ``<prefix>.N.``)."""
+    role: str
+    content: str
+    tool_call_id: str  # of a tool result (role ``tool``)
+    tool_calls: str  # prefix of the numbered calls the model asked for
+    call_id: str
+    call_name: str
+    call_arguments: str
+    contents: str | None = None  # prefix of numbered text parts, beside ``content``
+    content_text: str | None = None  # the text of one of those parts
+    finish_reason: str | None = None
+
+
+OPENINFERENCE_MESSAGE = MessageKeys(
+    role="message.role", content="message.content", tool_call_id="message.tool_call_id",
+    tool_calls="message.tool_calls.", call_id="tool_call.id", call_name="tool_call.function.name",
+    call_arguments="tool_call.function.arguments", contents="message.contents.", content_text="message_content.text")
+OPENLLMETRY_MESSAGE = MessageKeys(
+    role="role", content="content", tool_call_id="tool_call_id", tool_calls="tool_calls.", call_id="id",
+    call_name="name", call_arguments="arguments", finish_reason="finish_reason")
 
 
 def map_ai_conventions(span: dict[str, Any], value_limit: int) -> None:
@@ -106,33 +129,11 @@ def _openinference(span: dict[str, Any], attrs: dict[str, Any], kind: str, limit
     if isinstance(finish, str) and finish:
         attrs.setdefault("gen_ai.response.finish_reasons", [finish])
     for prefix, target in _OI_MESSAGES.items():
-        grouped = _numbered(attrs, prefix)
-        if grouped:
-            _set(attrs, target, _messages_json([_oi_message(fields) for _, fields in sorted(grouped.items())], limit))
+        _fold_messages(attrs, prefix, target, OPENINFERENCE_MESSAGE, limit)
     tools = _numbered(attrs, "llm.tools.")
     if tools:
         schemas = [_json_value(fields.get("tool.json_schema")) for _, fields in sorted(tools.items())]
         _set(attrs, "gen_ai.tool.definitions", json.dumps([s for s in schemas if s is not None], ensure_ascii=False))
-
-
-def _oi_message(fields: dict[str, Any]) -> dict[str, Any]:
-    role = str(fields.get("message.role") or "user")
-    parts: list[dict[str, Any]] = []
-    content = fields.get("message.content")
-    if isinstance(content, str) and content:
-        if role == "tool":
-            parts.append({"type": "tool_call_response", "id": fields.get("message.tool_call_id"), "response": content})
-        else:
-            parts.append({"type": "text", "content": content})
-    for _, item in sorted(_numbered(fields, "message.contents.").items()):
-        text = item.get("message_content.text")
-        if isinstance(text, str) and text:
-            parts.append({"type": "text", "content": text})
-    for _, call in sorted(_numbered(fields, "message.tool_calls.").items()):
-        parts.append({"type": "tool_call", "id": call.get("tool_call.id"),
-                      "name": call.get("tool_call.function.name"),
-                      "arguments": _json_value(call.get("tool_call.function.arguments"))})
-    return {"role": role, "parts": parts}
 
 
 # --------------------------------------------------------------------------- OpenLLMetry
@@ -161,35 +162,50 @@ def _openllmetry(span: dict[str, Any], attrs: dict[str, Any], limit: int) -> Non
         _set(attrs, "gen_ai.tool.call.arguments", attrs.get("traceloop.entity.input"))
         _set(attrs, "gen_ai.tool.call.result", attrs.get("traceloop.entity.output"))
     for prefix, target in _OL_MESSAGES.items():
-        grouped = _numbered(attrs, prefix)
-        if grouped:
-            messages = [_ol_message(fields) for _, fields in sorted(grouped.items())]
-            _set(attrs, target, _messages_json(messages, limit))
-            if prefix == "gen_ai.completion.":
-                reasons = [str(f["finish_reason"]) for _, f in sorted(grouped.items()) if f.get("finish_reason")]
-                if reasons:
-                    attrs.setdefault("gen_ai.response.finish_reasons", reasons)
-
-
-def _ol_message(fields: dict[str, Any]) -> dict[str, Any]:
-    role = str(fields.get("role") or "user")
-    parts: list[dict[str, Any]] = []
-    content = fields.get("content")
-    if isinstance(content, str) and content:
-        if role == "tool":
-            parts.append({"type": "tool_call_response", "id": fields.get("tool_call_id"), "response": content})
-        else:
-            parts.append({"type": "text", "content": content})
-    for _, call in sorted(_numbered(fields, "tool_calls.").items()):
-        parts.append({"type": "tool_call", "id": call.get("id"), "name": call.get("name"),
-                      "arguments": _json_value(call.get("arguments"))})
-    message: dict[str, Any] = {"role": role, "parts": parts}
-    if isinstance(fields.get("finish_reason"), str) and fields["finish_reason"]:
-        message["finish_reason"] = fields["finish_reason"]
-    return message
+        grouped = _fold_messages(attrs, prefix, target, OPENLLMETRY_MESSAGE, limit)
+        if prefix == "gen_ai.completion.":
+            reasons = [str(f["finish_reason"]) for _, f in sorted(grouped.items()) if f.get("finish_reason")]
+            if reasons:
+                attrs.setdefault("gen_ai.response.finish_reasons", reasons)
 
 
 # --------------------------------------------------------------------------- shared
+
+
+def _fold_messages(attrs: dict[str, Any], prefix: str, target: str, keys: MessageKeys,
+                   limit: int) -> dict[int, dict[str, Any]]:
+    """The numbered ``prefix.N.*`` message keys folded into the JSON attribute ``target``; the messages'
+    fields by number (empty when there were none)."""
+    grouped = _numbered(attrs, prefix)
+    if grouped:
+        _set(attrs, target, _messages_json([_message(fields, keys) for _, fields in sorted(grouped.items())], limit))
+    return grouped
+
+
+def _message(fields: dict[str, Any], keys: MessageKeys) -> dict[str, Any]:
+    """One flattened message as a GenAI-convention message: text or tool-result part, then tool calls."""
+    role = str(fields.get(keys.role) or "user")
+    parts: list[dict[str, Any]] = []
+    content = fields.get(keys.content)
+    if isinstance(content, str) and content:
+        if role == "tool":
+            parts.append({"type": "tool_call_response", "id": fields.get(keys.tool_call_id), "response": content})
+        else:
+            parts.append({"type": "text", "content": content})
+    if keys.contents is not None:
+        for _, item in sorted(_numbered(fields, keys.contents).items()):
+            text = item.get(keys.content_text)
+            if isinstance(text, str) and text:
+                parts.append({"type": "text", "content": text})
+    for _, call in sorted(_numbered(fields, keys.tool_calls).items()):
+        parts.append({"type": "tool_call", "id": call.get(keys.call_id), "name": call.get(keys.call_name),
+                      "arguments": _json_value(call.get(keys.call_arguments))})
+    message: dict[str, Any] = {"role": role, "parts": parts}
+    if keys.finish_reason is not None:
+        reason = fields.get(keys.finish_reason)
+        if isinstance(reason, str) and reason:
+            message["finish_reason"] = reason
+    return message
 
 
 def _set(attrs: dict[str, Any], key: str, value: Any) -> None:

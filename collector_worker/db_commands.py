@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from .output import _first_line, database_option, emit_json, fail, missing_sqlite_file, resolve_database_url
+from .output import database_option, emit_json, fail, first_line, missing_sqlite_file, resolve_database_url
 from tracer.settings import mask_url
 
 STATE_TEXT = {
@@ -69,13 +69,13 @@ def _with_engine(url: str, work, connect: bool = True):
     try:
         engine = open_engine(url, migrate=False)
     except (ArgumentError, ImportError) as exc:
-        raise fail(f"cannot open database {mask_url(url)}: {_first_line(exc)}") from None
+        raise fail(f"cannot open database {mask_url(url)}: {first_line(exc)}") from None
     try:
         if not connect:
             return work(engine)
         with engine.connect() as conn:
             return work(conn)
     except SQLAlchemyError as exc:
-        raise fail(f"cannot reach database {mask_url(url)}: {_first_line(exc)}") from None
+        raise fail(f"cannot reach database {mask_url(url)}: {first_line(exc)}") from None
     finally:
         engine.dispose()

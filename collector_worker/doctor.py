@@ -18,7 +18,7 @@ import click
 from tracer.redis_client import connect
 from tracer.settings import Settings, effective_settings, mask_url
 
-from .output import console, emit_json, missing_sqlite_file
+from .output import console, emit_json, first_line, missing_sqlite_file
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -36,11 +36,6 @@ class Check:
     hint: str = ""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 # --------------------------------------------------------------------------- checks
 
 
@@ -54,7 +49,7 @@ def check_redis(settings: Settings) -> tuple[list[Check], Any]:
         before = time.time()
         client.ping()
     except (redis.RedisError, redis.exceptions.RedisClusterException, ValueError, OSError) as exc:
-        return [Check("redis", FAIL, f"cannot reach Redis at {shown}: {_first_line(exc)}",
+        return [Check("redis", FAIL, f"cannot reach Redis at {shown}: {first_line(exc)}",
                       "start Redis (contrail up starts one) or set CONTRAIL_REDIS_URL / --redis-url")], None
     checks = [Check("redis", OK, f"reachable at {shown} ({(time.time() - before) * 1000:.1f} ms round trip)")]
     try:
@@ -83,7 +78,7 @@ def check_clock_skew(client) -> Check:
     try:
         skew, rtt = measure_clock_skew_ms(client)
     except Exception as exc:  # TIME refused by a proxy
-        return Check("clock skew", WARN, f"cannot read Redis TIME: {_first_line(exc)}")
+        return Check("clock skew", WARN, f"cannot read Redis TIME: {first_line(exc)}")
     detail = f"this host's clock is {abs(skew):.1f} ms {'behind' if skew > 0 else 'ahead of'} Redis " \
              f"(±{rtt / 2:.1f} ms)"
     if abs(skew) >= CLOCK_SKEW_FAIL_MS:
@@ -101,7 +96,7 @@ def check_stream(client, settings: Settings) -> list[Check]:
     try:
         health = stream_health(client, settings)
     except Exception as exc:  # a wrong key type, a proxy refusing XINFO
-        return [Check("stream", FAIL, f"cannot read {settings.stream}: {_first_line(exc)}",
+        return [Check("stream", FAIL, f"cannot read {settings.stream}: {first_line(exc)}",
                       f"check that {settings.stream} is a stream (TYPE {settings.stream})")]
     checks = [Check("stream", OK, f"{settings.stream}: {health['stream_length']} entries retained")]
     if len(health["shards"]) > 1 or health["shards"][0].get("node"):
@@ -168,7 +163,7 @@ def check_tracers(client, settings: Settings) -> Check:
     try:
         summary = summarize(read_reports(client, settings.stream))
     except Exception as exc:
-        return Check("tracers", WARN, f"cannot read tracer reports: {_first_line(exc)}", "")
+        return Check("tracers", WARN, f"cannot read tracer reports: {first_line(exc)}", "")
     if not summary["instances"]:
         return Check("tracers", OK, "no tracing process has reported in the last day")
     detail = (f"{summary['instances']} processes reported: {summary['spans_exported']} spans exported, "
@@ -208,7 +203,7 @@ def check_database(settings: Settings) -> list[Check]:
         finally:
             engine.dispose()
     except (SQLAlchemyError, ImportError, OSError) as exc:
-        return [Check("database", FAIL, f"cannot reach {shown}: {_first_line(exc)}",
+        return [Check("database", FAIL, f"cannot reach {shown}: {first_line(exc)}",
                       "start the database or fix CONTRAIL_DATABASE_URL / --database-url")]
     reachable = Check("database", OK, f"reachable: {shown}")
     if status.state == "empty":

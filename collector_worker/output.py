@@ -178,10 +178,10 @@ def open_database(url: str):
     except ImportError as exc:
         raise fail(f"cannot open database {shown}: driver missing ({exc})") from None
     except ArgumentError as exc:  # an unknown dialect, a bad query option: the URL, not the server
-        raise fail(f"invalid database URL {shown!r}: {_first_line(exc)} "
+        raise fail(f"invalid database URL {shown!r}: {first_line(exc)} "
                    "(use sqlite:///path or postgresql+psycopg://user@host/db)") from None
     except SQLAlchemyError as exc:
-        raise fail(f"cannot reach database {shown}: {_first_line(exc)}") from None
+        raise fail(f"cannot reach database {shown}: {first_line(exc)}") from None
     if status.state == "empty":
         raise fail(f"database {shown} has no Contrail schema yet: start a collector first")
     if status.state == "newer":
@@ -190,7 +190,8 @@ def open_database(url: str):
     return engine
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An error as one line (the driver's own message when SQLAlchemy wraps one), for a command's output."""
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -208,6 +209,6 @@ def run_query(url: str, query: Callable[[Any], Any]) -> Any:
     except QueryError as exc:
         raise click.BadParameter(str(exc), param_hint=f"--{exc.parameter.replace('_', '-')}") from None
     except SQLAlchemyError as exc:
-        raise fail(f"query failed on {mask_url(url)}: {_first_line(exc)}") from None
+        raise fail(f"query failed on {mask_url(url)}: {first_line(exc)}") from None
     finally:
         engine.dispose()

@@ -204,7 +204,7 @@ INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 
 
-def _saturating_add(name: str, column: str) -> str:
+def saturating_add(name: str, column: str) -> str:
     """``name.column + excluded.column`` held within a signed 64-bit integer (BIGINT) instead of overflowing.
 
     PostgreSQL raises on overflow (and refused every later write to the bucket); SQLite turns the sum
@@ -222,7 +222,7 @@ def _upsert_sql(dialect: str, paramstyle: str, table, columns: tuple[str, ...], 
 
     Written as plain SQL for the driver's executemany: building the statement
     through the expression layer costs more per row than the database work.
-    Integer columns add with saturation (:func:`_saturating_add`), so no bucket can overflow.
+    Integer columns add with saturation (:func:`saturating_add`), so no bucket can overflow.
     """
     key = (dialect, paramstyle, table.name, columns, add, maximum)
     sql = _upserts.get(key)
@@ -230,7 +230,7 @@ def _upsert_sql(dialect: str, paramstyle: str, table, columns: tuple[str, ...], 
         mark = "?" if paramstyle == "qmark" else "%s"
         greatest = "greatest" if dialect == "postgresql" else "max"  # SQLite's two-argument max() is scalar
         name = f'"{table.name}"'
-        sets = [f'"{c}" = ' + (_saturating_add(name, c) if _is_integer(table, c) else f'{name}."{c}" + excluded."{c}"')
+        sets = [f'"{c}" = ' + (saturating_add(name, c) if _is_integer(table, c) else f'{name}."{c}" + excluded."{c}"')
                 for c in add]
         sets += [f'"{c}" = {greatest}({name}."{c}", excluded."{c}")' for c in maximum]
         keys = ", ".join(f'"{c.name}"' for c in table.primary_key.columns)

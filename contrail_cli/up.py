@@ -39,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 
 from contrail_demo import QUEUES
-from contrail_demo.cli import DEMO_URL_FILE
+from contrail_demo.gateway_url import remember_gateway_url
 from tracer.private_files import make_private_dir
 from tracer.settings import Settings, mask_url
 from web.server import bind_error, is_loopback
@@ -403,7 +403,7 @@ def stack_plan(settings: Settings, data_dir: Path, host: str, port: int, redis_u
     specs.append(ChildSpec("web", contrail_argv("web", *(["--insecure"] if insecure else [])), env))
     if demo:
         gateway_port = free_port()
-        (data_dir / DEMO_URL_FILE).write_text(f"http://127.0.0.1:{gateway_port}\n")
+        remember_gateway_url(data_dir, f"http://127.0.0.1:{gateway_port}")  # where `contrail demo` sends questions
         specs.extend(demo_specs(env, redis_url=redis_url, broker_url=with_db_number(redis_url, 1),
                                 gateway_port=gateway_port))
     return specs

@@ -6,13 +6,11 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path
 
 import click
 
 from . import seed
-
-DEMO_URL_FILE = "demo.url"  # written by `contrail up --demo` into the data directory
+from .gateway_url import remembered_gateway_url
 
 
 def default_api_url() -> str:
@@ -22,12 +20,10 @@ def default_api_url() -> str:
     try:
         from tracer.settings import Settings
 
-        path = Path(Settings.load().data_dir) / DEMO_URL_FILE
-        if path.exists():
-            return path.read_text().strip()
-    except (ValueError, OSError):
-        pass
-    return "http://127.0.0.1:8000"
+        remembered = remembered_gateway_url(Settings.load().data_dir)
+    except (ValueError, OSError):  # settings that do not load: no data directory to look in
+        remembered = None
+    return remembered or "http://127.0.0.1:8000"
 
 
 @click.command()

@@ -131,9 +131,14 @@ class AISpanHandle:
             self.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             self.span.set_attribute("error.type", type(exc).__qualname__)
 
-    def _set_content(self, key: str, value: Any) -> None:
+    def set_content(self, key: str, value: Any) -> None:
+        """A content attribute, redacted and truncated; dropped unless ``record_content`` is on. Prompt
+        messages (``gen_ai.input.messages``) are stored as the conventions' message list."""
         if self._record_content and self.recording and value is not None:
-            self.span.set_attribute(key, content_value(value, self._limit))
+            if key == "gen_ai.input.messages":
+                self.span.set_attribute(key, _messages_json(value, self._limit))
+            else:
+                self.span.set_attribute(key, content_value(value, self._limit))
 
 
 class AgentRunHandle(AISpanHandle):
@@ -148,7 +153,7 @@ class ToolCallHandle(AISpanHandle):
     """Handle of an ``execute_tool`` span."""
 
     def set_output(self, value: Any) -> None:
-        self._set_content("gen_ai.tool.call.result", value)
+        self.set_content("gen_ai.tool.call.result", value)
 
 
 class LLMCallHandle(AISpanHandle):
@@ -261,11 +266,7 @@ class AISpan:
         token = context.attach(trace.set_span_in_context(span, ctx))
         handle = self._handle_type(span, settings)
         for key, value in self._content.items():
-            if key == "gen_ai.input.messages":
-                if handle._record_content and value is not None and handle.recording:
-                    span.set_attribute(key, _messages_json(value, limit))
-            else:
-                handle._set_content(key, value)
+            handle.set_content(key, value)
         self._active.append((span, token, handle))
         return handle
 

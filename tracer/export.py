@@ -194,7 +194,7 @@ _PROCESSORS: "weakref.WeakSet[ContrailSpanProcessor]" = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for processor in list(_PROCESSORS):
-        processor._after_fork()
+        processor.after_fork()
 
 
 def _at_exit() -> None:
@@ -247,7 +247,7 @@ class ContrailSpanProcessor(SpanProcessor):
         self._thread = threading.Thread(target=self._run, name="contrail-export", daemon=True)
         self._thread.start()
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:
         """In a forked child: a fresh queue, lock, thread and connection; the parent keeps its own spans."""
         self._reset_state()
         self._pid_override = os.getpid()

@@ -281,11 +281,10 @@ class ProfileScope:
 
     def __call__(self, func: Callable) -> Callable:
         name = self.name or getattr(func, "__qualname__", None) or getattr(func, "__name__", "profile")
-        scope = ProfileScope(self.manager, name)
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                token = scope._start(sys._getframe(0), True, name)
+                token = self._start(sys._getframe(0), True, name)
                 error = None
                 try:
                     return await func(*args, **kwargs)
@@ -293,13 +292,13 @@ class ProfileScope:
                     error = exc
                     raise
                 finally:
-                    scope._finish(token, error)
+                    self._finish(token, error)
 
             return async_wrapper
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            token = scope._start(sys._getframe(0), True, name)
+            token = self._start(sys._getframe(0), True, name)
             error = None
             try:
                 return func(*args, **kwargs)
@@ -307,7 +306,7 @@ class ProfileScope:
                 error = exc
                 raise
             finally:
-                scope._finish(token, error)
+                self._finish(token, error)
 
         return wrapper
 

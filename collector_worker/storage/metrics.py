@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from ..stats import _saturating_add, upsert_rows
+from ..stats import saturating_add, upsert_rows
 from . import schema
 
 POINT_COLUMNS = ("resolution", "bucket", "series", "name", "service", "kind", "unit", "description", "attributes",
@@ -31,7 +31,7 @@ def _point_upsert(dialect: str, paramstyle: str) -> str:
         t = '"metric_points"'
         newer = f'excluded."last_ns" >= COALESCE({t}."last_ns", 0)'
         sets = [
-            f'"count" = {_saturating_add(t, "count")}',
+            f'"count" = {saturating_add(t, "count")}',
             f'"sum" = {t}."sum" + excluded."sum"',
             # SQLite's min(x, NULL) is NULL, PostgreSQL's least ignores NULL: COALESCE gives both the same answer
             f'"min" = COALESCE({least}({t}."min", excluded."min"), {t}."min", excluded."min")',

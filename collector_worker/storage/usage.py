@@ -40,7 +40,8 @@ def _sqlite_bytes(conn: Connection) -> dict[str, int] | None:
     return out
 
 
-def _rows(conn: Connection, table) -> int:
+def row_count(conn: Connection, table) -> int:
+    """Rows of ``table``; a finalized-trace table counted across its day partitions and period files."""
     if table.name not in FINALIZED:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
     every = periods.union(conn, table, lambda t: [t.c.trace_no]).subquery()
@@ -72,7 +73,7 @@ def storage_usage(conn: Connection) -> dict[str, Any]:
     tables = []
     present = set(schema.tables_of(conn.dialect.name))
     for table in (t for t in TABLES if t in present):
-        row: dict[str, Any] = {"name": table.name, "rows": _rows(conn, table)}
+        row: dict[str, Any] = {"name": table.name, "rows": row_count(conn, table)}
         if postgres:
             row["bytes"] = _postgres_bytes(conn, table.name)
         else:

@@ -1,7 +1,7 @@
 """Give the drained staging area's space back on PostgreSQL: a plain VACUUM of ``spans`` and ``pending_traces``.
 
 The finalizer deletes a trace's staging rows once they are in its block, so after a burst those tables are
-mostly dead tuples until autovacuum comes by (547 B per span of dead staging rows in the storage benchmark).
+mostly dead tuples until autovacuum comes by (hundreds of bytes per span: docs/performance.md, Storage).
 A plain ``VACUUM`` marks them reusable and truncates the empty pages at the end of the table, which hands
 them back to the filesystem; it takes no lock that stops ingest or finalization. Retention runs it every
 pass. SQLite reuses the freed pages of its single file by itself.

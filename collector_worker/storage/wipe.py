@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from . import periods, schema
 from .engine import is_postgres
-from .usage import _rows
+from .usage import row_count
 
 # Postings and blocks before the traces they belong to; every table that holds trace data (a backend has
 # either trace_operations and trace_tags or trace_search_keys: wiped_tables()).
@@ -36,7 +36,7 @@ def wiped_tables(engine) -> tuple:
 def count_all(engine: Engine) -> dict[str, int]:
     """Rows of every table :func:`wipe_all` empties (what ``--dry-run`` prints)."""
     with engine.connect() as conn:
-        return {t.name: _rows(conn, t) for t in wiped_tables(engine)}
+        return {t.name: row_count(conn, t) for t in wiped_tables(engine)}
 
 
 def wipe_all(engine: Engine, progress: Callable[[int, int, str], None] | None = None) -> dict[str, int]:
@@ -48,7 +48,7 @@ def wipe_all(engine: Engine, progress: Callable[[int, int, str], None] | None = 
     counts: dict[str, int] = {}
     with engine.connect() as conn:
         sealed = periods.published(conn)
-        sealed_counts = {t.name: _rows(conn, t) - int(conn.execute(select(func.count()).select_from(t)
+        sealed_counts = {t.name: row_count(conn, t) - int(conn.execute(select(func.count()).select_from(t)
                                                                        .where(*_not_covered(conn, t))).scalar_one())
                          for t in wiped_tables(engine) if t.name in periods.TABLES} if sealed else {}
     for period in sealed:

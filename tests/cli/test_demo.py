@@ -70,11 +70,13 @@ def test_demo_command_rejects_bad_counts(run_cli):
 
 
 def test_demo_url_is_read_from_the_data_dir(run_cli, tmp_path, monkeypatch):
-    from contrail_demo.cli import DEMO_URL_FILE, default_api_url
+    from contrail_demo.cli import default_api_url
+    from contrail_demo.gateway_url import remember_gateway_url
 
     monkeypatch.delenv("DEMO_GATEWAY_URL", raising=False)
     monkeypatch.setenv("CONTRAIL_DATA_DIR", str(tmp_path))
-    (tmp_path / DEMO_URL_FILE).write_text("http://127.0.0.1:45678\n")
+    assert default_api_url() == "http://127.0.0.1:8000"
+    remember_gateway_url(tmp_path, "http://127.0.0.1:45678")
     assert default_api_url() == "http://127.0.0.1:45678"
     monkeypatch.setenv("DEMO_GATEWAY_URL", "http://gateway:8000")
     assert default_api_url() == "http://gateway:8000"

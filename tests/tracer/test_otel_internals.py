@@ -27,9 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 PACKAGES = ("tracer", "collector_worker", "web")
 LIBRARIES = ("opentelemetry", "celery", "kombu")
 THE_MODULE = ROOT / "tracer" / "otel_internals.py"
-# a private name of those libraries that is also a private name of one of our own classes, used by the module
-# that defines that class
-OWN = {"tracer/export.py": {"_after_fork"}}  # ContrailSpanProcessor._after_fork
 
 
 def _library_roots() -> list[Path]:
@@ -101,8 +98,7 @@ def violations_in(path: Path, private: set[str]) -> list[str]:
 def test_nothing_outside_otel_internals_touches_library_internals():
     private = library_private_names()
     assert {"_context", "_attributes", "_span_limits", "_root", "_add_event"} <= private  # the reader works
-    found = [f"{path.parent.name}/{v}" for path in product_modules()
-             for v in violations_in(path, private - OWN.get(f"{path.parent.name}/{path.name}", set()))]
+    found = [f"{path.parent.name}/{v}" for path in product_modules() for v in violations_in(path, private)]
     assert found == [], "use tracer/otel_internals.py (or the public API):\n" + "\n".join(found)
 
 

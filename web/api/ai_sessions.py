@@ -28,7 +28,7 @@ from collector_worker.storage.queries import (QueryError, TraceQuery, decode_cur
 from .. import params
 from ..errors import bad_parameter, not_found
 from ..resources import current_resources
-from .ai import AI_MARKERS, _AI_SPAN_FIELDS, _default_step, _json, _prices, summarize_agent_trace, usage_step_s
+from .ai_common import ai_span, default_step_s, price_table, span_attributes, summarize_agent_trace, usage_step_s
 
 bp = Blueprint("ai_sessions", __name__)
 
@@ -73,11 +73,9 @@ def agent_runs(conn, trace_ids: list[str], prices: pricing.PriceTable) -> dict[s
     for trace_id in trace_ids:
         ai_spans, errors = [], []
         for span in found.get(trace_id, ()):
-            attrs = _json(span["attributes"], {})
-            if not isinstance(attrs, dict):
-                attrs = {}
-            if any(key.startswith(AI_MARKERS) for key in attrs):
-                ai_spans.append({key: span[key] for key in _AI_SPAN_FIELDS} | {"attributes": attrs})
+            ai_row = ai_span(span, span_attributes(span))
+            if ai_row is not None:
+                ai_spans.append(ai_row)
             if span["status_code"] == "error" and len(errors) < MAX_ERRORS_PER_RUN:
                 errors.append({"span_id": span["span_id"], "name": span["name"], "service": span["service"],
                                "message": span.get("status_message") or None})
@@ -145,7 +143,7 @@ def session(session_id: str):
     limit = params.integer("limit", DEFAULT_RUNS, minimum=1, maximum=MAX_RUNS)
     cursor = params.text("cursor", max_length=1024)
     start_ns, end_ns = params.time_range()
-    prices = _prices()
+    prices = price_table()
     tags = [(SESSION_KEY, "=", session_id)]
     with current_resources().engine().connect() as conn:
         page = _search(conn, TraceQuery(tags=tags, sort="start_asc", limit=limit, cursor=cursor,
@@ -169,13 +167,12 @@ def session(session_id: str):
 
 def _session_of(run_spans: list[dict[str, Any]]) -> str | None:
     for span in run_spans:
-        attrs = _json(span["attributes"], {})
-        if isinstance(attrs, dict):
-            value = attrs.get(SESSION_KEY) or attrs.get("gen_ai.conversation.id")
-            if isinstance(value, int) and not isinstance(value, bool):
-                value = str(value)  # posted as its text, so /ai/sessions/<id> finds it
-            if isinstance(value, str) and value:
-                return value
+        attrs = span_attributes(span)
+        value = attrs.get(SESSION_KEY) or attrs.get("gen_ai.conversation.id")
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # posted as its text, so /ai/sessions/<id> finds it
+        if isinstance(value, str) and value:
+            return value
     return None
 
 
@@ -208,7 +205,7 @@ def sessions():
         cursor = decode_cursor(raw_cursor, _LIST_CURSOR) if raw_cursor else None
     except QueryError as exc:
         raise bad_parameter("cursor", str(exc)) from None
-    prices = _prices()
+    prices = price_table()
     found: dict[str, tuple[int, str]] = {}  # session id -> position of its newest trace
     position, scanned, exhausted = cursor, 0, False
     with current_resources().engine().connect() as conn:
@@ -253,8 +250,8 @@ def users():
     page = params.integer("page", 1, minimum=1, maximum=1_000_000)
     start_ns, end_ns = params.time_range(default_lookback_s=86400.0)
     start_ns, end_ns = params.closed_range(start_ns, end_ns, 86400.0)
-    prices = _prices()
-    step_s = _default_step(max(1.0, (end_ns - start_ns) / 1e9))
+    prices = price_table()
+    step_s = default_step_s(max(1.0, (end_ns - start_ns) / 1e9))
     with current_resources().engine().connect() as conn:
         usage = query_usage(conn, start_ns, end_ns, group_by="user", step_s=step_s, prices=prices)
     last_seen = {s["key"]: s["points"][-1]["time"] for s in usage["series"] if s["points"]}
@@ -275,7 +272,7 @@ def user(user_id: str):
     start_ns, end_ns = params.time_range(default_lookback_s=DEFAULT_LOOKBACK_S)
     start_ns, end_ns = params.closed_range(start_ns, end_ns, DEFAULT_LOOKBACK_S)
     step_s = usage_step_s(start_ns, end_ns)
-    prices = _prices()
+    prices = price_table()
     with current_resources().engine().connect() as conn:
         usage = query_usage(conn, start_ns, end_ns, group_by="model", step_s=step_s, where={"user": user_id},
                             prices=prices)
@@ -302,7 +299,7 @@ def user(user_id: str):
 def llm_call(trace_id: str, span_id: str):
     trace_id = params.trace_id("trace_id", trace_id)
     span_id = params.span_id("span_id", span_id)
-    prices = _prices()
+    prices = price_table()
     with current_resources().engine().connect() as conn:
         spans = block_store.trace_spans(conn, [trace_id]).get(trace_id)
     if not spans:

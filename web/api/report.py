@@ -12,7 +12,7 @@ from collector_worker.report_html import render_report
 from .. import params
 from ..errors import bad_parameter
 from ..resources import current_resources
-from .ai import _prices
+from .ai_common import price_table
 
 bp = Blueprint("report", __name__)
 
@@ -28,7 +28,7 @@ def report():
         raise bad_parameter("lookback", "the report covers at least one minute")
     if end_ns - start_ns > MAX_WINDOW_NS:
         raise bad_parameter("lookback", "the report covers at most 366 days")
-    prices = _prices()
+    prices = price_table()
     with current_resources().engine().connect() as conn:
         data = gather_report(conn, start_ns, end_ns, prices)
     page = render_report(data, link_base=request.host_url)

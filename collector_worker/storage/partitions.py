@@ -154,6 +154,12 @@ def count_day(conn: Connection, day: int) -> dict[str, int]:
     return {"traces": int(traces), "trace_blocks": int(blocks), "spans": int(spans)}
 
 
+def _staged_spans_deleted(conn: Connection, delete_returning_span_count: str, params: tuple = ()) -> int:
+    """Run a DELETE of staging rows that returns their ``span_count``; the spans deleted (a row holds a
+    trace's spans of one batch, so its late spans are counted as the spans they are, not as one row)."""
+    return sum(int(n) for (n,) in conn.exec_driver_sql(delete_returning_span_count, params))
+
+
 def delete_day(conn: Connection, day: int) -> dict[str, int]:
     """Delete every finalized trace of ``day`` (with the staging rows of those traces); rows per table.
 
@@ -164,14 +170,14 @@ def delete_day(conn: Connection, day: int) -> dict[str, int]:
     lo, hi = first_no(day), first_no(day + 1)
     if _is_postgres(conn):
         part = partition_name(schema.traces.name, day)
-        counted["spans"] += conn.exec_driver_sql(
-            f"DELETE FROM spans s USING {part} t WHERE s.trace_id = t.trace_id").rowcount or 0
+        counted["spans"] += _staged_spans_deleted(
+            conn, f"DELETE FROM spans s USING {part} t WHERE s.trace_id = t.trace_id RETURNING s.span_count")
         for table in reversed(PARTITIONED):
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {partition_name(table.name, day)}")
         return counted
-    counted["spans"] += conn.exec_driver_sql(
-        "DELETE FROM spans WHERE trace_id IN (SELECT trace_id FROM traces WHERE trace_no >= ? AND trace_no < ?)",
-        (lo, hi)).rowcount or 0
+    counted["spans"] += _staged_spans_deleted(
+        conn, "DELETE FROM spans WHERE trace_id IN (SELECT trace_id FROM traces WHERE trace_no >= ? AND trace_no < ?) "
+              "RETURNING span_count", (lo, hi))
     for table in reversed(schema.finalized_tables("sqlite")):
         conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE trace_no >= ? AND trace_no < ?", (lo, hi))
     return counted

@@ -605,9 +605,9 @@ def drop_period(engine: Engine, period: Period) -> dict[str, int]:
             conn.exec_driver_sql(f"ATTACH DATABASE ? AS {_SEALING}", (str(path),))
             conn.commit()
             try:
-                counted["spans"] += conn.exec_driver_sql(
+                counted["spans"] += sum(int(n) for (n,) in conn.exec_driver_sql(  # spans, not staging rows
                     f"DELETE FROM main.spans WHERE EXISTS (SELECT 1 FROM {_SEALING}.traces t "
-                    f"WHERE t.trace_id = main.spans.trace_id)").rowcount or 0
+                    f"WHERE t.trace_id = main.spans.trace_id) RETURNING span_count"))
                 conn.commit()
             finally:
                 conn.rollback()

@@ -182,6 +182,27 @@ def test_retention_drops_a_sealed_day_by_deleting_its_file(sqlite_engine, sqlite
     assert not any(str(p).startswith(str(directory / old_file)) for p in held)
 
 
+def test_late_spans_of_a_dropped_sealed_day_are_counted_as_spans(sqlite_engine):
+    """Late spans staged for a trace of a sealed day (one staging row holding three spans) when its file
+    is dropped: the pass reports three spans, as the dry run predicts."""
+    from collector_worker.retention import count_expired
+
+    engine = sqlite_engine
+    ids = store_days(engine, days=(3, 1), per_day=2)
+    seal_all(engine)
+    late = [make_span(ids[3][0], sid(70 + i), sid(1), 10 + i, 20 + i, service="late") for i in range(3)]
+    for s in late:
+        s["start_ns"] -= 3 * DAY
+        s["end_ns"] -= 3 * DAY
+    ingest(engine, late, received_ns=BASE)
+
+    predicted = count_expired(engine, BASE - 2 * DAY)
+    result = run_retention(engine, BASE - 2 * DAY)
+
+    assert result["traces"] == 2 and result["spans"] == (3 + 4) + 3
+    assert predicted == result
+
+
 def test_a_file_dropped_under_a_connection_that_attached_it_reads_until_its_next_checkout(sqlite_engine):
     engine = sqlite_engine
     store_days(engine, days=(3, 1), per_day=3)

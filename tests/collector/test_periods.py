@@ -119,6 +119,30 @@ def test_searches_and_fetches_read_across_days_the_same_before_and_after_sealing
     assert answers(engine) == before
 
 
+def test_searches_of_one_shape_with_other_values_find_their_own_traces(engine):
+    """A search runs a statement built once per filter shape and layout; each search's values reach it."""
+    ids = store_days(engine, days=(2, 1, 0), per_day=3)
+    seal_all(engine)
+    every = [t for day in (2, 1, 0) for t in ids[day]]
+    with engine.connect() as conn:
+        for sort in ("start_desc", "duration_asc"):
+            for t in every + list(reversed(every)):
+                found = queries.search_traces(conn, queries.TraceQuery(tags=[("user.id", "=", t[-3:])], sort=sort,
+                                                                       min_duration_ns=1, limit=5))
+                assert [f["trace_id"] for f in found["traces"]] == [t] and found["total"] == 1
+        for day in (2, 1, 0):
+            window = queries.TraceQuery(start_ns=BASE - day * DAY - S, end_ns=BASE - day * DAY + 10 * S, limit=2)
+            pages, cursor = [], None
+            while True:
+                window.cursor = cursor
+                found = queries.search_traces(conn, window)
+                pages += [f["trace_id"] for f in found["traces"]]
+                cursor = found["next_cursor"]
+                if cursor is None:
+                    break
+            assert pages == list(reversed(ids[day]))
+
+
 def test_a_late_span_refinalizes_a_sealed_trace_in_place_and_across_days(engine):
     ids = store_days(engine, days=(2, 1), per_day=4)
     seal_all(engine)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -100,6 +101,7 @@ def main() -> None:
     for proc in procs.values():
         json.loads(proc.stdout.readline())
     rounds: dict[str, list] = {name: [] for name in procs}
+    load = [round(os.getloadavg()[0], 1)]
     try:
         for i in range(args.rounds + 1):  # the first round warms both (not counted)
             for name in (list(procs) if i % 2 == 0 else list(procs)[::-1]):
@@ -113,8 +115,9 @@ def main() -> None:
         for proc in procs.values():
             proc.stdin.close()
             proc.wait()
+    load.append(round(os.getloadavg()[0], 1))
     same = all(a[1] == b[1] for ra, rb in zip(rounds["baseline"], rounds["this"]) for a, b in zip(ra, rb))
-    result = {"period_files": periods, "rounds": args.rounds, "same_answers": same,
+    result = {"period_files": periods, "rounds": args.rounds, "load_average_before_after": load, "same_answers": same,
               **{name: summary(r) for name, r in rounds.items()}}
     path = Path(args.out)
     stored = json.loads(path.read_text()) if path.exists() else {}

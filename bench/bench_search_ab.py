@@ -5,7 +5,8 @@ then ``seal_closed_days``): the main file holds the last day, eight period files
 checkout (``--baseline PATH``, e.g. a git worktree of main, and this one) runs in a process of its own;
 the driver asks them for a round of the search mix in turn, so both see the same machine load. A round
 is bench_api.py's 12-filter mix through ``queries.search_traces`` on a fresh Connection each (what an
-API request does below Flask). The answers (trace ids, totals, cursors) must be the same in both.
+API request does below Flask), timed by the wall clock and by the thread's CPU time (less at the mercy of
+other load on the machine). The answers (summaries, totals, cursors) must be the same in both.
 
 Usage: python bench/bench_search_ab.py --database /tmp/search.db --baseline /path/to/main [--rounds 15]
        [--out bench/results/search_ab.json] [--label NAME]
@@ -56,12 +57,12 @@ def worker(tree: str, database: str, newest_ns: int) -> None:
     for _ in sys.stdin:
         out = []
         for q in searches:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             with engine.connect() as conn:
                 found = queries.search_traces(conn, q)
-            ms = (time.perf_counter() - started) * 1000
+            ms, cpu_ms = (time.perf_counter() - started) * 1000, (time.thread_time() - cpu) * 1000
             shown = json.dumps([found["traces"], found["total"], found["total_capped"], found["next_cursor"]])
-            out.append([ms, hashlib.sha1(shown.encode()).hexdigest()[:12]])
+            out.append([ms, cpu_ms, hashlib.sha1(shown.encode()).hexdigest()[:12]])
         print(json.dumps(out), flush=True)
     engine.dispose()
 
@@ -72,8 +73,10 @@ def p(values, q):
 
 
 def summary(rounds: list[list]) -> dict:
-    every = [ms for r in rounds for ms, _ in r]
+    every = [ms for r in rounds for ms, _, _ in r]
+    cpu = [ms for r in rounds for _, ms, _ in r]
     return {"queries": len(every), "p50_ms": round(p(every, 0.5), 2), "p95_ms": round(p(every, 0.95), 2),
+            "cpu_p50_ms": round(p(cpu, 0.5), 2), "cpu_p95_ms": round(p(cpu, 0.95), 2),
             "per_filter_p95_ms": {f or "(none)": round(p([r[i][0] for r in rounds], 0.95), 2)
                                   for i, f in enumerate(FILTERS)}}
 
@@ -116,7 +119,7 @@ def main() -> None:
             proc.stdin.close()
             proc.wait()
     load.append(round(os.getloadavg()[0], 1))
-    same = all(a[1] == b[1] for ra, rb in zip(rounds["baseline"], rounds["this"]) for a, b in zip(ra, rb))
+    same = all(a[2] == b[2] for ra, rb in zip(rounds["baseline"], rounds["this"]) for a, b in zip(ra, rb))
     result = {"period_files": periods, "rounds": args.rounds, "load_average_before_after": load, "same_answers": same,
               **{name: summary(r) for name, r in rounds.items()}}
     path = Path(args.out)

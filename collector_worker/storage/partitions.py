@@ -15,7 +15,9 @@ day (:func:`ensure_days`, in the finalizer's write transaction).
 On SQLite the finalizer writes into plain tables of the main database file;
 once a day has ended it is sealed into a period file of its own, which
 retention drops by deleting the file (periods.py). A day not sealed yet is
-deleted from the main file by trace-number range (:func:`delete_day`).
+deleted from the main file by trace-number range (:func:`delete_day`): its rows
+share the main file's pages with other days, so there is no whole to drop
+(docs/operations.md, "Retention", says why it is not sealed first either).
 """
 
 from __future__ import annotations

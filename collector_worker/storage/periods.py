@@ -26,7 +26,8 @@ at a time holds a lease in ``sealed_layout``.
 Each pooled connection attaches the published period files whenever a Connection
 is opened on it (:func:`on_checkout`, at most :func:`max_attached`); readers build one
 query arm per part (:func:`parts`), each with the visibility condition of its
-part.
+part (trace search builds its arms once per filter shape and layout:
+``queries._search_statements``).
 """
 
 from __future__ import annotations

@@ -404,7 +404,7 @@ def _parameter(name: str) -> Any:
 
 
 _statements: dict[tuple, tuple[Any, Any]] = {}
-_STATEMENTS_KEPT = 512
+_STATEMENTS_KEPT = 128  # shapes x layouts; a seal or a drop makes a new layout
 
 
 def _search_statements(shape: _Shape, parts: list[periods.Part]) -> tuple[Any, Any]:

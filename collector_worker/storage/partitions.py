@@ -15,7 +15,9 @@ day (:func:`ensure_days`, in the finalizer's write transaction).
 On SQLite the finalizer writes into plain tables of the main database file;
 once a day has ended it is sealed into a period file of its own, which
 retention drops by deleting the file (periods.py). A day not sealed yet is
-deleted from the main file by trace-number range (:func:`delete_day`).
+deleted from the main file by trace-number range (:func:`delete_day`): its rows
+share the main file's pages with other days, so there is no whole to drop
+(docs/operations.md, "Retention", says why it is not sealed first either).
 """
 
 from __future__ import annotations
@@ -154,6 +156,12 @@ def count_day(conn: Connection, day: int) -> dict[str, int]:
     return {"traces": int(traces), "trace_blocks": int(blocks), "spans": int(spans)}
 
 
+def _staged_spans_deleted(conn: Connection, delete_returning_span_count: str, params: tuple = ()) -> int:
+    """Run a DELETE of staging rows that returns their ``span_count``; the spans deleted (a row holds a
+    trace's spans of one batch, so its late spans are counted as the spans they are, not as one row)."""
+    return sum(int(n) for (n,) in conn.exec_driver_sql(delete_returning_span_count, params))
+
+
 def delete_day(conn: Connection, day: int) -> dict[str, int]:
     """Delete every finalized trace of ``day`` (with the staging rows of those traces); rows per table.
 
@@ -164,14 +172,14 @@ def delete_day(conn: Connection, day: int) -> dict[str, int]:
     lo, hi = first_no(day), first_no(day + 1)
     if _is_postgres(conn):
         part = partition_name(schema.traces.name, day)
-        counted["spans"] += conn.exec_driver_sql(
-            f"DELETE FROM spans s USING {part} t WHERE s.trace_id = t.trace_id").rowcount or 0
+        counted["spans"] += _staged_spans_deleted(
+            conn, f"DELETE FROM spans s USING {part} t WHERE s.trace_id = t.trace_id RETURNING s.span_count")
         for table in reversed(PARTITIONED):
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {partition_name(table.name, day)}")
         return counted
-    counted["spans"] += conn.exec_driver_sql(
-        "DELETE FROM spans WHERE trace_id IN (SELECT trace_id FROM traces WHERE trace_no >= ? AND trace_no < ?)",
-        (lo, hi)).rowcount or 0
+    counted["spans"] += _staged_spans_deleted(
+        conn, "DELETE FROM spans WHERE trace_id IN (SELECT trace_id FROM traces WHERE trace_no >= ? AND trace_no < ?) "
+              "RETURNING span_count", (lo, hi))
     for table in reversed(schema.finalized_tables("sqlite")):
         conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE trace_no >= ? AND trace_no < ?", (lo, hi))
     return counted

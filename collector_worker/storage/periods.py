@@ -26,7 +26,8 @@ at a time holds a lease in ``sealed_layout``.
 Each pooled connection attaches the published period files whenever a Connection
 is opened on it (:func:`on_checkout`, at most :func:`max_attached`); readers build one
 query arm per part (:func:`parts`), each with the visibility condition of its
-part.
+part (trace search builds its arms once per filter shape and layout:
+``queries._search_statements``).
 """
 
 from __future__ import annotations
@@ -605,9 +606,9 @@ def drop_period(engine: Engine, period: Period) -> dict[str, int]:
             conn.exec_driver_sql(f"ATTACH DATABASE ? AS {_SEALING}", (str(path),))
             conn.commit()
             try:
-                counted["spans"] += conn.exec_driver_sql(
+                counted["spans"] += sum(int(n) for (n,) in conn.exec_driver_sql(  # spans, not staging rows
                     f"DELETE FROM main.spans WHERE EXISTS (SELECT 1 FROM {_SEALING}.traces t "
-                    f"WHERE t.trace_id = main.spans.trace_id)").rowcount or 0
+                    f"WHERE t.trace_id = main.spans.trace_id) RETURNING span_count"))
                 conn.commit()
             finally:
                 conn.rollback()

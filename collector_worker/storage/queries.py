@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from sqlalchemy import BigInteger, Integer, and_, cast, exists, func, or_, select, union_all
+from sqlalchemy import BigInteger, Integer, and_, bindparam, cast, exists, func, or_, select, union_all
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
@@ -246,53 +246,119 @@ def _names(conn: Connection, q: TraceQuery) -> tuple[list[tuple[str, str, str]],
     return tags, ids
 
 
-def _filters(q: TraceQuery, part: periods.Part, tags: list[tuple[str, str, str]], ids: dict[str, int]) -> list[Any]:
-    """WHERE conditions on ``part``'s ``traces`` for ``q``, its postings read from the same part."""
+@dataclass(frozen=True)
+class _Shape:
+    """What a search's SQL depends on besides its values (those are bound parameters): the filters it has
+    and its sort. Searches of one shape over the same parts run one statement, built once."""
+
+    sort: str = "start_desc"
+    cursor: bool = False
+    start: bool = False
+    end: bool = False
+    min_duration: bool = False
+    max_duration: bool = False
+    status: str | None = None
+    service: bool = False
+    operation: bool = False
+    services: int = 0  # services touched besides ``service``
+    tags: tuple[str, ...] = ()  # each tag filter's op (span kind included), in order
+
+    @property
+    def op_keys(self) -> bool:
+        """PostgreSQL: whether the search probes the operation key arrays."""
+        return self.service or self.operation or self.services > 0
+
+    @property
+    def tag_keys(self) -> bool:
+        """PostgreSQL: whether the search probes the tag key arrays."""
+        return "=" in self.tags
+
+
+def _shape(q: TraceQuery, tags: list[tuple[str, str, str]]) -> _Shape:
+    return _Shape(sort=q.sort, cursor=q.cursor is not None, start=q.start_ns is not None, end=q.end_ns is not None,
+                  min_duration=q.min_duration_ns is not None, max_duration=q.max_duration_ns is not None,
+                  status=q.status if q.status in ("error", "ok") else None, service=bool(q.service),
+                  operation=bool(q.operation), services=len(_other_services(q)), tags=tuple(op for _, op, _ in tags))
+
+
+def _other_services(q: TraceQuery) -> list[str]:
+    return [name for name in q.services if name != q.service]
+
+
+def _values(q: TraceQuery, tags: list[tuple[str, str, str]], ids: dict[str, int],
+            cursor: tuple[int, str] | None = None) -> dict[str, Any]:
+    """The bound parameters of ``q``'s statement, by the names :func:`_filters` gives them."""
+    values: dict[str, Any] = {"start_ns": q.start_ns, "end_ns": q.end_ns, "min_duration_ns": q.min_duration_ns,
+                              "max_duration_ns": q.max_duration_ns, "page_limit": q.limit + 1}
+    if q.service:
+        values["service_id"] = ids[q.service]
+    if q.operation:
+        values["operation_id"] = ids[q.operation]
+    for i, name in enumerate(_other_services(q)):
+        values[f"service_{i}"] = ids[name]
+    for i, (key, op, value) in enumerate(tags):
+        values[f"tag_{i}_key"] = ids[key]
+        if op == "=":
+            values[f"tag_{i}_hash"] = search_keys.tag_hash(value)
+        else:
+            values[f"tag_{i}_number"] = float(value)
+    ops = [search_keys.op_key(ids[name]) for name in q.services]  # PostgreSQL's arrays (see _array_filter)
+    if q.service or q.operation:
+        ops.append(search_keys.op_key(ids[q.service] if q.service else 0, ids[q.operation] if q.operation else 0))
+    values["op_keys"] = sorted(set(ops))
+    values["tag_keys"] = sorted({search_keys.tag_key(ids[key], search_keys.tag_hash(value))
+                                 for key, op, value in tags if op == "="})
+    if cursor is not None:
+        values["cursor_value"], values["cursor_trace_id"] = cursor
+    return values
+
+
+def _filters(shape: _Shape, part: periods.Part, bind: Any) -> list[Any]:
+    """WHERE conditions on ``part``'s ``traces`` for a search of ``shape``, its postings read from the same
+    part; ``bind(name)`` gives each value (a bound parameter of that name, or the value itself)."""
     t, o = part.table(schema.traces), part.table(schema.trace_operations)
     g, n = part.table(schema.trace_tags), part.table(schema.trace_tag_numbers)
     where: list[Any] = []
-    if q.start_ns is not None:
-        where.append(t.c.start_ns >= q.start_ns)
-    if q.end_ns is not None:
-        where.append(t.c.start_ns <= q.end_ns)
+    if shape.start:
+        where.append(t.c.start_ns >= bind("start_ns"))
+    if shape.end:
+        where.append(t.c.start_ns <= bind("end_ns"))
     # In a period file's arm (a day's part, searched for one page) the duration and error filters are
     # written "column + 0": SQLite then walks the sort column's index and stops at the page's end instead
     # of reading every matching row of the file through the filter's index and sorting them all.
-    duration = t.c.duration_ns if part.schema is None or q.sort.startswith("duration") else t.c.duration_ns + 0
+    duration = t.c.duration_ns if part.schema is None or shape.sort.startswith("duration") else t.c.duration_ns + 0
     errors = t.c.error_count if part.schema is None else t.c.error_count + 0
-    if q.min_duration_ns is not None:
-        where.append(duration >= q.min_duration_ns)
-    if q.max_duration_ns is not None:
-        where.append(duration <= q.max_duration_ns)
-    if q.status == "error":
+    if shape.min_duration:
+        where.append(duration >= bind("min_duration_ns"))
+    if shape.max_duration:
+        where.append(duration <= bind("max_duration_ns"))
+    if shape.status == "error":
         where.append(errors > 0)
-    elif q.status == "ok":
+    elif shape.status == "ok":
         where.append(errors == 0)
     if part.postgres:  # one probe of the GIN-indexed arrays for every equality filter (see _array_filter)
-        found = _array_filter(q, tags, ids)
+        found = _array_filter(shape, bind)
         if found is not None:
             where.append(t.c.trace_no.in_(found))
     else:
-        if q.service or q.operation:
+        if shape.service or shape.operation:
             cond = [o.c.trace_no == t.c.trace_no]
-            if q.service:
-                cond.append(o.c.service_id == ids[q.service])
-            if q.operation:
-                cond.append(o.c.operation_id == ids[q.operation])
+            if shape.service:
+                cond.append(o.c.service_id == bind("service_id"))
+            if shape.operation:
+                cond.append(o.c.operation_id == bind("operation_id"))
             where.append(exists().where(and_(*cond)))
-        for name in q.services:
-            if name != q.service:
-                where.append(exists().where(and_(o.c.trace_no == t.c.trace_no, o.c.service_id == ids[name])))
-        for key, op, value in tags:
+        for i in range(shape.services):
+            where.append(exists().where(and_(o.c.trace_no == t.c.trace_no, o.c.service_id == bind(f"service_{i}"))))
+        for i, op in enumerate(shape.tags):
             if op == "=":  # usually selective: drive the search from the (key, value) postings
                 where.append(t.c.trace_no.in_(select(g.c.trace_no).where(
-                    g.c.key_id == ids[key], g.c.value_hash == search_keys.tag_hash(value))))
-    for key, op, value in tags:
+                    g.c.key_id == bind(f"tag_{i}_key"), g.c.value_hash == bind(f"tag_{i}_hash"))))
+    for i, op in enumerate(shape.tags):
         if op == "=":
             continue
-        number = float(value)
-        compare = n.c.value_num > number if op == ">" else n.c.value_num < number
-        where.append(t.c.trace_no.in_(select(n.c.trace_no).where(n.c.key_id == ids[key], compare)))
+        compare = n.c.value_num > bind(f"tag_{i}_number") if op == ">" else n.c.value_num < bind(f"tag_{i}_number")
+        where.append(t.c.trace_no.in_(select(n.c.trace_no).where(n.c.key_id == bind(f"tag_{i}_key"), compare)))
     visible = part.visible(t.c.trace_no)
     if visible is not None:
         where.append(visible)
@@ -305,26 +371,22 @@ def main_part_filters(conn: Connection, q: TraceQuery) -> list[Any] | None:
     tags, ids = _names(conn, q)
     if ids is None:
         return None
-    return _filters(q, periods.parts(conn)[0], tags, ids)
+    return _filters(_shape(q, tags), periods.parts(conn)[0], _values(q, tags, ids).__getitem__)
 
 
 def _keys(values) -> Any:
     return cast(sorted(set(values)), ARRAY(BigInteger))
 
 
-def _array_filter(q: TraceQuery, tags: list[tuple[str, str, str]], ids: dict[str, int]) -> Any | None:
+def _array_filter(shape: _Shape, bind: Any) -> Any | None:
     """PostgreSQL: trace numbers whose ``trace_search_keys`` arrays hold every service / operation / tag
     equality the query asks for (None when it asks for none)."""
     k = schema.trace_search_keys
-    ops = [search_keys.op_key(ids[name]) for name in q.services]
-    if q.service or q.operation:
-        ops.append(search_keys.op_key(ids[q.service] if q.service else 0, ids[q.operation] if q.operation else 0))
-    tag_keys = [search_keys.tag_key(ids[key], search_keys.tag_hash(value)) for key, op, value in tags if op == "="]
     conditions = []
-    if ops:
-        conditions.append(k.c.op_keys.contains(_keys(ops)))
-    if tag_keys:
-        conditions.append(k.c.tag_keys.contains(_keys(tag_keys)))
+    if shape.op_keys:
+        conditions.append(k.c.op_keys.contains(cast(bind("op_keys"), ARRAY(BigInteger))))
+    if shape.tag_keys:
+        conditions.append(k.c.tag_keys.contains(cast(bind("tag_keys"), ARRAY(BigInteger))))
     return select(k.c.trace_no).where(*conditions) if conditions else None
 
 
@@ -332,6 +394,59 @@ def _window_days(q: TraceQuery) -> tuple[int | None, int | None]:
     """The days a trace matching ``q``'s time window can be numbered in (its start's day)."""
     return (None if q.start_ns is None else partitions.day_of(max(0, q.start_ns)),
             None if q.end_ns is None else partitions.day_of(max(0, q.end_ns)))
+
+
+_ARRAY_PARAMETERS = frozenset(("op_keys", "tag_keys"))
+
+
+def _parameter(name: str) -> Any:
+    return bindparam(name, type_=ARRAY(BigInteger) if name in _ARRAY_PARAMETERS else None)
+
+
+_statements: dict[tuple, tuple[Any, Any]] = {}
+_STATEMENTS_KEPT = 128  # shapes x layouts; a seal or a drop makes a new layout
+
+
+def _search_statements(shape: _Shape, parts: list[periods.Part]) -> tuple[Any, Any]:
+    """The page and the count statements of a search of ``shape`` over ``parts``, with bound parameters.
+
+    Built once per shape and set of parts (the layout the parts come from, and which of its parts the
+    search's days need): building a UNION ALL of an arm per period file, and SQLAlchemy computing its cache
+    key, cost more than SQLite's answer did. A seal changes the layout, hence the statements.
+    """
+    key = (shape, parts[0].layout, tuple(part.schema for part in parts))
+    found = _statements.get(key)
+    if found is None:
+        if len(_statements) >= _STATEMENTS_KEPT:
+            _statements.clear()
+        found = _statements[key] = _build_search(shape, parts)
+    return found
+
+
+def _build_search(shape: _Shape, parts: list[periods.Part]) -> tuple[Any, Any]:
+    by_duration = shape.sort.startswith("duration")
+    descending = shape.sort.endswith("desc")
+    pages, counts = [], []
+    for part in parts:
+        t = part.table(schema.traces)
+        where = _filters(shape, part, _parameter)
+        column = t.c.duration_ns if by_duration else t.c.start_ns
+        page_where = list(where)
+        if shape.cursor:
+            value, trace_id = bindparam("cursor_value"), bindparam("cursor_trace_id")
+            if descending:
+                page_where.append(or_(column < value, and_(column == value, t.c.trace_id < trace_id)))
+            else:
+                page_where.append(or_(column > value, and_(column == value, t.c.trace_id > trace_id)))
+        pages.append(select(t).where(*page_where))
+        counts.append(select(t.c.trace_id).where(*where))
+    # SQLite merges the parts' arms in sort order, each walking its sort index, and stops at the page's end.
+    found = (pages[0] if len(pages) == 1 else union_all(*pages)).subquery()
+    column = found.c.duration_ns if by_duration else found.c.start_ns
+    order = [column.desc(), found.c.trace_id.desc()] if descending else [column.asc(), found.c.trace_id.asc()]
+    page = select(found).order_by(*order).limit(bindparam("page_limit"))
+    counted = (counts[0] if len(counts) == 1 else union_all(*counts)).limit(TOTAL_CAP + 1).subquery()
+    return page, select(func.count()).select_from(counted)
 
 
 def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
@@ -349,41 +464,24 @@ def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
         raise QueryError("limit", f"limit must be between 1 and {MAX_LIMIT}")
     cursor = decode_cursor(q.cursor, q.sort) if q.cursor else None
     tags, ids = _names(conn, q)
-    by_duration = q.sort.startswith("duration")
-    descending = q.sort.endswith("desc")
-    pages, counts = [], []
-    if ids is not None:
-        for part in periods.parts(conn):
-            if not part.holds_days(*_window_days(q)):
-                continue
-            t = part.table(schema.traces)
-            where = _filters(q, part, tags, ids)
-            column = t.c.duration_ns if by_duration else t.c.start_ns
-            page_where = list(where)
-            if cursor is not None:
-                value, trace_id = cursor
-                if descending:
-                    page_where.append(or_(column < value, and_(column == value, t.c.trace_id < trace_id)))
-                else:
-                    page_where.append(or_(column > value, and_(column == value, t.c.trace_id > trace_id)))
-            pages.append(select(t).where(*page_where))
-            counts.append(select(t.c.trace_id).where(*where))
-    if not pages:
-        return {"traces": [], "total": 0, "total_capped": False, "next_cursor": None}
-    # SQLite merges the parts' arms in sort order, each walking its sort index, and stops at the page's end.
-    found = (pages[0] if len(pages) == 1 else union_all(*pages)).subquery()
-    column = found.c.duration_ns if by_duration else found.c.start_ns
-    order = [column.desc(), found.c.trace_id.desc()] if descending else [column.asc(), found.c.trace_id.asc()]
-    rows = conn.execute(select(found).order_by(*order).limit(q.limit + 1)).mappings().all()
+    empty = {"traces": [], "total": 0, "total_capped": False, "next_cursor": None}
+    if ids is None:
+        return empty
+    days = _window_days(q)
+    parts = [part for part in periods.parts(conn) if part.holds_days(*days)]
+    if not parts:
+        return empty
+    page, count = _search_statements(_shape(q, tags), parts)
+    values = _values(q, tags, ids, cursor)
+    rows = conn.execute(page, values).mappings().all()
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     next_cursor = None
     if more and rows:
         last = rows[-1]
-        next_cursor = encode_cursor(q.sort, last["duration_ns"] if by_duration else last["start_ns"],
+        next_cursor = encode_cursor(q.sort, last["duration_ns"] if q.sort.startswith("duration") else last["start_ns"],
                                     last["trace_id"])
-    counted = (counts[0] if len(counts) == 1 else union_all(*counts)).limit(TOTAL_CAP + 1).subquery()
-    total = int(conn.execute(select(func.count()).select_from(counted)).scalar_one())
+    total = int(conn.execute(count, values).scalar_one())
     return {
         "traces": [summary_from_row(r) for r in rows],
         "total": min(total, TOTAL_CAP),

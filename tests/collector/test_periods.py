@@ -119,6 +119,30 @@ def test_searches_and_fetches_read_across_days_the_same_before_and_after_sealing
     assert answers(engine) == before
 
 
+def test_searches_of_one_shape_with_other_values_find_their_own_traces(engine):
+    """A search runs a statement built once per filter shape and layout; each search's values reach it."""
+    ids = store_days(engine, days=(2, 1, 0), per_day=3)
+    seal_all(engine)
+    every = [t for day in (2, 1, 0) for t in ids[day]]
+    with engine.connect() as conn:
+        for sort in ("start_desc", "duration_asc"):
+            for t in every + list(reversed(every)):
+                found = queries.search_traces(conn, queries.TraceQuery(tags=[("user.id", "=", t[-3:])], sort=sort,
+                                                                       min_duration_ns=1, limit=5))
+                assert [f["trace_id"] for f in found["traces"]] == [t] and found["total"] == 1
+        for day in (2, 1, 0):
+            window = queries.TraceQuery(start_ns=BASE - day * DAY - S, end_ns=BASE - day * DAY + 10 * S, limit=2)
+            pages, cursor = [], None
+            while True:
+                window.cursor = cursor
+                found = queries.search_traces(conn, window)
+                pages += [f["trace_id"] for f in found["traces"]]
+                cursor = found["next_cursor"]
+                if cursor is None:
+                    break
+            assert pages == list(reversed(ids[day]))
+
+
 def test_a_late_span_refinalizes_a_sealed_trace_in_place_and_across_days(engine):
     ids = store_days(engine, days=(2, 1), per_day=4)
     seal_all(engine)
@@ -180,6 +204,27 @@ def test_retention_drops_a_sealed_day_by_deleting_its_file(sqlite_engine, sqlite
     # this process holds no descriptor of the deleted file: its space is back in the filesystem
     held = [p.resolve() for p in Path(f"/proc/{__import__('os').getpid()}/fd").iterdir() if p.exists()]
     assert not any(str(p).startswith(str(directory / old_file)) for p in held)
+
+
+def test_late_spans_of_a_dropped_sealed_day_are_counted_as_spans(sqlite_engine):
+    """Late spans staged for a trace of a sealed day (one staging row holding three spans) when its file
+    is dropped: the pass reports three spans, as the dry run predicts."""
+    from collector_worker.retention import count_expired
+
+    engine = sqlite_engine
+    ids = store_days(engine, days=(3, 1), per_day=2)
+    seal_all(engine)
+    late = [make_span(ids[3][0], sid(70 + i), sid(1), 10 + i, 20 + i, service="late") for i in range(3)]
+    for s in late:
+        s["start_ns"] -= 3 * DAY
+        s["end_ns"] -= 3 * DAY
+    ingest(engine, late, received_ns=BASE)
+
+    predicted = count_expired(engine, BASE - 2 * DAY)
+    result = run_retention(engine, BASE - 2 * DAY)
+
+    assert result["traces"] == 2 and result["spans"] == (3 + 4) + 3
+    assert predicted == result
 
 
 def test_a_file_dropped_under_a_connection_that_attached_it_reads_until_its_next_checkout(sqlite_engine):

@@ -142,3 +142,53 @@ def test_retention_gives_the_drained_staging_pages_back_on_postgres(postgres_url
         assert count(engine, schema.traces) == 400
     finally:
         engine.dispose()
+
+
+def _late_spans(trace_id, offset_ns, count=3):
+    """``count`` late spans of one finalized trace, stored in one batch: one staging row holding them all."""
+    out = [make_span(trace_id, sid(70 + i), sid(1), 10 + i, 20 + i, service="late") for i in range(count)]
+    for s in out:
+        s["start_ns"] += offset_ns
+        s["end_ns"] += offset_ns
+    return out
+
+
+def test_late_spans_of_an_expired_trace_are_counted_as_spans(engine):
+    """A trace of an expired day with late spans staged (not re-finalized yet): the pass reports the late
+    spans, not the staging row that holds them, and agrees with the dry run."""
+    old = [tid(i) for i in range(1, 4)]
+    ingest(engine, [s for t in old for s in trace(t, -3 * DAY)], received_ns=BASE - 3 * DAY)
+    finalize_all(engine, BASE + 5 * S)
+    ingest(engine, _late_spans(old[0], -3 * DAY), received_ns=BASE - 3 * DAY)
+    assert len(span_rows(engine)) == 3 * 3 + 3
+
+    predicted = count_expired(engine, BASE - DAY)
+    result = run_retention(engine, BASE - DAY)
+
+    assert result["traces"] == 3 and result["spans"] == 3 * 3 + 3
+    assert predicted == result
+    assert span_rows(engine) == []
+
+
+def test_a_trace_refinalized_into_a_day_after_it_expired_goes_with_the_next_pass(engine):
+    """A late span of a trace whose day was deleted re-finalizes the trace into that day (the day of its
+    start); the next pass deletes it again, counted, and keeps the rest (docs/operations.md, Retention)."""
+    old, kept = tid(1), tid(2)
+    ingest(engine, trace(old, -3 * DAY), received_ns=BASE - 3 * DAY)
+    ingest(engine, trace(kept, 0), received_ns=BASE)
+    finalize_all(engine, BASE + 5 * S)
+    assert run_retention(engine, BASE - DAY)["traces"] == 1
+
+    ingest(engine, _late_spans(old, -3 * DAY, count=2), received_ns=BASE + 10 * S)
+    finalize_all(engine, BASE + 20 * S)
+    with engine.connect() as conn:
+        again = queries.get_trace(conn, old)
+        assert again is not None and again["summary"]["span_count"] == 2  # what arrived after the delete
+        numbers = conn.execute(select(schema.traces.c.trace_no).where(schema.traces.c.trace_id == old)).scalars()
+        assert [partitions.day_of_no(n) for n in numbers] == [partitions.day_of(BASE - 3 * DAY)]
+
+    result = run_retention(engine, BASE - DAY)
+
+    assert result["traces"] == 1 and result["spans"] == 2
+    with engine.connect() as conn:
+        assert queries.get_trace(conn, old) is None and queries.get_trace(conn, kept) is not None

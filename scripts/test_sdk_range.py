@@ -7,8 +7,9 @@ internals (tracer/otel_internals.py, each with a public fallback), so both
 ends of the range are tested:
 
 * ``lowest``: every ``opentelemetry-*`` requirement of the installed extras
-  pinned to its ``>=`` bound, read from pyproject.toml (api/sdk/proto/exporter
-  1.27.0 with the instrumentations 0.48b0 released with them). The other
+  pinned to its ``>=`` bound, read from pyproject.toml (the api, sdk, proto
+  and exporter bounds are one release, the instrumentations' bounds the
+  release made with it, so the pins resolve together). The other
   dependencies resolve freely, to what those pins allow.
 * ``highest``: nothing pinned, the newest releases on the index.
 

@@ -169,6 +169,11 @@ def report_versions(which: str, venv: Path, project: dict) -> bool:
     internals = subprocess.run([str(venv / "bin" / "python"), "-c", REPORT_INTERNALS], cwd=ROOT,
                                capture_output=True, text=True)
     print(f"[{which}] otel_internals: {internals.stdout.strip() or internals.stderr.strip()}", flush=True)
+    if which == "highest":
+        for name in ("opentelemetry-api", "opentelemetry-sdk"):
+            newest = newest_on_index(venv, name)
+            if newest and not same_version(newest, versions.get(name, "0")):
+                print(f"[{which}] {name} {newest} is on the index but does not resolve with the other packages")
     if which == "lowest":
         wrong = {name: versions.get(name) for name, version in lowest_pins(project).items()
                  if not same_version(versions.get(name, "0"), version)}
@@ -176,6 +181,14 @@ def report_versions(which: str, venv: Path, project: dict) -> bool:
             print(f"[{which}] not at the lower bound: {wrong}", file=sys.stderr)
             return False
     return internals.returncode == 0
+
+
+def newest_on_index(venv: Path, name: str) -> str | None:
+    """The newest release of ``name`` the index offers (``pip index versions``), or None when pip cannot say."""
+    shown = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "index", "versions", name], cwd=ROOT,
+                           capture_output=True, text=True).stdout
+    match = re.match(r"\S+ \(([^)]+)\)", shown)
+    return match.group(1) if match else None
 
 
 def main(argv: list[str]) -> int:

@@ -11,19 +11,22 @@ ends of the range are tested:
   and exporter bounds are one release, the instrumentations' bounds the
   release made with it, so the pins resolve together). The other
   dependencies resolve freely, to what those pins allow.
-* ``highest``: nothing pinned, the newest releases on the index.
+* ``highest``: nothing pinned: the newest releases on the index that resolve
+  together (an instrumentation release pins the api release it was made with;
+  the run says when a newer api or sdk is on the index).
 
 Each range gets a fresh virtualenv (``.venv-sdk-<range>/``, ignored by git)
 with ``contrail-tracing[all,otlp]`` and the test tools of the ``dev`` extra
 that these tests use, prints the resolved versions and which internals
-otel_internals uses with them, and runs the tests with pytest-xdist:
+otel_internals uses with them, and runs the tests with pytest-xdist
+(``CONTRAIL_TEST_WORKERS`` workers, 4 by default, as scripts/test.sh):
 
     python scripts/test_sdk_range.py                  # both ranges, the tracer tests
-    python scripts/test_sdk_range.py lowest -- tests/tracer/test_otel_internals.py
+    python scripts/test_sdk_range.py lowest -- tests/tracer/test_otel_internals.py   # other pytest arguments
 
 The tests are the tracer's: tests/tracer, the Celery integration (tests/celery,
-whose handlers use the span factory), tracer.ai's helpers and the import
-contract. The collector, web, CLI, browser and end-to-end suites are left to
+whose handlers use the span factory), tracer.ai's helpers, the settings codec
+and the import contract. The collector, web, CLI, browser and end-to-end suites are left to
 the main suite: they test the server side, whose only OpenTelemetry package
 is opentelemetry-proto. tests/tracer's OTLP tests send to Contrail's own
 receiver, which is why the ``all`` extra (the web stack) is installed.

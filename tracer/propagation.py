@@ -52,7 +52,9 @@ class TolerantGetter(Getter):
         if value is None:
             return None
         values = value if isinstance(value, (list, tuple)) else [value]
-        texts = [t for t in (_text(v) for v in values) if t is not None and len(t) <= _MAX_VALUE]
+        # a header value has no whitespace around it (RFC 9110, 5.6.3): an HTTP server strips it, a message
+        # carrier may keep it, and opentelemetry-api before 1.45 then drops the whole tracestate
+        texts = [t.strip(" \t") for t in (_text(v) for v in values) if t is not None and len(t) <= _MAX_VALUE]
         return texts or None
 
     def keys(self, carrier: Any) -> list[str]:

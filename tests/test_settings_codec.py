@@ -103,10 +103,11 @@ def test_unreadable_entries_raise_with_reason(fields, reason):
 
 
 def test_settings_repr_hides_tokens_and_url_passwords():
-    settings = WebSettings.load(env={"CONTRAIL_API_TOKEN": "api-secret-1", "CONTRAIL_READ_TOKEN": "read-secret-2",
-                                  "CONTRAIL_INGEST_TOKEN": "ingest-secret-3",
-                                  "CONTRAIL_DATABASE_URL": "postgresql+psycopg://contrail:db-pass-4@db:5432/contrail",
-                                  "CONTRAIL_REDIS_URL": "redis://:redis-pass-5@redis:6379/0"})
+    settings = WebSettings.load(env={
+        "CONTRAIL_API_TOKEN": "api-secret-1", "CONTRAIL_READ_TOKEN": "read-secret-2",
+        "CONTRAIL_INGEST_TOKEN": "ingest-secret-3",
+        "CONTRAIL_DATABASE_URL": "postgresql+psycopg://contrail:db-pass-4@db:5432/contrail",
+        "CONTRAIL_REDIS_URL": "redis://:redis-pass-5@redis:6379/0"})
     text = repr(settings)
     for secret in ("api-secret-1", "read-secret-2", "ingest-secret-3", "db-pass-4", "redis-pass-5"):
         assert secret not in text and secret not in str(settings) and secret not in f"{settings}"
@@ -115,8 +116,9 @@ def test_settings_repr_hides_tokens_and_url_passwords():
 
 
 def test_forward_headers_are_read_like_otel_exporter_otlp_headers_and_never_shown():
-    settings = CollectorSettings.load(env={"CONTRAIL_FORWARD_HEADERS": " authorization=Bearer%20tok-6 , x-scope-orgid=team=a,",
-                                  "CONTRAIL_FORWARD_ENDPOINT": "https://u:endpoint-pass-7@saas.example/v1/traces"})
+    settings = CollectorSettings.load(env={
+        "CONTRAIL_FORWARD_HEADERS": " authorization=Bearer%20tok-6 , x-scope-orgid=team=a,",
+        "CONTRAIL_FORWARD_ENDPOINT": "https://u:endpoint-pass-7@saas.example/v1/traces"})
     assert settings.forward_headers == (("authorization", "Bearer tok-6"), ("x-scope-orgid", "team=a"))
     assert CollectorSettings.load(env={}, forward_headers={"x-api-key": "k"}).forward_headers == (("x-api-key", "k"),)
     text = repr(settings)

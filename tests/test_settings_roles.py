@@ -87,7 +87,8 @@ def test_one_config_file_serves_every_role(no_config_file):
     # a role checks every key of the sections it owns
     ("[tracer]\nsampel_rate = 0.5\n", TracerSettings, r"unknown key 'sampel_rate' in \[tracer\]"),
     ("[tracer]\ndatabase_url = 'x'\n", TracerSettings, r"unknown key 'database_url' in \[tracer\]"),
-    ("[tracer]\ndatabase_url = 'x'\n", CollectorSettings, r"key 'database_url' belongs in \[collector\], not \[tracer\]"),
+    ("[tracer]\ndatabase_url = 'x'\n", CollectorSettings,
+     r"key 'database_url' belongs in \[collector\], not \[tracer\]"),
     ("[collector]\nquiet_perod = 1\n", CollectorSettings, r"unknown key 'quiet_perod' in \[collector\]"),
     ("[collector]\nweb_port = 1\n", CollectorSettings, r"unknown key 'web_port' in \[collector\]"),
     ("[collector]\nweb_port = 1\n", WebSettings, r"key 'web_port' belongs in \[web\], not \[collector\]"),

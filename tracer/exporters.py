@@ -243,7 +243,8 @@ def build_exporter(name: str, settings: TracerSettings) -> SpanExporter:
     raise ValueError(f"unknown exporter {name!r}")
 
 
-def exporter_processors(settings: TracerSettings, extra: dict[str, SpanExporter] | None = None) -> dict[str, ExporterProcessor]:
+def exporter_processors(settings: TracerSettings,
+                        extra: dict[str, SpanExporter] | None = None) -> dict[str, ExporterProcessor]:
     """name -> processor for every configured exporter except redis (which has its own processor), plus
     ``extra`` ready-made exporters (the Jaeger export of the original API)."""
     exporters = {name: build_exporter(name, settings) for name in settings.exporters if name != "redis"}

@@ -51,7 +51,7 @@ class TracingManager:
         from . import compat
 
         self.settings = TracerSettings.load(service_name=service_name, redis_url=redis_url, sample_rate=sample_rate,
-                                      enabled=compat.enabled_from(enabled, enable_tracing), **settings)
+                                            enabled=compat.enabled_from(enabled, enable_tracing), **settings)
         self.service_name = self.settings.service_name
         self.enabled = self.settings.enabled
         self._limit = self.settings.max_attribute_length

@@ -116,7 +116,7 @@ def web(host, port, workers, threads, database_url, redis_url, insecure):
     """Serve the API, OTLP (HTTP and gRPC) and Zipkin receivers, Jaeger query API and dashboard with gunicorn."""
     try:
         settings = WebSettings.load(web_host=host, web_port=port, web_workers=workers, web_threads=threads,
-                                 database_url=database_url, redis_url=redis_url)
+                                    database_url=database_url, redis_url=redis_url)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     has_token = bool(settings.api_token or settings.read_token or settings.ingest_token)

@@ -17,7 +17,7 @@ def stack(database_url, redis_url, data_dir):
     from web import create_app
 
     app = create_app(settings=WebSettings.load(env={}, database_url=database_url, data_dir=str(data_dir),
-                                            redis_url=redis_url))
+                                               redis_url=redis_url))
     capturing = CapturingManager("agent-svc", redis_url, data_dir)
     yield engine, app.test_client(), capturing
     capturing.close()

@@ -96,7 +96,7 @@ def test_broken_price_table_is_a_clear_error(stack, tmp_path, database_url, data
     from web import create_app
 
     app = create_app(settings=WebSettings.load(env={}, database_url=database_url, data_dir=str(data_dir),
-                                            price_table=str(bad)))
+                                               price_table=str(bad)))
     response = app.test_client().get("/api/v1/ai/usage")
     assert response.status_code == 503
     assert "price table" in response.get_json()["error"]["message"]

@@ -27,8 +27,8 @@ def run_cli():
 def collector_settings(redis_url, sqlite_url, tmp_path):
     stream = f"contrail:cli-test:{tmp_path.name}"  # a stream of its own: strays from other tests never land here
     return CollectorSettings.load(env={}, redis_url=redis_url, database_url=sqlite_url, data_dir=str(tmp_path / "data"),
-                         stream=stream,
-                         quiet_period="0.2s", block="0.2s", consumer_name="cli-test-collector")
+                                  stream=stream,
+                                  quiet_period="0.2s", block="0.2s", consumer_name="cli-test-collector")
 
 
 @pytest.fixture

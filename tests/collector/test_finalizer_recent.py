@@ -40,7 +40,8 @@ def ingest(engine, spans, received_ns, recent=None):
 
 def finalize_all(engine, now_ns, recent=None):
     total = 0
-    while (n := finalizer.finalize_ready(engine, CollectorSettings(quiet_period=2.0), "c1", now_ns=now_ns, recent=recent)):
+    settings = CollectorSettings(quiet_period=2.0)
+    while (n := finalizer.finalize_ready(engine, settings, "c1", now_ns=now_ns, recent=recent)):
         total += n
     return total
 

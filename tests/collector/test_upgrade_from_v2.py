@@ -57,7 +57,8 @@ def test_every_trace_of_a_v2_database_is_found_after_the_upgrade(database_url):
         assert usage["totals"]["calls"] == 2 and usage["totals"]["input_tokens"] == 120 + 121
 
         # The pending work the old collector left (a late span, a new trace) is finalized by this one.
-        while finalizer.finalize_ready(engine, CollectorSettings(quiet_period=0.1), "upgraded", now_ns=time.time_ns() + HOUR):
+        settings = CollectorSettings(quiet_period=0.1)
+        while finalizer.finalize_ready(engine, settings, "upgraded", now_ns=time.time_ns() + HOUR):
             pass
         with engine.connect() as conn:
             searched = _found(conn)

@@ -78,7 +78,7 @@ def test_otlp_endpoint_from_the_standard_variables():
     base = TracerSettings.load(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4318/"})
     assert base.otlp_endpoint == "http://tempo:4318/v1/traces"
     traces = TracerSettings.load(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4318",
-                                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://jaeger:4318/custom"})
+                                      "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://jaeger:4318/custom"})
     assert traces.otlp_endpoint == "http://jaeger:4318/custom"
     assert TracerSettings.load(env={"CONTRAIL_EXPORTERS": "Redis, otlp,otlp"}).exporters == ("redis", "otlp")
     with pytest.raises(ValueError, match="CONTRAIL_EXPORTERS: unknown exporter.*zipkin"):

@@ -96,11 +96,11 @@ def test_record_return_value_setting_turns_it_on_for_every_decorator(make_manage
 
 def test_original_environment_names_configure_the_tracer():
     settings = TracerSettings.load(env={"SERVICE_NAME": "user-service", "JAEGER_ENABLE_TRACING": "false",
-                                  "JAEGER_AGENT_HOST": "jaeger.local", "JAEGER_AGENT_PORT": "6831"})
+                                        "JAEGER_AGENT_HOST": "jaeger.local", "JAEGER_AGENT_PORT": "6831"})
     assert (settings.service_name, settings.enabled, settings.jaeger_host) == ("user-service", False, "jaeger.local")
     assert compat.jaeger_endpoint(settings) == "http://jaeger.local:4318/v1/traces"  # the agent's UDP port is not OTLP
-    modern = TracerSettings.load(env={"SERVICE_NAME": "old", "CONTRAIL_SERVICE_NAME": "new", "JAEGER_AGENT_PORT": "14318",
-                                "JAEGER_AGENT_HOST": "j"})
+    modern = TracerSettings.load(env={"SERVICE_NAME": "old", "CONTRAIL_SERVICE_NAME": "new",
+                                      "JAEGER_AGENT_PORT": "14318", "JAEGER_AGENT_HOST": "j"})
     assert modern.service_name == "new" and compat.jaeger_endpoint(modern) == "http://j:14318/v1/traces"
 
 

@@ -47,7 +47,7 @@ def seed(database_url: str, traces: int, big_trace_spans: int, days: int = 1) ->
     from collector_worker.finalizer import on_spans_stored
     from collector_worker.storage import open_engine
     from collector_worker.storage.writer import store_spans
-    from tracer.settings import Settings
+    from collector_worker.settings import CollectorSettings
 
     engine = open_engine(database_url)
     rng = random.Random(7)
@@ -91,7 +91,7 @@ def seed(database_url: str, traces: int, big_trace_spans: int, days: int = 1) ->
     add_trace(big_id, big_trace_spans, now - 1800 * SECOND)
     flush()
     stored_s = time.perf_counter() - started
-    settings = Settings(quiet_period=1.0)
+    settings = CollectorSettings(quiet_period=1.0)
     while finalizer.finalize_ready(engine, settings, "bench", now_ns=now + 10 * SECOND):
         pass
     with engine.begin() as conn:

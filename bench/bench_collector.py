@@ -60,7 +60,7 @@ from tests.support.servers import (  # noqa: E402
 )
 from tracer.codec import decode_entry, encode_span_dicts  # noqa: E402
 from tracer.redis_client import connect  # noqa: E402
-from tracer.settings import Settings  # noqa: E402
+from collector_worker.settings import CollectorSettings  # noqa: E402
 
 STREAM, GROUP = "contrail:spans", "contrail-collectors"
 SPANS_PER_ENTRY = 500
@@ -145,7 +145,7 @@ def store_all(engine, spans: list[dict], now_ns: int) -> None:
 
 def finalize_all(engine, now_ns: int) -> int:
     """Run ``finalize_ready`` past every trace's quiet period until none is pending; the traces finalized."""
-    settings = Settings(quiet_period=1.0)
+    settings = CollectorSettings(quiet_period=1.0)
     traces = 0
     while True:
         done = finalizer.finalize_ready(engine, settings, "bench", now_ns=now_ns + 2_000_000_000)

@@ -36,7 +36,7 @@ from collector_worker import forwarding  # noqa: E402
 from collector_worker.exporters import otlp_json, otlp_proto  # noqa: E402
 from collector_worker.storage import blocks, open_engine, schema  # noqa: E402
 from tracer.codec import decode_entry  # noqa: E402
-from tracer.settings import Settings  # noqa: E402
+from collector_worker.settings import CollectorSettings  # noqa: E402
 
 ENDPOINT_SERVER = """
 import sys
@@ -59,7 +59,7 @@ def one_run(spans: list[dict], endpoint: str | None, workdir: str, label: str) -
     try:
         store_all(engine, spans, now)
         if endpoint:
-            forwarder = forwarding.start(Settings(forward_endpoint=endpoint, forward_mode="kept"), engine)
+            forwarder = forwarding.start(CollectorSettings(forward_endpoint=endpoint, forward_mode="kept"), engine)
         sent_before = forwarding.counters()["forwarded_spans"]
         cpu, start = time.process_time(), time.perf_counter()
         traces = finalize_all(engine, now)

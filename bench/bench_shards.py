@@ -49,14 +49,14 @@ from tests.support.servers import (  # noqa: E402
 from tracer import shards  # noqa: E402
 from tracer.codec import decode_entry, encode_span_dicts  # noqa: E402
 from tracer.redis_client import connect  # noqa: E402
-from tracer.settings import Settings  # noqa: E402
+from collector_worker.settings import CollectorSettings  # noqa: E402
 
 GROUP = "contrail-collectors"
 SPANS_PER_ENTRY = 500
 PAIRS = ((1, 1), (1, 3), (3, 1), (3, 3))  # (shards, collector processes)
 
 
-def routed_entries(entries: list[dict], settings: Settings) -> list[tuple[str, dict]]:
+def routed_entries(entries: list[dict], settings: CollectorSettings) -> list[tuple[str, dict]]:
     """(stream, fields) of the spans of ``entries`` regrouped by shard, SPANS_PER_ENTRY spans an entry."""
     spans = [span for fields in entries for span in decode_entry(fields).spans]
     count = settings.stream_shards
@@ -93,7 +93,7 @@ def all_acknowledged(client, last: dict[str, str]) -> bool:
     return True
 
 
-def joined(client, settings: Settings, processes: int) -> bool:
+def joined(client, settings: CollectorSettings, processes: int) -> bool:
     for stream in shards.consumed_streams(settings):
         try:
             if len(client.xinfo_consumers(stream, GROUP)) < processes:
@@ -105,7 +105,7 @@ def joined(client, settings: Settings, processes: int) -> bool:
 
 def run_pair(cluster: RedisClusterServers, database_url: str, entries, total_spans: int, shard_count: int,
              processes: int, log_path: Path, read_count: int | None = None) -> dict:
-    settings = Settings.load({}, redis_url=cluster.url, stream_shards=shard_count)
+    settings = CollectorSettings.load({}, redis_url=cluster.url, stream_shards=shard_count)
     routed = routed_entries(entries, settings)
     cluster.flush()
     client = connect(cluster.url)
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
                                  "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
                      "database": args.database, "redis": "Redis Cluster, 3 masters on this machine",
                      "spans_per_trace": 10, "spans_per_entry": SPANS_PER_ENTRY, "repeat": args.repeat,
-                     "read_count": args.read_count or Settings.load({}).read_count}
+                     "read_count": args.read_count or CollectorSettings.load({}).read_count}
     try:
         entries = make_entries(args.spans)
         runs: dict[tuple[int, int], list[dict]] = {pair: [] for pair in PAIRS}

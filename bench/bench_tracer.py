@@ -40,7 +40,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from tests.support.servers import RedisServer  # noqa: E402
 from tracer import TracingManager  # noqa: E402
 from tracer.export import ENTRIES_PER_PUSH, ContrailSpanProcessor, RedisStreamExporter, encode_sdk_spans  # noqa: E402
-from tracer.settings import Settings  # noqa: E402
+from tracer.settings import TracerSettings  # noqa: E402
 
 ATTRIBUTES = {"http.request.method": "GET", "http.route": "/orders/<id>", "order.id": 42,
               "customer.tier": "gold", "retry": False}
@@ -49,7 +49,7 @@ REPEATS = 21
 THROUGHPUT_SPANS = 200_000
 # The SDK processor with Contrail's default batching (queue 20000, 512 per batch, 0.5 s), not the SDK's own
 # defaults (queue 2048, 5 s), so neither side drops spans or defers its export work past the measurement.
-_DEFAULTS = Settings.load()
+_DEFAULTS = TracerSettings.load()
 LIVE_SDK_BATCHING = {"max_queue_size": _DEFAULTS.max_queue_size, "max_export_batch_size": _DEFAULTS.max_export_batch_size,
                      "schedule_delay_millis": _DEFAULTS.schedule_delay * 1000}
 
@@ -154,7 +154,7 @@ def _finished_spans(n: int) -> list:
 
 
 def bench_throughput(server: RedisServer, spool_dir: str) -> dict:
-    settings = Settings.load(redis_url=server.url, spool_dir=spool_dir)
+    settings = TracerSettings.load(redis_url=server.url, spool_dir=spool_dir)
     spans = _finished_spans(THROUGHPUT_SPANS)
     batch = settings.max_export_batch_size
     client = server.client()

@@ -14,8 +14,10 @@ from typing import Any
 
 import click
 
-from tracer.settings import Settings, mask_url
+from tracer.settings_base import mask_url
 from tracer.units import parse_duration
+
+from .settings import CollectorSettings
 
 log = logging.getLogger("contrail.collector")
 
@@ -25,9 +27,9 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
 
 
-def _load_settings(**overrides: Any) -> Settings:
+def _load_settings(**overrides: Any) -> CollectorSettings:
     try:
-        return Settings.load(**overrides)
+        return CollectorSettings.load(**overrides)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -57,7 +59,7 @@ def _run_one(overrides: dict[str, Any], log_level: str, parent_pid: int | None =
     from .storage.engine import open_engine
 
     _setup_logging(log_level)
-    settings = Settings.load(**overrides)
+    settings = CollectorSettings.load(**overrides)
     stop = threading.Event()
 
     def _stop(signum, _frame):

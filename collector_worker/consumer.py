@@ -34,11 +34,11 @@ from tracer.limits import SpanLimits
 from tracer.metrics_codec import decode_metrics, is_metrics_entry
 from tracer.profile_codec import is_profiles_entry
 from tracer.redis_client import connect, is_cluster
-from tracer.settings import Settings
 
 from . import finalizer
 from . import forwarding, metrics_store, pricing, profile_store, reports, sampling, validation, write_pipeline
 from .recent_spans import RecentSpans
+from .settings import CollectorSettings
 from .storage.engine import open_engine
 from .storage.writer import dropped_over_limit, prepare_spans, store_spans, take_write_lock, write_lock
 
@@ -140,7 +140,7 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 # --------------------------------------------------------------------------- stream helpers
 
 
-def ensure_group(client: redis.Redis, settings: Settings) -> None:
+def ensure_group(client: redis.Redis, settings: CollectorSettings) -> None:
     """Create the consumer group (and the stream) if absent; an existing group is left as it is."""
     try:
         client.xgroup_create(settings.stream, settings.consumer_group, id="0", mkstream=True)
@@ -189,7 +189,7 @@ def _pending_summary(summary: Any) -> dict[str, Any]:
     return summary
 
 
-def trim_stream(client: redis.Redis, settings: Settings) -> int:
+def trim_stream(client: redis.Redis, settings: CollectorSettings) -> int:
     """Trim acknowledged entries off the stream; return how many were removed."""
     bound = trim_bound(client, settings.stream)
     if bound is None or bound == "0-1":
@@ -217,7 +217,7 @@ return pruned
 """
 
 
-def prune_consumers(client: redis.Redis, settings: Settings, idle_ms: int = STALE_CONSUMER_MS) -> list[str]:
+def prune_consumers(client: redis.Redis, settings: CollectorSettings, idle_ms: int = STALE_CONSUMER_MS) -> list[str]:
     """Remove consumers of the group that hold no pending entry and have been idle ``idle_ms``; their names.
 
     Collectors under generated names (one per pod or process) leave a consumer
@@ -238,7 +238,7 @@ def prune_consumers(client: redis.Redis, settings: Settings, idle_ms: int = STAL
     return names
 
 
-def stream_health(redis_client: Any, settings: Settings) -> dict[str, Any]:
+def stream_health(redis_client: Any, settings: CollectorSettings) -> dict[str, Any]:
     """Backlog of the span stream, for ``contrail doctor`` and ``/metrics``: totals over every stream the
     collectors read, and each one's own figures under ``shards`` (one item when the stream is not sharded).
 
@@ -266,7 +266,7 @@ def stream_health(redis_client: Any, settings: Settings) -> dict[str, Any]:
     }
 
 
-def stream_shard_health(redis_client: Any, settings: Settings) -> dict[str, Any]:
+def stream_shard_health(redis_client: Any, settings: CollectorSettings) -> dict[str, Any]:
     """Length, pending entries, lag, consumers and dead letters of the one stream ``settings.stream``."""
     health: dict[str, Any] = {
         "stream": settings.stream, "stream_length": 0, "pending": 0, "lag": 0, "consumers": [], "dead_letters": 0,
@@ -311,7 +311,7 @@ def stream_shard_health(redis_client: Any, settings: Settings) -> dict[str, Any]
     return health
 
 
-def shard_settings(settings: Settings) -> list[Settings]:
+def shard_settings(settings: CollectorSettings) -> list[CollectorSettings]:
     """One copy of ``settings`` per stream the collectors read, its ``stream`` set to that stream (so its
     ``dead_stream`` is that stream's dead letters); the first is shard 0 (see tracer.shards)."""
     streams = shards.consumed_streams(settings)
@@ -326,7 +326,7 @@ def shard_settings(settings: Settings) -> list[Settings]:
 class StreamConsumer:
     """One collector's consumer in the group: the state its loop carries between reads."""
 
-    def __init__(self, settings: Settings, engine: Engine, client: redis.Redis, name: str,
+    def __init__(self, settings: CollectorSettings, engine: Engine, client: redis.Redis, name: str,
                  shared: "StreamConsumer | None" = None):
         """``shared``: the consumer of this collector's first stream, whose caches and forwarder this one
         (of another shard) uses too, so the process keeps one of each (see :func:`shard_consumers`)."""
@@ -883,7 +883,7 @@ def _short(exc: BaseException | None) -> str:
     return message[:300]
 
 
-def _report(client: redis.Redis, settings: Settings, recent: RecentSpans | None = None) -> None:
+def _report(client: redis.Redis, settings: CollectorSettings, recent: RecentSpans | None = None) -> None:
     """This collector's counters next to the stream (collector_worker.reports), for the web app and doctor."""
     reports.write_collector_report(client, settings, reports.build_collector_report(
         {**consumer_stats(), **validation.counters(), "trace_spans_dropped": dropped_over_limit["spans"],
@@ -903,7 +903,7 @@ def prepare_partitions(engine: Engine) -> None:
         log.warning("preparing day partitions failed, finalizers will make them: %s", _short(exc))
 
 
-def open_redis(settings: Settings, stop: threading.Event) -> Any:
+def open_redis(settings: CollectorSettings, stop: threading.Event) -> Any:
     """The collector's Redis client (single server or cluster, see tracer.redis_client). A cluster client
     reaches a node as it is made: while none answers this retries with back-off; None once ``stop`` is set."""
     backoff = 0.0
@@ -919,7 +919,7 @@ def open_redis(settings: Settings, stop: threading.Event) -> Any:
     return None
 
 
-def shard_consumers(settings: Settings, engine: Engine, client: Any, name: str) -> list[StreamConsumer]:
+def shard_consumers(settings: CollectorSettings, engine: Engine, client: Any, name: str) -> list[StreamConsumer]:
     """One consumer per stream the collector reads (see :func:`shard_settings`), all under ``name``; the
     first one's recent spans, finalizer leases and forwarder serve them all."""
     each = shard_settings(settings)
@@ -946,7 +946,7 @@ def read_round(consumers: list[StreamConsumer], turn: int) -> int:
     return len(entries)
 
 
-def run_consumer(settings: Settings, stop_event: threading.Event | None = None, engine: Engine | None = None,
+def run_consumer(settings: CollectorSettings, stop_event: threading.Event | None = None, engine: Engine | None = None,
                  redis_client: Any = None) -> None:
     """Consume the span stream (every shard of it) until ``stop_event`` is set; finish the batch in hand, then
     finalize once more."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import click
 
+from tracer.settings_base import mask_url
+
 from .output import database_option, emit_json, fail, first_line, missing_sqlite_file, resolve_database_url
-from tracer.settings import mask_url
 
 STATE_TEXT = {
     "empty": "no Contrail schema yet (contrail db upgrade creates it)",

@@ -16,9 +16,10 @@ from typing import Any, Callable
 import click
 
 from tracer.redis_client import connect
-from tracer.settings import Settings, effective_settings, mask_url
+from tracer.settings_base import effective_settings, mask_url
 
 from .output import console, emit_json, first_line, missing_sqlite_file
+from .settings import CollectorSettings
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -39,7 +40,7 @@ class Check:
 # --------------------------------------------------------------------------- checks
 
 
-def check_redis(settings: Settings) -> tuple[list[Check], Any]:
+def check_redis(settings: CollectorSettings) -> tuple[list[Check], Any]:
     """Reachability, persistence and clock skew; returns the client for the stream checks (or None)."""
     import redis
 
@@ -90,7 +91,7 @@ def check_clock_skew(client) -> Check:
     return Check("clock skew", OK, detail)
 
 
-def check_stream(client, settings: Settings) -> list[Check]:
+def check_stream(client, settings: CollectorSettings) -> list[Check]:
     from .consumer import stream_health
 
     try:
@@ -146,7 +147,7 @@ def _shards_check(shards: list[dict]) -> Check:
     return Check("shards", OK, f"{len(shards)} streams: " + "; ".join(lines))
 
 
-def _dead_letters(health: dict, settings: Settings) -> Check:
+def _dead_letters(health: dict, settings: CollectorSettings) -> Check:
     dead = health["dead_letters"]
     if dead:
         where = [s["stream"] + ":dead" for s in health.get("shards", ()) if s["dead_letters"]] or [settings.dead_stream]
@@ -156,7 +157,7 @@ def _dead_letters(health: dict, settings: Settings) -> Check:
     return Check("dead letters", OK, "none")
 
 
-def check_tracers(client, settings: Settings) -> Check:
+def check_tracers(client, settings: CollectorSettings) -> Check:
     """What the tracing processes reported (tracer.reporting): spans they dropped never reach Redis."""
     from tracer.reporting import read_reports, summarize
 
@@ -181,7 +182,7 @@ def check_tracers(client, settings: Settings) -> Check:
     return Check("tracers", OK, f"{detail}, none dropped")
 
 
-def check_database(settings: Settings) -> list[Check]:
+def check_database(settings: CollectorSettings) -> list[Check]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from .storage import open_engine
@@ -244,7 +245,7 @@ def storage_check(usage: dict) -> Check:
     return Check("storage", OK, "\n".join(lines))
 
 
-def run_checks(settings: Settings) -> list[Check]:
+def run_checks(settings: CollectorSettings) -> list[Check]:
     checks, client = check_redis(settings)
     if client is not None:
         checks.extend(check_stream(client, settings))
@@ -264,8 +265,12 @@ STYLES = {OK: "green", WARN: "yellow", FAIL: "bold red"}
 LocalRedis = Callable[[str], "tuple[str, str] | None"]
 
 
-def doctor_command(local_redis: LocalRedis | None = None) -> click.Command:
-    """The ``contrail doctor`` command; with ``local_redis``, an unconfigured Redis URL means that Redis."""
+def doctor_command(local_redis: LocalRedis | None = None,
+                   settings_class: type[CollectorSettings] = CollectorSettings) -> click.Command:
+    """The ``contrail doctor`` command; with ``local_redis``, an unconfigured Redis URL means that Redis.
+
+    ``settings_class`` is the role whose settings are loaded and listed (``contrail`` passes the web app's,
+    which include the collector's)."""
 
     @click.command()
     @click.option("--redis-url", default=None,
@@ -277,17 +282,18 @@ def doctor_command(local_redis: LocalRedis | None = None) -> click.Command:
                   help="Also list every effective setting and where it came from (kwarg, env, file or default).")
     def doctor(redis_url, database_url, as_json, show_settings):
         """Check Redis, the database and the collectors' backlog; exit 1 if anything fails."""
-        run_doctor(redis_url, database_url, as_json, show_settings, local_redis)
+        run_doctor(redis_url, database_url, as_json, show_settings, local_redis, settings_class)
 
     return doctor
 
 
 def run_doctor(redis_url: str | None, database_url: str | None, as_json: bool, show_settings: bool,
-               local_redis: LocalRedis | None = None) -> None:
+               local_redis: LocalRedis | None = None,
+               settings_class: type[CollectorSettings] = CollectorSettings) -> None:
     import dataclasses
 
     try:
-        settings, sources = Settings.load_with_sources(redis_url=redis_url, database_url=database_url)
+        settings, sources = settings_class.load_with_sources(redis_url=redis_url, database_url=database_url)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     found = None

@@ -204,6 +204,6 @@ class Forwarder:
 
 
 def _shown(endpoint: str) -> str:
-    from tracer.settings import mask_url
+    from tracer.settings_base import mask_url
 
     return mask_url(endpoint) or ""

@@ -16,8 +16,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import click
 
-from tracer.settings import Settings, mask_url
+from tracer.settings_base import mask_url
 from tracer.units import format_duration_ms, parse_duration
+
+from .settings import CollectorSettings
 
 
 def console(err: bool = False):
@@ -135,7 +137,7 @@ def resolve_database_url(given: str | None) -> str:
     if given:
         return given
     try:
-        return Settings.load().resolved_database_url
+        return CollectorSettings.load().resolved_database_url
     except ValueError as exc:
         raise fail(f"bad configuration: {exc}") from None
 

@@ -146,7 +146,7 @@ def gather_report(conn: Connection, start_ns: int, end_ns: int, prices: PriceTab
 def report(last, output, link_base, database_url):
     """Write one self-contained HTML report of the period: RED summary, slowest and failing operations,
     dependency map, bottleneck hints, AI usage and cost (opens without a network)."""
-    from tracer.settings import Settings
+    from .settings import CollectorSettings
     from tracer.units import parse_duration
 
     from .output import console, fail, run_query
@@ -162,7 +162,7 @@ def report(last, output, link_base, database_url):
     end_ns = time.time_ns()
     start_ns = end_ns - int(seconds * 1e9)
     try:
-        settings = Settings.load(database_url=database_url)
+        settings = CollectorSettings.load(database_url=database_url)
         prices = configure(settings.price_table)
     except (ValueError, PriceTableError) as exc:
         raise fail(f"bad configuration: {exc}") from None

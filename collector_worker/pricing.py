@@ -156,7 +156,7 @@ def unpriced_models() -> list[str]:
 def configure(path: str | None) -> PriceTable:
     """Use the table at ``path`` (the ``price_table`` setting) unless it is already loaded.
 
-    Every process built from a Settings object calls this before it prices
+    Every process built from a CollectorSettings object calls this before it prices
     anything (the collector at start, the web app and ``contrail report``
     before a query), so a table given as a keyword, in the environment or in
     the config file is honoured alike.

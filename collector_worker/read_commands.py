@@ -164,7 +164,7 @@ def show_trace(trace_id, fmt, budget, diagram, max_spans, database_url, as_json)
 
 
 def _where(url: str) -> str:
-    from tracer.settings import mask_url
+    from tracer.settings_base import mask_url
 
     return mask_url(url) or url
 

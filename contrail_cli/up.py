@@ -41,8 +41,9 @@ import click
 from contrail_demo import QUEUES
 from contrail_demo.gateway_url import remember_gateway_url
 from tracer.private_files import make_private_dir
-from tracer.settings import Settings, mask_url
+from tracer.settings_base import mask_url
 from web.server import bind_error, is_loopback
+from web.settings import WebSettings
 
 from .embedded_redis import REDIS_PORT_FILE, redis_ping, remember_redis_port, remembered_redis_port
 
@@ -383,7 +384,7 @@ def contrail_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "contrail_cli", *args]
 
 
-def stack_plan(settings: Settings, data_dir: Path, host: str, port: int, redis_url: str,
+def stack_plan(settings: WebSettings, data_dir: Path, host: str, port: int, redis_url: str,
                collectors: int, demo: bool, insecure: bool = False) -> list[ChildSpec]:
     """The children after Redis, in start order."""
     env = dict(os.environ)
@@ -424,7 +425,7 @@ def stack_plan(settings: Settings, data_dir: Path, host: str, port: int, redis_u
 def up(data_dir, host, port, collectors, demo, max_restarts, insecure):
     """Run Redis, collectors and the web app (and with --demo the demo system) on this machine."""
     try:
-        settings, sources = Settings.load_with_sources(data_dir=data_dir, web_host=host, web_port=port)
+        settings, sources = WebSettings.load_with_sources(data_dir=data_dir, web_host=host, web_port=port)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -518,7 +519,7 @@ def _prepare_sqlite(supervisor: Supervisor, url: str) -> bool:
     return True
 
 
-def _run_stack(supervisor: Supervisor, settings: Settings, data: Path, collectors: int, demo: bool,
+def _run_stack(supervisor: Supervisor, settings: WebSettings, data: Path, collectors: int, demo: bool,
                insecure: bool = False, redis_given: str | None = None) -> int:
     """Start everything in order, waiting for readiness; return the exit code.
 

@@ -18,9 +18,9 @@ def default_api_url() -> str:
     if os.environ.get("DEMO_GATEWAY_URL"):
         return os.environ["DEMO_GATEWAY_URL"]
     try:
-        from tracer.settings import Settings
+        from tracer.settings import TracerSettings
 
-        remembered = remembered_gateway_url(Settings.load().data_dir)
+        remembered = remembered_gateway_url(TracerSettings.load().data_dir)
     except (ValueError, OSError):  # settings that do not load: no data directory to look in
         remembered = None
     return remembered or "http://127.0.0.1:8000"

@@ -3,29 +3,32 @@
 import msgpack
 import pytest
 
+from collector_worker.settings import CollectorSettings
 from tracer import codec
-from tracer.settings import Settings, mask_url
+from tracer.settings import TracerSettings
+from tracer.settings_base import mask_url
 from tracer.units import parse_duration
+from web.settings import WebSettings
 
 
 def test_precedence_kwargs_then_contrail_then_otel_then_default():
     env = {"CONTRAIL_SAMPLE_RATE": "0.5", "OTEL_TRACES_SAMPLER_ARG": "0.2", "OTEL_SERVICE_NAME": "svc",
            "OTEL_BSP_SCHEDULE_DELAY": "250"}
-    assert Settings.load(env=env).sample_rate == 0.5
-    assert Settings.load(env=env, sample_rate=0.1).sample_rate == 0.1
-    assert Settings.load(env={"OTEL_TRACES_SAMPLER_ARG": "0.2"}).sample_rate == 0.2
-    assert Settings.load(env={}).sample_rate == 1.0
-    assert Settings.load(env=env).service_name == "svc"
-    assert Settings.load(env=env).schedule_delay == pytest.approx(0.25)
+    assert TracerSettings.load(env=env).sample_rate == 0.5
+    assert TracerSettings.load(env=env, sample_rate=0.1).sample_rate == 0.1
+    assert TracerSettings.load(env={"OTEL_TRACES_SAMPLER_ARG": "0.2"}).sample_rate == 0.2
+    assert TracerSettings.load(env={}).sample_rate == 1.0
+    assert TracerSettings.load(env=env).service_name == "svc"
+    assert TracerSettings.load(env=env).schedule_delay == pytest.approx(0.25)
 
 
 def test_bad_values_name_their_source():
     with pytest.raises(ValueError, match="CONTRAIL_SAMPLE_RATE"):
-        Settings.load(env={"CONTRAIL_SAMPLE_RATE": "2"})
+        CollectorSettings.load(env={"CONTRAIL_SAMPLE_RATE": "2"})
     with pytest.raises(ValueError, match="CONTRAIL_RETENTION"):
-        Settings.load(env={"CONTRAIL_RETENTION": "seven days"})
+        CollectorSettings.load(env={"CONTRAIL_RETENTION": "seven days"})
     with pytest.raises(TypeError, match="nonsense"):
-        Settings.load(env={}, nonsense=1)
+        CollectorSettings.load(env={}, nonsense=1)
 
 
 @pytest.mark.postgres
@@ -37,14 +40,14 @@ def test_postgres_pool_size_comes_from_the_settings_object(postgres_url):
 
     unreached = "postgresql+psycopg://contrail@127.0.0.1:1/contrail"  # never connected: the pool is built lazily
     assert open_engine(unreached, migrate=False, pool_size=7).pool.size() == 7
-    assert open_engine(unreached, migrate=False).pool.size() == Settings.load(env={}).db_pool_size == 5
+    assert open_engine(unreached, migrate=False).pool.size() == WebSettings.load(env={}).db_pool_size == 5
     url = postgres_url
-    keyword = Settings.load(env={}, database_url=url, db_pool_size=9)
+    keyword = WebSettings.load(env={}, database_url=url, db_pool_size=9)
     assert Resources(keyword).engine().pool.size() == 9
-    from_env = Settings.load(env={"CONTRAIL_DB_POOL": "3", "CONTRAIL_DATABASE_URL": url})
+    from_env = WebSettings.load(env={"CONTRAIL_DB_POOL": "3", "CONTRAIL_DATABASE_URL": url})
     assert Resources(from_env).engine().pool.size() == 3
     with pytest.raises(ValueError, match="CONTRAIL_DB_POOL"):
-        Settings.load(env={"CONTRAIL_DB_POOL": "0"})
+        WebSettings.load(env={"CONTRAIL_DB_POOL": "0"})
 
 
 def test_durations_and_masking():
@@ -100,10 +103,11 @@ def test_unreadable_entries_raise_with_reason(fields, reason):
 
 
 def test_settings_repr_hides_tokens_and_url_passwords():
-    settings = Settings.load(env={"CONTRAIL_API_TOKEN": "api-secret-1", "CONTRAIL_READ_TOKEN": "read-secret-2",
-                                  "CONTRAIL_INGEST_TOKEN": "ingest-secret-3",
-                                  "CONTRAIL_DATABASE_URL": "postgresql+psycopg://contrail:db-pass-4@db:5432/contrail",
-                                  "CONTRAIL_REDIS_URL": "redis://:redis-pass-5@redis:6379/0"})
+    settings = WebSettings.load(env={
+        "CONTRAIL_API_TOKEN": "api-secret-1", "CONTRAIL_READ_TOKEN": "read-secret-2",
+        "CONTRAIL_INGEST_TOKEN": "ingest-secret-3",
+        "CONTRAIL_DATABASE_URL": "postgresql+psycopg://contrail:db-pass-4@db:5432/contrail",
+        "CONTRAIL_REDIS_URL": "redis://:redis-pass-5@redis:6379/0"})
     text = repr(settings)
     for secret in ("api-secret-1", "read-secret-2", "ingest-secret-3", "db-pass-4", "redis-pass-5"):
         assert secret not in text and secret not in str(settings) and secret not in f"{settings}"
@@ -112,20 +116,21 @@ def test_settings_repr_hides_tokens_and_url_passwords():
 
 
 def test_forward_headers_are_read_like_otel_exporter_otlp_headers_and_never_shown():
-    settings = Settings.load(env={"CONTRAIL_FORWARD_HEADERS": " authorization=Bearer%20tok-6 , x-scope-orgid=team=a,",
-                                  "CONTRAIL_FORWARD_ENDPOINT": "https://u:endpoint-pass-7@saas.example/v1/traces"})
+    settings = CollectorSettings.load(env={
+        "CONTRAIL_FORWARD_HEADERS": " authorization=Bearer%20tok-6 , x-scope-orgid=team=a,",
+        "CONTRAIL_FORWARD_ENDPOINT": "https://u:endpoint-pass-7@saas.example/v1/traces"})
     assert settings.forward_headers == (("authorization", "Bearer tok-6"), ("x-scope-orgid", "team=a"))
-    assert Settings.load(env={}, forward_headers={"x-api-key": "k"}).forward_headers == (("x-api-key", "k"),)
+    assert CollectorSettings.load(env={}, forward_headers={"x-api-key": "k"}).forward_headers == (("x-api-key", "k"),)
     text = repr(settings)
     assert "tok-6" not in text and "endpoint-pass-7" not in text
     assert "forward_headers=['authorization=***', 'x-scope-orgid=***']" in text
     for bad in ("no-equals-sign", "bad name=v", "a=line%0Abreak"):
         with pytest.raises(ValueError, match="CONTRAIL_FORWARD_HEADERS"):
-            Settings.load(env={"CONTRAIL_FORWARD_HEADERS": bad})
+            CollectorSettings.load(env={"CONTRAIL_FORWARD_HEADERS": bad})
 
 
 def test_forward_mode_is_stored_or_kept():
-    assert Settings.load(env={}).forward_mode == "stored"
-    assert Settings.load(env={"CONTRAIL_FORWARD_MODE": "Kept"}).forward_mode == "kept"
+    assert CollectorSettings.load(env={}).forward_mode == "stored"
+    assert CollectorSettings.load(env={"CONTRAIL_FORWARD_MODE": "Kept"}).forward_mode == "kept"
     with pytest.raises(ValueError, match="CONTRAIL_FORWARD_MODE.*stored or kept"):
-        Settings.load(env={"CONTRAIL_FORWARD_MODE": "sampled"})
+        CollectorSettings.load(env={"CONTRAIL_FORWARD_MODE": "sampled"})

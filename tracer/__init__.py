@@ -8,6 +8,6 @@ import encodings.idna  # noqa: F401
 from opentelemetry.trace import get_current_span
 
 from .manager import TracingManager
-from .settings import Settings
+from .settings import Settings, TracerSettings
 
-__all__ = ["TracingManager", "Settings", "get_current_span"]
+__all__ = ["TracingManager", "TracerSettings", "Settings", "get_current_span"]

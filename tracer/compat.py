@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import warnings
 
-from .settings import Settings
+from .settings import TracerSettings
 
 JAEGER_OTLP_PORT = 4318
 JAEGER_AGENT_PORTS = (6831, 6832)  # the agent's UDP (Thrift) ports in the original notes: not OTLP
@@ -37,7 +37,7 @@ def enabled_from(enabled: bool | None, enable_tracing: bool | None) -> bool | No
     return enabled if enabled is not None else enable_tracing
 
 
-def jaeger_endpoint(settings: Settings) -> str | None:
+def jaeger_endpoint(settings: TracerSettings) -> str | None:
     """The OTLP/HTTP traces URL of the configured Jaeger, or None when no Jaeger host is set."""
     if not settings.jaeger_host:
         return None

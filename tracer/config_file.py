@@ -6,9 +6,15 @@ The file has ``[tracer]``, ``[collector]`` and ``[web]`` sections whose keys
 are setting names (``sample_rate = 0.5``). Tracer keys (Redis, stream, data
 directory, ...) are read by every process, so they may appear in any section;
 the ingest limits belong to ``[collector]`` or ``[web]``; collector and web keys
-only to their own section. A key set in two sections must have one value. Any
-unknown section or key is an error naming the key and the file, so a typo
-never silently falls back to a default.
+only to their own section. A key set in two sections must have one value.
+
+One file serves every role, and each role knows only its own settings: a
+process checks every key of the sections its role owns (the tracer
+``[tracer]``; the collector also ``[collector]``; the web app all three) and
+reads the keys it knows from the others, leaving their remaining keys to the
+role that owns them. An unknown section, or an unknown key in an owned
+section, is an error naming the key and the file, so a typo never silently
+falls back to a default.
 """
 
 from __future__ import annotations
@@ -50,14 +56,14 @@ def find_config_file(env: Mapping[str, str], cwd: str | None = None) -> tuple[st
 
 
 def allowed_sections(groups: Mapping[str, Any]) -> dict[str, frozenset[str]]:
-    """Setting name -> the sections it may appear in, from the settings' groups (``settings.setting_groups()``)."""
+    """Setting name -> the sections it may appear in, from a role's groups (``RoleSettings.setting_groups()``)."""
     allowed: dict[str, frozenset[str]] = {}
-    for name in groups["tracer"]:
+    for name in groups.get("tracer", ()):
         allowed[name] = frozenset(SECTIONS)
-    for name in groups["limits"]:
+    for name in groups.get("limits", ()):
         allowed[name] = frozenset({"collector", "web"})
     for group in ("collector", "web"):
-        for name in groups[group]:
+        for name in groups.get(group, ()):
             allowed[name] = frozenset({group})
     return allowed
 
@@ -88,6 +94,7 @@ def read_config(env: Mapping[str, str], groups: Mapping[str, Any],
 def _settings_in(table: Mapping[str, Any], path: str, prefix: str,
                  groups: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
     allowed = allowed_sections(groups)
+    owned = {section for section in SECTIONS if section in groups}  # the role checks every key of these
     values: dict[str, tuple[Any, str]] = {}
     for section, body in table.items():
         if section not in SECTIONS or not isinstance(body, Mapping):
@@ -96,6 +103,8 @@ def _settings_in(table: Mapping[str, Any], path: str, prefix: str,
         for key, raw in body.items():
             where = f"{prefix}{section}]"
             if key not in allowed:
+                if section not in owned:
+                    continue  # another role's setting: that role reads and checks it
                 raise ConfigFileError(f"{path}: unknown key {key!r} in {where} (see docs/configuration.md)")
             if section not in allowed[key]:
                 homes = " or ".join(prefix + s + "]" for s in SECTIONS if s in allowed[key])

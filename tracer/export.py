@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from . import codec, otel_internals, reporting, shards
 from .redis_client import connect
-from .settings import Settings
+from .settings import TracerSettings
 from .spool import DiskSpool
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _public_row(span: Any, resources: list, resource_index: dict) -> list:
 class RedisStreamExporter:
     """Pushes encoded entries to the span stream (each to its shard); raises when Redis is unreachable."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: TracerSettings):
         self.url = settings.redis_url
         self.stream = settings.stream
         self.shards = settings.stream_shards if shards.is_sharded(settings) else 0  # 0: the one plain stream
@@ -210,7 +210,7 @@ atexit.register(_at_exit)
 class ContrailSpanProcessor(SpanProcessor):
     """Bounded queue + background exporter thread + disk spool; see the module docstring."""
 
-    def __init__(self, settings: Settings, exporter: Any = None, spool: DiskSpool | None = None):
+    def __init__(self, settings: TracerSettings, exporter: Any = None, spool: DiskSpool | None = None):
         self.settings = settings
         self.exporter = exporter if exporter is not None else RedisStreamExporter(settings)
         self.spool = spool if spool is not None else DiskSpool(settings.resolved_spool_dir, settings.spool_max_bytes)

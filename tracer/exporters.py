@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .private_files import create_private_file, make_private_dir
-from .settings import Settings
+from .settings import TracerSettings
 
 OTLP_DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
 _KINDS = {SpanKind.INTERNAL: "internal", SpanKind.SERVER: "server", SpanKind.CLIENT: "client",
@@ -186,7 +186,7 @@ class CountingExporter(SpanExporter):
 class ExporterProcessor(SpanProcessor):
     """A ``BatchSpanProcessor`` for one exporter, counting the sampled spans handed to it."""
 
-    def __init__(self, exporter: CountingExporter, settings: Settings):
+    def __init__(self, exporter: CountingExporter, settings: TracerSettings):
         self.exporter = exporter
         self.received = 0
         self._shut = False
@@ -232,7 +232,7 @@ def _bounded(work: Callable[[], bool], timeout_millis: float) -> bool:
     return done.wait(timeout_millis / 1000)
 
 
-def build_exporter(name: str, settings: Settings) -> SpanExporter:
+def build_exporter(name: str, settings: TracerSettings) -> SpanExporter:
     if name == "console":
         return ConsoleExporter()
     if name == "file":
@@ -243,7 +243,8 @@ def build_exporter(name: str, settings: Settings) -> SpanExporter:
     raise ValueError(f"unknown exporter {name!r}")
 
 
-def exporter_processors(settings: Settings, extra: dict[str, SpanExporter] | None = None) -> dict[str, ExporterProcessor]:
+def exporter_processors(settings: TracerSettings,
+                        extra: dict[str, SpanExporter] | None = None) -> dict[str, ExporterProcessor]:
     """name -> processor for every configured exporter except redis (which has its own processor), plus
     ``extra`` ready-made exporters (the Jaeger export of the original API)."""
     exporters = {name: build_exporter(name, settings) for name in settings.exporters if name != "redis"}

@@ -22,7 +22,8 @@ from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, Span, SpanContex
 
 from . import decorators, propagation
 from .sampling import CountingSampler, ratio_sampler
-from .settings import Settings, mask_url
+from .settings import TracerSettings
+from .settings_base import mask_url
 from .version import VERSION
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ class TracingManager:
                  **settings: Any):
         from . import compat
 
-        self.settings = Settings.load(service_name=service_name, redis_url=redis_url, sample_rate=sample_rate,
-                                      enabled=compat.enabled_from(enabled, enable_tracing), **settings)
+        self.settings = TracerSettings.load(service_name=service_name, redis_url=redis_url, sample_rate=sample_rate,
+                                            enabled=compat.enabled_from(enabled, enable_tracing), **settings)
         self.service_name = self.settings.service_name
         self.enabled = self.settings.enabled
         self._limit = self.settings.max_attribute_length

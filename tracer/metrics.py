@@ -46,7 +46,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 
 from . import metrics_codec
-from .settings import Settings
+from .settings import TracerSettings
 from .spool import DiskSpool
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class StreamMetricExporter(MetricExporter):
     object with ``push(list_of_fields)`` (a :class:`tracer.export.RedisStreamExporter` by default).
     """
 
-    def __init__(self, settings: Settings, stream: Any = None, spool: DiskSpool | None = None) -> None:
+    def __init__(self, settings: TracerSettings, stream: Any = None, spool: DiskSpool | None = None) -> None:
         delta = AggregationTemporality.DELTA
         super().__init__(
             preferred_temporality={SdkCounter: delta, SdkHistogram: delta, ObservableCounter: delta},
@@ -319,7 +319,7 @@ class StreamMetricExporter(MetricExporter):
 class MetricsCollector:
     """The instruments of one process (``tracing.metrics``); one per :class:`tracer.TracingManager`."""
 
-    def __init__(self, settings: Settings, resource: Any, exporter: StreamMetricExporter | None = None) -> None:
+    def __init__(self, settings: TracerSettings, resource: Any, exporter: StreamMetricExporter | None = None) -> None:
         from .version import VERSION
 
         self.settings = settings

@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 from . import profile_codec
-from .settings import Settings
+from .settings import TracerSettings
 from .spool import DiskSpool
 
 PROFILES_PER_ENTRY = 32
@@ -28,7 +28,7 @@ EXPORT_DELAY = 1.0  # seconds the export thread waits for more profiles before i
 class ProfileExporter:
     """Ships finished profiles; ``submit`` never blocks and never raises."""
 
-    def __init__(self, settings: Settings, stream: Any = None, spool: DiskSpool | None = None,
+    def __init__(self, settings: TracerSettings, stream: Any = None, spool: DiskSpool | None = None,
                  enabled: bool = True) -> None:
         self.enabled = enabled  # False: no span stream to send to (no redis exporter); profiles are counted, dropped
         self.profiles_exported = 0

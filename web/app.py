@@ -11,15 +11,14 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from tracer.settings import Settings
-
 from .resources import Resources
+from .settings import WebSettings
 
 
-def create_app(config: Mapping[str, Any] | None = None, settings: Settings | None = None) -> Flask:
+def create_app(config: Mapping[str, Any] | None = None, settings: WebSettings | None = None) -> Flask:
     """Build the Contrail web app.
 
-    ``settings`` default to :meth:`Settings.load`; ``config`` may override
+    ``settings`` default to :meth:`WebSettings.load`; ``config`` may override
     ``DATABASE_URL``, ``REDIS_URL``, ``API_TOKEN``, ``READ_TOKEN``,
     ``INGEST_TOKEN``, ``MAX_BODY_BYTES`` (mapped onto settings) and any Flask
     config key such as ``TESTING``.
@@ -33,7 +32,7 @@ def create_app(config: Mapping[str, Any] | None = None, settings: Settings | Non
         if key in config:
             overrides[field_name] = config.pop(key)
     if settings is None:
-        settings = Settings.load(**overrides)
+        settings = WebSettings.load(**overrides)
     elif overrides:
         import dataclasses
 

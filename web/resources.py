@@ -16,13 +16,14 @@ from flask import current_app
 from sqlalchemy.engine import Engine
 
 from tracer.redis_client import connect
-from tracer.settings import Settings
+
+from .settings import WebSettings
 
 
 class Resources:
     """Per-process database engine and Redis client for one app."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: WebSettings):
         self.settings = settings
         self._lock = threading.Lock()
         self._pid: int | None = None
@@ -61,7 +62,7 @@ class Resources:
             self._engine = self._redis = None
 
 
-def current_settings() -> Settings:
+def current_settings() -> WebSettings:
     return current_app.extensions["contrail.settings"]
 
 

@@ -14,7 +14,7 @@ from contextlib import closing
 
 import click
 
-from tracer.settings import Settings
+from .settings import WebSettings
 
 
 def is_loopback(host: str) -> bool:
@@ -115,8 +115,8 @@ def build_gunicorn_app(app, bind: str, workers: int, timeout: int = 60, threads:
 def web(host, port, workers, threads, database_url, redis_url, insecure):
     """Serve the API, OTLP (HTTP and gRPC) and Zipkin receivers, Jaeger query API and dashboard with gunicorn."""
     try:
-        settings = Settings.load(web_host=host, web_port=port, web_workers=workers, web_threads=threads,
-                                 database_url=database_url, redis_url=redis_url)
+        settings = WebSettings.load(web_host=host, web_port=port, web_workers=workers, web_threads=threads,
+                                    database_url=database_url, redis_url=redis_url)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     has_token = bool(settings.api_token or settings.read_token or settings.ingest_token)

@@ -9,9 +9,10 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 
 from tracer.private_files import create_private_file, make_private_dir
-from tracer.settings import Settings
 
-DEFAULT_POOL_SIZE: int = next(f.default for f in fields(Settings) if f.name == "db_pool_size")
+from ..settings import CollectorSettings
+
+DEFAULT_POOL_SIZE: int = next(f.default for f in fields(CollectorSettings) if f.name == "db_pool_size")
 
 
 def open_engine(url: str, *, migrate: bool = True, pool_size: int | None = None) -> Engine:

@@ -7,7 +7,7 @@ import pytest
 from collector_worker import pricing
 from collector_worker.storage import open_engine
 from tests.ai.pipeline import CapturingManager
-from tracer.settings import Settings
+from web.settings import WebSettings
 
 
 @pytest.fixture
@@ -16,8 +16,8 @@ def stack(database_url, redis_url, data_dir):
     engine = open_engine(database_url)
     from web import create_app
 
-    app = create_app(settings=Settings.load(env={}, database_url=database_url, data_dir=str(data_dir),
-                                            redis_url=redis_url))
+    app = create_app(settings=WebSettings.load(env={}, database_url=database_url, data_dir=str(data_dir),
+                                               redis_url=redis_url))
     capturing = CapturingManager("agent-svc", redis_url, data_dir)
     yield engine, app.test_client(), capturing
     capturing.close()

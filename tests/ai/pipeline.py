@@ -8,11 +8,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from collector_worker.finalizer import finalize_ready, on_spans_stored
+from collector_worker.settings import CollectorSettings
 from collector_worker.storage.writer import store_spans
 from tracer import codec
 from tracer.export import encode_sdk_spans
 from tracer.manager import TracingManager
-from tracer.settings import Settings
 
 
 class CapturingManager:
@@ -45,5 +45,5 @@ def ingest(engine, spans: list[dict]) -> list[dict]:
 
 
 def finalize(engine) -> int:
-    settings = Settings.load(env={}, quiet_period="0s")
+    settings = CollectorSettings.load(env={}, quiet_period="0s")
     return finalize_ready(engine, settings, "ai-tests", now_ns=time.time_ns() + 5_000_000_000)

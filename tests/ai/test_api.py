@@ -9,7 +9,7 @@ import pytest
 from collector_worker import pricing, stats
 from tests.ai.pipeline import finalize, ingest
 from tests.ai.test_usage import expected_cost, run_agent
-from tracer.settings import Settings
+from web.settings import WebSettings
 
 
 def test_agent_traces_endpoint(stack):
@@ -95,8 +95,8 @@ def test_broken_price_table_is_a_clear_error(stack, tmp_path, database_url, data
     bad.write_text("{not json")
     from web import create_app
 
-    app = create_app(settings=Settings.load(env={}, database_url=database_url, data_dir=str(data_dir),
-                                            price_table=str(bad)))
+    app = create_app(settings=WebSettings.load(env={}, database_url=database_url, data_dir=str(data_dir),
+                                               price_table=str(bad)))
     response = app.test_client().get("/api/v1/ai/usage")
     assert response.status_code == 503
     assert "price table" in response.get_json()["error"]["message"]

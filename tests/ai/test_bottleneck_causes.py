@@ -11,7 +11,7 @@ from collector_worker import profile_store
 from collector_worker.storage import open_engine
 from tests.web.seed import new_span_id, new_trace_id, span, store
 from tests.web.test_openapi import check_conforms
-from tracer.settings import Settings
+from web.settings import WebSettings
 
 MS = 1_000_000
 MINUTE = 60_000 * MS
@@ -80,7 +80,7 @@ def client(database_url, data_dir):
         engine.dispose()
     from web import create_app
 
-    app = create_app(settings=Settings.load(env={}, database_url=database_url, data_dir=str(data_dir)))
+    app = create_app(settings=WebSettings.load(env={}, database_url=database_url, data_dir=str(data_dir)))
     return app.test_client()
 
 

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tracer import ai
-from tracer.settings import Settings
+from tracer.settings import TracerSettings
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def make_manager(exporter, **settings):
     """The two things the helpers use from a TracingManager: an SDK tracer and the settings."""
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return SimpleNamespace(tracer=provider.get_tracer("test"), settings=Settings.load(env={}, **settings))
+    return SimpleNamespace(tracer=provider.get_tracer("test"), settings=TracerSettings.load(env={}, **settings))
 
 
 def by_name(exporter):

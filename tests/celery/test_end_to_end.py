@@ -113,10 +113,10 @@ def test_request_through_two_services_and_celery_is_one_trace(stack):
     response = requests.get(f"{stack['url_a']}/orders/7", timeout=30)
     assert response.status_code == 200, response.text
 
-    from tracer.settings import Settings
+    from web.settings import WebSettings
     from web import create_app
 
-    client = create_app(settings=Settings.load(env=stack["env"])).test_client()
+    client = create_app(settings=WebSettings.load(env=stack["env"])).test_client()
     expected = 11  # 3 HTTP, pipeline publish + run, 2 subtask publishes, 2 flaky runs + 1 republish, 1 boom run
 
     def whole_trace():

@@ -31,10 +31,10 @@ def observed(celery_env, tmp_path_factory):
     collector = subprocess.Popen([sys.executable, "-m", "collector_worker"], env=worker.env, cwd=ROOT, stdout=log,
                                  stderr=subprocess.STDOUT)
     try:
-        from tracer.settings import Settings
+        from web.settings import WebSettings
         from web import create_app
 
-        client = create_app(settings=Settings.load(env={"CONTRAIL_DATABASE_URL": database_url})).test_client()
+        client = create_app(settings=WebSettings.load(env={"CONTRAIL_DATABASE_URL": database_url})).test_client()
 
         def get(path):
             assert collector.poll() is None, (workdir / "collector.log").read_text()[-3000:]

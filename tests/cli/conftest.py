@@ -7,9 +7,9 @@ import threading
 import pytest
 from click.testing import CliRunner
 
+from collector_worker.settings import CollectorSettings
 from contrail_cli.main import cli
 from tests.support.servers import wait_until
-from tracer.settings import Settings
 
 
 @pytest.fixture
@@ -26,9 +26,9 @@ def run_cli():
 @pytest.fixture
 def collector_settings(redis_url, sqlite_url, tmp_path):
     stream = f"contrail:cli-test:{tmp_path.name}"  # a stream of its own: strays from other tests never land here
-    return Settings.load(env={}, redis_url=redis_url, database_url=sqlite_url, data_dir=str(tmp_path / "data"),
-                         stream=stream,
-                         quiet_period="0.2s", block="0.2s", consumer_name="cli-test-collector")
+    return CollectorSettings.load(env={}, redis_url=redis_url, database_url=sqlite_url, data_dir=str(tmp_path / "data"),
+                                  stream=stream,
+                                  quiet_period="0.2s", block="0.2s", consumer_name="cli-test-collector")
 
 
 @pytest.fixture

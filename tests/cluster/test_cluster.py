@@ -32,9 +32,9 @@ from tracer import shards
 from tracer.codec import decode_entry
 from tracer.export import ContrailSpanProcessor
 from tracer.redis_client import connect, is_cluster
-from tracer.settings import Settings
 from tracer.spool import DiskSpool
 from web import create_app
+from web.settings import WebSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = 3
@@ -42,11 +42,12 @@ GROUP = "contrail-collectors"
 pytestmark = pytest.mark.xdist_group("redis-cluster")
 
 
-def cluster_settings(url: str, **overrides) -> Settings:
-    return Settings.load({}, redis_url=url, stream_shards=SHARDS, **overrides)
+def cluster_settings(url: str, **overrides) -> WebSettings:
+    """The web app's settings: one object serves the tracer, the collector and the web app here."""
+    return WebSettings.load({}, redis_url=url, stream_shards=SHARDS, **overrides)
 
 
-def spans_by_stream(client, settings: Settings) -> dict[str, list[dict]]:
+def spans_by_stream(client, settings: WebSettings) -> dict[str, list[dict]]:
     """Every span in every shard stream, by stream."""
     found: dict[str, list[dict]] = {}
     for stream in shards.shard_streams(settings):
@@ -80,7 +81,7 @@ def test_shard_names_share_a_hash_tag_per_shard_and_spread_over_nodes(redis_clus
     streams = shards.shard_streams(settings)
     assert streams == ["contrail:spans:{0}", "contrail:spans:{1}", "contrail:spans:{2}"]
     for stream in streams:  # a shard, its dead letters and its trial marks share one slot (one MULTI)
-        shard_settings = Settings.load({}, stream=stream)
+        shard_settings = WebSettings.load({}, stream=stream)
         slots = {client.keyslot(key) for key in (stream, shard_settings.dead_stream, f"{stream}:{GROUP}:on-trial")}
         assert len(slots) == 1
     assert len({client.get_node_from_key(stream).name for stream in streams}) >= 2
@@ -136,10 +137,10 @@ def test_otlp_receiver_keeps_each_trace_on_one_shard(redis_cluster_url, sqlite_u
 
 
 def test_single_redis_with_shards_routes_and_reads_the_unsharded_stream_too(redis_url, tmp_path):
-    settings = Settings.load({}, redis_url=redis_url, stream_shards=SHARDS)
+    settings = WebSettings.load({}, redis_url=redis_url, stream_shards=SHARDS)
     assert shards.shard_streams(settings) == [f"contrail:spans:{{{i}}}" for i in range(SHARDS)]
     assert shards.consumed_streams(settings) == shards.shard_streams(settings) + ["contrail:spans"]
-    cluster = Settings.load({}, redis_url="redis+cluster://127.0.0.1:7000", stream_shards=1)
+    cluster = WebSettings.load({}, redis_url="redis+cluster://127.0.0.1:7000", stream_shards=1)
     assert shards.shard_streams(cluster) == shards.consumed_streams(cluster) == ["contrail:spans:{0}"]
 
 
@@ -174,14 +175,14 @@ class Processes:
             process.wait(10)
 
 
-def consumers_of(client, settings: Settings) -> set[str]:
+def consumers_of(client, settings: WebSettings) -> set[str]:
     """Consumers in the group of every shard."""
     names = [{c["name"].decode() for c in client.xinfo_consumers(stream, GROUP)}
              for stream in shards.shard_streams(settings)]
     return set.intersection(*names)
 
 
-def pending_of(client, settings: Settings, consumer: str) -> int:
+def pending_of(client, settings: WebSettings, consumer: str) -> int:
     """Entries delivered to ``consumer`` and not acknowledged, over every shard."""
     total = 0
     for stream in shards.shard_streams(settings):

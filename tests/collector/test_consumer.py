@@ -13,10 +13,10 @@ from sqlalchemy import create_engine, func, select
 
 from collector_worker import consumer as consumer_module
 from collector_worker.consumer import StreamConsumer, ensure_group, run_consumer, stream_health, trim_stream
+from collector_worker.settings import CollectorSettings
 from collector_worker.storage import block_store, open_engine, queries, schema
 from tests.support.servers import wait_until
 from tracer.codec import decode_entry, encode_batch, encode_span_dicts, span_row
-from tracer.settings import Settings
 
 def make_trace(spans: int = 10, service: str = "orders") -> list[dict]:
     """One trace that just happened (retention must not see it as old): a root and its children, fresh ids."""
@@ -52,17 +52,17 @@ def trace_count(engine) -> int:
         return conn.execute(select(func.count()).select_from(schema.traces)).scalar_one()
 
 
-def settings_for(redis_url: str, database_url: str, **extra) -> Settings:
+def settings_for(redis_url: str, database_url: str, **extra) -> CollectorSettings:
     values = {"redis_url": redis_url, "database_url": database_url, "consumer_name": "test-consumer",
               "block": 0.1, "quiet_period": 0.2}
     values.update(extra)
-    return Settings.load(env={}, **values)
+    return CollectorSettings.load(env={}, **values)
 
 
 class RunningConsumer:
     """run_consumer in a thread of the test process, stopped and joined on exit."""
 
-    def __init__(self, settings: Settings, engine):
+    def __init__(self, settings: CollectorSettings, engine):
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.thread = threading.Thread(target=self._run, args=(settings, engine), daemon=True)

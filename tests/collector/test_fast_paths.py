@@ -156,10 +156,10 @@ def test_leasing_ahead_gives_the_rows_of_claiming_each_pass(engine):
 
     from collector_worker.storage import schema
     from tests.collector.test_finalizer_batch import BASE, S, ingest, snapshot, trace_spans
-    from tracer.settings import Settings
+    from collector_worker.settings import CollectorSettings
 
     n = finalizer.MAX_TRACES_PER_CALL + 60
-    settings = Settings(quiet_period=2.0)
+    settings = CollectorSettings(quiet_period=2.0)
     ingest(engine, [s for i in range(n) for s in trace_spans(i, "a")], BASE)
     ingest(engine, [s for i in range(n) for s in trace_spans(i, "b")], BASE)
     sqlite = engine.dialect.name == "sqlite"
@@ -202,9 +202,9 @@ def test_leasing_ahead_gives_the_rows_of_claiming_each_pass(engine):
 def test_stale_leases_ahead_are_given_back_not_used(sqlite_engine):
     engine = sqlite_engine
     from tests.collector.test_finalizer_batch import BASE, S, ingest, trace_spans
-    from tracer.settings import Settings
+    from collector_worker.settings import CollectorSettings
 
-    settings = Settings(quiet_period=2.0)
+    settings = CollectorSettings(quiet_period=2.0)
     ingest(engine, [s for i in range(finalizer.MAX_TRACES_PER_CALL + 5) for s in trace_spans(i, "a")], BASE)
     ahead = finalizer.ClaimAhead()
     now = BASE + 5 * S
@@ -224,11 +224,11 @@ def test_a_busy_write_lock_gets_the_next_leased_batch_assembled_and_written_with
 
     from collector_worker.storage.writer import write_lock
     from tests.collector.test_finalizer_batch import BASE, S, ingest, snapshot, trace_spans
-    from tracer.settings import Settings
+    from collector_worker.settings import CollectorSettings
 
     full = finalizer.MAX_TRACES_PER_CALL
     n = 3 * full // 2
-    settings = Settings(quiet_period=2.0)
+    settings = CollectorSettings(quiet_period=2.0)
     ingest(engine, [s for i in range(n) for s in trace_spans(i, "a")], BASE)
     ingest(engine, [s for i in range(n) for s in trace_spans(i, "b")], BASE)
     ahead = finalizer.ClaimAhead()
@@ -282,7 +282,7 @@ def test_span_figures_computed_ahead_write_what_recording_them_writes(tmp_path):
 def test_write_pipeline_gives_the_rows_of_finalizing_in_one_thread(sqlite_engine):
     engine = sqlite_engine
     from tests.collector.test_finalizer_batch import BASE, S, finalize_all, ingest, snapshot, trace_spans
-    from tracer.settings import Settings
+    from collector_worker.settings import CollectorSettings
 
     n = 5 * finalizer.MAX_TRACES_PER_CALL // 2
     recent = finalizer.RecentSpans()
@@ -294,7 +294,7 @@ def test_write_pipeline_gives_the_rows_of_finalizing_in_one_thread(sqlite_engine
     recent.add(rows)
     written: list = []
     ahead = finalizer.ClaimAhead()
-    pipeline = write_pipeline.WritePipeline(engine, Settings(quiet_period=0.0), "c1", recent, ahead,
+    pipeline = write_pipeline.WritePipeline(engine, CollectorSettings(quiet_period=0.0), "c1", recent, ahead,
                                        on_written=written.append)
     try:
         handed = []

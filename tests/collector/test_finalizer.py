@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import func, select
 
 from collector_worker import finalizer, write_pipeline
+from collector_worker.settings import CollectorSettings
 from collector_worker.stats import Histogram, bin_for
 from collector_worker.storage import schema
 from collector_worker.storage.writer import store_spans
-from tracer.settings import Settings
 from tests.support.stored import operation_rows, span_rows, tag_hash, tag_rows
 
 MS = 1_000_000
@@ -50,7 +50,7 @@ def ingest(engine, spans, received_ns=BASE):
 
 def settings(**kw):
     kw.setdefault("quiet_period", 2.0)
-    return Settings(**kw)
+    return CollectorSettings(**kw)
 
 
 def finalize_all(engine, now_ns, consumer="c1", **kw):

@@ -10,9 +10,9 @@ import threading
 from sqlalchemy import select
 
 from collector_worker import assembler, finalizer
+from collector_worker.settings import CollectorSettings
 from collector_worker.storage import schema
 from collector_worker.storage.writer import store_spans
-from tracer.settings import Settings
 from collector_worker.storage import block_store
 from tests.support.stored import operation_rows, tag_rows
 
@@ -58,7 +58,7 @@ def ingest(engine, spans, received_ns):
 
 def finalize_all(engine, now_ns, consumer="c1"):
     total = 0
-    while (n := finalizer.finalize_ready(engine, Settings(quiet_period=2.0), consumer, now_ns=now_ns)):
+    while (n := finalizer.finalize_ready(engine, CollectorSettings(quiet_period=2.0), consumer, now_ns=now_ns)):
         total += n
     return total
 

@@ -10,10 +10,10 @@ from sqlalchemy import func, select
 
 from collector_worker import finalizer, recent_spans
 from collector_worker.consumer import Checkpointer, FinalizerThread, StreamConsumer
+from collector_worker.settings import CollectorSettings
 from collector_worker.storage import open_engine, schema, staging
 from collector_worker.storage.writer import prepare_spans, store_spans, write_lock
 from tests.collector.test_finalizer_batch import BASE, S, snapshot, trace_spans
-from tracer.settings import Settings
 from collector_worker.storage import block_store
 from tests.support.stored import tag_hash
 
@@ -40,7 +40,8 @@ def ingest(engine, spans, received_ns, recent=None):
 
 def finalize_all(engine, now_ns, recent=None):
     total = 0
-    while (n := finalizer.finalize_ready(engine, Settings(quiet_period=2.0), "c1", now_ns=now_ns, recent=recent)):
+    settings = CollectorSettings(quiet_period=2.0)
+    while (n := finalizer.finalize_ready(engine, settings, "c1", now_ns=now_ns, recent=recent)):
         total += n
     return total
 
@@ -127,13 +128,13 @@ def test_the_memory_estimate_grows_with_what_a_span_holds():
 
 
 def test_collector_setting_bounds_the_memory_of_recent_spans(engine):
-    consumer = StreamConsumer(Settings.load({}, recent_spans_memory="1MB"), engine, None, "c1")
+    consumer = StreamConsumer(CollectorSettings.load({}, recent_spans_memory="1MB"), engine, None, "c1")
     assert consumer.recent.max_bytes == 1024 * 1024
 
 
 def test_ingest_and_finalizer_threads_share_the_database(engine):
     """The consumer's two threads: batches stored while the finalizer writes; every trace finalized once."""
-    settings = Settings(quiet_period=0.2)
+    settings = CollectorSettings(quiet_period=0.2)
     consumer = StreamConsumer(settings, engine, None, "c1")
     stop = threading.Event()
     thread = FinalizerThread(consumer, stop)

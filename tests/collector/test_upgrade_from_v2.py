@@ -12,11 +12,11 @@ from sqlalchemy import text
 
 from collector_worker import finalizer
 from collector_worker.llm_usage import query_usage
+from collector_worker.settings import CollectorSettings
 from collector_worker.storage import open_engine
 from collector_worker.storage.migrations import LEGACY_FENCE, VERSION_TABLE, head_revision, schema_status
 from collector_worker.storage.queries import TraceQuery, get_trace, search_traces
 from tests.collector.v2_database import load_v2_database
-from tracer.settings import Settings
 
 HOUR = 3600 * 10**9
 
@@ -57,7 +57,8 @@ def test_every_trace_of_a_v2_database_is_found_after_the_upgrade(database_url):
         assert usage["totals"]["calls"] == 2 and usage["totals"]["input_tokens"] == 120 + 121
 
         # The pending work the old collector left (a late span, a new trace) is finalized by this one.
-        while finalizer.finalize_ready(engine, Settings(quiet_period=0.1), "upgraded", now_ns=time.time_ns() + HOUR):
+        settings = CollectorSettings(quiet_period=0.1)
+        while finalizer.finalize_ready(engine, settings, "upgraded", now_ns=time.time_ns() + HOUR):
             pass
         with engine.connect() as conn:
             searched = _found(conn)

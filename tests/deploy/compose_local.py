@@ -38,7 +38,8 @@ from typing import Any, Mapping
 import yaml
 
 from tests.support.servers import free_port, redis_server_binary
-from tracer.settings import documented_options
+from tracer.settings_base import documented_options
+from web.settings import WebSettings
 
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -179,7 +180,7 @@ class LocalStack:
             elif key.endswith("_URL"):
                 postgres = re.search(r"[/@]postgres:\d", value)
                 env[key] = self._database_url(value) if postgres else self._rewrite_text(value, name)
-        for _field, variables, _help, default in documented_options():
+        for _field, variables, _help, default in documented_options(WebSettings):
             if isinstance(default, int) and default in self.local[name]:
                 for variable in variables.split(","):
                     env.setdefault(variable.strip(), str(self.local[name][default]))

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from contrail_cli.main import COMMANDS, cli
-from tracer.settings import Settings, documented_options
+from tracer.settings_base import documented_options
+from web.settings import WebSettings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -23,7 +24,7 @@ CONTRAIL_IMAGE = "contrail:local"
 
 def setting_variables() -> set[str]:
     names = set()
-    for _field, variables, _help, _default in documented_options():
+    for _field, variables, _help, _default in documented_options(WebSettings):
         names.update(v.strip() for v in variables.split(","))
     return names
 
@@ -107,7 +108,7 @@ def web_routes(tmp_path_factory):
     from web import create_app
 
     tmp = tmp_path_factory.mktemp("web")
-    settings = Settings.load(env={}, database_url=f"sqlite:///{tmp / 'c.db'}", data_dir=str(tmp))
+    settings = WebSettings.load(env={}, database_url=f"sqlite:///{tmp / 'c.db'}", data_dir=str(tmp))
     return routes_of(create_app(settings=settings))
 
 

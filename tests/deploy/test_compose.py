@@ -16,7 +16,7 @@ from tests.deploy.conftest import (
     routes_of,
     setting_variables,
 )
-from tracer.settings import Settings
+from web.settings import WebSettings
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_every_contrail_variable_is_a_real_setting_with_a_valid_value(compose):
         for key in contrail_env:
             assert key in known, f"{name}: {key} is not a Contrail setting"
         literal = {k: v for k, v in contrail_env.items() if "${" not in v}
-        Settings.load(env=literal)  # raises ValueError naming a bad variable
+        WebSettings.load(env=literal)  # raises ValueError naming a bad variable
 
 
 def test_database_is_postgres_and_redis_is_the_compose_service(compose):
@@ -84,7 +84,7 @@ def test_database_is_postgres_and_redis_is_the_compose_service(compose):
 
 def test_web_port_matches_the_settings_default(compose):
     web = compose["services"]["web"]
-    default = Settings.load(env={}).web_port
+    default = WebSettings.load(env={}).web_port
     assert bind_port(web["command"]) == default
     assert any(port.endswith(f"{default}:{default}") for port in web["ports"])
 

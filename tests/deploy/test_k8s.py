@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.deploy.conftest import K8S_DIR, check_argv, load_yaml_documents, setting_variables
-from tracer.settings import Settings
+from web.settings import WebSettings
 
 
 SECRET_EXAMPLE = K8S_DIR / "secret.yaml.example"
@@ -65,7 +65,7 @@ def test_every_contrail_variable_is_a_real_setting(documents):
     for configmap in configmaps.values():
         for key in configmap["data"]:
             assert key in known, f"ConfigMap key {key} is not a setting"
-        Settings.load(env=configmap["data"])
+        WebSettings.load(env=configmap["data"])
     for secret in secrets.values():
         for key in secret["stringData"]:
             assert key in known or not key.startswith("CONTRAIL_"), key
@@ -81,7 +81,7 @@ def test_every_contrail_variable_is_a_real_setting(documents):
 
 
 def test_web_probes_hit_real_routes_on_the_settings_port(documents, web_routes):
-    default_port = Settings.load(env={}).web_port
+    default_port = WebSettings.load(env={}).web_port
     web = of_kind(documents, "Deployment")["contrail-web"]
     container = web["spec"]["template"]["spec"]["containers"][0]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}

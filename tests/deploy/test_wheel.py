@@ -59,9 +59,9 @@ def test_installed_wheel_serves_the_dashboard(wheel, tmp_path):
 import web, tracer, collector_worker, contrail_cli, contrail_demo
 for module in (web, tracer, collector_worker, contrail_cli, contrail_demo):
     assert module.__file__.startswith({str(target)!r}), module.__file__
-from tracer.settings import Settings
 from web import create_app
-app = create_app(settings=Settings.load(env={{}}, data_dir={str(tmp_path)!r}))
+from web.settings import WebSettings
+app = create_app(settings=WebSettings.load(env={{}}, data_dir={str(tmp_path)!r}))
 client = app.test_client()
 for path in ("/", "/trace/{'ab' * 16}", "/services", "/ai", "/compare", "/assets/api.js", "/assets/contrail.css",
              "/assets/vendor/plotly.min.js", "/favicon.ico", "/api/v1/openapi.json", "/api/v1/traces"):

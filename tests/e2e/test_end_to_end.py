@@ -25,10 +25,10 @@ def test_trace_across_two_services_reads_back_as_one(stack_env, collector):
     assert a["exported"] == 4
     b = _run_service("service_b.py", stack_env, json.dumps(a["carrier"]))
 
-    from tracer.settings import Settings
+    from web.settings import WebSettings
     from web import create_app
 
-    app = create_app(settings=Settings.load(env=stack_env))
+    app = create_app(settings=WebSettings.load(env=stack_env))
     client = app.test_client()
 
     def finished_trace():

@@ -12,7 +12,7 @@ from tests.e2e.test_original_api import _trace
 from tests.support.servers import wait_until
 from tests.web.conftest import serve  # noqa: F401  (a real web app on a loopback port)
 from tracer import TracingManager
-from tracer.settings import Settings
+from web.settings import WebSettings
 
 
 def _send_trace(redis_url, tmp_path) -> str:
@@ -54,7 +54,7 @@ def test_stored_spans_are_forwarded_into_a_second_contrail(stack_env, start_coll
 
     trace_id = _send_trace(redis_url, tmp_path)
 
-    first = create_app(settings=Settings.load(env=stack_env)).test_client()
+    first = create_app(settings=WebSettings.load(env=stack_env)).test_client()
     body = wait_until(lambda: _trace(first, trace_id, 2), timeout=60, message="the trace in the first DB")
     copy = wait_until(lambda: _trace(receiver_app.test_client(), trace_id, 2), timeout=60,
                       message="the forwarded trace in the second DB")
@@ -73,7 +73,7 @@ def test_an_endpoint_that_is_down_does_not_stop_ingest(stack_env, start_collecto
 
     trace_id = _send_trace(redis_url, tmp_path)
 
-    first = create_app(settings=Settings.load(env=stack_env)).test_client()
+    first = create_app(settings=WebSettings.load(env=stack_env)).test_client()
     wait_until(lambda: _trace(first, trace_id, 2), timeout=60, message="the trace stored while forwarding fails")
     [report] = wait_until(lambda: [r for r in _collector_report(redis_url) if r["forward_dropped"] == 2],
                           timeout=60, message="forward_dropped in the collector report")
@@ -106,7 +106,7 @@ def test_only_kept_traces_are_forwarded_into_an_authenticated_contrail(stack_env
                       'tail_sampling = true\ntail_keep_ratio = 0\ntail_slow_threshold = "1h"\n'
                       '[collector.forward_headers]\nauthorization = "Bearer s3cret"\n')
     first = start_collector({**stack_env, "CONTRAIL_CONFIG": str(config), "CONTRAIL_REPORT_INTERVAL": "0.5s"})
-    first_api = create_app(settings=Settings.load(env=stack_env)).test_client()
+    first_api = create_app(settings=WebSettings.load(env=stack_env)).test_client()
     second_api = receiver_app.test_client()
 
     tracing = TracingManager(service_name="kept-service", enabled=True, redis_url=redis_url,

@@ -23,10 +23,10 @@ def test_recorded_metrics_read_back_as_sums_rates_gauges_and_percentiles(stack_e
     recorded = json.loads(result.stdout.strip().splitlines()[-1])
     assert recorded["info"]["metric_points_exported"] >= 6 and recorded["info"]["metric_series_dropped"] == 0
 
-    from tracer.settings import Settings
+    from web.settings import WebSettings
     from web import create_app
 
-    app = create_app(settings=Settings.load(env=stack_env))
+    app = create_app(settings=WebSettings.load(env=stack_env))
     client = app.test_client()
     window = "lookback=2h&step=1h&service=shop"
 

@@ -10,7 +10,7 @@ from tests.support.servers import wait_until
 from tests.web.conftest import serve  # noqa: F401  (a real web app on a loopback port)
 from tracer import TracingManager
 from tracer.log_context import TraceContextFilter
-from tracer.settings import Settings
+from web.settings import WebSettings
 
 SPANS = {"get_user", "SELECT users", "auth-service /verify", "process_request"}
 
@@ -77,7 +77,7 @@ def test_original_usage_reads_back_from_the_api_and_from_a_second_contrail(stack
 
     [(logged_trace_id, message)] = lines
     assert message == "slow auth for 7"
-    first = create_app(settings=Settings.load(env=stack_env)).test_client()
+    first = create_app(settings=WebSettings.load(env=stack_env)).test_client()
     body = wait_until(lambda: _trace(first, logged_trace_id, 5), timeout=60, message="the trace from its log line")
     assert format(context.trace_id, "032x") == logged_trace_id
     spans = {s["name"]: s for s in body["spans"]}

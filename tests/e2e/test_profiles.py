@@ -28,10 +28,10 @@ def test_a_profiled_spans_flame_graph_names_the_function_that_burned_its_time(st
     ran = run_app(env)
     assert ran["info"]["profiles_exported"] == 3 and ran["info"]["profiles_dropped"] == 0
 
-    from tracer.settings import Settings
+    from web.settings import WebSettings
     from web import create_app
 
-    client = create_app(settings=Settings.load(env=stack_env)).test_client()
+    client = create_app(settings=WebSettings.load(env=stack_env)).test_client()
     trace_id, span_id = ran["profiled"]["trace_id"], ran["profiled"]["span_id"]
 
     def stored():

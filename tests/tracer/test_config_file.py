@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tracer.config_file import ConfigFileError
-from tracer.settings import Settings
+from tracer.settings import TracerSettings
+from web.settings import WebSettings
 
 FILE = """
 [tracer]
@@ -32,7 +33,7 @@ def in_project(tmp_path, monkeypatch):
 
 def test_precedence_kwargs_then_env_then_file_then_defaults(in_project):
     (in_project / "contrail.toml").write_text(FILE)
-    settings, sources = Settings.load_with_sources(
+    settings, sources = WebSettings.load_with_sources(
         env={"CONTRAIL_SAMPLE_RATE": "0.5", "OTEL_SERVICE_NAME": "from-otel-env"}, web_port=9100)
     path = str(in_project / "contrail.toml")
     assert (settings.web_port, sources["web_port"]) == (9100, "kwarg")
@@ -46,20 +47,20 @@ def test_precedence_kwargs_then_env_then_file_then_defaults(in_project):
 
 def test_pyproject_tool_contrail_and_contrail_config_path(in_project, tmp_path_factory):
     (in_project / "pyproject.toml").write_text('[project]\nname = "app"\n\n[tool.contrail.tracer]\nsample_rate = 0.1\n')
-    settings, sources = Settings.load_with_sources(env={})
+    settings, sources = TracerSettings.load_with_sources(env={})
     assert settings.sample_rate == 0.1 and sources["sample_rate"].endswith("pyproject.toml [tool.contrail.tracer]")
     (in_project / "contrail.toml").write_text("[tracer]\nsample_rate = 0.2\n")  # contrail.toml comes first
-    assert Settings.load(env={}).sample_rate == 0.2
+    assert TracerSettings.load(env={}).sample_rate == 0.2
     elsewhere = tmp_path_factory.mktemp("etc") / "shared.toml"
     elsewhere.write_text("[tracer]\nsample_rate = 0.3\n")
-    assert Settings.load(env={"CONTRAIL_CONFIG": str(elsewhere)}).sample_rate == 0.3
+    assert TracerSettings.load(env={"CONTRAIL_CONFIG": str(elsewhere)}).sample_rate == 0.3
     with pytest.raises(ConfigFileError, match="CONTRAIL_CONFIG=.*missing.toml: no such file"):
-        Settings.load(env={"CONTRAIL_CONFIG": str(in_project / "missing.toml")})
+        TracerSettings.load(env={"CONTRAIL_CONFIG": str(in_project / "missing.toml")})
 
 
 def test_a_pyproject_without_tool_contrail_is_no_config(in_project):
     (in_project / "pyproject.toml").write_text('[project]\nname = "app"\n')
-    assert Settings.load_with_sources(env={})[1]["sample_rate"] == "default"
+    assert TracerSettings.load_with_sources(env={})[1]["sample_rate"] == "default"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -74,7 +75,7 @@ def test_a_pyproject_without_tool_contrail_is_no_config(in_project):
 def test_mistakes_name_the_file_and_the_key(in_project, text, message):
     (in_project / "contrail.toml").write_text(text)
     with pytest.raises(ValueError, match=message) as raised:
-        Settings.load(env={})
+        WebSettings.load(env={})
     assert str(in_project / "contrail.toml") in str(raised.value)
 
 

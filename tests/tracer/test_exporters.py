@@ -15,7 +15,7 @@ import pytest
 from tests.support.servers import wait_until
 from tests.tracer.conftest import RECEIVED_STREAM
 from tests.tracer.tracer_helpers import by_name, stream_spans
-from tracer.settings import Settings
+from tracer.settings import TracerSettings
 
 
 def _work(tracing, count=3):
@@ -75,14 +75,14 @@ def test_otlp_exporter_delivers_to_contrails_receiver(make_manager, redis_url, o
 
 
 def test_otlp_endpoint_from_the_standard_variables():
-    base = Settings.load(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4318/"})
+    base = TracerSettings.load(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4318/"})
     assert base.otlp_endpoint == "http://tempo:4318/v1/traces"
-    traces = Settings.load(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4318",
-                                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://jaeger:4318/custom"})
+    traces = TracerSettings.load(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4318",
+                                      "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://jaeger:4318/custom"})
     assert traces.otlp_endpoint == "http://jaeger:4318/custom"
-    assert Settings.load(env={"CONTRAIL_EXPORTERS": "Redis, otlp,otlp"}).exporters == ("redis", "otlp")
+    assert TracerSettings.load(env={"CONTRAIL_EXPORTERS": "Redis, otlp,otlp"}).exporters == ("redis", "otlp")
     with pytest.raises(ValueError, match="CONTRAIL_EXPORTERS: unknown exporter.*zipkin"):
-        Settings.load(env={"CONTRAIL_EXPORTERS": "redis,zipkin"})
+        TracerSettings.load(env={"CONTRAIL_EXPORTERS": "redis,zipkin"})
 
 
 def test_a_hanging_otlp_endpoint_never_holds_up_the_redis_export(make_manager, redis_url):

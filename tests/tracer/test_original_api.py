@@ -11,7 +11,7 @@ from tests.support.servers import wait_until
 from tests.tracer.conftest import RECEIVED_STREAM
 from tests.tracer.tracer_helpers import by_name, stream_spans
 from tracer import compat
-from tracer.settings import Settings
+from tracer.settings import TracerSettings
 
 
 def test_finish_span_logs_dict_is_one_event_with_the_dict_as_attributes(make_manager, redis_url):
@@ -95,12 +95,12 @@ def test_record_return_value_setting_turns_it_on_for_every_decorator(make_manage
 
 
 def test_original_environment_names_configure_the_tracer():
-    settings = Settings.load(env={"SERVICE_NAME": "user-service", "JAEGER_ENABLE_TRACING": "false",
-                                  "JAEGER_AGENT_HOST": "jaeger.local", "JAEGER_AGENT_PORT": "6831"})
+    settings = TracerSettings.load(env={"SERVICE_NAME": "user-service", "JAEGER_ENABLE_TRACING": "false",
+                                        "JAEGER_AGENT_HOST": "jaeger.local", "JAEGER_AGENT_PORT": "6831"})
     assert (settings.service_name, settings.enabled, settings.jaeger_host) == ("user-service", False, "jaeger.local")
     assert compat.jaeger_endpoint(settings) == "http://jaeger.local:4318/v1/traces"  # the agent's UDP port is not OTLP
-    modern = Settings.load(env={"SERVICE_NAME": "old", "CONTRAIL_SERVICE_NAME": "new", "JAEGER_AGENT_PORT": "14318",
-                                "JAEGER_AGENT_HOST": "j"})
+    modern = TracerSettings.load(env={"SERVICE_NAME": "old", "CONTRAIL_SERVICE_NAME": "new",
+                                      "JAEGER_AGENT_PORT": "14318", "JAEGER_AGENT_HOST": "j"})
     assert modern.service_name == "new" and compat.jaeger_endpoint(modern) == "http://j:14318/v1/traces"
 
 

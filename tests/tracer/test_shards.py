@@ -12,7 +12,7 @@ from tracer.codec import encode_span_dicts
 from tracer.export import RedisStreamExporter
 from tracer.metrics_codec import encode_metrics
 from tracer.redis_client import connect, is_cluster_url
-from tracer.settings import Settings
+from tracer.settings import TracerSettings
 
 
 def span(trace_id: str) -> dict:
@@ -31,7 +31,7 @@ def test_a_trace_id_picks_the_same_shard_as_int_and_as_hex_and_ids_spread():
 
 
 def test_entries_go_to_the_shard_of_their_route_and_unrouted_ones_spread():
-    settings = Settings.load({}, stream_shards=4, redis_url="redis://127.0.0.1:6379/0")
+    settings = TracerSettings.load({}, stream_shards=4, redis_url="redis://127.0.0.1:6379/0")
     exporter = RedisStreamExporter(settings)
     for _ in range(20):
         trace_id = os.urandom(16).hex()
@@ -41,7 +41,7 @@ def test_entries_go_to_the_shard_of_their_route_and_unrouted_ones_spread():
     metric_entries = [encode_metrics([["m", "gauge", "", "", 0, {"n": i}, 1, 1.0, []]], [("svc", {})])
                       for i in range(40)]
     assert len({exporter.stream_of(fields) for fields in metric_entries}) > 1
-    plain = RedisStreamExporter(Settings.load({}, redis_url="redis://127.0.0.1:6379/0"))
+    plain = RedisStreamExporter(TracerSettings.load({}, redis_url="redis://127.0.0.1:6379/0"))
     assert plain.stream_of(metric_entries[0]) == "contrail:spans"
 
 

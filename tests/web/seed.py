@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from collector_worker.finalizer import finalize_ready, on_spans_stored
 from collector_worker.storage import open_engine
 from collector_worker.storage.writer import store_spans
-from tracer.settings import Settings
+from web.settings import WebSettings
 
 FAR_FUTURE_NS = 4_000_000_000 * 10**9
 
@@ -42,7 +42,7 @@ def store(database_url: str, spans: list[dict], *, finalize: bool = True) -> Non
             new = store_spans(conn, spans, received_ns=time.time_ns())
             on_spans_stored(conn, new)  # per-span statistics, as the consumer does in its ingest transaction
         if finalize:
-            settings = Settings.load(env={}, quiet_period="1s")
+            settings = WebSettings.load(env={}, quiet_period="1s")
             while finalize_ready(engine, settings, "tests", now_ns=FAR_FUTURE_NS):
                 pass
     finally:

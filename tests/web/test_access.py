@@ -146,11 +146,11 @@ def test_collector_reports_reach_status_and_metrics(client, redis_url):
     import redis
 
     from collector_worker.reports import build_collector_report, write_collector_report
-    from tracer.settings import Settings
+    from web.settings import WebSettings
 
     server = redis.Redis.from_url(redis_url)
     for name, dropped in (("collector-a", 7), ("collector-b", 5)):
-        settings = Settings.load(env={}, redis_url=redis_url, consumer_name=name)
+        settings = WebSettings.load(env={}, redis_url=redis_url, consumer_name=name)
         write_collector_report(server, settings, build_collector_report(
             {"spans_stored": 100, "dead_lettered": 1}, {"finalized": 20}, {"kept": 3, "dropped": dropped}))
     server.close()

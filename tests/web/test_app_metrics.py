@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collector_worker import metrics_store
 from collector_worker.storage import open_engine
-from tracer.settings import Settings
+from web.settings import WebSettings
 
 
 def point(name, kind, value, time_ns, **attributes):
@@ -37,7 +37,7 @@ def stored(tmp_path):
 def scrape(url, redis_url, enabled):
     from web import create_app
 
-    settings = Settings.load(env={}, database_url=url, redis_url=redis_url, prometheus_app_metrics=enabled)
+    settings = WebSettings.load(env={}, database_url=url, redis_url=redis_url, prometheus_app_metrics=enabled)
     app = create_app(settings=settings)
     try:
         response = app.test_client().get("/metrics")

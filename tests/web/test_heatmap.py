@@ -11,7 +11,7 @@ from collector_worker.finalizer import finalize_ready, on_spans_stored
 from collector_worker.storage import open_engine
 from collector_worker.storage.writer import store_spans
 from tests.web.seed import new_trace_id, span, store
-from tracer.settings import Settings
+from web.settings import WebSettings
 
 MINUTE_NS = 60 * 10**9
 
@@ -22,7 +22,7 @@ def store_now(database_url: str, spans: list[dict]) -> None:
     try:
         with engine.begin() as conn:
             on_spans_stored(conn, store_spans(conn, spans, received_ns=time.time_ns() - 5 * 10**9))
-        settings = Settings.load(env={}, quiet_period="1s")
+        settings = WebSettings.load(env={}, quiet_period="1s")
         while finalize_ready(engine, settings, "tests", now_ns=time.time_ns()):
             pass
     finally:

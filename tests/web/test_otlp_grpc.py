@@ -15,9 +15,9 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.support.servers import free_port, wait_until
 from tests.web.test_otlp import check_converted, finished_spans, stream_spans
-from tracer.settings import Settings
 from web import create_app
 from web.otlp_grpc import start_grpc_server
+from web.settings import WebSettings
 
 pytestmark = pytest.mark.xdist_group("web-otlp")
 
@@ -29,7 +29,7 @@ def grpc_app(database_url, redis_url):
 
     def start(**settings):
         port = free_port()
-        base = Settings.load(env={}, database_url=database_url, redis_url=redis_url, otlp_grpc_port=port)
+        base = WebSettings.load(env={}, database_url=database_url, redis_url=redis_url, otlp_grpc_port=port)
         app = create_app({"TESTING": True}, settings=dataclasses.replace(base, **settings))
         started.append((app, start_grpc_server(app)))
         return app, f"127.0.0.1:{port}"

@@ -67,9 +67,10 @@ def test_a_forked_child_reports_only_its_own_counts(make_manager, redis_url):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
 
-    def both():
+    def both():  # the parent reports every 0.1 s: an early report may predate its third span
         by_pid = {r["pid"]: r for r in reports(redis_url)}
-        return pid in by_pid and os.getpid() in by_pid and by_pid
+        parent = by_pid.get(os.getpid(), {})
+        return pid in by_pid and parent.get("spans_sampled_out") == 3 and by_pid
 
     by_pid = wait_until(both, timeout=30, message="parent and child reports")
     assert by_pid[pid]["spans_sampled_out"] == 1

@@ -87,7 +87,7 @@ def llm_call_of(span: Mapping[str, Any]) -> dict[str, Any] | None:
     ``status_code``). Input tokens include cached tokens, as providers report.
     """
     attrs = span.get("attributes") or {}
-    if not isinstance(attrs, Mapping):
+    if type(attrs) is not dict and not isinstance(attrs, Mapping):  # a dict (the usual case) skips the ABC check
         return None
     input_tokens = token_count(_first(attrs, _INPUT_KEYS))
     output_tokens = token_count(_first(attrs, _OUTPUT_KEYS))

@@ -395,6 +395,7 @@ def tag_value(value: Any) -> tuple[str, float | None] | None:
 
 def _tags(spans: list[Mapping[str, Any]]) -> list[tuple[str, str, float | None]]:
     seen: dict[tuple[str, str], float | None] = {}
+    ints_seen: set[tuple[Any, int]] = set()
     for s in spans:
         attrs = s.get("attributes")
         if type(attrs) is not dict:
@@ -415,6 +416,10 @@ def _tags(spans: list[Mapping[str, Any]]) -> list[tuple[str, str, float | None]]
                     pair = item
                 num = None
             else:
+                if type(value) is int:  # ints with equal values have equal texts: each pair is looked at once
+                    if item in ints_seen:
+                        continue
+                    ints_seen.add(item)
                 tv = tag_value(value)
                 if tv is None:
                     continue

@@ -256,7 +256,9 @@ def prepare_batch(conn: Connection, settings: Any, claimed: list[tuple[str, int]
     batch.old_postings = old_postings
     batch.old_numbers = {t: int(p["trace_no"]) for t, p in previous.items() if p.get("trace_no") is not None}
     batch.dictionary = block_dictionary.for_encoding(conn)
-    batch.encode(search_keys.lookup(conn, batch._names()))
+    batch.encode(search_keys.known(conn.engine))  # the usual case: every name has an id cached
+    if batch.assembled:  # names not cached here yet: read their ids (those new to the database wait)
+        batch.encode(search_keys.lookup(conn, batch._names()))
     if batch.samples:  # no dictionary yet: these blocks are what one is trained on
         block_dictionary.add_samples(conn.engine, batch.samples)
         batch.samples = []

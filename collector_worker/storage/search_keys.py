@@ -69,6 +69,12 @@ def add_names(conn: Connection, wanted: Iterable[str]) -> dict[str, int]:
     return _select(conn, wanted)
 
 
+def known(engine: Engine) -> dict[str, int]:
+    """The ids this process has cached for ``engine`` (committed, so they never change): what most
+    traces' names need once a collector has run a while, without listing the names first."""
+    return _cache(engine)
+
+
 def lookup(conn: Connection, wanted: Iterable[str]) -> dict[str, int]:
     """Ids of the ``wanted`` names the database knows; an unknown name is absent.
 

@@ -65,13 +65,18 @@ def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
     if n == 0:
         return Assembly(summary=_empty_summary())
 
-    starts = [int(s.get("start_ns") or 0) for s in unique]
-    ends = [max(int(s.get("end_ns") or 0), st) for s, st in zip(unique, starts)]
+    starts: list[int] = []
+    ends: list[int] = []
     parent = [-1] * n
     warnings: list[dict[str, Any]] = []
     missing_parent = False
-    for i, span in enumerate(unique):
-        pid = span.get("parent_span_id")
+    for i, span in enumerate(unique):  # times and parent links in one pass
+        get = span.get
+        start = int(get("start_ns") or 0)
+        end = int(get("end_ns") or 0)
+        starts.append(start)
+        ends.append(end if end > start else start)
+        pid = get("parent_span_id")
         if not pid:
             continue
         j = index.get(pid, -1)
@@ -243,26 +248,33 @@ def _critical_path(root: int, starts: list[int], ends: list[int], parent: list[i
     children is owned by the parent; overlapping children never both count.
     """
     # Clip top-down so grandchildren are clipped to their clipped parent.
-    cs, ce = {root: starts[root]}, {root: ends[root]}
-    kids: dict[int, list[int]] = {}
+    n = len(starts)
+    cs: list[int] = [0] * n  # clipped start and end of each span reached from the root
+    ce: list[int] = [0] * n
+    cs[root], ce[root] = starts[root], ends[root]
+    kids: list[list[int]] = [[] for _ in range(n)]
     stack = [root]
+    reached = 1
     while stack:
         p = stack.pop()
         ps, pe = cs[p], ce[p]
-        kept = []
+        kept = kids[p]
         for c in children[p]:
-            s, e = max(starts[c], ps), min(ends[c], pe)
-            if starts[c] > pe or ends[c] < ps or e < s:
+            sc, ec = starts[c], ends[c]
+            s = sc if sc > ps else ps
+            e = ec if ec < pe else pe
+            if sc > pe or ec < ps or e < s:
                 continue
             cs[c], ce[c] = s, e
             kept.append(c)
             stack.append(c)
-        kept.sort(key=lambda c: ce[c], reverse=True)  # last finishing first
-        kids[p] = kept
+            reached += 1
+        if len(kept) > 1:
+            kept.sort(key=ce.__getitem__, reverse=True)  # last finishing first
 
     on_path: set[int] = set()
     current, cursor = root, None
-    for _ in range(4 * len(cs) + 4):  # each span is entered downwards at most once; bound the loop anyway
+    for _ in range(4 * reached + 4):  # each span is entered downwards at most once; bound the loop anyway
         if cursor is None:
             child = kids[current][0] if kids[current] else None
         else:
@@ -383,24 +395,37 @@ def tag_value(value: Any) -> tuple[str, float | None] | None:
 
 def _tags(spans: list[Mapping[str, Any]]) -> list[tuple[str, str, float | None]]:
     seen: dict[tuple[str, str], float | None] = {}
+    ints_seen: set[tuple[Any, int]] = set()
     for s in spans:
         attrs = s.get("attributes")
         if type(attrs) is not dict:
             attrs = span_attributes(s)
-        for key, value in attrs.items():
+        for item in attrs.items():
+            key, value = item
             if type(value) is str:  # most attributes: skip the general conversion
+                if item in seen:  # the same pair on an earlier span of the trace (only valid keys enter)
+                    continue
                 if len(value) > MAX_TAG_LENGTH:
                     continue
                 if "\x00" in value:  # PostgreSQL text cannot hold NUL: replaced, as the writer does
                     value = value.replace("\x00", "\ufffd")
-                pair, num = (key, value), None
+                    pair = (key, value)
+                    if pair in seen:
+                        continue
+                else:
+                    pair = item
+                num = None
             else:
+                if type(value) is int:  # ints with equal values have equal texts: each pair is looked at once
+                    if item in ints_seen:
+                        continue
+                    ints_seen.add(item)
                 tv = tag_value(value)
                 if tv is None:
                     continue
                 pair, num = (key, tv[0]), tv[1]
-            if pair in seen:  # only valid keys ever enter ``seen``
-                continue
+                if pair in seen:  # only valid keys ever enter ``seen``
+                    continue
             if type(key) is not str or not key or len(key) > MAX_TAG_LENGTH:
                 continue
             if "\x00" in key:

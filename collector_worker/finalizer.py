@@ -256,7 +256,9 @@ def prepare_batch(conn: Connection, settings: Any, claimed: list[tuple[str, int]
     batch.old_postings = old_postings
     batch.old_numbers = {t: int(p["trace_no"]) for t, p in previous.items() if p.get("trace_no") is not None}
     batch.dictionary = block_dictionary.for_encoding(conn)
-    batch.encode(search_keys.lookup(conn, batch._names()))
+    batch.encode(search_keys.known(conn.engine))  # the usual case: every name has an id cached
+    if batch.assembled:  # names not cached here yet: read their ids (those new to the database wait)
+        batch.encode(search_keys.lookup(conn, batch._names()))
     if batch.samples:  # no dictionary yet: these blocks are what one is trained on
         block_dictionary.add_samples(conn.engine, batch.samples)
         batch.samples = []
@@ -271,12 +273,17 @@ class FinalizedBatch:
     """
 
     __slots__ = ("claimed", "replaced", "trace_rows", "assembled", "dropped", "acc", "edges", "tombstones",
-                 "staged", "moved", "old_postings", "old_numbers", "kept", "blocks", "postings", "dictionary", "samples")
+                 "staged", "moved", "old_postings", "old_numbers", "kept", "blocks", "postings", "dictionary", "samples",
+                 "tags_of")
 
     def _names(self) -> set[str]:
         wanted: set[str] = set()
-        for _, _, a in self.assembled:
-            wanted |= search_keys.names_in(a.operations, search_keys.search_tags(a))
+        tags_of = self.tags_of
+        for trace_id, _, a in self.assembled:
+            tags = tags_of.get(trace_id)
+            if tags is None:
+                tags = tags_of[trace_id] = search_keys.search_tags(a)
+            wanted |= search_keys.names_in(a.operations, tags)
         return wanted
 
     def encode(self, ids: dict[str, int]) -> None:
@@ -284,7 +291,10 @@ class FinalizedBatch:
         waiting = []
         for trace_id, spans, a in self.assembled:
             try:
-                self.postings[trace_id] = search_keys.postings(a.operations, search_keys.search_tags(a), ids)
+                tags = self.tags_of.get(trace_id)
+                if tags is None:
+                    tags = search_keys.search_tags(a)
+                self.postings[trace_id] = search_keys.postings(a.operations, tags, ids)
             except KeyError:  # a name never seen: added by the write transaction
                 waiting.append((trace_id, spans, a))
                 continue
@@ -366,6 +376,7 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
     batch.staged, batch.old_postings, batch.old_numbers, batch.blocks, batch.postings = [], {}, {}, {}, {}
     batch.moved = {}
     batch.dictionary, batch.samples = None, []
+    batch.tags_of = {}  # trace id -> its search tags, derived once for both names and postings
     return batch
 
 

@@ -87,7 +87,7 @@ def llm_call_of(span: Mapping[str, Any]) -> dict[str, Any] | None:
     ``status_code``). Input tokens include cached tokens, as providers report.
     """
     attrs = span.get("attributes") or {}
-    if not isinstance(attrs, Mapping):
+    if type(attrs) is not dict and not isinstance(attrs, Mapping):  # a dict (the usual case) skips the ABC check
         return None
     input_tokens = token_count(_first(attrs, _INPUT_KEYS))
     output_tokens = token_count(_first(attrs, _OUTPUT_KEYS))
@@ -127,7 +127,7 @@ _ADDITIVE = ("calls", "errors", "input_tokens", "output_tokens", "cache_read_tok
 def aggregate_usage(new_spans: Iterable[Mapping[str, Any]], table: pricing.PriceTable | None = None) -> list[dict]:
     """Rows to add to ``llm_usage`` for these spans (both resolutions), in key order."""
     table = table or pricing.current_table()
-    rows: dict[tuple, dict[str, Any]] = {}
+    sums: dict[tuple, list] = {}  # key -> [calls, errors, input, output, cache read, cost, total_ns]
     disjoint = _TRIGGER_KEYS.isdisjoint
     for span in new_spans:
         attrs = span.get("attributes")
@@ -141,22 +141,27 @@ def aggregate_usage(new_spans: Iterable[Mapping[str, Any]], table: pricing.Price
             cost = 0.0
         service = _text(span.get("service")) or "unknown_service"
         seconds = call["start_ns"] // 1_000_000_000
+        error = int(call["error"])
+        model, user_id, agent = call["model"], call["user_id"], call["agent"]
+        input_tokens, output_tokens, cached = call["input_tokens"], call["output_tokens"], call["cache_read_tokens"]
+        duration = call["duration_ns"]
         for resolution in RESOLUTIONS:
-            key = (resolution, seconds - seconds % resolution, service, call["model"], call["user_id"], call["agent"])
-            row = rows.get(key)
+            key = (resolution, seconds - seconds % resolution, service, model, user_id, agent)
+            row = sums.get(key)
             if row is None:
-                row = rows[key] = dict(zip(("resolution", "bucket", "service", "model", "user_id", "agent"), key),
-                                       calls=0, errors=0, input_tokens=0, output_tokens=0,
-                                       cache_read_tokens=0, cost=0.0, total_ns=0)
-            row["calls"] += 1
-            row["errors"] += int(call["error"])
-            row["input_tokens"] += call["input_tokens"]
-            row["output_tokens"] += call["output_tokens"]
-            row["cache_read_tokens"] += call["cache_read_tokens"]
-            row["cost"] += cost
-            row["total_ns"] += call["duration_ns"]
+                row = sums[key] = [0, 0, 0, 0, 0, 0.0, 0]
+            row[0] += 1
+            row[1] += error
+            row[2] += input_tokens
+            row[3] += output_tokens
+            row[4] += cached
+            row[5] += cost
+            row[6] += duration
     # A fixed key order keeps concurrent PostgreSQL upserts from deadlocking.
-    return [rows[key] for key in sorted(rows)]
+    return [dict(zip(_KEY_COLUMNS, key), **dict(zip(_ADDITIVE, sums[key]))) for key in sorted(sums)]
+
+
+_KEY_COLUMNS = ("resolution", "bucket", "service", "model", "user_id", "agent")
 
 
 def record_llm_usage(conn: Connection, new_spans: list[dict]) -> None:

@@ -37,7 +37,7 @@ import threading
 import time
 from typing import Any
 
-from tracer.limits import Cut, SpanLimits, limit_span
+from tracer.limits import Cut, SpanLimits, limit_span, within_limits
 
 from .conventions import map_ai_conventions
 from .llm_usage import TOKEN_KEYS, token_count
@@ -109,6 +109,8 @@ def admit_span(span: dict[str, Any], limits: SpanLimits, now_ns: int | None = No
         return reason
     map_ai_conventions(span, limits.value_length)  # OpenInference / OpenLLMetry LLM spans in GenAI terms
     _check_tokens(span)
+    if within_limits(span, limits):  # the usual span: nothing to cut (limit_span would check the same first)
+        return None
     cut: Cut = limit_span(span, limits)
     if cut:
         _count(span_events_dropped=cut.events, span_links_dropped=cut.links,

@@ -69,6 +69,12 @@ def add_names(conn: Connection, wanted: Iterable[str]) -> dict[str, int]:
     return _select(conn, wanted)
 
 
+def known(engine: Engine) -> dict[str, int]:
+    """The ids this process has cached for ``engine`` (committed, so they never change): what most
+    traces' names need once a collector has run a while, without listing the names first."""
+    return _cache(engine)
+
+
 def lookup(conn: Connection, wanted: Iterable[str]) -> dict[str, int]:
     """Ids of the ``wanted`` names the database knows; an unknown name is absent.
 
@@ -98,13 +104,12 @@ def names_of(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
 def postings(operations, tags, ids: dict[str, int]) -> list[list]:
     """A trace's search postings ``[ops, tags, numbers]`` from its assembly's operations and tags.
 
-    ops are ``[service_id, operation_id, error]``, tags ``[key_id, value_hash]``, numbers
-    ``[key_id, value]``; raises KeyError when a name has no id in ``ids``.
+    ops are ``(service_id, operation_id, error)``, tags ``(key_id, value_hash)``, numbers
+    ``(key_id, value)``, each list sorted; raises KeyError when a name has no id in ``ids``.
     """
-    ops = sorted({(ids[svc[:255]], ids[op[:512]], bool(err)) for svc, op, err in operations})
-    hashed = sorted({(ids[k], tag_hash(v)) for k, v, _ in tags})
-    numbers = sorted({(ids[k], float(n)) for k, _, n in tags if n is not None})
-    return [[list(o) for o in ops], [list(t) for t in hashed], [list(n) for n in numbers]]
+    return [sorted({(ids[svc[:255]], ids[op[:512]], bool(err)) for svc, op, err in operations}),
+            sorted({(ids[k], tag_hash(v)) for k, v, _ in tags}),
+            sorted({(ids[k], float(n)) for k, _, n in tags if n is not None})]
 
 
 def names_in(operations, tags) -> set[str]:

@@ -328,15 +328,16 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
         for trace_id in chunk:
             params.extend((trace_id, received_ns, received_ns))
         conn.exec_driver_sql(_pending_upsert_sql(conn, len(chunk)), tuple(params))
-    new: list[dict[str, Any]] = []
     by_key = prepared.by_key
-    for key in sorted(inserted):
+    inserted = sorted(inserted)
+    count = 0
+    for key in inserted:
         group, size = spans_of[key]
         for span in group:
             span["received_ns"] = received_ns
-            new.append(by_key[(key[0], span["span_id"])])
+        count += len(group)
         if stored_rows is not None:
             stored_rows.append((key[0], key[1], group, size))
-    if len(new) == len(prepared.keys):  # the usual case: every span was new; the caller's order
+    if count == len(prepared.keys):  # the usual case: every span was new; the caller's order
         return [by_key[key] for key in prepared.keys]
-    return new
+    return [by_key[(key[0], span["span_id"])] for key in inserted for span in spans_of[key][0]]

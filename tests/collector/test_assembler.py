@@ -235,3 +235,16 @@ def test_a_run_under_a_root_publish_keeps_its_parent_for_timing():
     spans = [span("pub", None, 0, 10, kind="producer"), span("run", "pub", 20, 120, kind="consumer")]
     a = assemble(spans)
     assert a.critical_path == {"pub"} and a.self_time_ns["pub"] == 10 * MS
+
+
+def test_tags_repeated_across_spans_are_posted_once_and_equal_numbers_of_other_types_apart():
+    """A trace's spans repeat attribute pairs; each pair is tagged once, in first-seen order. Values that
+    compare equal but print differently (1, True, 1.0) are different tags, and a NUL is replaced."""
+    a = assemble([
+        span("root", None, 0, 100, attributes={"k": 1, "m": "GET", "z": "a\x00b"}),
+        span("A", "root", 10, 20, attributes={"k": True, "m": "GET", "z": "a\x00b"}),
+        span("B", "root", 30, 40, attributes={"k": 1.0, "m": "POST", "n": [1, 2]}),
+        span("C", "root", 50, 60, attributes={"k": 1, "m": "GET", "big": 10 ** 300}),
+    ])
+    assert a.tags == [("k", "1", 1.0), ("m", "GET", None), ("z", "a\ufffdb", None), ("k", "true", None),
+                      ("k", "1.0", 1.0), ("m", "POST", None)]

@@ -36,6 +36,19 @@ from tracer.manager import TracingManager
 START = 1_700_000_000_000_000_000
 
 
+@pytest.fixture(autouse=True)
+def only_these_tests_handlers():
+    """Celery's signals are process-wide: handlers another test connected (the session's ``tasks`` app, when
+    this module runs in the same process) would trace these round trips too; off until the test ends."""
+    others = [(tracing.manager, list(tracing.apps)) for tracing in list(celery_tracing.tracing._registry.values())]
+    for manager, _ in others:
+        celery_tracing.uninstrument_celery(manager)
+    yield
+    for manager, apps in others:
+        for app in apps or [None]:
+            celery_tracing.instrument_celery(manager, app)
+
+
 @pytest.fixture
 def make_manager(redis_url, tmp_path):
     made = []

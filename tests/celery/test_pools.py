@@ -34,6 +34,30 @@ def test_nested_publish_and_retry_parentage_in_pool(pool, tasks, celery_env, spa
     assert all(s["attributes"]["messaging.destination.name"] == queue for s in attempts)
 
 
+def test_a_retry_running_before_its_first_attempt_ended_leaves_both_runs(tasks, celery_env, spans_client, tmp_path):
+    """A retry keeps its task id, and in a threads pool it can start before the attempt that published it has
+    ended (here that attempt's on_retry waits until it has). Each attempt's run span still ends, with its own
+    state and retry event, the second under the first."""
+    queue, name = "retry-overlap", "run tests.celery.apps.tasks.retried_while_finishing"
+    worker = Worker(celery_env, queue, pool="threads", concurrency=2, log_dir=tmp_path).start()
+    try:
+        with tasks.tracing.tracer.start_as_current_span("client root") as root:
+            assert tasks.retried_while_finishing.apply_async(queue=queue).get(timeout=30) == 1
+        tasks.tracing.flush(5)
+        spans = wait_for_spans(spans_client, hex_trace(root), count(name, 2))
+    finally:
+        worker.stop()
+    first, second = sorted(named(spans, name), key=lambda s: s["attributes"]["celery.retries"])
+    assert (first["attributes"]["celery.retries"], second["attributes"]["celery.retries"]) == (0, 1)
+    assert first["attributes"]["celery.state"] == "RETRY" and second["attributes"]["celery.state"] == "SUCCESS"
+    assert [e["name"] for e in first["events"]].count("celery.retry") == 1
+    assert not any(e["name"] == "celery.retry" for e in second["events"])
+    ids = {s["span_id"]: s for s in spans}
+    assert ids[second["parent_span_id"]]["name"] == "publish tests.celery.apps.tasks.retried_while_finishing"
+    assert ids[second["parent_span_id"]]["parent_span_id"] == first["span_id"]
+    assert first["end_ns"] > second["start_ns"]  # they did overlap
+
+
 def test_recycled_children_lose_no_span(tasks, celery_env, spans_client, tmp_path):
     """worker_max_tasks_per_child=1: every child exits after one task and must flush first."""
     queue = "recycle"

@@ -239,9 +239,16 @@ def test_a_forked_child_profiles_on_its_own_and_forgets_the_parents_open_spans(m
     with tracing.span("open at the fork"):
         def child():
             assert tracing._slow_spans.open == 0  # the parent's open span is not the child's
+            me = threading.get_ident()
             with tracing.span("child work"):
                 with tracing.profile("child"):
-                    spin(0.2)
+                    [explicit] = tracing.profiler().captures[me]
+                    [slow] = tracing._slow_spans.by_thread[me]
+                    # until the child's sampler has taken both profiles' samples: a child starved of CPU by
+                    # other processes may get none in a fixed spell of wall time (60 s only bounds a failure)
+                    deadline = time.monotonic() + 60
+                    while (explicit.samples < 20 or slow.capture is None) and time.monotonic() < deadline:
+                        spin(0.01)
         pid = in_forked_child(tracing, child)
     assert tracing.flush(10)
     profiles = stream_profiles(redis_url)

@@ -10,9 +10,10 @@ the task object (so ``send_task`` by name leaks the producer span and its
 context), records nothing when a pool child dies (hard time limit, revoke with
 terminate), loses spans when ``worker_max_tasks_per_child`` recycles a child,
 does not read protocol 1 messages, and has no queue-wait figure. Here spans
-are keyed by task id, the worker's parent process records what a dead child
-could not, children flush before they exit, and the publish time travels in
-the ``contrail_published_ns`` header so the run span knows its queue wait.
+are keyed by task id (a run span by attempt: task id and the thread running
+it), the worker's parent process records what a dead child could not,
+children flush before they exit, and the publish time travels in the
+``contrail_published_ns`` header so the run span knows its queue wait.
 
 The modules, one job each:
 

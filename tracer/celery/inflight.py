@@ -1,15 +1,16 @@
 """Spans waiting for their closing signal, and how such a span is completed.
 
 A publish or run span is opened by one signal and closed by another; between
-the two it is held here by task id, with the attributes it will get
+the two it is held here, with the attributes it will get
 (:func:`record_late_attributes`): building them waits until the message is out
-or the result is stored, and then runs on the export thread.
+or the result is stored, and then runs on the export thread. Publish spans are
+held by task id; run spans by attempt (:func:`task_runner`).
 """
 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.trace import Status, StatusCode
@@ -23,10 +24,28 @@ MAX_IN_FLIGHT = 10000  # bound on spans waiting for their closing signal
 SPARE_SPANS = 1024  # bound on span objects made ahead for the run spans of coming tasks (see HotSpans.prepare)
 
 
-class InFlight:
-    """Spans waiting for their closing signal, by task id; bounded so a lost signal cannot leak.
+def task_runner() -> Callable[[], Any]:
+    """The function naming the thread or greenlet that runs the current task: Celery's own.
 
-    ``spans`` maps a task id to ``(span, context token or None, late
+    A retry keeps its task id, and in a threads, eventlet or gevent pool it
+    can start before the attempt that published it has ended. Each attempt
+    runs from ``task_prerun`` to ``task_postrun`` on one thread (or
+    greenlet), where Celery keeps its request (``Task.request``, a stack per
+    :func:`celery.utils.threads.get_ident`); ``(task id, that identity)`` is
+    what names one attempt's run span.
+    """
+    try:
+        from celery.utils.threads import get_ident
+    except ImportError:  # no Celery: no tasks either; threads are what tells callers apart
+        from threading import get_ident
+    return get_ident
+
+
+class InFlight:
+    """Spans waiting for their closing signal, by key; bounded so a lost signal cannot leak.
+
+    ``spans`` maps a key (a task id for a publish span, ``(task id, runner)``
+    for a run span) to ``(span, context token or None, late
     attributes)``. It is a plain dict (insertion-ordered, each operation
     atomic under the interpreter lock) that the handlers on a task's path use
     directly: one dict operation, no lock, no method call. Whoever adds to it
@@ -34,10 +53,10 @@ class InFlight:
     """
 
     def __init__(self) -> None:
-        self.spans: dict[str, tuple] = {}
+        self.spans: dict[Any, tuple] = {}
         self.overflowed = 0
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: Any, value: Any) -> None:
         spans = self.spans
         spans[key] = value
         if len(spans) > MAX_IN_FLIGHT:
@@ -56,11 +75,27 @@ class InFlight:
             span.set_status(Status(StatusCode.ERROR, "closing signal never arrived"))
             span.end()
 
-    def get(self, key: str) -> Any:
+    def get(self, key: Any) -> Any:
         return self.spans.get(key)
 
-    def pop(self, key: str) -> Any:
+    def pop(self, key: Any) -> Any:
         return self.spans.pop(key, None)
+
+    def of_task(self, key: tuple) -> Any:
+        """The run span of attempt ``key``, else the oldest one of its task id held by any runner.
+
+        A signal about a task sent from another thread than the one running it
+        (a revoke, a cancel sent by the worker's consumer) names the task, not the attempt.
+        """
+        spans = self.spans
+        held = spans.get(key)
+        if held is not None or not spans:
+            return held
+        task_id = key[0]
+        for other, held in list(spans.items()):
+            if other[0] == task_id:
+                return held
+        return None
 
     def clear(self) -> None:
         self.spans.clear()

@@ -45,7 +45,8 @@ class PublishHandlers:
             if hot is None or hot.tracer is not self.manager.tracer:
                 hot = self.hot_spans()
             current = otel_context.get_current()  # the parent span and the baggage both come from it
-            retrying = self.running.spans.get(task_id)
+            running = self.running.spans  # this thread's attempt of that task, if it is running one
+            retrying = running.get((task_id, self.runner())) if running else None
             if retrying is not None:
                 # The running task republishes itself (a retry), maybe from inside a span of its own (the
                 # call that failed): the next attempt belongs to the attempt, not to that call.

@@ -61,7 +61,7 @@ class RunHandlers:
             token = otel_context.attach(trace.set_span_in_context(span, context))
             task_id = text(task_id)
             # attributes are built and set once the result is stored (see record_late_attributes)
-            self.running.put(task_id, (span, token, (run_attributes, request, name, task_id, attrs)))
+            self.running.put((task_id, self.runner()), (span, token, (run_attributes, request, name, task_id, attrs)))
         except Exception as exc:  # noqa: BLE001
             self._guard("task_prerun", exc)
 
@@ -96,15 +96,16 @@ class RunHandlers:
         span = hot.start("run " + name, parent, SpanKind.CONSUMER, ids, start_ns)
         token = otel_context.attach(context_with_span(span))
         task_id = task_id if type(task_id) is str else text(task_id)
-        self.running.put(task_id, (span, token, (run_attributes_later, request, name, task_id, start_ns,
-                                                 carrier.get(PUBLISHED_HEADER))))
+        # by attempt: a retry (same task id) may start on another thread before this attempt has ended
+        self.running.put((task_id, self.runner()), (span, token, (run_attributes_later, request, name, task_id,
+                                                                  start_ns, carrier.get(PUBLISHED_HEADER))))
         return True
 
     def on_task_postrun(self, sender=None, task_id=None, task=None, state=None, **_: Any) -> None:
         try:
             end_ns = time.time_ns()
-            held = self.running.spans.pop(task_id if type(task_id) is str else text(task_id), None) \
-                if task_id else None
+            held = self.running.spans.pop((task_id if type(task_id) is str else text(task_id), self.runner()),
+                                          None) if task_id else None
             if held is None:
                 return
             span, token = held[0], held[1]
@@ -147,7 +148,7 @@ class RunHandlers:
     def on_task_failure(self, sender=None, task_id=None, exception=None, traceback=None, einfo=None,
                         **_: Any) -> None:
         try:
-            held = self.running.get(text(task_id)) if task_id else None
+            held = self.running.of_task((text(task_id), self.runner())) if task_id else None
             if held is not None:
                 record_error(held[0], exception, einfo)
                 return
@@ -161,7 +162,7 @@ class RunHandlers:
     def on_task_retry(self, sender=None, request=None, reason=None, einfo=None, **_: Any) -> None:
         try:
             task_id = getattr(request, "id", None)
-            held = self.running.get(text(task_id)) if task_id else None
+            held = self.running.of_task((text(task_id), self.runner())) if task_id else None
             if held is None:
                 return
             span = held[0]
@@ -184,7 +185,7 @@ class RunHandlers:
                 reason = f"terminated (signal {signum})" if signum is not None else "terminated"
             else:
                 reason = "revoked"
-            held = self.running.get(task_id)
+            held = self.running.of_task((task_id, self.runner()))
             if held is not None:  # threads/solo pool: the span is ours to close
                 span = held[0]
                 span.set_attribute("celery.revoke_reason", reason)
@@ -198,7 +199,7 @@ class RunHandlers:
 
     def on_task_internal_error(self, sender=None, task_id=None, exception=None, einfo=None, **_: Any) -> None:
         try:
-            held = self.running.get(text(task_id)) if task_id else None
+            held = self.running.of_task((text(task_id), self.runner())) if task_id else None
             if held is not None:
                 held[0].set_attribute("celery.internal_error", True)
                 record_error(held[0], exception, einfo)

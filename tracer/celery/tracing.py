@@ -9,7 +9,7 @@ from collections import OrderedDict
 from typing import Any
 
 from .hot_spans import HotSpans
-from .inflight import InFlight
+from .inflight import InFlight, task_runner
 from .publish import PublishHandlers
 from .run import RunHandlers
 from .worker import WorkerHandlers, tasks_run_in_process
@@ -66,7 +66,8 @@ class CeleryTracing(PublishHandlers, RunHandlers, WorkerHandlers):
         self.manager = manager
         self.apps: weakref.WeakSet = weakref.WeakSet()
         self.publishing = InFlight()   # task id -> producer span
-        self.running = InFlight()      # task id -> (consumer span, context token)
+        self.running = InFlight()      # (task id, runner) -> (consumer span, context token): one per attempt
+        self.runner = task_runner()    # names the thread (or greenlet) running a task; see task_runner
         self.received: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # worker parent: task id -> Request
         self.chord_links: OrderedDict[str, list] = OrderedDict()  # header group id -> [[trace, span], ...]
         self._connected: list[tuple[Any, str]] = []

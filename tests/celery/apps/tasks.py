@@ -10,6 +10,7 @@ signals and handlers in the worker (bench/bench_celery_signals.py).
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from celery import Celery
@@ -61,6 +62,29 @@ def flaky(self, failures):
     """Fails ``failures`` times, retrying each time, then succeeds."""
     if self.request.retries < failures:
         raise self.retry(exc=RuntimeError(f"attempt {self.request.retries} failed"), countdown=0.05)
+    return self.request.retries
+
+
+_attempt_started: dict[str, threading.Event] = {}
+
+
+def attempt_started(task_id: str) -> threading.Event:
+    return _attempt_started.setdefault(task_id, threading.Event())
+
+
+class WaitsForItsRetry(app.Task):
+    """A task whose attempt, once it asked for a retry, finishes only after the retry has started."""
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        attempt_started(task_id).wait(20)  # a solo pool cannot start the retry: the attempt goes on after 20 s
+
+
+@app.task(bind=True, base=WaitsForItsRetry, max_retries=1)
+def retried_while_finishing(self):
+    """Retries at once; in a threads pool the second attempt (same task id) runs while the first is ending."""
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    attempt_started(self.request.id).set()
     return self.request.retries
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import redis
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from tracer import shards
 from tracer.codec import REASON_CHARS, CodecError, decode_entry, encode_rejected
@@ -90,7 +90,7 @@ def consumer_stats() -> dict[str, int]:
         return dict(_counters)
 
 
-_TRANSIENT = (OperationalError, InterfaceError, DisconnectionError)
+_TRANSIENT = finalizer.TRANSIENT_ERRORS
 
 
 class StorageUnavailable(Exception):

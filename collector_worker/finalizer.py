@@ -87,10 +87,10 @@ class SpanFigures:
 
 
 
-_TRANSIENT = (OperationalError, InterfaceError, DisconnectionError)  # the database, not the batch: retried whole
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, DisconnectionError)  # the database, not the batch: retried whole
 
 
-def _left_to_another(lost: "LeaseLost", claimed: list[tuple[str, int]] = ()) -> list[tuple[str, int]]:
+def left_to_another(lost: "LeaseLost", claimed: list[tuple[str, int]] = ()) -> list[tuple[str, int]]:
     """Log traces whose leases another collector took over; the rest of ``claimed``, to write without them."""
     _counters["leases_lost"] += len(lost.trace_ids)
     log.warning("a finalize pass outlived its leases: %d traces were taken over by another collector and are "
@@ -99,8 +99,8 @@ def _left_to_another(lost: "LeaseLost", claimed: list[tuple[str, int]] = ()) -> 
     return [lease for lease in claimed if lease[0] not in gone]
 
 
-def _one_by_one(engine: Engine, settings: Any, consumer_name: str, claimed: list[tuple[str, int]],
-                ahead: ClaimAhead | None = None, lock: Any = None) -> int:
+def finalize_one_by_one(engine: Engine, settings: Any, consumer_name: str, claimed: list[tuple[str, int]],
+                        ahead: ClaimAhead | None = None, lock: Any = None) -> int:
     """Finalize the traces of a batch whose write the database refused, each in a transaction of its own.
 
     A refusal that depends on the data (a value out of range, say) would otherwise come back with the same
@@ -115,11 +115,11 @@ def _one_by_one(engine: Engine, settings: Any, consumer_name: str, claimed: list
             with write_lock(engine), engine.begin() as conn:
                 batch.write(conn, consumer_name)
             done += 1
-        except _TRANSIENT:
+        except TRANSIENT_ERRORS:
             give_back(engine, consumer_name, claimed[index:], time.time_ns() - lease_store.LEASE_NS // 2, ahead, lock)
             raise
         except LeaseLost as exc:
-            _left_to_another(exc)
+            left_to_another(exc)
         except Exception:
             _counters["failed"] += 1
             log.exception("cannot write the finalized trace %s; its spans stay stored unassembled", lease[0])
@@ -128,7 +128,7 @@ def _one_by_one(engine: Engine, settings: Any, consumer_name: str, claimed: list
                     lease_store.check_leases(conn, consumer_name, [lease])
                     lease_store.settle_pending(conn, [lease])
             except LeaseLost as exc:
-                _left_to_another(exc)
+                left_to_another(exc)
             except Exception:
                 give_back(engine, consumer_name, claimed[index:], time.time_ns() - lease_store.LEASE_NS // 2, ahead, lock)
                 raise
@@ -191,14 +191,14 @@ def finalize_ready(engine: Engine, settings: Any, consumer_name: str, now_ns: in
         if ahead is not None and kept is not None:
             ahead.claimed = kept  # leases taken by the transaction that failed were rolled back with it
         leases = [lease for part in taken for lease in part]
-        if kept is None or isinstance(exc, _TRANSIENT):  # not written yet, or the database's trouble
+        if kept is None or isinstance(exc, TRANSIENT_ERRORS):  # not written yet, or the database's trouble
             give_back(engine, consumer_name, leases, min(leased_ns, now_ns), ahead)
             raise
         if isinstance(exc, LeaseLost):  # the rest is still this collector's: written without the lost ones
-            leases = _left_to_another(exc, leases)
+            leases = left_to_another(exc, leases)
         else:
             log.warning("writing %d finalized traces failed, writing them one by one: %s", len(leases), exc)
-        return _one_by_one(engine, settings, consumer_name, sorted(leases), ahead)
+        return finalize_one_by_one(engine, settings, consumer_name, sorted(leases), ahead)
     return sum(len(part) for part in taken)
 
 
@@ -258,7 +258,7 @@ def prepare_batch(conn: Connection, settings: Any, claimed: list[tuple[str, int]
     batch.dictionary = block_dictionary.for_encoding(conn)
     batch.encode(search_keys.known(conn.engine))  # the usual case: every name has an id cached
     if batch.assembled:  # names not cached here yet: read their ids (those new to the database wait)
-        batch.encode(search_keys.lookup(conn, batch._names()))
+        batch.encode(search_keys.lookup(conn, batch.names()))
     if batch.samples:  # no dictionary yet: these blocks are what one is trained on
         block_dictionary.add_samples(conn.engine, batch.samples)
         batch.samples = []
@@ -276,7 +276,7 @@ class FinalizedBatch:
                  "staged", "moved", "old_postings", "old_numbers", "kept", "blocks", "postings", "dictionary", "samples",
                  "tags_of")
 
-    def _names(self) -> set[str]:
+    def names(self) -> set[str]:
         wanted: set[str] = set()
         tags_of = self.tags_of
         for trace_id, _, a in self.assembled:
@@ -308,7 +308,7 @@ class FinalizedBatch:
         """Write the batch in ``conn``'s transaction, first checking ``consumer_name`` still holds every lease."""
         lease_store.check_leases(conn, consumer_name, self.claimed)
         if self.assembled:  # traces with names new to the database: add them, in this transaction
-            self.encode(search_keys.add_names(conn, self._names()))
+            self.encode(search_keys.add_names(conn, self.names()))
         if self.blocks:
             block_dictionary.store(conn, self.dictionary)
         finalized.write_batch(conn, self)

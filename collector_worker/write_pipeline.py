@@ -70,7 +70,7 @@ class WritePipeline:
                     room = 2 * leases.MAX_TRACES_PER_CALL - len(self.ahead.claimed)
                 next_ns = time.time_ns()
                 leased = lease_store.claim_in(conn, self.name, next_ns, next_ns - quiet_ns, limit=room) if room > 0 else []
-        except finalizer._TRANSIENT:
+        except finalizer.TRANSIENT_ERRORS:
             # The rolled-back transaction left the leases as they were: give them back, or hold them for the
             # next pass when the database refuses that too (so they are not stuck until they expire).
             leases.give_back(self.engine, self.name, claimed, time.time_ns() - lease_store.LEASE_NS if leased_ns is None else leased_ns,
@@ -78,10 +78,10 @@ class WritePipeline:
             raise
         except Exception as exc:  # refused for what the batch holds (or leases lost): the traces one by one
             if isinstance(exc, lease_store.LeaseLost):
-                claimed = finalizer._left_to_another(exc, claimed)
+                claimed = finalizer.left_to_another(exc, claimed)
             else:
                 log.warning("writing %d finalized traces failed, writing them one by one: %s", len(claimed), exc)
-            done = finalizer._one_by_one(self.engine, self.settings, self.name, claimed, self.ahead, self._lock)
+            done = finalizer.finalize_one_by_one(self.engine, self.settings, self.name, claimed, self.ahead, self._lock)
             if self.on_written is not None:
                 self.on_written(done)
             return done

@@ -15,7 +15,7 @@ from sqlalchemy import and_, or_, select, union_all
 from sqlalchemy.engine import Connection
 
 from . import block_store, periods, schema, search_keys
-from .queries import _keys, _window_days, TraceQuery
+from .queries import TraceQuery, key_array, window_days
 
 
 def traces_with_key(conn: Connection, key: str, start_ns: int | None, end_ns: int | None,
@@ -34,16 +34,16 @@ def traces_with_key(conn: Connection, key: str, start_ns: int | None, end_ns: in
         return []
     arms = []
     for part in periods.parts(conn):
-        if not part.holds_days(*_window_days(TraceQuery(start_ns=start_ns, end_ns=end_ns))):
+        if not part.holds_days(*window_days(TraceQuery(start_ns=start_ns, end_ns=end_ns))):
             continue
         t = part.table(schema.traces).c
         if part.postgres:
             k = schema.trace_search_keys.c
             wanted_keys = [search_keys.tag_key_marker(ids[key])]
             wanted_keys += [search_keys.tag_key(ids[tag_key], search_keys.tag_hash(value)) for tag_key, value in tags]
-            where = [t.trace_no.in_(select(k.trace_no).where(k.tag_keys.contains(_keys(wanted_keys))))]
+            where = [t.trace_no.in_(select(k.trace_no).where(k.tag_keys.contains(key_array(wanted_keys))))]
             if exclude:
-                unwanted = _keys(search_keys.tag_key(ids[key], search_keys.tag_hash(v)) for v in exclude)
+                unwanted = key_array(search_keys.tag_key(ids[key], search_keys.tag_hash(v)) for v in exclude)
                 where.append(~t.trace_no.in_(select(k.trace_no).where(k.tag_keys.overlap(unwanted))))
         else:
             g = part.table(schema.trace_tags).c

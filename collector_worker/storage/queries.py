@@ -374,7 +374,7 @@ def main_part_filters(conn: Connection, q: TraceQuery) -> list[Any] | None:
     return _filters(_shape(q, tags), periods.parts(conn)[0], _values(q, tags, ids).__getitem__)
 
 
-def _keys(values) -> Any:
+def key_array(values) -> Any:
     return cast(sorted(set(values)), ARRAY(BigInteger))
 
 
@@ -390,7 +390,7 @@ def _array_filter(shape: _Shape, bind: Any) -> Any | None:
     return select(k.c.trace_no).where(*conditions) if conditions else None
 
 
-def _window_days(q: TraceQuery) -> tuple[int | None, int | None]:
+def window_days(q: TraceQuery) -> tuple[int | None, int | None]:
     """The days a trace matching ``q``'s time window can be numbered in (its start's day)."""
     return (None if q.start_ns is None else partitions.day_of(max(0, q.start_ns)),
             None if q.end_ns is None else partitions.day_of(max(0, q.end_ns)))
@@ -467,7 +467,7 @@ def search_traces(conn: Connection, q: TraceQuery) -> dict[str, Any]:
     empty = {"traces": [], "total": 0, "total_capped": False, "next_cursor": None}
     if ids is None:
         return empty
-    days = _window_days(q)
+    days = window_days(q)
     parts = [part for part in periods.parts(conn) if part.holds_days(*days)]
     if not parts:
         return empty
@@ -499,14 +499,14 @@ def tagged_trace_ids(conn: Connection, tags: Mapping[str, str], any_keys: list[s
         return []
     arms = []
     for part in periods.parts(conn):
-        if not part.holds_days(*_window_days(TraceQuery(start_ns=start_ns, end_ns=end_ns))):
+        if not part.holds_days(*window_days(TraceQuery(start_ns=start_ns, end_ns=end_ns))):
             continue
         t = part.table(schema.traces)
         if part.postgres:
             k = schema.trace_search_keys
-            wanted = (k.c.tag_keys.contains(_keys(search_keys.tag_key(ids[key], search_keys.tag_hash(value))
+            wanted = (k.c.tag_keys.contains(key_array(search_keys.tag_key(ids[key], search_keys.tag_hash(value))
                                                   for key, value in tags.items())) if tags else
-                      k.c.tag_keys.overlap(_keys(search_keys.tag_key_marker(i) for i in ids.values())))
+                      k.c.tag_keys.overlap(key_array(search_keys.tag_key_marker(i) for i in ids.values())))
             where = [t.c.trace_no.in_(select(k.c.trace_no).where(wanted))]
         else:
             g = part.table(schema.trace_tags)
@@ -808,7 +808,7 @@ def service_exists(conn: Connection, service: str) -> bool:
         return False
     if conn.dialect.name == "postgresql":
         k = schema.trace_search_keys
-        return conn.execute(select(k.c.trace_no).where(k.c.op_keys.contains(_keys([search_keys.op_key(sid)])))
+        return conn.execute(select(k.c.trace_no).where(k.c.op_keys.contains(key_array([search_keys.op_key(sid)])))
                             .limit(1)).first() is not None
     o = _postings(conn, lambda t: [t.c.trace_no], lambda t: [t.c.service_id == sid])
     return conn.execute(select(o.c.trace_no).limit(1)).first() is not None

@@ -39,6 +39,7 @@ def observe_process(metrics: Any) -> None:
     """Register the process's system metrics on ``metrics`` (a :class:`tracer.metrics.MetricsCollector`)."""
     psutil = _psutil()
     processes: dict[int, Any] = {}
+    cores = psutil.cpu_count() or 1
 
     def current() -> Any:
         """This process's psutil handle, made again in a forked child (a Celery pool process reports itself)."""
@@ -48,6 +49,17 @@ def observe_process(metrics: Any) -> None:
             processes[pid] = psutil.Process(pid)
             processes[pid].cpu_percent(None)  # the first call starts the measuring interval
         return processes[pid]
+
+    measuring = {"pid": os.getpid()}  # the process whose CPU interval runs since the last reading
+
+    def utilization():
+        """CPU since the last collection. A forked child's first collection starts its own interval and reads
+        nothing; over a short interval psutil's tick-granular CPU times can read above every core: not beyond."""
+        percent = current().cpu_percent(None)
+        if measuring["pid"] != os.getpid():
+            measuring["pid"] = os.getpid()
+            return []
+        return [Observation(min(max(percent / 100.0, 0.0), float(cores)))]
 
     current()
     meter = metrics.meter
@@ -72,9 +84,8 @@ def observe_process(metrics: Any) -> None:
 
     meter.create_observable_counter("process.cpu.time", [_safe(cpu_time)], unit="s",
                                     description="CPU time of this process")
-    meter.create_observable_gauge("process.cpu.utilization", [_safe(lambda: [
-        Observation(current().cpu_percent(None) / 100.0)])], unit="1",
-        description="CPU used since the last collection, as a share of one core")
+    meter.create_observable_gauge("process.cpu.utilization", [_safe(utilization)], unit="1",
+                                  description="CPU used since the last collection, as a share of one core")
     meter.create_observable_gauge("process.memory.rss", [_safe(lambda: [
         Observation(current().memory_info().rss)])], unit="By", description="Resident memory of this process")
     meter.create_observable_gauge("process.threads", [_safe(lambda: [

@@ -126,3 +126,8 @@ def test_a_forked_child_exports_its_own_points_and_system_metrics(make_manager, 
         sorted([(1.0, os.getpid()), (5.0, pid)])
     child_threads = [p for p in points if p["name"] == "process.threads" and p["resource"]["process.pid"] == pid]
     assert child_threads and child_threads[0]["value"] >= 1
+    # the child's first collection has measured no CPU interval of its own: no utilization figure rather than
+    # a tick over a few microseconds read as thousands of per cent
+    utilization = {p["resource"]["process.pid"]: p["value"] for p in points if p["name"] == "process.cpu.utilization"}
+    assert pid not in utilization
+    assert 0.0 <= utilization[os.getpid()] <= (os.cpu_count() or 1)

@@ -65,7 +65,8 @@ def test_up_uses_an_external_redis_and_stops_on_sigterm(redis_url, tmp_path):
     process, lines = start_up(["--data-dir", str(tmp_path / "data"), "--port", str(port), "--collectors", "2"],
                               clean_env(CONTRAIL_REDIS_URL=redis_url, CONTRAIL_OTLP_GRPC_PORT=str(grpc_port)))
     try:
-        wait_until(lambda: any("Contrail is up" in line for line in lines) or process.poll() is not None,
+        # "press Ctrl-C to stop" is the last line of the start-up report (the receivers come after "Contrail is up")
+        wait_until(lambda: any("press Ctrl-C to stop" in line for line in lines) or process.poll() is not None,
                    timeout=90, interval=0.3, message="the stack")
         output = "\n".join(lines)
         assert process.poll() is None, output

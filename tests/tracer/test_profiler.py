@@ -145,10 +145,13 @@ def test_slow_spans_are_sampled_at_a_low_rate_and_fast_ones_are_not(make_manager
     profile = profiles["slow"]
     assert (profile["mode"], profile["span_id"]) == ("slow", ids(slow)[1])
     assert 10 <= profile["samples"] <= 45  # about 30: the 300 ms past the threshold at 10 ms
-    assert leaf_samples(profile, "spin") == profile["samples"]
+    # samples are time-weighted: a sampler delayed by a loaded machine until the span's exit weighs that sample
+    # by the intervals it missed, so a few may fall outside spin
+    assert leaf_samples(profile, "spin") >= 0.8 * profile["samples"]
     task_stacks = [stack for stack, _ in profiles["task"]["stacks"]]
     assert all(stack.startswith("test_slow_spans_are_sampled_at_a_low_rate_and_fast_ones_are_not (")
-               and stack.split(";")[-1].startswith("spin (") for stack in task_stacks), task_stacks
+               for stack in task_stacks), task_stacks
+    assert leaf_samples(profiles["task"], "spin") >= 0.8 * profiles["task"]["samples"], task_stacks
 
 
 def test_deep_stacks_keep_root_and_leaf_and_a_marker(make_manager):

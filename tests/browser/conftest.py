@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -25,6 +27,7 @@ from . import traffic
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+DOC_IMAGES = ROOT / "docs" / "images"
 
 
 def browser_unavailable_reason() -> str | None:
@@ -179,3 +182,20 @@ def screenshot(page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path))
     return path
+
+
+def check_doc_image(shot: str, doc_name: str, produced_by: str) -> None:
+    """``docs/images/dashboard-<doc_name>.png`` is a page-sized screenshot; with CONTRAIL_UPDATE_DOC_IMAGES=1 it is
+    first refreshed from this run's screenshot ``shot`` (the suite rewrites tracked files only when asked)."""
+    target = DOC_IMAGES / f"dashboard-{doc_name}.png"
+    if os.environ.get("CONTRAIL_UPDATE_DOC_IMAGES") == "1":
+        path = SCREENSHOTS / f"{shot}.png"
+        if not path.exists():
+            pytest.fail(f"{path} missing: run {produced_by} in the same run to produce the screenshots")
+        DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    data = target.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", target
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 1000 and height >= 600, (target, width, height)  # a page, not a thumbnail
+    assert len(data) < 400_000, target

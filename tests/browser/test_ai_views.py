@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import struct
 import time
 
 import pytest
 import requests
 
-from tests.conftest import ROOT
 from tests.support.servers import wait_until
 from tracer.manager import TracingManager
 
-from .conftest import SCREENSHOTS, Stack, running_stack, screenshot
+from .conftest import Stack, check_doc_image, running_stack, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
-DOC_IMAGES = ROOT / "docs" / "images"
 SECRET_EMAIL = "ana.lima@example.com"
 PROMPT = [{"role": "system", "content": "You plan trips. Be brief."},
           {"role": "user", "content": f"Weather in Lisbon this weekend? Write to {SECRET_EMAIL}."}]
@@ -228,16 +223,5 @@ def test_ai_page_reaches_sessions_and_users_and_finds_them_by_id(page, stack):
 
 def test_doc_screenshots_of_the_ai_pages():
     """docs/dashboard.md shows these pages; CONTRAIL_UPDATE_DOC_IMAGES=1 refreshes the images from this run's."""
-    refresh = os.environ.get("CONTRAIL_UPDATE_DOC_IMAGES") == "1"
     for name in ("ai-sessions", "ai-session", "ai-user", "llm-call", "llm-call-unrecorded"):
-        target = DOC_IMAGES / f"dashboard-{name}.png"
-        if refresh:
-            path = SCREENSHOTS / f"{name}.png"
-            if not path.exists():
-                pytest.fail(f"{path} missing: run the AI view tests in the same run to produce the screenshots")
-            shutil.copyfile(path, target)
-        data = target.read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n", target
-        width, height = struct.unpack(">II", data[16:24])
-        assert width >= 1000 and height >= 600, (target, width, height)
-        assert len(data) < 400_000, target
+        check_doc_image(name, name, "the AI view tests")

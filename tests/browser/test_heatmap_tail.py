@@ -13,7 +13,7 @@ import requests
 from tests.support.servers import wait_until
 from tracer.codec import encode_span_dicts
 
-from .conftest import SCREENSHOTS, ConsoleWatch, running_stack, screenshot, watched_page
+from .conftest import SCREENSHOTS, ConsoleWatch, check_doc_image, running_stack, screenshot, watched_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
@@ -315,21 +315,5 @@ def test_live_tail_shows_a_trace_published_during_the_test_and_pauses(page, stac
 
 def test_doc_images_are_screenshots_of_these_views(stack):
     """docs/dashboard.md shows these views; CONTRAIL_UPDATE_DOC_IMAGES=1 refreshes the images from this run's."""
-    import shutil
-    import struct
-
-    from tests.conftest import ROOT
-
-    refresh = os.environ.get("CONTRAIL_UPDATE_DOC_IMAGES") == "1"
     for name in ("heatmap", "livetail", "report", "services-charts"):
-        target = ROOT / "docs" / "images" / f"dashboard-{name}.png"
-        if refresh:
-            source = SCREENSHOTS / f"{name}.png"
-            if not source.exists():
-                pytest.fail(f"{source} missing: run this module's tests in the same run to produce the screenshots")
-            shutil.copyfile(source, target)
-        data = target.read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n", target
-        width, height = struct.unpack(">II", data[16:24])
-        assert width >= 1000 and height >= 600, (target, width, height)
-        assert len(data) < 400_000, target
+        check_doc_image(name, name, "this module's tests")

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import struct
 
 import pytest
 
-from tests.conftest import ROOT
-
 from . import traffic
-from .conftest import screenshot
+from .conftest import check_doc_image, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
-
-DOC_IMAGES = ROOT / "docs" / "images"
 
 
 def ready(page, flag: str):
@@ -431,19 +424,6 @@ def test_doc_images_are_dashboard_screenshots(stack):
 
     The suite does not rewrite tracked files unless asked, so a test run leaves the checkout clean.
     """
-    source = ROOT / "artifacts" / "screenshots"
-    refresh = os.environ.get("CONTRAIL_UPDATE_DOC_IMAGES") == "1"
     for name, doc_name in (("search", "search"), ("trace", "trace"), ("services-overview", "services"), ("ai", "ai"),
                            ("metrics", "metrics"), ("profile", "profile"), ("operation", "operation")):
-        target = DOC_IMAGES / f"dashboard-{doc_name}.png"
-        if refresh:
-            path = source / f"{name}.png"
-            if not path.exists():
-                pytest.fail(f"{path} missing: run the page tests in the same run to produce the screenshots")
-            DOC_IMAGES.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-        data = target.read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n", target
-        width, height = struct.unpack(">II", data[16:24])
-        assert width >= 1000 and height >= 600, (target, width, height)  # a page, not a thumbnail
-        assert len(data) < 400_000, target
+        check_doc_image(name, doc_name, "the page tests")

@@ -23,6 +23,14 @@ from tests.support.servers import (  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+
+def unavailable(reason: str, in_ci: str) -> None:
+    """A real part a test needs is missing: in CI that fails the run (``in_ci`` says what), elsewhere the test
+    skips with ``reason``."""
+    if IN_CI:
+        pytest.fail(in_ci)
+    pytest.skip(reason)
+
 if "PYTEST_XDIST_WORKER" not in os.environ:  # the controlling process, before any server starts
     stop_orphans(mark_run())
 
@@ -89,9 +97,7 @@ def postgres_server_url():
     """A fresh PostgreSQL database for this worker; required in CI, skipped with the reason elsewhere."""
     reason = postgres_unavailable_reason()
     if reason:
-        if IN_CI:
-            pytest.fail(f"PostgreSQL is required in CI: {reason}")
-        pytest.skip(reason)
+        unavailable(reason, f"PostgreSQL is required in CI: {reason}")
     url, drop = create_postgres_database()
     yield url
     drop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 
@@ -14,8 +13,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from collector_worker.exporters import export_trace, timeline_events
 from tests.ai.traces import TraceBuilder, agent_trace, large_trace
+from tests.conftest import IN_CI, unavailable
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 HEX_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 
 
@@ -123,9 +122,7 @@ def mermaid_parser(tmp_path_factory):
     """mermaid from npm, installed outside the repository; its parse() runs under node on jsdom's DOM."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
-        if IN_CI:
-            pytest.fail("node and npm are required in CI for the Mermaid parser check")
-        pytest.skip("node/npm not installed")
+        unavailable("node/npm not installed", "node and npm are required in CI for the Mermaid parser check")
     directory = tmp_path_factory.mktemp("mermaid")
     (directory / "package.json").write_text('{"private": true, "type": "module"}')
     packages = ["mermaid@11", "jsdom@29"]

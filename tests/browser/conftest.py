@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import IN_CI, ROOT
+from tests.conftest import ROOT, unavailable
 from tests.support.servers import RedisServer, free_port, stop_process, wait_until
 
 from . import traffic
@@ -46,9 +46,7 @@ def chromium():
     # would break asyncio.run() in whatever tests the same xdist worker runs after the browser tests.
     reason = browser_unavailable_reason()
     if reason:
-        if IN_CI:
-            pytest.fail(f"the browser tests must run in CI: {reason}")
-        pytest.skip(reason)
+        unavailable(reason, f"the browser tests must run in CI: {reason}")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

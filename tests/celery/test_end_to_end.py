@@ -17,11 +17,11 @@ import pytest
 import requests
 
 from tests.celery.helpers import ROOT, Worker
+from tests.conftest import unavailable
 from tests.support.servers import free_port, stop_process, wait_until
 
 pytestmark = pytest.mark.xdist_group("celery")
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 RABBITMQ_URL = os.environ.get("CONTRAIL_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 T = "tests.celery.apps.tasks"
 
@@ -64,9 +64,7 @@ def broker_url(request, celery_env):
         return celery_env["CONTRAIL_TEST_BROKER_URL"]
     reason = rabbitmq_unavailable_reason()
     if reason:
-        if IN_CI:
-            pytest.fail(f"RabbitMQ is required in CI: {reason}")
-        pytest.skip(reason)
+        unavailable(reason, f"RabbitMQ is required in CI: {reason}")
     return RABBITMQ_URL
 
 

@@ -20,12 +20,12 @@ import time
 import pytest
 import requests
 
+from tests.conftest import unavailable
 from tests.deploy.compose_local import LocalStack
 from tests.deploy.conftest import COMPOSE, DOCKERFILE, ROOT
 from tests.support.orphans import RUN_VARIABLE
 from tests.support.servers import create_postgres_database, postgres_unavailable_reason
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DEMO_SERVICES = {"gateway", "retrieval", "retrieval-worker"}
 
 
@@ -46,9 +46,7 @@ def export_one_span(service: str, exporter) -> None:
 def fresh_database():
     reason = postgres_unavailable_reason()
     if reason:
-        if IN_CI:
-            pytest.fail(f"PostgreSQL is required in CI: {reason}")
-        pytest.skip(reason)
+        unavailable(reason, f"PostgreSQL is required in CI: {reason}")
     url, drop = create_postgres_database("contrail_compose")
     yield url
     drop()

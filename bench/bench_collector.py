@@ -60,6 +60,7 @@ from tests.support.servers import (  # noqa: E402
 )
 from tracer.codec import decode_entry, encode_span_dicts  # noqa: E402
 from tracer.redis_client import connect  # noqa: E402
+from tracer.reporting import reports_key  # noqa: E402
 from collector_worker.settings import CollectorSettings  # noqa: E402
 
 STREAM, GROUP = "contrail:spans", "contrail-collectors"
@@ -192,6 +193,19 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def recent_span_counters(client: redis.Redis, wait: float = 5.0) -> dict | None:
+    """The collector's recent-span cache counters from its first report written after this call (one a
+    second): traces finalized from memory alone, and traces that needed spans read back from staging."""
+    asked_ns, deadline = time.time_ns(), time.monotonic() + wait
+    while time.monotonic() < deadline:
+        reports = [json.loads(value) for value in client.hvals(reports_key(STREAM, "collectors"))]
+        if reports and reports[0].get("time_ns", 0) > asked_ns:
+            return {name: reports[0].get(name) for name in
+                    ("recent_spans_hits", "recent_spans_misses", "recent_spans_forgotten")}
+        time.sleep(0.2)
+    return None
+
+
 def run_collectors(redis_url: str, database_url: str, entries, total_spans: int, processes: int,
                    log_path: Path, wait_finalized: bool, backlog: bool = False) -> dict:
     """Start ``processes`` collectors, publish, time until all is stored (and finalized).
@@ -203,7 +217,8 @@ def run_collectors(redis_url: str, database_url: str, entries, total_spans: int,
     if backlog:
         client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
         last_id = publish(client, entries)
-    env = dict(os.environ, CONTRAIL_QUIET_PERIOD="1s", CONTRAIL_BLOCK="200ms", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, CONTRAIL_QUIET_PERIOD="1s", CONTRAIL_BLOCK="200ms", CONTRAIL_REPORT_INTERVAL="1s",
+               PYTHONPATH=str(ROOT))
     env.pop("CONTRAIL_CONSUMER_NAME", None)
     with open(log_path, "wb") as log:
         collector = subprocess.Popen(
@@ -236,6 +251,7 @@ def run_collectors(redis_url: str, database_url: str, entries, total_spans: int,
             finalize_seconds = time.perf_counter() - start
         cpu_end = cpu_seconds(collector.pid) if cpu_start is not None else None
         peak_mb = peak_rss_mb(collector.pid) if processes == 1 else None
+        recent = recent_span_counters(client) if processes == 1 else None
         with engine.connect() as conn:
             stored = len(block_store.all_spans(conn))
             traces = conn.execute(select(func.count()).select_from(schema.traces)).scalar_one()
@@ -246,7 +262,7 @@ def run_collectors(redis_url: str, database_url: str, entries, total_spans: int,
                 "spans_per_second": round(total_spans / ingest_seconds),
                 "finalized_seconds": round(finalize_seconds, 3) if finalize_seconds else None,
                 "spans_per_second_incl_finalize": round(total_spans / finalize_seconds) if finalize_seconds else None,
-                "traces_finalized": traces, "peak_rss_mb": peak_mb,
+                "traces_finalized": traces, "peak_rss_mb": peak_mb, "recent_spans": recent,
                 # CPU time of the collector process per span from publishing to the end of the run (all its
                 # threads; SQLite's work included): less sensitive than spans/s to other load on the machine.
                 "cpu_us_per_span": round((cpu_end - cpu_start) / total_spans * 1e6, 1)

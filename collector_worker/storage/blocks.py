@@ -74,6 +74,7 @@ def _default(value: Any) -> Any:
 
 
 _json_cache: dict[str, Any] = {}
+_UNREADABLE = object()  # cached for text that is not JSON: each field then gets its own default
 
 
 def _parsed(value: Any, default: Any) -> Any:
@@ -87,11 +88,11 @@ def _parsed(value: Any, default: Any) -> Any:
         try:
             found = json.loads(value)
         except ValueError:
-            found = default
+            found = _UNREADABLE
         if len(_json_cache) > 4096:
             _json_cache.clear()
         _json_cache[value] = found
-    return found
+    return default if found is _UNREADABLE else found
 
 
 def _hex_ids(ids: list[Any]) -> bytes | None:

@@ -98,3 +98,13 @@ def test_threads_packing_at_once_get_the_bytes_one_thread_gets():
     for thread in threads:
         thread.join()
     assert all(found[k] == expected for k in range(4))
+
+
+def test_text_that_is_not_json_reads_as_each_fields_empty_value_whatever_was_parsed_before():
+    span = {"trace_id": "ab" * 16, "span_id": "00000000000000a2", "parent_span_id": None, "service": "s",
+            "name": "op", "kind": "server", "start_ns": 10, "end_ns": 20, "status_code": "ok",
+            "status_message": None, "attributes": "{broken", "events": "{broken", "links": "{broken",
+            "resource": "{broken", "scope": None, "received_ns": 10}
+    for _ in range(2):  # the second time the text's parse is cached
+        (row,) = blocks.decode(blocks.encode([span], {}, {}, set()))
+        assert (row["attributes"], row["events"], row["links"], row["resource"]) == ({}, [], [], {})

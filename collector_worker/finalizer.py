@@ -289,19 +289,22 @@ class FinalizedBatch:
     def encode(self, ids: dict[str, int]) -> None:
         """Each assembled trace whose names all have ids: its postings and its block (the rest wait)."""
         waiting = []
+        tags_of, postings, packed = self.tags_of, self.postings, self.blocks
+        compress = blocks.compressor(self.dictionary)
+        samples = self.samples if self.dictionary is None else None
         for trace_id, spans, a in self.assembled:
             try:
-                tags = self.tags_of.get(trace_id)
+                tags = tags_of.get(trace_id)
                 if tags is None:
                     tags = search_keys.search_tags(a)
-                self.postings[trace_id] = search_keys.postings(a.operations, tags, ids)
+                postings[trace_id] = search_keys.postings(a.operations, tags, ids)
             except KeyError:  # a name never seen: added by the write transaction
                 waiting.append((trace_id, spans, a))
                 continue
             body = blocks.pack(spans, a.depth, a.self_time_ns, a.critical_path)
-            self.blocks[trace_id] = blocks.compress(body, self.dictionary)
-            if self.dictionary is None:
-                self.samples.append(body)
+            packed[trace_id] = compress(body)
+            if samples is not None:
+                samples.append(body)
         self.assembled = waiting
 
     def write(self, conn: Connection, consumer_name: str) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import msgpack
 import zstandard
@@ -74,6 +74,7 @@ def _default(value: Any) -> Any:
 
 
 _json_cache: dict[str, Any] = {}
+_UNREADABLE = object()  # cached for text that is not JSON: each field then gets its own default
 
 
 def _parsed(value: Any, default: Any) -> Any:
@@ -87,11 +88,11 @@ def _parsed(value: Any, default: Any) -> Any:
         try:
             found = json.loads(value)
         except ValueError:
-            found = default
+            found = _UNREADABLE
         if len(_json_cache) > 4096:
             _json_cache.clear()
         _json_cache[value] = found
-    return found
+    return default if found is _UNREADABLE else found
 
 
 def _hex_ids(ids: list[Any]) -> bytes | None:
@@ -114,6 +115,11 @@ def encode(spans: list[dict[str, Any]], depth: dict[str, int], self_time_ns: dic
 def compress(body: bytes, dictionary: zstandard.ZstdCompressionDict | None = None) -> bytes:
     """A packed block body compressed (with ``dictionary`` when given; its id goes into the frame)."""
     return _compressor(dictionary).compress(body)
+
+
+def compressor(dictionary: zstandard.ZstdCompressionDict | None = None) -> Callable[[bytes], bytes]:
+    """:func:`compress` with ``dictionary`` for this thread, looked up once for many blocks (a batch's)."""
+    return _compressor(dictionary).compress
 
 
 def pack(spans: list[dict[str, Any]], depth: dict[str, int], self_time_ns: dict[str, int],
@@ -156,7 +162,21 @@ def pack(spans: list[dict[str, Any]], depth: dict[str, int], self_time_ns: dict[
     body = [FORMAT, spans[0]["trace_id"], base, strings, resources, packed_ids if packed_ids is not None else ids,
             parents, services, names, kinds, statuses, messages, starts, durations, attributes, events, links,
             resource_col, scopes, received, depths, selfs, crit]
-    return msgpack.packb(body, default=_default, use_bin_type=True)
+    return _packb(body)
+
+
+def _packb(body: list) -> bytes:
+    """``msgpack.packb(body, default=_default, use_bin_type=True)``, by a packer of this thread without
+    ``default`` first (packers are not thread-safe; reusing one and skipping the default hook costs less).
+    A value only ``default`` can pack fails that packer (TypeError, or OverflowError for a huge int), so
+    whatever it packs is what packb would have made; the rest goes through packb."""
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        return packer.pack(body)
+    except (TypeError, OverflowError):
+        return msgpack.packb(body, default=_default, use_bin_type=True)
 
 
 class Columns(NamedTuple):

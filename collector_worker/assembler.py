@@ -73,6 +73,8 @@ def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
     parent loop) takes paths that skip what cannot change the result; anything else the general code.
     """
     spans = spans if type(spans) is list else list(spans)
+    if len(spans) == 1:
+        return _assemble_one(spans[0])
     if not spans:
         return Assembly(summary=_empty_summary())
     ids, pids, starts, ends, kinds, services, names, statuses, attributes = _columns(spans)
@@ -107,8 +109,7 @@ def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
     cycle_spans: list[int] = []
     missing_parent = False
     if parent is not None:
-        children, roots = _children(parent)
-        depth, reached = _depths(roots, children, n)
+        children, roots, depth, reached = _hierarchy(parent)
         if reached == n:  # every span hangs under a root: no span is its own parent, no parent loop
             for i in roots:
                 pid = pids[i]
@@ -127,7 +128,10 @@ def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
         true_roots = [i for i in roots if not pids[i]]
         root = min(true_roots or roots, key=lambda i: (starts[i], -ends[i]))
 
-    timing_parent, timing_children = _timing_tree(kinds, parent, children)
+    if "consumer" in kinds:
+        timing_parent, timing_children = _timing_tree(kinds, parent, children)
+    else:  # the usual trace: no consumer span to move
+        timing_parent, timing_children = parent, children
     self_time = _self_times(starts, ends, timing_children)
     critical = _critical_path(root, starts, ends, timing_parent, timing_children)
     skew_ns, skew_warnings = _clock_skew(spans, starts, ends, parent)
@@ -164,6 +168,51 @@ def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
     )
 
 
+def _assemble_one(span: Mapping[str, Any]) -> Assembly:
+    """:func:`assemble` of a trace of one span (common: a lone job, a health check), without the tree work."""
+    span_id = span.get("span_id")
+    if not isinstance(span_id, str):
+        return Assembly(summary=_empty_summary())
+    get = span.get
+    start = int(get("start_ns") or 0)
+    end = int(get("end_ns") or 0)
+    if end < start:
+        end = start
+    pid = get("parent_span_id")
+    warnings: list[dict[str, Any]] = []
+    missing_parent = bool(pid) and {span_id: 0}.get(pid, -1) < 0  # its own id: a root, not a missing parent
+    if missing_parent:
+        warnings.append({"code": "missing_parent", "span_id": span_id,
+                         "message": f"parent span {pid} never arrived; shown as an extra root"})
+    service, name = str(get("service") or ""), str(get("name") or "")
+    error = bool(get("status_code") == "error")
+    summary = {
+        "root_span_id": span_id,
+        "root_service": service,
+        "root_operation": name,
+        "start_ns": start,
+        "end_ns": end,
+        "duration_ns": end - start,
+        "span_count": 1,
+        "error_count": 1 if error else 0,
+        "services": [service],
+        "service_count": 1,
+        "incomplete": missing_parent,
+        "clock_skew_ns": 0,
+        "warnings": warnings,
+    }
+    return Assembly(
+        summary=summary,
+        depth={span_id: 0},
+        self_time_ns={span_id: end - start},
+        critical_path={span_id},
+        warnings=warnings,
+        operations=[(service, name, error)],
+        tags=_tags((span,), (get("attributes"),)),
+        kinds=_kinds((get("kind"),)),
+    )
+
+
 def _tree(ids: tuple[str, ...], pids: tuple[Any, ...], index: dict[str, int], starts: list[int],
           warnings: list[dict[str, Any]]) -> tuple[list[int], list[list[int]], list[int], list[int], bool, list[int]]:
     """The general tree: parent links (own-parent links and loops cut, with their warnings), children, roots,
@@ -185,8 +234,7 @@ def _tree(ids: tuple[str, ...], pids: tuple[Any, ...], index: dict[str, int], st
     for i in cycle_spans:
         warnings.append({"code": "missing_parent", "span_id": ids[i],
                          "message": "span's parent chain loops back on itself; shown as an extra root"})
-    children, roots = _children(parent)
-    depth, _ = _depths(roots, children, n)
+    children, roots, depth, _ = _hierarchy(parent)
     return parent, children, roots, depth, missing_parent, cycle_spans
 
 
@@ -269,8 +317,6 @@ def _timing_tree(kinds: list[Any], parent: list[int],
     task results), so for timing a consumer under a producer counts as a child
     of the producer's parent. The tree shown (parent ids, depth) is unchanged.
     """
-    if "consumer" not in kinds:  # the usual trace: nothing moves
-        return parent, children
     moved = [i for i, p in enumerate(parent)
              if p >= 0 and parent[p] >= 0 and kinds[i] == "consumer" and kinds[p] == "producer"]
     if not moved:
@@ -281,8 +327,11 @@ def _timing_tree(kinds: list[Any], parent: list[int],
     return timing_parent, _children(timing_parent)[0]
 
 
-def _depths(roots: list[int], children: list[list[int]], n: int) -> tuple[list[int], int]:
-    """Depth of every span below the roots, and how many spans the roots reach (fewer than n: a parent loop)."""
+def _hierarchy(parent: list[int]) -> tuple[list[list[int]], list[int], list[int], int]:
+    """Children of each span, the roots (in span order), the depth of every span below them, and how many
+    spans the roots reach (fewer than all: some hang under a parent loop)."""
+    n = len(parent)
+    children, roots = _children(parent)
     depth = [0] * n
     stack = list(roots)
     reached = len(roots)
@@ -293,9 +342,9 @@ def _depths(roots: list[int], children: list[list[int]], n: int) -> tuple[list[i
             d = depth[i] + 1
             for c in kids:
                 depth[c] = d
-            stack.extend(kids)
+            stack += kids
             reached += len(kids)
-    return depth, reached
+    return children, roots, depth, reached
 
 
 def _self_times(starts: list[int], ends: list[int], children: list[list[int]]) -> list[int]:

@@ -42,7 +42,11 @@ def _flags_of_key(key: Any) -> int:
     return flags
 
 
-_flags_of_keys: dict[tuple, int] = {}  # a span's attribute keys (in order) -> their flags: key lists repeat too
+# A span's attribute keys (in order) -> their flags: the spans of an operation repeat one key list. Bounded in
+# entries and in the text each holds (a key list never seen before, or too long, is classified key by key).
+_flags_of_keys: dict[tuple, int] = {}
+_KEY_LISTS_LIMIT = 4096
+_KEY_LIST_CHARS = 2048
 
 
 def _prefix_flags(attrs: Mapping[str, Any]) -> int:
@@ -55,7 +59,8 @@ def _prefix_flags(attrs: Mapping[str, Any]) -> int:
         for key in keys:
             f = get(key) if type(key) is str else None
             flags |= _flags_of_key(key) if f is None else f
-        if len(_flags_of_keys) < _KEY_FLAGS_LIMIT:
+        if (len(_flags_of_keys) < _KEY_LISTS_LIMIT
+                and sum([len(k) if type(k) is str else 32 for k in keys]) <= _KEY_LIST_CHARS):
             _flags_of_keys[keys] = flags
     return flags
 

@@ -59,6 +59,7 @@ def bench_traces(total_spans: int) -> list[list[dict]]:
 def steps(m: dict):
     """name -> function of (traces, batches) doing what the finalizer and the ingest side do with them."""
     assemble, edge_difference = m["assembler"].assemble, m["dependencies"].edge_difference
+    assembly_edges = getattr(m["dependencies"], "assembly_edges", None)  # a revision without it: edge_difference
     aggregate_usage, accumulator = m["llm_usage"].aggregate_usage, m["stats"].Accumulator
 
     def run_assemble(traces, batches):
@@ -70,6 +71,20 @@ def steps(m: dict):
         for spans in traces:
             edge_difference([s for s in spans if s.get("depth") is not None], spans, into=edges)
 
+    def run_assemble_and_edges(traces, batches):  # what a first finalization does; with links where there are any
+        edges = defaultdict(lambda: [0, 0, 0])
+        for spans in traces:
+            if assembly_edges is None:
+                assemble(spans)
+                edge_difference([s for s in spans if s.get("depth") is not None], spans, into=edges)
+                continue
+            a = assemble(spans, keep_links=True)
+            before = [s for s in spans if s.get("depth") is not None]
+            if before:
+                edge_difference(before, spans, into=edges)
+            else:
+                assembly_edges(a, spans, edges)
+
     def run_usage(traces, batches):
         for spans in batches:
             aggregate_usage(spans)
@@ -78,7 +93,23 @@ def steps(m: dict):
         for spans in batches:
             accumulator().add_spans("span", spans)
 
-    return {"assemble": run_assemble, "edges": run_edges, "usage": run_usage, "stats": run_stats}
+    return {"assemble": run_assemble, "edges": run_edges, "usage": run_usage, "stats": run_stats,
+            "asm+edges": run_assemble_and_edges}
+
+
+def medians(fn_base, fn_new, args, n: int, rounds: int) -> tuple[float, float]:
+    """Median µs of CPU per span of each side, the sides alternated round by round."""
+    times: dict[str, list[float]] = {"base": [], "new": []}
+    for r in range(rounds):
+        order = (("base", fn_base), ("new", fn_new)) if r % 2 == 0 else (("new", fn_new), ("base", fn_base))
+        for side, fn in order:
+            gc.collect()
+            gc.disable()  # a collection set off by one side's garbage would be charged to the other
+            t0 = time.process_time()
+            fn(*args)
+            times[side].append((time.process_time() - t0) / n * 1e6)
+            gc.enable()
+    return statistics.median(times["base"]), statistics.median(times["new"])
 
 
 def measure(label: str, traces: list[list[dict]], base: dict, new: dict, rounds: int) -> None:
@@ -87,21 +118,13 @@ def measure(label: str, traces: list[list[dict]], base: dict, new: dict, rounds:
     n = len(spans)
     print(f"{label}: {len(traces)} traces, {n} spans; µs CPU per span, median of {rounds} rounds (base / new)")
     total_base = total_new = 0.0
-    for name in base:
-        times = {"base": [], "new": []}
-        for r in range(rounds):
-            order = (("base", base), ("new", new)) if r % 2 == 0 else (("new", new), ("base", base))
-            for side, fns in order:
-                gc.collect()
-                gc.disable()  # a collection set off by one side's garbage would be charged to the other
-                t0 = time.process_time()
-                fns[name](traces, batches)
-                times[side].append((time.process_time() - t0) / n * 1e6)
-                gc.enable()
-        b, w = statistics.median(times["base"]), statistics.median(times["new"])
+    for name in ("assemble", "edges", "usage", "stats"):
+        b, w = medians(base[name], new[name], (traces, batches), n, rounds)
         total_base, total_new = total_base + b, total_new + w
-        print(f"  {name:10s} {b:7.3f} -> {w:7.3f}   x{b / w if w else float('inf'):.2f}")
+        print(f"  {name:10s} {b:7.3f} -> {w:7.3f}   x{b / w:.2f}")
     print(f"  {'total':10s} {total_base:7.3f} -> {total_new:7.3f}   x{total_base / total_new:.2f}")
+    b, w = medians(base["asm+edges"], new["asm+edges"], (traces, batches), n, rounds)
+    print(f"  {'asm+edges':10s} {b:7.3f} -> {w:7.3f}   x{b / w:.2f}   (new: assemble(keep_links=True) + assembly_edges)")
 
 
 def main() -> None:

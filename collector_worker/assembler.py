@@ -13,11 +13,30 @@ import functools
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from operator import itemgetter
+from typing import Any, Iterable, Mapping, NamedTuple
 
 CLOCK_SKEW_TOLERANCE_NS = 1_000_000  # 1 ms: less than this is jitter, not skew worth showing
 MAX_TAGS_PER_TRACE = 2000
 MAX_TAG_LENGTH = 255
+
+
+class Links(NamedTuple):
+    """A trace's parent links as assembly found them, beside the span fields its dependency edges read.
+
+    Kept only for the usual trace (dict spans with unique string ids, integer times, string services, no
+    parent loop), whose links are exactly the ones ``dependencies`` derives itself; see
+    ``dependencies.assembly_edges``.
+    """
+
+    spans: list[Mapping[str, Any]]  # the list assembled (the edges must be of this very list)
+    parent: list[int]  # index of each span's parent, -1 for a root
+    services: tuple[str, ...]
+    kinds: tuple[Any, ...]
+    starts: list[int]
+    ends: list[int]  # never before the start
+    statuses: tuple[Any, ...]
+    attributes: tuple[Any, ...]
 
 
 @dataclass
@@ -32,6 +51,7 @@ class Assembly:
     operations: list[tuple[str, str, bool]] = field(default_factory=list)  # (service, name, had_error)
     tags: list[tuple[str, str, float | None]] = field(default_factory=list)  # (key, value, value_num)
     kinds: list[str] = field(default_factory=list)  # the span kinds the trace holds, sorted
+    links: Links | None = field(default=None, repr=False, compare=False)  # assemble(keep_links=True), usual trace
 
     @property
     def clock_skew_ns(self) -> int:
@@ -51,83 +71,118 @@ class Assembly:
         }
 
 
-def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
-    """Assemble one trace from its spans (any order, duplicates ignored)."""
-    unique: list[Mapping[str, Any]] = []
-    index: dict[str, int] = {}
-    for span in spans:
-        span_id = span.get("span_id")
-        if not isinstance(span_id, str) or span_id in index:
-            continue
-        index[span_id] = len(unique)
-        unique.append(span)
-    n = len(unique)
-    if n == 0:
+_FIELDS = ("span_id", "parent_span_id", "start_ns", "end_ns", "kind", "service", "name", "status_code", "attributes")
+_read_fields = itemgetter(*_FIELDS)
+
+
+def _columns(spans: list[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """The fields assembly reads (``_FIELDS``), one tuple per field: every span's ``get`` of it, read once."""
+    if set(map(type, spans)) == {dict}:
+        try:
+            return list(zip(*map(_read_fields, spans)))
+        except KeyError:  # a field missing from some span: read as None below
+            pass
+    return list(zip(*[tuple(map(s.get, _FIELDS)) for s in spans]))
+
+
+def assemble(spans: Iterable[Mapping[str, Any]], keep_links: bool = False) -> Assembly:
+    """Assemble one trace from its spans (any order, duplicates ignored).
+
+    Each span's fields are read once, as columns. The usual shape (unique string ids, integer times, no
+    parent loop) takes paths that skip what cannot change the result; anything else the general code.
+    With ``keep_links`` the assembly keeps its parent links and columns (:class:`Links`, usual shape only)
+    so that the trace's dependency edges need not read the spans again (``dependencies.assembly_edges``).
+    """
+    spans = spans if type(spans) is list else list(spans)
+    if len(spans) == 1:
+        return _assemble_one(spans[0])
+    if not spans:
         return Assembly(summary=_empty_summary())
+    ids, pids, starts, ends, kinds, services, names, statuses, attributes = _columns(spans)
+    n = len(ids)
+    index = dict(zip(ids, range(n)))
+    if len(index) != n or set(map(type, ids)) != {str}:  # duplicates or ids that are not strings
+        unique: list[Mapping[str, Any]] = []
+        index = {}
+        for span, span_id in zip(spans, ids):
+            if not isinstance(span_id, str) or span_id in index:
+                continue
+            index[span_id] = len(unique)
+            unique.append(span)
+        if not unique:
+            return Assembly(summary=_empty_summary())
+        spans = unique
+        ids, pids, starts, ends, kinds, services, names, statuses, attributes = _columns(spans)
+        n = len(ids)
+        linkable = False
+    else:
+        linkable = True
+    if {*map(type, starts), *map(type, ends)} == {int}:  # int(x or 0) is x: only an end before its start changes
+        ends = [e if e > s else s for s, e in zip(starts, ends)]
+    else:
+        starts, ends = _times(starts, ends)
+        linkable = False
 
-    starts: list[int] = []
-    ends: list[int] = []
-    parent = [-1] * n
+    parent = None
+    if "" not in index:  # then a falsy parent id (None, "") maps to no span, as it must
+        get = index.get
+        try:
+            parent = [get(p, -1) for p in pids]
+        except TypeError:  # an unhashable parent id
+            parent = None
     warnings: list[dict[str, Any]] = []
+    cycle_spans: list[int] = []
     missing_parent = False
-    for i, span in enumerate(unique):  # times and parent links in one pass
-        get = span.get
-        start = int(get("start_ns") or 0)
-        end = int(get("end_ns") or 0)
-        starts.append(start)
-        ends.append(end if end > start else start)
-        pid = get("parent_span_id")
-        if not pid:
-            continue
-        j = index.get(pid, -1)
-        if j < 0:
-            missing_parent = True
-            warnings.append({"code": "missing_parent", "span_id": span["span_id"],
-                             "message": f"parent span {pid} never arrived; shown as an extra root"})
-        elif j != i:
-            parent[i] = j
+    if parent is not None:
+        children, roots, depth, reached = _hierarchy(parent)
+        if reached == n:  # every span hangs under a root: no span is its own parent, no parent loop
+            for i in roots:
+                pid = pids[i]
+                if pid:  # a parent id that is no span's (a span's own id would not be a root here)
+                    missing_parent = True
+                    warnings.append({"code": "missing_parent", "span_id": ids[i],
+                                     "message": f"parent span {pid} never arrived; shown as an extra root"})
+        else:
+            parent = None
+    if parent is None:
+        parent, children, roots, depth, missing_parent, cycle_spans = _tree(ids, pids, index, starts, warnings)
+        linkable = False
 
-    parent, cycle_spans = _break_cycles(parent, starts)
-    for i in cycle_spans:
-        warnings.append({"code": "missing_parent", "span_id": unique[i]["span_id"],
-                         "message": "span's parent chain loops back on itself; shown as an extra root"})
+    if len(roots) == 1:
+        root = roots[0]
+    else:
+        true_roots = [i for i in roots if not pids[i]]
+        root = min(true_roots or roots, key=lambda i: (starts[i], -ends[i]))
 
-    children: list[list[int]] = [[] for _ in range(n)]
-    for i, p in enumerate(parent):
-        if p >= 0:
-            children[p].append(i)
-
-    roots = [i for i in range(n) if parent[i] < 0]
-    true_roots = [i for i in roots if not unique[i].get("parent_span_id")]
-    root = min(true_roots or roots, key=lambda i: (starts[i], -ends[i]))
-
-    depth = _depths(roots, children, n)
-    timing_parent, timing_children = _timing_tree(unique, parent, children)
+    if "consumer" in kinds:
+        timing_parent, timing_children = _timing_tree(kinds, parent, children)
+    else:  # the usual trace: no consumer span to move
+        timing_parent, timing_children = parent, children
     self_time = _self_times(starts, ends, timing_children)
     critical = _critical_path(root, starts, ends, timing_parent, timing_children)
-    skew_ns, skew_warnings = _clock_skew(unique, starts, ends, parent)
-    warnings.extend(skew_warnings)
+    skew_ns, skew_warnings = _clock_skew(spans, starts, ends, parent)
+    if skew_warnings:
+        warnings.extend(skew_warnings)
 
-    operations, error_count = _operations(unique)
-    services = sorted({svc for svc, _ in operations})
+    plain_names = {*map(type, services), *map(type, names)} == {str}  # each is then its own text
+    operations, error_count = _operations(services, names, statuses, plain_names)
+    service_names = sorted({svc for svc, _ in operations})
     start_ns, end_ns = min(starts), max(ends)
-    root_span = unique[root]
     summary = {
-        "root_span_id": root_span["span_id"],
-        "root_service": str(root_span.get("service") or ""),
-        "root_operation": str(root_span.get("name") or ""),
+        "root_span_id": ids[root],
+        "root_service": str(services[root] or ""),
+        "root_operation": str(names[root] or ""),
         "start_ns": start_ns,
         "end_ns": end_ns,
         "duration_ns": end_ns - start_ns,
         "span_count": n,
         "error_count": error_count,
-        "services": services,
-        "service_count": len(services),
+        "services": service_names,
+        "service_count": len(service_names),
         "incomplete": missing_parent or bool(cycle_spans),
         "clock_skew_ns": skew_ns,
         "warnings": warnings,
     }
-    ids = list(index)  # span ids in ``unique`` order
     return Assembly(
         summary=summary,
         depth=dict(zip(ids, depth)),
@@ -135,9 +190,116 @@ def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
         critical_path={ids[i] for i in critical},
         warnings=warnings,
         operations=[(svc, name, err) for (svc, name), err in operations.items()],
-        tags=_tags(unique),
-        kinds=sorted({s.get("kind") or "internal" for s in unique}),
+        tags=_tags(spans, attributes),
+        kinds=_kinds(kinds),
+        links=Links(spans, parent, services, kinds, starts, ends, statuses, attributes)
+        if keep_links and linkable and plain_names else None,
     )
+
+
+def _assemble_one(span: Mapping[str, Any]) -> Assembly:
+    """:func:`assemble` of a trace of one span (common: a lone job, a health check), without the tree work."""
+    span_id = span.get("span_id")
+    if not isinstance(span_id, str):
+        return Assembly(summary=_empty_summary())
+    get = span.get
+    start = int(get("start_ns") or 0)
+    end = int(get("end_ns") or 0)
+    if end < start:
+        end = start
+    pid = get("parent_span_id")
+    warnings: list[dict[str, Any]] = []
+    missing_parent = bool(pid) and {span_id: 0}.get(pid, -1) < 0  # its own id: a root, not a missing parent
+    if missing_parent:
+        warnings.append({"code": "missing_parent", "span_id": span_id,
+                         "message": f"parent span {pid} never arrived; shown as an extra root"})
+    service, name = str(get("service") or ""), str(get("name") or "")
+    error = bool(get("status_code") == "error")
+    summary = {
+        "root_span_id": span_id,
+        "root_service": service,
+        "root_operation": name,
+        "start_ns": start,
+        "end_ns": end,
+        "duration_ns": end - start,
+        "span_count": 1,
+        "error_count": 1 if error else 0,
+        "services": [service],
+        "service_count": 1,
+        "incomplete": missing_parent,
+        "clock_skew_ns": 0,
+        "warnings": warnings,
+    }
+    return Assembly(
+        summary=summary,
+        depth={span_id: 0},
+        self_time_ns={span_id: end - start},
+        critical_path={span_id},
+        warnings=warnings,
+        operations=[(service, name, error)],
+        tags=_tags((span,), (get("attributes"),)),
+        kinds=_kinds((get("kind"),)),
+    )
+
+
+def _tree(ids: tuple[str, ...], pids: tuple[Any, ...], index: dict[str, int], starts: list[int],
+          warnings: list[dict[str, Any]]) -> tuple[list[int], list[list[int]], list[int], list[int], bool, list[int]]:
+    """The general tree: parent links (own-parent links and loops cut, with their warnings), children, roots,
+    depths, whether a parent is missing and the spans cut loose from loops."""
+    n = len(ids)
+    parent = [-1] * n
+    missing_parent = False
+    for i, pid in enumerate(pids):
+        if not pid:
+            continue
+        j = index.get(pid, -1)
+        if j < 0:
+            missing_parent = True
+            warnings.append({"code": "missing_parent", "span_id": ids[i],
+                             "message": f"parent span {pid} never arrived; shown as an extra root"})
+        elif j != i:
+            parent[i] = j
+    parent, cycle_spans = _break_cycles(parent, starts)
+    for i in cycle_spans:
+        warnings.append({"code": "missing_parent", "span_id": ids[i],
+                         "message": "span's parent chain loops back on itself; shown as an extra root"})
+    children, roots, depth, _ = _hierarchy(parent)
+    return parent, children, roots, depth, missing_parent, cycle_spans
+
+
+def _times(raw_starts: tuple[Any, ...], raw_ends: tuple[Any, ...]) -> tuple[list[int], list[int]]:
+    """Start and end of each span as integers (missing: 0), an end before its start moved to the start."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for s, e in zip(raw_starts, raw_ends):
+        start = int(s or 0)
+        end = int(e or 0)
+        starts.append(start)
+        ends.append(end if end > start else start)
+    return starts, ends
+
+
+def _children(parent: list[int]) -> tuple[list[list[int]], list[int]]:
+    """Each span's children, and the roots (spans without a parent), in span order."""
+    children: list[list[int]] = [[] for _ in parent]
+    roots = []
+    for i, p in enumerate(parent):
+        if p >= 0:
+            children[p].append(i)
+        else:
+            roots.append(i)
+    return children, roots
+
+
+def _kinds(kinds: tuple[Any, ...]) -> list[str]:
+    """The span kinds the trace holds, sorted (a missing kind is internal)."""
+    try:
+        distinct = set(kinds)
+    except TypeError:
+        distinct = None
+    if distinct is None or set(map(type, distinct)) != {str}:
+        return sorted({k or "internal" for k in kinds})
+    return sorted({k or "internal" for k in distinct})
 
 
 def _empty_summary() -> dict[str, Any]:
@@ -173,7 +335,7 @@ def _break_cycles(parent: list[int], starts: list[int]) -> tuple[list[int], list
     return parent, cut
 
 
-def _timing_tree(spans: list[Mapping[str, Any]], parent: list[int],
+def _timing_tree(kinds: list[Any], parent: list[int],
                  children: list[list[int]]) -> tuple[list[int], list[list[int]]]:
     """The tree that self time and the critical path are computed on.
 
@@ -185,40 +347,53 @@ def _timing_tree(spans: list[Mapping[str, Any]], parent: list[int],
     of the producer's parent. The tree shown (parent ids, depth) is unchanged.
     """
     moved = [i for i, p in enumerate(parent)
-             if p >= 0 and parent[p] >= 0 and spans[i].get("kind") == "consumer"
-             and spans[p].get("kind") == "producer"]
+             if p >= 0 and parent[p] >= 0 and kinds[i] == "consumer" and kinds[p] == "producer"]
     if not moved:
         return parent, children
     timing_parent = list(parent)
     for i in moved:
         timing_parent[i] = parent[parent[i]]
-    timing_children: list[list[int]] = [[] for _ in parent]
-    for i, p in enumerate(timing_parent):
-        if p >= 0:
-            timing_children[p].append(i)
-    return timing_parent, timing_children
+    return timing_parent, _children(timing_parent)[0]
 
 
-def _depths(roots: list[int], children: list[list[int]], n: int) -> list[int]:
+def _hierarchy(parent: list[int]) -> tuple[list[list[int]], list[int], list[int], int]:
+    """Children of each span, the roots (in span order), the depth of every span below them, and how many
+    spans the roots reach (fewer than all: some hang under a parent loop)."""
+    n = len(parent)
+    children, roots = _children(parent)
     depth = [0] * n
     stack = list(roots)
+    reached = len(roots)
     while stack:
         i = stack.pop()
-        for c in children[i]:
-            depth[c] = depth[i] + 1
-            stack.append(c)
-    return depth
+        kids = children[i]
+        if kids:
+            d = depth[i] + 1
+            for c in kids:
+                depth[c] = d
+            stack += kids
+            reached += len(kids)
+    return children, roots, depth, reached
 
 
 def _self_times(starts: list[int], ends: list[int], children: list[list[int]]) -> list[int]:
     """Own duration minus the union of the children's intervals clipped to the span."""
-    result = []
+    result = [e - s for s, e in zip(starts, ends)]  # leaves: all of it
     for i, kids in enumerate(children):
-        s, e = starts[i], ends[i]
         if not kids:
-            result.append(e - s)
             continue
-        intervals = sorted((max(starts[c], s), min(ends[c], e)) for c in kids)
+        s, e = starts[i], ends[i]
+        if len(kids) == 1:
+            c = kids[0]
+            a, b = starts[c], ends[c]
+            if a < s:
+                a = s
+            if b > e:
+                b = e
+            if b > a:
+                result[i] -= b - a
+            continue
+        intervals = sorted([(a if (a := starts[c]) > s else s, b if (b := ends[c]) < e else e) for c in kids])
         covered = 0
         cur_s = cur_e = None
         for a, b in intervals:
@@ -232,7 +407,7 @@ def _self_times(starts: list[int], ends: list[int], children: list[list[int]]) -
                 cur_e = b
         if cur_e is not None:
             covered += cur_e - cur_s
-        result.append(e - s - covered)
+        result[i] -= covered
     return result
 
 
@@ -246,39 +421,39 @@ def _critical_path(root: int, starts: list[int], ends: list[int], parent: list[i
     its start, then the walk returns to its parent with the cursor at that
     start and picks the last child that finished before it. Time between
     children is owned by the parent; overlapping children never both count.
+    A span's children are clipped (to its clipped interval) when the walk
+    first enters it: spans the walk never enters need no clipping.
     """
-    # Clip top-down so grandchildren are clipped to their clipped parent.
     n = len(starts)
-    cs: list[int] = [0] * n  # clipped start and end of each span reached from the root
+    cs: list[int] = [0] * n  # clipped start and end of each span whose parent the walk entered
     ce: list[int] = [0] * n
     cs[root], ce[root] = starts[root], ends[root]
-    kids: list[list[int]] = [[] for _ in range(n)]
-    stack = [root]
-    reached = 1
-    while stack:
-        p = stack.pop()
-        ps, pe = cs[p], ce[p]
-        kept = kids[p]
-        for c in children[p]:
-            sc, ec = starts[c], ends[c]
-            s = sc if sc > ps else ps
-            e = ec if ec < pe else pe
-            if sc > pe or ec < ps or e < s:
-                continue
-            cs[c], ce[c] = s, e
-            kept.append(c)
-            stack.append(c)
-            reached += 1
-        if len(kept) > 1:
-            kept.sort(key=ce.__getitem__, reverse=True)  # last finishing first
+    kids: list[list[int] | None] = [None] * n  # clipped children, last finishing first, once entered
 
     on_path: set[int] = set()
     current, cursor = root, None
-    for _ in range(4 * reached + 4):  # each span is entered downwards at most once; bound the loop anyway
-        if cursor is None:
-            child = kids[current][0] if kids[current] else None
+    for _ in range(4 * n + 4):  # each span is entered downwards at most once; bound the loop anyway
+        if cursor is None:  # entered from above: clip its children
+            ps, pe = cs[current], ce[current]
+            kept = []
+            for c in children[current]:
+                sc, ec = starts[c], ends[c]
+                s = sc if sc > ps else ps
+                e = ec if ec < pe else pe
+                if sc > pe or ec < ps or e < s:
+                    continue
+                cs[c], ce[c] = s, e
+                kept.append(c)
+            if len(kept) > 1:
+                kept.sort(key=ce.__getitem__, reverse=True)  # last finishing first
+            kids[current] = kept
+            child = kept[0] if kept else None
         else:
-            child = next((c for c in kids[current] if ce[c] < cursor), None)
+            child = None
+            for c in kids[current]:
+                if ce[c] < cursor:
+                    child = c
+                    break
         if child is not None:
             end = ce[current] if cursor is None else cursor
             if ce[child] != end:
@@ -320,19 +495,24 @@ def _clock_skew(spans: list[Mapping[str, Any]], starts: list[int], ends: list[in
     Spans from one host share a clock, so only pairs on different (or unknown)
     hosts are checked. Only a server span answering a client span must end
     before its caller; any other child (messaging, fire-and-forget work handed
-    over through inject/extract) may legitimately outlive its parent.
+    over through inject/extract) may legitimately outlive its parent. Children
+    within the tolerance of their parent on both sides (nearly all) are passed
+    over on their times alone.
     """
+    tolerance = CLOCK_SKEW_TOLERANCE_NS
     largest = 0
     warnings = []
     for i, p in enumerate(parent):
         if p < 0:
             continue
         early = starts[p] - starts[i]
+        if early <= tolerance and ends[i] - ends[p] <= tolerance:
+            continue
         span, par = spans[i], spans[p]
         synchronous = par.get("kind") == "client" and span.get("kind") == "server"
         late = ends[i] - ends[p] if synchronous else 0
         amount = max(early, late)
-        if amount <= CLOCK_SKEW_TOLERANCE_NS:
+        if amount <= tolerance:
             continue
         host = _host(span)
         if host is not None and host == _host(par):
@@ -349,14 +529,26 @@ def _clock_skew(spans: list[Mapping[str, Any]], starts: list[int], ends: list[in
     return largest, warnings
 
 
-def _operations(spans: list[Mapping[str, Any]]) -> tuple[dict[tuple[str, str], bool], int]:
-    """{(service, name): had_error} in first-seen order, and the number of spans with an error status."""
-    ops: dict[tuple[str, str], bool] = {}
+def _operations(services: tuple[Any, ...], names: tuple[Any, ...], statuses: tuple[Any, ...],
+                plain_names: bool) -> tuple[dict[tuple[str, str], bool], int]:
+    """{(service, name): had_error} in first-seen order, and the number of spans with an error status.
+
+    When every service and name is a string (``plain_names``: each is then its own text), the distinct pairs
+    are found in one C-level pass and only the spans with an error status are looked at again.
+    """
+    if plain_names:
+        ops = dict.fromkeys(zip(services, names), False)
+        errors = statuses.count("error")
+        if errors:
+            for i, status in enumerate(statuses):
+                if status == "error":
+                    ops[(services[i], names[i])] = True
+        return ops, errors
+    ops = {}
     errors = 0
-    for s in spans:
-        get = s.get
-        key = (str(get("service") or ""), str(get("name") or ""))
-        if get("status_code") == "error":
+    for service, name, status in zip(services, names, statuses):
+        key = (str(service or ""), str(name or ""))
+        if status == "error":
             errors += 1
             ops[key] = True
         elif key not in ops:
@@ -393,11 +585,11 @@ def tag_value(value: Any) -> tuple[str, float | None] | None:
     return None
 
 
-def _tags(spans: list[Mapping[str, Any]]) -> list[tuple[str, str, float | None]]:
+def _tags(spans: list[Mapping[str, Any]], attributes: tuple[Any, ...]) -> list[tuple[str, str, float | None]]:
+    """The trace's searchable (key, text, number) attribute pairs in first-seen order, at most MAX_TAGS_PER_TRACE."""
     seen: dict[tuple[str, str], float | None] = {}
     ints_seen: set[tuple[Any, int]] = set()
-    for s in spans:
-        attrs = s.get("attributes")
+    for attrs, s in zip(attributes, spans):
         if type(attrs) is not dict:
             attrs = span_attributes(s)
         for item in attrs.items():

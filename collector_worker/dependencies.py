@@ -8,12 +8,13 @@ time) and now, so counts stay exact however many late spans arrive.
 from __future__ import annotations
 
 from collections import defaultdict
+from operator import itemgetter
 from typing import Any, Iterable, Mapping
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from .assembler import span_attributes
+from .assembler import Assembly, span_attributes
 from .stats import RESOLUTIONS, bucket_of, sum_of, upsert_rows
 from .storage import schema
 
@@ -41,13 +42,26 @@ def _flags_of_key(key: Any) -> int:
     return flags
 
 
+# A span's attribute keys (in order) -> their flags: the spans of an operation repeat one key list. Bounded in
+# entries and in the text each holds (a key list never seen before, or too long, is classified key by key).
+_flags_of_keys: dict[tuple, int] = {}
+_KEY_LISTS_LIMIT = 4096
+_KEY_LIST_CHARS = 2048
+
+
 def _prefix_flags(attrs: Mapping[str, Any]) -> int:
     """Which semantic-convention families the attribute keys belong to, as bit flags (one pass over the keys)."""
-    flags = 0
-    get = _key_flags.get
-    for key in attrs:
-        f = get(key) if type(key) is str else None
-        flags |= _flags_of_key(key) if f is None else f
+    keys = tuple(attrs)
+    flags = _flags_of_keys.get(keys)
+    if flags is None:
+        flags = 0
+        get = _key_flags.get
+        for key in keys:
+            f = get(key) if type(key) is str else None
+            flags |= _flags_of_key(key) if f is None else f
+        if (len(_flags_of_keys) < _KEY_LISTS_LIMIT
+                and sum([len(k) if type(k) is str else 32 for k in keys]) <= _KEY_LIST_CHARS):
+            _flags_of_keys[keys] = flags
     return flags
 
 
@@ -74,25 +88,36 @@ def trace_edges(spans: Iterable[Mapping[str, Any]]) -> dict[EdgeKey, list[int]]:
     return edges
 
 
+_span_id = itemgetter("span_id")
+
+
 def _add_edges(spans: Iterable[Mapping[str, Any]], into: dict[EdgeKey, list[int]], sign: int) -> None:
     """Add ``sign`` × the edge counts of one trace's spans into ``into`` (no intermediate mapping)."""
-    by_id: dict[str, Mapping[str, Any]] = {}
-    for s in spans:
-        span_id = s["span_id"]
-        if span_id not in by_id:  # the first copy of a duplicated span id counts
-            by_id[span_id] = s
+    spans = spans if type(spans) is list else list(spans)
+    by_id: dict[str, Mapping[str, Any]] = dict(zip(map(_span_id, spans), spans))
+    if len(by_id) != len(spans):  # a duplicated span id: its first copy counts
+        by_id = {}
+        for s in spans:
+            span_id = s["span_id"]
+            if span_id not in by_id:
+                by_id[span_id] = s
     flags: dict[str, int] = {}  # per span, computed at most once however many children it has
     get_row = into.get
+    get_span = by_id.get
     for child_id, child in by_id.items():
         cget = child.get
         pid = cget("parent_span_id")
         if not pid:
             continue
-        parent = by_id.get(pid)
+        parent = get_span(pid)
         if parent is None or parent is child:
             continue
         pget = parent.get
-        caller, callee = str(pget("service") or ""), str(cget("service") or "")
+        caller, callee = pget("service"), cget("service")
+        if type(caller) is not str or not caller:
+            caller = str(caller or "")
+        if type(callee) is not str or not callee:
+            callee = str(callee or "")
         if caller == callee:
             continue
         pf = flags.get(pid)
@@ -102,8 +127,11 @@ def _add_edges(spans: Iterable[Mapping[str, Any]], into: dict[EdgeKey, list[int]
         if cf is None:
             cf = flags[child_id] = _prefix_flags(span_attributes(child))
         kind = _kind_of(pget("kind"), cget("kind"), pf | cf)
-        start = int(child["start_ns"])
-        duration = int(child["end_ns"]) - start
+        start = child["start_ns"]
+        if type(start) is not int:
+            start = int(start)
+        end = child["end_ns"]
+        duration = (end if type(end) is int else int(end)) - start
         if duration < 0:
             duration = 0
         error = sign if cget("status_code") == "error" else 0
@@ -115,6 +143,48 @@ def _add_edges(spans: Iterable[Mapping[str, Any]], into: dict[EdgeKey, list[int]
             if row is None:
                 row = into[key] = [0, 0, 0]
             row[0] += sign
+            row[1] += error
+            row[2] += duration
+
+
+def assembly_edges(assembly: Assembly, spans: list[Mapping[str, Any]], into: dict[EdgeKey, list[int]]) -> None:
+    """Add the edges of ``spans`` into ``into``, as ``edge_difference([], spans, into)`` does (a first
+    finalization), from the parent links ``assembly`` (``assemble(spans, keep_links=True)`` of this very
+    list) found: no span is looked up again. Without links (not kept, or an unusual trace) the spans are read.
+    """
+    links = assembly.links
+    if links is None or links.spans is not spans:
+        edge_difference([], spans, into)
+        return
+    services, kinds, starts, ends, statuses, attributes = (links.services, links.kinds, links.starts, links.ends,
+                                                           links.statuses, links.attributes)
+    flags: dict[int, int] = {}  # per span, computed at most once however many children it has
+    get_row = into.get
+    for i, p in enumerate(links.parent):
+        if p < 0:
+            continue
+        caller, callee = services[p], services[i]
+        if caller == callee:
+            continue
+        pf = flags.get(p)
+        if pf is None:
+            attrs = attributes[p]
+            pf = flags[p] = _prefix_flags(attrs if type(attrs) is dict else span_attributes(spans[p]))
+        cf = flags.get(i)
+        if cf is None:
+            attrs = attributes[i]
+            cf = flags[i] = _prefix_flags(attrs if type(attrs) is dict else span_attributes(spans[i]))
+        kind = _kind_of(kinds[p], kinds[i], pf | cf)
+        start = starts[i]
+        duration = ends[i] - start
+        error = 1 if statuses[i] == "error" else 0
+        seconds = start // 1_000_000_000
+        for resolution in RESOLUTIONS:
+            key = (resolution, seconds - seconds % resolution, caller, callee, kind)
+            row = get_row(key)
+            if row is None:
+                row = into[key] = [0, 0, 0]
+            row[0] += 1
             row[1] += error
             row[2] += duration
 

@@ -125,26 +125,47 @@ _ADDITIVE = ("calls", "errors", "input_tokens", "output_tokens", "cache_read_tok
 
 
 def aggregate_usage(new_spans: Iterable[Mapping[str, Any]], table: pricing.PriceTable | None = None) -> list[dict]:
-    """Rows to add to ``llm_usage`` for these spans (both resolutions), in key order."""
+    """Rows to add to ``llm_usage`` for these spans (both resolutions), in key order.
+
+    The same figures as :func:`llm_call_of` per span, read straight from the attributes (a span without
+    any GenAI usage key is passed over on one set test), and each distinct (model, tokens) priced once.
+    """
     table = table or pricing.current_table()
     sums: dict[tuple, list] = {}  # key -> [calls, errors, input, output, cache read, cost, total_ns]
+    costs: dict[tuple, float] = {}  # (model, input, output, cached) -> cost, within this call
     disjoint = _TRIGGER_KEYS.isdisjoint
     for span in new_spans:
         attrs = span.get("attributes")
-        if type(attrs) is dict and disjoint(attrs):  # the usual span: no GenAI usage keys at all
-            continue
-        call = llm_call_of(span)
-        if call is None:
-            continue
-        cost = table.cost(call["model"], call["input_tokens"], call["output_tokens"], call["cache_read_tokens"])
-        if not math.isfinite(cost):  # a price table with absurd prices: the sum must stay a number
-            cost = 0.0
+        if type(attrs) is dict:
+            if disjoint(attrs):  # the usual span: no GenAI usage keys at all
+                continue
+            call = _usage_of(attrs)
+            if call is None:
+                continue
+            model, user_id, agent, input_tokens, output_tokens, cached = call
+            status = span.get("status_code", span.get("status"))
+            start_ns = int(span.get("start_ns") or 0)
+            end_ns = int(span.get("end_ns") or start_ns)
+            duration = end_ns - start_ns
+            if duration < 0:
+                duration = 0
+        else:
+            full = llm_call_of(span)
+            if full is None:
+                continue
+            model, user_id, agent = full["model"], full["user_id"], full["agent"]
+            input_tokens, output_tokens, cached = full["input_tokens"], full["output_tokens"], full["cache_read_tokens"]
+            status, start_ns, duration = ("error" if full["error"] else None), full["start_ns"], full["duration_ns"]
+        priced = (model, input_tokens, output_tokens, cached)
+        cost = costs.get(priced)
+        if cost is None:
+            cost = table.cost(model, input_tokens, output_tokens, cached)
+            if not math.isfinite(cost):  # a price table with absurd prices: the sum must stay a number
+                cost = 0.0
+            costs[priced] = cost
         service = _text(span.get("service")) or "unknown_service"
-        seconds = call["start_ns"] // 1_000_000_000
-        error = int(call["error"])
-        model, user_id, agent = call["model"], call["user_id"], call["agent"]
-        input_tokens, output_tokens, cached = call["input_tokens"], call["output_tokens"], call["cache_read_tokens"]
-        duration = call["duration_ns"]
+        seconds = start_ns // 1_000_000_000
+        error = 1 if status == "error" else 0
         for resolution in RESOLUTIONS:
             key = (resolution, seconds - seconds % resolution, service, model, user_id, agent)
             row = sums.get(key)
@@ -159,6 +180,40 @@ def aggregate_usage(new_spans: Iterable[Mapping[str, Any]], table: pricing.Price
             row[6] += duration
     # A fixed key order keeps concurrent PostgreSQL upserts from deadlocking.
     return [dict(zip(_KEY_COLUMNS, key), **dict(zip(_ADDITIVE, sums[key]))) for key in sorted(sums)]
+
+
+def _usage_of(attrs: dict[str, Any]) -> tuple[str, str, str, int, int, int] | None:
+    """(model, user, agent, input, output, cached tokens) of a span's attributes, as :func:`llm_call_of` reads
+    them; None if the span is not an LLM call."""
+    get = attrs.get
+    input_tokens = _count_of(get, _INPUT_KEYS)
+    output_tokens = _count_of(get, _OUTPUT_KEYS)
+    total_tokens = _count_of(get, _TOTAL_KEYS)
+    if input_tokens is None and output_tokens is None:
+        if total_tokens is None:
+            if (str(get("gen_ai.operation.name") or "").lower() not in _LLM_OPERATIONS
+                    and str(get("openinference.span.kind") or "").upper() != "LLM"):
+                return None
+        else:
+            input_tokens = total_tokens  # only a total is known: count it as input rather than lose it
+    elif total_tokens is not None:
+        if input_tokens is None:
+            input_tokens = max(0, total_tokens - output_tokens)
+        elif output_tokens is None:
+            output_tokens = max(0, total_tokens - input_tokens)
+    return (_text(_first(attrs, _MODEL_KEYS)), _text(_first(attrs, _USER_KEYS)), _text(_first(attrs, _AGENT_KEYS)),
+            input_tokens or 0, output_tokens or 0, _count_of(get, _CACHE_KEYS) or 0)
+
+
+def _count_of(get: Any, keys: tuple[str, ...]) -> int | None:
+    """``token_count(_first(attrs, keys))`` with the usual value (a plain int) decided inline."""
+    for key in keys:
+        value = get(key)
+        if value is not None and value != "":
+            if type(value) is int:
+                return value if 0 <= value <= MAX_TOKENS else None
+            return token_count(value)
+    return None
 
 
 _KEY_COLUMNS = ("resolution", "bucket", "service", "model", "user_id", "agent")

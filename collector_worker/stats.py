@@ -19,6 +19,7 @@ durations the errors had; the stats rows of that scope are never written.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -144,30 +145,16 @@ class Accumulator:
         Spans are first summed per (service, operation, minute) and per histogram bin, then
         each minute row is added to its minute and hour buckets.
         """
-        minutes: dict[tuple, list[int]] = {}
-        bins: dict[tuple, int] = defaultdict(int)
-        error_bins: dict[tuple, int] = defaultdict(int)
-        log, ceil, log_gamma = math.log, math.ceil, _LOG_GAMMA
-        for s in spans:
-            start = int(s["start_ns"])
-            duration = int(s["end_ns"]) - start
-            if duration < 1:
-                duration, b = 0, 0
-            else:
-                b = int(ceil(log(duration) / log_gamma)) + 1
-            seconds = start // 1_000_000_000
-            key = (str(s.get("service") or ""), str(s.get("name") or ""), seconds - seconds % 60)
-            row = minutes.get(key)
-            if row is None:
-                row = minutes[key] = [0, 0, 0, 0]
-            row[0] += 1
-            if s.get("status_code") == "error":
-                row[1] += 1
-                error_bins[key + (b,)] += 1
-            row[2] += duration
-            if duration > row[3]:
-                row[3] = duration
-            bins[key + (b,)] += 1
+        spans = spans if type(spans) is list else list(spans)
+        minutes = None
+        if set(map(type, spans)) <= {dict}:  # fields read in one call per span (not a subclass: no __missing__)
+            try:
+                minutes, bins, error_bins = _sum_samples(map(_SAMPLE_FIELDS, spans))
+            except KeyError:  # a span without a service, name or status: read as None below
+                minutes = None
+        if minutes is None:
+            minutes, bins, error_bins = _sum_samples((s["start_ns"], s["end_ns"], s.get("service"), s.get("name"),
+                                                      s.get("status_code")) for s in spans)
         stats, hist = self.stats, self.hist
         for (service, operation, minute), (count, errors, total, longest) in minutes.items():
             service, operation = service[:255], operation[:512]
@@ -195,6 +182,43 @@ class Accumulator:
         upsert_rows(conn, schema.stats_histogram, _HIST_COLUMNS, hist_rows, ("count",))
         self.stats.clear()
         self.hist.clear()
+
+
+_SAMPLE_FIELDS = operator.itemgetter("start_ns", "end_ns", "service", "name", "status_code")
+
+
+def _sum_samples(samples: Iterable[tuple[Any, Any, Any, Any, Any]]) -> tuple[dict, dict, dict]:
+    """Per (service, operation, minute): [count, errors, total ns, max ns]; and the counts per histogram bin of
+    all samples and of the failed ones, from (start, end, service, operation, status) of each span."""
+    minutes: dict[tuple, list[int]] = {}
+    bins: dict[tuple, int] = defaultdict(int)
+    error_bins: dict[tuple, int] = defaultdict(int)
+    log, ceil, log_gamma = math.log, math.ceil, _LOG_GAMMA
+    for start, end, service, name, status in samples:
+        if type(start) is not int:
+            start = int(start)
+        duration = (end if type(end) is int else int(end)) - start
+        if duration < 1:
+            duration, b = 0, 0
+        else:
+            b = ceil(log(duration) / log_gamma) + 1
+        if type(service) is not str:
+            service = str(service or "")
+        if type(name) is not str:
+            name = str(name or "")
+        key = (service, name, start // 60_000_000_000 * 60)
+        row = minutes.get(key)
+        if row is None:
+            row = minutes[key] = [0, 0, 0, 0]
+        row[0] += 1
+        if status == "error":
+            row[1] += 1
+            error_bins[key + (b,)] += 1
+        row[2] += duration
+        if duration > row[3]:
+            row[3] = duration
+        bins[key + (b,)] += 1
+    return minutes, bins, error_bins
 
 
 _STAT_COLUMNS = ("scope", "resolution", "bucket", "service", "operation", "count", "error_count", "total_ns", "max_ns")

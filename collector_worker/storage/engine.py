@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -37,9 +39,9 @@ def open_engine(url: str, *, migrate: bool = True, pool_size: int | None = None)
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - trivial
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=30000")
+            enter_wal(cursor)
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=OFF")
             cursor.close()
     else:
@@ -52,6 +54,25 @@ def open_engine(url: str, *, migrate: bool = True, pool_size: int | None = None)
 
     install(engine)  # SQLite: attach the period files of sealed days on checkout
     return engine
+
+
+def enter_wal(cursor: sqlite3.Cursor, wait_s: float = 30.0) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds a lock on the file.
+
+    Switching a new file to WAL needs it alone, and SQLite answers "database is locked" at once, without
+    its busy handler, while another process holds any lock on it: collectors starting together on a new
+    database (one of them already migrating it) would otherwise fail to start.
+    """
+    deadline, delay = time.monotonic() + wait_s, 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def is_postgres(engine: Engine) -> bool:

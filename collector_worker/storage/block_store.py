@@ -142,10 +142,11 @@ def insert_postings(conn: Connection, numbered: list[tuple[int, list[list]]]) ->
     ``trace_search_keys`` row of arrays per trace, and the numbers.
     """
     ops, tags, nums = [], [], []
-    for no, (posted_ops, posted_tags, posted_nums) in numbered:
-        ops.extend((s, no, o, bool(e)) for s, o, e in posted_ops)
-        tags.extend((k, h, no) for k, h in posted_tags)
-        nums.extend((k, n, no) for k, n in posted_nums)
+    for no, (posted_ops, posted_tags, posted_nums) in numbered:  # comprehensions: no generator per trace
+        ops += [(s, no, o, bool(e)) for s, o, e in posted_ops]
+        tags += [(k, h, no) for k, h in posted_tags]
+        if posted_nums:
+            nums += [(k, n, no) for k, n in posted_nums]
     nums.sort()
     if conn.dialect.name == "postgresql":
         rows = [(no, *search_keys.search_arrays(posted)) for no, posted in sorted(numbered)]

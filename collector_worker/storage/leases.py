@@ -116,18 +116,24 @@ def check_leases(conn: Connection, consumer_name: str, claimed: list[tuple[str, 
 
     A pass that outlives :data:`LEASE_NS` (a stalled process, a huge batch)
     may find its traces claimed by another collector, which assembles and
-    writes them too: their statistics would be counted twice. The check is an
-    UPDATE that changes nothing, first in the write transaction, so it takes
-    the locks a claim needs (the rows on PostgreSQL, the database's write
-    lock on SQLite) and no claim can take a checked trace before the commit.
+    writes them too: their statistics would be counted twice. The check comes
+    first in the write transaction and takes the locks a claim needs, so no
+    claim can take a checked trace before the commit: on PostgreSQL an UPDATE
+    that changes nothing locks the rows; on SQLite a write statement that
+    matches no row takes the database's write lock, then a SELECT reads the
+    leases (rewriting every row would cost a third more).
     """
     if not claimed:
         return
     p, m = schema.pending_traces.name, _mark(conn)
+    postgres = conn.dialect.name == "postgresql"
+    if not postgres:
+        conn.exec_driver_sql(f"UPDATE {p} SET claimed_by = claimed_by WHERE 0")  # the write lock, first
     held: set[str] = set()
     for chunk in _chunks(sorted(t for t, _ in claimed)):
-        sql = (f"UPDATE {p} SET claimed_by = claimed_by WHERE claimed_by = {m} "
-               f"AND trace_id IN {_in_list(conn, len(chunk))} RETURNING trace_id")
+        where = f"WHERE claimed_by = {m} AND trace_id IN {_in_list(conn, len(chunk))}"
+        sql = (f"UPDATE {p} SET claimed_by = claimed_by {where} RETURNING trace_id" if postgres
+               else f"SELECT trace_id FROM {p} {where}")
         held.update(r[0] for r in conn.exec_driver_sql(sql, (consumer_name, *chunk)))
     lost = sorted(t for t, _ in claimed if t not in held)
     if lost:

@@ -74,3 +74,41 @@ def test_settle_deletes_untouched_rows_and_frees_the_rest(engine):
         assert after[t] == (NOW + 1, None, None)
     for t in set(after) - settled:
         assert after[t] == before[t]
+
+
+def test_checking_leases_on_sqlite_takes_the_write_lock_first(sqlite_engine, sqlite_url):
+    """No claim can slip in between the check and the commit: another connection cannot start writing."""
+    import sqlite3
+
+    import pytest
+
+    _fill(sqlite_engine, random.Random(7), 50)
+    with sqlite_engine.begin() as conn:
+        claimed = leases.claim_in(conn, "me", NOW, NOW, limit=10)
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=0)
+    try:
+        with sqlite_engine.begin() as conn:
+            leases.check_leases(conn, "me", claimed)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # free again once the transaction ends
+        other.rollback()
+    finally:
+        other.close()
+
+
+def test_a_lease_taken_over_is_reported_lost(engine):
+    _fill(engine, random.Random(9), 80)
+    with engine.begin() as conn:
+        claimed = leases.claim_in(conn, "me", NOW, NOW, limit=20)
+    taken = sorted(t for t, _ in claimed[::3])
+    with engine.begin() as conn:
+        conn.execute(P.update().where(P.c.trace_id.in_(taken)).values(claimed_by="other"))
+    with engine.begin() as conn:
+        try:
+            leases.check_leases(conn, "me", claimed)
+        except leases.LeaseLost as lost:
+            assert lost.trace_ids == taken
+        else:
+            raise AssertionError("no lease reported lost")
+        leases.check_leases(conn, "me", [c for c in claimed if c[0] not in taken])

@@ -60,8 +60,59 @@ def make_spans(traces: int, seed: int, spans_per_trace: int = 10) -> list[dict]:
     return out
 
 
-def build(path: Path, traces: int) -> None:
+def varied_spans(traces: int, seed: int, late: bool = False) -> list[dict]:
+    """Seeded traces of many shapes: deep, wide, missing parents, errors, LLM spans, odd attribute values.
+
+    ``late``: spans arriving after a trace was finalized (new ones, and copies of stored ones) for some traces.
+    """
+    rng = random.Random(seed)
+    odd = [True, False, 0, -1, 2**63 - 1, 1.5, float("inf"), "", "é✓", "x" * 300, [1, "a"], {"k": 1}, None]
+    out = []
+    for t in range(traces):
+        trace_rng = random.Random(rng.getrandbits(64))
+        trace_id = f"{trace_rng.getrandbits(128):032x}"
+        n = trace_rng.choice([1, 2, 3, 10, 40, 120])
+        ids = [f"{trace_rng.getrandbits(64):016x}" for _ in range(n)]
+        start = NOW_NS - 50_000_000_000 + t * 10_000
+        for i, span_id in enumerate(ids):
+            if late and trace_rng.random() < 0.7:
+                continue
+            if late and trace_rng.random() < 0.5:  # a new span, not a copy of a stored one
+                span_id = f"{trace_rng.getrandbits(64):016x}"
+            shape = trace_rng.random()
+            parent = None if i == 0 else (ids[i - 1] if shape < 0.3 else ids[trace_rng.randrange(i)])
+            if i and trace_rng.random() < 0.05:
+                parent = f"{trace_rng.getrandbits(64):016x}"  # a parent that never arrives
+            service = trace_rng.choice(SERVICES)
+            attributes = {"http.route": f"/r/{trace_rng.randrange(9)}", "odd": trace_rng.choice(odd),
+                          "n": trace_rng.randrange(-5, 5) * 0.25}
+            if service == "llm-agent":
+                attributes.update({"gen_ai.request.model": trace_rng.choice(["m1", "m2"]),
+                                   "gen_ai.usage.input_tokens": trace_rng.randrange(500),
+                                   "gen_ai.usage.output_tokens": trace_rng.randrange(100)})
+            out.append({
+                "trace_id": trace_id, "span_id": span_id, "parent_span_id": parent,
+                "name": f"op-{trace_rng.randrange(12)}", "kind": trace_rng.choice(["server", "client", "internal"]),
+                "start_ns": start + i * 1000, "end_ns": start + i * 1000 + trace_rng.randrange(1, 10**7),
+                "status_code": "error" if trace_rng.random() < 0.05 else "ok", "service": service,
+                "resource": {"host.name": f"h{trace_rng.randrange(3)}"}, "attributes": attributes,
+                "events": [], "links": [],
+            })
+    return out
+
+
+def store(engine, spans: list[dict], received_ns: int) -> None:
+    for i in range(0, len(spans), 5000):
+        with engine.begin() as conn:
+            finalizer.on_spans_stored(conn, store_spans(conn, spans[i:i + 5000], received_ns))
+
+
+def build(path: Path, traces: int, varied: bool = False) -> None:
     engine = open_engine(f"sqlite:///{path}")
+    if varied:
+        store(engine, varied_spans(traces, seed=11), NOW_NS - 10_000_000_000)
+        engine.dispose()
+        return
     spans = make_spans(traces, seed=7)
     for i in range(0, len(spans), 5000):
         with engine.begin() as conn:
@@ -81,7 +132,7 @@ def digest(engine) -> str:
     return h.hexdigest()
 
 
-def run(template: Path, dump: bool) -> float:
+def run(template: Path, dump: bool, late: int = 0) -> float:
     work = Path(tempfile.mkdtemp(prefix="bench-write-"))
     db = work / "db.sqlite"
     shutil.copy(template, db)
@@ -92,23 +143,36 @@ def run(template: Path, dump: bool) -> float:
         @event.listens_for(engine, "connect")
         def _cache(dbapi_conn, _):
             dbapi_conn.execute(f"PRAGMA cache_size=-{int(os.environ['CACHE_KB'])}")
+
+        engine.dispose()  # connections opened from here on get the setting
     settings = CollectorSettings(quiet_period=1.0)
     ahead = leases.ClaimAhead()
     pipeline = WritePipeline(engine, settings, "bench", None, ahead)
     quiet_ns = 1_000_000_000
     cpu, spans = 0.0, 0
+    rounds = [None, varied_spans(late, seed=11, late=True)] if late else [None]
+    source = varied_spans(late, seed=11) if late else []
+    passes = 0
     try:
-        while True:
-            now_ns = time.time_ns()
-            claimed, leased_ns = leases.lease_batch(engine, "bench", ahead, now_ns, quiet_ns)
-            if not claimed:
-                break
-            batch = finalizer.read_and_assemble(engine, settings, claimed, NOW_NS, None)
-            n = sum(row[7] for row in batch.trace_rows)
-            start = time.thread_time()
-            pipeline._write(batch, claimed, quiet_ns, leased_ns)
-            cpu += time.thread_time() - start
-            spans += n
+        for round_spans in rounds:
+            if round_spans:  # late spans (new and copies) for finalized traces: they are re-finalized
+                store(engine, round_spans, NOW_NS - 8_000_000_000)
+            while True:
+                now_ns = time.time_ns()
+                claimed, leased_ns = leases.lease_batch(engine, "bench", ahead, now_ns, quiet_ns)
+                if not claimed:
+                    break
+                batch = finalizer.read_and_assemble(engine, settings, claimed, NOW_NS, None)
+                passes += 1
+                if late and passes <= 12:  # a span arriving while the batch is assembled: its trace stays pending
+                    during = {t for t, _ in claimed[::37]}
+                    store(engine, [dict(s, span_id=f"{passes:08x}{i:08x}") for i, s in enumerate(
+                        s for s in source if s["trace_id"] in during)][:50], NOW_NS - 7_000_000_000 + passes)
+                n = sum(row[7] for row in batch.trace_rows)
+                start = time.thread_time()
+                pipeline._write(batch, claimed, quiet_ns, leased_ns)
+                cpu += time.thread_time() - start
+                spans += n
         if dump:
             print("digest", digest(engine))
     finally:
@@ -125,11 +189,13 @@ def main() -> int:
     parser.add_argument("db")
     parser.add_argument("--build", type=int, default=0, help="store this many traces into DB")
     parser.add_argument("--dump", action="store_true")
+    parser.add_argument("--varied", type=int, default=0,
+                        help="with --build: varied traces; else: run in two rounds with late spans for traces")
     args = parser.parse_args()
     if args.build:
-        build(Path(args.db), args.build)
+        build(Path(args.db), args.build, bool(args.varied))
         return 0
-    print(f"write CPU {run(Path(args.db), args.dump):.3f} us/span")
+    print(f"write CPU {run(Path(args.db), args.dump, args.varied):.3f} us/span")
     return 0
 
 

@@ -141,20 +141,12 @@ def check_leases(conn: Connection, consumer_name: str, claimed: list[tuple[str, 
 
 
 def settle_pending(conn: Connection, claimed: list[tuple[str, int]]) -> None:
-    """Delete pending rows no span touched since the claim; a late span leaves its row to re-queue.
-
-    Only the rows left (a late span's, rarely any) get their lease cleared: the delete returns the ones it
-    removed, so the usual batch settles in one statement per chunk.
-    """
+    """Delete pending rows no span touched since the claim; a late span leaves its row to re-queue."""
     p, m = schema.pending_traces.name, _mark(conn)
-    deleted: set[str] = set()
     for chunk in _chunks(list(claimed)):  # one statement per chunk: the interpreter lock is released once
-        result = conn.exec_driver_sql(
-            f"DELETE FROM {p} WHERE trace_id IN {_in_list(conn, len(chunk))} "
-            f"AND (trace_id, last_seen_ns) IN (VALUES {','.join([f'({m},{m})'] * len(chunk))}) RETURNING trace_id",
-            (*(t for t, _ in chunk), *itertools.chain.from_iterable(chunk)))
-        deleted.update(r[0] for r in result)
-    left = [t for t, _ in claimed if t not in deleted]
-    for chunk in _chunks(left):
+        conn.exec_driver_sql(f"DELETE FROM {p} WHERE trace_id IN {_in_list(conn, len(chunk))} "
+                             f"AND (trace_id, last_seen_ns) IN (VALUES {','.join([f'({m},{m})'] * len(chunk))})",
+                             (*(t for t, _ in chunk), *itertools.chain.from_iterable(chunk)))
+    for chunk in _chunks([t for t, _ in claimed]):
         conn.exec_driver_sql(f"UPDATE {p} SET claimed_by = NULL, claimed_until_ns = NULL "
                              f"WHERE trace_id IN {_in_list(conn, len(chunk))}", tuple(chunk))

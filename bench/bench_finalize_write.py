@@ -5,6 +5,8 @@ benchmark's shape, untimed), then ``python bench/bench_finalize_write.py DB`` wi
 ``PYTHONPATH``, alternating: each run copies DB, leases, reads and assembles batches as the pipeline does
 (untimed) and times only the write transactions (write, lease ahead, commit) with ``time.thread_time``.
 ``--dump`` prints a digest of every table after the run (identical stored results across checkouts).
+Leases held ahead for longer than half their lifetime (a run slowed down past 30 s) are given back and
+re-claimed, which changes the batches and so the trace numbers: compare digests of runs that did not.
 """
 
 from __future__ import annotations

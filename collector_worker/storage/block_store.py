@@ -141,21 +141,23 @@ def insert_postings(conn: Connection, numbered: list[tuple[int, list[list]]]) ->
     (each index is filled front to back, and concurrent writers lock alike). PostgreSQL: one
     ``trace_search_keys`` row of arrays per trace, and the numbers.
     """
-    ops, tags, nums = [], [], []
-    for no, (posted_ops, posted_tags, posted_nums) in numbered:
-        ops.extend((s, no, o, bool(e)) for s, o, e in posted_ops)
-        tags.extend((k, h, no) for k, h in posted_tags)
-        nums.extend((k, n, no) for k, n in posted_nums)
-    nums.sort()
     if conn.dialect.name == "postgresql":
+        nums = sorted((k, n, no) for no, posted in numbered for k, n in posted[2])
         rows = [(no, *search_keys.search_arrays(posted)) for no, posted in sorted(numbered)]
         if rows:
             conn.exec_driver_sql(f"INSERT INTO {schema.trace_search_keys.name} (trace_no, tag_keys, op_keys, error_ops) "
                                  f"VALUES (%s, %s, %s, %s)", rows)
         _insert(conn, schema.trace_tag_numbers, ("key_id", "value_num", "trace_no"), nums)
         return
+    ops, tags, nums = [], [], []
+    for no, (posted_ops, posted_tags, posted_nums) in numbered:  # comprehensions: no generator per trace
+        ops += [(s, no, o, 1 if e else 0) for s, o, e in posted_ops]  # an int binds several times faster than a bool
+        tags += [(k, h, no) for k, h in posted_tags]
+        if posted_nums:
+            nums += [(k, n, no) for k, n in posted_nums]
     ops.sort()
     tags.sort()
+    nums.sort()
     _insert(conn, schema.trace_operations, ("service_id", "trace_no", "operation_id", "error"), ops)
     _insert(conn, schema.trace_tags, ("key_id", "value_hash", "trace_no"), tags)
     _insert(conn, schema.trace_tag_numbers, ("key_id", "value_num", "trace_no"), nums)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_796_000_000 * 10**9
+EARLIEST_NS = 946_684_800 * 10**9
 
 
 class Odd:
@@ -91,7 +92,7 @@ def _attributes(rng: random.Random, odd: float) -> dict:
 
 def _row(rng: random.Random, trace_id: str, span_id: str, parent: str | None, resource_index: int,
          odd: float) -> list:
-    start = NOW - rng.randrange(1, 10**12)
+    start = NOW - rng.randrange(1, 40 * 86400 * 10**9)
     end = start + rng.randrange(0, 10**9)
     if rng.random() < odd:
         start, end = rng.choice([
@@ -118,9 +119,27 @@ def _row(rng: random.Random, trace_id: str, span_id: str, parent: str | None, re
             _attributes(rng, odd), events, links, scope]
 
 
+def _one_odd(rng: random.Random, row: list) -> list[tuple[int, object]]:
+    """Single changes that make a usual span row unusual, at the bounds of each rule and past them."""
+    start, week, hour = row[5], 7 * 86400 * 10**9, 3600 * 10**9
+    long_text = rng.choice([16384, 16385, 512, 513, 255, 256, 20000])
+    attrs = dict(row[10])
+    attrs[rng.choice(["long", "n"])] = rng.choice(["x" * long_text, None, b"b", [1], {"a": 1}, 2**64, "\x00"])
+    return [
+        (5, (EARLIEST_NS, EARLIEST_NS + 5)), (5, (EARLIEST_NS - 1, EARLIEST_NS + 5)), (5, (start, start + week)),
+        (5, (start, start + week + 1)), (3, "n" * long_text), (3, "a\x00"), (8, "m" * long_text), (8, "\x00"),
+        (8, ""), (13, "s" * long_text), (13, "\x00"), (13, ""), (10, attrs), (10, {**row[10], 7: "int key"}),
+        (10, {f"a{i}": i for i in range(rng.choice([128, 129]))}),
+        (6, start + week), (6, start + week + 1), (6, NOW + hour), (6, NOW + hour + 1), (6, start - 1),
+        (11, [["e" * long_text, start, {}]]), (11, [["e", start, {"v": None}]]), (11, [["e", start, {}]] * 129),
+        (11, [["e", start, {"v": "x" * long_text}]]), (12, [["1" * 32, "2" * 16, {"l": [1]}]]),
+        (12, [["1" * 32, "2" * 16, {}]] * 129), (12, [["1" * 32, "2" * 16, {"v": "\x00"}]]),
+    ]
+
+
 def make_entries(total: int, seed: int) -> list[tuple[str, dict]]:
-    """(entry id, encoded fields) of about ``total`` spans, some entries and spans sent twice: a third of the
-    entries hold only usual spans, a third one unusual span among usual ones, a third many unusual spans."""
+    """(entry id, encoded fields) of about ``total`` spans, some entries and spans sent twice: a fifth of the
+    entries hold only usual spans, three fifths one unusual span among usual ones, a fifth many unusual spans."""
     from tracer.codec import encode_batch
 
     rng = random.Random(seed)
@@ -128,20 +147,25 @@ def make_entries(total: int, seed: int) -> list[tuple[str, dict]]:
     made = 0
     sent: list[list] = []
     while made < total:
-        mix = rng.choice(["usual", "one", "many"])
+        mix = rng.choice(["usual", "one", "one", "one", "many"])
         odd = {"usual": 0.0, "one": 0.0, "many": 0.15}[mix]
         resources = [[_pick(rng, odd, ["svc", "api", "llm-agent"], ["s" * 300, "a\x00b"]),
                       _pick(rng, odd, [{"host.name": "h1"}, {"host.name": "h2", "v": 1.5}, {}],
                             [{"b": [1, 2]}, {"x": None}])] for _ in range(rng.randrange(1, 4))]
         rows = []
-        for _ in range(rng.randrange(1, 12)):  # traces
+        for _ in range(rng.randrange(1, 6)):  # traces
             trace_id = f"{rng.getrandbits(128):032x}"
-            ids = [f"{rng.getrandbits(64):016x}" for _ in range(rng.choice([1, 3, 10, 40]))]
+            ids = [f"{rng.getrandbits(64):016x}" for _ in range(rng.choice([1, 3, 10, 10, 40]))]
             for i, span_id in enumerate(ids):
                 parent = None if i == 0 else rng.choice([ids[(i - 1) // 3], f"{rng.getrandbits(64):016x}"])
                 rows.append(_row(rng, trace_id, span_id, parent, rng.randrange(len(resources)), odd))
-        if mix == "one":
-            rows[rng.randrange(len(rows))] = _row(rng, rows[0][0], f"{rng.getrandbits(64):016x}", None, 0, 1.0)
+        if mix == "one":  # one usual span with one unusual field
+            row = rows[rng.randrange(len(rows))]
+            field, value = rng.choice(_one_odd(rng, row))
+            if field == 5:  # start and end
+                row[5], row[6] = value
+            else:
+                row[field] = value
         if sent and rng.random() < 0.2:  # spans sent again in a later entry (a tracer's spool replayed)
             rows.extend(rng.sample(sent, min(len(sent), rng.randrange(1, 20))))
         if rows and rng.random() < 0.1:
@@ -156,36 +180,44 @@ def make_entries(total: int, seed: int) -> list[tuple[str, dict]]:
     return entries
 
 
-def built_spans(seed: int) -> list[dict]:
-    """Spans built by code (never through the codec): types the codec cannot carry."""
+def built_entries(seed: int) -> list[list[dict]]:
+    """Spans built by code (never through the codec), in entries of usual spans with one unusual field or
+    many: types and values the codec cannot carry."""
     rng = random.Random(seed + 1)
-    trace = f"{rng.getrandbits(128):032x}"
-    base = {"trace_id": trace, "parent_span_id": None, "name": "op", "kind": "server", "start_ns": NOW - 10**9,
-            "end_ns": NOW - 10**8, "status_code": "ok", "status_message": None, "service": "svc",
-            "resource": {"host.name": "h"}, "attributes": {"k": "v"}, "events": [], "links": [], "scope": None}
+    base = {"parent_span_id": None, "name": "op", "kind": "server", "start_ns": NOW - 10**9, "end_ns": NOW - 10**8,
+            "status_code": "ok", "status_message": None, "service": "svc", "resource": {"host.name": "h"},
+            "attributes": {"k": "v"}, "events": [], "links": [], "scope": None}
     variants = [
         {"attributes": {"t": (1, 2), "s": {1}}}, {"attributes": {"o": Odd(1)}}, {"attributes": None},
         {"attributes": Attributes(a=1)}, {"name": Name("sub")}, {"service": 3}, {"service": None},
-        {"resource": None}, {"resource": {"o": Odd(2)}}, {"events": None}, {"links": ()}, {"depth": 2},
-        {"kind": None}, {"status_code": ""}, {"scope": 5}, {"events": [{"name": "e", "time_ns": 1}]},
-        {"links": [{"trace_id": trace, "span_id": "1" * 16, "attributes": {"b": b"x"}}]},
+        {"service": ""}, {"service": Name("svc")}, {"resource": None}, {"resource": {"o": Odd(2)}},
+        {"events": None}, {"links": ()}, {"depth": 2}, {"kind": None}, {"kind": ""}, {"status_code": ""},
+        {"scope": 5}, {"scope": ""}, {"status_message": ""}, {"status_message": "m"}, {"status_message": 3},
+        {"events": [{"name": "e", "time_ns": 1}]}, {"events": [{"name": "e", "time_ns": 1.0, "attributes": {}}]},
+        {"links": [{"trace_id": "1" * 32, "span_id": "1" * 16, "attributes": {"b": b"x"}}]},
         {"attributes": {"k": "v" * 20000}}, {"events": [{"name": "e", "time_ns": 1, "attributes": {"s": {2}}}]},
-        {"start_ns": 1.5}, {"end_ns": None}, {"name": "x\x00" * 300},
+        {"start_ns": 1.5}, {"end_ns": None}, {"name": "x\x00" * 300}, {"name": 5}, {"name": ""},
+        {"resource": {"b": b"x"}}, {"attributes": {"k": None}}, {"events": ({"name": "e", "time_ns": 1,
+                                                                            "attributes": {}},)},
     ]
-    out = []
-    for i in range(400):
-        span = dict(base, span_id=f"{i + 1:016x}", trace_id=trace if i % 3 else f"{rng.getrandbits(128):032x}")
-        span.update(rng.choice(variants))
-        if "scope" in span and rng.random() < 0.1:
-            del span["scope"]
-        out.append(span)
-    return out
+    entries = []
+    for e in range(300):
+        trace = f"{rng.getrandbits(128):032x}"
+        spans = []
+        for i in range(rng.choice([1, 10, 30])):
+            span = dict(base, trace_id=trace if i % 7 else f"{rng.getrandbits(128):032x}",
+                        span_id=f"{e:08x}{i:08x}")
+            spans.append(span)
+        for span in rng.sample(spans, rng.choice([0, 1, 1, len(spans)])):
+            span.update(rng.choice(variants))
+            if rng.random() < 0.05:
+                del span["scope"]
+        entries.append(spans)
+    return entries
 
 
 def run(total: int, seed: int, out_path: str) -> None:
     """The steps after decoding in this tree, everything they produced written to ``out_path``."""
-    import copy
-
     from collector_worker import finalizer, validation
     from collector_worker.consumer import Entry, StreamConsumer
     from collector_worker.storage import open_engine, writer
@@ -211,9 +243,8 @@ def run(total: int, seed: int, out_path: str) -> None:
             continue
         entry.spans = spans
         decoded.append(entry)
-    built = built_spans(seed)
-    for i in range(0, len(built), 40):
-        decoded.insert(rng.randrange(len(decoded)), Entry(f"9{i}-0", None, spans=copy.deepcopy(built[i:i + 40])))
+    for i, spans in enumerate(built_entries(seed)):
+        decoded.insert(rng.randrange(len(decoded)), Entry(f"9{i}-0", None, spans=spans))
     index: dict[int, int] = {}
     kept: list[Entry] = []
     for entry in decoded:

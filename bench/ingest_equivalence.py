@@ -281,7 +281,8 @@ def run(total: int, seed: int, out_path: str) -> None:
                 put(f"by_key {[(k, name(v)) for k, v in prepared.by_key.items()]!r}")
                 put(f"groups {[(k, [name(s) for s in g]) for k, g in prepared.groups.items()]!r}")
                 put(f"figures {sorted(figures.acc.stats.items())!r} {sorted(figures.acc.hist.items())!r}")
-                put(f"usage {[{k: (v.hex() if isinstance(v, float) else v) for k, v in r.items()} for r in figures.usage]!r}")
+                usage = [{k: (v.hex() if isinstance(v, float) else v) for k, v in r.items()} for r in figures.usage]
+                put(f"usage {usage!r}")
             stored_rows: list = []
             try:
                 with engine.begin() as conn:

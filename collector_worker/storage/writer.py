@@ -255,7 +255,10 @@ class PreparedSpans:
                         touched[(trace_id, source)] = None
                     last.append(staged)
             for trace_id, source_ in touched:  # a group a later part adds to is packed again then
-                rows[(trace_id, source_)] = row_of(trace_id, groups[(trace_id, source_)], received_ns, source_)
+                try:
+                    rows[(trace_id, source_)] = row_of(trace_id, groups[(trace_id, source_)], received_ns, source_)
+                except Exception:  # noqa: BLE001 - store_spans builds it again, and fails there, only if stored
+                    rows.pop((trace_id, source_), None)
         self.keys = sorted(by_key)
         self.by_key = by_key
         self.groups = groups

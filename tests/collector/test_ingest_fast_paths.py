@@ -178,3 +178,14 @@ def test_a_group_another_part_adds_to_is_packed_again():
     spans = [usual("a" * 32, i, {}) for i in range(4)]
     prepared = prepare_spans(spans, 5, runs=[("1-0", 2), ("2-0", 1), ("1-0", 1)])
     assert prepared.rows[("a" * 32, "1-0")] == staging.row("a" * 32, [spans[0], spans[1], spans[3]], 5, "1-0")
+
+
+def test_a_row_that_cannot_be_packed_fails_only_if_it_is_stored(sqlite_engine):
+    spans = [usual("a" * 32, 0, {}), {**usual("a" * 32, 1, {}), "attributes": {"lone": "\ud800"}}]  # not UTF-8
+    prepared = prepare_spans(spans, 5, ["1-0", "2-0"])
+    assert ("a" * 32, "2-0") not in prepared.rows
+    with sqlite_engine.begin() as conn:
+        assert store_spans(conn, spans, 5, prepared=prepared, trace_span_limit=1) == spans[:1]  # capped: left out
+    with pytest.raises(UnicodeEncodeError):
+        with sqlite_engine.begin() as conn:
+            store_spans(conn, spans, 5, prepared=prepared, trace_span_limit=2)

@@ -94,8 +94,8 @@ def _check_tokens(span: dict[str, Any]) -> None:
     attributes = span.get("attributes")
     if not isinstance(attributes, dict) or TOKEN_KEYS.isdisjoint(attributes):
         return
-    ignored = [key for key in TOKEN_KEYS if attributes.get(key) not in (None, "")
-               and token_count(attributes[key]) is None]
+    ignored = [key for key in TOKEN_KEYS.intersection(attributes) if attributes[key] not in (None, "")
+               and token_count(attributes[key]) is None]  # only the keys there (sorted below)
     if ignored:
         _warn(span, IGNORED_TOKENS, sorted(ignored))
         _count(token_counts_ignored=len(ignored))

@@ -654,9 +654,9 @@ class StreamConsumer:
         """The entries' spans grouped by trace and entry for staging, and the statistics they add if all are
         new (both need no database)."""
         spans = [span for entry in entries for span in entry.spans]
-        sources = [entry.id for entry in entries for _ in entry.spans]
-        prepared = prepare_spans(spans, received_ns, sources)
-        return spans, received_ns, prepared, finalizer.SpanFigures([prepared.by_key[k] for k in prepared.keys])
+        prepared = prepare_spans(spans, received_ns, runs=[(entry.id, len(entry.spans)) for entry in entries])
+        unique = spans if len(prepared.by_key) == len(spans) else list(prepared.by_key.values())
+        return spans, received_ns, prepared, finalizer.SpanFigures(unique, sort_usage=True)
 
     def _acknowledge(self, entries: list[Entry]) -> None:
         pipe = self.redis.pipeline(transaction=True)

@@ -94,8 +94,8 @@ def _check_tokens(span: dict[str, Any]) -> None:
     attributes = span.get("attributes")
     if not isinstance(attributes, dict) or TOKEN_KEYS.isdisjoint(attributes):
         return
-    ignored = [key for key in TOKEN_KEYS if attributes.get(key) not in (None, "")
-               and token_count(attributes[key]) is None]
+    ignored = [key for key in TOKEN_KEYS.intersection(attributes) if attributes[key] not in (None, "")
+               and token_count(attributes[key]) is None]  # only the keys there (sorted below)
     if ignored:
         _warn(span, IGNORED_TOKENS, sorted(ignored))
         _count(token_counts_ignored=len(ignored))
@@ -103,12 +103,20 @@ def _check_tokens(span: dict[str, Any]) -> None:
 
 def admit_span(span: dict[str, Any], limits: SpanLimits, now_ns: int | None = None) -> str | None:
     """Check, clamp and cut one decoded span in place; the reason it is rejected, or None."""
-    reason = time_reason(span, time.time_ns() if now_ns is None else now_ns)
-    if reason:
-        _count(span_times_rejected=1)
-        return reason
+    start, end = span.get("start_ns"), span.get("end_ns")
+    if now_ns is None:
+        now_ns = time.time_ns()
+    # The usual span's times are in bounds (time_reason would neither reject nor clamp it): one comparison chain.
+    if not (type(start) is int and type(end) is int and EARLIEST_NS <= start <= end <= now_ns + MAX_FUTURE_NS
+            and end - start <= MAX_DURATION_NS):
+        reason = time_reason(span, now_ns)
+        if reason:
+            _count(span_times_rejected=1)
+            return reason
     map_ai_conventions(span, limits.value_length)  # OpenInference / OpenLLMetry LLM spans in GenAI terms
-    _check_tokens(span)
+    attributes = span.get("attributes")
+    if type(attributes) is not dict or not TOKEN_KEYS.isdisjoint(attributes):  # else _check_tokens finds nothing
+        _check_tokens(span)
     if within_limits(span, limits):  # the usual span: nothing to cut (limit_span would check the same first)
         return None
     cut: Cut = limit_span(span, limits)

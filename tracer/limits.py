@@ -82,21 +82,25 @@ def _attributes_within(attributes: Any, limits: SpanLimits) -> bool:
     """True when :func:`limit_attributes` keeps ``attributes`` as they are: a dict of plain values in bounds."""
     if type(attributes) is not dict or len(attributes) > limits.attributes:
         return False
-    values = attributes.values()
-    if not _PLAIN_TYPES.issuperset(map(type, values)):
-        return False
     longest = limits.value_length
-    return not any([type(v) is str and len(v) > longest for v in values])
+    for value in attributes.values():  # one loop, no comprehension: the usual dict is small and plain
+        if type(value) is str:
+            if len(value) > longest:
+                return False
+        elif type(value) not in _PLAIN_TYPES:
+            return False
+    return True
 
 
 def within_limits(span: dict[str, Any], limits: SpanLimits) -> bool:
     """True when :func:`limit_span` would change nothing (the usual span): one cheap pass, nothing copied."""
     longest = limits.value_length
-    name, message, events, links = span.get("name"), span.get("status_message"), span.get("events"), span.get("links")
+    get = span.get
+    name, message, events, links = get("name"), get("status_message"), get("events"), get("links")
     if (isinstance(name, str) and len(name) > longest) or (isinstance(message, str) and len(message) > longest):
         return False
     if type(events) is not list or type(links) is not list or len(events) > limits.events \
-            or len(links) > limits.links or not _attributes_within(span.get("attributes"), limits):
+            or len(links) > limits.links or not _attributes_within(get("attributes"), limits):
         return False
     for event in events:
         if type(event) is not dict or not _attributes_within(event.get("attributes"), limits):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from operator import itemgetter, methodcaller
 from typing import Any, Iterable
 
 import msgpack
@@ -64,9 +65,20 @@ def batch_id(span_ids: bytes, source: str = "") -> str:
     return hashlib.blake2b(span_ids, digest_size=16).hexdigest()
 
 
+_span_id, _start_ns, _links = itemgetter("span_id"), itemgetter("start_ns"), itemgetter("links")
+
+
+def _linked(spans: list[dict[str, Any]]) -> bool:
+    """Whether any of the spans has links (a span without the key has none)."""
+    try:
+        return any(map(_links, spans))
+    except KeyError:
+        return any(map(methodcaller("get", "links"), spans))
+
+
 def packed_ids(spans: list[dict[str, Any]]) -> bytes:
     """Span ids (16 hex digits each, as the codec admits them) as 8 bytes each, in order."""
-    return bytes.fromhex("".join([s["span_id"] for s in spans]))
+    return bytes.fromhex("".join(map(_span_id, spans)))
 
 
 def ids_of(span_ids: bytes) -> list[str]:
@@ -76,22 +88,39 @@ def ids_of(span_ids: bytes) -> list[str]:
 
 def row(trace_id: str, spans: list[dict[str, Any]], received_ns: int, source: str = "") -> tuple:
     """The ``spans`` row of one trace's new spans from ``source``, in ``ROW_COLUMNS`` order."""
-    ids = packed_ids(spans)
-    return (trace_id, batch_id(ids, source), min([s["start_ns"] for s in spans]), len(spans),
-            any(s.get("links") for s in spans), received_ns, ids, pack(spans))
+    ids = bytes.fromhex("".join(map(_span_id, spans)))
+    return (trace_id, batch_id(ids, source), min(map(_start_ns, spans)), len(spans), _linked(spans),
+            received_ns, ids, _pack(spans))
 
 
 def _chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
     return chunks(items, size)
 
 
-_statements: dict[tuple, str] = {}
+_statements: dict[Any, str] = {}
 
 
-def insert(conn: Connection, rows: list[tuple]) -> list[tuple[str, str]]:
-    """Insert rows that are not there yet; the (trace_id, batch_id) keys actually inserted."""
+def insert(conn: Connection, rows: list[tuple], all_new: bool = False) -> list[tuple[str, str]]:
+    """Insert rows that are not there yet; the (trace_id, batch_id) keys actually inserted.
+
+    ``all_new``: no row of these traces was staged when the transaction read them, so every row is
+    expected in. On SQLite (one writer, its transaction serialized by the write lock) such rows go in
+    without ``RETURNING``, whose result rows cost more than the insert itself, and the count of rows
+    inserted confirms it; a count short of them raises (the transaction is then rolled back).
+    """
     if not rows:
         return []
+    if all_new and conn.dialect.name == "sqlite":
+        sql = _statements.get("insert-all-new")
+        if sql is None:
+            sql = _statements["insert-all-new"] = (
+                f"INSERT INTO {TABLE} ({','.join(ROW_COLUMNS)}) VALUES ({','.join(['?'] * len(ROW_COLUMNS))}) "
+                "ON CONFLICT (trace_id, batch_id) DO NOTHING")
+        count = conn.exec_driver_sql(sql, rows).rowcount
+        if count != len(rows):
+            raise RuntimeError(f"{len(rows) - count} of {len(rows)} staged rows were already there: "
+                               "their traces had none when read before the insert")
+        return [(row[0], row[1]) for row in rows]
     step = (32766 if conn.dialect.name == "sqlite" else 65535) // len(ROW_COLUMNS)
     inserted: list[tuple[str, str]] = []
     for chunk in _chunks(rows, step):

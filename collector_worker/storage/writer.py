@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import threading
 import zlib
+from itertools import chain, groupby, repeat
+from operator import itemgetter
 from typing import Any, Iterable
 
 from sqlalchemy.engine import Connection
@@ -104,7 +106,6 @@ def invalid_reason(span: dict[str, Any]) -> str | None:
 
 
 _PLAIN_VALUES = frozenset((str, int, float, bool))
-_STR_ONLY = frozenset((str,))
 _loads = json.loads
 
 
@@ -120,8 +121,13 @@ def _json_value(value: Any, empty: Any) -> Any:
 
 
 def _plain(mapping: Any) -> bool:
-    return type(mapping) is dict and _PLAIN_VALUES.issuperset(map(type, mapping.values())) \
-        and _STR_ONLY.issuperset(map(type, mapping))
+    """A dict of str keys and str, int, float or bool values (one loop: the usual dict is small)."""
+    if type(mapping) is not dict:
+        return False
+    for key, value in mapping.items():
+        if type(key) is not str or type(value) not in _PLAIN_VALUES:
+            return False
+    return True
 
 
 def _plain_items(items: Any, first: str, second: str, second_type: type) -> bool:
@@ -136,25 +142,33 @@ def _plain_items(items: Any, first: str, second: str, second_type: type) -> bool
     return True
 
 
+_UNCHECKED = object()  # no service checked with this resource yet
+
+
 def staged_span(span: dict[str, Any], resources: dict[int, Any]) -> dict[str, Any]:
     """The span as staged: the decoded dict itself in the usual case, else :func:`normalised_span`.
 
-    ``resources`` caches the staged resource of each resource identity (an entry's spans share theirs).
+    ``resources`` caches, by resource identity, the staged resource and the service last seen with it (an
+    entry's spans share both), so the usual span checks neither again.
     """
     get = span.get
-    service, name, scope, attributes = get("service"), get("name"), get("scope"), get("attributes")
-    resource = get("resource")
-    rid = id(resource)
-    found = resources.get(rid)
+    service, resource = get("service"), get("resource")
+    found = resources.get(id(resource))
     if found is None:  # the resource object is held too, so its id is not reused meanwhile
-        found = resources[rid] = (resource, resource if _plain(resource) else _json_value(resource, {}))
-    if (type(service) is str and service and len(service) <= 255 and "\x00" not in service
+        found = resources[id(resource)] = [resource, resource if _plain(resource) else _json_value(resource, {}),
+                                           _UNCHECKED]
+    if found[2] is not service:
+        if not (type(service) is str and service and len(service) <= 255 and "\x00" not in service):
+            return normalised_span(span, found[1])
+        found[2] = service  # a service known to be fine
+    name, scope, kind, status = get("name"), get("scope"), get("kind"), get("status_code")
+    if (found[1] is resource
             and type(name) is str and len(name) <= 512 and "\x00" not in name
             and (scope is None or (type(scope) is str and len(scope) <= 255 and "\x00" not in scope))
-            and _plain(attributes) and found[1] is resource
+            and _plain(get("attributes"))
             and ((events := get("events")) == [] or _plain_items(events, "name", "time_ns", int))
             and ((links := get("links")) == [] or _plain_items(links, "trace_id", "span_id", str))
-            and type(get("kind")) is str and get("kind") and type(get("status_code")) is str and get("status_code")
+            and type(kind) is str and kind and type(status) is str and status
             and ((message := get("status_message")) is None or (type(message) is str and message
                                                                  and "\x00" not in message))
             and "depth" not in span):
@@ -180,43 +194,150 @@ def normalised_span(span: dict[str, Any], resource: Any = None) -> dict[str, Any
     }
 
 
+def _runs(sources: list[str]) -> list[tuple[str, int]]:
+    """``sources`` as (source, how many in a row) pairs."""
+    runs: list[tuple[str, int]] = []
+    for source in sources:
+        if runs and runs[-1][0] == source:
+            runs[-1] = (source, runs[-1][1] + 1)
+        else:
+            runs.append((source, 1))
+    return runs
+
+
 class PreparedSpans:
     """A batch of decoded spans grouped by trace and source and made ready to stage (no database needed).
 
     ``by_key`` maps (trace_id, span_id) to the decoded span (the first copy wins within a batch);
     ``keys`` are those keys sorted; ``groups`` maps (trace_id, source) to the staged span dicts, the
-    source being the span's stream entry id (``sources``, parallel to the spans) or "".
+    source being the span's stream entry id (``sources``, parallel to the spans, or ``runs``: (source,
+    how many spans in a row)) or ""; ``rows`` maps each group to its staged row if all its spans turn
+    out new (the usual case), packed one source at a time while its spans are still in the CPU's caches.
     """
 
-    __slots__ = ("keys", "by_key", "groups", "received_ns")
+    __slots__ = ("keys", "by_key", "groups", "rows", "received_ns")
 
-    def __init__(self, spans_in: list[dict[str, Any]], received_ns: int, sources: list[str] | None = None) -> None:
+    def __init__(self, spans_in: list[dict[str, Any]], received_ns: int, sources: list[str] | None = None,
+                 runs: list[tuple[str, int]] | None = None) -> None:
+        if runs is None:
+            if sources is not None and len(sources) < len(spans_in):
+                raise ValueError(f"{len(spans_in)} spans but {len(sources)} sources")
+            runs = [("", len(spans_in))] if sources is None else _runs(sources[:len(spans_in)])
+        parts, start = [], 0
+        for source, count in runs:
+            parts.append((source, spans_in[start:start + count]))
+            start += count
+        self._group(parts, received_ns)
+        self.received_ns = received_ns
+
+    def _group(self, parts: list[tuple[str, list[dict[str, Any]]]], received_ns: int) -> None:
         by_key: dict[tuple[str, str], dict[str, Any]] = {}
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        rows: dict[tuple[str, str], tuple] = {}
         resources: dict[int, Any] = {}
-        for index, span in enumerate(spans_in):
-            key = (span["trace_id"], span["span_id"])
-            if key in by_key:
-                continue
-            by_key[key] = span
-            staged = staged_span(span, resources)
-            group = (key[0], sources[index] if sources is not None else "")
-            found = groups.get(group)
-            if found is None:
-                groups[group] = [staged]
-            else:
-                found.append(staged)
+        row_of = staging.row
+        for source, spans in parts:
+            touched = _add_as_they_are(spans, source, by_key, groups, resources)
+            if touched is None:
+                touched = {}
+                last_trace, last = None, None  # a trace's spans usually come one after another
+                for span in spans:
+                    trace_id = span["trace_id"]
+                    key = (trace_id, span["span_id"])
+                    if key in by_key:
+                        continue
+                    by_key[key] = span
+                    staged = staged_span(span, resources)
+                    if trace_id != last_trace or last is None:
+                        last_trace, last = trace_id, groups.get((trace_id, source))
+                        if last is None:
+                            last = groups[(trace_id, source)] = []
+                        touched[(trace_id, source)] = None
+                    last.append(staged)
+            for trace_id, source_ in touched:  # a group a later part adds to is packed again then
+                try:
+                    rows[(trace_id, source_)] = row_of(trace_id, groups[(trace_id, source_)], received_ns, source_)
+                except Exception:  # noqa: BLE001 - store_spans builds it again, and fails there, only if stored
+                    rows.pop((trace_id, source_), None)
         self.keys = sorted(by_key)
         self.by_key = by_key
         self.groups = groups
-        self.received_ns = received_ns
+        self.rows = rows
 
 
-def prepare_spans(spans_in: list[dict[str, Any]], received_ns: int,
-                  sources: list[str] | None = None) -> PreparedSpans:
+_FIELDS = itemgetter("trace_id", "span_id", "service", "resource", "name", "kind", "status_code", "status_message",
+                     "scope", "attributes", "events", "links")
+_trace_id = itemgetter("trace_id")
+_STR, _DICT, _LIST = frozenset((str,)), frozenset((dict,)), frozenset((list,))
+_NONE_OR_STR = frozenset((type(None), str))
+
+
+def _add_as_they_are(spans: list[dict[str, Any]], source: str, by_key: dict, groups: dict,
+                     resources: dict[int, Any]) -> dict[tuple[str, str], None] | None:
+    """Add the spans of one source to ``by_key`` and ``groups`` when every one of them is new to the batch and
+    staged as it is (what :func:`staged_span` says of each), checked field by field over all of them at once;
+    the groups added to, or None, adding nothing, when any span might not be (the caller then takes them one
+    by one)."""
+    if not spans:
+        return {}
+    try:
+        (trace_ids, span_ids, services, resource_column, names, kinds, statuses, messages, scopes, attributes, events,
+         links) = zip(*map(_FIELDS, spans))
+        if not (_STR.issuperset(map(type, services)) and _STR.issuperset(map(type, names))
+                and _STR.issuperset(map(type, kinds)) and _STR.issuperset(map(type, statuses))
+                and _NONE_OR_STR.issuperset(map(type, messages)) and _NONE_OR_STR.issuperset(map(type, scopes))
+                and _DICT.issuperset(map(type, attributes)) and _LIST.issuperset(map(type, events))
+                and _LIST.issuperset(map(type, links))):
+            return None
+        if not (all(kinds) and all(statuses) and "" not in messages and max(map(len, names)) <= 512
+                and "\x00" not in "".join(names) and "\x00" not in "".join(filter(None, messages))):
+            return None
+        named_scopes = list(filter(None, scopes))
+        if named_scopes and (max(map(len, named_scopes)) > 255 or "\x00" in "".join(named_scopes)):
+            return None
+        for service in set(services):
+            if not (service and len(service) <= 255 and "\x00" not in service):
+                return None
+        if not (_STR.issuperset(map(type, chain.from_iterable(attributes)))
+                and _PLAIN_VALUES.issuperset(map(type, chain.from_iterable(map(dict.values, attributes))))):
+            return None
+        for items in filter(None, events):
+            if not _plain_items(items, "name", "time_ns", int):
+                return None
+        for items in filter(None, links):
+            if not _plain_items(items, "trace_id", "span_id", str):
+                return None
+        if any(map(dict.__contains__, spans, repeat("depth"))):
+            return None
+        for resource in dict(zip(map(id, resource_column), resource_column)).values():
+            found = resources.get(id(resource))
+            if found is None:  # cached as staged_span caches it
+                found = resources[id(resource)] = [resource, resource if _plain(resource) else
+                                                   _json_value(resource, {}), _UNCHECKED]
+            if found[1] is not resource:
+                return None
+        keyed = dict(zip(zip(trace_ids, span_ids), spans))
+    except (KeyError, TypeError, ValueError):  # a span lacking a field, a field of an unusual type
+        return None
+    if len(keyed) != len(spans) or not keyed.keys().isdisjoint(by_key.keys()):
+        return None  # a span twice: the first copy wins, which the one-by-one path decides
+    by_key.update(keyed)
+    touched: dict[tuple[str, str], None] = {}
+    for trace_id, run in groupby(spans, _trace_id):
+        group = groups.get((trace_id, source))
+        if group is None:
+            groups[(trace_id, source)] = list(run)
+        else:
+            group.extend(run)
+        touched[(trace_id, source)] = None
+    return touched
+
+
+def prepare_spans(spans_in: list[dict[str, Any]], received_ns: int, sources: list[str] | None = None,
+                  runs: list[tuple[str, int]] | None = None) -> PreparedSpans:
     """Group and normalise a batch ahead of :func:`store_spans` (outside any lock or transaction);
-    ``sources``: the stream entry id of each span."""
-    return PreparedSpans(spans_in, received_ns, sources)
+    ``sources``: the stream entry id of each span, or ``runs``: (entry id, its number of spans) in order."""
+    return PreparedSpans(spans_in, received_ns, sources, runs)
 
 
 _statements: dict[tuple[str, int], str] = {}
@@ -304,22 +425,29 @@ def store_spans(conn: Connection, spans_in: list[dict[str, Any]], received_ns: i
     staged = staging.staged_ids(conn, trace_ids)
     compacted = stored_span_ids(conn, trace_ids)
     rows, spans_of, held = [], {}, {}
-    for trace_id, source in sorted(prepared.groups):
-        group = prepared.groups[(trace_id, source)]
-        have, done = staged.get(trace_id), compacted.get(trace_id)
-        if have or done:
-            group = [s for s in group if not ((have and s["span_id"] in have) or (done and s["span_id"] in done))]
+    groups, prebuilt, row_of = prepared.groups, prepared.rows, staging.row
+    have = done = None  # the usual batch: none of its traces has spans stored yet
+    for key in sorted(groups):
+        trace_id, source = key
+        group = groups[key]
+        if staged or compacted:
+            have, done = staged.get(trace_id), compacted.get(trace_id)
+            if have or done:
+                group = [s for s in group if not ((have and s["span_id"] in have) or (done and s["span_id"] in done))]
         if trace_span_limit is not None:
             stored = held.get(trace_id)
             if stored is None:
                 stored = len(have or ()) + len(done or ())
-            group = _within_limit(group, stored, trace_span_limit)
+            if len(group) > trace_span_limit - stored:
+                group = _within_limit(group, stored, trace_span_limit)
             held[trace_id] = stored + len(group)
         if group:
-            row = staging.row(trace_id, group, received_ns, source)
+            row = prebuilt.get(key) if group is groups[key] else None  # None: some spans left out
+            if row is None:
+                row = row_of(trace_id, group, received_ns, source)
             rows.append(row)
-            spans_of[(trace_id, row[1])] = (group, len(row[-1]))
-    inserted = staging.insert(conn, rows)
+            spans_of[(trace_id, row[1])] = (group, len(row[7]))
+    inserted = staging.insert(conn, rows, all_new=not staged)
     if not inserted:
         return []
     new_traces = sorted({trace_id for trace_id, _ in inserted})

@@ -14,29 +14,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping
 
 CLOCK_SKEW_TOLERANCE_NS = 1_000_000  # 1 ms: less than this is jitter, not skew worth showing
 MAX_TAGS_PER_TRACE = 2000
 MAX_TAG_LENGTH = 255
-
-
-class Links(NamedTuple):
-    """A trace's parent links as assembly found them, beside the span fields its dependency edges read.
-
-    Kept only for the usual trace (dict spans with unique string ids, integer times, string services, no
-    parent loop), whose links are exactly the ones ``dependencies`` derives itself; see
-    ``dependencies.assembly_edges``.
-    """
-
-    spans: list[Mapping[str, Any]]  # the list assembled (the edges must be of this very list)
-    parent: list[int]  # index of each span's parent, -1 for a root
-    services: tuple[str, ...]
-    kinds: tuple[Any, ...]
-    starts: list[int]
-    ends: list[int]  # never before the start
-    statuses: tuple[Any, ...]
-    attributes: tuple[Any, ...]
 
 
 @dataclass
@@ -51,7 +33,6 @@ class Assembly:
     operations: list[tuple[str, str, bool]] = field(default_factory=list)  # (service, name, had_error)
     tags: list[tuple[str, str, float | None]] = field(default_factory=list)  # (key, value, value_num)
     kinds: list[str] = field(default_factory=list)  # the span kinds the trace holds, sorted
-    links: Links | None = field(default=None, repr=False, compare=False)  # assemble(keep_links=True), usual trace
 
     @property
     def clock_skew_ns(self) -> int:
@@ -85,13 +66,11 @@ def _columns(spans: list[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
     return list(zip(*[tuple(map(s.get, _FIELDS)) for s in spans]))
 
 
-def assemble(spans: Iterable[Mapping[str, Any]], keep_links: bool = False) -> Assembly:
+def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
     """Assemble one trace from its spans (any order, duplicates ignored).
 
     Each span's fields are read once, as columns. The usual shape (unique string ids, integer times, no
     parent loop) takes paths that skip what cannot change the result; anything else the general code.
-    With ``keep_links`` the assembly keeps its parent links and columns (:class:`Links`, usual shape only)
-    so that the trace's dependency edges need not read the spans again (``dependencies.assembly_edges``).
     """
     spans = spans if type(spans) is list else list(spans)
     if len(spans) == 1:
@@ -114,14 +93,10 @@ def assemble(spans: Iterable[Mapping[str, Any]], keep_links: bool = False) -> As
         spans = unique
         ids, pids, starts, ends, kinds, services, names, statuses, attributes = _columns(spans)
         n = len(ids)
-        linkable = False
-    else:
-        linkable = True
     if {*map(type, starts), *map(type, ends)} == {int}:  # int(x or 0) is x: only an end before its start changes
         ends = [e if e > s else s for s, e in zip(starts, ends)]
     else:
         starts, ends = _times(starts, ends)
-        linkable = False
 
     parent = None
     if "" not in index:  # then a falsy parent id (None, "") maps to no span, as it must
@@ -146,7 +121,6 @@ def assemble(spans: Iterable[Mapping[str, Any]], keep_links: bool = False) -> As
             parent = None
     if parent is None:
         parent, children, roots, depth, missing_parent, cycle_spans = _tree(ids, pids, index, starts, warnings)
-        linkable = False
 
     if len(roots) == 1:
         root = roots[0]
@@ -192,8 +166,6 @@ def assemble(spans: Iterable[Mapping[str, Any]], keep_links: bool = False) -> As
         operations=[(svc, name, err) for (svc, name), err in operations.items()],
         tags=_tags(spans, attributes),
         kinds=_kinds(kinds),
-        links=Links(spans, parent, services, kinds, starts, ends, statuses, attributes)
-        if keep_links and linkable and plain_names else None,
     )
 
 

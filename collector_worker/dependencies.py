@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from .assembler import Assembly, span_attributes
+from .assembler import span_attributes
 from .stats import RESOLUTIONS, bucket_of, sum_of, upsert_rows
 from .storage import schema
 
@@ -143,48 +143,6 @@ def _add_edges(spans: Iterable[Mapping[str, Any]], into: dict[EdgeKey, list[int]
             if row is None:
                 row = into[key] = [0, 0, 0]
             row[0] += sign
-            row[1] += error
-            row[2] += duration
-
-
-def assembly_edges(assembly: Assembly, spans: list[Mapping[str, Any]], into: dict[EdgeKey, list[int]]) -> None:
-    """Add the edges of ``spans`` into ``into``, as ``edge_difference([], spans, into)`` does (a first
-    finalization), from the parent links ``assembly`` (``assemble(spans, keep_links=True)`` of this very
-    list) found: no span is looked up again. Without links (not kept, or an unusual trace) the spans are read.
-    """
-    links = assembly.links
-    if links is None or links.spans is not spans:
-        edge_difference([], spans, into)
-        return
-    services, kinds, starts, ends, statuses, attributes = (links.services, links.kinds, links.starts, links.ends,
-                                                           links.statuses, links.attributes)
-    flags: dict[int, int] = {}  # per span, computed at most once however many children it has
-    get_row = into.get
-    for i, p in enumerate(links.parent):
-        if p < 0:
-            continue
-        caller, callee = services[p], services[i]
-        if caller == callee:
-            continue
-        pf = flags.get(p)
-        if pf is None:
-            attrs = attributes[p]
-            pf = flags[p] = _prefix_flags(attrs if type(attrs) is dict else span_attributes(spans[p]))
-        cf = flags.get(i)
-        if cf is None:
-            attrs = attributes[i]
-            cf = flags[i] = _prefix_flags(attrs if type(attrs) is dict else span_attributes(spans[i]))
-        kind = _kind_of(kinds[p], kinds[i], pf | cf)
-        start = starts[i]
-        duration = ends[i] - start
-        error = 1 if statuses[i] == "error" else 0
-        seconds = start // 1_000_000_000
-        for resolution in RESOLUTIONS:
-            key = (resolution, seconds - seconds % resolution, caller, callee, kind)
-            row = get_row(key)
-            if row is None:
-                row = into[key] = [0, 0, 0]
-            row[0] += 1
             row[1] += error
             row[2] += duration
 

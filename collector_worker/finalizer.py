@@ -353,7 +353,7 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
                 dropped.append(trace_id)
             continue
         try:
-            a = assemble(spans, keep_links=True)
+            a = assemble(spans)
         except Exception:  # never let one malformed trace block the others
             _counters["failed"] += 1
             log.exception("cannot assemble trace %s; its spans stay stored unassembled", trace_id)
@@ -372,11 +372,7 @@ def assemble_batch(settings: Any, claimed: list[tuple[str, int]], trace_ids: lis
         acc.add("trace", summary["root_service"], summary["root_operation"], summary["start_ns"],
                 summary["duration_ns"], summary["error_count"] > 0)
         assembled_before = [s for s in spans if s.get("depth") is not None]  # from the block
-        if assembled_before:
-            dependencies.edge_difference(assembled_before, spans, into=edges)
-        else:  # a first finalization: the edges follow the parent links the assembly found
-            dependencies.assembly_edges(a, spans, edges)
-        a.links = None  # not kept until the batch is written
+        dependencies.edge_difference(assembled_before, spans, into=edges)
         _counters["finalized"] += 1
 
         if not sampling.decide(settings, trace_id, summary):

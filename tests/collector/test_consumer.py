@@ -16,6 +16,7 @@ from collector_worker.consumer import StreamConsumer, ensure_group, run_consumer
 from collector_worker.settings import CollectorSettings
 from collector_worker.storage import block_store, open_engine, queries, schema
 from tests.support.servers import wait_until
+from tests.support.streams import consumed
 from tracer.codec import decode_entry, encode_batch, encode_span_dicts, span_row
 
 def make_trace(spans: int = 10, service: str = "orders") -> list[dict]:
@@ -390,8 +391,7 @@ def test_metric_entries_of_two_shards_with_the_same_id_are_both_stored(client, r
         fields = encode_metrics([[name, "counter", "", "", 0, {}, now, 1.0, []]], [("svc", {})])
         client.xadd(f"contrail:spans:{{{index}}}", fields, id="1-1")
     with RunningConsumer(settings, sqlite_engine):
-        wait_until(lambda: all(client.xpending(f"contrail:spans:{{{i}}}", settings.consumer_group)["pending"] == 0
-                               and client.xinfo_groups(f"contrail:spans:{{{i}}}")[0]["last-delivered-id"] == b"1-1"
+        wait_until(lambda: all(consumed(client, f"contrail:spans:{{{i}}}", settings.consumer_group, "1-1")
                                for i in range(2)), message="both entries acknowledged")
     with sqlite_engine.connect() as conn:
         names = {item["name"] for item in list_metrics(conn, now - 3600 * 10**9)}

@@ -1,19 +1,17 @@
-"""Per-trace figures on varied traces (trace_shapes.py): the fast paths against the general ones and
-against what every assembly must satisfy.
+"""Per-trace figures on varied traces (trace_shapes.py): what every assembly must satisfy, and statistics
+of a batch against those of its spans one by one.
 
-Assembly, edges and statistics skip work on the usual shapes (columns read once, loops handled only where
-found, edges counted from the parent links assembly built); deep, wide, broken, skewed, LLM and oddly
-typed traces must still give consistent figures.
+Assembly and statistics skip work on the usual shapes (columns read once, loops handled only where
+found); deep, wide, broken, skewed, LLM and oddly typed traces must still give consistent figures.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
 
 import pytest
 
-from collector_worker import assembler, dependencies, stats
+from collector_worker import assembler, stats
 from tests.collector.trace_shapes import varied_traces
 
 TRACES = varied_traces(1500, seed=11)
@@ -24,17 +22,6 @@ def assembled(spans):
         return assembler.assemble(copy.deepcopy(spans))
     except Exception:  # noqa: BLE001 - a malformed trace the finalizer keeps unassembled
         return None
-
-
-def outcome(count):
-    """The edges ``count`` adds to an empty map, or the type and text of what it raises (span times the
-    admission at ingest would have refused), as comparable text."""
-    into = defaultdict(lambda: [0, 0, 0])
-    try:
-        count(into)
-    except Exception as exc:  # noqa: BLE001
-        return f"raised {type(exc).__name__}: {exc}"
-    return repr(sorted(into.items(), key=repr))
 
 
 @pytest.mark.parametrize("part", range(3))
@@ -55,21 +42,6 @@ def test_every_assembly_accounts_for_each_span_once(part):
                     assert 0 <= a.self_time_ns[s["span_id"]] <= s["end_ns"] - s["start_ns"]
         checked += 1
     assert checked > len(TRACES[part::3]) // 2
-
-
-def test_edges_from_the_assembly_equal_the_general_count():
-    linked = 0
-    for spans in TRACES:
-        spans = [{k: v for k, v in s.items() if k != "depth"} for s in copy.deepcopy(spans)]
-        try:
-            a = assembler.assemble(spans, keep_links=True)
-        except Exception:  # noqa: BLE001 - never counted
-            continue
-        general = outcome(lambda into: dependencies.edge_difference([], copy.deepcopy(spans), into=into))
-        fast = outcome(lambda into: dependencies.assembly_edges(a, spans, into))
-        linked += a.links is not None
-        assert fast == general
-    assert linked > len(TRACES) // 2  # most traces take the links; the others the general code
 
 
 def test_statistics_of_a_batch_equal_those_of_its_spans_one_by_one():

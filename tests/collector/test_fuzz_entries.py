@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from tests.collector.ingest_checks import dead_letters, dead_lettered_rows, peak_rss_bytes, stored_span_ids
 from tests.collector.test_consumer import make_trace, publish
-from tests.collector.test_faults import STREAM, pending, sqlite_collectors  # noqa: F401 - the fixture
+from tests.collector.test_faults import GROUP, STREAM, pending, sqlite_collectors  # noqa: F401 - the fixture
+from tests.support.streams import consumed
 from tracer.codec import MAX_DECOMPRESSED_BYTES, CodecError, decode_entry, encode_span_dicts
 
 MEMORY_BOUND = 300 * 1024 * 1024  # peak resident memory a collector may reach on any of these entries
@@ -175,7 +176,7 @@ def test_collector_process_survives_generated_entries(client, sqlite_collectors,
     valid = make_trace(20)
     ids = [client.xadd(STREAM, fields).decode() for fields in entries] + publish(client, [valid])
     sqlite_collectors.wait_until(
-        lambda: pending(client) == 0 and client.xinfo_groups(STREAM)[0]["last-delivered-id"].decode() == ids[-1],
+        lambda: consumed(client, STREAM, GROUP, ids[-1]),
         collector, timeout=180, message="every entry acknowledged")
     assert collector.poll() is None, sqlite_collectors.log(collector)
     stored, letters = stored_span_ids(sqlite_engine), dead_letters(client)

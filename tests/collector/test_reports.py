@@ -7,6 +7,7 @@ import redis
 from collector_worker import consumer, finalizer, sampling
 from tests.collector.test_consumer import RunningConsumer, make_trace, publish, settings_for
 from tests.support.servers import wait_until
+from tests.support.streams import consumed
 from tracer.reporting import read_reports, summarize_collectors
 
 
@@ -45,8 +46,7 @@ def test_reports_off_writes_nothing(redis_url, sqlite_url):
     publish(client, [make_trace(3)])
     settings = settings_for(redis_url, sqlite_url, report_interval="0")
     with RunningConsumer(settings, None):
-        wait_until(lambda: client.xpending(settings.stream, settings.consumer_group)["pending"] == 0
-                   and client.xinfo_groups(settings.stream)[0]["last-delivered-id"] != b"0-0",
+        wait_until(lambda: consumed(client, settings.stream, settings.consumer_group),
                    timeout=60, message="the entry consumed")
     assert collector_reports(client) == {}
     client.close()

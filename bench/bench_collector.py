@@ -69,6 +69,29 @@ SPANS_PER_TRACE = 10
 SERVICES = ("gateway", "orders", "payments", "inventory", "llm-agent")
 
 
+def benchmark_span(trace_id: str, ids: list[str], i: int, t: int, start: int) -> dict:
+    """Span ``i`` of the ``t``-th benchmark trace (span ids ``ids``, starting at ``start``): an HTTP root,
+    client calls, internal steps and an LLM call over five services, a tree three children wide."""
+    service = SERVICES[0] if i == 0 else SERVICES[1 + i % (len(SERVICES) - 1)]
+    attributes = {"http.request.method": "GET", "http.route": f"/api/v1/items/{i % 7}",
+                  "http.response.status_code": 200, "net.peer.name": "10.0.0.7"}
+    if service == "llm-agent":
+        attributes.update({"gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 120,
+                           "gen_ai.usage.output_tokens": 40})
+    return {
+        "trace_id": trace_id, "span_id": ids[i], "parent_span_id": None if i == 0 else ids[(i - 1) // 3],
+        "name": "GET /api/v1/items" if i == 0 else f"step-{i % 6}",
+        "kind": "server" if i == 0 else ("client" if i % 3 == 1 else "internal"),
+        "start_ns": start + i * 100_000, "end_ns": start + i * 100_000 + (len(ids) - i) * 200_000,
+        "status_code": "error" if (t + i) % 97 == 0 else "ok", "service": service,
+        "resource": {"service.version": "1.4.2", "host.name": f"host-{i % 3}"},
+        "attributes": attributes,
+        "events": [{"name": "cache.miss", "time_ns": start + i * 100_000 + 10, "attributes": {}}]
+        if i % 4 == 0 else [],
+        "links": [],
+    }
+
+
 def make_entries(total_spans: int) -> list[dict[bytes, bytes]]:
     """Encoded stream entries of realistic traces (HTTP root, client calls, a DB call, an LLM call)."""
     now = time.time_ns()
@@ -77,25 +100,8 @@ def make_entries(total_spans: int) -> list[dict[bytes, bytes]]:
         trace_id = os.urandom(16).hex()
         ids = [os.urandom(8).hex() for _ in range(SPANS_PER_TRACE)]
         start = now - 5_000_000_000 + t * 1000
-        for i, span_id in enumerate(ids):
-            service = SERVICES[0] if i == 0 else SERVICES[1 + i % (len(SERVICES) - 1)]
-            attributes = {"http.request.method": "GET", "http.route": f"/api/v1/items/{i % 7}",
-                          "http.response.status_code": 200, "net.peer.name": "10.0.0.7"}
-            if service == "llm-agent":
-                attributes.update({"gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 120,
-                                   "gen_ai.usage.output_tokens": 40})
-            batch.append({
-                "trace_id": trace_id, "span_id": span_id, "parent_span_id": None if i == 0 else ids[(i - 1) // 3],
-                "name": "GET /api/v1/items" if i == 0 else f"step-{i % 6}",
-                "kind": "server" if i == 0 else ("client" if i % 3 == 1 else "internal"),
-                "start_ns": start + i * 100_000, "end_ns": start + i * 100_000 + (SPANS_PER_TRACE - i) * 200_000,
-                "status_code": "error" if (t + i) % 97 == 0 else "ok", "service": service,
-                "resource": {"service.version": "1.4.2", "host.name": f"host-{i % 3}"},
-                "attributes": attributes,
-                "events": [{"name": "cache.miss", "time_ns": start + i * 100_000 + 10, "attributes": {}}]
-                if i % 4 == 0 else [],
-                "links": [],
-            })
+        for i in range(SPANS_PER_TRACE):
+            batch.append(benchmark_span(trace_id, ids, i, t, start))
             if len(batch) == SPANS_PER_ENTRY:
                 entries.append(encode_span_dicts(batch))
                 batch = []

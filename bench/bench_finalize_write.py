@@ -30,6 +30,9 @@ from collector_worker.storage import open_engine
 from collector_worker.storage.writer import store_spans
 from collector_worker.write_pipeline import WritePipeline
 
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # after the checkout's modules, imported above
+from bench.bench_collector import benchmark_span  # noqa: E402
+
 SERVICES = ("gateway", "orders", "payments", "inventory", "llm-agent")
 NOW_NS = 1_780_000_000_000_000_000
 
@@ -42,23 +45,7 @@ def make_spans(traces: int, seed: int, spans_per_trace: int = 10) -> list[dict]:
         trace_id = f"{rng.getrandbits(128):032x}"
         ids = [f"{rng.getrandbits(64):016x}" for _ in range(spans_per_trace)]
         start = NOW_NS - 50_000_000_000 + t * 1000
-        for i, span_id in enumerate(ids):
-            service = SERVICES[0] if i == 0 else SERVICES[1 + i % (len(SERVICES) - 1)]
-            attributes = {"http.request.method": "GET", "http.route": f"/api/v1/items/{i % 7}",
-                          "http.response.status_code": 200, "net.peer.name": "10.0.0.7"}
-            if service == "llm-agent":
-                attributes.update({"gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 120,
-                                   "gen_ai.usage.output_tokens": 40})
-            out.append({
-                "trace_id": trace_id, "span_id": span_id, "parent_span_id": None if i == 0 else ids[(i - 1) // 3],
-                "name": "GET /api/v1/items" if i == 0 else f"step-{i % 6}",
-                "kind": "server" if i == 0 else ("client" if i % 3 == 1 else "internal"),
-                "start_ns": start + i * 100_000, "end_ns": start + i * 100_000 + (spans_per_trace - i) * 200_000,
-                "status_code": "error" if (t + i) % 97 == 0 else "ok", "service": service,
-                "resource": {"service.version": "1.4.2", "host.name": f"host-{i % 3}"},
-                "attributes": attributes,
-                "events": [], "links": [],
-            })
+        out.extend(benchmark_span(trace_id, ids, i, t, start) for i in range(spans_per_trace))
     return out
 
 

@@ -61,21 +61,25 @@ def store_days(engine, days=(3, 2, 1, 0), per_day=6):
     return ids
 
 
+def pages(conn, q):
+    """Every page of ``q``: its trace ids in order, with the total."""
+    out, cursor = [], None
+    while True:
+        q.cursor = cursor
+        found = queries.search_traces(conn, q)
+        out.append(([t["trace_id"] for t in found["traces"]], found["total"]))
+        cursor = found["next_cursor"]
+        if cursor is None:
+            q.cursor = None
+            return out
+
+
 def answers(engine):
     """Every query's pages (trace ids, in order, with totals) and every trace fetched whole."""
     out = []
     with engine.connect() as conn:
         for q in QUERIES:
-            pages, cursor = [], None
-            while True:
-                q.cursor = cursor
-                found = queries.search_traces(conn, q)
-                pages.append(([t["trace_id"] for t in found["traces"]], found["total"]))
-                cursor = found["next_cursor"]
-                if cursor is None:
-                    break
-            q.cursor = None
-            out.append(pages)
+            out.append(pages(conn, q))
         every = [t["trace_id"] for t in queries.search_traces(conn, queries.TraceQuery(limit=1000))["traces"]]
         fetched = {t: queries.get_trace(conn, t) for t in every}
         out.append(queries.tagged_trace_ids(conn, {"http.status_code": "500"}, [], None, None, 100))  # AI pages
@@ -154,17 +158,6 @@ def test_numeric_tag_filters_page_the_same_whether_their_matches_are_walked_or_d
                queries.TraceQuery(tags=[("http.status_code", "<", "201"), ("http.status_code", ">", "199")],
                                   service="api", sort="start_asc", limit=3),
                queries.TraceQuery(tags=[("http.status_code", ">", "999")], limit=2)]
-
-    def pages(conn, q):
-        out, cursor = [], None
-        while True:
-            q.cursor = cursor
-            found = queries.search_traces(conn, q)
-            out.append(([t["trace_id"] for t in found["traces"]], found["total"]))
-            cursor = found["next_cursor"]
-            if cursor is None:
-                q.cursor = None
-                return out
 
     answers_by_plan = {}
     for walk_at in (1, 10**9):

@@ -72,9 +72,6 @@ class SpanFigures:
 
     __slots__ = ("acc", "usage")
 
-    # A span whose attributes (a dict) hold none of these keys is no LLM call (llm_usage.llm_call_of).
-    USAGE_KEYS = llm_usage.TOKEN_KEYS | {"gen_ai.operation.name", "openinference.span.kind"}
-
     def __init__(self, spans: list[dict], sort_usage: bool = False) -> None:
         """Statistics of ``spans`` (their order does not matter) and their LLM usage, summed in their order or,
         with ``sort_usage``, in (trace id, span id) order: float sums depend on the order, and sorting only the
@@ -82,7 +79,7 @@ class SpanFigures:
         self.acc = stats.Accumulator()
         self.acc.add_spans("span", spans)
         if sort_usage:
-            keys = self.USAGE_KEYS.isdisjoint
+            keys = llm_usage.TRIGGER_KEYS.isdisjoint  # a dict holding none of them is no LLM call
             spans = sorted([s for s in spans if type(a := s.get("attributes")) is not dict or not keys(a)],
                            key=lambda s: (s["trace_id"], s["span_id"]))
         self.usage = llm_usage.aggregate_usage(spans) if spans else []

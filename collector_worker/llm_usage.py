@@ -43,8 +43,8 @@ _PROVIDER_KEYS = ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.
 _USER_KEYS = ("user.id", "enduser.id")
 _AGENT_KEYS = ("gen_ai.agent.name",)
 # A span carrying none of these keys is not an LLM call (see llm_call_of): one set test rules most spans out.
-_TRIGGER_KEYS = frozenset(_INPUT_KEYS + _OUTPUT_KEYS + _TOTAL_KEYS + ("gen_ai.operation.name",
-                                                                     "openinference.span.kind"))
+TRIGGER_KEYS = frozenset(_INPUT_KEYS + _OUTPUT_KEYS + _TOTAL_KEYS + ("gen_ai.operation.name",
+                                                                    "openinference.span.kind"))
 
 
 def _first(attrs: Mapping[str, Any], keys: Iterable[str]) -> Any:
@@ -89,36 +89,56 @@ def llm_call_of(span: Mapping[str, Any]) -> dict[str, Any] | None:
     attrs = span.get("attributes") or {}
     if type(attrs) is not dict and not isinstance(attrs, Mapping):  # a dict (the usual case) skips the ABC check
         return None
-    input_tokens = token_count(_first(attrs, _INPUT_KEYS))
-    output_tokens = token_count(_first(attrs, _OUTPUT_KEYS))
-    total_tokens = token_count(_first(attrs, _TOTAL_KEYS))
-    operation = str(attrs.get("gen_ai.operation.name") or "").lower()
-    openinference_llm = str(attrs.get("openinference.span.kind") or "").upper() == "LLM"
-    has_usage = input_tokens is not None or output_tokens is not None or total_tokens is not None
-    if not has_usage and operation not in _LLM_OPERATIONS and not openinference_llm:
+    tokens = _tokens(attrs)
+    if tokens is None:
         return None
-    if input_tokens is None and output_tokens is None and total_tokens is not None:
-        input_tokens = total_tokens  # only a total is known: count it as input rather than lose it
-    elif input_tokens is None and total_tokens is not None and output_tokens is not None:
-        input_tokens = max(0, total_tokens - output_tokens)
-    elif output_tokens is None and total_tokens is not None and input_tokens is not None:
-        output_tokens = max(0, total_tokens - input_tokens)
-    cache_read = token_count(_first(attrs, _CACHE_KEYS)) or 0
-    status = span.get("status_code", span.get("status"))
-    start_ns = int(span.get("start_ns") or 0)
-    end_ns = int(span.get("end_ns") or start_ns)
+    input_tokens, output_tokens, cache_read = tokens
+    error, start_ns, duration_ns = _call_times(span)
     return {
         "model": _text(_first(attrs, _MODEL_KEYS)),
         "provider": _text(_first(attrs, _PROVIDER_KEYS)),
         "user_id": _text(_first(attrs, _USER_KEYS)),
         "agent": _text(_first(attrs, _AGENT_KEYS)),
-        "input_tokens": input_tokens or 0,
-        "output_tokens": output_tokens or 0,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
         "cache_read_tokens": cache_read,
-        "error": status == "error",
+        "error": error,
         "start_ns": start_ns,
-        "duration_ns": max(0, end_ns - start_ns),
+        "duration_ns": duration_ns,
     }
+
+
+def _tokens(attrs: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    """(input, output, cache read) tokens of an LLM call's attributes; None when they describe no LLM call.
+
+    Input tokens include cached tokens, as providers report; when only a total is known it counts as input
+    rather than being lost, and a total with one side known gives the other.
+    """
+    get = attrs.get
+    input_tokens = _count_of(get, _INPUT_KEYS)
+    output_tokens = _count_of(get, _OUTPUT_KEYS)
+    total_tokens = _count_of(get, _TOTAL_KEYS)
+    if input_tokens is None and output_tokens is None:
+        if total_tokens is None:
+            if (str(get("gen_ai.operation.name") or "").lower() not in _LLM_OPERATIONS
+                    and str(get("openinference.span.kind") or "").upper() != "LLM"):
+                return None
+        else:
+            input_tokens = total_tokens
+    elif total_tokens is not None:
+        if input_tokens is None:
+            input_tokens = max(0, total_tokens - output_tokens)
+        elif output_tokens is None:
+            output_tokens = max(0, total_tokens - input_tokens)
+    return input_tokens or 0, output_tokens or 0, _count_of(get, _CACHE_KEYS) or 0
+
+
+def _call_times(span: Mapping[str, Any]) -> tuple[bool, int, int]:
+    """(failed, start ns, duration ns) of a call's span (the codec's ``status_code`` or the API's ``status``)."""
+    status = span.get("status_code", span.get("status"))
+    start_ns = int(span.get("start_ns") or 0)
+    end_ns = int(span.get("end_ns") or start_ns)
+    return status == "error", start_ns, max(0, end_ns - start_ns)
 
 
 _ADDITIVE = ("calls", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cost", "total_ns")
@@ -127,35 +147,27 @@ _ADDITIVE = ("calls", "errors", "input_tokens", "output_tokens", "cache_read_tok
 def aggregate_usage(new_spans: Iterable[Mapping[str, Any]], table: pricing.PriceTable | None = None) -> list[dict]:
     """Rows to add to ``llm_usage`` for these spans (both resolutions), in key order.
 
-    The same figures as :func:`llm_call_of` per span, read straight from the attributes (a span without
-    any GenAI usage key is passed over on one set test), and each distinct (model, tokens) priced once.
+    The same figures as :func:`llm_call_of` per span, without building its mapping (a span without any
+    GenAI usage key is passed over on one set test), and each distinct (model, tokens) priced once.
     """
     table = table or pricing.current_table()
     sums: dict[tuple, list] = {}  # key -> [calls, errors, input, output, cache read, cost, total_ns]
     costs: dict[tuple, float] = {}  # (model, input, output, cached) -> cost, within this call
-    disjoint = _TRIGGER_KEYS.isdisjoint
+    disjoint = TRIGGER_KEYS.isdisjoint
     for span in new_spans:
         attrs = span.get("attributes")
         if type(attrs) is dict:
             if disjoint(attrs):  # the usual span: no GenAI usage keys at all
                 continue
-            call = _usage_of(attrs)
-            if call is None:
-                continue
-            model, user_id, agent, input_tokens, output_tokens, cached = call
-            status = span.get("status_code", span.get("status"))
-            start_ns = int(span.get("start_ns") or 0)
-            end_ns = int(span.get("end_ns") or start_ns)
-            duration = end_ns - start_ns
-            if duration < 0:
-                duration = 0
-        else:
-            full = llm_call_of(span)
-            if full is None:
-                continue
-            model, user_id, agent = full["model"], full["user_id"], full["agent"]
-            input_tokens, output_tokens, cached = full["input_tokens"], full["output_tokens"], full["cache_read_tokens"]
-            status, start_ns, duration = ("error" if full["error"] else None), full["start_ns"], full["duration_ns"]
+        elif not isinstance(attrs, Mapping):  # no attributes, or text: no LLM call (llm_call_of)
+            continue
+        tokens = _tokens(attrs)
+        if tokens is None:
+            continue
+        input_tokens, output_tokens, cached = tokens
+        model, user_id, agent = (_text(_first(attrs, _MODEL_KEYS)), _text(_first(attrs, _USER_KEYS)),
+                                 _text(_first(attrs, _AGENT_KEYS)))
+        failed, start_ns, duration = _call_times(span)
         priced = (model, input_tokens, output_tokens, cached)
         cost = costs.get(priced)
         if cost is None:
@@ -165,7 +177,7 @@ def aggregate_usage(new_spans: Iterable[Mapping[str, Any]], table: pricing.Price
             costs[priced] = cost
         service = _text(span.get("service")) or "unknown_service"
         seconds = start_ns // 1_000_000_000
-        error = 1 if status == "error" else 0
+        error = 1 if failed else 0
         for resolution in RESOLUTIONS:
             key = (resolution, seconds - seconds % resolution, service, model, user_id, agent)
             row = sums.get(key)
@@ -180,29 +192,6 @@ def aggregate_usage(new_spans: Iterable[Mapping[str, Any]], table: pricing.Price
             row[6] += duration
     # A fixed key order keeps concurrent PostgreSQL upserts from deadlocking.
     return [dict(zip(_KEY_COLUMNS, key), **dict(zip(_ADDITIVE, sums[key]))) for key in sorted(sums)]
-
-
-def _usage_of(attrs: dict[str, Any]) -> tuple[str, str, str, int, int, int] | None:
-    """(model, user, agent, input, output, cached tokens) of a span's attributes, as :func:`llm_call_of` reads
-    them; None if the span is not an LLM call."""
-    get = attrs.get
-    input_tokens = _count_of(get, _INPUT_KEYS)
-    output_tokens = _count_of(get, _OUTPUT_KEYS)
-    total_tokens = _count_of(get, _TOTAL_KEYS)
-    if input_tokens is None and output_tokens is None:
-        if total_tokens is None:
-            if (str(get("gen_ai.operation.name") or "").lower() not in _LLM_OPERATIONS
-                    and str(get("openinference.span.kind") or "").upper() != "LLM"):
-                return None
-        else:
-            input_tokens = total_tokens  # only a total is known: count it as input rather than lose it
-    elif total_tokens is not None:
-        if input_tokens is None:
-            input_tokens = max(0, total_tokens - output_tokens)
-        elif output_tokens is None:
-            output_tokens = max(0, total_tokens - input_tokens)
-    return (_text(_first(attrs, _MODEL_KEYS)), _text(_first(attrs, _USER_KEYS)), _text(_first(attrs, _AGENT_KEYS)),
-            input_tokens or 0, output_tokens or 0, _count_of(get, _CACHE_KEYS) or 0)
 
 
 def _count_of(get: Any, keys: tuple[str, ...]) -> int | None:

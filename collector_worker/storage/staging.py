@@ -88,7 +88,7 @@ def ids_of(span_ids: bytes) -> list[str]:
 
 def row(trace_id: str, spans: list[dict[str, Any]], received_ns: int, source: str = "") -> tuple:
     """The ``spans`` row of one trace's new spans from ``source``, in ``ROW_COLUMNS`` order."""
-    ids = bytes.fromhex("".join(map(_span_id, spans)))
+    ids = packed_ids(spans)
     return (trace_id, batch_id(ids, source), min(map(_start_ns, spans)), len(spans), _linked(spans),
             received_ns, ids, _pack(spans))
 

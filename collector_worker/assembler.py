@@ -115,8 +115,7 @@ def assemble(spans: Iterable[Mapping[str, Any]]) -> Assembly:
                 pid = pids[i]
                 if pid:  # a parent id that is no span's (a span's own id would not be a root here)
                     missing_parent = True
-                    warnings.append({"code": "missing_parent", "span_id": ids[i],
-                                     "message": f"parent span {pid} never arrived; shown as an extra root"})
+                    warnings.append(_missing_parent(ids[i], pid))
         else:
             parent = None
     if parent is None:
@@ -183,8 +182,7 @@ def _assemble_one(span: Mapping[str, Any]) -> Assembly:
     warnings: list[dict[str, Any]] = []
     missing_parent = bool(pid) and {span_id: 0}.get(pid, -1) < 0  # its own id: a root, not a missing parent
     if missing_parent:
-        warnings.append({"code": "missing_parent", "span_id": span_id,
-                         "message": f"parent span {pid} never arrived; shown as an extra root"})
+        warnings.append(_missing_parent(span_id, pid))
     service, name = str(get("service") or ""), str(get("name") or "")
     error = bool(get("status_code") == "error")
     summary = {
@@ -214,6 +212,12 @@ def _assemble_one(span: Mapping[str, Any]) -> Assembly:
     )
 
 
+def _missing_parent(span_id: str, pid: Any) -> dict[str, Any]:
+    """The warning on a span whose parent never arrived (the span is shown as an extra root)."""
+    return {"code": "missing_parent", "span_id": span_id,
+            "message": f"parent span {pid} never arrived; shown as an extra root"}
+
+
 def _tree(ids: tuple[str, ...], pids: tuple[Any, ...], index: dict[str, int], starts: list[int],
           warnings: list[dict[str, Any]]) -> tuple[list[int], list[list[int]], list[int], list[int], bool, list[int]]:
     """The general tree: parent links (own-parent links and loops cut, with their warnings), children, roots,
@@ -227,8 +231,7 @@ def _tree(ids: tuple[str, ...], pids: tuple[Any, ...], index: dict[str, int], st
         j = index.get(pid, -1)
         if j < 0:
             missing_parent = True
-            warnings.append({"code": "missing_parent", "span_id": ids[i],
-                             "message": f"parent span {pid} never arrived; shown as an extra root"})
+            warnings.append(_missing_parent(ids[i], pid))
         elif j != i:
             parent[i] = j
     parent, cycle_spans = _break_cycles(parent, starts)

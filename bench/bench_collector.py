@@ -69,15 +69,21 @@ SPANS_PER_TRACE = 10
 SERVICES = ("gateway", "orders", "payments", "inventory", "llm-agent")
 
 
-def benchmark_span(trace_id: str, ids: list[str], i: int, t: int, start: int) -> dict:
-    """Span ``i`` of the ``t``-th benchmark trace (span ids ``ids``, starting at ``start``): an HTTP root,
-    client calls, internal steps and an LLM call over five services, a tree three children wide."""
+def service_and_attributes(i: int) -> tuple[str, dict]:
+    """The service and attributes of a benchmark trace's ``i``-th span (an LLM call on ``llm-agent``)."""
     service = SERVICES[0] if i == 0 else SERVICES[1 + i % (len(SERVICES) - 1)]
     attributes = {"http.request.method": "GET", "http.route": f"/api/v1/items/{i % 7}",
                   "http.response.status_code": 200, "net.peer.name": "10.0.0.7"}
     if service == "llm-agent":
         attributes.update({"gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 120,
                            "gen_ai.usage.output_tokens": 40})
+    return service, attributes
+
+
+def benchmark_span(trace_id: str, ids: list[str], i: int, t: int, start: int) -> dict:
+    """Span ``i`` of the ``t``-th benchmark trace (span ids ``ids``, starting at ``start``): an HTTP root,
+    client calls, internal steps and an LLM call over five services, a tree three children wide."""
+    service, attributes = service_and_attributes(i)
     return {
         "trace_id": trace_id, "span_id": ids[i], "parent_span_id": None if i == 0 else ids[(i - 1) // 3],
         "name": "GET /api/v1/items" if i == 0 else f"step-{i % 6}",

@@ -45,7 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_collector import SERVICES, SPANS_PER_ENTRY, finalize_all, make_entries, store_all  # noqa: E402
+from bench.bench_collector import (  # noqa: E402
+    SPANS_PER_ENTRY, finalize_all, make_entries, service_and_attributes, store_all)
 from collector_worker.storage import open_engine, queries  # noqa: E402
 from tracer.codec import decode_entry, encode_span_dicts  # noqa: E402
 
@@ -62,12 +63,7 @@ def big_trace(spans: int, start_ns: int) -> list[dict]:
     ids = [os.urandom(8).hex() for _ in range(spans)]
     out = []
     for i, span_id in enumerate(ids):
-        service = SERVICES[0] if i == 0 else SERVICES[1 + i % (len(SERVICES) - 1)]
-        attributes = {"http.request.method": "GET", "http.route": f"/api/v1/items/{i % 7}",
-                      "http.response.status_code": 200, "net.peer.name": "10.0.0.7"}
-        if service == "llm-agent":
-            attributes.update({"gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 120,
-                               "gen_ai.usage.output_tokens": 40})
+        service, attributes = service_and_attributes(i)
         start = start_ns + i * 10_000
         out.append({
             "trace_id": trace_id, "span_id": span_id, "parent_span_id": None if i == 0 else ids[(i - 1) // 3],
